@@ -1,0 +1,17 @@
+//! supervox wire formats.
+//!
+//! Everything that crosses a socket is defined here and nowhere else: the
+//! length-prefixed frame, the versioned [`Message`] enum carried inside Noise
+//! transport messages, the signed directory records and the call signalling
+//! bodies. Decoding never panics and never trusts a length it has not checked.
+
+pub mod frame;
+pub mod message;
+pub mod record;
+
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use message::{
+    decode_message, encode_message, CallId, CallSignal, Candidate, CandidateKind, DecodeError,
+    LookupAnswer, Message, Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+};
+pub use record::{NameClaim, Presence, RecordError, UserId};

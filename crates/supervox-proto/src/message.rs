@@ -1,0 +1,369 @@
+//! The versioned message enum carried inside Noise transport messages.
+//!
+//! Plaintext layout: one version byte ([`PROTOCOL_VERSION`]) followed by the
+//! postcard encoding of a [`Message`]. A peer speaking another version, or
+//! sending bytes that do not decode, gets its connection closed with a reason.
+
+use crate::record::{NameClaim, Presence, UserId};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use thiserror::Error;
+
+/// Version byte that prefixes every message.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest plaintext message: one Noise message minus its 16-byte tag.
+pub const MAX_MESSAGE_LEN: usize = 65_535 - 16;
+
+/// What a peer is on the signalling network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// An ordinary node attached to one supernode.
+    Client,
+    /// A supernode: serves clients, peers with other supernodes.
+    Supernode,
+}
+
+/// Random 128-bit call identifier chosen by the caller.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallId(pub [u8; 16]);
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CallId({})", hex::encode(&self.0[..4]))
+    }
+}
+
+/// How a candidate address was learnt (ICE terminology, RFC 8445).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CandidateKind {
+    /// An address of a local interface.
+    Host,
+    /// The address a NAT maps us to, learnt by STUN.
+    ServerReflexive,
+    /// An address allocated on a relay.
+    Relay,
+}
+
+/// Transport of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transport {
+    /// Datagrams.
+    Udp,
+    /// A stream (RFC 6544 TCP candidate).
+    Tcp,
+}
+
+/// A transport address a peer may be reached at for media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Candidate {
+    /// How it was learnt.
+    pub kind: CandidateKind,
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The address.
+    pub addr: SocketAddr,
+    /// ICE priority: higher is tried and preferred first.
+    pub priority: u32,
+}
+
+/// What a supernode knows of a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LookupAnswer {
+    /// Claimed and online.
+    Online {
+        /// The owner's claim.
+        claim: NameClaim,
+        /// The owner's live presence.
+        presence: Presence,
+    },
+    /// Claimed, but no live presence.
+    Offline {
+        /// The owner's claim.
+        claim: NameClaim,
+    },
+    /// Nobody holds this name.
+    Unknown,
+}
+
+/// A call signalling message routed by supernodes between two users. The
+/// handshake bytes are an end-to-end Noise handshake: supernodes see them but
+/// cannot read or alter the media keys they lead to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalEnvelope {
+    /// The call.
+    pub call_id: CallId,
+    /// Sender.
+    pub from: UserId,
+    /// Recipient.
+    pub to: UserId,
+    /// The supernode the recipient is attached to (from its presence record).
+    pub to_supernode: SocketAddr,
+    /// What is being said.
+    pub body: CallSignal,
+}
+
+/// Call signalling bodies; see the call state machine in `supervox-core`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallSignal {
+    /// Caller → callee: please ring. Carries Noise IK message 1.
+    Invite {
+        /// Caller's name (also inside `caller_presence`).
+        from_name: String,
+        /// Caller's signed presence, so the callee can route answers back.
+        caller_presence: Presence,
+        /// Noise IK handshake message 1.
+        handshake: Vec<u8>,
+        /// Caller's media candidates.
+        candidates: Vec<Candidate>,
+    },
+    /// Callee → caller: the phone is ringing.
+    Ringing,
+    /// Callee → caller: answered. Carries Noise IK message 2.
+    Accept {
+        /// Noise IK handshake message 2.
+        handshake: Vec<u8>,
+        /// Callee's media candidates.
+        candidates: Vec<Candidate>,
+    },
+    /// Callee → caller: declined.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+    /// Caller → callee: gave up before an answer.
+    Cancel,
+    /// Either side: the call is over.
+    Bye {
+        /// Why.
+        reason: String,
+    },
+    /// Either side: more candidates gathered after the offer (trickle).
+    Candidates {
+        /// New candidates.
+        candidates: Vec<Candidate>,
+    },
+}
+
+/// Every message on a signalling link (client↔SN and SN↔SN).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message of either side after the Noise handshake. `identity`
+    /// must match the Noise static key the handshake authenticated.
+    Hello {
+        /// Sender's role.
+        role: Role,
+        /// Sender's Ed25519 identity.
+        identity: UserId,
+        /// For supernodes: the address others should dial.
+        advertise: Option<SocketAddr>,
+        /// Software name and version, for logs.
+        agent: String,
+    },
+    /// SN → client: signed in.
+    Welcome {
+        /// The SN's advertised address (what presence records name).
+        supernode: SocketAddr,
+        /// The client's address as the SN saw it.
+        observed: SocketAddr,
+        /// Other supernodes, for the client's host cache.
+        supernodes: Vec<SocketAddr>,
+    },
+    /// SN → client: full or leaving; try these instead.
+    Redirect {
+        /// Where to go.
+        supernodes: Vec<SocketAddr>,
+        /// Why.
+        reason: String,
+    },
+    /// Keepalive probe.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// Keepalive answer.
+    Pong {
+        /// From the ping.
+        nonce: u64,
+    },
+    /// Client → SN: claim a name.
+    Claim {
+        /// The signed claim.
+        claim: NameClaim,
+    },
+    /// SN → client: outcome of a claim.
+    ClaimResult {
+        /// The name.
+        name: String,
+        /// `Err(reason)` when refused.
+        result: Result<(), String>,
+    },
+    /// Client → SN: I am online here.
+    Publish {
+        /// The signed record.
+        presence: Presence,
+    },
+    /// SN → client: outcome of a publish.
+    PublishResult {
+        /// `Err(reason)` when refused.
+        result: Result<(), String>,
+    },
+    /// Client → SN, or SN → SN: who is this name?
+    Lookup {
+        /// Matches the answer.
+        req_id: u64,
+        /// The name.
+        name: String,
+    },
+    /// Answer to [`Message::Lookup`].
+    LookupResult {
+        /// From the lookup.
+        req_id: u64,
+        /// What is known.
+        answer: LookupAnswer,
+    },
+    /// Call signalling, client↔SN and SN↔SN.
+    Signal(SignalEnvelope),
+    /// SN → client: a signal could not be delivered.
+    SignalFailed {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: String,
+    },
+    /// SN ↔ SN: supernodes I know (mesh discovery).
+    Peers {
+        /// Advertised addresses.
+        supernodes: Vec<SocketAddr>,
+    },
+    /// SN ↔ SN: name claims to store (replication).
+    Replicate {
+        /// Claims, each verified by the receiver.
+        claims: Vec<NameClaim>,
+    },
+    /// Either side: something was refused; the connection may be closed next.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why bytes did not decode into a [`Message`].
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Empty plaintext.
+    #[error("empty message")]
+    Empty,
+    /// A version we do not speak.
+    #[error("unsupported protocol version {0} (we speak {PROTOCOL_VERSION})")]
+    Version(u8),
+    /// The body is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The encoding is larger than one Noise message can carry.
+    #[error("message of {0} bytes is too large")]
+    TooLarge(usize),
+}
+
+/// Encode a message with its version prefix.
+pub fn encode_message(msg: &Message) -> Result<Vec<u8>, DecodeError> {
+    let mut out = vec![PROTOCOL_VERSION];
+    let body = postcard::to_allocvec(msg).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    out.extend_from_slice(&body);
+    if out.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::TooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+/// Decode a versioned message. Trailing bytes are an error: a message is
+/// exactly one value.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let (msg, rest) = postcard::take_from_bytes::<Message>(body)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn roundtrip() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let sn: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let msgs = vec![
+            Message::Ping { nonce: 3 },
+            Message::Claim {
+                claim: NameClaim::sign(&key, "bob", 1).unwrap(),
+            },
+            Message::Signal(SignalEnvelope {
+                call_id: CallId([1; 16]),
+                from: UserId([2; 32]),
+                to: UserId([3; 32]),
+                to_supernode: sn,
+                body: CallSignal::Invite {
+                    from_name: "bob".into(),
+                    caller_presence: Presence::sign(&key, "bob", sn, 1, 5).unwrap(),
+                    handshake: vec![9; 96],
+                    candidates: vec![Candidate {
+                        kind: CandidateKind::Host,
+                        transport: Transport::Udp,
+                        addr: sn,
+                        priority: 1,
+                    }],
+                },
+            }),
+            Message::ClaimResult {
+                name: "x".into(),
+                result: Err("taken".into()),
+            },
+        ];
+        for m in msgs {
+            assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn rejects_version_and_trailing() {
+        let mut b = encode_message(&Message::Ping { nonce: 1 }).unwrap();
+        b[0] = 2;
+        assert_eq!(decode_message(&b), Err(DecodeError::Version(2)));
+        let mut b = encode_message(&Message::Ping { nonce: 1 }).unwrap();
+        b.push(0);
+        assert!(matches!(decode_message(&b), Err(DecodeError::Malformed(_))));
+        assert_eq!(decode_message(&[]), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..200_000 {
+            let len = rng.gen_range(0..200);
+            let mut b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            if !b.is_empty() {
+                b[0] = PROTOCOL_VERSION;
+            }
+            let _ = decode_message(&b);
+        }
+    }
+}
