@@ -1,1 +1,21 @@
-//! placeholder
+//! supervox sans-IO core.
+//!
+//! State machines that take input (bytes, messages, the current time in ms)
+//! and produce output (bytes or messages to send, connections to open,
+//! events). Nothing here opens a socket, spawns a thread or reads a clock: the
+//! tokio driver in the `supervox` crate and the tests feed it.
+
+pub mod backoff;
+pub mod call;
+pub mod client;
+pub mod directory;
+pub mod host_cache;
+pub mod identity;
+pub mod link;
+pub mod media_path;
+pub mod supernode;
+
+pub use identity::Identity;
+
+/// Opaque handle the driver gives each connection.
+pub type ConnId = u64;

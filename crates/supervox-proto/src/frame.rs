@@ -10,7 +10,7 @@ use thiserror::Error;
 pub const MAX_FRAME_LEN: usize = 65_535;
 
 /// Why a byte stream could not be split into frames.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The peer announced a frame larger than [`MAX_FRAME_LEN`].
     #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]

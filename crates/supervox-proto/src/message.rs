@@ -256,7 +256,7 @@ pub enum Message {
 }
 
 /// Why bytes did not decode into a [`Message`].
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// Empty plaintext.
     #[error("empty message")]

@@ -1,0 +1,149 @@
+use super::*;
+
+fn hello(id: &Identity, role: Role) -> Message {
+    Message::Hello {
+        role,
+        identity: id.user_id(),
+        advertise: None,
+        agent: "test".into(),
+    }
+}
+
+/// Shuttle bytes between two links until both are quiet.
+fn pump(a: &mut Link, b: &mut Link, now: u64) -> (Vec<LinkEvent>, Vec<LinkEvent>) {
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    loop {
+        let mut moved = false;
+        while let Some(bytes) = a.poll_transmit(now) {
+            eb.extend(b.handle_bytes(&bytes, now).unwrap());
+            moved = true;
+        }
+        while let Some(bytes) = b.poll_transmit(now) {
+            ea.extend(a.handle_bytes(&bytes, now).unwrap());
+            moved = true;
+        }
+        if !moved {
+            return (ea, eb);
+        }
+    }
+}
+
+fn pair() -> (Link, Link, Identity, Identity) {
+    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let a = Link::initiator(&ia, hello(&ia, Role::Client), 0).unwrap();
+    let b = Link::responder(&ib, hello(&ib, Role::Supernode), 0).unwrap();
+    (a, b, ia, ib)
+}
+
+#[test]
+fn handshake_hello_and_messages() {
+    let (mut a, mut b, ia, ib) = pair();
+    let (ea, eb) = pump(&mut a, &mut b, 0);
+    assert!(
+        matches!(&ea[..], [LinkEvent::Established { role: Role::Supernode, identity, .. }] if *identity == ib.user_id())
+    );
+    assert!(
+        matches!(&eb[..], [LinkEvent::Established { role: Role::Client, identity, .. }] if *identity == ia.user_id())
+    );
+    a.send(&Message::Lookup {
+        req_id: 1,
+        name: "bob".into(),
+    })
+    .unwrap();
+    let (_, eb) = pump(&mut a, &mut b, 1);
+    assert_eq!(
+        eb,
+        vec![LinkEvent::Message(Message::Lookup {
+            req_id: 1,
+            name: "bob".into()
+        })]
+    );
+}
+
+#[test]
+fn hello_with_someone_elses_identity_is_refused() {
+    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let liar = Identity::from_seed([3; 32]);
+    let mut a = Link::initiator(&ia, hello(&liar, Role::Client), 0).unwrap();
+    let mut b = Link::responder(&ib, hello(&ib, Role::Supernode), 0).unwrap();
+    let mut err = None;
+    for _ in 0..4 {
+        while let Some(bytes) = a.poll_transmit(0) {
+            if let Err(e) = b.handle_bytes(&bytes, 0) {
+                err = Some(e);
+            }
+        }
+        while let Some(bytes) = b.poll_transmit(0) {
+            let _ = a.handle_bytes(&bytes, 0);
+        }
+    }
+    assert!(matches!(err, Some(LinkError::Protocol(m)) if m.contains("does not match")));
+}
+
+#[test]
+fn garbage_and_oversized_frames_close_the_link() {
+    let (_, mut b, _, _) = pair();
+    assert!(matches!(
+        b.handle_bytes(&[0, 0, 0, 5, 1, 2, 3, 4, 5], 0),
+        Err(LinkError::Noise(_))
+    ));
+    let (_, mut b, _, _) = pair();
+    assert!(matches!(
+        b.handle_bytes(&[0x7f, 0, 0, 0], 0),
+        Err(LinkError::Frame(_))
+    ));
+    // Tampered transport message after establishment.
+    let (mut a, mut b, _, _) = pair();
+    pump(&mut a, &mut b, 0);
+    a.send(&Message::Ping { nonce: 1 }).unwrap();
+    let mut bytes = a.poll_transmit(0).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert!(matches!(
+        b.handle_bytes(&bytes, 0),
+        Err(LinkError::Noise(_))
+    ));
+}
+
+#[test]
+fn keepalive_then_dead_peer() {
+    let (mut a, mut b, _, _) = pair();
+    pump(&mut a, &mut b, 0);
+    assert_eq!(a.poll_timeout(), KEEPALIVE_MS);
+    a.handle_timeout(KEEPALIVE_MS).unwrap();
+    assert!(
+        a.poll_transmit(KEEPALIVE_MS).is_some(),
+        "a ping is queued when idle"
+    );
+    // b answers nothing; a gives up after three intervals of silence.
+    assert!(a.handle_timeout(DEAD_AFTER_MS - 1).is_ok());
+    assert!(matches!(
+        a.handle_timeout(DEAD_AFTER_MS),
+        Err(LinkError::Timeout(_))
+    ));
+}
+
+#[test]
+fn unfinished_handshake_times_out() {
+    let (_, mut b, _, _) = pair();
+    assert!(b.handle_timeout(HANDSHAKE_TIMEOUT_MS - 1).is_ok());
+    assert!(b.handle_timeout(HANDSHAKE_TIMEOUT_MS).is_err());
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for _ in 0..2000 {
+        let (mut a, mut b, _, _) = pair();
+        if rng.gen_bool(0.5) {
+            pump(&mut a, &mut b, 0);
+        }
+        let len = rng.gen_range(0..300);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if bytes.len() >= 4 && rng.gen_bool(0.7) {
+            bytes[..4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
+        }
+        let _ = b.handle_bytes(&bytes, 0);
+    }
+}
