@@ -1,1 +1,233 @@
-//! todo
+//! The directory a supernode keeps: name claims (durable, first come first
+//! served) and presence records (signed, expiring). Every record is verified
+//! before it is stored; nothing unverified is ever served.
+
+use std::collections::HashMap;
+use supervox_proto::{LookupAnswer, NameClaim, Presence, RecordError, UserId};
+use thiserror::Error;
+
+/// Most claims one supernode stores (a bound on memory, not a product limit).
+pub const MAX_CLAIMS: usize = 1_000_000;
+
+/// Why a record was not stored.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DirectoryError {
+    /// Signature, key, name or expiry invalid.
+    #[error("{0}")]
+    Invalid(#[from] RecordError),
+    /// The name belongs to another key.
+    #[error("name {0:?} is taken by another key")]
+    NameTaken(String),
+    /// A presence record for a name this key does not own.
+    #[error("name {0:?} is not claimed by this key")]
+    NotOwner(String),
+    /// An older presence record than the one stored.
+    #[error("stale presence record")]
+    Stale,
+    /// The directory is full.
+    #[error("directory full")]
+    Full,
+}
+
+/// What storing a claim did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// A new claim was stored (replicate it).
+    Stored,
+    /// The same key already held the name; nothing changed.
+    Unchanged,
+    /// A conflicting claim lost to this one under [`NameClaim::wins_over`]
+    /// and was replaced (only during replication; clients get `NameTaken`).
+    Replaced(NameClaim),
+}
+
+/// Claims and presence held by one supernode.
+#[derive(Debug, Default)]
+pub struct Directory {
+    claims: HashMap<String, NameClaim>,
+    presence: HashMap<UserId, Presence>,
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A client claims a name: first come, first served.
+    pub fn claim(&mut self, claim: NameClaim) -> Result<ClaimOutcome, DirectoryError> {
+        claim.verify()?;
+        match self.claims.get(&claim.name) {
+            Some(held) if held.user_id == claim.user_id => Ok(ClaimOutcome::Unchanged),
+            Some(_) => Err(DirectoryError::NameTaken(claim.name)),
+            None => self.insert(claim),
+        }
+    }
+
+    /// A claim arrives from another supernode. Conflicts resolve the same way
+    /// everywhere: the claim that [`NameClaim::wins_over`] the other stays.
+    pub fn replicate(&mut self, claim: NameClaim) -> Result<ClaimOutcome, DirectoryError> {
+        claim.verify()?;
+        match self.claims.get(&claim.name) {
+            Some(held) if held.user_id == claim.user_id => Ok(ClaimOutcome::Unchanged),
+            Some(held) if claim.wins_over(held) => {
+                let loser = held.clone();
+                self.presence
+                    .retain(|_, p| p.user_id != loser.user_id || p.name != loser.name);
+                self.claims.insert(claim.name.clone(), claim);
+                Ok(ClaimOutcome::Replaced(loser))
+            }
+            Some(_) => Err(DirectoryError::NameTaken(claim.name)),
+            None => self.insert(claim),
+        }
+    }
+
+    fn insert(&mut self, claim: NameClaim) -> Result<ClaimOutcome, DirectoryError> {
+        if self.claims.len() >= MAX_CLAIMS {
+            return Err(DirectoryError::Full);
+        }
+        self.claims.insert(claim.name.clone(), claim);
+        Ok(ClaimOutcome::Stored)
+    }
+
+    /// Store a presence record after checking signature, expiry, ownership of
+    /// the name and that it is newer than what we hold.
+    pub fn publish(&mut self, presence: Presence, now_ms: u64) -> Result<(), DirectoryError> {
+        presence.verify(now_ms)?;
+        match self.claims.get(&presence.name) {
+            Some(c) if c.user_id == presence.user_id => {}
+            _ => return Err(DirectoryError::NotOwner(presence.name)),
+        }
+        if let Some(old) = self.presence.get(&presence.user_id) {
+            if old.seq > presence.seq {
+                return Err(DirectoryError::Stale);
+            }
+        }
+        self.presence.insert(presence.user_id, presence);
+        Ok(())
+    }
+
+    /// Forget a user's presence (its link to us closed).
+    pub fn remove_presence(&mut self, user: &UserId) {
+        self.presence.remove(user);
+    }
+
+    /// Drop expired presence records.
+    pub fn expire(&mut self, now_ms: u64) {
+        self.presence.retain(|_, p| p.expires_ms > now_ms);
+    }
+
+    /// What we know of a name.
+    pub fn lookup(&self, name: &str, now_ms: u64) -> LookupAnswer {
+        let Some(claim) = self.claims.get(name) else {
+            return LookupAnswer::Unknown;
+        };
+        match self.presence.get(&claim.user_id) {
+            Some(p) if p.expires_ms > now_ms && p.name == claim.name => LookupAnswer::Online {
+                claim: claim.clone(),
+                presence: p.clone(),
+            },
+            _ => LookupAnswer::Offline {
+                claim: claim.clone(),
+            },
+        }
+    }
+
+    /// All claims, for replication to a new peer and for persistence.
+    pub fn claims(&self) -> impl Iterator<Item = &NameClaim> {
+        self.claims.values()
+    }
+
+    /// Number of claims held.
+    pub fn claim_count(&self) -> usize {
+        self.claims.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+    use std::net::SocketAddr;
+
+    const SN: &str = "127.0.0.1:4000";
+
+    fn id(n: u8) -> Identity {
+        Identity::from_seed([n; 32])
+    }
+
+    #[test]
+    fn first_claim_wins_and_presence_needs_ownership() {
+        let mut d = Directory::new();
+        let (a, b) = (id(1), id(2));
+        assert_eq!(
+            d.claim(NameClaim::sign(a.signing_key(), "alice", 5).unwrap()),
+            Ok(ClaimOutcome::Stored)
+        );
+        assert_eq!(
+            d.claim(NameClaim::sign(a.signing_key(), "alice", 9).unwrap()),
+            Ok(ClaimOutcome::Unchanged)
+        );
+        assert_eq!(
+            d.claim(NameClaim::sign(b.signing_key(), "alice", 1).unwrap()),
+            Err(DirectoryError::NameTaken("alice".into()))
+        );
+        let sn: SocketAddr = SN.parse().unwrap();
+        let stolen = Presence::sign(b.signing_key(), "alice", sn, 1, 60_000).unwrap();
+        assert_eq!(
+            d.publish(stolen, 0),
+            Err(DirectoryError::NotOwner("alice".into()))
+        );
+        d.publish(
+            Presence::sign(a.signing_key(), "alice", sn, 2, 60_000).unwrap(),
+            0,
+        )
+        .unwrap();
+        assert!(matches!(d.lookup("alice", 10), LookupAnswer::Online { .. }));
+        assert_eq!(
+            d.publish(
+                Presence::sign(a.signing_key(), "alice", sn, 1, 60_000).unwrap(),
+                0
+            ),
+            Err(DirectoryError::Stale)
+        );
+        d.expire(60_000);
+        assert!(matches!(
+            d.lookup("alice", 60_000),
+            LookupAnswer::Offline { .. }
+        ));
+        assert_eq!(d.lookup("nobody", 0), LookupAnswer::Unknown);
+    }
+
+    #[test]
+    fn forged_presence_is_refused() {
+        let mut d = Directory::new();
+        let a = id(1);
+        d.claim(NameClaim::sign(a.signing_key(), "alice", 5).unwrap())
+            .unwrap();
+        let mut p =
+            Presence::sign(a.signing_key(), "alice", SN.parse().unwrap(), 1, 60_000).unwrap();
+        p.seq = 99;
+        assert_eq!(
+            d.publish(p, 0),
+            Err(DirectoryError::Invalid(RecordError::BadSignature))
+        );
+        assert!(matches!(d.lookup("alice", 0), LookupAnswer::Offline { .. }));
+    }
+
+    #[test]
+    fn replication_conflicts_resolve_identically() {
+        let early = NameClaim::sign(id(1).signing_key(), "x", 1).unwrap();
+        let late = NameClaim::sign(id(2).signing_key(), "x", 2).unwrap();
+        let (mut d1, mut d2) = (Directory::new(), Directory::new());
+        d1.claim(early.clone()).unwrap();
+        d2.claim(late.clone()).unwrap();
+        d1.replicate(late.clone()).unwrap_err();
+        assert_eq!(
+            d2.replicate(early.clone()),
+            Ok(ClaimOutcome::Replaced(late))
+        );
+        assert!(matches!(d1.lookup("x", 0), LookupAnswer::Offline { claim } if claim == early));
+        assert!(matches!(d2.lookup("x", 0), LookupAnswer::Offline { claim } if claim == early));
+    }
+}
