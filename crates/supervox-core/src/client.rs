@@ -1,1 +1,491 @@
-//! todo
+//! The client state machine: one link to a supernode, sign-in (name claim
+//! and presence), the host cache and reconnection, and the calls.
+//!
+//! The driver opens connections when asked ([`ClientOutput::Connect`]), runs
+//! a [`crate::link::Link`] on each, and reports what happens. Calls live in
+//! [`calls`]; media datagrams pass through [`Client::handle_datagram`].
+
+use crate::backoff::Backoff;
+use crate::call::Call;
+use crate::host_cache::HostCache;
+use crate::identity::Identity;
+use crate::media_path::PathKind;
+use crate::ConnId;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
+use tracing::{info, warn};
+
+mod calls;
+#[cfg(test)]
+mod tests;
+
+/// Lifetime of a presence record.
+pub const PRESENCE_TTL_MS: u64 = 120_000;
+/// Presence is refreshed this often.
+pub const PRESENCE_REFRESH_MS: u64 = 60_000;
+/// Pause between tries of different host cache entries.
+const NEXT_ENTRY_DELAY_MS: u64 = 50;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The name to claim.
+    pub name: String,
+    /// Answer incoming calls at once.
+    pub auto_answer: bool,
+    /// Agent string for Hello.
+    pub agent: String,
+}
+
+/// Something the user (or the control API) should hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Signed in and callable through this supernode.
+    SignedIn {
+        /// The supernode.
+        supernode: SocketAddr,
+    },
+    /// The supernode link went away; reconnecting.
+    LostSupernode {
+        /// Which one.
+        supernode: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The name belongs to someone else. Fatal for a daemon.
+    NameRefused {
+        /// The supernode's reason.
+        reason: String,
+    },
+    /// Someone is calling.
+    Incoming {
+        /// The call.
+        call_id: CallId,
+        /// Caller's name.
+        from: String,
+    },
+    /// The callee's phone rings.
+    Ringing {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Media path up.
+    Connected {
+        /// The call.
+        call_id: CallId,
+        /// Peer's name.
+        peer: String,
+        /// The path in use.
+        path: PathKind,
+        /// Invite sent (or received) until the path worked.
+        setup_ms: u64,
+    },
+    /// The call moved to another path.
+    PathChanged {
+        /// The call.
+        call_id: CallId,
+        /// New path.
+        path: PathKind,
+        /// Why.
+        reason: String,
+    },
+    /// The call never connected.
+    Failed {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: String,
+    },
+    /// A connected call ended.
+    Ended {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: String,
+        /// Connected time.
+        duration_ms: u64,
+    },
+}
+
+/// What the client asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOutput {
+    /// Open a TCP connection and a link to this supernode; report back with
+    /// [`Client::on_connected`] or [`Client::on_connect_failed`].
+    Connect(SocketAddr),
+    /// Send on an established link.
+    Send(ConnId, Message),
+    /// Close a connection.
+    Close(ConnId, String),
+    /// Send a media datagram.
+    Datagram(SocketAddr, Vec<u8>),
+    /// Tell the user.
+    Event(ClientEvent),
+    /// The host cache changed: persist [`Client::host_cache`].
+    HostCacheChanged,
+}
+
+#[derive(Debug)]
+enum SnLink {
+    Idle {
+        next_try_ms: u64,
+    },
+    Connecting {
+        addr: SocketAddr,
+        conn: Option<ConnId>,
+    },
+    Open {
+        conn: ConnId,
+        addr: SocketAddr,
+        sn: Option<SocketAddr>,
+        ready: bool,
+    },
+}
+
+/// A client: see the module docs.
+#[derive(Debug)]
+pub struct Client {
+    identity: Identity,
+    cfg: ClientConfig,
+    host_cache: HostCache,
+    backoff: Backoff,
+    cursor: usize,
+    tries: usize,
+    link: SnLink,
+    presence: Option<Presence>,
+    next_publish_ms: u64,
+    calls: HashMap<CallId, Call>,
+    local_candidates: Vec<Candidate>,
+    next_req: u64,
+    rng: StdRng,
+    out: VecDeque<ClientOutput>,
+}
+
+impl Client {
+    /// A client that will sign in through the supernodes in `host_cache`.
+    pub fn new(
+        identity: Identity,
+        cfg: ClientConfig,
+        host_cache: HostCache,
+        rng_seed: u64,
+    ) -> Self {
+        Self {
+            identity,
+            cfg,
+            host_cache,
+            backoff: Backoff::new(250, 10_000),
+            cursor: 0,
+            tries: 0,
+            link: SnLink::Idle { next_try_ms: 0 },
+            presence: None,
+            next_publish_ms: u64::MAX,
+            calls: HashMap::new(),
+            local_candidates: Vec::new(),
+            next_req: 1,
+            rng: StdRng::seed_from_u64(rng_seed),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The Hello this client sends.
+    pub fn hello(&self) -> Message {
+        Message::Hello {
+            role: Role::Client,
+            identity: self.identity.user_id(),
+            advertise: None,
+            agent: self.cfg.agent.clone(),
+        }
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The host cache (for persistence and status).
+    pub fn host_cache(&self) -> &HostCache {
+        &self.host_cache
+    }
+
+    /// The supernode we are signed in to, if any.
+    pub fn supernode(&self) -> Option<SocketAddr> {
+        match &self.link {
+            SnLink::Open {
+                sn, ready: true, ..
+            } => *sn,
+            _ => None,
+        }
+    }
+
+    /// The address the driver connected to for the current supernode.
+    pub fn supernode_conn(&self) -> Option<ConnId> {
+        match &self.link {
+            SnLink::Open { conn, .. } => Some(*conn),
+            SnLink::Connecting { conn, .. } => *conn,
+            SnLink::Idle { .. } => None,
+        }
+    }
+
+    /// Our media candidates, offered in every invite and accept.
+    pub fn set_local_candidates(&mut self, c: Vec<Candidate>) {
+        self.local_candidates = c;
+    }
+
+    /// Next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.out.pop_front()
+    }
+
+    fn event(&mut self, e: ClientEvent) {
+        self.out.push_back(ClientOutput::Event(e));
+    }
+
+    fn send_sn(&mut self, msg: Message) -> bool {
+        match &self.link {
+            SnLink::Open { conn, .. } => {
+                let c = *conn;
+                self.out.push_back(ClientOutput::Send(c, msg));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Timers: connecting, presence refresh, call deadlines, media checks.
+    pub fn on_tick(&mut self, now_ms: u64) {
+        if let SnLink::Idle { next_try_ms } = self.link {
+            if now_ms >= next_try_ms {
+                self.try_next_supernode(now_ms);
+            }
+        }
+        if self.supernode().is_some() && now_ms >= self.next_publish_ms {
+            self.publish(now_ms);
+        }
+        self.tick_calls(now_ms);
+    }
+
+    fn try_next_supernode(&mut self, now_ms: u64) {
+        if self.host_cache.is_empty() {
+            self.link = SnLink::Idle {
+                next_try_ms: now_ms + 1_000,
+            };
+            return;
+        }
+        let entries = self.host_cache.entries();
+        let addr = entries[self.cursor % entries.len()];
+        self.cursor += 1;
+        self.tries += 1;
+        self.link = SnLink::Connecting { addr, conn: None };
+        self.out.push_back(ClientOutput::Connect(addr));
+    }
+
+    /// The TCP connection for a [`ClientOutput::Connect`] is up.
+    pub fn on_connected(&mut self, conn: ConnId, addr: SocketAddr) {
+        match &mut self.link {
+            SnLink::Connecting { addr: a, conn: c } if *a == addr => *c = Some(conn),
+            _ => self
+                .out
+                .push_back(ClientOutput::Close(conn, "not wanted any more".into())),
+        }
+    }
+
+    /// A [`ClientOutput::Connect`] failed.
+    pub fn on_connect_failed(&mut self, addr: SocketAddr, reason: &str, now_ms: u64) {
+        if matches!(self.link, SnLink::Connecting { addr: a, .. } if a == addr) {
+            info!("supernode {addr} unreachable: {reason}");
+            self.schedule_retry(now_ms);
+        }
+    }
+
+    fn schedule_retry(&mut self, now_ms: u64) {
+        // Walk the whole cache quickly; back off only after a full round failed.
+        let delay = if self.tries >= self.host_cache.len().max(1) {
+            self.tries = 0;
+            self.backoff.next_delay(&mut self.rng)
+        } else {
+            NEXT_ENTRY_DELAY_MS
+        };
+        self.link = SnLink::Idle {
+            next_try_ms: now_ms + delay,
+        };
+    }
+
+    /// The link on `conn` finished its handshake.
+    pub fn on_established(&mut self, conn: ConnId, role: Role) {
+        let SnLink::Connecting {
+            addr,
+            conn: Some(c),
+        } = self.link
+        else {
+            return;
+        };
+        if c != conn {
+            return;
+        }
+        if role != Role::Supernode {
+            self.out
+                .push_back(ClientOutput::Close(conn, "peer is not a supernode".into()));
+            return;
+        }
+        self.link = SnLink::Open {
+            conn,
+            addr,
+            sn: None,
+            ready: false,
+        };
+    }
+
+    /// A connection closed.
+    pub fn on_closed(&mut self, conn: ConnId, reason: &str, now_ms: u64) {
+        match self.link {
+            SnLink::Open {
+                conn: c, addr, sn, ..
+            } if c == conn => {
+                warn!("lost supernode {addr}: {reason}");
+                self.host_cache.demote(addr);
+                self.out.push_back(ClientOutput::HostCacheChanged);
+                self.event(ClientEvent::LostSupernode {
+                    supernode: sn.unwrap_or(addr),
+                    reason: reason.to_string(),
+                });
+                self.cursor = 0;
+                self.tries = 1;
+                self.presence = None;
+                self.next_publish_ms = u64::MAX;
+                self.link = SnLink::Idle {
+                    next_try_ms: now_ms,
+                };
+                self.fail_signalling_calls("lost the supernode link", now_ms);
+            }
+            SnLink::Connecting {
+                addr,
+                conn: Some(c),
+            } if c == conn => {
+                info!("supernode {addr} closed during sign-in: {reason}");
+                self.schedule_retry(now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from the supernode.
+    pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
+        let SnLink::Open { conn: c, addr, .. } = self.link else {
+            return;
+        };
+        if c != conn {
+            return;
+        }
+        match msg {
+            Message::Welcome {
+                supernode,
+                supernodes,
+                ..
+            } => {
+                if let SnLink::Open { sn, .. } = &mut self.link {
+                    *sn = Some(supernode);
+                }
+                self.host_cache.promote(addr);
+                for s in supernodes {
+                    self.host_cache.add(s);
+                }
+                self.out.push_back(ClientOutput::HostCacheChanged);
+                match NameClaim::sign(self.identity.signing_key(), &self.cfg.name, now_ms) {
+                    Ok(claim) => {
+                        self.send_sn(Message::Claim { claim });
+                    }
+                    Err(e) => self.event(ClientEvent::NameRefused {
+                        reason: e.to_string(),
+                    }),
+                }
+                self.publish_to(supernode, now_ms);
+            }
+            Message::Redirect { supernodes, reason } => {
+                info!("supernode {addr} redirects us: {reason}");
+                for s in supernodes.into_iter().rev() {
+                    self.host_cache.promote(s);
+                }
+                self.host_cache.demote(addr);
+                self.out
+                    .push_back(ClientOutput::Close(conn, format!("redirected: {reason}")));
+                self.cursor = 0;
+                self.tries = 0;
+                self.link = SnLink::Idle {
+                    next_try_ms: now_ms,
+                };
+            }
+            Message::ClaimResult {
+                result: Err(reason),
+                ..
+            } => {
+                self.event(ClientEvent::NameRefused { reason });
+            }
+            Message::ClaimResult { result: Ok(()), .. } => {}
+            Message::PublishResult { result } => match result {
+                Ok(()) => {
+                    if let SnLink::Open {
+                        sn: Some(sn),
+                        ready,
+                        ..
+                    } = &mut self.link
+                    {
+                        if !*ready {
+                            *ready = true;
+                            let sn = *sn;
+                            self.backoff.reset();
+                            self.tries = 0;
+                            info!("signed in as {:?} via {sn}", self.cfg.name);
+                            self.event(ClientEvent::SignedIn { supernode: sn });
+                        }
+                    }
+                }
+                Err(reason) => warn!("presence refused: {reason}"),
+            },
+            Message::LookupResult { req_id, answer } => {
+                self.on_lookup_result(req_id, answer, now_ms)
+            }
+            Message::Signal(env) => self.on_signal(env, now_ms),
+            Message::SignalFailed { call_id, reason } => {
+                self.fail_call(call_id, &reason, now_ms, false)
+            }
+            Message::Error { reason } => warn!("supernode says: {reason}"),
+            other => warn!(
+                "unexpected {} from supernode",
+                crate::supernode::kind(&other)
+            ),
+        }
+    }
+
+    fn publish(&mut self, now_ms: u64) {
+        if let Some(sn) = self.supernode() {
+            self.publish_to(sn, now_ms);
+        }
+    }
+
+    fn publish_to(&mut self, sn: SocketAddr, now_ms: u64) {
+        // Wall-clock ms as the sequence number stays monotonic across restarts.
+        let seq = now_ms.max(self.presence.as_ref().map_or(0, |p| p.seq + 1));
+        match Presence::sign(
+            self.identity.signing_key(),
+            &self.cfg.name,
+            sn,
+            seq,
+            now_ms + PRESENCE_TTL_MS,
+        ) {
+            Ok(p) => {
+                self.presence = Some(p.clone());
+                self.send_sn(Message::Publish { presence: p });
+                self.next_publish_ms = now_ms + PRESENCE_REFRESH_MS;
+            }
+            Err(e) => warn!("cannot sign presence: {e}"),
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The client's calls: placing, answering, ending, and the media path.
+
+use super::{Client, ClientEvent, ClientOutput};
+use crate::call::{
+    answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase,
+    CONNECT_TIMEOUT_MS, INVITE_TIMEOUT_MS, LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS,
+};
+use crate::media_path::{call_tag, datagram_tag, MediaPath};
+use rand::RngCore;
+use std::net::SocketAddr;
+use supervox_proto::{CallId, CallSignal, LookupAnswer, Message, SignalEnvelope, UserId};
+use tracing::{info, warn};
+
+/// At most this many calls at once (one active plus ones being declined).
+const MAX_CALLS: usize = 4;
+
+impl Client {
+    /// Place a call to `name`. The outcome arrives as events.
+    pub fn place_call(&mut self, name: &str, now_ms: u64) -> Result<CallId, String> {
+        supervox_proto::record::validate_name(name).map_err(|e| e.to_string())?;
+        if name == self.cfg.name {
+            return Err("cannot call yourself".into());
+        }
+        if self.supernode().is_none() {
+            return Err("not signed in to a supernode yet".into());
+        }
+        if self.calls.len() >= MAX_CALLS || self.active_call().is_some() {
+            return Err("already in a call".into());
+        }
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let id = CallId(id);
+        let req_id = self.next_req;
+        self.next_req += 1;
+        self.send_sn(Message::Lookup {
+            req_id,
+            name: name.to_string(),
+        });
+        self.calls.insert(
+            id,
+            Call {
+                id,
+                direction: Direction::Outgoing,
+                peer_name: name.to_string(),
+                peer_id: None,
+                peer_sn: None,
+                phase: Phase::Resolving { req_id },
+                path: None,
+                created_ms: now_ms,
+                deadline_ms: now_ms + LOOKUP_TIMEOUT_MS,
+                invite_ms: None,
+                connected_ms: None,
+                reported_path: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The call in progress, if any (not counting ones being torn down).
+    pub fn active_call(&self) -> Option<CallId> {
+        self.calls.values().map(|c| c.id).next()
+    }
+
+    /// A call's peer name and phase name, for status.
+    pub fn call_info(&self, id: &CallId) -> Option<(String, &'static str)> {
+        self.calls.get(id).map(|c| {
+            let phase = match c.phase {
+                Phase::Resolving { .. } => "resolving",
+                Phase::Inviting { ringing: false, .. } => "inviting",
+                Phase::Inviting { ringing: true, .. } => "ringing",
+                Phase::Alerting { .. } => "incoming",
+                Phase::Connecting => "connecting",
+                Phase::Connected => "connected",
+            };
+            (c.peer_name.clone(), phase)
+        })
+    }
+
+    pub(super) fn on_lookup_result(&mut self, req_id: u64, answer: LookupAnswer, now_ms: u64) {
+        let Some(id) = self
+            .calls
+            .values()
+            .find(|c| matches!(c.phase, Phase::Resolving { req_id: r } if r == req_id))
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let (claim, presence) = match answer {
+            LookupAnswer::Online { claim, presence } => (claim, presence),
+            LookupAnswer::Offline { claim } => {
+                return self.fail_call(id, &format!("{} is offline", claim.name), now_ms, false)
+            }
+            LookupAnswer::Unknown => {
+                let name = self
+                    .calls
+                    .get(&id)
+                    .map(|c| c.peer_name.clone())
+                    .unwrap_or_default();
+                return self.fail_call(id, &format!("no user named {name:?}"), now_ms, false);
+            }
+        };
+        // The supernode is not trusted: the records must verify here too.
+        let name_ok = self
+            .calls
+            .get(&id)
+            .is_some_and(|c| c.peer_name == claim.name);
+        if !name_ok
+            || claim.verify().is_err()
+            || presence.verify(now_ms).is_err()
+            || presence.user_id != claim.user_id
+        {
+            return self.fail_call(id, "lookup answer did not verify", now_ms, false);
+        }
+        let Some(me) = self.presence.clone() else {
+            return self.fail_call(id, "not signed in", now_ms, false);
+        };
+        let (hs, msg1) = match start_handshake(&self.identity, &claim.user_id) {
+            Ok(x) => x,
+            Err(e) => return self.fail_call(id, &e.to_string(), now_ms, false),
+        };
+        let candidates = self.local_candidates.clone();
+        let from_name = self.cfg.name.clone();
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.peer_id = Some(claim.user_id);
+            c.peer_sn = Some(presence.supernode);
+            c.phase = Phase::Inviting {
+                hs: Box::new(hs),
+                ringing: false,
+            };
+            c.invite_ms = Some(now_ms);
+            c.deadline_ms = now_ms + INVITE_TIMEOUT_MS;
+        }
+        self.signal(
+            id,
+            CallSignal::Invite {
+                from_name,
+                caller_presence: me,
+                handshake: msg1,
+                candidates,
+            },
+        );
+    }
+
+    /// Send a signal to the peer of call `id` through our supernode.
+    fn signal(&mut self, id: CallId, body: CallSignal) {
+        let Some(c) = self.calls.get(&id) else { return };
+        let (Some(to), Some(to_supernode)) = (c.peer_id, c.peer_sn) else {
+            return;
+        };
+        let env = SignalEnvelope {
+            call_id: id,
+            from: self.identity.user_id(),
+            to,
+            to_supernode,
+            body,
+        };
+        self.send_sn(Message::Signal(env));
+    }
+
+    fn signal_to(&mut self, id: CallId, to: UserId, to_supernode: SocketAddr, body: CallSignal) {
+        let env = SignalEnvelope {
+            call_id: id,
+            from: self.identity.user_id(),
+            to,
+            to_supernode,
+            body,
+        };
+        self.send_sn(Message::Signal(env));
+    }
+
+    pub(super) fn on_signal(&mut self, env: SignalEnvelope, now_ms: u64) {
+        if env.to != self.identity.user_id() {
+            return;
+        }
+        let id = env.call_id;
+        if let CallSignal::Invite {
+            from_name,
+            caller_presence,
+            handshake,
+            candidates,
+        } = env.body
+        {
+            return self.on_invite(
+                id,
+                env.from,
+                from_name,
+                caller_presence,
+                handshake,
+                candidates,
+                now_ms,
+            );
+        }
+        // Everything else must come from the peer of a call we have.
+        if self.calls.get(&id).and_then(|c| c.peer_id) != Some(env.from) {
+            return;
+        }
+        match env.body {
+            CallSignal::Ringing => {
+                if let Some(Call {
+                    phase: Phase::Inviting { ringing, .. },
+                    deadline_ms,
+                    ..
+                }) = self.calls.get_mut(&id)
+                {
+                    if !*ringing {
+                        *ringing = true;
+                        *deadline_ms = now_ms + RING_TIMEOUT_MS;
+                        self.event(ClientEvent::Ringing { call_id: id });
+                    }
+                }
+            }
+            CallSignal::Accept {
+                handshake,
+                candidates,
+            } => {
+                let Some(c) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                let Phase::Inviting { .. } = c.phase else {
+                    return;
+                };
+                let Phase::Inviting { hs, .. } = std::mem::replace(&mut c.phase, Phase::Connecting)
+                else {
+                    return;
+                };
+                match finish_handshake(*hs, &handshake) {
+                    Ok(keys) => {
+                        c.path = Some(MediaPath::new(&id, keys, &candidates, now_ms));
+                        c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
+                        self.flush_path(id);
+                    }
+                    Err(e) => self.fail_call(id, &e.to_string(), now_ms, true),
+                }
+            }
+            CallSignal::Reject { reason } => {
+                self.fail_call(id, &format!("rejected: {reason}"), now_ms, false)
+            }
+            CallSignal::Cancel => self.fail_call(id, "caller cancelled", now_ms, false),
+            CallSignal::Bye { reason } => {
+                self.end_call(id, &format!("remote hangup ({reason})"), now_ms, false)
+            }
+            CallSignal::Candidates { .. } | CallSignal::Invite { .. } => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_invite(
+        &mut self,
+        id: CallId,
+        from: UserId,
+        from_name: String,
+        caller_presence: supervox_proto::Presence,
+        msg1: Vec<u8>,
+        candidates: Vec<supervox_proto::Candidate>,
+        now_ms: u64,
+    ) {
+        if self.calls.contains_key(&id) {
+            return; // a duplicate
+        }
+        // The caller's presence tells us where to send answers; it must be theirs.
+        if caller_presence.verify(now_ms).is_err()
+            || caller_presence.user_id != from
+            || caller_presence.name != from_name
+        {
+            warn!("invite with an invalid caller presence dropped");
+            return;
+        }
+        let sn = caller_presence.supernode;
+        if self.active_call().is_some() || self.calls.len() >= super::calls::MAX_CALLS {
+            return self.signal_to(
+                id,
+                from,
+                sn,
+                CallSignal::Reject {
+                    reason: "busy".into(),
+                },
+            );
+        }
+        info!("incoming call from {from_name:?}");
+        self.calls.insert(
+            id,
+            Call {
+                id,
+                direction: Direction::Incoming,
+                peer_name: from_name.clone(),
+                peer_id: Some(from),
+                peer_sn: Some(sn),
+                phase: Phase::Alerting { msg1, candidates },
+                path: None,
+                created_ms: now_ms,
+                deadline_ms: now_ms + RING_TIMEOUT_MS,
+                invite_ms: Some(now_ms),
+                connected_ms: None,
+                reported_path: None,
+            },
+        );
+        self.signal(id, CallSignal::Ringing);
+        self.event(ClientEvent::Incoming {
+            call_id: id,
+            from: from_name,
+        });
+        if self.cfg.auto_answer {
+            self.answer(id, now_ms);
+        }
+    }
+
+    /// Answer a ringing incoming call.
+    pub fn answer(&mut self, id: CallId, now_ms: u64) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Phase::Alerting { .. } = c.phase else {
+            return;
+        };
+        let Phase::Alerting { msg1, candidates } =
+            std::mem::replace(&mut c.phase, Phase::Connecting)
+        else {
+            return;
+        };
+        let Some(peer) = c.peer_id else { return };
+        match answer_handshake(&self.identity, &peer, &msg1) {
+            Ok((keys, msg2)) => {
+                c.path = Some(MediaPath::new(&id, keys, &candidates, now_ms));
+                c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
+                let candidates = self.local_candidates.clone();
+                self.signal(
+                    id,
+                    CallSignal::Accept {
+                        handshake: msg2,
+                        candidates,
+                    },
+                );
+                self.flush_path(id);
+            }
+            Err(e) => {
+                self.signal(
+                    id,
+                    CallSignal::Reject {
+                        reason: "handshake failed".into(),
+                    },
+                );
+                self.fail_call(id, &e.to_string(), now_ms, false);
+            }
+        }
+    }
+
+    /// Hang up, cancel or decline call `id`, telling the peer.
+    pub fn hangup(&mut self, id: CallId, reason: &str, now_ms: u64) {
+        let Some(c) = self.calls.get(&id) else { return };
+        match c.phase {
+            Phase::Connected | Phase::Connecting => self.end_call(id, reason, now_ms, true),
+            Phase::Alerting { .. } => {
+                self.signal(
+                    id,
+                    CallSignal::Reject {
+                        reason: "declined".into(),
+                    },
+                );
+                self.fail_call(id, reason, now_ms, false);
+            }
+            Phase::Inviting { .. } | Phase::Resolving { .. } => {
+                self.fail_call(id, reason, now_ms, true)
+            }
+        }
+    }
+
+    /// End a call that never connected. `tell_peer` sends Cancel.
+    pub(super) fn fail_call(&mut self, id: CallId, reason: &str, _now_ms: u64, tell_peer: bool) {
+        if tell_peer {
+            self.signal(id, CallSignal::Cancel);
+        }
+        if self.calls.remove(&id).is_some() {
+            info!("call {id} failed: {reason}");
+            self.event(ClientEvent::Failed {
+                call_id: id,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    fn end_call(&mut self, id: CallId, reason: &str, now_ms: u64, tell_peer: bool) {
+        if tell_peer {
+            self.signal(
+                id,
+                CallSignal::Bye {
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        let Some(c) = self.calls.remove(&id) else {
+            return;
+        };
+        match c.connected_ms {
+            Some(t) => {
+                info!("call {id} ended: {reason}");
+                self.event(ClientEvent::Ended {
+                    call_id: id,
+                    reason: reason.to_string(),
+                    duration_ms: now_ms - t,
+                })
+            }
+            None => self.event(ClientEvent::Failed {
+                call_id: id,
+                reason: reason.to_string(),
+            }),
+        }
+    }
+
+    pub(super) fn fail_signalling_calls(&mut self, reason: &str, now_ms: u64) {
+        let ids: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| {
+                matches!(
+                    c.phase,
+                    Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Alerting { .. }
+                )
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.fail_call(id, reason, now_ms, false);
+        }
+    }
+
+    pub(super) fn tick_calls(&mut self, now_ms: u64) {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            if let Some(p) = c.path.as_mut() {
+                p.handle_timeout(now_ms);
+            }
+            let expired = now_ms >= c.deadline_ms;
+            let silent = matches!(c.phase, Phase::Connected)
+                && c.path
+                    .as_ref()
+                    .is_some_and(|p| now_ms >= p.last_rx_ms() + MEDIA_TIMEOUT_MS);
+            match (&c.phase, expired, silent) {
+                (Phase::Connected, _, true) => {
+                    self.end_call(id, "media timeout: no packets from the peer", now_ms, true)
+                }
+                (Phase::Connected, _, false) => {}
+                (Phase::Resolving { .. }, true, _) => {
+                    self.fail_call(id, "lookup timed out", now_ms, false)
+                }
+                (Phase::Inviting { ringing: false, .. }, true, _) => {
+                    self.fail_call(id, "callee did not respond", now_ms, true)
+                }
+                (Phase::Inviting { ringing: true, .. }, true, _) => {
+                    self.fail_call(id, "no answer", now_ms, true)
+                }
+                (Phase::Alerting { .. }, true, _) => {
+                    self.signal(
+                        id,
+                        CallSignal::Reject {
+                            reason: "no answer".into(),
+                        },
+                    );
+                    self.fail_call(id, "missed call", now_ms, false)
+                }
+                (Phase::Connecting, true, _) => {
+                    self.end_call(id, "no media path to the peer", now_ms, true)
+                }
+                _ => {}
+            }
+            self.flush_path(id);
+        }
+    }
+
+    /// Move queued datagrams of a call's path to the outputs, and notice a
+    /// path coming up.
+    fn flush_path(&mut self, id: CallId) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(p) = c.path.as_mut() else { return };
+        while let Some((to, bytes)) = p.poll_transmit() {
+            self.out.push_back(ClientOutput::Datagram(to, bytes));
+        }
+        if p.is_connected() && matches!(c.phase, Phase::Connecting) {
+            let kind = p.kind();
+            c.phase = Phase::Connected;
+            c.reported_path = Some(kind);
+            let now = p.last_rx_ms();
+            c.connected_ms = Some(now);
+            let setup_ms = now.saturating_sub(c.invite_ms.unwrap_or(c.created_ms));
+            let peer = c.peer_name.clone();
+            self.event(ClientEvent::Connected {
+                call_id: id,
+                peer,
+                path: kind,
+                setup_ms,
+            });
+        }
+    }
+
+    /// A datagram arrived on the media socket. Returns the media plaintext
+    /// and its call, if it was an authentic media packet.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Option<(CallId, Vec<u8>)> {
+        let tag = datagram_tag(bytes)?;
+        let id = self.calls.keys().find(|id| call_tag(id) == tag).copied()?;
+        let plain = self
+            .calls
+            .get_mut(&id)?
+            .path
+            .as_mut()?
+            .handle_datagram(from, bytes, now_ms);
+        self.flush_path(id);
+        Some((id, plain?))
+    }
+
+    /// Send one media frame (RTP-like plaintext) on call `id`.
+    pub fn send_media(&mut self, id: CallId, plaintext: &[u8]) {
+        if let Some(Call {
+            phase: Phase::Connected,
+            path: Some(p),
+            ..
+        }) = self.calls.get_mut(&id)
+        {
+            p.send_media(plaintext);
+        }
+        self.flush_path(id);
+    }
+
+    /// True if call `id` is connected (media may flow).
+    pub fn is_connected(&self, id: &CallId) -> bool {
+        matches!(
+            self.calls.get(id),
+            Some(Call {
+                phase: Phase::Connected,
+                ..
+            })
+        )
+    }
+}

@@ -1,0 +1,274 @@
+//! A deterministic in-memory network: one supernode, two clients, links
+//! replaced by direct message delivery, datagrams delivered by address.
+
+use super::*;
+use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
+use supervox_proto::{CandidateKind, Transport};
+
+const SN: u16 = 4000;
+
+fn addr(p: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], p))
+}
+
+struct Net {
+    sn: Supernode,
+    clients: Vec<Client>,
+    /// client index → its conn id at the supernode (same id both ends).
+    conns: Vec<Option<ConnId>>,
+    events: Vec<Vec<ClientEvent>>,
+    media: Vec<Vec<Vec<u8>>>,
+    now: u64,
+    /// Drop datagrams to this client.
+    blackhole: Option<usize>,
+}
+
+impl Net {
+    fn new(names: &[&str], auto_answer: bool) -> Self {
+        let cfg = SupernodeConfig {
+            advertise: addr(SN),
+            seeds: vec![],
+            max_clients: 10,
+            agent: "t".into(),
+        };
+        let sn = Supernode::new(Identity::from_seed([99; 32]).user_id(), cfg, vec![], 1, 0);
+        let clients = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut hc = HostCache::new();
+                hc.add(addr(SN));
+                let cfg = ClientConfig {
+                    name: n.to_string(),
+                    auto_answer,
+                    agent: "t".into(),
+                };
+                let mut c = Client::new(Identity::from_seed([i as u8 + 1; 32]), cfg, hc, i as u64);
+                c.set_local_candidates(vec![Candidate {
+                    kind: CandidateKind::Host,
+                    transport: Transport::Udp,
+                    addr: addr(5000 + i as u16),
+                    priority: 100,
+                }]);
+                c
+            })
+            .collect::<Vec<_>>();
+        let n = clients.len();
+        Net {
+            sn,
+            clients,
+            conns: vec![None; n],
+            events: vec![vec![]; n],
+            media: vec![vec![]; n],
+            now: 1_000_000,
+            blackhole: None,
+        }
+    }
+
+    fn step(&mut self) {
+        for i in 0..self.clients.len() {
+            self.clients[i].on_tick(self.now);
+        }
+        self.sn.on_tick(self.now);
+        for _ in 0..50 {
+            let mut moved = false;
+            for i in 0..self.clients.len() {
+                while let Some(o) = self.clients[i].poll_output() {
+                    moved = true;
+                    match o {
+                        ClientOutput::Connect(a) => {
+                            assert_eq!(a, addr(SN));
+                            let conn = 10 + i as ConnId;
+                            self.conns[i] = Some(conn);
+                            self.clients[i].on_connected(conn, a);
+                            self.sn.on_connected(conn, addr(6000 + i as u16), None);
+                            self.clients[i].on_established(conn, Role::Supernode);
+                            let id = self.clients[i].identity().user_id();
+                            self.sn
+                                .on_established(conn, Role::Client, id, None, self.now);
+                        }
+                        ClientOutput::Send(c, m) => self.sn.on_message(c, m, self.now),
+                        ClientOutput::Datagram(to, bytes) => {
+                            let j = (to.port() - 5000) as usize;
+                            if self.blackhole != Some(j) && j < self.clients.len() {
+                                let from = addr(5000 + i as u16);
+                                if let Some((_, m)) =
+                                    self.clients[j].handle_datagram(from, &bytes, self.now)
+                                {
+                                    self.media[j].push(m);
+                                }
+                            }
+                        }
+                        ClientOutput::Event(e) => self.events[i].push(e),
+                        ClientOutput::Close(..) | ClientOutput::HostCacheChanged => {}
+                    }
+                }
+            }
+            while let Some(o) = self.sn.poll_output() {
+                moved = true;
+                if let SnOutput::Send(c, m) = o {
+                    if let Some(i) = self.conns.iter().position(|x| *x == Some(c)) {
+                        self.clients[i].on_message(c, m, self.now);
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.step();
+            self.now += 10;
+        }
+    }
+
+    fn drop_link(&mut self, i: usize) {
+        let c = self.conns[i].take().unwrap();
+        self.sn.on_closed(c, self.now);
+        self.clients[i].on_closed(c, "test", self.now);
+    }
+}
+
+fn has(ev: &[ClientEvent], f: impl Fn(&ClientEvent) -> bool) -> bool {
+    ev.iter().any(f)
+}
+
+#[test]
+fn sign_in_call_media_and_hangup() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    assert!(has(&net.events[0], |e| matches!(
+        e,
+        ClientEvent::SignedIn { .. }
+    )));
+    assert_eq!(net.clients[1].supernode(), Some(addr(SN)));
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(200);
+    assert!(has(
+        &net.events[1],
+        |e| matches!(e, ClientEvent::Incoming { from, .. } if from == "alice")
+    ));
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Connected { path: PathKind::DirectUdp, peer, .. } if peer == "bob")
+    ));
+    assert!(net.clients[0].is_connected(&id) && net.clients[1].is_connected(&id));
+    net.clients[0].send_media(id, b"frame-1");
+    net.step();
+    assert_eq!(net.media[1], vec![b"frame-1".to_vec()]);
+    net.clients[1].hangup(id, "bye", net.now);
+    net.run(50);
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Ended { reason, .. } if reason.contains("remote hangup"))
+    ));
+    assert!(has(&net.events[1], |e| matches!(
+        e,
+        ClientEvent::Ended { .. }
+    )));
+    assert!(net.clients[0].active_call().is_none() && net.clients[1].active_call().is_none());
+}
+
+#[test]
+fn unknown_and_offline_names_fail_fast() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    net.clients[0].place_call("nobody", net.now).unwrap();
+    net.run(20);
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("no user named"))
+    ));
+    net.drop_link(1);
+    // bob's client is now reconnecting; stop it from succeeding by checking at once.
+    net.clients[0].place_call("bob", net.now).unwrap();
+    net.sn.on_tick(net.now);
+    let mut out = Vec::new();
+    while let Some(o) = net.clients[0].poll_output() {
+        out.push(o);
+    }
+    for o in out {
+        if let ClientOutput::Send(c, m) = o {
+            net.sn.on_message(c, m, net.now);
+        }
+    }
+    while let Some(o) = net.sn.poll_output() {
+        if let SnOutput::Send(c, m) = o {
+            if net.conns[0] == Some(c) {
+                net.clients[0].on_message(c, m, net.now);
+            }
+        }
+    }
+    while let Some(o) = net.clients[0].poll_output() {
+        if let ClientOutput::Event(e) = o {
+            net.events[0].push(e);
+        }
+    }
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("offline"))
+    ));
+}
+
+#[test]
+fn unanswered_call_can_be_declined_and_cancelled() {
+    let mut net = Net::new(&["alice", "bob"], false);
+    net.run(100);
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(50);
+    assert!(has(&net.events[0], |e| matches!(
+        e,
+        ClientEvent::Ringing { .. }
+    )));
+    net.clients[1].hangup(id, "declined", net.now);
+    net.run(50);
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("declined"))
+    ));
+    // Caller cancels while ringing: the callee stops ringing.
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(50);
+    net.clients[0].hangup(id, "cancelled", net.now);
+    net.run(50);
+    assert!(has(
+        &net.events[1],
+        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("caller cancelled"))
+    ));
+    assert!(net.clients[1].active_call().is_none());
+}
+
+#[test]
+fn media_timeout_ends_a_call_whose_peer_vanished() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(200);
+    net.blackhole = Some(0);
+    net.run(crate::call::MEDIA_TIMEOUT_MS + 100);
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Ended { reason, .. } if reason.contains("media timeout"))
+    ));
+}
+
+#[test]
+fn reconnects_after_losing_the_supernode() {
+    let mut net = Net::new(&["alice"], true);
+    net.run(100);
+    net.drop_link(0);
+    net.run(100);
+    assert!(has(&net.events[0], |e| matches!(
+        e,
+        ClientEvent::LostSupernode { .. }
+    )));
+    let signed_in = net.events[0]
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::SignedIn { .. }))
+        .count();
+    assert_eq!(signed_in, 2);
+}
