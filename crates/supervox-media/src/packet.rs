@@ -1,0 +1,177 @@
+//! RTP-like plaintext media payload.
+//!
+//! Layout (7-byte header, then the Opus packet):
+//!
+//! ```text
+//!  byte 0:    vv m rrrrr   vv = version (1), m = marker, r = reserved (send 0, ignored)
+//!  bytes 1-2: sequence number, u16 big-endian
+//!  bytes 3-6: timestamp in 48 kHz samples, u32 big-endian
+//!  bytes 7..: Opus packet, 1..=1275 bytes
+//! ```
+//!
+//! Encryption is applied by the caller around these bytes.
+
+use crate::MediaError;
+
+/// Media packet format version carried in the top two bits of the first byte.
+pub const VERSION: u8 = 1;
+/// Length of the fixed header in bytes.
+pub const HEADER_LEN: usize = 7;
+/// Largest Opus packet allowed as payload (the Opus maximum for one frame).
+pub const MAX_PAYLOAD: usize = 1275;
+
+const VERSION_SHIFT: u8 = 6;
+const MARKER_BIT: u8 = 0x20;
+
+/// Header of one media packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MediaHeader {
+    /// Sequence number, incremented by one per packet (wraps at 65535).
+    pub seq: u16,
+    /// Media timestamp in 48 kHz samples of the first sample in the packet (wraps).
+    pub timestamp: u32,
+    /// Set on the first packet of a talk spurt / stream.
+    pub marker: bool,
+}
+
+/// Serialises a header and Opus payload into a plaintext media packet.
+///
+/// The payload is copied as is; callers are expected to pass a valid Opus packet of
+/// 1..=[`MAX_PAYLOAD`] bytes, which [`decode_media`] enforces on the receiving side.
+pub fn encode_media(h: &MediaHeader, opus: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + opus.len());
+    let mut b0 = VERSION << VERSION_SHIFT;
+    if h.marker {
+        b0 |= MARKER_BIT;
+    }
+    out.push(b0);
+    out.extend_from_slice(&h.seq.to_be_bytes());
+    out.extend_from_slice(&h.timestamp.to_be_bytes());
+    out.extend_from_slice(opus);
+    out
+}
+
+/// Parses a plaintext media packet into its header and Opus payload.
+///
+/// Rejects input shorter than the header, a version other than [`VERSION`], an empty
+/// payload and a payload longer than [`MAX_PAYLOAD`]. Never panics.
+pub fn decode_media(bytes: &[u8]) -> Result<(MediaHeader, &[u8]), MediaError> {
+    let (header, payload) = match bytes.split_first_chunk::<HEADER_LEN>() {
+        Some(split) => split,
+        None => {
+            return Err(MediaError::PacketTooShort {
+                len: bytes.len(),
+                min: HEADER_LEN,
+            })
+        }
+    };
+    let version = header[0] >> VERSION_SHIFT;
+    if version != VERSION {
+        return Err(MediaError::BadVersion(version));
+    }
+    if payload.is_empty() {
+        return Err(MediaError::EmptyPayload);
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return Err(MediaError::PayloadTooLarge { len: payload.len() });
+    }
+    let h = MediaHeader {
+        seq: u16::from_be_bytes([header[1], header[2]]),
+        timestamp: u32::from_be_bytes([header[3], header[4], header[5], header[6]]),
+        marker: header[0] & MARKER_BIT != 0,
+    };
+    Ok((h, payload))
+}
+
+/// Extends a 16-bit sequence number to the 64-bit value closest to `reference`
+/// (handles wrap-around at 65535 -> 0 in both directions).
+pub(crate) fn extend_seq(reference: i64, seq: u16) -> i64 {
+    let delta = seq.wrapping_sub(reference as u16) as i16;
+    reference + i64::from(delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn round_trip() {
+        let h = MediaHeader {
+            seq: 0xfffe,
+            timestamp: 0xdead_beef,
+            marker: true,
+        };
+        let bytes = encode_media(&h, &[1, 2, 3]);
+        assert_eq!(bytes.len(), HEADER_LEN + 3);
+        let (h2, p) = decode_media(&bytes).unwrap();
+        assert_eq!(h2, h);
+        assert_eq!(p, &[1, 2, 3]);
+        let h3 = MediaHeader { marker: false, ..h };
+        assert_eq!(decode_media(&encode_media(&h3, &[9])).unwrap().0, h3);
+    }
+
+    #[test]
+    fn extend_seq_wraps() {
+        assert_eq!(extend_seq(65535, 0), 65536);
+        assert_eq!(extend_seq(65536, 65535), 65535);
+        assert_eq!(extend_seq(10, 5), 5);
+        assert_eq!(extend_seq(-3, 65534), -2);
+        assert_eq!(extend_seq(200_000, 3392), 200_000); // 200_000 % 65536 == 3392
+        assert_eq!(extend_seq(200_000, 3000), 199_608);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        let h = MediaHeader {
+            seq: 1,
+            timestamp: 2,
+            marker: false,
+        };
+        let good = encode_media(&h, &[7; 10]);
+        for len in 0..HEADER_LEN {
+            assert!(matches!(
+                decode_media(&good[..len]),
+                Err(MediaError::PacketTooShort { .. })
+            ));
+        }
+        assert!(matches!(
+            decode_media(&good[..HEADER_LEN]),
+            Err(MediaError::EmptyPayload)
+        ));
+        let mut bad = good.clone();
+        bad[0] = 2 << 6;
+        assert!(matches!(decode_media(&bad), Err(MediaError::BadVersion(2))));
+        bad[0] = 0;
+        assert!(matches!(decode_media(&bad), Err(MediaError::BadVersion(0))));
+        assert!(decode_media(&encode_media(&h, &[0; MAX_PAYLOAD])).is_ok());
+        let err = decode_media(&encode_media(&h, &[0; MAX_PAYLOAD + 1])).unwrap_err();
+        assert!(matches!(err, MediaError::PayloadTooLarge { len: 1276 }));
+        assert!(err.to_string().contains("1275"), "{err}");
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let mut ok = 0u32;
+        let mut buf = Vec::with_capacity(2048);
+        for i in 0..100_000u32 {
+            let len = if i % 2 == 0 {
+                rng.gen_range(0..16)
+            } else {
+                rng.gen_range(0..1400)
+            };
+            buf.clear();
+            buf.extend((0..len).map(|_| rng.gen::<u8>()));
+            if i % 4 == 0 && !buf.is_empty() {
+                buf[0] = (buf[0] & 0x3f) | (VERSION << 6); // exercise the accept path too
+            }
+            if let Ok((_, payload)) = decode_media(&buf) {
+                assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);
+                assert_eq!(payload.len() + HEADER_LEN, buf.len());
+                ok += 1;
+            }
+        }
+        assert!(ok > 1000, "accept path barely exercised: {ok}");
+    }
+}
