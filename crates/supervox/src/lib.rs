@@ -1,1 +1,10 @@
-//! placeholder
+//! supervox: the tokio driver, daemons, control API and CLI around the
+//! sans-IO core. See `docs/ARCHITECTURE.md`.
+
+pub mod control;
+pub mod ctl;
+pub mod demo;
+pub mod links;
+pub mod node;
+pub mod sn;
+pub mod store;

@@ -1,0 +1,297 @@
+//! The `supervox` command line: see `supervox --help`.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use supervox::control::Request;
+use supervox::node::NodeOptions;
+use supervox::sn::{BoundSupernode, SnOptions};
+use supervox::store::DataDir;
+use supervox::{ctl, demo, node};
+use supervox_media::sink::SinkSpec;
+use supervox_media::source::SourceSpec;
+use tokio::sync::watch;
+
+/// supervox: a peer-to-peer voice network. Clients keep one TCP link to a
+/// supernode; calls are signalled through supernodes and the voice goes
+/// straight between the callers, end-to-end encrypted.
+#[derive(Parser)]
+#[command(name = "supervox", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a supernode: serve clients, keep the directory, route calls.
+    Supernode(SupernodeArgs),
+    /// Run the client daemon: sign in with a name, place and take calls.
+    Node(NodeArgs),
+    /// Talk to a running node through its control socket.
+    Ctl(CtlArgs),
+    /// Run a whole network on loopback (2 supernodes, 2 clients) and place a call.
+    Demo {
+        /// Print JSON lines instead of words.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct SupernodeArgs {
+    /// TCP address to listen on (repeatable, e.g. a high port and 443).
+    #[arg(long, required = true, value_name = "IP:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Another supernode to join (repeatable).
+    #[arg(long, value_name = "IP:PORT")]
+    seed: Vec<SocketAddr>,
+    /// Directory for the identity key and stored name claims
+    /// [default: <user data dir>/supervox/supernode].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address others should use, when it differs from the first --listen.
+    #[arg(long, value_name = "IP:PORT")]
+    advertise: Option<SocketAddr>,
+    /// Clients served before new ones are redirected to other supernodes.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_clients: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SupernodeMode {
+    /// Stay a client.
+    Never,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The name to claim and be called by (a-z 0-9 . _ -, at most 32).
+    #[arg(long)]
+    name: String,
+    /// A supernode to sign in through (repeatable; more are learnt later).
+    #[arg(long, required = true, value_name = "IP:PORT")]
+    seed: Vec<SocketAddr>,
+    /// Directory for the identity key and host cache
+    /// [default: <user data dir>/supervox/node-NAME].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Control socket for `supervox ctl` [default: DATA_DIR/control.sock].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Whether this node may become a supernode (promotion is not built yet: only `never`).
+    #[arg(long, value_enum, default_value = "never")]
+    supernode: SupernodeMode,
+    /// Answer incoming calls automatically.
+    #[arg(long)]
+    auto_answer: bool,
+    /// Audio source: tone:HZ, wav:PATH, silence or mic.
+    #[arg(long, default_value = "silence", value_name = "SRC")]
+    input: SourceSpec,
+    /// Audio sink: wav:PATH, null or speaker.
+    #[arg(long, default_value = "null", value_name = "SINK")]
+    output: SinkSpec,
+    /// Local UDP address for media.
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "IP:PORT")]
+    media: SocketAddr,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The node's control socket.
+    #[arg(long, value_name = "PATH")]
+    control: PathBuf,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Show name, user id, role, supernode and reachability.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call NAME; prints events and exits 0 only if the call connected and ended normally.
+    Call {
+        /// Who to call.
+        name: String,
+        /// Hang up after SECS seconds (default: talk until `ctl hangup`).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Audio source for this call: tone:HZ, wav:PATH, silence or mic.
+        #[arg(long, value_name = "SRC")]
+        input: Option<SourceSpec>,
+        /// Audio sink for this call: wav:PATH, null or speaker.
+        #[arg(long, value_name = "SINK")]
+        output: Option<SinkSpec>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the current call.
+    Hangup,
+    /// Answer the ringing incoming call.
+    Answer,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.cmd, Cmd::Supernode(_) | Cmd::Node(_));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A channel that turns true on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run(cmd: Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::Supernode(a) => {
+            let opts = SnOptions {
+                listen: a.listen,
+                seeds: a.seed,
+                data_dir: a
+                    .data_dir
+                    .unwrap_or_else(|| DataDir::default_path("supernode")),
+                advertise: a.advertise,
+                max_clients: a.max_clients,
+            };
+            BoundSupernode::bind(opts)
+                .await?
+                .run(shutdown_signal())
+                .await?;
+            Ok(true)
+        }
+        Cmd::Node(a) => {
+            supervox_proto::record::validate_name(&a.name)?;
+            let data_dir = a
+                .data_dir
+                .unwrap_or_else(|| DataDir::default_path(&format!("node-{}", a.name)));
+            let control = a.control.unwrap_or_else(|| data_dir.join("control.sock"));
+            let SupernodeMode::Never = a.supernode;
+            let opts = NodeOptions {
+                name: a.name,
+                seeds: a.seed,
+                data_dir,
+                control,
+                auto_answer: a.auto_answer,
+                input: a.input,
+                output: a.output,
+                media_bind: a.media,
+            };
+            node::run(opts, shutdown_signal()).await?;
+            Ok(true)
+        }
+        Cmd::Ctl(c) => run_ctl(c).await,
+        Cmd::Demo { json } => demo::run(json).await,
+    }
+}
+
+async fn run_ctl(c: CtlArgs) -> Result<bool> {
+    match c.cmd {
+        CtlCmd::Status { json } => {
+            let lines = ctl::request(&c.control, &Request::Status, |_| {}).await?;
+            let v = lines.first().cloned().unwrap_or_default();
+            if json {
+                println!("{v}");
+            } else {
+                println!("name:        {}", v["name"].as_str().unwrap_or("?"));
+                println!("user id:     {}", v["user_id"].as_str().unwrap_or("?"));
+                println!("fingerprint: {}", v["fingerprint"].as_str().unwrap_or("?"));
+                println!("role:        {}", v["role"].as_str().unwrap_or("?"));
+                println!(
+                    "supernode:   {}",
+                    v["supernode"].as_str().unwrap_or("(not signed in)")
+                );
+                if let Some(call) = v["call"].as_object() {
+                    println!("call:        {} with {}", call["state"], call["peer"]);
+                }
+            }
+            Ok(true)
+        }
+        CtlCmd::Call {
+            name,
+            duration,
+            input,
+            output,
+            json,
+        } => {
+            let req = Request::Call {
+                name,
+                duration,
+                input: input.map(|s| s.to_string()),
+                output: output.map(|s| s.to_string()),
+            };
+            let events = ctl::request(&c.control, &req, |v| {
+                if json {
+                    println!("{v}");
+                } else {
+                    println!("{}", ctl::describe(v));
+                }
+            })
+            .await?;
+            Ok(ctl::call_succeeded(&events))
+        }
+        CtlCmd::Hangup | CtlCmd::Answer => {
+            let req = if matches!(c.cmd, CtlCmd::Hangup) {
+                Request::Hangup
+            } else {
+                Request::Answer
+            };
+            let lines = ctl::request(&c.control, &req, |_| {}).await?;
+            let v = lines.first().cloned().unwrap_or_default();
+            if v["ok"] == true {
+                println!("ok");
+                Ok(true)
+            } else {
+                eprintln!(
+                    "error: {}",
+                    v["error"].as_str().unwrap_or("no answer from node")
+                );
+                Ok(false)
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The client daemon: the supernode link, the media socket and clock, the
+//! control socket. One actor task owns the [`Client`] state machine and all
+//! call media; connection and control tasks only move bytes.
+
+mod control_server;
+mod media;
+
+use crate::control::Request;
+use crate::links::{now_ms, LinkSet, NetEvent};
+use crate::store::DataDir;
+use anyhow::{bail, Result};
+use media::{CallFigures, CallMedia};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use supervox_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
+use supervox_core::identity::fingerprint;
+use supervox_core::link::LinkEvent;
+use supervox_core::media_path::MAX_DATAGRAM;
+use supervox_media::sink::SinkSpec;
+use supervox_media::source::SourceSpec;
+use supervox_proto::{CallId, Candidate, CandidateKind, Transport};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+pub use control_server::ControlMsg;
+
+/// Node settings from the command line.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Name to claim.
+    pub name: String,
+    /// Supernodes to start from (added to the host cache).
+    pub seeds: Vec<SocketAddr>,
+    /// Identity, host cache.
+    pub data_dir: PathBuf,
+    /// Control socket path.
+    pub control: PathBuf,
+    /// Answer calls automatically.
+    pub auto_answer: bool,
+    /// Default audio source.
+    pub input: SourceSpec,
+    /// Default audio sink.
+    pub output: SinkSpec,
+    /// UDP address for media (port 0: any).
+    pub media_bind: SocketAddr,
+}
+
+/// A `ctl call` waiting for its call's events.
+struct Watcher {
+    tx: mpsc::Sender<String>,
+    duration_ms: Option<u64>,
+    input: SourceSpec,
+    output: SinkSpec,
+}
+
+struct ActiveMedia {
+    media: CallMedia,
+    end_at_ms: Option<u64>,
+}
+
+struct Node {
+    opts: NodeOptions,
+    client: Client,
+    links: LinkSet,
+    udp: UdpSocket,
+    data: DataDir,
+    watchers: HashMap<CallId, Watcher>,
+    media: HashMap<CallId, ActiveMedia>,
+    fatal: Option<String>,
+}
+
+/// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
+/// taken by another key).
+pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let data = DataDir::open(&opts.data_dir)?;
+    let identity = data.identity()?;
+    let mut host_cache = data.host_cache();
+    for s in opts.seeds.iter().rev() {
+        host_cache.promote(*s);
+    }
+    if host_cache.is_empty() {
+        bail!("no supernode to connect to: give --seed IP:PORT");
+    }
+    let udp = UdpSocket::bind(opts.media_bind).await?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    control_server::listen(&opts.control, ctl_tx)?;
+    info!(
+        "node {:?} user {} media {} control {}",
+        opts.name,
+        identity.fingerprint(),
+        udp.local_addr()?,
+        opts.control.display()
+    );
+    let cfg = ClientConfig {
+        name: opts.name.clone(),
+        auto_answer: opts.auto_answer,
+        agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
+    };
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let links = LinkSet::new(identity.clone(), ev_tx);
+    let client = Client::new(identity, cfg, host_cache, rand::random());
+    let mut node = Node {
+        opts,
+        client,
+        links,
+        udp,
+        data,
+        watchers: HashMap::new(),
+        media: HashMap::new(),
+        fatal: None,
+    };
+    let mut clock = tokio::time::interval(Duration::from_millis(supervox_media::FRAME_MS));
+    let mut buf = vec![0u8; 2048];
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = clock.tick() => node.on_clock(),
+            r = node.udp.recv_from(&mut buf) => match r {
+                Ok((n, from)) if n <= MAX_DATAGRAM => node.on_datagram(from, &buf[..n]),
+                Ok(_) => {}
+                Err(e) => warn!("media socket: {e}"),
+            },
+            Some(ev) = ev_rx.recv() => node.on_net(ev),
+            Some(msg) = ctl_rx.recv() => node.on_control(msg),
+        }
+        node.drain().await;
+        if let Some(reason) = node.fatal.take() {
+            let _ = std::fs::remove_file(&node.opts.control);
+            bail!("{reason}");
+        }
+    }
+    let ids: Vec<CallId> = node.media.keys().copied().collect();
+    for id in ids {
+        node.client.hangup(id, "node shutting down", now_ms());
+    }
+    node.drain().await;
+    let _ = std::fs::remove_file(&node.opts.control);
+    Ok(())
+}
+
+impl Node {
+    fn on_clock(&mut self) {
+        let now = now_ms();
+        let ids: Vec<CallId> = self.media.keys().copied().collect();
+        for id in ids {
+            let Some(m) = self.media.get_mut(&id) else {
+                continue;
+            };
+            if m.end_at_ms.is_some_and(|t| now >= t) {
+                m.end_at_ms = None;
+                self.client.hangup(id, "call duration reached", now);
+                continue;
+            }
+            if let Some(pkt) = m.media.next_packet() {
+                self.client.send_media(id, &pkt);
+            }
+            if let Some(m) = self.media.get_mut(&id) {
+                m.media.play(now);
+            }
+        }
+        self.client.on_tick(now);
+        for (conn, reason) in self.links.tick() {
+            self.client.on_closed(conn, &reason, now);
+        }
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = now_ms();
+        if let Some((id, plain)) = self.client.handle_datagram(from, bytes, now) {
+            if let Some(m) = self.media.get_mut(&id) {
+                m.media.on_packet(&plain, now);
+            }
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        let now = now_ms();
+        match ev {
+            NetEvent::Bytes(conn, bytes) => match self.links.handle_bytes(conn, &bytes) {
+                Ok(events) => {
+                    for e in events {
+                        match e {
+                            LinkEvent::Established { role, .. } => {
+                                self.client.on_established(conn, role)
+                            }
+                            LinkEvent::Message(m) => self.client.on_message(conn, m, now),
+                        }
+                    }
+                }
+                Err(e) => self.client.on_closed(conn, &e.to_string(), now),
+            },
+            NetEvent::Closed(conn, reason) => {
+                self.links.close(conn, &reason);
+                self.client.on_closed(conn, &reason, now);
+            }
+            NetEvent::Dialed(addr, Ok(stream)) => {
+                match self.links.adopt(stream, true, self.client.hello()) {
+                    Ok(conn) => self.client.on_connected(conn, addr),
+                    Err(e) => self.client.on_connect_failed(addr, &e.to_string(), now),
+                }
+            }
+            NetEvent::Dialed(addr, Err(e)) => self.client.on_connect_failed(addr, &e, now),
+        }
+    }
+
+    fn on_control(&mut self, msg: ControlMsg) {
+        let now = now_ms();
+        let reply = |tx: &mpsc::Sender<String>, v: Value| {
+            let _ = tx.try_send(v.to_string());
+        };
+        match msg.req {
+            Request::Status => reply(&msg.reply, self.status()),
+            Request::Hangup => match self.client.active_call() {
+                Some(id) => {
+                    self.client.hangup(id, "local hangup", now);
+                    reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
+                }
+                None => reply(
+                    &msg.reply,
+                    json!({"ok": false, "error": "no call in progress"}),
+                ),
+            },
+            Request::Answer => match self.client.active_call() {
+                Some(id)
+                    if self
+                        .client
+                        .call_info(&id)
+                        .is_some_and(|(_, p)| p == "incoming") =>
+                {
+                    self.client.answer(id, now);
+                    reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
+                }
+                _ => reply(
+                    &msg.reply,
+                    json!({"ok": false, "error": "no incoming call is ringing"}),
+                ),
+            },
+            Request::Call {
+                name,
+                duration,
+                input,
+                output,
+            } => {
+                let fail = |reason: String| json!({"event": "call_failed", "reason": reason});
+                let input = match input.map(|s| s.parse::<SourceSpec>()).transpose() {
+                    Ok(i) => i.unwrap_or_else(|| self.opts.input.clone()),
+                    Err(e) => return reply(&msg.reply, fail(format!("bad --input: {e}"))),
+                };
+                let output = match output.map(|s| s.parse::<SinkSpec>()).transpose() {
+                    Ok(o) => o.unwrap_or_else(|| self.opts.output.clone()),
+                    Err(e) => return reply(&msg.reply, fail(format!("bad --output: {e}"))),
+                };
+                let duration_ms = match duration {
+                    Some(d) if !(d.is_finite() && d > 0.0) => {
+                        return reply(
+                            &msg.reply,
+                            fail("--duration must be a positive number of seconds".into()),
+                        )
+                    }
+                    d => d.map(|d| (d * 1000.0) as u64),
+                };
+                match self.client.place_call(&name, now) {
+                    Ok(id) => {
+                        self.watchers.insert(
+                            id,
+                            Watcher {
+                                tx: msg.reply,
+                                duration_ms,
+                                input,
+                                output,
+                            },
+                        );
+                    }
+                    Err(e) => reply(&msg.reply, fail(e)),
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let id = self.client.identity().user_id();
+        let call = self.client.active_call().and_then(|c| {
+            self.client.call_info(&c).map(
+                |(peer, phase)| json!({"call_id": c.to_string(), "peer": peer, "state": phase}),
+            )
+        });
+        json!({
+            "name": self.client.name(),
+            "user_id": id.to_string(),
+            "fingerprint": fingerprint(&id),
+            "role": "client",
+            "supernode": self.client.supernode().map(|s| s.to_string()),
+            "host_cache": self.client.host_cache().len(),
+            "media": self.udp.local_addr().ok().map(|a| a.to_string()),
+            // NAT behaviour discovery (STUN) is not implemented yet: say so
+            // rather than guess.
+            "reachability": {"udp": Value::Null, "public": Value::Null, "mapping": "unknown", "filtering": "unknown"},
+            "call": call,
+        })
+    }
+
+    /// Carry out everything the client asked for.
+    async fn drain(&mut self) {
+        while let Some(out) = self.client.poll_output() {
+            let now = now_ms();
+            match out {
+                ClientOutput::Connect(addr) => self.links.dial(addr),
+                ClientOutput::Send(conn, msg) => {
+                    if let Err(e) = self.links.send(conn, &msg) {
+                        self.client.on_closed(conn, &e.to_string(), now);
+                    }
+                }
+                ClientOutput::Close(conn, reason) => {
+                    self.links.close(conn, &reason);
+                    self.client.on_closed(conn, &reason, now);
+                }
+                ClientOutput::Datagram(to, bytes) => {
+                    // Media is real-time: a full socket buffer drops the packet.
+                    if let Err(e) = self.udp.try_send_to(&bytes, to) {
+                        tracing::debug!("media send to {to}: {e}");
+                    }
+                }
+                ClientOutput::HostCacheChanged => {
+                    if let Err(e) = self.data.save_host_cache(self.client.host_cache()) {
+                        warn!("cannot save host cache: {e:#}");
+                    }
+                }
+                ClientOutput::Event(e) => self.on_event(e, now),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: ClientEvent, now: u64) {
+        match e {
+            ClientEvent::SignedIn { supernode } => {
+                info!(
+                    "signed in via {supernode}; callable as {:?}",
+                    self.client.name()
+                );
+                self.update_candidates(supernode);
+            }
+            ClientEvent::LostSupernode { supernode, reason } => {
+                warn!("lost supernode {supernode} ({reason}); reconnecting")
+            }
+            ClientEvent::NameRefused { reason } => {
+                self.fatal = Some(format!(
+                    "cannot sign in as {:?}: {reason}",
+                    self.client.name()
+                ));
+            }
+            ClientEvent::Incoming { call_id, from } => {
+                info!(
+                    "incoming call {call_id} from {from:?}{}",
+                    if self.opts.auto_answer {
+                        " (auto-answer)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            ClientEvent::Ringing { call_id } => info!("call {call_id}: ringing"),
+            ClientEvent::Connected {
+                call_id,
+                peer,
+                path,
+                setup_ms,
+            } => {
+                info!(
+                    "call {call_id} with {peer:?} connected over {} in {setup_ms} ms",
+                    path.as_str()
+                );
+                let (input, output, dur) = match self.watchers.get(&call_id) {
+                    Some(w) => (w.input.clone(), w.output.clone(), w.duration_ms),
+                    None => (self.opts.input.clone(), self.opts.output.clone(), None),
+                };
+                match CallMedia::open(&input, &output) {
+                    Ok(media) => {
+                        self.media.insert(
+                            call_id,
+                            ActiveMedia {
+                                media,
+                                end_at_ms: dur.map(|d| now + d),
+                            },
+                        );
+                        self.notify(
+                            call_id,
+                            json!({"event": "call_connected", "call_id": call_id.to_string(), "peer": peer,
+                                   "path": path.as_str(), "setup_ms": setup_ms}),
+                        );
+                    }
+                    Err(err) => {
+                        warn!("call {call_id}: {err:#}");
+                        self.client
+                            .hangup(call_id, &format!("audio device error: {err:#}"), now);
+                    }
+                }
+            }
+            ClientEvent::PathChanged {
+                call_id,
+                path,
+                reason,
+            } => self.notify(
+                call_id,
+                json!({"event": "path_changed", "path": path.as_str(), "reason": reason}),
+            ),
+            ClientEvent::Failed { call_id, reason } => {
+                info!("call {call_id} failed: {reason}");
+                self.media.remove(&call_id);
+                self.notify(call_id, json!({"event": "call_failed", "reason": reason}));
+                self.watchers.remove(&call_id);
+            }
+            ClientEvent::Ended {
+                call_id,
+                reason,
+                duration_ms,
+            } => {
+                let f = self
+                    .media
+                    .remove(&call_id)
+                    .map(|mut m| m.media.finish())
+                    .unwrap_or(CallFigures {
+                        frames_sent: 0,
+                        frames_received: 0,
+                        loss_pct: 0.0,
+                        jitter_ms: 0.0,
+                    });
+                info!(
+                    "call {call_id} ended ({reason}) after {duration_ms} ms: sent {} frames, received {}, loss {:.1}%",
+                    f.frames_sent, f.frames_received, f.loss_pct
+                );
+                self.notify(
+                    call_id,
+                    json!({"event": "call_ended", "reason": reason, "duration_ms": duration_ms,
+                           "frames_sent": f.frames_sent, "frames_received": f.frames_received,
+                           "loss_pct": round2(f.loss_pct), "jitter_ms": round2(f.jitter_ms),
+                           "rtt_ms": Value::Null, "mos": Value::Null}),
+                );
+                self.watchers.remove(&call_id);
+            }
+        }
+    }
+
+    fn notify(&self, id: CallId, v: Value) {
+        if let Some(w) = self.watchers.get(&id) {
+            let _ = w.tx.try_send(v.to_string());
+        }
+    }
+
+    /// Offer the media socket at the local address that routes to the
+    /// supernode (server-reflexive and relay candidates come with STUN/TURN).
+    fn update_candidates(&mut self, supernode: SocketAddr) {
+        let Ok(port) = self.udp.local_addr().map(|a| a.port()) else {
+            return;
+        };
+        let ip = self
+            .udp
+            .local_addr()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .or_else(|| route_ip(supernode));
+        if let Some(ip) = ip {
+            let c = Candidate {
+                kind: CandidateKind::Host,
+                transport: Transport::Udp,
+                addr: SocketAddr::new(ip, port),
+                priority: 126 << 24,
+            };
+            self.client.set_local_candidates(vec![c]);
+        }
+    }
+}
+
+/// The local address the kernel would use to reach `to`.
+fn route_ip(to: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(to).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

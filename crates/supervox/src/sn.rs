@@ -1,0 +1,197 @@
+//! The supernode daemon: TCP listeners, the link actor, persistence.
+
+use crate::links::{now_ms, LinkSet, NetEvent};
+use crate::store::DataDir;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::time::Duration;
+use supervox_core::link::LinkEvent;
+use supervox_core::supernode::{SnOutput, Supernode, SupernodeConfig};
+use supervox_core::ConnId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Connections a supernode holds at most (clients, peers and handshakes).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// Supernode settings from the command line.
+#[derive(Debug, Clone)]
+pub struct SnOptions {
+    /// Listen addresses (TCP; the first is advertised unless `advertise`).
+    pub listen: Vec<SocketAddr>,
+    /// Supernodes to join.
+    pub seeds: Vec<SocketAddr>,
+    /// Where identity and claims live.
+    pub data_dir: std::path::PathBuf,
+    /// Address to advertise, if not the first listen address.
+    pub advertise: Option<SocketAddr>,
+    /// Clients served before redirecting.
+    pub max_clients: usize,
+}
+
+/// A supernode whose listeners are bound; call [`BoundSupernode::run`].
+pub struct BoundSupernode {
+    listeners: Vec<TcpListener>,
+    advertise: SocketAddr,
+    opts: SnOptions,
+}
+
+impl BoundSupernode {
+    /// Bind every listen address (port 0 picks a free port).
+    pub async fn bind(opts: SnOptions) -> Result<Self> {
+        let mut listeners = Vec::new();
+        for a in &opts.listen {
+            listeners.push(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a}"))?,
+            );
+        }
+        let first = listeners
+            .first()
+            .context("no --listen address given")?
+            .local_addr()?;
+        let advertise = opts.advertise.unwrap_or(first);
+        if advertise.ip().is_unspecified() {
+            anyhow::bail!("listening on {first}: give --advertise IP:PORT so others know where to reach this supernode");
+        }
+        Ok(Self {
+            listeners,
+            advertise,
+            opts,
+        })
+    }
+
+    /// The address clients and peers use.
+    pub fn advertise(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    /// Serve until `shutdown` becomes true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let data = DataDir::open(&self.opts.data_dir)?;
+        let identity = data.identity()?;
+        let claims = data.claims()?;
+        info!(
+            "supernode {} at {} ({} stored claims)",
+            identity.fingerprint(),
+            self.advertise,
+            claims.len()
+        );
+        let cfg = SupernodeConfig {
+            advertise: self.advertise,
+            seeds: self.opts.seeds.clone(),
+            max_clients: self.opts.max_clients,
+            agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
+        let (ev_tx, mut ev_rx) = mpsc::channel(4096);
+        let mut links = LinkSet::new(identity, ev_tx);
+        let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
+        for l in self.listeners {
+            let tx = acc_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(s) => {
+                            if tx.send(s).await.is_err() {
+                                return;
+                            }
+                        }
+                        // e.g. EMFILE: pause instead of spinning.
+                        Err(e) => {
+                            warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut claims_dirty = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some((stream, remote)) = acc_rx.recv() => {
+                    if links.len() >= DEFAULT_MAX_CONNECTIONS {
+                        warn!("connection limit reached, refusing {remote}");
+                        continue;
+                    }
+                    match links.adopt(stream, false, sn.hello()) {
+                        Ok(conn) => sn.on_connected(conn, remote, None),
+                        Err(e) => warn!("cannot start link with {remote}: {e}"),
+                    }
+                }
+                Some(ev) = ev_rx.recv() => match ev {
+                    NetEvent::Bytes(conn, bytes) => match links.handle_bytes(conn, &bytes) {
+                        Ok(events) => for e in events { deliver(&mut sn, conn, e) },
+                        Err(e) => {
+                            warn!(conn, "link closed: {e}");
+                            sn.on_closed(conn, now_ms());
+                        }
+                    },
+                    NetEvent::Closed(conn, reason) => {
+                        info!(conn, "connection closed: {reason}");
+                        links.close(conn, &reason);
+                        sn.on_closed(conn, now_ms());
+                    }
+                    NetEvent::Dialed(addr, Ok(stream)) => match links.adopt(stream, true, sn.hello()) {
+                        Ok(conn) => sn.on_connected(conn, addr, Some(addr)),
+                        Err(e) => { warn!("link to {addr} failed: {e}"); sn.on_dial_failed(addr, now_ms()) }
+                    },
+                    NetEvent::Dialed(addr, Err(e)) => {
+                        info!("supernode {addr} unreachable: {e}");
+                        sn.on_dial_failed(addr, now_ms());
+                    }
+                },
+                _ = tick.tick() => {
+                    sn.on_tick(now_ms());
+                    for (conn, reason) in links.tick() {
+                        info!(conn, "link failed: {reason}");
+                        sn.on_closed(conn, now_ms());
+                    }
+                    if claims_dirty {
+                        claims_dirty = false;
+                        if let Err(e) = data.save_claims(&sn.claims()) {
+                            warn!("cannot persist claims: {e:#}");
+                            claims_dirty = true;
+                        }
+                    }
+                }
+            }
+            while let Some(out) = sn.poll_output() {
+                match out {
+                    SnOutput::Send(conn, msg) => {
+                        if let Err(e) = links.send(conn, &msg) {
+                            warn!(conn, "send failed: {e}");
+                            sn.on_closed(conn, now_ms());
+                        }
+                    }
+                    SnOutput::Close(conn, reason) => {
+                        links.close(conn, &reason);
+                        sn.on_closed(conn, now_ms());
+                    }
+                    SnOutput::Dial(addr) => links.dial(addr),
+                    // Claims are written at the next tick, batching bursts.
+                    SnOutput::ClaimsChanged => claims_dirty = true,
+                }
+            }
+        }
+        data.save_claims(&sn.claims())?;
+        info!("supernode stopped");
+        Ok(())
+    }
+}
+
+fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
+    match e {
+        LinkEvent::Established {
+            role,
+            identity,
+            advertise,
+            ..
+        } => sn.on_established(conn, role, identity, advertise, now_ms()),
+        LinkEvent::Message(m) => sn.on_message(conn, m, now_ms()),
+    }
+}
