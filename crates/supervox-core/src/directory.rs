@@ -21,6 +21,9 @@ pub enum DirectoryError {
     /// A presence record for a name this key does not own.
     #[error("name {0:?} is not claimed by this key")]
     NotOwner(String),
+    /// The record names another supernode than the one it was sent to.
+    #[error("presence names supernode {0} but was sent to {1}")]
+    WrongSupernode(std::net::SocketAddr, std::net::SocketAddr),
     /// An older presence record than the one stored.
     #[error("stale presence record")]
     Stale,
@@ -90,10 +93,19 @@ impl Directory {
         Ok(ClaimOutcome::Stored)
     }
 
-    /// Store a presence record after checking signature, expiry, ownership of
-    /// the name and that it is newer than what we hold.
-    pub fn publish(&mut self, presence: Presence, now_ms: u64) -> Result<(), DirectoryError> {
+    /// Store a presence record after checking signature, expiry, that it
+    /// names `home` (the supernode storing it), ownership of the name and that
+    /// it is newer than what we hold.
+    pub fn publish(
+        &mut self,
+        presence: Presence,
+        home: std::net::SocketAddr,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
         presence.verify(now_ms)?;
+        if presence.supernode != home {
+            return Err(DirectoryError::WrongSupernode(presence.supernode, home));
+        }
         match self.claims.get(&presence.name) {
             Some(c) if c.user_id == presence.user_id => {}
             _ => return Err(DirectoryError::NotOwner(presence.name)),
@@ -175,11 +187,12 @@ mod tests {
         let sn: SocketAddr = SN.parse().unwrap();
         let stolen = Presence::sign(b.signing_key(), "alice", sn, 1, 60_000).unwrap();
         assert_eq!(
-            d.publish(stolen, 0),
+            d.publish(stolen, sn, 0),
             Err(DirectoryError::NotOwner("alice".into()))
         );
         d.publish(
             Presence::sign(a.signing_key(), "alice", sn, 2, 60_000).unwrap(),
+            sn,
             0,
         )
         .unwrap();
@@ -187,6 +200,7 @@ mod tests {
         assert_eq!(
             d.publish(
                 Presence::sign(a.signing_key(), "alice", sn, 1, 60_000).unwrap(),
+                sn,
                 0
             ),
             Err(DirectoryError::Stale)
@@ -209,7 +223,7 @@ mod tests {
             Presence::sign(a.signing_key(), "alice", SN.parse().unwrap(), 1, 60_000).unwrap();
         p.seq = 99;
         assert_eq!(
-            d.publish(p, 0),
+            d.publish(p, SN.parse().unwrap(), 0),
             Err(DirectoryError::Invalid(RecordError::BadSignature))
         );
         assert!(matches!(d.lookup("alice", 0), LookupAnswer::Offline { .. }));

@@ -342,14 +342,10 @@ impl Supernode {
             Message::Publish { presence } => {
                 let result = if presence.user_id != user {
                     Err("presence is not signed by this connection's key".to_string())
-                } else if presence.supernode != self.cfg.advertise {
-                    Err(format!(
-                        "presence names supernode {} but this is {}",
-                        presence.supernode, self.cfg.advertise
-                    ))
                 } else {
+                    let home = self.cfg.advertise;
                     self.directory
-                        .publish(presence, now_ms)
+                        .publish(presence, home, now_ms)
                         .map_err(|e| e.to_string())
                 };
                 if let Err(e) = &result {

@@ -1,0 +1,186 @@
+//! Real-process test network: supernodes and nodes as child processes of
+//! the `supervox` binary on loopback, killed when dropped.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_supervox");
+
+/// A free loopback port (bound and released; the race is harmless here).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Sn {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+pub fn start_sn(root: &Path, name: &str, seeds: &[SocketAddr]) -> Sn {
+    start_sn_at(root, name, free_addr(), seeds)
+}
+
+pub fn start_sn_at(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr]) -> Sn {
+    let dir = root.join(name);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(&dir);
+    for s in seeds {
+        cmd.args(["--seed", &s.to_string()]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log_file(root, name))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "supernode {name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sn {
+        proc: Proc {
+            child,
+            name: name.into(),
+        },
+        addr,
+        dir,
+    }
+}
+
+fn log_file(root: &Path, name: &str) -> Stdio {
+    std::fs::File::create(root.join(format!("{name}.log")))
+        .unwrap()
+        .into()
+}
+
+pub struct Node {
+    pub proc: Proc,
+    pub control: PathBuf,
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+/// Start a node; `extra` are more flags (e.g. --auto-answer, --output).
+pub fn start_node(root: &Path, name: &str, seeds: &[SocketAddr], extra: &[&str]) -> Node {
+    start_node_in(root, name, &root.join(format!("{name}-data")), seeds, extra)
+}
+
+pub fn start_node_in(
+    root: &Path,
+    name: &str,
+    dir: &Path,
+    seeds: &[SocketAddr],
+    extra: &[&str],
+) -> Node {
+    let control = dir.join("control.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "node",
+        "--name",
+        name,
+        "--media",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .arg("--control")
+    .arg(&control);
+    for s in seeds {
+        cmd.args(["--seed", &s.to_string()]);
+    }
+    cmd.args(extra);
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log_file(root, &format!("node-{name}")))
+        .spawn()
+        .unwrap();
+    Node {
+        proc: Proc {
+            child,
+            name: name.into(),
+        },
+        control,
+        dir: dir.to_path_buf(),
+        name: name.into(),
+    }
+}
+
+pub fn ctl(control: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("ctl")
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn status(node: &Node) -> Option<Value> {
+    let out = ctl(&node.control, &["status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Wait until the node is signed in; returns its supernode address.
+pub fn wait_signed_in(node: &Node, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(sn) = status(node).and_then(|s| s["supernode"].as_str().map(String::from)) {
+            return sn;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not signed in within {within:?}",
+            node.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run `ctl call` and parse its JSON lines.
+pub fn call(from: &Node, to: &str, extra: &[&str]) -> (bool, Vec<Value>) {
+    let mut args = vec!["call", to, "--json"];
+    args.extend_from_slice(extra);
+    let out = ctl(&from.control, &args);
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect();
+    (out.status.success(), events)
+}
+
+pub fn event<'a>(events: &'a [Value], name: &str) -> Option<&'a Value> {
+    events.iter().find(|e| e["event"] == name)
+}
+
+/// Read a mono 16-bit WAV written by the node.
+pub fn read_wav(path: &Path) -> Vec<i16> {
+    let mut r = hound::WavReader::open(path).unwrap();
+    assert_eq!(r.spec().sample_rate, 48_000);
+    r.samples::<i16>().map(|s| s.unwrap()).collect()
+}

@@ -1,0 +1,115 @@
+//! Names, presence and supernode failure with real processes.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn wait_exit(node: &mut Node, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = node.proc.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{} did not exit", node.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log(root: &std::path::Path, name: &str) -> String {
+    std::fs::read_to_string(root.join(format!("node-{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn a_second_key_claiming_a_name_is_refused_on_every_supernode() {
+    let root = tempfile::tempdir().unwrap();
+    let sn1 = start_sn(root.path(), "sn1", &[]);
+    let sn2 = start_sn(root.path(), "sn2", &[sn1.addr]);
+    let alice = start_node(root.path(), "alice", &[sn1.addr], &[]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300)); // replication to sn2
+    for (i, sn) in [sn1.addr, sn2.addr].iter().enumerate() {
+        let dir = root.path().join(format!("mallory{i}"));
+        let mut mallory = start_node_in(root.path(), "alice", &dir, &[*sn], &[]);
+        let st = wait_exit(&mut mallory, Duration::from_secs(10));
+        assert!(!st.success());
+        let log = log(root.path(), "alice");
+        assert!(log.contains("taken by another key"), "{log}");
+    }
+    // The owner still signs in again with its own key.
+    drop(alice);
+    let alice = start_node(root.path(), "alice", &[sn2.addr], &[]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+}
+
+#[test]
+fn name_claims_survive_a_supernode_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let sn = start_sn_at(root.path(), "sn", addr, &[]);
+    let alice = start_node(root.path(), "alice", &[addr], &[]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    drop(alice);
+    std::thread::sleep(Duration::from_millis(600)); // claims are written within a tick
+    drop(sn);
+    let _sn = start_sn_at(root.path(), "sn", addr, &[]);
+    let mut mallory = start_node_in(
+        root.path(),
+        "alice",
+        &root.path().join("mallory"),
+        &[addr],
+        &[],
+    );
+    assert!(!wait_exit(&mut mallory, Duration::from_secs(10)).success());
+    assert!(
+        std::fs::read(root.path().join("sn").join("claims.json"))
+            .unwrap()
+            .len()
+            > 10
+    );
+}
+
+#[test]
+fn a_client_whose_supernode_dies_moves_on_and_is_callable_within_10s() {
+    let root = tempfile::tempdir().unwrap();
+    let sn1 = start_sn(root.path(), "sn1", &[]);
+    let sn2 = start_sn(root.path(), "sn2", &[sn1.addr]);
+    let sn3 = start_sn(root.path(), "sn3", &[sn1.addr]);
+    // bob only knows sn1; he learns sn2 and sn3 from its welcome.
+    let bob = start_node(root.path(), "bob", &[sn1.addr], &["--auto-answer"]);
+    let alice = start_node(root.path(), "alice", &[sn3.addr], &[]);
+    assert_eq!(
+        wait_signed_in(&bob, Duration::from_secs(10)),
+        sn1.addr.to_string()
+    );
+    wait_signed_in(&alice, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&bob).unwrap()["host_cache"].as_u64().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "bob's host cache did not fill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dead = sn1.addr.to_string();
+    let killed = Instant::now();
+    drop(sn1);
+    // Callable again: a call from alice connects.
+    loop {
+        let sn = status(&bob).and_then(|s| s["supernode"].as_str().map(String::from));
+        if sn.is_some_and(|s| s != dead) {
+            let (ok, events) = call(&alice, "bob", &["--duration", "0.5"]);
+            if ok {
+                assert!(event(&events, "call_connected").is_some());
+                break;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "bob not callable 10 s after his supernode died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "bob callable again {:?} after his supernode died",
+        killed.elapsed()
+    );
+    let _ = (sn2, sn3);
+}

@@ -1,0 +1,222 @@
+//! Hostile bytes on the supernode port, and forged records, against a real
+//! supernode process. The test speaks the protocol with the library's own
+//! sans-IO link over a blocking socket.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use supervox_core::link::{Link, LinkEvent};
+use supervox_core::Identity;
+use supervox_proto::{Message, NameClaim, Presence, Role};
+
+/// A signed-in test client speaking raw protocol.
+struct Raw {
+    sock: TcpStream,
+    link: Link,
+    id: Identity,
+    sn: Option<SocketAddr>,
+    pending: Vec<Message>,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr, seed: u8) -> Raw {
+        let id = Identity::from_seed([seed; 32]);
+        let hello = Message::Hello {
+            role: Role::Client,
+            identity: id.user_id(),
+            advertise: None,
+            agent: "test".into(),
+        };
+        let link = Link::initiator(&id, hello, 0).unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = Raw {
+            sock,
+            link,
+            id,
+            sn: None,
+            pending: Vec::new(),
+        };
+        r.flush();
+        r
+    }
+
+    fn flush(&mut self) {
+        while let Some(b) = self.link.poll_transmit(0) {
+            self.sock.write_all(&b).unwrap();
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        self.link.send(&m).unwrap();
+        self.flush();
+    }
+
+    /// Next application message (the Welcome is remembered, not returned).
+    fn recv(&mut self) -> Message {
+        loop {
+            if !self.pending.is_empty() {
+                return self.pending.remove(0);
+            }
+            self.read_once();
+        }
+    }
+
+    fn read_once(&mut self) {
+        let mut buf = [0u8; 4096];
+        let n = self.sock.read(&mut buf).expect("read");
+        assert!(n > 0, "supernode closed the connection");
+        let events = self.link.handle_bytes(&buf[..n], 0).unwrap();
+        self.flush();
+        for e in events {
+            match e {
+                LinkEvent::Established { role, .. } => assert_eq!(role, Role::Supernode),
+                LinkEvent::Message(Message::Welcome { supernode, .. }) => self.sn = Some(supernode),
+                LinkEvent::Message(m) => self.pending.push(m),
+            }
+        }
+    }
+
+    fn sign_in(&mut self, name: &str) {
+        while self.sn.is_none() {
+            self.read_once();
+        }
+        self.send(Message::Claim {
+            claim: NameClaim::sign(self.id.signing_key(), name, now()).unwrap(),
+        });
+        assert!(matches!(
+            self.recv(),
+            Message::ClaimResult { result: Ok(()), .. }
+        ));
+        let p = Presence::sign(
+            self.id.signing_key(),
+            name,
+            self.sn.unwrap(),
+            now(),
+            now() + 60_000,
+        )
+        .unwrap();
+        self.send(Message::Publish { presence: p });
+        assert_eq!(self.recv(), Message::PublishResult { result: Ok(()) });
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The supernode closes this connection (EOF or reset) within 5 s.
+fn assert_closed(mut s: TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[test]
+fn forged_presence_is_rejected() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let mut alice = Raw::connect(sn.addr, 1);
+    alice.sign_in("alice");
+    // Altered after signing: the signature no longer matches.
+    let mut forged = Presence::sign(
+        alice.id.signing_key(),
+        "alice",
+        sn.addr,
+        now() + 1,
+        now() + 60_000,
+    )
+    .unwrap();
+    forged.supernode = "127.0.0.1:1".parse().unwrap();
+    alice.send(Message::Publish { presence: forged });
+    match alice.recv() {
+        Message::PublishResult { result: Err(e) } => assert!(e.contains("bad signature"), "{e}"),
+        m => panic!("forged presence accepted: {m:?}"),
+    }
+    // Signed by another key than the connection's.
+    let mallory = Identity::from_seed([9; 32]);
+    let other = Presence::sign(
+        mallory.signing_key(),
+        "alice",
+        sn.addr,
+        now() + 2,
+        now() + 60_000,
+    )
+    .unwrap();
+    alice.send(Message::Publish { presence: other });
+    assert!(matches!(
+        alice.recv(),
+        Message::PublishResult { result: Err(_) }
+    ));
+    // The genuine record still answers lookups.
+    let mut bob = Raw::connect(sn.addr, 2);
+    bob.sign_in("bob");
+    bob.send(Message::Lookup {
+        req_id: 1,
+        name: "alice".into(),
+    });
+    match bob.recv() {
+        Message::LookupResult {
+            answer: supervox_proto::LookupAnswer::Online { presence, .. },
+            ..
+        } => {
+            assert_eq!(presence.supernode, sn.addr);
+            assert_eq!(presence.user_id, alice.id.user_id());
+        }
+        m => panic!("{m:?}"),
+    }
+}
+
+#[test]
+fn garbage_and_oversized_frames_do_not_disturb_other_clients() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let alice = start_node(root.path(), "alice", &[sn.addr], &[]);
+    let bob = start_node(root.path(), "bob", &[sn.addr], &["--auto-answer"]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let hostile: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], // 4 GiB frame announced
+        vec![0, 1, 0, 0],                      // 65536 bytes: one over the limit
+        vec![0, 0, 0, 0],                      // empty frame
+        (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+    ];
+    for bytes in hostile {
+        let mut s = TcpStream::connect(sn.addr).unwrap();
+        let _ = s.write_all(&bytes);
+        assert_closed(s);
+    }
+    // A valid handshake followed by a garbage transport frame.
+    let mut raw = Raw::connect(sn.addr, 3);
+    raw.sign_in("carol");
+    raw.sock.write_all(&[0, 0, 0, 20]).unwrap();
+    raw.sock.write_all(&[0xAA; 20]).unwrap();
+    assert_closed(raw.sock.try_clone().unwrap());
+    // Many half-open connections that never speak.
+    let idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(sn.addr).unwrap())
+        .collect();
+    // The supernode is alive and calls still work.
+    let (ok, events) = call(&alice, "bob", &["--duration", "1"]);
+    assert!(ok, "{events:?}");
+    drop(idle);
+    assert!(sn.proc.child.id() > 0);
+    let log = std::fs::read_to_string(root.path().join("sn.log")).unwrap();
+    assert!(
+        log.contains("frame of 65536 bytes exceeds"),
+        "oversized frame not logged with a reason"
+    );
+    assert!(!log.contains("panicked"));
+}
