@@ -112,6 +112,9 @@ pub enum ClientEvent {
 
 /// What the client asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
+// Short-lived queue items: boxing the message would cost an allocation
+// per message for no memory saved.
+#[allow(clippy::large_enum_variant)]
 pub enum ClientOutput {
     /// Open a TCP connection and a link to this supernode; report back with
     /// [`Client::on_connected`] or [`Client::on_connect_failed`].

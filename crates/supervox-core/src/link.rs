@@ -51,6 +51,9 @@ pub enum LinkError {
 
 /// What the link reports to its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Short-lived queue items: boxing the message would cost an allocation
+// per message for no memory saved.
+#[allow(clippy::large_enum_variant)]
 pub enum LinkEvent {
     /// Handshake done and Hello verified.
     Established {

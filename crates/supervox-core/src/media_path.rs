@@ -81,6 +81,9 @@ pub struct MediaPath {
     next_check_ms: u64,
     check_nonce: u64,
     last_rx_ms: u64,
+    /// Checks awaiting an ack: (nonce, sent at), oldest first, bounded.
+    in_flight: VecDeque<(u64, u64)>,
+    srtt_ms: Option<f64>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
 }
 
@@ -119,6 +122,8 @@ impl MediaPath {
             next_check_ms: now_ms,
             check_nonce: 0,
             last_rx_ms: now_ms,
+            in_flight: VecDeque::new(),
+            srtt_ms: None,
             out: VecDeque::new(),
         };
         p.handle_timeout(now_ms);
@@ -180,6 +185,7 @@ impl MediaPath {
                 None
             }
             KIND_CHECK_ACK => {
+                self.rtt_sample(&plain, now_ms);
                 if !self.confirmed || self.selected != Some(from) {
                     self.selected = Some(from);
                     self.confirmed = true;
@@ -195,6 +201,24 @@ impl MediaPath {
             }
             _ => None,
         }
+    }
+
+    /// Smoothed round-trip time of the path (RFC 6298 style, from check
+    /// round trips), once one was measured.
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.srtt_ms
+    }
+
+    fn rtt_sample(&mut self, nonce: &[u8], now_ms: u64) {
+        let Ok(nonce) = <[u8; 8]>::try_from(nonce).map(u64::from_be_bytes) else { return };
+        let Some(pos) = self.in_flight.iter().position(|(n, _)| *n == nonce) else { return };
+        let (_, sent) = self.in_flight[pos];
+        self.in_flight.drain(..=pos);
+        let sample = now_ms.saturating_sub(sent) as f64;
+        self.srtt_ms = Some(match self.srtt_ms {
+            Some(s) => 0.875 * s + 0.125 * sample,
+            None => sample,
+        });
     }
 
     /// Encrypt and queue one media frame on the selected path.
@@ -234,6 +258,10 @@ impl MediaPath {
         }
         self.check_nonce += 1;
         let nonce = self.check_nonce.to_be_bytes();
+        if self.in_flight.len() >= 32 {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.push_back((self.check_nonce, now_ms));
         if self.confirmed {
             if let Some(to) = self.selected {
                 self.seal_to(to, KIND_CHECK, &nonce);
@@ -293,6 +321,7 @@ mod tests {
         }
         assert!(a.is_connected());
         assert_eq!(a.remote(), Some(ab));
+        assert_eq!(a.rtt_ms(), Some(2.0), "check sent at 0, acked at 2");
         a.send_media(b"frame");
         let (to, pkt) = a
             .poll_transmit()

@@ -48,6 +48,9 @@ pub struct SupernodeConfig {
 
 /// What the supernode asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Short-lived queue items: boxing the message would cost an allocation
+// per message for no memory saved.
+#[allow(clippy::large_enum_variant)]
 pub enum SnOutput {
     /// Send a message on an established link.
     Send(ConnId, Message),

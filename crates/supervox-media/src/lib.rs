@@ -22,6 +22,7 @@ mod error;
 pub mod fec;
 pub mod jitter;
 pub mod packet;
+pub mod quality;
 pub mod receiver;
 pub mod replay;
 pub mod sender;

@@ -71,6 +71,11 @@ impl LinkSet {
         self.conns.len()
     }
 
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     /// Remote address of a connection.
     pub fn remote(&self, conn: ConnId) -> Option<SocketAddr> {
         self.conns.get(&conn).map(|e| e.remote)

@@ -529,6 +529,11 @@ impl Client {
         self.flush_path(id);
     }
 
+    /// Round-trip time of call `id`'s media path, once measured.
+    pub fn call_rtt_ms(&self, id: &CallId) -> Option<f64> {
+        self.calls.get(id)?.path.as_ref()?.rtt_ms()
+    }
+
     /// True if call `id` is connected (media may flow).
     pub fn is_connected(&self, id: &CallId) -> bool {
         matches!(

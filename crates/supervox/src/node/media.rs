@@ -20,7 +20,7 @@ pub struct CallMedia {
 }
 
 /// Figures for the `call_ended` event.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct CallFigures {
     /// Frames we sent.
     pub frames_sent: u64,
@@ -80,6 +80,11 @@ impl CallMedia {
         if let Err(e) = self.sink.finish() {
             tracing::warn!("closing audio output failed: {e}");
         }
+        self.figures()
+    }
+
+    /// The figures so far.
+    pub fn figures(&self) -> CallFigures {
         let s = self.receiver.stats();
         CallFigures {
             frames_sent: self.sender.frames_sent(),
@@ -88,4 +93,13 @@ impl CallMedia {
             jitter_ms: s.jitter_ms,
         }
     }
+}
+
+/// Mouth-to-ear delay our pipeline adds besides the network: one frame of
+/// capture, the jitter buffer target and Opus look-ahead.
+const PIPELINE_DELAY_MS: f64 = supervox_media::FRAME_MS as f64 + TARGET_DELAY_MS as f64 + 6.5;
+
+/// E-model MOS estimate of a call from its measured figures.
+pub fn mos(rtt_ms: f64, f: &CallFigures) -> f64 {
+    supervox_media::quality::mos_estimate(rtt_ms, PIPELINE_DELAY_MS, f.loss_pct)
 }

@@ -60,6 +60,8 @@ struct Watcher {
 struct ActiveMedia {
     media: CallMedia,
     end_at_ms: Option<u64>,
+    /// Last measured round trip of the media path.
+    rtt_ms: Option<f64>,
 }
 
 struct Node {
@@ -158,8 +160,10 @@ impl Node {
             if let Some(pkt) = m.media.next_packet() {
                 self.client.send_media(id, &pkt);
             }
+            let rtt = self.client.call_rtt_ms(&id);
             if let Some(m) = self.media.get_mut(&id) {
                 m.media.play(now);
+                m.rtt_ms = rtt.or(m.rtt_ms);
             }
         }
         self.client.on_tick(now);
@@ -284,9 +288,17 @@ impl Node {
     fn status(&self) -> Value {
         let id = self.client.identity().user_id();
         let call = self.client.active_call().and_then(|c| {
-            self.client.call_info(&c).map(
-                |(peer, phase)| json!({"call_id": c.to_string(), "peer": peer, "state": phase}),
-            )
+            let (peer, phase) = self.client.call_info(&c)?;
+            let mut v = json!({"call_id": c.to_string(), "peer": peer, "state": phase});
+            if let Some(m) = self.media.get(&c) {
+                let f = m.media.figures();
+                v["frames_sent"] = json!(f.frames_sent);
+                v["frames_received"] = json!(f.frames_received);
+                v["loss_pct"] = json!(round2(f.loss_pct));
+                v["jitter_ms"] = json!(round2(f.jitter_ms));
+                v["rtt_ms"] = json!(m.rtt_ms.map(round2));
+            }
+            Some(v)
         });
         json!({
             "name": self.client.name(),
@@ -384,6 +396,7 @@ impl Node {
                             ActiveMedia {
                                 media,
                                 end_at_ms: dur.map(|d| now + d),
+                                rtt_ms: None,
                             },
                         );
                         self.notify(
@@ -418,16 +431,11 @@ impl Node {
                 reason,
                 duration_ms,
             } => {
-                let f = self
-                    .media
-                    .remove(&call_id)
-                    .map(|mut m| m.media.finish())
-                    .unwrap_or(CallFigures {
-                        frames_sent: 0,
-                        frames_received: 0,
-                        loss_pct: 0.0,
-                        jitter_ms: 0.0,
-                    });
+                let (f, rtt) = match self.media.remove(&call_id) {
+                    Some(mut m) => (m.media.finish(), m.rtt_ms),
+                    None => (CallFigures::default(), None),
+                };
+                let mos = rtt.map(|r| media::mos(r, &f));
                 info!(
                     "call {call_id} ended ({reason}) after {duration_ms} ms: sent {} frames, received {}, loss {:.1}%",
                     f.frames_sent, f.frames_received, f.loss_pct
@@ -437,7 +445,7 @@ impl Node {
                     json!({"event": "call_ended", "reason": reason, "duration_ms": duration_ms,
                            "frames_sent": f.frames_sent, "frames_received": f.frames_received,
                            "loss_pct": round2(f.loss_pct), "jitter_ms": round2(f.jitter_ms),
-                           "rtt_ms": Value::Null, "mos": Value::Null}),
+                           "rtt_ms": rtt.map(round2), "mos": mos.map(round2)}),
                 );
                 self.watchers.remove(&call_id);
             }
