@@ -15,11 +15,7 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `base_ms`, never above `max_ms`.
     pub fn new(base_ms: u64, max_ms: u64) -> Self {
-        Self {
-            base_ms,
-            max_ms,
-            failures: 0,
-        }
+        Self { base_ms, max_ms, failures: 0 }
     }
 
     /// Record a failure and return how long to wait before the next try.

@@ -51,10 +51,7 @@ fn builder_params() -> Result<snow::params::NoiseParams, CallCryptoError> {
 
 /// Caller: start the handshake towards `callee`; returns the state to keep
 /// and message 1 for the invite.
-pub fn start_handshake(
-    me: &Identity,
-    callee: &UserId,
-) -> Result<(snow::HandshakeState, Vec<u8>), CallCryptoError> {
+pub fn start_handshake(me: &Identity, callee: &UserId) -> Result<(snow::HandshakeState, Vec<u8>), CallCryptoError> {
     let remote = noise_public_key(callee).map_err(|_| CallCryptoError::BadKey)?;
     let key = me.noise_private_key();
     let mut hs = snow::Builder::new(builder_params()?)
@@ -175,8 +172,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// Two ends of a finished call handshake (caller, callee).
-    pub(crate) fn handshake_pair() -> (snow::StatelessTransportState, snow::StatelessTransportState)
-    {
+    pub(crate) fn handshake_pair() -> (snow::StatelessTransportState, snow::StatelessTransportState) {
         let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
         let (hs, m1) = start_handshake(&a, &b.user_id()).unwrap();
         let (kb, m2) = answer_handshake(&b, &a.user_id(), &m1).unwrap();
@@ -196,23 +192,13 @@ pub(crate) mod tests {
 
     #[test]
     fn callee_rejects_impostor_and_wrong_target() {
-        let (a, b, m) = (
-            Identity::from_seed([1; 32]),
-            Identity::from_seed([2; 32]),
-            Identity::from_seed([3; 32]),
-        );
+        let (a, b, m) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]), Identity::from_seed([3; 32]));
         // Mallory signs the handshake with her own key but claims to be alice.
         let (_, m1) = start_handshake(&m, &b.user_id()).unwrap();
-        assert_eq!(
-            answer_handshake(&b, &a.user_id(), &m1).err(),
-            Some(CallCryptoError::IdentityMismatch)
-        );
+        assert_eq!(answer_handshake(&b, &a.user_id(), &m1).err(), Some(CallCryptoError::IdentityMismatch));
         // A handshake meant for someone else does not decrypt at bob.
         let (_, m1) = start_handshake(&a, &m.user_id()).unwrap();
-        assert!(matches!(
-            answer_handshake(&b, &a.user_id(), &m1),
-            Err(CallCryptoError::Noise(_))
-        ));
+        assert!(matches!(answer_handshake(&b, &a.user_id(), &m1), Err(CallCryptoError::Noise(_))));
         assert!(answer_handshake(&b, &a.user_id(), b"garbage").is_err());
     }
 }

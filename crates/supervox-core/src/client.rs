@@ -133,19 +133,9 @@ pub enum ClientOutput {
 
 #[derive(Debug)]
 enum SnLink {
-    Idle {
-        next_try_ms: u64,
-    },
-    Connecting {
-        addr: SocketAddr,
-        conn: Option<ConnId>,
-    },
-    Open {
-        conn: ConnId,
-        addr: SocketAddr,
-        sn: Option<SocketAddr>,
-        ready: bool,
-    },
+    Idle { next_try_ms: u64 },
+    Connecting { addr: SocketAddr, conn: Option<ConnId> },
+    Open { conn: ConnId, addr: SocketAddr, sn: Option<SocketAddr>, ready: bool },
 }
 
 /// A client: see the module docs.
@@ -169,12 +159,7 @@ pub struct Client {
 
 impl Client {
     /// A client that will sign in through the supernodes in `host_cache`.
-    pub fn new(
-        identity: Identity,
-        cfg: ClientConfig,
-        host_cache: HostCache,
-        rng_seed: u64,
-    ) -> Self {
+    pub fn new(identity: Identity, cfg: ClientConfig, host_cache: HostCache, rng_seed: u64) -> Self {
         Self {
             identity,
             cfg,
@@ -221,9 +206,7 @@ impl Client {
     /// The supernode we are signed in to, if any.
     pub fn supernode(&self) -> Option<SocketAddr> {
         match &self.link {
-            SnLink::Open {
-                sn, ready: true, ..
-            } => *sn,
+            SnLink::Open { sn, ready: true, .. } => *sn,
             _ => None,
         }
     }
@@ -277,9 +260,7 @@ impl Client {
 
     fn try_next_supernode(&mut self, now_ms: u64) {
         if self.host_cache.is_empty() {
-            self.link = SnLink::Idle {
-                next_try_ms: now_ms + 1_000,
-            };
+            self.link = SnLink::Idle { next_try_ms: now_ms + 1_000 };
             return;
         }
         let entries = self.host_cache.entries();
@@ -294,9 +275,7 @@ impl Client {
     pub fn on_connected(&mut self, conn: ConnId, addr: SocketAddr) {
         match &mut self.link {
             SnLink::Connecting { addr: a, conn: c } if *a == addr => *c = Some(conn),
-            _ => self
-                .out
-                .push_back(ClientOutput::Close(conn, "not wanted any more".into())),
+            _ => self.out.push_back(ClientOutput::Close(conn, "not wanted any more".into())),
         }
     }
 
@@ -316,62 +295,40 @@ impl Client {
         } else {
             NEXT_ENTRY_DELAY_MS
         };
-        self.link = SnLink::Idle {
-            next_try_ms: now_ms + delay,
-        };
+        self.link = SnLink::Idle { next_try_ms: now_ms + delay };
     }
 
     /// The link on `conn` finished its handshake.
     pub fn on_established(&mut self, conn: ConnId, role: Role) {
-        let SnLink::Connecting {
-            addr,
-            conn: Some(c),
-        } = self.link
-        else {
+        let SnLink::Connecting { addr, conn: Some(c) } = self.link else {
             return;
         };
         if c != conn {
             return;
         }
         if role != Role::Supernode {
-            self.out
-                .push_back(ClientOutput::Close(conn, "peer is not a supernode".into()));
+            self.out.push_back(ClientOutput::Close(conn, "peer is not a supernode".into()));
             return;
         }
-        self.link = SnLink::Open {
-            conn,
-            addr,
-            sn: None,
-            ready: false,
-        };
+        self.link = SnLink::Open { conn, addr, sn: None, ready: false };
     }
 
     /// A connection closed.
     pub fn on_closed(&mut self, conn: ConnId, reason: &str, now_ms: u64) {
         match self.link {
-            SnLink::Open {
-                conn: c, addr, sn, ..
-            } if c == conn => {
+            SnLink::Open { conn: c, addr, sn, .. } if c == conn => {
                 warn!("lost supernode {addr}: {reason}");
                 self.host_cache.demote(addr);
                 self.out.push_back(ClientOutput::HostCacheChanged);
-                self.event(ClientEvent::LostSupernode {
-                    supernode: sn.unwrap_or(addr),
-                    reason: reason.to_string(),
-                });
+                self.event(ClientEvent::LostSupernode { supernode: sn.unwrap_or(addr), reason: reason.to_string() });
                 self.cursor = 0;
                 self.tries = 1;
                 self.presence = None;
                 self.next_publish_ms = u64::MAX;
-                self.link = SnLink::Idle {
-                    next_try_ms: now_ms,
-                };
+                self.link = SnLink::Idle { next_try_ms: now_ms };
                 self.fail_signalling_calls("lost the supernode link", now_ms);
             }
-            SnLink::Connecting {
-                addr,
-                conn: Some(c),
-            } if c == conn => {
+            SnLink::Connecting { addr, conn: Some(c) } if c == conn => {
                 info!("supernode {addr} closed during sign-in: {reason}");
                 self.schedule_retry(now_ms);
             }
@@ -388,11 +345,7 @@ impl Client {
             return;
         }
         match msg {
-            Message::Welcome {
-                supernode,
-                supernodes,
-                ..
-            } => {
+            Message::Welcome { supernode, supernodes, .. } => {
                 if let SnLink::Open { sn, .. } = &mut self.link {
                     *sn = Some(supernode);
                 }
@@ -405,9 +358,7 @@ impl Client {
                     Ok(claim) => {
                         self.send_sn(Message::Claim { claim });
                     }
-                    Err(e) => self.event(ClientEvent::NameRefused {
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => self.event(ClientEvent::NameRefused { reason: e.to_string() }),
                 }
                 self.publish_to(supernode, now_ms);
             }
@@ -417,29 +368,18 @@ impl Client {
                     self.host_cache.promote(s);
                 }
                 self.host_cache.demote(addr);
-                self.out
-                    .push_back(ClientOutput::Close(conn, format!("redirected: {reason}")));
+                self.out.push_back(ClientOutput::Close(conn, format!("redirected: {reason}")));
                 self.cursor = 0;
                 self.tries = 0;
-                self.link = SnLink::Idle {
-                    next_try_ms: now_ms,
-                };
+                self.link = SnLink::Idle { next_try_ms: now_ms };
             }
-            Message::ClaimResult {
-                result: Err(reason),
-                ..
-            } => {
+            Message::ClaimResult { result: Err(reason), .. } => {
                 self.event(ClientEvent::NameRefused { reason });
             }
             Message::ClaimResult { result: Ok(()), .. } => {}
             Message::PublishResult { result } => match result {
                 Ok(()) => {
-                    if let SnLink::Open {
-                        sn: Some(sn),
-                        ready,
-                        ..
-                    } = &mut self.link
-                    {
+                    if let SnLink::Open { sn: Some(sn), ready, .. } = &mut self.link {
                         if !*ready {
                             *ready = true;
                             let sn = *sn;
@@ -452,18 +392,11 @@ impl Client {
                 }
                 Err(reason) => warn!("presence refused: {reason}"),
             },
-            Message::LookupResult { req_id, answer } => {
-                self.on_lookup_result(req_id, answer, now_ms)
-            }
+            Message::LookupResult { req_id, answer } => self.on_lookup_result(req_id, answer, now_ms),
             Message::Signal(env) => self.on_signal(env, now_ms),
-            Message::SignalFailed { call_id, reason } => {
-                self.fail_call(call_id, &reason, now_ms, false)
-            }
+            Message::SignalFailed { call_id, reason } => self.fail_call(call_id, &reason, now_ms, false),
             Message::Error { reason } => warn!("supernode says: {reason}"),
-            other => warn!(
-                "unexpected {} from supernode",
-                crate::supernode::kind(&other)
-            ),
+            other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),
         }
     }
 
@@ -476,13 +409,7 @@ impl Client {
     fn publish_to(&mut self, sn: SocketAddr, now_ms: u64) {
         // Wall-clock ms as the sequence number stays monotonic across restarts.
         let seq = now_ms.max(self.presence.as_ref().map_or(0, |p| p.seq + 1));
-        match Presence::sign(
-            self.identity.signing_key(),
-            &self.cfg.name,
-            sn,
-            seq,
-            now_ms + PRESENCE_TTL_MS,
-        ) {
+        match Presence::sign(self.identity.signing_key(), &self.cfg.name, sn, seq, now_ms + PRESENCE_TTL_MS) {
             Ok(p) => {
                 self.presence = Some(p.clone());
                 self.send_sn(Message::Publish { presence: p });

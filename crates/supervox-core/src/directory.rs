@@ -75,8 +75,7 @@ impl Directory {
             Some(held) if held.user_id == claim.user_id => Ok(ClaimOutcome::Unchanged),
             Some(held) if claim.wins_over(held) => {
                 let loser = held.clone();
-                self.presence
-                    .retain(|_, p| p.user_id != loser.user_id || p.name != loser.name);
+                self.presence.retain(|_, p| p.user_id != loser.user_id || p.name != loser.name);
                 self.claims.insert(claim.name.clone(), claim);
                 Ok(ClaimOutcome::Replaced(loser))
             }
@@ -135,13 +134,10 @@ impl Directory {
             return LookupAnswer::Unknown;
         };
         match self.presence.get(&claim.user_id) {
-            Some(p) if p.expires_ms > now_ms && p.name == claim.name => LookupAnswer::Online {
-                claim: claim.clone(),
-                presence: p.clone(),
-            },
-            _ => LookupAnswer::Offline {
-                claim: claim.clone(),
-            },
+            Some(p) if p.expires_ms > now_ms && p.name == claim.name => {
+                LookupAnswer::Online { claim: claim.clone(), presence: p.clone() }
+            }
+            _ => LookupAnswer::Offline { claim: claim.clone() },
         }
     }
 
@@ -172,44 +168,23 @@ mod tests {
     fn first_claim_wins_and_presence_needs_ownership() {
         let mut d = Directory::new();
         let (a, b) = (id(1), id(2));
-        assert_eq!(
-            d.claim(NameClaim::sign(a.signing_key(), "alice", 5).unwrap()),
-            Ok(ClaimOutcome::Stored)
-        );
-        assert_eq!(
-            d.claim(NameClaim::sign(a.signing_key(), "alice", 9).unwrap()),
-            Ok(ClaimOutcome::Unchanged)
-        );
+        assert_eq!(d.claim(NameClaim::sign(a.signing_key(), "alice", 5).unwrap()), Ok(ClaimOutcome::Stored));
+        assert_eq!(d.claim(NameClaim::sign(a.signing_key(), "alice", 9).unwrap()), Ok(ClaimOutcome::Unchanged));
         assert_eq!(
             d.claim(NameClaim::sign(b.signing_key(), "alice", 1).unwrap()),
             Err(DirectoryError::NameTaken("alice".into()))
         );
         let sn: SocketAddr = SN.parse().unwrap();
         let stolen = Presence::sign(b.signing_key(), "alice", sn, 1, 60_000).unwrap();
-        assert_eq!(
-            d.publish(stolen, sn, 0),
-            Err(DirectoryError::NotOwner("alice".into()))
-        );
-        d.publish(
-            Presence::sign(a.signing_key(), "alice", sn, 2, 60_000).unwrap(),
-            sn,
-            0,
-        )
-        .unwrap();
+        assert_eq!(d.publish(stolen, sn, 0), Err(DirectoryError::NotOwner("alice".into())));
+        d.publish(Presence::sign(a.signing_key(), "alice", sn, 2, 60_000).unwrap(), sn, 0).unwrap();
         assert!(matches!(d.lookup("alice", 10), LookupAnswer::Online { .. }));
         assert_eq!(
-            d.publish(
-                Presence::sign(a.signing_key(), "alice", sn, 1, 60_000).unwrap(),
-                sn,
-                0
-            ),
+            d.publish(Presence::sign(a.signing_key(), "alice", sn, 1, 60_000).unwrap(), sn, 0),
             Err(DirectoryError::Stale)
         );
         d.expire(60_000);
-        assert!(matches!(
-            d.lookup("alice", 60_000),
-            LookupAnswer::Offline { .. }
-        ));
+        assert!(matches!(d.lookup("alice", 60_000), LookupAnswer::Offline { .. }));
         assert_eq!(d.lookup("nobody", 0), LookupAnswer::Unknown);
     }
 
@@ -217,15 +192,10 @@ mod tests {
     fn forged_presence_is_refused() {
         let mut d = Directory::new();
         let a = id(1);
-        d.claim(NameClaim::sign(a.signing_key(), "alice", 5).unwrap())
-            .unwrap();
-        let mut p =
-            Presence::sign(a.signing_key(), "alice", SN.parse().unwrap(), 1, 60_000).unwrap();
+        d.claim(NameClaim::sign(a.signing_key(), "alice", 5).unwrap()).unwrap();
+        let mut p = Presence::sign(a.signing_key(), "alice", SN.parse().unwrap(), 1, 60_000).unwrap();
         p.seq = 99;
-        assert_eq!(
-            d.publish(p, SN.parse().unwrap(), 0),
-            Err(DirectoryError::Invalid(RecordError::BadSignature))
-        );
+        assert_eq!(d.publish(p, SN.parse().unwrap(), 0), Err(DirectoryError::Invalid(RecordError::BadSignature)));
         assert!(matches!(d.lookup("alice", 0), LookupAnswer::Offline { .. }));
     }
 
@@ -237,10 +207,7 @@ mod tests {
         d1.claim(early.clone()).unwrap();
         d2.claim(late.clone()).unwrap();
         d1.replicate(late.clone()).unwrap_err();
-        assert_eq!(
-            d2.replicate(early.clone()),
-            Ok(ClaimOutcome::Replaced(late))
-        );
+        assert_eq!(d2.replicate(early.clone()), Ok(ClaimOutcome::Replaced(late)));
         assert!(matches!(d1.lookup("x", 0), LookupAnswer::Offline { claim } if claim == early));
         assert!(matches!(d2.lookup("x", 0), LookupAnswer::Offline { claim } if claim == early));
     }

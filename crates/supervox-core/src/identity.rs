@@ -36,16 +36,12 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// A fresh random identity.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
-        Self {
-            key: SigningKey::generate(rng),
-        }
+        Self { key: SigningKey::generate(rng) }
     }
 
     /// From a 32-byte secret seed (tests, simulator).
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        Self {
-            key: SigningKey::from_bytes(&seed),
-        }
+        Self { key: SigningKey::from_bytes(&seed) }
     }
 
     /// The signing key, for making records.
@@ -81,11 +77,8 @@ impl Identity {
             return Err(IdentityError::Corrupt("missing header"));
         }
         let seed = lines.next().ok_or(IdentityError::Corrupt("missing key"))?;
-        let seed =
-            hex::decode(seed.trim()).map_err(|_| IdentityError::Corrupt("key is not hex"))?;
-        let seed: [u8; 32] = seed
-            .try_into()
-            .map_err(|_| IdentityError::Corrupt("key has the wrong length"))?;
+        let seed = hex::decode(seed.trim()).map_err(|_| IdentityError::Corrupt("key is not hex"))?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| IdentityError::Corrupt("key has the wrong length"))?;
         if lines.any(|l| !l.trim().is_empty()) {
             return Err(IdentityError::Corrupt("unexpected trailing data"));
         }
@@ -95,19 +88,13 @@ impl Identity {
 
 /// The X25519 (Noise) public key that belongs to an Ed25519 user id.
 pub fn noise_public_key(user: &UserId) -> Result<[u8; 32], IdentityError> {
-    let vk = user
-        .verifying_key()
-        .map_err(|_| IdentityError::BadPublicKey)?;
+    let vk = user.verifying_key().map_err(|_| IdentityError::BadPublicKey)?;
     Ok(vk.to_montgomery().to_bytes())
 }
 
 /// Printable fingerprint of a user id, e.g. `3f2a-91c0-77de-0b41`.
 pub fn fingerprint(user: &UserId) -> String {
-    user.0[..8]
-        .chunks(2)
-        .map(hex::encode)
-        .collect::<Vec<_>>()
-        .join("-")
+    user.0[..8].chunks(2).map(hex::encode).collect::<Vec<_>>().join("-")
 }
 
 #[cfg(test)]
@@ -132,14 +119,8 @@ mod tests {
         // the Montgomery form of the Ed25519 public key as its static key.
         let (a, b) = (Identity::from_seed([5; 32]), Identity::from_seed([6; 32]));
         let p: snow::params::NoiseParams = "Noise_XX_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
-        let mut i = snow::Builder::new(p.clone())
-            .local_private_key(&a.noise_private_key())
-            .build_initiator()
-            .unwrap();
-        let mut r = snow::Builder::new(p)
-            .local_private_key(&b.noise_private_key())
-            .build_responder()
-            .unwrap();
+        let mut i = snow::Builder::new(p.clone()).local_private_key(&a.noise_private_key()).build_initiator().unwrap();
+        let mut r = snow::Builder::new(p).local_private_key(&b.noise_private_key()).build_responder().unwrap();
         let (mut m, mut out) = ([0u8; 200], [0u8; 200]);
         let n = i.write_message(&[], &mut m).unwrap();
         r.read_message(&m[..n], &mut out).unwrap();
@@ -147,13 +128,7 @@ mod tests {
         i.read_message(&m[..n], &mut out).unwrap();
         let n = i.write_message(&[], &mut m).unwrap();
         r.read_message(&m[..n], &mut out).unwrap();
-        assert_eq!(
-            r.get_remote_static().unwrap(),
-            noise_public_key(&a.user_id()).unwrap()
-        );
-        assert_eq!(
-            i.get_remote_static().unwrap(),
-            noise_public_key(&b.user_id()).unwrap()
-        );
+        assert_eq!(r.get_remote_static().unwrap(), noise_public_key(&a.user_id()).unwrap());
+        assert_eq!(i.get_remote_static().unwrap(), noise_public_key(&b.user_id()).unwrap());
     }
 }

@@ -10,9 +10,7 @@ use crate::identity::{noise_public_key, Identity};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use supervox_proto::frame::encode_frame;
-use supervox_proto::{
-    decode_message, encode_message, FrameDecoder, Message, Role, UserId, MAX_FRAME_LEN,
-};
+use supervox_proto::{decode_message, encode_message, FrameDecoder, Message, Role, UserId, MAX_FRAME_LEN};
 use thiserror::Error;
 
 /// Noise pattern for signalling links.
@@ -143,11 +141,7 @@ impl Link {
         self.last_rx_ms = now_ms;
         self.decoder.push(bytes);
         let mut events = Vec::new();
-        while let Some(frame) = self
-            .decoder
-            .next_frame()
-            .inspect_err(|_| self.state = State::Closed)?
-        {
+        while let Some(frame) = self.decoder.next_frame().inspect_err(|_| self.state = State::Closed)? {
             if let Err(e) = self.handle_frame(&frame, &mut events) {
                 self.state = State::Closed;
                 return Err(e);
@@ -167,30 +161,17 @@ impl Link {
             State::AwaitHello(mut ts) => {
                 let n = ts.read_message(frame, &mut buf).map_err(noise)?;
                 let msg = decode_message(&buf[..n])?;
-                let Message::Hello {
-                    role,
-                    identity,
-                    advertise,
-                    agent,
-                } = msg
-                else {
+                let Message::Hello { role, identity, advertise, agent } = msg else {
                     return Err(LinkError::Protocol("first message was not Hello".into()));
                 };
                 let expected = noise_public_key(&identity)
                     .map_err(|_| LinkError::Protocol("hello identity is not a valid key".into()))?;
                 if ts.get_remote_static() != Some(&expected[..]) {
-                    return Err(LinkError::Protocol(
-                        "hello identity does not match the Noise key".into(),
-                    ));
+                    return Err(LinkError::Protocol("hello identity does not match the Noise key".into()));
                 }
                 self.peer = Some(identity);
                 self.state = State::Open(ts);
-                events.push(LinkEvent::Established {
-                    role,
-                    identity,
-                    advertise,
-                    agent,
-                });
+                events.push(LinkEvent::Established { role, identity, advertise, agent });
                 Ok(())
             }
             State::Open(mut ts) => {
@@ -315,9 +296,7 @@ impl Link {
         }
         if now_ms >= self.last_tx_ms + KEEPALIVE_MS {
             self.ping_nonce += 1;
-            self.send(&Message::Ping {
-                nonce: self.ping_nonce,
-            })?;
+            self.send(&Message::Ping { nonce: self.ping_nonce })?;
             self.last_tx_ms = now_ms;
         }
         Ok(())
@@ -328,12 +307,7 @@ fn handshake(identity: &Identity, initiator: bool) -> Result<snow::HandshakeStat
     let params = LINK_NOISE_PARAMS.parse().map_err(noise)?;
     let key = identity.noise_private_key();
     let b = snow::Builder::new(params).local_private_key(&key);
-    if initiator {
-        b.build_initiator()
-    } else {
-        b.build_responder()
-    }
-    .map_err(noise)
+    if initiator { b.build_initiator() } else { b.build_responder() }.map_err(noise)
 }
 
 fn noise(e: snow::Error) -> LinkError {

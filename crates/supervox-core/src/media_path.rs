@@ -2,7 +2,8 @@
 //! checks over the peer's candidates, and the choice of the path in use.
 //!
 //! Wire format of every media datagram (see docs/PROTOCOL.md):
-//! `[kind u8][call tag 8][counter u64 BE][ChaCha20-Poly1305 ciphertext]`.
+//! `[kind u8][call tag 8][counter u64 BE][ChaCha20-Poly1305 ciphertext of
+//! (kind u8 ‖ payload)]`.
 //! The key comes from the callers' Noise IK handshake; the counter is the
 //! AEAD nonce, checked against a replay window after decryption. The path
 //! kind is where TCP and relayed transports slot in.
@@ -89,27 +90,16 @@ pub struct MediaPath {
 
 impl std::fmt::Debug for MediaPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "MediaPath(selected={:?}, confirmed={})",
-            self.selected, self.confirmed
-        )
+        write!(f, "MediaPath(selected={:?}, confirmed={})", self.selected, self.confirmed)
     }
 }
 
 impl MediaPath {
     /// A path for call `id` with the keys of a finished handshake and the
     /// peer's candidates (UDP ones are used; others await their transports).
-    pub fn new(
-        id: &CallId,
-        crypto: snow::StatelessTransportState,
-        remote: &[Candidate],
-        now_ms: u64,
-    ) -> Self {
-        let mut remotes: Vec<&Candidate> = remote
-            .iter()
-            .filter(|c| c.transport == supervox_proto::Transport::Udp)
-            .collect();
+    pub fn new(id: &CallId, crypto: snow::StatelessTransportState, remote: &[Candidate], now_ms: u64) -> Self {
+        let mut remotes: Vec<&Candidate> =
+            remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).collect();
         remotes.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let mut p = Self {
             tag: call_tag(id),
@@ -153,26 +143,22 @@ impl MediaPath {
     /// Handle a datagram for this call. Returns the media plaintext for
     /// media packets; checks are answered internally. Anything that does not
     /// authenticate or is a replay is dropped silently.
-    pub fn handle_datagram(
-        &mut self,
-        from: SocketAddr,
-        bytes: &[u8],
-        now_ms: u64,
-    ) -> Option<Vec<u8>> {
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<Vec<u8>> {
         if datagram_tag(bytes)? != self.tag {
             return None;
         }
         let kind = bytes[0];
         let counter = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
         let mut plain = vec![0u8; bytes.len()];
-        let n = self
-            .crypto
-            .read_message(counter, &bytes[HEADER_LEN..], &mut plain)
-            .ok()?;
+        let n = self.crypto.read_message(counter, &bytes[HEADER_LEN..], &mut plain).ok()?;
         plain.truncate(n);
-        if !self.replay.accept(counter) {
+        // The kind byte is repeated inside the ciphertext: the clear copy is
+        // only a hint, and a packet whose copies differ was tampered with.
+        // (The tag is bound by the key: another call's key cannot open it.)
+        if plain.first() != Some(&kind) || !self.replay.accept(counter) {
             return None;
         }
+        plain.remove(0);
         self.last_rx_ms = now_ms;
         match kind {
             KIND_CHECK => {
@@ -210,8 +196,12 @@ impl MediaPath {
     }
 
     fn rtt_sample(&mut self, nonce: &[u8], now_ms: u64) {
-        let Ok(nonce) = <[u8; 8]>::try_from(nonce).map(u64::from_be_bytes) else { return };
-        let Some(pos) = self.in_flight.iter().position(|(n, _)| *n == nonce) else { return };
+        let Ok(nonce) = <[u8; 8]>::try_from(nonce).map(u64::from_be_bytes) else {
+            return;
+        };
+        let Some(pos) = self.in_flight.iter().position(|(n, _)| *n == nonce) else {
+            return;
+        };
         let (_, sent) = self.in_flight[pos];
         self.in_flight.drain(..=pos);
         let sample = now_ms.saturating_sub(sent) as f64;
@@ -235,8 +225,11 @@ impl MediaPath {
         pkt.push(kind);
         pkt.extend_from_slice(&self.tag);
         pkt.extend_from_slice(&counter.to_be_bytes());
-        let mut ct = vec![0u8; plaintext.len() + 16];
-        match self.crypto.write_message(counter, plaintext, &mut ct) {
+        let mut inner = Vec::with_capacity(plaintext.len() + 1);
+        inner.push(kind);
+        inner.extend_from_slice(plaintext);
+        let mut ct = vec![0u8; inner.len() + 16];
+        match self.crypto.write_message(counter, &inner, &mut ct) {
             Ok(n) => {
                 pkt.extend_from_slice(&ct[..n]);
                 self.out.push_back((to, pkt));
@@ -323,21 +316,21 @@ mod tests {
         assert_eq!(a.remote(), Some(ab));
         assert_eq!(a.rtt_ms(), Some(2.0), "check sent at 0, acked at 2");
         a.send_media(b"frame");
-        let (to, pkt) = a
-            .poll_transmit()
-            .filter(|(_, p)| p[0] == KIND_MEDIA)
-            .or_else(|| a.poll_transmit())
-            .unwrap();
+        let (to, pkt) = a.poll_transmit().filter(|(_, p)| p[0] == KIND_MEDIA).or_else(|| a.poll_transmit()).unwrap();
         assert_eq!(to, ab);
-        assert_eq!(
-            b.handle_datagram(aa, &pkt, 3).as_deref(),
-            Some(&b"frame"[..])
-        );
+        assert_eq!(b.handle_datagram(aa, &pkt, 3).as_deref(), Some(&b"frame"[..]));
         // Replays and tampering are dropped.
         assert!(b.handle_datagram(aa, &pkt, 4).is_none());
         let mut bad = pkt.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(b.handle_datagram(aa, &bad, 4).is_none());
+        // Relabelling the clear kind byte is detected too.
+        a.send_media(b"frame-2");
+        let (_, mut relabelled) = a.poll_transmit().unwrap();
+        relabelled[0] = KIND_CHECK;
+        while b.poll_transmit().is_some() {}
+        assert!(b.handle_datagram(aa, &relabelled, 5).is_none());
+        assert!(b.poll_transmit().is_none(), "a relabelled media packet was answered as a check");
     }
 
     #[test]

@@ -105,13 +105,7 @@ pub struct Supernode {
 impl Supernode {
     /// A supernode with identity `me`, the claims it persisted, and a seed for
     /// its jitter. Dials the seeds on the first tick.
-    pub fn new(
-        me: UserId,
-        cfg: SupernodeConfig,
-        claims: Vec<NameClaim>,
-        rng_seed: u64,
-        now_ms: u64,
-    ) -> Self {
+    pub fn new(me: UserId, cfg: SupernodeConfig, claims: Vec<NameClaim>, rng_seed: u64, now_ms: u64) -> Self {
         let mut directory = Directory::new();
         for c in claims {
             if let Err(e) = directory.replicate(c) {
@@ -179,15 +173,7 @@ impl Supernode {
                 k.dialing = false;
             }
         }
-        self.conns.insert(
-            conn,
-            Conn {
-                remote,
-                dialed,
-                kind: PeerKind::Pending,
-                lookups: 0,
-            },
-        );
+        self.conns.insert(conn, Conn { remote, dialed, kind: PeerKind::Pending, lookups: 0 });
     }
 
     /// A dial failed; try again later with backoff.
@@ -216,22 +202,14 @@ impl Supernode {
             (Role::Supernode, Some(adv)) if adv != self.cfg.advertise => {
                 self.supernode_joined(conn, identity, adv, dialed, now_ms)
             }
-            (Role::Supernode, _) => {
-                self.close(conn, "supernode hello without a usable advertised address")
-            }
+            (Role::Supernode, _) => self.close(conn, "supernode hello without a usable advertised address"),
         }
     }
 
     fn client_joined(&mut self, conn: ConnId, user: UserId, remote: SocketAddr) {
         if self.clients.len() >= self.cfg.max_clients && !self.clients.contains_key(&user) {
             let supernodes = self.peers.keys().copied().collect();
-            self.send(
-                conn,
-                Message::Redirect {
-                    supernodes,
-                    reason: "supernode full".into(),
-                },
-            );
+            self.send(conn, Message::Redirect { supernodes, reason: "supernode full".into() });
             self.close(conn, "full: redirected client");
             return;
         }
@@ -245,14 +223,7 @@ impl Supernode {
         }
         let mut supernodes: Vec<SocketAddr> = vec![self.cfg.advertise];
         supernodes.extend(self.known.keys().copied().take(49));
-        self.send(
-            conn,
-            Message::Welcome {
-                supernode: self.cfg.advertise,
-                observed: remote,
-                supernodes,
-            },
-        );
+        self.send(conn, Message::Welcome { supernode: self.cfg.advertise, observed: remote, supernodes });
         debug!(conn, "client {user:?} signed in");
     }
 
@@ -291,12 +262,7 @@ impl Supernode {
         self.send(conn, Message::Peers { supernodes });
         let claims: Vec<NameClaim> = self.directory.claims().cloned().collect();
         for chunk in claims.chunks(CLAIMS_PER_MESSAGE) {
-            self.send(
-                conn,
-                Message::Replicate {
-                    claims: chunk.to_vec(),
-                },
-            );
+            self.send(conn, Message::Replicate { claims: chunk.to_vec() });
         }
     }
 
@@ -327,9 +293,7 @@ impl Supernode {
                 } else {
                     match self.directory.claim(claim.clone()) {
                         Ok(ClaimOutcome::Stored) => {
-                            self.broadcast_peers(Message::Replicate {
-                                claims: vec![claim],
-                            });
+                            self.broadcast_peers(Message::Replicate { claims: vec![claim] });
                             self.out.push_back(SnOutput::ClaimsChanged);
                             Ok(())
                         }
@@ -347,9 +311,7 @@ impl Supernode {
                     Err("presence is not signed by this connection's key".to_string())
                 } else {
                     let home = self.cfg.advertise;
-                    self.directory
-                        .publish(presence, home, now_ms)
-                        .map_err(|e| e.to_string())
+                    self.directory.publish(presence, home, now_ms).map_err(|e| e.to_string())
                 };
                 if let Err(e) = &result {
                     warn!(conn, "presence refused: {e}");
@@ -364,10 +326,7 @@ impl Supernode {
                 }
                 self.route_from_client(conn, env);
             }
-            other => self.close(
-                conn,
-                &format!("unexpected message from client: {}", kind(&other)),
-            ),
+            other => self.close(conn, &format!("unexpected message from client: {}", kind(&other))),
         }
     }
 
@@ -385,10 +344,7 @@ impl Supernode {
                         Ok(ClaimOutcome::Stored) => changed = true,
                         Ok(ClaimOutcome::Replaced(loser)) => {
                             changed = true;
-                            warn!(
-                                "claim of {:?} by {:?} lost a conflict",
-                                loser.name, loser.user_id
-                            );
+                            warn!("claim of {:?} by {:?} lost a conflict", loser.name, loser.user_id);
                         }
                         Ok(ClaimOutcome::Unchanged) => {}
                         Err(e) => debug!("replicated claim not stored: {e}"),
@@ -405,10 +361,7 @@ impl Supernode {
             Message::LookupResult { req_id, answer } => self.peer_answer(req_id, answer, now_ms),
             Message::Signal(env) => self.route_from_peer(from_sn, env),
             Message::Error { reason } => warn!("supernode {from_sn} reports: {reason}"),
-            other => self.close(
-                conn,
-                &format!("unexpected message from supernode: {}", kind(&other)),
-            ),
+            other => self.close(conn, &format!("unexpected message from supernode: {}", kind(&other))),
         }
     }
 
@@ -428,10 +381,7 @@ impl Supernode {
                     self.send(peer, Message::Signal(env));
                     None
                 }
-                None => Some(format!(
-                    "callee's supernode {} is unreachable",
-                    env.to_supernode
-                )),
+                None => Some(format!("callee's supernode {} is unreachable", env.to_supernode)),
             }
         };
         if let Some(reason) = failure {
@@ -454,9 +404,7 @@ impl Supernode {
                     from: env.to,
                     to: env.from,
                     to_supernode: from_sn,
-                    body: CallSignal::Reject {
-                        reason: "callee is no longer connected to its supernode".into(),
-                    },
+                    body: CallSignal::Reject { reason: "callee is no longer connected to its supernode".into() },
                 };
                 self.send(back, Message::Signal(reply));
             }
@@ -514,20 +462,10 @@ impl Supernode {
     }
 
     fn learn(&mut self, addr: SocketAddr, now_ms: u64) {
-        if addr == self.cfg.advertise
-            || self.known.contains_key(&addr)
-            || self.known.len() >= MAX_KNOWN_SUPERNODES
-        {
+        if addr == self.cfg.advertise || self.known.contains_key(&addr) || self.known.len() >= MAX_KNOWN_SUPERNODES {
             return;
         }
-        self.known.insert(
-            addr,
-            KnownSn {
-                next_dial_ms: now_ms,
-                dialing: false,
-                backoff: Backoff::new(500, 30_000),
-            },
-        );
+        self.known.insert(addr, KnownSn { next_dial_ms: now_ms, dialing: false, backoff: Backoff::new(500, 30_000) });
     }
 
     fn broadcast_peers(&mut self, msg: Message) {
@@ -543,8 +481,7 @@ impl Supernode {
 
     fn close(&mut self, conn: ConnId, reason: &str) {
         warn!(conn, "closing: {reason}");
-        self.out
-            .push_back(SnOutput::Close(conn, reason.to_string()));
+        self.out.push_back(SnOutput::Close(conn, reason.to_string()));
     }
 }
 
@@ -575,13 +512,7 @@ pub fn kind(msg: &Message) -> &'static str {
 pub fn better_answer(a: LookupAnswer, b: LookupAnswer) -> LookupAnswer {
     use LookupAnswer::*;
     match (a, b) {
-        (
-            Online {
-                claim,
-                presence: p1,
-            },
-            Online { presence: p2, .. },
-        ) => {
+        (Online { claim, presence: p1 }, Online { presence: p2, .. }) => {
             let presence = if p2.seq > p1.seq { p2 } else { p1 };
             Online { claim, presence }
         }

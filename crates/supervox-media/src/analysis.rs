@@ -47,10 +47,7 @@ pub fn dominant_frequency(samples: &[i16], sample_rate: u32) -> Option<f32> {
     let window = &samples[start..start + win];
 
     // At most 1 Hz per bin, but bounded for absurd sample rates.
-    let n = (sample_rate as usize)
-        .next_power_of_two()
-        .min(MAX_FFT)
-        .max(win.next_power_of_two());
+    let n = (sample_rate as usize).next_power_of_two().min(MAX_FFT).max(win.next_power_of_two());
     let mut buf: Vec<Complex<f32>> = vec![Complex::new(0.0, 0.0); n];
     let denom = (win.max(2) - 1) as f32;
     for (i, (&s, slot)) in window.iter().zip(buf.iter_mut()).enumerate() {
@@ -60,11 +57,7 @@ pub fn dominant_frequency(samples: &[i16], sample_rate: u32) -> Option<f32> {
     FftPlanner::new().plan_fft_forward(n).process(&mut buf);
 
     let mags: Vec<f32> = buf[..n / 2].iter().map(|c| c.norm()).collect();
-    let (peak, _) = mags
-        .iter()
-        .enumerate()
-        .skip(1)
-        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    let (peak, _) = mags.iter().enumerate().skip(1).max_by(|a, b| a.1.total_cmp(b.1))?;
     let mut offset = 0.0;
     if peak + 1 < mags.len() {
         let l = (mags[peak - 1] + 1e-9).ln();
@@ -84,9 +77,7 @@ mod tests {
 
     fn sine(hz: f32, secs: f32, amp: f32) -> Vec<i16> {
         let n = (48_000.0 * secs) as usize;
-        (0..n)
-            .map(|i| ((i as f32 / 48_000.0 * hz * std::f32::consts::TAU).sin() * amp) as i16)
-            .collect()
+        (0..n).map(|i| ((i as f32 / 48_000.0 * hz * std::f32::consts::TAU).sin() * amp) as i16).collect()
     }
 
     #[test]

@@ -21,20 +21,13 @@ impl Encoder {
     /// Creates an encoder: VOIP application, voice signal, ~28 kb/s VBR, in-band FEC on,
     /// expected loss [`DEFAULT_EXPECTED_LOSS_PCT`] %.
     pub fn new() -> Result<Self, MediaError> {
-        let mut inner =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-                .map_err(MediaError::codec("encoder create"))?;
-        inner
-            .set_bitrate(opus::Bitrate::Bits(BITRATE_BPS))
-            .map_err(MediaError::codec("set bitrate"))?;
+        let mut inner = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(MediaError::codec("encoder create"))?;
+        inner.set_bitrate(opus::Bitrate::Bits(BITRATE_BPS)).map_err(MediaError::codec("set bitrate"))?;
         inner.set_vbr(true).map_err(MediaError::codec("set vbr"))?;
         // Speech: keeps the encoder in SILK/hybrid mode, the modes that carry in-band FEC.
-        inner
-            .set_signal(opus::Signal::Voice)
-            .map_err(MediaError::codec("set signal"))?;
-        inner
-            .set_inband_fec(true)
-            .map_err(MediaError::codec("set inband fec"))?;
+        inner.set_signal(opus::Signal::Voice).map_err(MediaError::codec("set signal"))?;
+        inner.set_inband_fec(true).map_err(MediaError::codec("set inband fec"))?;
         let mut enc = Encoder { inner };
         enc.set_expected_loss(DEFAULT_EXPECTED_LOSS_PCT)?;
         Ok(enc)
@@ -43,22 +36,15 @@ impl Encoder {
     /// Encodes exactly [`FRAME_SAMPLES`] samples into one Opus packet (at most 1275 bytes).
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, MediaError> {
         if pcm.len() != FRAME_SAMPLES {
-            return Err(MediaError::BadFrameLength {
-                expected: FRAME_SAMPLES,
-                got: pcm.len(),
-            });
+            return Err(MediaError::BadFrameLength { expected: FRAME_SAMPLES, got: pcm.len() });
         }
-        self.inner
-            .encode_vec(pcm, MAX_PACKET)
-            .map_err(MediaError::codec("encode"))
+        self.inner.encode_vec(pcm, MAX_PACKET).map_err(MediaError::codec("encode"))
     }
 
     /// Tells the encoder how much packet loss to expect (0..=100 %, larger values are
     /// clamped); this controls how much in-band FEC it adds.
     pub fn set_expected_loss(&mut self, pct: u8) -> Result<(), MediaError> {
-        self.inner
-            .set_packet_loss_perc(i32::from(pct.min(100)))
-            .map_err(MediaError::codec("set packet loss"))
+        self.inner.set_packet_loss_perc(i32::from(pct.min(100))).map_err(MediaError::codec("set packet loss"))
     }
 }
 
@@ -72,12 +58,9 @@ pub struct Decoder {
 impl Decoder {
     /// Creates a 48 kHz mono decoder.
     pub fn new() -> Result<Self, MediaError> {
-        let inner = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
-            .map_err(MediaError::codec("decoder create"))?;
-        Ok(Decoder {
-            inner,
-            scratch: vec![0; MAX_DECODE_SAMPLES],
-        })
+        let inner =
+            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(MediaError::codec("decoder create"))?;
+        Ok(Decoder { inner, scratch: vec![0; MAX_DECODE_SAMPLES] })
     }
 
     /// Decodes one packet, or conceals a lost one when `packet` is `None`.
@@ -87,10 +70,7 @@ impl Decoder {
     pub fn decode(&mut self, packet: Option<&[u8]>) -> Result<Vec<i16>, MediaError> {
         match packet {
             Some(p) if !p.is_empty() => {
-                let n = self
-                    .inner
-                    .decode(p, &mut self.scratch, false)
-                    .map_err(MediaError::codec("decode"))?;
+                let n = self.inner.decode(p, &mut self.scratch, false).map_err(MediaError::codec("decode"))?;
                 let mut out = self.scratch[..n.min(MAX_DECODE_SAMPLES)].to_vec();
                 out.resize(FRAME_SAMPLES, 0);
                 Ok(out)
@@ -109,18 +89,10 @@ impl Decoder {
         self.decode_exact(next_packet, true, "decode fec")
     }
 
-    fn decode_exact(
-        &mut self,
-        input: &[u8],
-        fec: bool,
-        op: &'static str,
-    ) -> Result<Vec<i16>, MediaError> {
+    fn decode_exact(&mut self, input: &[u8], fec: bool, op: &'static str) -> Result<Vec<i16>, MediaError> {
         // PLC and FEC decode exactly as many samples as the output buffer holds.
         let mut out = vec![0i16; FRAME_SAMPLES];
-        let n = self
-            .inner
-            .decode(input, &mut out, fec)
-            .map_err(MediaError::codec(op))?;
+        let n = self.inner.decode(input, &mut out, fec).map_err(MediaError::codec(op))?;
         out.truncate(n);
         out.resize(FRAME_SAMPLES, 0);
         Ok(out)
@@ -163,10 +135,7 @@ mod tests {
     fn rejects_wrong_frame_length() {
         let mut enc = Encoder::new().unwrap();
         let err = enc.encode(&[0; 100]).unwrap_err();
-        assert!(
-            err.to_string().contains("100 samples, expected 960"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("100 samples, expected 960"), "{err}");
     }
 
     #[test]

@@ -23,11 +23,8 @@ pub fn packet_has_fec(packet: &[u8]) -> bool {
         return true;
     }
     // SILK configs 0..=11 cycle through 10/20/40/60 ms; hybrid 12..=15 through 10/20 ms.
-    let frame_ms = if config < 12 {
-        [10, 20, 40, 60][usize::from(config % 4)]
-    } else {
-        [10, 20][usize::from(config % 2)]
-    };
+    let frame_ms =
+        if config < 12 { [10, 20, 40, 60][usize::from(config % 4)] } else { [10, 20][usize::from(config % 2)] };
     let silk_frames = (frame_ms / 20).max(1);
     let mut dec = RangeDecoder::new(data);
     for _ in 0..silk_frames {
@@ -54,13 +51,7 @@ const SYM_MAX: u32 = (1 << SYM_BITS) - 1;
 
 impl<'a> RangeDecoder<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        let mut d = RangeDecoder {
-            buf,
-            pos: 0,
-            rng: 1 << CODE_EXTRA,
-            val: 0,
-            rem: 0,
-        };
+        let mut d = RangeDecoder { buf, pos: 0, rng: 1 << CODE_EXTRA, val: 0, rem: 0 };
         d.rem = d.read_byte();
         d.val = d.rng - 1 - (d.rem >> (SYM_BITS - CODE_EXTRA));
         d.normalize();
@@ -115,9 +106,7 @@ pub(crate) mod tests {
                 let pitch = 140.0 + 30.0 * (t * 3.0).sin();
                 phase += pitch / 48_000.0;
                 let env = (t * 2.5 * std::f64::consts::TAU).sin().max(0.0);
-                let v: f64 = (1..8)
-                    .map(|h| (phase * std::f64::consts::TAU * h as f64).sin() / h as f64)
-                    .sum();
+                let v: f64 = (1..8).map(|h| (phase * std::f64::consts::TAU * h as f64).sin() / h as f64).sum();
                 frame.push((v * env * 6000.0) as i16);
             }
             out.push(frame);
@@ -134,12 +123,7 @@ pub(crate) mod tests {
     #[test]
     fn detects_lbrr_flag() {
         let frames = speechy(100);
-        let count = |loss| {
-            encode_all(&frames, loss)
-                .iter()
-                .filter(|p| packet_has_fec(p))
-                .count()
-        };
+        let count = |loss| encode_all(&frames, loss).iter().filter(|p| packet_has_fec(p)).count();
         assert_eq!(count(0), 0, "no LBRR without expected loss");
         let with = count(20);
         assert!(with > 20, "LBRR expected in speech packets, got {with}");
@@ -150,10 +134,7 @@ pub(crate) mod tests {
         let frames = speechy(100);
         let packets = encode_all(&frames, 20);
         let err = |a: &[i16], b: &[i16]| -> f64 {
-            a.iter()
-                .zip(b)
-                .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-                .sum()
+            a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum()
         };
         let (mut fec_err, mut plc_err, mut tried) = (0.0, 0.0, 0);
         for lost in 10..98 {
@@ -161,11 +142,8 @@ pub(crate) mod tests {
                 continue;
             }
             tried += 1;
-            let (mut reference, mut with_fec, mut with_plc) = (
-                Decoder::new().unwrap(),
-                Decoder::new().unwrap(),
-                Decoder::new().unwrap(),
-            );
+            let (mut reference, mut with_fec, mut with_plc) =
+                (Decoder::new().unwrap(), Decoder::new().unwrap(), Decoder::new().unwrap());
             for p in &packets[..lost] {
                 reference.decode(Some(p)).unwrap();
                 with_fec.decode(Some(p)).unwrap();
@@ -176,10 +154,7 @@ pub(crate) mod tests {
             plc_err += err(&truth, &with_plc.decode(None).unwrap());
         }
         assert!(tried > 10, "only {tried} packets with FEC");
-        assert!(
-            fec_err < plc_err * 0.5,
-            "fec {fec_err:e} vs plc {plc_err:e}"
-        );
+        assert!(fec_err < plc_err * 0.5, "fec {fec_err:e} vs plc {plc_err:e}");
     }
     #[test]
     fn odd_inputs() {

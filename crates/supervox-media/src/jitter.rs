@@ -110,10 +110,7 @@ impl JitterBuffer {
                     self.dropped += 1;
                     return;
                 }
-                tracing::debug!(
-                    seq = h.seq,
-                    "media stream restarted, resetting jitter buffer"
-                );
+                tracing::debug!(seq = h.seq, "media stream restarted, resetting jitter buffer");
                 self.reset();
                 ext = i64::from(h.seq);
             }
@@ -169,9 +166,7 @@ impl JitterBuffer {
         self.next_seq = Some(next + 1);
         match self.frames.remove(&next) {
             Some(payload) => Playout::Frame(payload),
-            None => Playout::Missing {
-                fec_from: self.frames.get(&(next + 1)).cloned(),
-            },
+            None => Playout::Missing { fec_from: self.frames.get(&(next + 1)).cloned() },
         }
     }
 
@@ -215,11 +210,7 @@ mod tests {
     use super::*;
 
     fn hdr(seq: u16) -> MediaHeader {
-        MediaHeader {
-            seq,
-            timestamp: u32::from(seq).wrapping_mul(960),
-            marker: false,
-        }
+        MediaHeader { seq, timestamp: u32::from(seq).wrapping_mul(960), marker: false }
     }
 
     fn payload(seq: u16) -> Vec<u8> {
@@ -301,12 +292,7 @@ mod tests {
             jb.push(hdr(s), payload(s), 0);
         }
         assert_eq!(jb.pop(0), Playout::Frame(payload(10)));
-        assert_eq!(
-            jb.pop(20),
-            Playout::Missing {
-                fec_from: Some(payload(12))
-            }
-        );
+        assert_eq!(jb.pop(20), Playout::Missing { fec_from: Some(payload(12)) });
         assert_eq!(jb.pop(40), Playout::Frame(payload(12)));
         assert_eq!(jb.pop(60), Playout::Frame(payload(13)));
     }

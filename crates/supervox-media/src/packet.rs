@@ -58,12 +58,7 @@ pub fn encode_media(h: &MediaHeader, opus: &[u8]) -> Vec<u8> {
 pub fn decode_media(bytes: &[u8]) -> Result<(MediaHeader, &[u8]), MediaError> {
     let (header, payload) = match bytes.split_first_chunk::<HEADER_LEN>() {
         Some(split) => split,
-        None => {
-            return Err(MediaError::PacketTooShort {
-                len: bytes.len(),
-                min: HEADER_LEN,
-            })
-        }
+        None => return Err(MediaError::PacketTooShort { len: bytes.len(), min: HEADER_LEN }),
     };
     let version = header[0] >> VERSION_SHIFT;
     if version != VERSION {
@@ -97,11 +92,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = MediaHeader {
-            seq: 0xfffe,
-            timestamp: 0xdead_beef,
-            marker: true,
-        };
+        let h = MediaHeader { seq: 0xfffe, timestamp: 0xdead_beef, marker: true };
         let bytes = encode_media(&h, &[1, 2, 3]);
         assert_eq!(bytes.len(), HEADER_LEN + 3);
         let (h2, p) = decode_media(&bytes).unwrap();
@@ -123,22 +114,12 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        let h = MediaHeader {
-            seq: 1,
-            timestamp: 2,
-            marker: false,
-        };
+        let h = MediaHeader { seq: 1, timestamp: 2, marker: false };
         let good = encode_media(&h, &[7; 10]);
         for len in 0..HEADER_LEN {
-            assert!(matches!(
-                decode_media(&good[..len]),
-                Err(MediaError::PacketTooShort { .. })
-            ));
+            assert!(matches!(decode_media(&good[..len]), Err(MediaError::PacketTooShort { .. })));
         }
-        assert!(matches!(
-            decode_media(&good[..HEADER_LEN]),
-            Err(MediaError::EmptyPayload)
-        ));
+        assert!(matches!(decode_media(&good[..HEADER_LEN]), Err(MediaError::EmptyPayload)));
         let mut bad = good.clone();
         bad[0] = 2 << 6;
         assert!(matches!(decode_media(&bad), Err(MediaError::BadVersion(2))));
@@ -156,11 +137,7 @@ mod tests {
         let mut ok = 0u32;
         let mut buf = Vec::with_capacity(2048);
         for i in 0..100_000u32 {
-            let len = if i % 2 == 0 {
-                rng.gen_range(0..16)
-            } else {
-                rng.gen_range(0..1400)
-            };
+            let len = if i % 2 == 0 { rng.gen_range(0..16) } else { rng.gen_range(0..1400) };
             buf.clear();
             buf.extend((0..len).map(|_| rng.gen::<u8>()));
             if i % 4 == 0 && !buf.is_empty() {

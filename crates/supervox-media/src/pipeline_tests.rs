@@ -17,12 +17,7 @@ fn run_call(frames: usize, loss: f64, jitter_ms: u64, seed: u64) -> (Vec<i16>, R
 }
 
 /// Like [`run_call`] with the given input frames.
-fn run_frames(
-    input: &[Vec<i16>],
-    loss: f64,
-    jitter_ms: u64,
-    seed: u64,
-) -> (Vec<i16>, ReceiveStats) {
+fn run_frames(input: &[Vec<i16>], loss: f64, jitter_ms: u64, seed: u64) -> (Vec<i16>, ReceiveStats) {
     let frames = input.len();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut sender = MediaSender::with_initial(65_000, u32::MAX - 20_000).unwrap();
@@ -35,11 +30,7 @@ fn run_frames(
         if rng.gen_bool(loss) {
             continue;
         }
-        let delay = 5 + if jitter_ms > 0 {
-            rng.gen_range(0..jitter_ms)
-        } else {
-            0
-        };
+        let delay = 5 + if jitter_ms > 0 { rng.gen_range(0..jitter_ms) } else { 0 };
         in_flight.push((i as u64 * FRAME_MS + delay, pkt));
     }
     assert_eq!(sender.frames_sent(), frames as u64);
@@ -51,9 +42,7 @@ fn run_frames(
     let mut now = 0;
     while now <= end {
         while next < in_flight.len() && in_flight[next].0 <= now {
-            receiver
-                .on_packet(&in_flight[next].1, in_flight[next].0)
-                .unwrap();
+            receiver.on_packet(&in_flight[next].1, in_flight[next].0).unwrap();
             next += 1;
         }
         if let Some(frame) = receiver.play(now) {
@@ -72,10 +61,7 @@ fn clean_call_carries_440_hz() {
     assert!((f - 440.0).abs() <= 3.0, "dominant {f} Hz");
     assert!(rms(&out) > 3000.0, "rms {}", rms(&out));
     assert_eq!(stats.packets_received, 150);
-    assert_eq!(
-        stats.frames_concealed + stats.frames_recovered_fec,
-        stats.frames_played - 150
-    );
+    assert_eq!(stats.frames_concealed + stats.frames_recovered_fec, stats.frames_played - 150);
     assert_eq!(stats.loss_pct, 0.0);
     assert!(stats.jitter_ms < 0.01, "{}", stats.jitter_ms);
 }
@@ -86,10 +72,7 @@ fn lossy_jittery_call_still_carries_440_hz() {
     let f = dominant_frequency(&out, SAMPLE_RATE).expect("audio not silent");
     eprintln!("lossy call: {f} Hz, {stats:?}");
     assert!((f - 440.0).abs() <= 3.0, "dominant {f} Hz");
-    assert!(
-        stats.frames_concealed + stats.frames_recovered_fec > 0,
-        "{stats:?}"
-    );
+    assert!(stats.frames_concealed + stats.frames_recovered_fec > 0, "{stats:?}");
     assert!((5.0..15.0).contains(&stats.loss_pct), "{stats:?}");
     assert!(stats.jitter_ms > 1.0, "{stats:?}");
     assert!(stats.packets_received < 250);

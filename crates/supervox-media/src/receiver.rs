@@ -75,18 +75,18 @@ impl MediaReceiver {
                     self.conceal()
                 }
             },
-            Playout::Missing {
-                fec_from: Some(next),
-            } if packet_has_fec(&next) => match self.decoder.decode_fec(&next) {
-                Ok(pcm) => {
-                    self.frames_recovered_fec += 1;
-                    pcm
+            Playout::Missing { fec_from: Some(next) } if packet_has_fec(&next) => {
+                match self.decoder.decode_fec(&next) {
+                    Ok(pcm) => {
+                        self.frames_recovered_fec += 1;
+                        pcm
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "FEC recovery failed, concealing");
+                        self.conceal()
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "FEC recovery failed, concealing");
-                    self.conceal()
-                }
-            },
+            }
             Playout::Missing { .. } => self.conceal(),
         };
         self.frames_played += 1;

@@ -154,17 +154,10 @@ mod tests {
         let mut top = 0u64;
         let mut x = 12345u64;
         for _ in 0..20_000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let delta = (x >> 33) % 1500;
-            let c = if (x >> 20) & 1 == 0 {
-                top + delta / 8
-            } else {
-                top.saturating_sub(delta)
-            };
-            let expect =
-                !seen.contains(&c) && (c > top || top - c < WINDOW_SIZE || seen.is_empty());
+            let c = if (x >> 20) & 1 == 0 { top + delta / 8 } else { top.saturating_sub(delta) };
+            let expect = !seen.contains(&c) && (c > top || top - c < WINDOW_SIZE || seen.is_empty());
             assert_eq!(w.accept(c), expect, "counter {c} top {top}");
             if expect {
                 seen.insert(c);

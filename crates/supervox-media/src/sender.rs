@@ -22,12 +22,7 @@ impl MediaSender {
 
     /// Creates a sender starting at the given sequence number and timestamp.
     pub fn with_initial(seq: u16, timestamp: u32) -> Result<Self, MediaError> {
-        Ok(MediaSender {
-            encoder: Encoder::new()?,
-            seq,
-            timestamp,
-            frames_sent: 0,
-        })
+        Ok(MediaSender { encoder: Encoder::new()?, seq, timestamp, frames_sent: 0 })
     }
 
     /// Encodes one frame of exactly [`FRAME_SAMPLES`] samples and returns the plaintext
@@ -35,11 +30,7 @@ impl MediaSender {
     /// sequence number by 1 and the timestamp by [`FRAME_SAMPLES`].
     pub fn next_packet(&mut self, pcm: &[i16]) -> Result<Vec<u8>, MediaError> {
         let opus = self.encoder.encode(pcm)?;
-        let header = MediaHeader {
-            seq: self.seq,
-            timestamp: self.timestamp,
-            marker: self.frames_sent == 0,
-        };
+        let header = MediaHeader { seq: self.seq, timestamp: self.timestamp, marker: self.frames_sent == 0 };
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         self.frames_sent += 1;
@@ -70,10 +61,7 @@ mod tests {
         let b = s.next_packet(&pcm).unwrap();
         let (ha, _) = decode_media(&a).unwrap();
         let (hb, _) = decode_media(&b).unwrap();
-        assert_eq!(
-            (ha.seq, ha.timestamp, ha.marker),
-            (65535, u32::MAX - 100, true)
-        );
+        assert_eq!((ha.seq, ha.timestamp, ha.marker), (65535, u32::MAX - 100, true));
         assert_eq!((hb.seq, hb.timestamp, hb.marker), (0, 859, false));
         assert_eq!(s.frames_sent(), 2);
         assert!(s.next_packet(&pcm[..10]).is_err());

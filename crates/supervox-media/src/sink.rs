@@ -23,11 +23,7 @@ pub enum SinkSpec {
 }
 
 fn invalid(input: &str, reason: &str) -> MediaError {
-    MediaError::InvalidSpec {
-        what: "audio sink",
-        input: input.to_owned(),
-        reason: reason.to_owned(),
-    }
+    MediaError::InvalidSpec { what: "audio sink", input: input.to_owned(), reason: reason.to_owned() }
 }
 
 impl FromStr for SinkSpec {
@@ -105,10 +101,7 @@ pub struct WavSink {
 
 impl fmt::Debug for WavSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WavSink")
-            .field("path", &self.path)
-            .field("finished", &self.writer.is_none())
-            .finish()
+        f.debug_struct("WavSink").field("path", &self.path).field("finished", &self.writer.is_none()).finish()
     }
 }
 
@@ -122,19 +115,13 @@ impl WavSink {
             sample_format: hound::SampleFormat::Int,
         };
         match hound::WavWriter::create(&path, spec) {
-            Ok(w) => Ok(WavSink {
-                path,
-                writer: Some(w),
-            }),
+            Ok(w) => Ok(WavSink { path, writer: Some(w) }),
             Err(source) => Err(MediaError::Wav { path, source }),
         }
     }
 
     fn err(&self, source: hound::Error) -> MediaError {
-        MediaError::Wav {
-            path: self.path.clone(),
-            source,
-        }
+        MediaError::Wav { path: self.path.clone(), source }
     }
 }
 
@@ -150,10 +137,7 @@ impl FrameSink for WavSink {
                 w.write_sample(s);
             }
             if let Err(e) = w.flush() {
-                return Err(MediaError::Wav {
-                    path: self.path.clone(),
-                    source: e,
-                });
+                return Err(MediaError::Wav { path: self.path.clone(), source: e });
             }
         }
         Ok(())
@@ -193,10 +177,7 @@ mod tests {
         }
         let err = open_sink(&SinkSpec::Speaker).err().unwrap();
         assert!(matches!(err, MediaError::NoAudioDevice(_)));
-        assert!(
-            err.to_string().starts_with("no audio output device"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("no audio output device"), "{err}");
     }
 
     #[test]
@@ -214,10 +195,7 @@ mod tests {
         }
         sink.finish().unwrap();
         sink.finish().unwrap();
-        assert!(matches!(
-            sink.write_frame(&[0; 4]),
-            Err(MediaError::SinkFinished)
-        ));
+        assert!(matches!(sink.write_frame(&[0; 4]), Err(MediaError::SinkFinished)));
 
         let reader = hound::WavReader::open(&path).unwrap();
         assert_eq!(reader.spec().sample_rate, SAMPLE_RATE);
@@ -236,9 +214,7 @@ mod tests {
 
     #[test]
     fn unwritable_path_is_an_error() {
-        let err = open_sink(&SinkSpec::Wav("/nonexistent-dir/x.wav".into()))
-            .err()
-            .unwrap();
+        let err = open_sink(&SinkSpec::Wav("/nonexistent-dir/x.wav".into())).err().unwrap();
         assert!(err.to_string().contains("/nonexistent-dir/x.wav"), "{err}");
     }
 }

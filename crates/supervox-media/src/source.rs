@@ -27,11 +27,7 @@ pub enum SourceSpec {
 }
 
 fn invalid(input: &str, reason: impl Into<String>) -> MediaError {
-    MediaError::InvalidSpec {
-        what: "audio source",
-        input: input.to_owned(),
-        reason: reason.into(),
-    }
+    MediaError::InvalidSpec { what: "audio source", input: input.to_owned(), reason: reason.into() }
 }
 
 /// Checks a tone frequency: finite, positive and below the Nyquist frequency.
@@ -40,9 +36,7 @@ fn check_tone(hz: f32) -> Result<(), String> {
     if hz.is_finite() && hz > 0.0 && hz < nyquist {
         Ok(())
     } else {
-        Err(format!(
-            "tone frequency must be between 0 and {nyquist} Hz (exclusive), got {hz}"
-        ))
+        Err(format!("tone frequency must be between 0 and {nyquist} Hz (exclusive), got {hz}"))
     }
 }
 
@@ -59,10 +53,8 @@ impl FromStr for SourceSpec {
                 _ => Err(invalid(s, SOURCE_FORMS)),
             },
             Some(("tone", hz)) => {
-                let hz: f32 = hz
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid(s, format!("tone frequency {hz:?} is not a number")))?;
+                let hz: f32 =
+                    hz.trim().parse().map_err(|_| invalid(s, format!("tone frequency {hz:?} is not a number")))?;
                 check_tone(hz).map_err(|r| invalid(s, r))?;
                 Ok(SourceSpec::Tone(hz))
             }
@@ -122,10 +114,7 @@ pub struct ToneSource {
 impl ToneSource {
     /// Creates a tone generator at `hz`.
     pub fn new(hz: f32) -> Self {
-        ToneSource {
-            phase: 0.0,
-            step: f64::from(hz) / f64::from(SAMPLE_RATE),
-        }
+        ToneSource { phase: 0.0, step: f64::from(hz) / f64::from(SAMPLE_RATE) }
     }
 }
 
@@ -158,25 +147,13 @@ mod tests {
 
     #[test]
     fn parse_and_display_round_trip() {
-        for s in [
-            "tone:440",
-            "tone:440.5",
-            "wav:/tmp/x y.wav",
-            "silence",
-            "mic",
-        ] {
+        for s in ["tone:440", "tone:440.5", "wav:/tmp/x y.wav", "silence", "mic"] {
             let spec: SourceSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
             assert_eq!(spec.to_string().parse::<SourceSpec>().unwrap(), spec);
         }
-        assert_eq!(
-            "tone:440".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Tone(440.0)
-        );
-        assert_eq!(
-            "wav:a:b.wav".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Wav("a:b.wav".into())
-        );
+        assert_eq!("tone:440".parse::<SourceSpec>().unwrap(), SourceSpec::Tone(440.0));
+        assert_eq!("wav:a:b.wav".parse::<SourceSpec>().unwrap(), SourceSpec::Wav("a:b.wav".into()));
     }
 
     #[test]

@@ -68,11 +68,7 @@ mod tests {
     use super::*;
 
     fn h(seq: u16, timestamp: u32) -> MediaHeader {
-        MediaHeader {
-            seq,
-            timestamp,
-            marker: false,
-        }
+        MediaHeader { seq, timestamp, marker: false }
     }
 
     #[test]

@@ -26,16 +26,10 @@ pub(crate) struct WavSource {
 impl WavSource {
     /// Opens `path`; supports integer PCM of 8 to 32 bits and 32-bit float.
     pub(crate) fn open(path: &Path) -> Result<Self, MediaError> {
-        let wav_err = |source| MediaError::Wav {
-            path: path.to_owned(),
-            source,
-        };
+        let wav_err = |source| MediaError::Wav { path: path.to_owned(), source };
         let reader = hound::WavReader::open(path).map_err(wav_err)?;
         let spec = reader.spec();
-        let unsupported = |reason: String| MediaError::UnsupportedWav {
-            path: path.to_owned(),
-            reason,
-        };
+        let unsupported = |reason: String| MediaError::UnsupportedWav { path: path.to_owned(), reason };
         if spec.channels == 0 {
             return Err(unsupported("zero channels".into()));
         }
@@ -129,8 +123,7 @@ mod tests {
     fn write_wav(path: &Path, spec: hound::WavSpec, frames: usize, hz: f64) {
         let mut w = hound::WavWriter::create(path, spec).unwrap();
         for i in 0..frames {
-            let v =
-                (i as f64 / f64::from(spec.sample_rate) * hz * std::f64::consts::TAU).sin() * 0.5;
+            let v = (i as f64 / f64::from(spec.sample_rate) * hz * std::f64::consts::TAU).sin() * 0.5;
             for ch in 0..spec.channels {
                 // Second channel silent: mixing halves the amplitude.
                 let v = if ch == 0 { v } else { 0.0 };
@@ -164,15 +157,8 @@ mod tests {
         let f = dominant_frequency(first, SAMPLE_RATE).unwrap();
         assert!((f - 1000.0).abs() < 2.0, "{f}");
         let expected_rms = 0.25 / 2f32.sqrt() * 32768.0;
-        assert!(
-            (rms(first) - expected_rms).abs() < expected_rms * 0.02,
-            "{}",
-            rms(first)
-        );
-        assert!(
-            pcm[48_000 + 10..].iter().all(|&s| s == 0),
-            "silence after end"
-        );
+        assert!((rms(first) - expected_rms).abs() < expected_rms * 0.02, "{}", rms(first));
+        assert!(pcm[48_000 + 10..].iter().all(|&s| s == 0), "silence after end");
     }
 
     #[test]

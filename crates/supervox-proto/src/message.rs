@@ -290,13 +290,9 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::Version(version));
     }
-    let (msg, rest) = postcard::take_from_bytes::<Message>(body)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<Message>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+        return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(msg)
 }
@@ -313,9 +309,7 @@ mod tests {
         let sn: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let msgs = vec![
             Message::Ping { nonce: 3 },
-            Message::Claim {
-                claim: NameClaim::sign(&key, "bob", 1).unwrap(),
-            },
+            Message::Claim { claim: NameClaim::sign(&key, "bob", 1).unwrap() },
             Message::Signal(SignalEnvelope {
                 call_id: CallId([1; 16]),
                 from: UserId([2; 32]),
@@ -333,10 +327,7 @@ mod tests {
                     }],
                 },
             }),
-            Message::ClaimResult {
-                name: "x".into(),
-                result: Err("taken".into()),
-            },
+            Message::ClaimResult { name: "x".into(), result: Err("taken".into()) },
         ];
         for m in msgs {
             assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);

@@ -65,9 +65,7 @@ pub enum RecordError {
 pub fn validate_name(name: &str) -> Result<(), RecordError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        });
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -103,23 +101,15 @@ impl NameClaim {
         validate_name(name)?;
         let user_id = UserId(key.verifying_key().to_bytes());
         let signature = key.sign(&claim_payload(name, &user_id, created_ms));
-        Ok(Self {
-            name: name.to_owned(),
-            user_id,
-            created_ms,
-            signature,
-        })
+        Ok(Self { name: name.to_owned(), user_id, created_ms, signature })
     }
 
     /// Check the name and the signature.
     pub fn verify(&self) -> Result<(), RecordError> {
         validate_name(&self.name)?;
         let vk = self.user_id.verifying_key()?;
-        vk.verify(
-            &claim_payload(&self.name, &self.user_id, self.created_ms),
-            &self.signature,
-        )
-        .map_err(|_| RecordError::BadSignature)
+        vk.verify(&claim_payload(&self.name, &self.user_id, self.created_ms), &self.signature)
+            .map_err(|_| RecordError::BadSignature)
     }
 
     /// Deterministic conflict rule used by every supernode: the earlier claim
@@ -146,13 +136,7 @@ pub struct Presence {
     pub signature: Signature,
 }
 
-fn presence_payload(
-    user_id: &UserId,
-    name: &str,
-    sn: &SocketAddr,
-    seq: u64,
-    expires_ms: u64,
-) -> Vec<u8> {
+fn presence_payload(user_id: &UserId, name: &str, sn: &SocketAddr, seq: u64, expires_ms: u64) -> Vec<u8> {
     let mut v = b"supervox/presence/v1\0".to_vec();
     v.extend_from_slice(&user_id.0);
     v.extend_from_slice(&(name.len() as u32).to_be_bytes());
@@ -176,17 +160,8 @@ impl Presence {
     ) -> Result<Self, RecordError> {
         validate_name(name)?;
         let user_id = UserId(key.verifying_key().to_bytes());
-        let signature = key.sign(&presence_payload(
-            &user_id, name, &supernode, seq, expires_ms,
-        ));
-        Ok(Self {
-            user_id,
-            name: name.to_owned(),
-            supernode,
-            seq,
-            expires_ms,
-            signature,
-        })
+        let signature = key.sign(&presence_payload(&user_id, name, &supernode, seq, expires_ms));
+        Ok(Self { user_id, name: name.to_owned(), supernode, seq, expires_ms, signature })
     }
 
     /// Check the signature and that the record is live at `now_ms` and does
@@ -195,18 +170,11 @@ impl Presence {
         validate_name(&self.name)?;
         let vk = self.user_id.verifying_key()?;
         vk.verify(
-            &presence_payload(
-                &self.user_id,
-                &self.name,
-                &self.supernode,
-                self.seq,
-                self.expires_ms,
-            ),
+            &presence_payload(&self.user_id, &self.name, &self.supernode, self.seq, self.expires_ms),
             &self.signature,
         )
         .map_err(|_| RecordError::BadSignature)?;
-        if self.expires_ms <= now_ms || self.expires_ms > now_ms.saturating_add(MAX_PRESENCE_TTL_MS)
-        {
+        if self.expires_ms <= now_ms || self.expires_ms > now_ms.saturating_add(MAX_PRESENCE_TTL_MS) {
             return Err(RecordError::BadExpiry);
         }
         Ok(())

@@ -29,10 +29,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
     };
     let mut sns = Vec::new();
     for i in 0..2 {
-        let seeds = sns
-            .first()
-            .map(|a: &std::net::SocketAddr| vec![*a])
-            .unwrap_or_default();
+        let seeds = sns.first().map(|a: &std::net::SocketAddr| vec![*a]).unwrap_or_default();
         let sn = BoundSupernode::bind(SnOptions {
             listen: vec!["127.0.0.1:0".parse()?],
             seeds,
@@ -57,11 +54,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             control: control.clone(),
             auto_answer: true,
             input: SourceSpec::Silence,
-            output: if i == 1 {
-                SinkSpec::Wav(recording.clone())
-            } else {
-                SinkSpec::Null
-            },
+            output: if i == 1 { SinkSpec::Wav(recording.clone()) } else { SinkSpec::Null },
             media_bind: "127.0.0.1:0".parse()?,
         };
         let stop = stop.clone();
@@ -73,14 +66,10 @@ pub async fn run(json_out: bool) -> Result<bool> {
         controls.push(control);
     }
     for (c, name) in controls.iter().zip(["alice", "bob"]) {
-        let sn = wait_signed_in(c)
-            .await
-            .with_context(|| format!("{name} did not sign in"))?;
+        let sn = wait_signed_in(c).await.with_context(|| format!("{name} did not sign in"))?;
         say(&format!("{name} signed in via supernode {sn}"));
     }
-    say(&format!(
-        "alice calls bob for {CALL_SECS} s with a {TONE_HZ} Hz tone; bob records"
-    ));
+    say(&format!("alice calls bob for {CALL_SECS} s with a {TONE_HZ} Hz tone; bob records"));
     let req = Request::Call {
         name: "bob".into(),
         duration: Some(CALL_SECS),
@@ -104,7 +93,11 @@ pub async fn run(json_out: bool) -> Result<bool> {
         Ok(summary) if json_out => println!("{summary}"),
         Ok(summary) => println!(
             "call worked: path {}, setup {} ms; alice sent {} frames and received {} from bob; bob heard {:.1} Hz",
-            summary["path"], summary["setup_ms"], summary["frames_sent"], summary["frames_received"], summary["heard_hz"]
+            summary["path"],
+            summary["setup_ms"],
+            summary["frames_sent"],
+            summary["frames_received"],
+            summary["heard_hz"]
         ),
         Err(e) if json_out => println!("{}", json!({"event": "demo_result", "ok": false, "reason": e.to_string()})),
         Err(e) => println!("call did not work: {e:#}"),
@@ -118,14 +111,8 @@ fn judge(events: &[Value], recording: &Path) -> Result<Value> {
     if !ctl::call_succeeded(events) {
         bail!("the call did not connect and end normally");
     }
-    let connected = events
-        .iter()
-        .find(|e| e["event"] == "call_connected")
-        .context("no call_connected")?;
-    let ended = events
-        .iter()
-        .find(|e| e["event"] == "call_ended")
-        .context("no call_ended")?;
+    let connected = events.iter().find(|e| e["event"] == "call_connected").context("no call_connected")?;
+    let ended = events.iter().find(|e| e["event"] == "call_ended").context("no call_ended")?;
     let sent = ended["frames_sent"].as_u64().unwrap_or(0);
     let received = ended["frames_received"].as_u64().unwrap_or(0);
     if sent == 0 || (received as f64) < 0.95 * sent as f64 {
@@ -137,11 +124,9 @@ fn judge(events: &[Value], recording: &Path) -> Result<Value> {
     if (hz - TONE_HZ).abs() > 5.0 {
         bail!("bob heard {hz:.1} Hz, expected {TONE_HZ} Hz");
     }
-    Ok(
-        json!({"event": "demo_result", "ok": true, "path": connected["path"], "setup_ms": connected["setup_ms"],
+    Ok(json!({"event": "demo_result", "ok": true, "path": connected["path"], "setup_ms": connected["setup_ms"],
               "frames_sent": sent, "frames_received": received, "heard_hz": (hz * 10.0).round() / 10.0,
-              "recorded_s": samples.len() as f64 / supervox_media::SAMPLE_RATE as f64}),
-    )
+              "recorded_s": samples.len() as f64 / supervox_media::SAMPLE_RATE as f64}))
 }
 
 fn read_wav(path: &Path) -> Result<Vec<i16>> {

@@ -23,10 +23,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wall-clock milliseconds: the core's notion of "now" (records carry
 /// wall-clock expiry, so a monotonic clock would not do).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// What connection tasks tell the actor.
@@ -58,12 +55,7 @@ pub struct LinkSet {
 impl LinkSet {
     /// A set whose tasks report to `events`.
     pub fn new(identity: Identity, events: mpsc::Sender<NetEvent>) -> Self {
-        Self {
-            identity,
-            conns: HashMap::new(),
-            next_id: 1,
-            events,
-        }
+        Self { identity, conns: HashMap::new(), next_id: 1, events }
     }
 
     /// Number of open connections.
@@ -97,12 +89,7 @@ impl LinkSet {
 
     /// Adopt a connected stream: start its link (as initiator if we dialled)
     /// and its reader and writer tasks.
-    pub fn adopt(
-        &mut self,
-        stream: TcpStream,
-        initiator: bool,
-        hello: Message,
-    ) -> Result<ConnId, LinkError> {
+    pub fn adopt(&mut self, stream: TcpStream, initiator: bool, hello: Message) -> Result<ConnId, LinkError> {
         let now = now_ms();
         let link = if initiator {
             Link::initiator(&self.identity, hello, now)?
@@ -110,9 +97,7 @@ impl LinkSet {
             Link::responder(&self.identity, hello, now)?
         };
         let _ = stream.set_nodelay(true);
-        let remote = stream
-            .peer_addr()
-            .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        let remote = stream.peer_addr().map_err(|e| LinkError::Protocol(e.to_string()))?;
         let conn = self.next_id;
         self.next_id += 1;
         let (mut rd, mut wr) = stream.into_split();
@@ -132,11 +117,7 @@ impl LinkSet {
                 match rd.read(&mut buf).await {
                     Ok(0) => break "connection closed by peer".to_string(),
                     Ok(n) => {
-                        if events
-                            .send(NetEvent::Bytes(conn, buf[..n].to_vec()))
-                            .await
-                            .is_err()
-                        {
+                        if events.send(NetEvent::Bytes(conn, buf[..n].to_vec())).await.is_err() {
                             return;
                         }
                     }
@@ -145,26 +126,14 @@ impl LinkSet {
             };
             let _ = events.send(NetEvent::Closed(conn, reason)).await;
         });
-        self.conns.insert(
-            conn,
-            Entry {
-                link,
-                remote,
-                tx,
-                reader,
-            },
-        );
+        self.conns.insert(conn, Entry { link, remote, tx, reader });
         self.flush(conn)?;
         Ok(conn)
     }
 
     /// Feed bytes read from `conn`; returns link events. On error the
     /// connection is already closed; the caller reports it to the core.
-    pub fn handle_bytes(
-        &mut self,
-        conn: ConnId,
-        bytes: &[u8],
-    ) -> Result<Vec<LinkEvent>, LinkError> {
+    pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8]) -> Result<Vec<LinkEvent>, LinkError> {
         let Some(e) = self.conns.get_mut(&conn) else {
             return Ok(Vec::new());
         };

@@ -141,17 +141,10 @@ enum CtlCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Supernode(_) | Cmd::Node(_));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -172,11 +165,10 @@ fn main() -> ExitCode {
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -192,23 +184,16 @@ async fn run(cmd: Cmd) -> Result<bool> {
             let opts = SnOptions {
                 listen: a.listen,
                 seeds: a.seed,
-                data_dir: a
-                    .data_dir
-                    .unwrap_or_else(|| DataDir::default_path("supernode")),
+                data_dir: a.data_dir.unwrap_or_else(|| DataDir::default_path("supernode")),
                 advertise: a.advertise,
                 max_clients: a.max_clients,
             };
-            BoundSupernode::bind(opts)
-                .await?
-                .run(shutdown_signal())
-                .await?;
+            BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)
         }
         Cmd::Node(a) => {
             supervox_proto::record::validate_name(&a.name)?;
-            let data_dir = a
-                .data_dir
-                .unwrap_or_else(|| DataDir::default_path(&format!("node-{}", a.name)));
+            let data_dir = a.data_dir.unwrap_or_else(|| DataDir::default_path(&format!("node-{}", a.name)));
             let control = a.control.unwrap_or_else(|| data_dir.join("control.sock"));
             let SupernodeMode::Never = a.supernode;
             let opts = NodeOptions {
@@ -241,23 +226,14 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
                 println!("user id:     {}", v["user_id"].as_str().unwrap_or("?"));
                 println!("fingerprint: {}", v["fingerprint"].as_str().unwrap_or("?"));
                 println!("role:        {}", v["role"].as_str().unwrap_or("?"));
-                println!(
-                    "supernode:   {}",
-                    v["supernode"].as_str().unwrap_or("(not signed in)")
-                );
+                println!("supernode:   {}", v["supernode"].as_str().unwrap_or("(not signed in)"));
                 if let Some(call) = v["call"].as_object() {
                     println!("call:        {} with {}", call["state"], call["peer"]);
                 }
             }
             Ok(true)
         }
-        CtlCmd::Call {
-            name,
-            duration,
-            input,
-            output,
-            json,
-        } => {
+        CtlCmd::Call { name, duration, input, output, json } => {
             let req = Request::Call {
                 name,
                 duration,
@@ -275,21 +251,14 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
             Ok(ctl::call_succeeded(&events))
         }
         CtlCmd::Hangup | CtlCmd::Answer => {
-            let req = if matches!(c.cmd, CtlCmd::Hangup) {
-                Request::Hangup
-            } else {
-                Request::Answer
-            };
+            let req = if matches!(c.cmd, CtlCmd::Hangup) { Request::Hangup } else { Request::Answer };
             let lines = ctl::request(&c.control, &req, |_| {}).await?;
             let v = lines.first().cloned().unwrap_or_default();
             if v["ok"] == true {
                 println!("ok");
                 Ok(true)
             } else {
-                eprintln!(
-                    "error: {}",
-                    v["error"].as_str().unwrap_or("no answer from node")
-                );
+                eprintln!("error: {}", v["error"].as_str().unwrap_or("no answer from node"));
                 Ok(false)
             }
         }

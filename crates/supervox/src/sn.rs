@@ -42,25 +42,16 @@ impl BoundSupernode {
     pub async fn bind(opts: SnOptions) -> Result<Self> {
         let mut listeners = Vec::new();
         for a in &opts.listen {
-            listeners.push(
-                TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on {a}"))?,
-            );
+            listeners.push(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?);
         }
-        let first = listeners
-            .first()
-            .context("no --listen address given")?
-            .local_addr()?;
+        let first = listeners.first().context("no --listen address given")?.local_addr()?;
         let advertise = opts.advertise.unwrap_or(first);
         if advertise.ip().is_unspecified() {
-            anyhow::bail!("listening on {first}: give --advertise IP:PORT so others know where to reach this supernode");
+            anyhow::bail!(
+                "listening on {first}: give --advertise IP:PORT so others know where to reach this supernode"
+            );
         }
-        Ok(Self {
-            listeners,
-            advertise,
-            opts,
-        })
+        Ok(Self { listeners, advertise, opts })
     }
 
     /// The address clients and peers use.
@@ -73,12 +64,7 @@ impl BoundSupernode {
         let data = DataDir::open(&self.opts.data_dir)?;
         let identity = data.identity()?;
         let claims = data.claims()?;
-        info!(
-            "supernode {} at {} ({} stored claims)",
-            identity.fingerprint(),
-            self.advertise,
-            claims.len()
-        );
+        info!("supernode {} at {} ({} stored claims)", identity.fingerprint(), self.advertise, claims.len());
         let cfg = SupernodeConfig {
             advertise: self.advertise,
             seeds: self.opts.seeds.clone(),
@@ -186,12 +172,9 @@ impl BoundSupernode {
 
 fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
     match e {
-        LinkEvent::Established {
-            role,
-            identity,
-            advertise,
-            ..
-        } => sn.on_established(conn, role, identity, advertise, now_ms()),
+        LinkEvent::Established { role, identity, advertise, .. } => {
+            sn.on_established(conn, role, identity, advertise, now_ms())
+        }
         LinkEvent::Message(m) => sn.on_message(conn, m, now_ms()),
     }
 }

@@ -21,20 +21,14 @@ pub struct DataDir {
 impl DataDir {
     /// Open (creating, mode 0700) a data directory.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root)
-            .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        fs::create_dir_all(root).with_context(|| format!("cannot create data directory {}", root.display()))?;
         let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
+        Ok(Self { root: root.to_path_buf() })
     }
 
     /// The default directory for a role, under the user's data directory.
     pub fn default_path(kind: &str) -> PathBuf {
-        dirs::data_dir()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join("supervox")
-            .join(kind)
+        dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("supervox").join(kind)
     }
 
     /// A path inside the directory.
@@ -56,8 +50,7 @@ impl DataDir {
                         path.display()
                     );
                 }
-                let bytes =
-                    fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 Identity::from_file_bytes(&bytes).with_context(|| format!("{}", path.display()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -70,11 +63,7 @@ impl DataDir {
                     .with_context(|| format!("cannot create {}", path.display()))?;
                 f.write_all(&id.to_file_bytes())?;
                 f.sync_all()?;
-                tracing::info!(
-                    "created identity {} in {}",
-                    id.fingerprint(),
-                    path.display()
-                );
+                tracing::info!("created identity {} in {}", id.fingerprint(), path.display());
                 Ok(id)
             }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -86,8 +75,7 @@ impl DataDir {
     pub fn claims(&self) -> Result<Vec<NameClaim>> {
         let path = self.path("claims.json");
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("claims file {} is corrupt", path.display())),
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("claims file {} is corrupt", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -100,9 +88,7 @@ impl DataDir {
 
     /// The client's host cache (a hint: unreadable lines are skipped).
     pub fn host_cache(&self) -> HostCache {
-        fs::read_to_string(self.path("hostcache"))
-            .map(|t| HostCache::from_text(&t))
-            .unwrap_or_default()
+        fs::read_to_string(self.path("hostcache")).map(|t| HostCache::from_text(&t)).unwrap_or_default()
     }
 
     /// Store the host cache.
@@ -114,8 +100,7 @@ impl DataDir {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.root)?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
-        tmp.persist(self.path(name))
-            .with_context(|| format!("cannot write {name}"))?;
+        tmp.persist(self.path(name)).with_context(|| format!("cannot write {name}"))?;
         Ok(())
     }
 }
@@ -129,11 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = DataDir::open(dir.path()).unwrap();
         let a = d.identity().unwrap();
-        let mode = fs::metadata(d.path("identity"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(d.path("identity")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(d.identity().unwrap().user_id(), a.user_id());
     }

@@ -16,42 +16,20 @@ fn call_connects_and_the_tone_arrives() {
         root.path(),
         "bob",
         &[sn2.addr],
-        &[
-            "--auto-answer",
-            "--output",
-            &format!("wav:{}", wav.display()),
-            "--input",
-            "tone:1000",
-        ],
+        &["--auto-answer", "--output", &format!("wav:{}", wav.display()), "--input", "tone:1000"],
     );
-    assert_eq!(
-        wait_signed_in(&alice, Duration::from_secs(10)),
-        sn1.addr.to_string()
-    );
-    assert_eq!(
-        wait_signed_in(&bob, Duration::from_secs(10)),
-        sn2.addr.to_string()
-    );
-    let (ok, events) = call(
-        &alice,
-        "bob",
-        &["--duration", "2", "--input", "tone:440", "--output", "null"],
-    );
+    assert_eq!(wait_signed_in(&alice, Duration::from_secs(10)), sn1.addr.to_string());
+    assert_eq!(wait_signed_in(&bob, Duration::from_secs(10)), sn2.addr.to_string());
+    let (ok, events) = call(&alice, "bob", &["--duration", "2", "--input", "tone:440", "--output", "null"]);
     assert!(ok, "call failed: {events:?}");
     let c = event(&events, "call_connected").expect("connected");
     assert_eq!(c["path"], "direct-udp");
     assert_eq!(c["peer"], "bob");
     assert!(c["setup_ms"].as_u64().unwrap() < 2_000);
     let e = event(&events, "call_ended").expect("ended");
-    let (sent, recv) = (
-        e["frames_sent"].as_u64().unwrap(),
-        e["frames_received"].as_u64().unwrap(),
-    );
+    let (sent, recv) = (e["frames_sent"].as_u64().unwrap(), e["frames_received"].as_u64().unwrap());
     assert!((95..=105).contains(&sent), "2 s of 20 ms frames: {sent}");
-    assert!(
-        recv as f64 >= 0.95 * sent as f64,
-        "alice got {recv} of {sent} frames from bob"
-    );
+    assert!(recv as f64 >= 0.95 * sent as f64, "alice got {recv} of {sent} frames from bob");
     // Bob's recording holds alice's 440 Hz tone.
     let deadline = Instant::now() + Duration::from_secs(5);
     while status(&bob).is_some_and(|s| !s["call"].is_null()) {
@@ -76,10 +54,8 @@ fn hangup_from_either_side_ends_both() {
         let control = alice.control.clone();
         let caller = std::thread::spawn(move || {
             let out = ctl(&control, &["call", "bob", "--json"]);
-            let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let events: Vec<serde_json::Value> =
+                String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             (out.status.success(), events)
         });
         // Wait until both sides are connected, then hang up on one side.
@@ -92,30 +68,15 @@ fn hangup_from_either_side_ends_both() {
         }
         std::thread::sleep(Duration::from_millis(300));
         let out = ctl(&hanger.control, &["hangup"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let (ok, events) = caller.join().unwrap();
         assert!(ok, "{events:?}");
-        let reason = event(&events, "call_ended").unwrap()["reason"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let expected = if hanger.name == "bob" {
-            "remote hangup"
-        } else {
-            "local hangup"
-        };
+        let reason = event(&events, "call_ended").unwrap()["reason"].as_str().unwrap().to_string();
+        let expected = if hanger.name == "bob" { "remote hangup" } else { "local hangup" };
         assert!(reason.starts_with(expected), "{reason}");
         let deadline = Instant::now() + Duration::from_secs(3);
         while status(other).is_none_or(|s| !s["call"].is_null()) {
-            assert!(
-                Instant::now() < deadline,
-                "{} still in the call",
-                other.name
-            );
+            assert!(Instant::now() < deadline, "{} still in the call", other.name);
             std::thread::sleep(Duration::from_millis(50));
         }
         // Hanging up with no call is a clear error.
@@ -137,33 +98,20 @@ fn calls_to_unknown_or_offline_names_fail_fast_with_a_reason() {
     let t = Instant::now();
     let (ok, events) = call(&alice, "nobody", &[]);
     assert!(!ok);
-    let reason = event(&events, "call_failed").expect("call_failed")["reason"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reason = event(&events, "call_failed").expect("call_failed")["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("no user named"), "{reason}");
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
     // carol (on the other supernode) goes offline: her name stays claimed.
     drop(carol);
     std::thread::sleep(Duration::from_millis(300));
     let (ok, events) = call(&alice, "carol", &[]);
     assert!(!ok);
-    let reason = event(&events, "call_failed").expect("call_failed")["reason"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reason = event(&events, "call_failed").expect("call_failed")["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("offline"), "{reason}");
     // Bad names and flags get clear errors, not crashes.
     let (ok, events) = call(&alice, "Not A Name", &[]);
     assert!(!ok);
-    assert!(event(&events, "call_failed").unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .contains("invalid name"));
+    assert!(event(&events, "call_failed").unwrap()["reason"].as_str().unwrap().contains("invalid name"));
     let out = ctl(&alice.control, &["call", "carol", "--input", "tone:abc"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tone"));

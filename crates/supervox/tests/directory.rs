@@ -53,20 +53,9 @@ fn name_claims_survive_a_supernode_restart() {
     std::thread::sleep(Duration::from_millis(600)); // claims are written within a tick
     drop(sn);
     let _sn = start_sn_at(root.path(), "sn", addr, &[]);
-    let mut mallory = start_node_in(
-        root.path(),
-        "alice",
-        &root.path().join("mallory"),
-        &[addr],
-        &[],
-    );
+    let mut mallory = start_node_in(root.path(), "alice", &root.path().join("mallory"), &[addr], &[]);
     assert!(!wait_exit(&mut mallory, Duration::from_secs(10)).success());
-    assert!(
-        std::fs::read(root.path().join("sn").join("claims.json"))
-            .unwrap()
-            .len()
-            > 10
-    );
+    assert!(std::fs::read(root.path().join("sn").join("claims.json")).unwrap().len() > 10);
 }
 
 #[test]
@@ -78,10 +67,7 @@ fn a_client_whose_supernode_dies_moves_on_and_is_callable_within_10s() {
     // bob only knows sn1; he learns sn2 and sn3 from its welcome.
     let bob = start_node(root.path(), "bob", &[sn1.addr], &["--auto-answer"]);
     let alice = start_node(root.path(), "alice", &[sn3.addr], &[]);
-    assert_eq!(
-        wait_signed_in(&bob, Duration::from_secs(10)),
-        sn1.addr.to_string()
-    );
+    assert_eq!(wait_signed_in(&bob, Duration::from_secs(10)), sn1.addr.to_string());
     wait_signed_in(&alice, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(5);
     while status(&bob).unwrap()["host_cache"].as_u64().unwrap() < 3 {
@@ -101,15 +87,9 @@ fn a_client_whose_supernode_dies_moves_on_and_is_callable_within_10s() {
                 break;
             }
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "bob not callable 10 s after his supernode died"
-        );
+        assert!(killed.elapsed() < Duration::from_secs(10), "bob not callable 10 s after his supernode died");
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!(
-        "bob callable again {:?} after his supernode died",
-        killed.elapsed()
-    );
+    eprintln!("bob callable again {:?} after his supernode died", killed.elapsed());
     let _ = (sn2, sn3);
 }

@@ -24,22 +24,12 @@ struct Raw {
 impl Raw {
     fn connect(addr: SocketAddr, seed: u8) -> Raw {
         let id = Identity::from_seed([seed; 32]);
-        let hello = Message::Hello {
-            role: Role::Client,
-            identity: id.user_id(),
-            advertise: None,
-            agent: "test".into(),
-        };
+        let hello =
+            Message::Hello { role: Role::Client, identity: id.user_id(), advertise: None, agent: "test".into() };
         let link = Link::initiator(&id, hello, 0).unwrap();
         let sock = TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut r = Raw {
-            sock,
-            link,
-            id,
-            sn: None,
-            pending: Vec::new(),
-        };
+        let mut r = Raw { sock, link, id, sn: None, pending: Vec::new() };
         r.flush();
         r
     }
@@ -84,31 +74,16 @@ impl Raw {
         while self.sn.is_none() {
             self.read_once();
         }
-        self.send(Message::Claim {
-            claim: NameClaim::sign(self.id.signing_key(), name, now()).unwrap(),
-        });
-        assert!(matches!(
-            self.recv(),
-            Message::ClaimResult { result: Ok(()), .. }
-        ));
-        let p = Presence::sign(
-            self.id.signing_key(),
-            name,
-            self.sn.unwrap(),
-            now(),
-            now() + 60_000,
-        )
-        .unwrap();
+        self.send(Message::Claim { claim: NameClaim::sign(self.id.signing_key(), name, now()).unwrap() });
+        assert!(matches!(self.recv(), Message::ClaimResult { result: Ok(()), .. }));
+        let p = Presence::sign(self.id.signing_key(), name, self.sn.unwrap(), now(), now() + 60_000).unwrap();
         self.send(Message::Publish { presence: p });
         assert_eq!(self.recv(), Message::PublishResult { result: Ok(()) });
     }
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// The supernode closes this connection (EOF or reset) within 5 s.
@@ -130,14 +105,7 @@ fn forged_presence_is_rejected() {
     let mut alice = Raw::connect(sn.addr, 1);
     alice.sign_in("alice");
     // Altered after signing: the signature no longer matches.
-    let mut forged = Presence::sign(
-        alice.id.signing_key(),
-        "alice",
-        sn.addr,
-        now() + 1,
-        now() + 60_000,
-    )
-    .unwrap();
+    let mut forged = Presence::sign(alice.id.signing_key(), "alice", sn.addr, now() + 1, now() + 60_000).unwrap();
     forged.supernode = "127.0.0.1:1".parse().unwrap();
     alice.send(Message::Publish { presence: forged });
     match alice.recv() {
@@ -146,31 +114,15 @@ fn forged_presence_is_rejected() {
     }
     // Signed by another key than the connection's.
     let mallory = Identity::from_seed([9; 32]);
-    let other = Presence::sign(
-        mallory.signing_key(),
-        "alice",
-        sn.addr,
-        now() + 2,
-        now() + 60_000,
-    )
-    .unwrap();
+    let other = Presence::sign(mallory.signing_key(), "alice", sn.addr, now() + 2, now() + 60_000).unwrap();
     alice.send(Message::Publish { presence: other });
-    assert!(matches!(
-        alice.recv(),
-        Message::PublishResult { result: Err(_) }
-    ));
+    assert!(matches!(alice.recv(), Message::PublishResult { result: Err(_) }));
     // The genuine record still answers lookups.
     let mut bob = Raw::connect(sn.addr, 2);
     bob.sign_in("bob");
-    bob.send(Message::Lookup {
-        req_id: 1,
-        name: "alice".into(),
-    });
+    bob.send(Message::Lookup { req_id: 1, name: "alice".into() });
     match bob.recv() {
-        Message::LookupResult {
-            answer: supervox_proto::LookupAnswer::Online { presence, .. },
-            ..
-        } => {
+        Message::LookupResult { answer: supervox_proto::LookupAnswer::Online { presence, .. }, .. } => {
             assert_eq!(presence.supernode, sn.addr);
             assert_eq!(presence.user_id, alice.id.user_id());
         }
@@ -205,18 +157,13 @@ fn garbage_and_oversized_frames_do_not_disturb_other_clients() {
     raw.sock.write_all(&[0xAA; 20]).unwrap();
     assert_closed(raw.sock.try_clone().unwrap());
     // Many half-open connections that never speak.
-    let idle: Vec<TcpStream> = (0..50)
-        .map(|_| TcpStream::connect(sn.addr).unwrap())
-        .collect();
+    let idle: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(sn.addr).unwrap()).collect();
     // The supernode is alive and calls still work.
     let (ok, events) = call(&alice, "bob", &["--duration", "1"]);
     assert!(ok, "{events:?}");
     drop(idle);
     assert!(sn.proc.child.id() > 0);
     let log = std::fs::read_to_string(root.path().join("sn.log")).unwrap();
-    assert!(
-        log.contains("frame of 65536 bytes exceeds"),
-        "oversized frame not logged with a reason"
-    );
+    assert!(log.contains("frame of 65536 bytes exceeds"), "oversized frame not logged with a reason");
     assert!(!log.contains("panicked"));
 }

@@ -2,8 +2,8 @@
 
 use super::{Client, ClientEvent, ClientOutput};
 use crate::call::{
-    answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase,
-    CONNECT_TIMEOUT_MS, INVITE_TIMEOUT_MS, LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS,
+    answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase, CONNECT_TIMEOUT_MS, INVITE_TIMEOUT_MS,
+    LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS,
 };
 use crate::media_path::{call_tag, datagram_tag, MediaPath};
 use rand::RngCore;
@@ -32,10 +32,7 @@ impl Client {
         let id = CallId(id);
         let req_id = self.next_req;
         self.next_req += 1;
-        self.send_sn(Message::Lookup {
-            req_id,
-            name: name.to_string(),
-        });
+        self.send_sn(Message::Lookup { req_id, name: name.to_string() });
         self.calls.insert(
             id,
             Call {
@@ -91,23 +88,13 @@ impl Client {
                 return self.fail_call(id, &format!("{} is offline", claim.name), now_ms, false)
             }
             LookupAnswer::Unknown => {
-                let name = self
-                    .calls
-                    .get(&id)
-                    .map(|c| c.peer_name.clone())
-                    .unwrap_or_default();
+                let name = self.calls.get(&id).map(|c| c.peer_name.clone()).unwrap_or_default();
                 return self.fail_call(id, &format!("no user named {name:?}"), now_ms, false);
             }
         };
         // The supernode is not trusted: the records must verify here too.
-        let name_ok = self
-            .calls
-            .get(&id)
-            .is_some_and(|c| c.peer_name == claim.name);
-        if !name_ok
-            || claim.verify().is_err()
-            || presence.verify(now_ms).is_err()
-            || presence.user_id != claim.user_id
+        let name_ok = self.calls.get(&id).is_some_and(|c| c.peer_name == claim.name);
+        if !name_ok || claim.verify().is_err() || presence.verify(now_ms).is_err() || presence.user_id != claim.user_id
         {
             return self.fail_call(id, "lookup answer did not verify", now_ms, false);
         }
@@ -123,22 +110,11 @@ impl Client {
         if let Some(c) = self.calls.get_mut(&id) {
             c.peer_id = Some(claim.user_id);
             c.peer_sn = Some(presence.supernode);
-            c.phase = Phase::Inviting {
-                hs: Box::new(hs),
-                ringing: false,
-            };
+            c.phase = Phase::Inviting { hs: Box::new(hs), ringing: false };
             c.invite_ms = Some(now_ms);
             c.deadline_ms = now_ms + INVITE_TIMEOUT_MS;
         }
-        self.signal(
-            id,
-            CallSignal::Invite {
-                from_name,
-                caller_presence: me,
-                handshake: msg1,
-                candidates,
-            },
-        );
+        self.signal(id, CallSignal::Invite { from_name, caller_presence: me, handshake: msg1, candidates });
     }
 
     /// Send a signal to the peer of call `id` through our supernode.
@@ -147,24 +123,12 @@ impl Client {
         let (Some(to), Some(to_supernode)) = (c.peer_id, c.peer_sn) else {
             return;
         };
-        let env = SignalEnvelope {
-            call_id: id,
-            from: self.identity.user_id(),
-            to,
-            to_supernode,
-            body,
-        };
+        let env = SignalEnvelope { call_id: id, from: self.identity.user_id(), to, to_supernode, body };
         self.send_sn(Message::Signal(env));
     }
 
     fn signal_to(&mut self, id: CallId, to: UserId, to_supernode: SocketAddr, body: CallSignal) {
-        let env = SignalEnvelope {
-            call_id: id,
-            from: self.identity.user_id(),
-            to,
-            to_supernode,
-            body,
-        };
+        let env = SignalEnvelope { call_id: id, from: self.identity.user_id(), to, to_supernode, body };
         self.send_sn(Message::Signal(env));
     }
 
@@ -173,22 +137,8 @@ impl Client {
             return;
         }
         let id = env.call_id;
-        if let CallSignal::Invite {
-            from_name,
-            caller_presence,
-            handshake,
-            candidates,
-        } = env.body
-        {
-            return self.on_invite(
-                id,
-                env.from,
-                from_name,
-                caller_presence,
-                handshake,
-                candidates,
-                now_ms,
-            );
+        if let CallSignal::Invite { from_name, caller_presence, handshake, candidates } = env.body {
+            return self.on_invite(id, env.from, from_name, caller_presence, handshake, candidates, now_ms);
         }
         // Everything else must come from the peer of a call we have.
         if self.calls.get(&id).and_then(|c| c.peer_id) != Some(env.from) {
@@ -196,11 +146,7 @@ impl Client {
         }
         match env.body {
             CallSignal::Ringing => {
-                if let Some(Call {
-                    phase: Phase::Inviting { ringing, .. },
-                    deadline_ms,
-                    ..
-                }) = self.calls.get_mut(&id)
+                if let Some(Call { phase: Phase::Inviting { ringing, .. }, deadline_ms, .. }) = self.calls.get_mut(&id)
                 {
                     if !*ringing {
                         *ringing = true;
@@ -209,18 +155,14 @@ impl Client {
                     }
                 }
             }
-            CallSignal::Accept {
-                handshake,
-                candidates,
-            } => {
+            CallSignal::Accept { handshake, candidates } => {
                 let Some(c) = self.calls.get_mut(&id) else {
                     return;
                 };
                 let Phase::Inviting { .. } = c.phase else {
                     return;
                 };
-                let Phase::Inviting { hs, .. } = std::mem::replace(&mut c.phase, Phase::Connecting)
-                else {
+                let Phase::Inviting { hs, .. } = std::mem::replace(&mut c.phase, Phase::Connecting) else {
                     return;
                 };
                 match finish_handshake(*hs, &handshake) {
@@ -232,13 +174,9 @@ impl Client {
                     Err(e) => self.fail_call(id, &e.to_string(), now_ms, true),
                 }
             }
-            CallSignal::Reject { reason } => {
-                self.fail_call(id, &format!("rejected: {reason}"), now_ms, false)
-            }
+            CallSignal::Reject { reason } => self.fail_call(id, &format!("rejected: {reason}"), now_ms, false),
             CallSignal::Cancel => self.fail_call(id, "caller cancelled", now_ms, false),
-            CallSignal::Bye { reason } => {
-                self.end_call(id, &format!("remote hangup ({reason})"), now_ms, false)
-            }
+            CallSignal::Bye { reason } => self.end_call(id, &format!("remote hangup ({reason})"), now_ms, false),
             CallSignal::Candidates { .. } | CallSignal::Invite { .. } => {}
         }
     }
@@ -267,14 +205,7 @@ impl Client {
         }
         let sn = caller_presence.supernode;
         if self.active_call().is_some() || self.calls.len() >= super::calls::MAX_CALLS {
-            return self.signal_to(
-                id,
-                from,
-                sn,
-                CallSignal::Reject {
-                    reason: "busy".into(),
-                },
-            );
+            return self.signal_to(id, from, sn, CallSignal::Reject { reason: "busy".into() });
         }
         info!("incoming call from {from_name:?}");
         self.calls.insert(
@@ -295,10 +226,7 @@ impl Client {
             },
         );
         self.signal(id, CallSignal::Ringing);
-        self.event(ClientEvent::Incoming {
-            call_id: id,
-            from: from_name,
-        });
+        self.event(ClientEvent::Incoming { call_id: id, from: from_name });
         if self.cfg.auto_answer {
             self.answer(id, now_ms);
         }
@@ -312,9 +240,7 @@ impl Client {
         let Phase::Alerting { .. } = c.phase else {
             return;
         };
-        let Phase::Alerting { msg1, candidates } =
-            std::mem::replace(&mut c.phase, Phase::Connecting)
-        else {
+        let Phase::Alerting { msg1, candidates } = std::mem::replace(&mut c.phase, Phase::Connecting) else {
             return;
         };
         let Some(peer) = c.peer_id else { return };
@@ -323,22 +249,11 @@ impl Client {
                 c.path = Some(MediaPath::new(&id, keys, &candidates, now_ms));
                 c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
                 let candidates = self.local_candidates.clone();
-                self.signal(
-                    id,
-                    CallSignal::Accept {
-                        handshake: msg2,
-                        candidates,
-                    },
-                );
+                self.signal(id, CallSignal::Accept { handshake: msg2, candidates });
                 self.flush_path(id);
             }
             Err(e) => {
-                self.signal(
-                    id,
-                    CallSignal::Reject {
-                        reason: "handshake failed".into(),
-                    },
-                );
+                self.signal(id, CallSignal::Reject { reason: "handshake failed".into() });
                 self.fail_call(id, &e.to_string(), now_ms, false);
             }
         }
@@ -350,17 +265,10 @@ impl Client {
         match c.phase {
             Phase::Connected | Phase::Connecting => self.end_call(id, reason, now_ms, true),
             Phase::Alerting { .. } => {
-                self.signal(
-                    id,
-                    CallSignal::Reject {
-                        reason: "declined".into(),
-                    },
-                );
+                self.signal(id, CallSignal::Reject { reason: "declined".into() });
                 self.fail_call(id, reason, now_ms, false);
             }
-            Phase::Inviting { .. } | Phase::Resolving { .. } => {
-                self.fail_call(id, reason, now_ms, true)
-            }
+            Phase::Inviting { .. } | Phase::Resolving { .. } => self.fail_call(id, reason, now_ms, true),
         }
     }
 
@@ -371,21 +279,13 @@ impl Client {
         }
         if self.calls.remove(&id).is_some() {
             info!("call {id} failed: {reason}");
-            self.event(ClientEvent::Failed {
-                call_id: id,
-                reason: reason.to_string(),
-            });
+            self.event(ClientEvent::Failed { call_id: id, reason: reason.to_string() });
         }
     }
 
     fn end_call(&mut self, id: CallId, reason: &str, now_ms: u64, tell_peer: bool) {
         if tell_peer {
-            self.signal(
-                id,
-                CallSignal::Bye {
-                    reason: reason.to_string(),
-                },
-            );
+            self.signal(id, CallSignal::Bye { reason: reason.to_string() });
         }
         let Some(c) = self.calls.remove(&id) else {
             return;
@@ -393,16 +293,9 @@ impl Client {
         match c.connected_ms {
             Some(t) => {
                 info!("call {id} ended: {reason}");
-                self.event(ClientEvent::Ended {
-                    call_id: id,
-                    reason: reason.to_string(),
-                    duration_ms: now_ms - t,
-                })
+                self.event(ClientEvent::Ended { call_id: id, reason: reason.to_string(), duration_ms: now_ms - t })
             }
-            None => self.event(ClientEvent::Failed {
-                call_id: id,
-                reason: reason.to_string(),
-            }),
+            None => self.event(ClientEvent::Failed { call_id: id, reason: reason.to_string() }),
         }
     }
 
@@ -410,12 +303,7 @@ impl Client {
         let ids: Vec<CallId> = self
             .calls
             .values()
-            .filter(|c| {
-                matches!(
-                    c.phase,
-                    Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Alerting { .. }
-                )
-            })
+            .filter(|c| matches!(c.phase, Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Alerting { .. }))
             .map(|c| c.id)
             .collect();
         for id in ids {
@@ -434,35 +322,22 @@ impl Client {
             }
             let expired = now_ms >= c.deadline_ms;
             let silent = matches!(c.phase, Phase::Connected)
-                && c.path
-                    .as_ref()
-                    .is_some_and(|p| now_ms >= p.last_rx_ms() + MEDIA_TIMEOUT_MS);
+                && c.path.as_ref().is_some_and(|p| now_ms >= p.last_rx_ms() + MEDIA_TIMEOUT_MS);
             match (&c.phase, expired, silent) {
                 (Phase::Connected, _, true) => {
                     self.end_call(id, "media timeout: no packets from the peer", now_ms, true)
                 }
                 (Phase::Connected, _, false) => {}
-                (Phase::Resolving { .. }, true, _) => {
-                    self.fail_call(id, "lookup timed out", now_ms, false)
-                }
+                (Phase::Resolving { .. }, true, _) => self.fail_call(id, "lookup timed out", now_ms, false),
                 (Phase::Inviting { ringing: false, .. }, true, _) => {
                     self.fail_call(id, "callee did not respond", now_ms, true)
                 }
-                (Phase::Inviting { ringing: true, .. }, true, _) => {
-                    self.fail_call(id, "no answer", now_ms, true)
-                }
+                (Phase::Inviting { ringing: true, .. }, true, _) => self.fail_call(id, "no answer", now_ms, true),
                 (Phase::Alerting { .. }, true, _) => {
-                    self.signal(
-                        id,
-                        CallSignal::Reject {
-                            reason: "no answer".into(),
-                        },
-                    );
+                    self.signal(id, CallSignal::Reject { reason: "no answer".into() });
                     self.fail_call(id, "missed call", now_ms, false)
                 }
-                (Phase::Connecting, true, _) => {
-                    self.end_call(id, "no media path to the peer", now_ms, true)
-                }
+                (Phase::Connecting, true, _) => self.end_call(id, "no media path to the peer", now_ms, true),
                 _ => {}
             }
             self.flush_path(id);
@@ -487,43 +362,23 @@ impl Client {
             c.connected_ms = Some(now);
             let setup_ms = now.saturating_sub(c.invite_ms.unwrap_or(c.created_ms));
             let peer = c.peer_name.clone();
-            self.event(ClientEvent::Connected {
-                call_id: id,
-                peer,
-                path: kind,
-                setup_ms,
-            });
+            self.event(ClientEvent::Connected { call_id: id, peer, path: kind, setup_ms });
         }
     }
 
     /// A datagram arrived on the media socket. Returns the media plaintext
     /// and its call, if it was an authentic media packet.
-    pub fn handle_datagram(
-        &mut self,
-        from: SocketAddr,
-        bytes: &[u8],
-        now_ms: u64,
-    ) -> Option<(CallId, Vec<u8>)> {
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
         let tag = datagram_tag(bytes)?;
         let id = self.calls.keys().find(|id| call_tag(id) == tag).copied()?;
-        let plain = self
-            .calls
-            .get_mut(&id)?
-            .path
-            .as_mut()?
-            .handle_datagram(from, bytes, now_ms);
+        let plain = self.calls.get_mut(&id)?.path.as_mut()?.handle_datagram(from, bytes, now_ms);
         self.flush_path(id);
         Some((id, plain?))
     }
 
     /// Send one media frame (RTP-like plaintext) on call `id`.
     pub fn send_media(&mut self, id: CallId, plaintext: &[u8]) {
-        if let Some(Call {
-            phase: Phase::Connected,
-            path: Some(p),
-            ..
-        }) = self.calls.get_mut(&id)
-        {
+        if let Some(Call { phase: Phase::Connected, path: Some(p), .. }) = self.calls.get_mut(&id) {
             p.send_media(plaintext);
         }
         self.flush_path(id);
@@ -536,12 +391,6 @@ impl Client {
 
     /// True if call `id` is connected (media may flow).
     pub fn is_connected(&self, id: &CallId) -> bool {
-        matches!(
-            self.calls.get(id),
-            Some(Call {
-                phase: Phase::Connected,
-                ..
-            })
-        )
+        matches!(self.calls.get(id), Some(Call { phase: Phase::Connected, .. }))
     }
 }

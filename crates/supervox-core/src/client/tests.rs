@@ -25,12 +25,7 @@ struct Net {
 
 impl Net {
     fn new(names: &[&str], auto_answer: bool) -> Self {
-        let cfg = SupernodeConfig {
-            advertise: addr(SN),
-            seeds: vec![],
-            max_clients: 10,
-            agent: "t".into(),
-        };
+        let cfg = SupernodeConfig { advertise: addr(SN), seeds: vec![], max_clients: 10, agent: "t".into() };
         let sn = Supernode::new(Identity::from_seed([99; 32]).user_id(), cfg, vec![], 1, 0);
         let clients = names
             .iter()
@@ -38,11 +33,7 @@ impl Net {
             .map(|(i, n)| {
                 let mut hc = HostCache::new();
                 hc.add(addr(SN));
-                let cfg = ClientConfig {
-                    name: n.to_string(),
-                    auto_answer,
-                    agent: "t".into(),
-                };
+                let cfg = ClientConfig { name: n.to_string(), auto_answer, agent: "t".into() };
                 let mut c = Client::new(Identity::from_seed([i as u8 + 1; 32]), cfg, hc, i as u64);
                 c.set_local_candidates(vec![Candidate {
                     kind: CandidateKind::Host,
@@ -84,17 +75,14 @@ impl Net {
                             self.sn.on_connected(conn, addr(6000 + i as u16), None);
                             self.clients[i].on_established(conn, Role::Supernode);
                             let id = self.clients[i].identity().user_id();
-                            self.sn
-                                .on_established(conn, Role::Client, id, None, self.now);
+                            self.sn.on_established(conn, Role::Client, id, None, self.now);
                         }
                         ClientOutput::Send(c, m) => self.sn.on_message(c, m, self.now),
                         ClientOutput::Datagram(to, bytes) => {
                             let j = (to.port() - 5000) as usize;
                             if self.blackhole != Some(j) && j < self.clients.len() {
                                 let from = addr(5000 + i as u16);
-                                if let Some((_, m)) =
-                                    self.clients[j].handle_datagram(from, &bytes, self.now)
-                                {
+                                if let Some((_, m)) = self.clients[j].handle_datagram(from, &bytes, self.now) {
                                     self.media[j].push(m);
                                 }
                             }
@@ -141,17 +129,11 @@ fn has(ev: &[ClientEvent], f: impl Fn(&ClientEvent) -> bool) -> bool {
 fn sign_in_call_media_and_hangup() {
     let mut net = Net::new(&["alice", "bob"], true);
     net.run(100);
-    assert!(has(&net.events[0], |e| matches!(
-        e,
-        ClientEvent::SignedIn { .. }
-    )));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::SignedIn { .. })));
     assert_eq!(net.clients[1].supernode(), Some(addr(SN)));
     let id = net.clients[0].place_call("bob", net.now).unwrap();
     net.run(200);
-    assert!(has(
-        &net.events[1],
-        |e| matches!(e, ClientEvent::Incoming { from, .. } if from == "alice")
-    ));
+    assert!(has(&net.events[1], |e| matches!(e, ClientEvent::Incoming { from, .. } if from == "alice")));
     assert!(has(
         &net.events[0],
         |e| matches!(e, ClientEvent::Connected { path: PathKind::DirectUdp, peer, .. } if peer == "bob")
@@ -166,10 +148,7 @@ fn sign_in_call_media_and_hangup() {
         &net.events[0],
         |e| matches!(e, ClientEvent::Ended { reason, .. } if reason.contains("remote hangup"))
     ));
-    assert!(has(&net.events[1], |e| matches!(
-        e,
-        ClientEvent::Ended { .. }
-    )));
+    assert!(has(&net.events[1], |e| matches!(e, ClientEvent::Ended { .. })));
     assert!(net.clients[0].active_call().is_none() && net.clients[1].active_call().is_none());
 }
 
@@ -208,10 +187,7 @@ fn unknown_and_offline_names_fail_fast() {
             net.events[0].push(e);
         }
     }
-    assert!(has(
-        &net.events[0],
-        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("offline"))
-    ));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("offline"))));
 }
 
 #[test]
@@ -220,16 +196,10 @@ fn unanswered_call_can_be_declined_and_cancelled() {
     net.run(100);
     let id = net.clients[0].place_call("bob", net.now).unwrap();
     net.run(50);
-    assert!(has(&net.events[0], |e| matches!(
-        e,
-        ClientEvent::Ringing { .. }
-    )));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ringing { .. })));
     net.clients[1].hangup(id, "declined", net.now);
     net.run(50);
-    assert!(has(
-        &net.events[0],
-        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("declined"))
-    ));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("declined"))));
     // Caller cancels while ringing: the callee stops ringing.
     let id = net.clients[0].place_call("bob", net.now).unwrap();
     net.run(50);
@@ -262,13 +232,7 @@ fn reconnects_after_losing_the_supernode() {
     net.run(100);
     net.drop_link(0);
     net.run(100);
-    assert!(has(&net.events[0], |e| matches!(
-        e,
-        ClientEvent::LostSupernode { .. }
-    )));
-    let signed_in = net.events[0]
-        .iter()
-        .filter(|e| matches!(e, ClientEvent::SignedIn { .. }))
-        .count();
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::LostSupernode { .. })));
+    let signed_in = net.events[0].iter().filter(|e| matches!(e, ClientEvent::SignedIn { .. })).count();
     assert_eq!(signed_in, 2);
 }

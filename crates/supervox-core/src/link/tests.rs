@@ -1,12 +1,7 @@
 use super::*;
 
 fn hello(id: &Identity, role: Role) -> Message {
-    Message::Hello {
-        role,
-        identity: id.user_id(),
-        advertise: None,
-        agent: "test".into(),
-    }
+    Message::Hello { role, identity: id.user_id(), advertise: None, agent: "test".into() }
 }
 
 /// Shuttle bytes between two links until both are quiet.
@@ -45,19 +40,9 @@ fn handshake_hello_and_messages() {
     assert!(
         matches!(&eb[..], [LinkEvent::Established { role: Role::Client, identity, .. }] if *identity == ia.user_id())
     );
-    a.send(&Message::Lookup {
-        req_id: 1,
-        name: "bob".into(),
-    })
-    .unwrap();
+    a.send(&Message::Lookup { req_id: 1, name: "bob".into() }).unwrap();
     let (_, eb) = pump(&mut a, &mut b, 1);
-    assert_eq!(
-        eb,
-        vec![LinkEvent::Message(Message::Lookup {
-            req_id: 1,
-            name: "bob".into()
-        })]
-    );
+    assert_eq!(eb, vec![LinkEvent::Message(Message::Lookup { req_id: 1, name: "bob".into() })]);
 }
 
 #[test]
@@ -83,15 +68,9 @@ fn hello_with_someone_elses_identity_is_refused() {
 #[test]
 fn garbage_and_oversized_frames_close_the_link() {
     let (_, mut b, _, _) = pair();
-    assert!(matches!(
-        b.handle_bytes(&[0, 0, 0, 5, 1, 2, 3, 4, 5], 0),
-        Err(LinkError::Noise(_))
-    ));
+    assert!(matches!(b.handle_bytes(&[0, 0, 0, 5, 1, 2, 3, 4, 5], 0), Err(LinkError::Noise(_))));
     let (_, mut b, _, _) = pair();
-    assert!(matches!(
-        b.handle_bytes(&[0x7f, 0, 0, 0], 0),
-        Err(LinkError::Frame(_))
-    ));
+    assert!(matches!(b.handle_bytes(&[0x7f, 0, 0, 0], 0), Err(LinkError::Frame(_))));
     // Tampered transport message after establishment.
     let (mut a, mut b, _, _) = pair();
     pump(&mut a, &mut b, 0);
@@ -99,10 +78,7 @@ fn garbage_and_oversized_frames_close_the_link() {
     let mut bytes = a.poll_transmit(0).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    assert!(matches!(
-        b.handle_bytes(&bytes, 0),
-        Err(LinkError::Noise(_))
-    ));
+    assert!(matches!(b.handle_bytes(&bytes, 0), Err(LinkError::Noise(_))));
 }
 
 #[test]
@@ -111,16 +87,10 @@ fn keepalive_then_dead_peer() {
     pump(&mut a, &mut b, 0);
     assert_eq!(a.poll_timeout(), KEEPALIVE_MS);
     a.handle_timeout(KEEPALIVE_MS).unwrap();
-    assert!(
-        a.poll_transmit(KEEPALIVE_MS).is_some(),
-        "a ping is queued when idle"
-    );
+    assert!(a.poll_transmit(KEEPALIVE_MS).is_some(), "a ping is queued when idle");
     // b answers nothing; a gives up after three intervals of silence.
     assert!(a.handle_timeout(DEAD_AFTER_MS - 1).is_ok());
-    assert!(matches!(
-        a.handle_timeout(DEAD_AFTER_MS),
-        Err(LinkError::Timeout(_))
-    ));
+    assert!(matches!(a.handle_timeout(DEAD_AFTER_MS), Err(LinkError::Timeout(_))));
 }
 
 #[test]

@@ -20,25 +20,14 @@ impl Supernode {
     pub(super) fn client_lookup(&mut self, conn: ConnId, req_id: u64, name: String, now_ms: u64) {
         let local = self.directory.lookup(&name, now_ms);
         if matches!(local, LookupAnswer::Online { .. }) || self.peers.is_empty() {
-            self.send(
-                conn,
-                Message::LookupResult {
-                    req_id,
-                    answer: local,
-                },
-            );
+            self.send(conn, Message::LookupResult { req_id, answer: local });
             return;
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         if c.lookups >= MAX_LOOKUPS_PER_CONN {
-            self.send(
-                conn,
-                Message::Error {
-                    reason: "too many lookups in flight".into(),
-                },
-            );
+            self.send(conn, Message::Error { reason: "too many lookups in flight".into() });
             return;
         }
         c.lookups += 1;
@@ -46,13 +35,7 @@ impl Supernode {
         self.next_req += 1;
         let peers: Vec<ConnId> = self.peers.values().copied().collect();
         for p in &peers {
-            self.send(
-                *p,
-                Message::Lookup {
-                    req_id: ours,
-                    name: name.clone(),
-                },
-            );
+            self.send(*p, Message::Lookup { req_id: ours, name: name.clone() });
         }
         self.lookups.insert(
             ours,
@@ -97,12 +80,7 @@ impl Supernode {
     }
 
     pub(super) fn expire_lookups(&mut self, now_ms: u64) {
-        let due: Vec<u64> = self
-            .lookups
-            .iter()
-            .filter(|(_, p)| p.deadline_ms <= now_ms)
-            .map(|(k, _)| *k)
-            .collect();
+        let due: Vec<u64> = self.lookups.iter().filter(|(_, p)| p.deadline_ms <= now_ms).map(|(k, _)| *k).collect();
         for k in due {
             self.finish_lookup(k);
         }
@@ -114,13 +92,7 @@ impl Supernode {
         };
         if let Some(c) = self.conns.get_mut(&p.conn) {
             c.lookups = c.lookups.saturating_sub(1);
-            self.send(
-                p.conn,
-                Message::LookupResult {
-                    req_id: p.client_req,
-                    answer: p.best,
-                },
-            );
+            self.send(p.conn, Message::LookupResult { req_id: p.client_req, answer: p.best });
         }
     }
 }

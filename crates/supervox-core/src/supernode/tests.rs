@@ -7,12 +7,7 @@ fn addr(p: u16) -> SocketAddr {
 }
 
 fn sn(seed: u8, port: u16, seeds: Vec<SocketAddr>) -> Supernode {
-    let cfg = SupernodeConfig {
-        advertise: addr(port),
-        seeds,
-        max_clients: 2,
-        agent: "t".into(),
-    };
+    let cfg = SupernodeConfig { advertise: addr(port), seeds, max_clients: 2, agent: "t".into() };
     Supernode::new(Identity::from_seed([seed; 32]).user_id(), cfg, vec![], 1, 0)
 }
 
@@ -37,22 +32,13 @@ fn join_client(s: &mut Supernode, conn: ConnId, id: &Identity) -> Vec<SnOutput> 
 
 fn sign_in(s: &mut Supernode, conn: ConnId, id: &Identity, name: &str) -> Vec<Message> {
     let mut out = join_client(s, conn, id);
-    s.on_message(
-        conn,
-        Message::Claim {
-            claim: NameClaim::sign(id.signing_key(), name, 1).unwrap(),
-        },
-        0,
-    );
+    s.on_message(conn, Message::Claim { claim: NameClaim::sign(id.signing_key(), name, 1).unwrap() }, 0);
     let p = Presence::sign(id.signing_key(), name, s.advertise(), 1, 60_000).unwrap();
     s.on_message(conn, Message::Publish { presence: p }, 0);
     out.extend(drain(s));
     // Keep what was meant for other connections (replication) queued.
     let mine = sent_to(&out, conn);
-    s.out.extend(
-        out.into_iter()
-            .filter(|o| !matches!(o, SnOutput::Send(c, _) if *c == conn)),
-    );
+    s.out.extend(out.into_iter().filter(|o| !matches!(o, SnOutput::Send(c, _) if *c == conn)));
     mine
 }
 
@@ -94,18 +80,11 @@ fn welcome_claim_publish_and_conflict() {
     let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
     let msgs = sign_in(&mut s, 1, &alice, "alice");
     assert!(matches!(&msgs[0], Message::Welcome { supernode, .. } if *supernode == addr(4000)));
-    assert!(msgs.contains(&Message::ClaimResult {
-        name: "alice".into(),
-        result: Ok(())
-    }));
+    assert!(msgs.contains(&Message::ClaimResult { name: "alice".into(), result: Ok(()) }));
     assert!(msgs.contains(&Message::PublishResult { result: Ok(()) }));
     let msgs = sign_in(&mut s, 2, &mallory, "alice");
-    assert!(msgs
-        .iter()
-        .any(|m| matches!(m, Message::ClaimResult { result: Err(e), .. } if e.contains("taken"))));
-    assert!(msgs
-        .iter()
-        .any(|m| matches!(m, Message::PublishResult { result: Err(_) })));
+    assert!(msgs.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(e), .. } if e.contains("taken"))));
+    assert!(msgs.iter().any(|m| matches!(m, Message::PublishResult { result: Err(_) })));
 }
 
 #[test]
@@ -115,16 +94,9 @@ fn forged_or_foreign_presence_is_refused() {
     sign_in(&mut s, 1, &alice, "alice");
     sign_in(&mut s, 2, &bob, "bob");
     // Bob's connection publishes a record signed by alice's key but altered.
-    let mut forged =
-        Presence::sign(alice.signing_key(), "alice", s.advertise(), 5, 60_000).unwrap();
+    let mut forged = Presence::sign(alice.signing_key(), "alice", s.advertise(), 5, 60_000).unwrap();
     forged.seq = 6;
-    s.on_message(
-        2,
-        Message::Publish {
-            presence: forged.clone(),
-        },
-        0,
-    );
+    s.on_message(2, Message::Publish { presence: forged.clone() }, 0);
     let m = sent_to(&drain(&mut s), 2);
     assert!(
         matches!(&m[..], [Message::PublishResult { result: Err(e) }] if e.contains("not signed by this connection"))
@@ -132,9 +104,7 @@ fn forged_or_foreign_presence_is_refused() {
     // Alice's own connection with a bad signature.
     s.on_message(1, Message::Publish { presence: forged }, 0);
     let m = sent_to(&drain(&mut s), 1);
-    assert!(
-        matches!(&m[..], [Message::PublishResult { result: Err(e) }] if e.contains("bad signature"))
-    );
+    assert!(matches!(&m[..], [Message::PublishResult { result: Err(e) }] if e.contains("bad signature")));
 }
 
 #[test]
@@ -161,26 +131,14 @@ fn mesh_replicates_claims_forwards_lookups_and_routes_invites() {
     pump(&mut a, &mut b, 100, 200);
     // The claim replicated: bob's SN refuses "alice" to another key.
     let refused = sign_in(&mut b, 2, &Identity::from_seed([12; 32]), "alice");
-    assert!(refused
-        .iter()
-        .any(|m| matches!(m, Message::ClaimResult { result: Err(_), .. })));
+    assert!(refused.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(_), .. })));
     sign_in(&mut b, 3, &bob, "bob");
     pump(&mut a, &mut b, 100, 200);
     // Bob looks alice up: b forwards to a, answers online.
-    b.on_message(
-        3,
-        Message::Lookup {
-            req_id: 7,
-            name: "alice".into(),
-        },
-        0,
-    );
+    b.on_message(3, Message::Lookup { req_id: 7, name: "alice".into() }, 0);
     let out = pump(&mut a, &mut b, 100, 200);
     let answer = sent_to(&out, 3);
-    let Some(Message::LookupResult {
-        req_id: 7,
-        answer: LookupAnswer::Online { presence, .. },
-    }) = answer.first()
+    let Some(Message::LookupResult { req_id: 7, answer: LookupAnswer::Online { presence, .. } }) = answer.first()
     else {
         panic!("no online answer: {answer:?}")
     };
@@ -197,27 +155,12 @@ fn mesh_replicates_claims_forwards_lookups_and_routes_invites() {
     let out = pump(&mut a, &mut b, 100, 200);
     assert_eq!(sent_to(&out, 1), vec![Message::Signal(env.clone())]);
     // Unknown supernode: the sender learns at once.
-    let lost = SignalEnvelope {
-        to_supernode: addr(4999),
-        ..env.clone()
-    };
+    let lost = SignalEnvelope { to_supernode: addr(4999), ..env.clone() };
     b.on_message(3, Message::Signal(lost), 0);
-    assert!(matches!(
-        &sent_to(&drain(&mut b), 3)[..],
-        [Message::SignalFailed { .. }]
-    ));
+    assert!(matches!(&sent_to(&drain(&mut b), 3)[..], [Message::SignalFailed { .. }]));
     // Spoofed sender closes the connection.
-    b.on_message(
-        3,
-        Message::Signal(SignalEnvelope {
-            from: alice.user_id(),
-            ..env
-        }),
-        0,
-    );
-    assert!(drain(&mut b)
-        .iter()
-        .any(|o| matches!(o, SnOutput::Close(3, _))));
+    b.on_message(3, Message::Signal(SignalEnvelope { from: alice.user_id(), ..env }), 0);
+    assert!(drain(&mut b).iter().any(|o| matches!(o, SnOutput::Close(3, _))));
 }
 
 #[test]
@@ -228,34 +171,15 @@ fn duplicate_links_resolve_to_one() {
     link(&mut a, &mut b, 100, 200);
     link(&mut b, &mut a, 201, 101);
     let (oa, ob) = (drain(&mut a), drain(&mut b));
-    let closed_a: Vec<_> = oa
-        .iter()
-        .filter_map(|o| {
-            if let SnOutput::Close(c, _) = o {
-                Some(*c)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let closed_b: Vec<_> = ob
-        .iter()
-        .filter_map(|o| {
-            if let SnOutput::Close(c, _) = o {
-                Some(*c)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let closed_a: Vec<_> =
+        oa.iter().filter_map(|o| if let SnOutput::Close(c, _) = o { Some(*c) } else { None }).collect();
+    let closed_b: Vec<_> =
+        ob.iter().filter_map(|o| if let SnOutput::Close(c, _) = o { Some(*c) } else { None }).collect();
     assert_eq!(closed_a.len(), 1);
     assert_eq!(closed_b.len(), 1);
     // They closed the two ends of the same TCP connection.
     let pair = [(100, 200), (101, 201)];
-    assert!(
-        pair.contains(&(closed_a[0], closed_b[0])),
-        "{closed_a:?} {closed_b:?}"
-    );
+    assert!(pair.contains(&(closed_a[0], closed_b[0])), "{closed_a:?} {closed_b:?}");
 }
 
 #[test]
@@ -265,21 +189,8 @@ fn lookup_times_out_to_local_answer() {
     link(&mut a, &mut b, 100, 200);
     pump(&mut a, &mut b, 100, 200);
     join_client(&mut a, 1, &Identity::from_seed([10; 32]));
-    a.on_message(
-        1,
-        Message::Lookup {
-            req_id: 1,
-            name: "ghost".into(),
-        },
-        0,
-    );
+    a.on_message(1, Message::Lookup { req_id: 1, name: "ghost".into() }, 0);
     drain(&mut a); // the forwarded lookup is lost
     a.on_tick(LOOKUP_TIMEOUT_MS);
-    assert_eq!(
-        sent_to(&drain(&mut a), 1),
-        vec![Message::LookupResult {
-            req_id: 1,
-            answer: LookupAnswer::Unknown
-        }]
-    );
+    assert_eq!(sent_to(&drain(&mut a), 1), vec![Message::LookupResult { req_id: 1, answer: LookupAnswer::Unknown }]);
 }

@@ -24,19 +24,15 @@ pub fn listen(path: &Path, to_actor: mpsc::Sender<ControlMsg>) -> Result<()> {
     if path.exists() {
         // A live daemon answers; a stale socket file from a crash does not.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another node is already running on control socket {}",
-                path.display()
-            );
+            anyhow::bail!("another node is already running on control socket {}", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ok();
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot create control socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot create control socket {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNS));
@@ -60,8 +56,7 @@ pub fn listen(path: &Path, to_actor: mpsc::Sender<ControlMsg>) -> Result<()> {
                 let req: Request = match serde_json::from_str(line.trim()) {
                     Ok(r) => r,
                     Err(e) => {
-                        let msg =
-                            serde_json::json!({"error": format!("bad request: {e}")}).to_string();
+                        let msg = serde_json::json!({"error": format!("bad request: {e}")}).to_string();
                         let _ = wr.write_all(format!("{msg}\n").as_bytes()).await;
                         return;
                     }

@@ -105,16 +105,8 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
     let client = Client::new(identity, cfg, host_cache, rand::random());
-    let mut node = Node {
-        opts,
-        client,
-        links,
-        udp,
-        data,
-        watchers: HashMap::new(),
-        media: HashMap::new(),
-        fatal: None,
-    };
+    let mut node =
+        Node { opts, client, links, udp, data, watchers: HashMap::new(), media: HashMap::new(), fatal: None };
     let mut clock = tokio::time::interval(Duration::from_millis(supervox_media::FRAME_MS));
     let mut buf = vec![0u8; 2048];
     loop {
@@ -188,9 +180,7 @@ impl Node {
                 Ok(events) => {
                     for e in events {
                         match e {
-                            LinkEvent::Established { role, .. } => {
-                                self.client.on_established(conn, role)
-                            }
+                            LinkEvent::Established { role, .. } => self.client.on_established(conn, role),
                             LinkEvent::Message(m) => self.client.on_message(conn, m, now),
                         }
                     }
@@ -201,12 +191,10 @@ impl Node {
                 self.links.close(conn, &reason);
                 self.client.on_closed(conn, &reason, now);
             }
-            NetEvent::Dialed(addr, Ok(stream)) => {
-                match self.links.adopt(stream, true, self.client.hello()) {
-                    Ok(conn) => self.client.on_connected(conn, addr),
-                    Err(e) => self.client.on_connect_failed(addr, &e.to_string(), now),
-                }
-            }
+            NetEvent::Dialed(addr, Ok(stream)) => match self.links.adopt(stream, true, self.client.hello()) {
+                Ok(conn) => self.client.on_connected(conn, addr),
+                Err(e) => self.client.on_connect_failed(addr, &e.to_string(), now),
+            },
             NetEvent::Dialed(addr, Err(e)) => self.client.on_connect_failed(addr, &e, now),
         }
     }
@@ -223,32 +211,16 @@ impl Node {
                     self.client.hangup(id, "local hangup", now);
                     reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
                 }
-                None => reply(
-                    &msg.reply,
-                    json!({"ok": false, "error": "no call in progress"}),
-                ),
+                None => reply(&msg.reply, json!({"ok": false, "error": "no call in progress"})),
             },
             Request::Answer => match self.client.active_call() {
-                Some(id)
-                    if self
-                        .client
-                        .call_info(&id)
-                        .is_some_and(|(_, p)| p == "incoming") =>
-                {
+                Some(id) if self.client.call_info(&id).is_some_and(|(_, p)| p == "incoming") => {
                     self.client.answer(id, now);
                     reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
                 }
-                _ => reply(
-                    &msg.reply,
-                    json!({"ok": false, "error": "no incoming call is ringing"}),
-                ),
+                _ => reply(&msg.reply, json!({"ok": false, "error": "no incoming call is ringing"})),
             },
-            Request::Call {
-                name,
-                duration,
-                input,
-                output,
-            } => {
+            Request::Call { name, duration, input, output } => {
                 let fail = |reason: String| json!({"event": "call_failed", "reason": reason});
                 let input = match input.map(|s| s.parse::<SourceSpec>()).transpose() {
                     Ok(i) => i.unwrap_or_else(|| self.opts.input.clone()),
@@ -260,24 +232,13 @@ impl Node {
                 };
                 let duration_ms = match duration {
                     Some(d) if !(d.is_finite() && d > 0.0) => {
-                        return reply(
-                            &msg.reply,
-                            fail("--duration must be a positive number of seconds".into()),
-                        )
+                        return reply(&msg.reply, fail("--duration must be a positive number of seconds".into()))
                     }
                     d => d.map(|d| (d * 1000.0) as u64),
                 };
                 match self.client.place_call(&name, now) {
                     Ok(id) => {
-                        self.watchers.insert(
-                            id,
-                            Watcher {
-                                tx: msg.reply,
-                                duration_ms,
-                                input,
-                                output,
-                            },
-                        );
+                        self.watchers.insert(id, Watcher { tx: msg.reply, duration_ms, input, output });
                     }
                     Err(e) => reply(&msg.reply, fail(e)),
                 }
@@ -349,56 +310,32 @@ impl Node {
     fn on_event(&mut self, e: ClientEvent, now: u64) {
         match e {
             ClientEvent::SignedIn { supernode } => {
-                info!(
-                    "signed in via {supernode}; callable as {:?}",
-                    self.client.name()
-                );
+                info!("signed in via {supernode}; callable as {:?}", self.client.name());
                 self.update_candidates(supernode);
             }
             ClientEvent::LostSupernode { supernode, reason } => {
                 warn!("lost supernode {supernode} ({reason}); reconnecting")
             }
             ClientEvent::NameRefused { reason } => {
-                self.fatal = Some(format!(
-                    "cannot sign in as {:?}: {reason}",
-                    self.client.name()
-                ));
+                self.fatal = Some(format!("cannot sign in as {:?}: {reason}", self.client.name()));
             }
             ClientEvent::Incoming { call_id, from } => {
                 info!(
                     "incoming call {call_id} from {from:?}{}",
-                    if self.opts.auto_answer {
-                        " (auto-answer)"
-                    } else {
-                        ""
-                    }
+                    if self.opts.auto_answer { " (auto-answer)" } else { "" }
                 )
             }
             ClientEvent::Ringing { call_id } => info!("call {call_id}: ringing"),
-            ClientEvent::Connected {
-                call_id,
-                peer,
-                path,
-                setup_ms,
-            } => {
-                info!(
-                    "call {call_id} with {peer:?} connected over {} in {setup_ms} ms",
-                    path.as_str()
-                );
+            ClientEvent::Connected { call_id, peer, path, setup_ms } => {
+                info!("call {call_id} with {peer:?} connected over {} in {setup_ms} ms", path.as_str());
                 let (input, output, dur) = match self.watchers.get(&call_id) {
                     Some(w) => (w.input.clone(), w.output.clone(), w.duration_ms),
                     None => (self.opts.input.clone(), self.opts.output.clone(), None),
                 };
                 match CallMedia::open(&input, &output) {
                     Ok(media) => {
-                        self.media.insert(
-                            call_id,
-                            ActiveMedia {
-                                media,
-                                end_at_ms: dur.map(|d| now + d),
-                                rtt_ms: None,
-                            },
-                        );
+                        self.media
+                            .insert(call_id, ActiveMedia { media, end_at_ms: dur.map(|d| now + d), rtt_ms: None });
                         self.notify(
                             call_id,
                             json!({"event": "call_connected", "call_id": call_id.to_string(), "peer": peer,
@@ -407,30 +344,20 @@ impl Node {
                     }
                     Err(err) => {
                         warn!("call {call_id}: {err:#}");
-                        self.client
-                            .hangup(call_id, &format!("audio device error: {err:#}"), now);
+                        self.client.hangup(call_id, &format!("audio device error: {err:#}"), now);
                     }
                 }
             }
-            ClientEvent::PathChanged {
-                call_id,
-                path,
-                reason,
-            } => self.notify(
-                call_id,
-                json!({"event": "path_changed", "path": path.as_str(), "reason": reason}),
-            ),
+            ClientEvent::PathChanged { call_id, path, reason } => {
+                self.notify(call_id, json!({"event": "path_changed", "path": path.as_str(), "reason": reason}))
+            }
             ClientEvent::Failed { call_id, reason } => {
                 info!("call {call_id} failed: {reason}");
                 self.media.remove(&call_id);
                 self.notify(call_id, json!({"event": "call_failed", "reason": reason}));
                 self.watchers.remove(&call_id);
             }
-            ClientEvent::Ended {
-                call_id,
-                reason,
-                duration_ms,
-            } => {
+            ClientEvent::Ended { call_id, reason, duration_ms } => {
                 let (f, rtt) = match self.media.remove(&call_id) {
                     Some(mut m) => (m.media.finish(), m.rtt_ms),
                     None => (CallFigures::default(), None),
@@ -485,11 +412,7 @@ impl Node {
 
 /// The local address the kernel would use to reach `to`.
 fn route_ip(to: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse().ok()?
-    } else {
-        "[::]:0".parse().ok()?
-    };
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect(to).ok()?;
     s.local_addr().ok().map(|a| a.ip())

@@ -13,10 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_supervox");
 
 /// A free loopback port (bound and released; the race is harmless here).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A child process killed on drop.
@@ -45,35 +42,21 @@ pub fn start_sn(root: &Path, name: &str, seeds: &[SocketAddr]) -> Sn {
 pub fn start_sn_at(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr]) -> Sn {
     let dir = root.join(name);
     let mut cmd = Command::new(BIN);
-    cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(&dir);
+    cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir);
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(log_file(root, name))
-        .spawn()
-        .unwrap();
+    let child = cmd.stdout(Stdio::null()).stderr(log_file(root, name)).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "supernode {name} did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Sn {
-        proc: Proc {
-            child,
-            name: name.into(),
-        },
-        addr,
-        dir,
-    }
+    Sn { proc: Proc { child, name: name.into() }, addr, dir }
 }
 
 fn log_file(root: &Path, name: &str) -> Stdio {
-    std::fs::File::create(root.join(format!("{name}.log")))
-        .unwrap()
-        .into()
+    std::fs::File::create(root.join(format!("{name}.log"))).unwrap().into()
 }
 
 pub struct Node {
@@ -88,54 +71,20 @@ pub fn start_node(root: &Path, name: &str, seeds: &[SocketAddr], extra: &[&str])
     start_node_in(root, name, &root.join(format!("{name}-data")), seeds, extra)
 }
 
-pub fn start_node_in(
-    root: &Path,
-    name: &str,
-    dir: &Path,
-    seeds: &[SocketAddr],
-    extra: &[&str],
-) -> Node {
+pub fn start_node_in(root: &Path, name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Node {
     let control = dir.join("control.sock");
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "node",
-        "--name",
-        name,
-        "--media",
-        "127.0.0.1:0",
-        "--data-dir",
-    ])
-    .arg(dir)
-    .arg("--control")
-    .arg(&control);
+    cmd.args(["node", "--name", name, "--media", "127.0.0.1:0", "--data-dir"]).arg(dir).arg("--control").arg(&control);
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
     }
     cmd.args(extra);
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(log_file(root, &format!("node-{name}")))
-        .spawn()
-        .unwrap();
-    Node {
-        proc: Proc {
-            child,
-            name: name.into(),
-        },
-        control,
-        dir: dir.to_path_buf(),
-        name: name.into(),
-    }
+    let child = cmd.stdout(Stdio::null()).stderr(log_file(root, &format!("node-{name}"))).spawn().unwrap();
+    Node { proc: Proc { child, name: name.into() }, control, dir: dir.to_path_buf(), name: name.into() }
 }
 
 pub fn ctl(control: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("ctl")
-        .arg("--control")
-        .arg(control)
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(BIN).arg("ctl").arg("--control").arg(control).args(args).output().unwrap()
 }
 
 pub fn status(node: &Node) -> Option<Value> {
@@ -153,11 +102,7 @@ pub fn wait_signed_in(node: &Node, within: Duration) -> String {
         if let Some(sn) = status(node).and_then(|s| s["supernode"].as_str().map(String::from)) {
             return sn;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} not signed in within {within:?}",
-            node.name
-        );
+        assert!(Instant::now() < deadline, "{} not signed in within {within:?}", node.name);
         std::thread::sleep(Duration::from_millis(50));
     }
 }
