@@ -6,6 +6,10 @@ use std::collections::HashMap;
 use supervox_proto::{LookupAnswer, NameClaim, Presence, RecordError, UserId};
 use thiserror::Error;
 
+/// How young two conflicting claims must both be for replication to settle
+/// them by [`NameClaim::wins_over`] (a race between supernodes).
+pub const RACE_WINDOW_MS: u64 = 60_000;
+
 /// Most claims one supernode stores (a bound on memory, not a product limit).
 pub const MAX_CLAIMS: usize = 1_000_000;
 
@@ -67,13 +71,19 @@ impl Directory {
         }
     }
 
-    /// A claim arrives from another supernode. Conflicts resolve the same way
-    /// everywhere: the claim that [`NameClaim::wins_over`] the other stays.
-    pub fn replicate(&mut self, claim: NameClaim) -> Result<ClaimOutcome, DirectoryError> {
+    /// A claim arrives from another supernode.
+    ///
+    /// Two supernodes can accept different keys for one name at the same
+    /// moment; such a race resolves the same way everywhere: the claim that
+    /// [`NameClaim::wins_over`] the other stays. Only a race can do that:
+    /// both claims must be younger than [`RACE_WINDOW_MS`]. An established name
+    /// is never replaced, so a peer cannot steal it with a back-dated claim.
+    pub fn replicate(&mut self, claim: NameClaim, now_ms: u64) -> Result<ClaimOutcome, DirectoryError> {
         claim.verify()?;
+        let young = |c: &NameClaim| c.created_ms.abs_diff(now_ms) <= RACE_WINDOW_MS;
         match self.claims.get(&claim.name) {
             Some(held) if held.user_id == claim.user_id => Ok(ClaimOutcome::Unchanged),
-            Some(held) if claim.wins_over(held) => {
+            Some(held) if young(held) && young(&claim) && claim.wins_over(held) => {
                 let loser = held.clone();
                 self.presence.retain(|_, p| p.user_id != loser.user_id || p.name != loser.name);
                 self.claims.insert(claim.name.clone(), claim);
@@ -82,6 +92,11 @@ impl Directory {
             Some(_) => Err(DirectoryError::NameTaken(claim.name)),
             None => self.insert(claim),
         }
+    }
+
+    /// Load a claim from our own storage (verified, first one per name wins).
+    pub fn restore(&mut self, claim: NameClaim) -> Result<ClaimOutcome, DirectoryError> {
+        self.claim(claim)
     }
 
     fn insert(&mut self, claim: NameClaim) -> Result<ClaimOutcome, DirectoryError> {
@@ -201,14 +216,26 @@ mod tests {
 
     #[test]
     fn replication_conflicts_resolve_identically() {
-        let early = NameClaim::sign(id(1).signing_key(), "x", 1).unwrap();
-        let late = NameClaim::sign(id(2).signing_key(), "x", 2).unwrap();
+        let now = 1_000_000;
+        let early = NameClaim::sign(id(1).signing_key(), "x", now - 2).unwrap();
+        let late = NameClaim::sign(id(2).signing_key(), "x", now - 1).unwrap();
         let (mut d1, mut d2) = (Directory::new(), Directory::new());
         d1.claim(early.clone()).unwrap();
         d2.claim(late.clone()).unwrap();
-        d1.replicate(late.clone()).unwrap_err();
-        assert_eq!(d2.replicate(early.clone()), Ok(ClaimOutcome::Replaced(late)));
+        d1.replicate(late.clone(), now).unwrap_err();
+        assert_eq!(d2.replicate(early.clone(), now), Ok(ClaimOutcome::Replaced(late)));
         assert!(matches!(d1.lookup("x", 0), LookupAnswer::Offline { claim } if claim == early));
         assert!(matches!(d2.lookup("x", 0), LookupAnswer::Offline { claim } if claim == early));
+    }
+
+    #[test]
+    fn an_established_name_cannot_be_stolen_with_a_backdated_claim() {
+        let now = 10 * RACE_WINDOW_MS;
+        let owner = NameClaim::sign(id(1).signing_key(), "alice", now - 2 * RACE_WINDOW_MS).unwrap();
+        let mut d = Directory::new();
+        d.claim(owner.clone()).unwrap();
+        let thief = NameClaim::sign(id(2).signing_key(), "alice", 0).unwrap();
+        assert_eq!(d.replicate(thief, now), Err(DirectoryError::NameTaken("alice".into())));
+        assert!(matches!(d.lookup("alice", 0), LookupAnswer::Offline { claim } if claim == owner));
     }
 }

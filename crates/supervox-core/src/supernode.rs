@@ -108,7 +108,7 @@ impl Supernode {
     pub fn new(me: UserId, cfg: SupernodeConfig, claims: Vec<NameClaim>, rng_seed: u64, now_ms: u64) -> Self {
         let mut directory = Directory::new();
         for c in claims {
-            if let Err(e) = directory.replicate(c) {
+            if let Err(e) = directory.restore(c) {
                 warn!("dropping stored claim: {e}");
             }
         }
@@ -340,7 +340,7 @@ impl Supernode {
             Message::Replicate { claims } => {
                 let mut changed = false;
                 for c in claims {
-                    match self.directory.replicate(c) {
+                    match self.directory.replicate(c, now_ms) {
                         Ok(ClaimOutcome::Stored) => changed = true,
                         Ok(ClaimOutcome::Replaced(loser)) => {
                             changed = true;

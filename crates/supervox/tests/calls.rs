@@ -116,3 +116,33 @@ fn calls_to_unknown_or_offline_names_fail_fast_with_a_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tone"));
 }
+
+#[test]
+fn interrupting_ctl_call_hangs_up() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let alice = start_node(root.path(), "alice", &[sn.addr], &[]);
+    let bob = start_node(root.path(), "bob", &[sn.addr], &["--auto-answer"]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let mut ctl_call = std::process::Command::new(BIN)
+        .arg("ctl")
+        .arg("--control")
+        .arg(&alice.control)
+        .args(["call", "bob", "--json"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&bob).is_some_and(|s| s["call"]["state"] == "connected") {
+        assert!(Instant::now() < deadline, "call did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctl_call.kill().unwrap();
+    ctl_call.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while status(&bob).is_none_or(|s| !s["call"].is_null()) || status(&alice).is_none_or(|s| !s["call"].is_null()) {
+        assert!(Instant::now() < deadline, "call outlived its ctl client");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

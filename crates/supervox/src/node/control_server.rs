@@ -65,9 +65,25 @@ pub fn listen(path: &Path, to_actor: mpsc::Sender<ControlMsg>) -> Result<()> {
                 if to_actor.send(ControlMsg { req, reply: tx }).await.is_err() {
                     return;
                 }
-                while let Some(l) = rx.recv().await {
-                    if wr.write_all(format!("{l}\n").as_bytes()).await.is_err() {
-                        return;
+                // Forward answer lines until the daemon is done, or until the
+                // client goes away (EOF on its side): dropping `rx` then tells
+                // the daemon, which hangs up a call nobody is watching.
+                let mut probe = [0u8; 1];
+                loop {
+                    tokio::select! {
+                        l = rx.recv() => match l {
+                            Some(l) => {
+                                if wr.write_all(format!("{l}\n").as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        },
+                        r = rd.read(&mut probe) => {
+                            if matches!(r, Ok(0) | Err(_)) {
+                                return;
+                            }
+                        }
                     }
                 }
             });

@@ -139,6 +139,12 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
 impl Node {
     fn on_clock(&mut self) {
         let now = now_ms();
+        // A `ctl call` that went away (Ctrl-C) takes its call with it.
+        let orphaned: Vec<CallId> = self.watchers.iter().filter(|(_, w)| w.tx.is_closed()).map(|(id, _)| *id).collect();
+        for id in orphaned {
+            self.watchers.remove(&id);
+            self.client.hangup(id, "local hangup (control client left)", now);
+        }
         let ids: Vec<CallId> = self.media.keys().copied().collect();
         for id in ids {
             let Some(m) = self.media.get_mut(&id) else {
