@@ -63,6 +63,29 @@ pub enum SnOutput {
     ClaimsChanged,
 }
 
+/// Counters a supernode keeps for its operators (see `--metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnStats {
+    /// Claims accepted from clients.
+    pub claims_accepted: u64,
+    /// Claims refused (taken, invalid).
+    pub claims_refused: u64,
+    /// Presence records refused (forged, stale, not owner).
+    pub presence_refused: u64,
+    /// Lookups asked by clients.
+    pub lookups: u64,
+    /// Lookups forwarded to peer supernodes.
+    pub lookups_forwarded: u64,
+    /// Call signals routed (locally or to a peer).
+    pub signals_routed: u64,
+    /// Call signals that could not be delivered.
+    pub signals_failed: u64,
+    /// Clients redirected because this supernode was full.
+    pub redirects: u64,
+    /// Connections closed for protocol violations.
+    pub violations: u64,
+}
+
 #[derive(Debug)]
 enum PeerKind {
     Pending,
@@ -100,6 +123,7 @@ pub struct Supernode {
     next_req: u64,
     out: VecDeque<SnOutput>,
     rng: StdRng,
+    stats: SnStats,
 }
 
 impl Supernode {
@@ -124,6 +148,7 @@ impl Supernode {
             next_req: 1,
             out: VecDeque::new(),
             rng: StdRng::seed_from_u64(rng_seed),
+            stats: SnStats::default(),
         };
         for s in sn.cfg.seeds.clone() {
             sn.learn(s, now_ms);
@@ -144,6 +169,16 @@ impl Supernode {
     /// Our advertised address.
     pub fn advertise(&self) -> SocketAddr {
         self.cfg.advertise
+    }
+
+    /// Operator counters.
+    pub fn stats(&self) -> SnStats {
+        self.stats
+    }
+
+    /// Name claims held.
+    pub fn claim_count(&self) -> usize {
+        self.directory.claim_count()
     }
 
     /// Clients currently signed in.
@@ -208,6 +243,7 @@ impl Supernode {
 
     fn client_joined(&mut self, conn: ConnId, user: UserId, remote: SocketAddr) {
         if self.clients.len() >= self.cfg.max_clients && !self.clients.contains_key(&user) {
+            self.stats.redirects += 1;
             let supernodes = self.peers.keys().copied().collect();
             self.send(conn, Message::Redirect { supernodes, reason: "supernode full".into() });
             self.close(conn, "full: redirected client");
@@ -280,7 +316,7 @@ impl Supernode {
                 let adv = *advertise;
                 self.peer_message(conn, adv, msg, now_ms)
             }
-            PeerKind::Pending => self.close(conn, "message before hello"),
+            PeerKind::Pending => self.violation(conn, "message before hello"),
         }
     }
 
@@ -302,7 +338,10 @@ impl Supernode {
                     }
                 };
                 if let Err(e) = &result {
+                    self.stats.claims_refused += 1;
                     info!("claim of {name:?} refused: {e}");
+                } else {
+                    self.stats.claims_accepted += 1;
                 }
                 self.send(conn, Message::ClaimResult { name, result });
             }
@@ -314,6 +353,7 @@ impl Supernode {
                     self.directory.publish(presence, home, now_ms).map_err(|e| e.to_string())
                 };
                 if let Err(e) = &result {
+                    self.stats.presence_refused += 1;
                     warn!(conn, "presence refused: {e}");
                 }
                 self.send(conn, Message::PublishResult { result });
@@ -321,12 +361,12 @@ impl Supernode {
             Message::Lookup { req_id, name } => self.client_lookup(conn, req_id, name, now_ms),
             Message::Signal(env) => {
                 if env.from != user {
-                    self.close(conn, "signal sent on behalf of another user");
+                    self.violation(conn, "signal sent on behalf of another user");
                     return;
                 }
                 self.route_from_client(conn, env);
             }
-            other => self.close(conn, &format!("unexpected message from client: {}", kind(&other))),
+            other => self.violation(conn, &format!("unexpected message from client: {}", kind(&other))),
         }
     }
 
@@ -361,7 +401,7 @@ impl Supernode {
             Message::LookupResult { req_id, answer } => self.peer_answer(req_id, answer, now_ms),
             Message::Signal(env) => self.route_from_peer(from_sn, env),
             Message::Error { reason } => warn!("supernode {from_sn} reports: {reason}"),
-            other => self.close(conn, &format!("unexpected message from supernode: {}", kind(&other))),
+            other => self.violation(conn, &format!("unexpected message from supernode: {}", kind(&other))),
         }
     }
 
@@ -385,7 +425,10 @@ impl Supernode {
             }
         };
         if let Some(reason) = failure {
+            self.stats.signals_failed += 1;
             self.send(conn, Message::SignalFailed { call_id, reason });
+        } else {
+            self.stats.signals_routed += 1;
         }
     }
 
@@ -477,6 +520,11 @@ impl Supernode {
 
     fn send(&mut self, conn: ConnId, msg: Message) {
         self.out.push_back(SnOutput::Send(conn, msg));
+    }
+
+    fn violation(&mut self, conn: ConnId, reason: &str) {
+        self.stats.violations += 1;
+        self.close(conn, reason);
     }
 
     fn close(&mut self, conn: ConnId, reason: &str) {

@@ -36,6 +36,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             data_dir: dir.path().join(format!("sn{i}")),
             advertise: None,
             max_clients: 1000,
+            metrics: None,
         })
         .await?;
         let addr = sn.advertise();

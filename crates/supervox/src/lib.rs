@@ -5,6 +5,7 @@ pub mod control;
 pub mod ctl;
 pub mod demo;
 pub mod links;
+pub mod metrics;
 pub mod node;
 pub mod sn;
 pub mod store;

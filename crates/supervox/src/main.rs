@@ -58,6 +58,9 @@ struct SupernodeArgs {
     /// Clients served before new ones are redirected to other supernodes.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_clients: usize,
+    /// Serve Prometheus metrics over HTTP at this address (GET /metrics).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,6 +190,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 data_dir: a.data_dir.unwrap_or_else(|| DataDir::default_path("supernode")),
                 advertise: a.advertise,
                 max_clients: a.max_clients,
+                metrics: a.metrics,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)

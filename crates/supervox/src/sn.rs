@@ -28,6 +28,8 @@ pub struct SnOptions {
     pub advertise: Option<SocketAddr>,
     /// Clients served before redirecting.
     pub max_clients: usize,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
@@ -94,6 +96,12 @@ impl BoundSupernode {
                 }
             });
         }
+        let (metrics_tx, metrics_rx) = watch::channel(String::new());
+        if let Some(addr) = self.opts.metrics {
+            let at = crate::metrics::serve(addr, metrics_rx).await?;
+            info!("metrics on http://{at}/metrics");
+        }
+        let mut link_errors: u64 = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut claims_dirty = false;
         loop {
@@ -113,6 +121,7 @@ impl BoundSupernode {
                     NetEvent::Bytes(conn, bytes) => match links.handle_bytes(conn, &bytes) {
                         Ok(events) => for e in events { deliver(&mut sn, conn, e) },
                         Err(e) => {
+                            link_errors += 1;
                             warn!(conn, "link closed: {e}");
                             sn.on_closed(conn, now_ms());
                         }
@@ -136,6 +145,9 @@ impl BoundSupernode {
                     for (conn, reason) in links.tick() {
                         info!(conn, "link failed: {reason}");
                         sn.on_closed(conn, now_ms());
+                    }
+                    if self.opts.metrics.is_some() {
+                        let _ = metrics_tx.send(render_metrics(&sn, links.len(), link_errors));
                     }
                     if claims_dirty {
                         claims_dirty = false;
@@ -177,4 +189,24 @@ fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
         }
         LinkEvent::Message(m) => sn.on_message(conn, m, now_ms()),
     }
+}
+
+fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64) -> String {
+    let st = sn.stats();
+    crate::metrics::render(&[
+        ("clients", "Clients signed in.", sn.client_count() as u64),
+        ("supernode_peers", "Supernodes linked.", sn.peer_addrs().len() as u64),
+        ("connections", "Open TCP connections, including handshakes.", connections as u64),
+        ("claims", "Name claims held.", sn.claim_count() as u64),
+        ("claims_accepted_total", "Claims accepted from clients.", st.claims_accepted),
+        ("claims_refused_total", "Claims refused.", st.claims_refused),
+        ("presence_refused_total", "Presence records refused.", st.presence_refused),
+        ("lookups_total", "Lookups from clients.", st.lookups),
+        ("lookups_forwarded_total", "Lookups forwarded to peers.", st.lookups_forwarded),
+        ("signals_routed_total", "Call signals routed.", st.signals_routed),
+        ("signals_failed_total", "Call signals not deliverable.", st.signals_failed),
+        ("redirects_total", "Clients redirected because full.", st.redirects),
+        ("violations_total", "Connections closed for protocol violations.", st.violations),
+        ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
+    ])
 }

@@ -133,7 +133,8 @@ fn forged_presence_is_rejected() {
 #[test]
 fn garbage_and_oversized_frames_do_not_disturb_other_clients() {
     let root = tempfile::tempdir().unwrap();
-    let sn = start_sn(root.path(), "sn", &[]);
+    let metrics = free_addr();
+    let sn = start_sn_with(root.path(), "sn", free_addr(), &[], &["--metrics", &metrics.to_string()]);
     let alice = start_node(root.path(), "alice", &[sn.addr], &[]);
     let bob = start_node(root.path(), "bob", &[sn.addr], &["--auto-answer"]);
     wait_signed_in(&alice, Duration::from_secs(10));
@@ -166,4 +167,8 @@ fn garbage_and_oversized_frames_do_not_disturb_other_clients() {
     let log = std::fs::read_to_string(root.path().join("sn.log")).unwrap();
     assert!(log.contains("frame of 65536 bytes exceeds"), "oversized frame not logged with a reason");
     assert!(!log.contains("panicked"));
+    // The operator sees it: every hostile connection was counted.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(metric(metrics, "link_errors_total") >= 5, "hostile connections not counted");
+    assert_eq!(metric(metrics, "clients"), 2, "alice and bob; the garbage-sending client was dropped");
 }

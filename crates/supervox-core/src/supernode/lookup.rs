@@ -18,6 +18,7 @@ pub(super) struct PendingLookup {
 
 impl Supernode {
     pub(super) fn client_lookup(&mut self, conn: ConnId, req_id: u64, name: String, now_ms: u64) {
+        self.stats.lookups += 1;
         let local = self.directory.lookup(&name, now_ms);
         if matches!(local, LookupAnswer::Online { .. }) || self.peers.is_empty() {
             self.send(conn, Message::LookupResult { req_id, answer: local });
@@ -31,6 +32,7 @@ impl Supernode {
             return;
         }
         c.lookups += 1;
+        self.stats.lookups_forwarded += 1;
         let ours = self.next_req;
         self.next_req += 1;
         let peers: Vec<ConnId> = self.peers.values().copied().collect();

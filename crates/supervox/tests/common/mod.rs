@@ -40,9 +40,14 @@ pub fn start_sn(root: &Path, name: &str, seeds: &[SocketAddr]) -> Sn {
 }
 
 pub fn start_sn_at(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr]) -> Sn {
+    start_sn_with(root, name, addr, seeds, &[])
+}
+
+/// Start a supernode with extra flags.
+pub fn start_sn_with(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr], extra: &[&str]) -> Sn {
     let dir = root.join(name);
     let mut cmd = Command::new(BIN);
-    cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir);
+    cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir).args(extra);
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
     }
@@ -128,4 +133,20 @@ pub fn read_wav(path: &Path) -> Vec<i16> {
     let mut r = hound::WavReader::open(path).unwrap();
     assert_eq!(r.spec().sample_rate, 48_000);
     r.samples::<i16>().map(|s| s.unwrap()).collect()
+}
+
+/// Fetch a supernode's metrics page and return one gauge's value.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let key = format!("supervox_{name} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
