@@ -10,10 +10,10 @@ use crate::call::Call;
 use crate::host_cache::HostCache;
 use crate::identity::Identity;
 use crate::media_path::PathKind;
-use crate::ConnId;
+use crate::{ConnId, Map};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
 use tracing::{info, warn};
@@ -150,7 +150,7 @@ pub struct Client {
     link: SnLink,
     presence: Option<Presence>,
     next_publish_ms: u64,
-    calls: HashMap<CallId, Call>,
+    calls: Map<CallId, Call>,
     local_candidates: Vec<Candidate>,
     next_req: u64,
     rng: StdRng,
@@ -170,7 +170,7 @@ impl Client {
             link: SnLink::Idle { next_try_ms: 0 },
             presence: None,
             next_publish_ms: u64::MAX,
-            calls: HashMap::new(),
+            calls: Map::default(),
             local_candidates: Vec::new(),
             next_req: 1,
             rng: StdRng::seed_from_u64(rng_seed),

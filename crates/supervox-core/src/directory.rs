@@ -2,7 +2,7 @@
 //! served) and presence records (signed, expiring). Every record is verified
 //! before it is stored; nothing unverified is ever served.
 
-use std::collections::HashMap;
+use crate::Map;
 use supervox_proto::{LookupAnswer, NameClaim, Presence, RecordError, UserId};
 use thiserror::Error;
 
@@ -51,8 +51,8 @@ pub enum ClaimOutcome {
 /// Claims and presence held by one supernode.
 #[derive(Debug, Default)]
 pub struct Directory {
-    claims: HashMap<String, NameClaim>,
-    presence: HashMap<UserId, Presence>,
+    claims: Map<String, NameClaim>,
+    presence: Map<UserId, Presence>,
 }
 
 impl Directory {

@@ -19,3 +19,10 @@ pub use identity::Identity;
 
 /// Opaque handle the driver gives each connection.
 pub type ConnId = u64;
+
+/// The hash map every state machine uses: a fixed hasher, so iteration order
+/// (and therefore the order of outputs) depends only on the inputs. The
+/// simulator relies on that for reproducible runs; keys here are ids and
+/// addresses we chose or verified, not attacker-chosen in bulk.
+pub type Map<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;

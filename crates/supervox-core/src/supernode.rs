@@ -10,10 +10,10 @@
 
 use crate::backoff::Backoff;
 use crate::directory::{ClaimOutcome, Directory};
-use crate::ConnId;
+use crate::{ConnId, Map};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use supervox_proto::{CallSignal, LookupAnswer, Message, NameClaim, Role, SignalEnvelope, UserId};
 use tracing::{debug, info, warn};
@@ -114,12 +114,12 @@ struct KnownSn {
 pub struct Supernode {
     me: UserId,
     cfg: SupernodeConfig,
-    conns: HashMap<ConnId, Conn>,
-    clients: HashMap<UserId, ConnId>,
-    peers: HashMap<SocketAddr, ConnId>,
+    conns: Map<ConnId, Conn>,
+    clients: Map<UserId, ConnId>,
+    peers: Map<SocketAddr, ConnId>,
     known: BTreeMap<SocketAddr, KnownSn>,
     directory: Directory,
-    lookups: HashMap<u64, PendingLookup>,
+    lookups: Map<u64, PendingLookup>,
     next_req: u64,
     out: VecDeque<SnOutput>,
     rng: StdRng,
@@ -139,12 +139,12 @@ impl Supernode {
         let mut sn = Self {
             me,
             cfg,
-            conns: HashMap::new(),
-            clients: HashMap::new(),
-            peers: HashMap::new(),
+            conns: Map::default(),
+            clients: Map::default(),
+            peers: Map::default(),
             known: BTreeMap::new(),
             directory,
-            lookups: HashMap::new(),
+            lookups: Map::default(),
             next_req: 1,
             out: VecDeque::new(),
             rng: StdRng::seed_from_u64(rng_seed),
