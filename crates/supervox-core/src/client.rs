@@ -19,6 +19,7 @@ use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
 use tracing::{info, warn};
 
 mod calls;
+mod reach;
 #[cfg(test)]
 mod tests;
 
@@ -152,6 +153,9 @@ pub struct Client {
     next_publish_ms: u64,
     calls: Map<CallId, Call>,
     local_candidates: Vec<Candidate>,
+    media_addr: Option<SocketAddr>,
+    probe: Option<supervox_stun::NatProbe>,
+    reach: Option<supervox_stun::Reachability>,
     next_req: u64,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
@@ -172,6 +176,9 @@ impl Client {
             next_publish_ms: u64::MAX,
             calls: Map::default(),
             local_candidates: Vec::new(),
+            media_addr: None,
+            probe: None,
+            reach: None,
             next_req: 1,
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
@@ -256,6 +263,7 @@ impl Client {
             self.publish(now_ms);
         }
         self.tick_calls(now_ms);
+        self.tick_probe(now_ms);
     }
 
     fn try_next_supernode(&mut self, now_ms: u64) {
@@ -387,6 +395,7 @@ impl Client {
                             self.tries = 0;
                             info!("signed in as {:?} via {sn}", self.cfg.name);
                             self.event(ClientEvent::SignedIn { supernode: sn });
+                            self.start_probe(sn, now_ms);
                         }
                     }
                 }

@@ -30,6 +30,8 @@ pub const MAX_KNOWN_SUPERNODES: usize = 1_000;
 pub const MAX_LOOKUPS_PER_CONN: usize = 16;
 /// How long a forwarded lookup waits for other supernodes.
 pub const LOOKUP_TIMEOUT_MS: u64 = 1_500;
+/// STUN dial-backs a supernode performs for its peers per second, at most.
+pub const DIAL_BACKS_PER_SEC: u32 = 200;
 /// Claims per replication message (keeps each under one Noise message).
 const CLAIMS_PER_MESSAGE: usize = 200;
 
@@ -61,6 +63,17 @@ pub enum SnOutput {
     Dial(SocketAddr),
     /// The set of name claims changed: persist [`Supernode::claims`].
     ClaimsChanged,
+    /// A peer asks us to answer a client's STUN request from our UDP address.
+    StunDialBack {
+        /// The client's STUN transaction id.
+        transaction_id: [u8; 12],
+        /// The client's address as the asking supernode saw it.
+        mapped: SocketAddr,
+        /// Where to send the answer.
+        to: SocketAddr,
+        /// PADDING size to echo.
+        padding: u16,
+    },
 }
 
 /// Counters a supernode keeps for its operators (see `--metrics`).
@@ -124,6 +137,8 @@ pub struct Supernode {
     out: VecDeque<SnOutput>,
     rng: StdRng,
     stats: SnStats,
+    /// Dial-backs make us send a datagram to an address a peer names: bounded.
+    dial_backs: RateLimit,
 }
 
 impl Supernode {
@@ -149,6 +164,7 @@ impl Supernode {
             out: VecDeque::new(),
             rng: StdRng::seed_from_u64(rng_seed),
             stats: SnStats::default(),
+            dial_backs: RateLimit::new(DIAL_BACKS_PER_SEC),
         };
         for s in sn.cfg.seeds.clone() {
             sn.learn(s, now_ms);
@@ -163,6 +179,25 @@ impl Supernode {
             identity: self.me,
             advertise: Some(self.cfg.advertise),
             agent: self.cfg.agent.clone(),
+        }
+    }
+
+    /// Ask the peer supernode at `peer` to answer a client's STUN request
+    /// from its address (NAT filtering discovery). False if not linked to it.
+    pub fn request_dial_back(
+        &mut self,
+        peer: SocketAddr,
+        transaction_id: [u8; 12],
+        mapped: SocketAddr,
+        to: SocketAddr,
+        padding: u16,
+    ) -> bool {
+        match self.peers.get(&peer) {
+            Some(&conn) => {
+                self.send(conn, Message::StunDialBack { transaction_id, mapped, to, padding });
+                true
+            }
+            None => false,
         }
     }
 
@@ -401,6 +436,11 @@ impl Supernode {
             Message::LookupResult { req_id, answer } => self.peer_answer(req_id, answer, now_ms),
             Message::Signal(env) => self.route_from_peer(from_sn, env),
             Message::Error { reason } => warn!("supernode {from_sn} reports: {reason}"),
+            Message::StunDialBack { transaction_id, mapped, to, padding } => {
+                if self.dial_backs.take(now_ms) {
+                    self.out.push_back(SnOutput::StunDialBack { transaction_id, mapped, to, padding });
+                }
+            }
             other => self.violation(conn, &format!("unexpected message from supernode: {}", kind(&other))),
         }
     }
@@ -552,6 +592,7 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::Peers { .. } => "Peers",
         Message::Replicate { .. } => "Replicate",
         Message::Error { .. } => "Error",
+        Message::StunDialBack { .. } => "StunDialBack",
     }
 }
 
@@ -567,5 +608,34 @@ pub fn better_answer(a: LookupAnswer, b: LookupAnswer) -> LookupAnswer {
         (a @ Online { .. }, _) | (_, a @ Online { .. }) => a,
         (a @ Offline { .. }, _) | (_, a @ Offline { .. }) => a,
         (Unknown, Unknown) => Unknown,
+    }
+}
+
+/// A per-second budget (fixed window): cheap, and enough to bound work a
+/// peer can make us do.
+#[derive(Debug)]
+struct RateLimit {
+    per_sec: u32,
+    window_start_ms: u64,
+    used: u32,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32) -> Self {
+        Self { per_sec, window_start_ms: 0, used: 0 }
+    }
+
+    /// Spend one unit if the budget allows.
+    fn take(&mut self, now_ms: u64) -> bool {
+        if now_ms >= self.window_start_ms + 1_000 {
+            self.window_start_ms = now_ms;
+            self.used = 0;
+        }
+        if self.used < self.per_sec {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
     }
 }

@@ -3,9 +3,12 @@
 use crate::{MediaError, FRAME_SAMPLES, SAMPLE_RATE};
 
 /// Target encoder bitrate in bits per second (VBR).
-pub const BITRATE_BPS: i32 = 28_000;
+pub const BITRATE_BPS: i32 = 32_000;
 /// Expected packet loss percentage the encoder is configured with by default.
 pub const DEFAULT_EXPECTED_LOSS_PCT: u8 = 5;
+/// Encoder look-ahead of Opus at 48 kHz in the VOIP application (312 samples): decoded
+/// audio lags the input by this much, in ms.
+pub const LOOKAHEAD_MS: f64 = 6.5;
 /// Largest Opus packet for one frame.
 const MAX_PACKET: usize = crate::packet::MAX_PAYLOAD;
 /// Largest number of samples one Opus packet can decode to (120 ms at 48 kHz).

@@ -66,6 +66,12 @@ pub enum MediaError {
     /// A media packet carries an unknown version number.
     #[error("media packet has unsupported version {0} (expected {expected})", expected = crate::packet::VERSION)]
     BadVersion(u8),
+    /// A receiver report was given where an audio packet was expected.
+    #[error("packet is a receiver report, not audio")]
+    NotAudio,
+    /// A packet of another kind was given where a receiver report was expected.
+    #[error("packet is not a receiver report")]
+    NotReport,
     /// A media packet carries no Opus payload.
     #[error("media packet has an empty payload")]
     EmptyPayload,

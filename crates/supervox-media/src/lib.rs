@@ -9,7 +9,11 @@
 //!   packets carrying in-band FEC.
 //! * [`packet`] — the RTP-like plaintext media payload format.
 //! * [`replay`] — anti-replay window for per-packet AEAD counters.
-//! * [`jitter`] — jitter buffer ordering packets for playout.
+//! * [`jitter`] — jitter buffer ordering packets for playout, with adaptive target delay
+//!   ([`jitter::policy`]) and click-free time stretching ([`jitter::stretch`]).
+//! * [`playout`] — playout engine steering the delay to the target, with concealment and
+//!   FEC recovery.
+//! * [`report`] — RTCP-like receiver reports (loss, jitter, RTT echo).
 //! * [`sender`] / [`receiver`] — convenience pipelines with statistics.
 //! * [`analysis`] — RMS and dominant-frequency measurement for tests and benches.
 
@@ -18,13 +22,16 @@
 
 pub mod analysis;
 pub mod codec;
+pub mod device;
 mod error;
 pub mod fec;
 pub mod jitter;
 pub mod packet;
+pub mod playout;
 pub mod quality;
 pub mod receiver;
 pub mod replay;
+pub mod report;
 pub mod sender;
 pub mod sink;
 pub mod source;
@@ -42,3 +49,5 @@ pub const FRAME_MS: u64 = 20;
 
 #[cfg(test)]
 mod pipeline_tests;
+#[cfg(test)]
+mod proptests;

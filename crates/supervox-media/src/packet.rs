@@ -1,13 +1,17 @@
 //! RTP-like plaintext media payload.
 //!
-//! Layout (7-byte header, then the Opus packet):
+//! Audio layout (7-byte header, then the Opus packet):
 //!
 //! ```text
-//!  byte 0:    vv m rrrrr   vv = version (1), m = marker, r = reserved (send 0, ignored)
+//!  byte 0:    vv m t rrrr  vv = version (1), m = marker, t = type (0 = audio),
+//!                          r = reserved (send 0, ignored)
 //!  bytes 1-2: sequence number, u16 big-endian
 //!  bytes 3-6: timestamp in 48 kHz samples, u32 big-endian
 //!  bytes 7..: Opus packet, 1..=1275 bytes
 //! ```
+//!
+//! With the type bit set the packet is a receiver report instead (layout in
+//! [`crate::report`]); [`decode_packet`] tells the two apart.
 //!
 //! Encryption is applied by the caller around these bytes.
 
@@ -22,6 +26,8 @@ pub const MAX_PAYLOAD: usize = 1275;
 
 const VERSION_SHIFT: u8 = 6;
 const MARKER_BIT: u8 = 0x20;
+/// Bit of the first byte marking a receiver report (clear on audio packets).
+pub const REPORT_BIT: u8 = 0x10;
 
 /// Header of one media packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,8 +59,8 @@ pub fn encode_media(h: &MediaHeader, opus: &[u8]) -> Vec<u8> {
 
 /// Parses a plaintext media packet into its header and Opus payload.
 ///
-/// Rejects input shorter than the header, a version other than [`VERSION`], an empty
-/// payload and a payload longer than [`MAX_PAYLOAD`]. Never panics.
+/// Rejects input shorter than the header, a version other than [`VERSION`], a receiver
+/// report, an empty payload and a payload longer than [`MAX_PAYLOAD`]. Never panics.
 pub fn decode_media(bytes: &[u8]) -> Result<(MediaHeader, &[u8]), MediaError> {
     let (header, payload) = match bytes.split_first_chunk::<HEADER_LEN>() {
         Some(split) => split,
@@ -63,6 +69,9 @@ pub fn decode_media(bytes: &[u8]) -> Result<(MediaHeader, &[u8]), MediaError> {
     let version = header[0] >> VERSION_SHIFT;
     if version != VERSION {
         return Err(MediaError::BadVersion(version));
+    }
+    if header[0] & REPORT_BIT != 0 {
+        return Err(MediaError::NotAudio);
     }
     if payload.is_empty() {
         return Err(MediaError::EmptyPayload);
@@ -76,6 +85,25 @@ pub fn decode_media(bytes: &[u8]) -> Result<(MediaHeader, &[u8]), MediaError> {
         marker: header[0] & MARKER_BIT != 0,
     };
     Ok((h, payload))
+}
+
+/// A decoded plaintext packet of either kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming<'a> {
+    /// An audio packet: header and Opus payload.
+    Audio(MediaHeader, &'a [u8]),
+    /// A receiver report about the stream we send.
+    Report(crate::report::ReceiverReport),
+}
+
+/// Parses a plaintext packet of either kind (audio or receiver report). Never panics.
+pub fn decode_packet(bytes: &[u8]) -> Result<Incoming<'_>, MediaError> {
+    match bytes.first() {
+        Some(&b0) if b0 >> VERSION_SHIFT == VERSION && b0 & REPORT_BIT != 0 => {
+            crate::report::ReceiverReport::decode(bytes).map(Incoming::Report)
+        }
+        _ => decode_media(bytes).map(|(h, p)| Incoming::Audio(h, p)),
+    }
 }
 
 /// Extends a 16-bit sequence number to the 64-bit value closest to `reference`
@@ -141,7 +169,7 @@ mod tests {
             buf.clear();
             buf.extend((0..len).map(|_| rng.gen::<u8>()));
             if i % 4 == 0 && !buf.is_empty() {
-                buf[0] = (buf[0] & 0x3f) | (VERSION << 6); // exercise the accept path too
+                buf[0] = (buf[0] & 0x2f) | (VERSION << 6); // exercise the accept path too
             }
             if let Ok((_, payload)) = decode_media(&buf) {
                 assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);

@@ -1,8 +1,17 @@
-//! Sending side: encodes frames and wraps them in media packets.
+//! Sending side: encodes frames and wraps them in media packets; adapts the encoder's
+//! in-band FEC to the loss the receiver reports.
 
-use crate::codec::Encoder;
+use crate::codec::{Encoder, DEFAULT_EXPECTED_LOSS_PCT};
 use crate::packet::{encode_media, MediaHeader};
+use crate::report::ReceiverReport;
 use crate::{MediaError, FRAME_SAMPLES};
+
+/// Weight of a new RTT sample in the smoothed RTT (as TCP's SRTT).
+const RTT_GAIN: f64 = 0.125;
+/// Weight of a new loss report when the loss is falling (rises are taken at once).
+const LOSS_DECAY_GAIN: f64 = 0.3;
+/// Largest expected-loss setting given to the encoder, in percent.
+const MAX_EXPECTED_LOSS_PCT: u8 = 40;
 
 /// Encoder plus sequence/timestamp state for one outgoing stream.
 #[derive(Debug)]
@@ -11,6 +20,10 @@ pub struct MediaSender {
     seq: u16,
     timestamp: u32,
     frames_sent: u64,
+    remote_loss_pct: Option<f64>,
+    expected_loss_pct: u8,
+    srtt_ms: Option<f64>,
+    last_report: Option<ReceiverReport>,
 }
 
 impl MediaSender {
@@ -22,7 +35,16 @@ impl MediaSender {
 
     /// Creates a sender starting at the given sequence number and timestamp.
     pub fn with_initial(seq: u16, timestamp: u32) -> Result<Self, MediaError> {
-        Ok(MediaSender { encoder: Encoder::new()?, seq, timestamp, frames_sent: 0 })
+        Ok(MediaSender {
+            encoder: Encoder::new()?,
+            seq,
+            timestamp,
+            frames_sent: 0,
+            remote_loss_pct: None,
+            expected_loss_pct: DEFAULT_EXPECTED_LOSS_PCT,
+            srtt_ms: None,
+            last_report: None,
+        })
     }
 
     /// Encodes one frame of exactly [`FRAME_SAMPLES`] samples and returns the plaintext
@@ -42,9 +64,61 @@ impl MediaSender {
         self.frames_sent
     }
 
-    /// Forwards the receiver-reported loss rate to the encoder's FEC tuning.
+    /// Sets the encoder's expected-loss percentage (its in-band FEC strength) directly;
+    /// the next report overrides it.
     pub fn set_expected_loss(&mut self, pct: u8) -> Result<(), MediaError> {
-        self.encoder.set_expected_loss(pct)
+        self.encoder.set_expected_loss(pct)?;
+        self.expected_loss_pct = pct.min(100);
+        Ok(())
+    }
+
+    /// Takes a receiver report about this stream, received at `now_ms` (the clock the
+    /// local receiver's [`crate::receiver::MediaReceiver::make_report`] uses): smooths the
+    /// reported loss (rises at once, falls gradually), sets the encoder's expected loss to
+    /// it (rounded up, at most 40 %), and updates the RTT from the report's echo.
+    pub fn on_report(&mut self, report: &ReceiverReport, now_ms: u64) -> Result<(), MediaError> {
+        let loss = report.fraction_lost_pct();
+        let smoothed = match self.remote_loss_pct {
+            Some(prev) if loss < prev => prev + (loss - prev) * LOSS_DECAY_GAIN,
+            _ => loss,
+        };
+        self.remote_loss_pct = Some(smoothed);
+        if let Some(rtt) = report.rtt_ms(now_ms) {
+            let rtt = f64::from(rtt);
+            self.srtt_ms = Some(self.srtt_ms.map_or(rtt, |s| s + (rtt - s) * RTT_GAIN));
+        }
+        self.last_report = Some(*report);
+        let pct = (smoothed.ceil().clamp(0.0, f64::from(MAX_EXPECTED_LOSS_PCT))) as u8;
+        if pct != self.expected_loss_pct {
+            self.set_expected_loss(pct)?;
+        }
+        Ok(())
+    }
+
+    /// Parses a plaintext receiver report and applies it as [`Self::on_report`].
+    pub fn on_report_bytes(&mut self, plaintext: &[u8], now_ms: u64) -> Result<(), MediaError> {
+        let report = ReceiverReport::decode(plaintext)?;
+        self.on_report(&report, now_ms)
+    }
+
+    /// Smoothed round-trip time of the media path from report echoes, in ms.
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.srtt_ms
+    }
+
+    /// Smoothed loss of this stream as reported by the receiver, in percent.
+    pub fn remote_loss_pct(&self) -> Option<f64> {
+        self.remote_loss_pct
+    }
+
+    /// Expected-loss percentage the encoder is configured with.
+    pub fn expected_loss_pct(&self) -> u8 {
+        self.expected_loss_pct
+    }
+
+    /// The last receiver report received.
+    pub fn last_report(&self) -> Option<&ReceiverReport> {
+        self.last_report.as_ref()
     }
 }
 
@@ -66,5 +140,44 @@ mod tests {
         assert_eq!(s.frames_sent(), 2);
         assert!(s.next_packet(&pcm[..10]).is_err());
         assert_eq!(s.frames_sent(), 2);
+    }
+
+    #[test]
+    fn reports_drive_expected_loss_and_rtt() {
+        use crate::receiver::MediaReceiver;
+        let mut a_tx = MediaSender::with_initial(1, 1).unwrap();
+        let mut a_rx = MediaReceiver::new(60).unwrap();
+        let mut b_rx = MediaReceiver::new(60).unwrap();
+        let pcm = vec![0i16; FRAME_SAMPLES];
+        assert_eq!(a_tx.expected_loss_pct(), DEFAULT_EXPECTED_LOSS_PCT);
+        assert_eq!((a_tx.rtt_ms(), a_tx.remote_loss_pct()), (None, None));
+        // A sends 100 packets to B, one in five lost.
+        for i in 0..100u64 {
+            let p = a_tx.next_packet(&pcm).unwrap();
+            if i % 5 != 2 {
+                assert_eq!(b_rx.on_packet(&p, i * 20).unwrap(), None);
+            }
+        }
+        // A's receiver reports first (at 2000, A's clock); it reaches B after 40 ms.
+        let a_report = a_rx.make_report(2000);
+        assert!(b_rx.on_packet(&a_report, 2040).unwrap().is_some());
+        // B reports 300 ms later; it reaches A after another 40 ms: RTT 80.
+        let b_report = b_rx.make_report(2340);
+        let parsed = a_rx.on_packet(&b_report, 2380).unwrap().unwrap();
+        assert_eq!(parsed.cumulative_lost, 20);
+        a_tx.on_report(&parsed, 2380).unwrap();
+        assert_eq!(a_tx.rtt_ms(), Some(80.0));
+        let loss = a_tx.remote_loss_pct().unwrap();
+        assert!((19.0..=20.5).contains(&loss), "{loss}");
+        assert_eq!(a_tx.expected_loss_pct(), 20);
+        // Loss stops: the setting falls gradually, not at once.
+        for i in 100..200u64 {
+            let p = a_tx.next_packet(&pcm).unwrap();
+            b_rx.on_packet(&p, i * 20).unwrap();
+        }
+        a_tx.on_report_bytes(&b_rx.make_report(4000), 4100).unwrap();
+        let e = a_tx.expected_loss_pct();
+        assert!((10..20).contains(&e), "{e}");
+        assert!(a_tx.on_report_bytes(&[0x51, 1, 2], 0).is_err());
     }
 }

@@ -15,6 +15,9 @@ pub(crate) struct StatsTracker {
     prev: Option<(u64, u32)>,
     /// Interarrival jitter estimate in media clock ticks.
     jitter_ticks: f64,
+    /// Expected and received counts at the previous report (RFC 3550 A.3).
+    expected_prior: i64,
+    received_prior: u64,
 }
 
 impl StatsTracker {
@@ -61,6 +64,42 @@ impl StatsTracker {
     pub(crate) fn jitter_ms(&self) -> f64 {
         self.jitter_ticks / TICKS_PER_MS
     }
+
+    /// Interarrival jitter in media clock ticks.
+    pub(crate) fn jitter_ticks(&self) -> u32 {
+        self.jitter_ticks.clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+
+    fn expected(&self) -> i64 {
+        self.base_seq.map_or(0, |base| (self.max_seq - base + 1).max(0))
+    }
+
+    /// Extended highest sequence number (wrap count in the high 16 bits).
+    pub(crate) fn highest_ext_seq(&self) -> u32 {
+        self.max_seq as u32
+    }
+
+    /// Packets lost since the start (expected minus received, never negative).
+    pub(crate) fn cumulative_lost(&self) -> u32 {
+        let lost = self.expected() - self.received as i64;
+        lost.clamp(0, i64::from(u32::MAX)) as u32
+    }
+
+    /// Fraction lost since the previous call, in 1/256 (RFC 3550 A.3); starts a new
+    /// interval.
+    pub(crate) fn take_fraction_lost_q8(&mut self) -> u8 {
+        let expected = self.expected();
+        let expected_interval = expected - self.expected_prior;
+        let received_interval = self.received.saturating_sub(self.received_prior) as i64;
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost = expected_interval - received_interval;
+        if expected_interval <= 0 || lost <= 0 {
+            0
+        } else {
+            ((lost << 8) / expected_interval).min(255) as u8
+        }
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +123,16 @@ mod tests {
         }
         assert_eq!(s.received(), 90);
         assert!((s.loss_pct() - 10.0).abs() < 1e-9, "{}", s.loss_pct());
+        assert_eq!(s.cumulative_lost(), 10);
+        assert_eq!(s.highest_ext_seq(), 65500 + 99);
+        assert_eq!(s.take_fraction_lost_q8(), 25); // 10 % of 256, rounded down
+        assert_eq!(s.take_fraction_lost_q8(), 0);
+        for i in 100..120u16 {
+            if i % 2 == 1 {
+                s.on_packet(&h(65500u16.wrapping_add(i), 0), 0);
+            }
+        }
+        assert_eq!(s.take_fraction_lost_q8(), 128);
     }
 
     #[test]

@@ -253,6 +253,19 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// SN → SN: answer a client's STUN Binding request (transaction
+    /// `transaction_id`) at `to` from your own UDP address — the "change IP"
+    /// half of NAT filtering discovery, which one supernode cannot do alone.
+    StunDialBack {
+        /// The client's STUN transaction id.
+        transaction_id: [u8; 12],
+        /// The client's address as the asking supernode saw it.
+        mapped: SocketAddr,
+        /// Where to answer: `mapped`, or its IP with the client's RESPONSE-PORT.
+        to: SocketAddr,
+        /// PADDING the client asked for (RFC 5780), echoed at that size.
+        padding: u16,
+    },
 }
 
 /// Why bytes did not decode into a [`Message`].

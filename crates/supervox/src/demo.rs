@@ -37,6 +37,10 @@ pub async fn run(json_out: bool) -> Result<bool> {
             advertise: None,
             max_clients: 1000,
             metrics: None,
+            relay_kbps: 512,
+            max_allocations: 100,
+            relay_secret: None,
+            relay_allow_loopback: false,
         })
         .await?;
         let addr = sn.advertise();
@@ -57,6 +61,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             input: SourceSpec::Silence,
             output: if i == 1 { SinkSpec::Wav(recording.clone()) } else { SinkSpec::Null },
             media_bind: "127.0.0.1:0".parse()?,
+            media: node::media::MediaConfig::default(),
         };
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use supervox::control::Request;
+use supervox::node::media::{JitterBufferMode, MediaConfig};
 use supervox::node::NodeOptions;
 use supervox::sn::{BoundSupernode, SnOptions};
 use supervox::store::DataDir;
@@ -61,6 +62,20 @@ struct SupernodeArgs {
     /// Serve Prometheus metrics over HTTP at this address (GET /metrics).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
+    /// Bandwidth each TURN relay allocation may use, in kbit/s (0: unlimited).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    relay_kbps: u32,
+    /// TURN relay allocations this supernode serves at most.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    max_allocations: usize,
+    /// Shared secret for TURN REST-API-style credentials (default: random per run,
+    /// so only this supernode can mint them).
+    #[arg(long, value_name = "SECRET")]
+    relay_secret: Option<String>,
+    /// Let TURN relay to loopback peers (single-machine tests only: in production it would
+    /// let clients reach services on the supernode's own host).
+    #[arg(long, hide = true)]
+    relay_allow_loopback: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -99,6 +114,19 @@ struct NodeArgs {
     /// Local UDP address for media.
     #[arg(long, default_value = "0.0.0.0:0", value_name = "IP:PORT")]
     media: SocketAddr,
+    /// Jitter buffer: `adaptive` (default) or `tox`, a fixed 3-packet buffer kept as the
+    /// quality bench's baseline.
+    #[arg(long, value_enum, default_value = "adaptive")]
+    jitter_buffer: JitterBufferMode,
+    /// Opus in-band FEC, driven by the loss the far end reports.
+    #[arg(long, value_enum, default_value = "on")]
+    fec: OnOff,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args)]
@@ -191,6 +219,10 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 advertise: a.advertise,
                 max_clients: a.max_clients,
                 metrics: a.metrics,
+                relay_kbps: a.relay_kbps,
+                max_allocations: a.max_allocations,
+                relay_secret: a.relay_secret,
+                relay_allow_loopback: a.relay_allow_loopback,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)
@@ -209,6 +241,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 input: a.input,
                 output: a.output,
                 media_bind: a.media,
+                media: MediaConfig { jitter_buffer: a.jitter_buffer, fec: matches!(a.fec, OnOff::On) },
             };
             node::run(opts, shutdown_signal()).await?;
             Ok(true)

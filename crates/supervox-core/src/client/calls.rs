@@ -369,6 +369,10 @@ impl Client {
     /// A datagram arrived on the media socket. Returns the media plaintext
     /// and its call, if it was an authentic media packet.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
+        if supervox_stun::is_stun(bytes) {
+            self.probe_datagram(from, bytes, now_ms);
+            return None;
+        }
         let tag = datagram_tag(bytes)?;
         let id = self.calls.keys().find(|id| call_tag(id) == tag).copied()?;
         let plain = self.calls.get_mut(&id)?.path.as_mut()?.handle_datagram(from, bytes, now_ms);

@@ -194,3 +194,27 @@ fn lookup_times_out_to_local_answer() {
     a.on_tick(LOOKUP_TIMEOUT_MS);
     assert_eq!(sent_to(&drain(&mut a), 1), vec![Message::LookupResult { req_id: 1, answer: LookupAnswer::Unknown }]);
 }
+
+#[test]
+fn stun_dial_backs_are_relayed_and_rate_limited() {
+    let mut a = sn(1, 4000, vec![]);
+    let mut b = sn(2, 4001, vec![]);
+    link(&mut a, &mut b, 100, 200);
+    pump(&mut a, &mut b, 100, 200);
+    let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+    assert!(a.request_dial_back(addr(4001), [7; 12], client, client, 0));
+    assert!(!a.request_dial_back(addr(4999), [7; 12], client, client, 0), "not linked");
+    let out = drain(&mut a);
+    let Some(SnOutput::Send(100, m)) = out.first() else { panic!("{out:?}") };
+    b.on_message(200, m.clone(), 0);
+    assert_eq!(
+        drain(&mut b),
+        vec![SnOutput::StunDialBack { transaction_id: [7; 12], mapped: client, to: client, padding: 0 }]
+    );
+    for _ in 0..(DIAL_BACKS_PER_SEC + 50) {
+        b.on_message(200, m.clone(), 10);
+    }
+    assert_eq!(drain(&mut b).len(), DIAL_BACKS_PER_SEC as usize - 1, "budget per second");
+    b.on_message(200, m.clone(), 1_010);
+    assert_eq!(drain(&mut b).len(), 1, "budget renewed");
+}

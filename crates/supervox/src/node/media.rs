@@ -1,5 +1,6 @@
 //! The audio side of one connected call: source → encoder → packets out,
-//! packets in → jitter buffer → decoder → sink, paced by the 20 ms clock.
+//! packets in → jitter buffer → decoder → sink, paced by the 20 ms clock;
+//! RTCP-like receiver reports once a second drive the sender's FEC.
 
 use anyhow::{Context, Result};
 use supervox_media::receiver::MediaReceiver;
@@ -7,8 +8,34 @@ use supervox_media::sender::MediaSender;
 use supervox_media::sink::{open_sink, FrameSink, SinkSpec};
 use supervox_media::source::{open_source, FrameSource, SourceSpec};
 
-/// Jitter buffer target on a clean link (the adaptive buffer replaces this).
-pub const TARGET_DELAY_MS: u64 = 60;
+/// Initial jitter buffer target; the adaptive buffer moves it.
+pub const INITIAL_DELAY_MS: u64 = 60;
+/// Receiver reports are sent this often.
+pub const REPORT_INTERVAL_MS: u64 = 1_000;
+
+/// Jitter buffer choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JitterBufferMode {
+    /// NetEq-like adaptive target with time-stretching (the default).
+    Adaptive,
+    /// A fixed 3-packet (60 ms) buffer, as Tox ships: the comparison baseline.
+    Tox,
+}
+
+/// How a node runs its media pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaConfig {
+    /// Jitter buffer.
+    pub jitter_buffer: JitterBufferMode,
+    /// Opus in-band FEC driven by reported loss (off: never sent, never used).
+    pub fec: bool,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { jitter_buffer: JitterBufferMode::Adaptive, fec: true }
+    }
+}
 
 /// Media state of one call.
 pub struct CallMedia {
@@ -16,30 +43,60 @@ pub struct CallMedia {
     sink: Box<dyn FrameSink>,
     sender: MediaSender,
     receiver: MediaReceiver,
+    cfg: MediaConfig,
+    next_report_ms: u64,
     sink_error: Option<String>,
 }
 
-/// Figures for the `call_ended` event.
+/// Figures for `call_ended` and the live status.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallFigures {
     /// Frames we sent.
     pub frames_sent: u64,
     /// Media packets that arrived.
     pub frames_received: u64,
-    /// Loss seen by our receiver, percent.
+    /// Network loss seen by our receiver (RFC 3550), percent.
     pub loss_pct: f64,
+    /// Frames lost before FEC recovery, percent.
+    pub loss_before_fec_pct: f64,
+    /// Frames lost after FEC recovery (concealed), percent.
+    pub loss_after_fec_pct: f64,
     /// RFC 3550 interarrival jitter, ms.
     pub jitter_ms: f64,
+    /// Frames concealed.
+    pub frames_concealed: u64,
+    /// Frames recovered from FEC.
+    pub frames_recovered_fec: u64,
+    /// Current jitter buffer playout delay, ms.
+    pub playout_delay_ms: f64,
+    /// Mean playout delay over the call, ms.
+    pub mean_playout_delay_ms: f64,
+    /// Current jitter buffer target, ms.
+    pub target_delay_ms: f64,
+    /// Round trip from receiver reports, ms.
+    pub rtt_ms: Option<f64>,
+    /// The Opus expected-loss setting the reports drove us to.
+    pub fec_expected_loss_pct: u8,
 }
 
 impl CallMedia {
     /// Open the source and sink of a call.
-    pub fn open(input: &SourceSpec, output: &SinkSpec) -> Result<Self> {
+    pub fn open(input: &SourceSpec, output: &SinkSpec, cfg: MediaConfig, now_ms: u64) -> Result<Self> {
+        let receiver = match cfg.jitter_buffer {
+            JitterBufferMode::Adaptive => MediaReceiver::new(INITIAL_DELAY_MS)?,
+            JitterBufferMode::Tox => MediaReceiver::baseline()?,
+        };
+        let mut sender = MediaSender::new()?;
+        if !cfg.fec {
+            sender.set_expected_loss(0)?;
+        }
         Ok(Self {
             source: open_source(input).with_context(|| format!("input {input}"))?,
             sink: open_sink(output).with_context(|| format!("output {output}"))?,
-            sender: MediaSender::new()?,
-            receiver: MediaReceiver::new(TARGET_DELAY_MS)?,
+            sender,
+            receiver,
+            cfg,
+            next_report_ms: now_ms + REPORT_INTERVAL_MS,
             sink_error: None,
         })
     }
@@ -56,10 +113,26 @@ impl CallMedia {
         }
     }
 
-    /// A media packet arrived.
+    /// A receiver report to send, when one is due.
+    pub fn next_report(&mut self, now_ms: u64) -> Option<Vec<u8>> {
+        if now_ms < self.next_report_ms {
+            return None;
+        }
+        self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
+        Some(self.receiver.make_report(now_ms))
+    }
+
+    /// A media packet (audio or report) arrived.
     pub fn on_packet(&mut self, plaintext: &[u8], now_ms: u64) {
-        if let Err(e) = self.receiver.on_packet(plaintext, now_ms) {
-            tracing::debug!("media packet dropped: {e}");
+        match self.receiver.on_packet(plaintext, now_ms) {
+            // With FEC off the sender must not raise its expected loss.
+            Ok(Some(report)) if self.cfg.fec => {
+                if let Err(e) = self.sender.on_report(&report, now_ms) {
+                    tracing::debug!("report not applied: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("media packet dropped: {e}"),
         }
     }
 
@@ -90,16 +163,21 @@ impl CallMedia {
             frames_sent: self.sender.frames_sent(),
             frames_received: s.packets_received,
             loss_pct: s.loss_pct,
+            loss_before_fec_pct: s.loss_before_fec_pct,
+            loss_after_fec_pct: s.loss_after_fec_pct,
             jitter_ms: s.jitter_ms,
+            frames_concealed: s.frames_concealed,
+            frames_recovered_fec: s.frames_recovered_fec,
+            playout_delay_ms: s.playout_delay_ms,
+            mean_playout_delay_ms: s.mean_playout_delay_ms,
+            target_delay_ms: s.target_delay_ms,
+            rtt_ms: self.sender.rtt_ms(),
+            fec_expected_loss_pct: self.sender.expected_loss_pct(),
         }
     }
-}
 
-/// Mouth-to-ear delay our pipeline adds besides the network: one frame of
-/// capture, the jitter buffer target and Opus look-ahead.
-const PIPELINE_DELAY_MS: f64 = supervox_media::FRAME_MS as f64 + TARGET_DELAY_MS as f64 + 6.5;
-
-/// E-model MOS estimate of a call from its measured figures.
-pub fn mos(rtt_ms: f64, f: &CallFigures) -> f64 {
-    supervox_media::quality::mos_estimate(rtt_ms, PIPELINE_DELAY_MS, f.loss_pct)
+    /// E-model MOS estimate from what this side receives.
+    pub fn mos(&self, rtt_ms: f64) -> f64 {
+        self.receiver.mos(rtt_ms)
+    }
 }

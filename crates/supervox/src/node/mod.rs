@@ -3,7 +3,7 @@
 //! call media; connection and control tasks only move bytes.
 
 mod control_server;
-mod media;
+pub mod media;
 
 use crate::control::Request;
 use crate::links::{now_ms, LinkSet, NetEvent};
@@ -21,7 +21,7 @@ use supervox_core::link::LinkEvent;
 use supervox_core::media_path::MAX_DATAGRAM;
 use supervox_media::sink::SinkSpec;
 use supervox_media::source::SourceSpec;
-use supervox_proto::{CallId, Candidate, CandidateKind, Transport};
+use supervox_proto::CallId;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -47,6 +47,8 @@ pub struct NodeOptions {
     pub output: SinkSpec,
     /// UDP address for media (port 0: any).
     pub media_bind: SocketAddr,
+    /// Jitter buffer and FEC settings.
+    pub media: media::MediaConfig,
 }
 
 /// A `ctl call` waiting for its call's events.
@@ -60,8 +62,32 @@ struct Watcher {
 struct ActiveMedia {
     media: CallMedia,
     end_at_ms: Option<u64>,
-    /// Last measured round trip of the media path.
-    rtt_ms: Option<f64>,
+    /// Last measured round trip of the media path's checks.
+    path_rtt_ms: Option<f64>,
+    next_log_ms: u64,
+}
+
+impl ActiveMedia {
+    /// Round trip: receiver reports first, path checks as a fallback.
+    fn rtt_ms(&self, f: &CallFigures) -> Option<f64> {
+        f.rtt_ms.or(self.path_rtt_ms)
+    }
+}
+
+/// Live call figures are logged this often.
+const STATS_LOG_MS: u64 = 5_000;
+
+/// The figures of a call as JSON fields (for `call_ended` and `status`).
+fn figures_json(f: &CallFigures, rtt: Option<f64>, mos: Option<f64>) -> Value {
+    json!({
+        "frames_sent": f.frames_sent, "frames_received": f.frames_received,
+        "loss_pct": round2(f.loss_pct), "loss_before_fec_pct": round2(f.loss_before_fec_pct),
+        "loss_after_fec_pct": round2(f.loss_after_fec_pct), "jitter_ms": round2(f.jitter_ms),
+        "rtt_ms": rtt.map(round2), "mos": mos.map(round2),
+        "frames_concealed": f.frames_concealed, "frames_recovered_fec": f.frames_recovered_fec,
+        "playout_delay_ms": round2(f.mean_playout_delay_ms), "target_delay_ms": round2(f.target_delay_ms),
+        "fec_expected_loss_pct": f.fec_expected_loss_pct,
+    })
 }
 
 struct Node {
@@ -107,6 +133,10 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let client = Client::new(identity, cfg, host_cache, rand::random());
     let mut node =
         Node { opts, client, links, udp, data, watchers: HashMap::new(), media: HashMap::new(), fatal: None };
+    // The host candidate and probe source must be known before sign-in starts the NAT probe.
+    if let Some(first) = node.client.host_cache().entries().first().copied() {
+        node.update_candidates(first);
+    }
     let mut clock = tokio::time::interval(Duration::from_millis(supervox_media::FRAME_MS));
     let mut buf = vec![0u8; 2048];
     loop {
@@ -155,13 +185,32 @@ impl Node {
                 self.client.hangup(id, "call duration reached", now);
                 continue;
             }
-            if let Some(pkt) = m.media.next_packet() {
-                self.client.send_media(id, &pkt);
+            let pkt = m.media.next_packet();
+            let report = m.media.next_report(now);
+            for p in pkt.iter().chain(report.iter()) {
+                self.client.send_media(id, p);
             }
-            let rtt = self.client.call_rtt_ms(&id);
+            let path_rtt = self.client.call_rtt_ms(&id);
             if let Some(m) = self.media.get_mut(&id) {
                 m.media.play(now);
-                m.rtt_ms = rtt.or(m.rtt_ms);
+                m.path_rtt_ms = path_rtt.or(m.path_rtt_ms);
+                if now >= m.next_log_ms {
+                    m.next_log_ms = now + STATS_LOG_MS;
+                    let f = m.media.figures();
+                    let rtt = m.rtt_ms(&f);
+                    info!(
+                        "call {id}: received {} frames, loss {:.1}% ({:.1}% after FEC), jitter {:.1} ms, rtt {}, \
+                         playout {:.0} ms (target {:.0}), MOS {}",
+                        f.frames_received,
+                        f.loss_before_fec_pct,
+                        f.loss_after_fec_pct,
+                        f.jitter_ms,
+                        rtt.map_or("?".into(), |r| format!("{r:.0} ms")),
+                        f.playout_delay_ms,
+                        f.target_delay_ms,
+                        rtt.map_or("?".into(), |r| format!("{:.2}", m.media.mos(r))),
+                    );
+                }
             }
         }
         self.client.on_tick(now);
@@ -259,11 +308,12 @@ impl Node {
             let mut v = json!({"call_id": c.to_string(), "peer": peer, "state": phase});
             if let Some(m) = self.media.get(&c) {
                 let f = m.media.figures();
-                v["frames_sent"] = json!(f.frames_sent);
-                v["frames_received"] = json!(f.frames_received);
-                v["loss_pct"] = json!(round2(f.loss_pct));
-                v["jitter_ms"] = json!(round2(f.jitter_ms));
-                v["rtt_ms"] = json!(m.rtt_ms.map(round2));
+                let rtt = m.rtt_ms(&f);
+                if let (Value::Object(v), Value::Object(fig)) =
+                    (&mut v, figures_json(&f, rtt, rtt.map(|r| m.media.mos(r))))
+                {
+                    v.extend(fig);
+                }
             }
             Some(v)
         });
@@ -275,9 +325,13 @@ impl Node {
             "supernode": self.client.supernode().map(|s| s.to_string()),
             "host_cache": self.client.host_cache().len(),
             "media": self.udp.local_addr().ok().map(|a| a.to_string()),
-            // NAT behaviour discovery (STUN) is not implemented yet: say so
-            // rather than guess.
-            "reachability": {"udp": Value::Null, "public": Value::Null, "mapping": "unknown", "filtering": "unknown"},
+            // Until the STUN probe has finished, say "unknown" rather than guess.
+            "reachability": match self.client.reachability() {
+                Some(r) => json!({"udp": r.udp, "public": r.public, "mapping": r.mapping.as_str(),
+                                  "filtering": r.filtering.as_str(),
+                                  "mapped": r.mapped.map(|m| m.to_string())}),
+                None => json!({"udp": Value::Null, "public": Value::Null, "mapping": "unknown", "filtering": "unknown"}),
+            },
             "call": call,
         })
     }
@@ -338,10 +392,17 @@ impl Node {
                     Some(w) => (w.input.clone(), w.output.clone(), w.duration_ms),
                     None => (self.opts.input.clone(), self.opts.output.clone(), None),
                 };
-                match CallMedia::open(&input, &output) {
+                match CallMedia::open(&input, &output, self.opts.media, now) {
                     Ok(media) => {
-                        self.media
-                            .insert(call_id, ActiveMedia { media, end_at_ms: dur.map(|d| now + d), rtt_ms: None });
+                        self.media.insert(
+                            call_id,
+                            ActiveMedia {
+                                media,
+                                end_at_ms: dur.map(|d| now + d),
+                                path_rtt_ms: None,
+                                next_log_ms: now + STATS_LOG_MS,
+                            },
+                        );
                         self.notify(
                             call_id,
                             json!({"event": "call_connected", "call_id": call_id.to_string(), "peer": peer,
@@ -364,22 +425,25 @@ impl Node {
                 self.watchers.remove(&call_id);
             }
             ClientEvent::Ended { call_id, reason, duration_ms } => {
-                let (f, rtt) = match self.media.remove(&call_id) {
-                    Some(mut m) => (m.media.finish(), m.rtt_ms),
-                    None => (CallFigures::default(), None),
+                let (f, rtt, mos) = match self.media.remove(&call_id) {
+                    Some(mut m) => {
+                        let f = m.media.finish();
+                        let rtt = m.rtt_ms(&f);
+                        (f, rtt, rtt.map(|r| m.media.mos(r)))
+                    }
+                    None => (CallFigures::default(), None, None),
                 };
-                let mos = rtt.map(|r| media::mos(r, &f));
                 info!(
                     "call {call_id} ended ({reason}) after {duration_ms} ms: sent {} frames, received {}, loss {:.1}%",
                     f.frames_sent, f.frames_received, f.loss_pct
                 );
-                self.notify(
-                    call_id,
-                    json!({"event": "call_ended", "reason": reason, "duration_ms": duration_ms,
-                           "frames_sent": f.frames_sent, "frames_received": f.frames_received,
-                           "loss_pct": round2(f.loss_pct), "jitter_ms": round2(f.jitter_ms),
-                           "rtt_ms": rtt.map(round2), "mos": mos.map(round2)}),
-                );
+                self.notify(call_id, {
+                    let mut v = json!({"event": "call_ended", "reason": reason, "duration_ms": duration_ms});
+                    if let (Value::Object(v), Value::Object(fig)) = (&mut v, figures_json(&f, rtt, mos)) {
+                        v.extend(fig);
+                    }
+                    v
+                });
                 self.watchers.remove(&call_id);
             }
         }
@@ -391,27 +455,13 @@ impl Node {
         }
     }
 
-    /// Offer the media socket at the local address that routes to the
-    /// supernode (server-reflexive and relay candidates come with STUN/TURN).
+    /// Tell the client the media socket's address on the interface that
+    /// routes to the supernode (host candidate and NAT probe source).
     fn update_candidates(&mut self, supernode: SocketAddr) {
-        let Ok(port) = self.udp.local_addr().map(|a| a.port()) else {
-            return;
-        };
-        let ip = self
-            .udp
-            .local_addr()
-            .ok()
-            .map(|a| a.ip())
-            .filter(|ip| !ip.is_unspecified())
-            .or_else(|| route_ip(supernode));
+        let Ok(local) = self.udp.local_addr() else { return };
+        let ip = Some(local.ip()).filter(|ip| !ip.is_unspecified()).or_else(|| route_ip(supernode));
         if let Some(ip) = ip {
-            let c = Candidate {
-                kind: CandidateKind::Host,
-                transport: Transport::Udp,
-                addr: SocketAddr::new(ip, port),
-                priority: 126 << 24,
-            };
-            self.client.set_local_candidates(vec![c]);
+            self.client.set_media_addr(SocketAddr::new(ip, local.port()));
         }
     }
 }

@@ -1,4 +1,7 @@
-//! The supernode daemon: TCP listeners, the link actor, persistence.
+//! The supernode daemon: TCP listeners, the link actor, the UDP plane
+//! (STUN and TURN), persistence, metrics.
+
+mod udp;
 
 use crate::links::{now_ms, LinkSet, NetEvent};
 use crate::store::DataDir;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use supervox_core::link::LinkEvent;
 use supervox_core::supernode::{SnOutput, Supernode, SupernodeConfig};
 use supervox_core::ConnId;
+use supervox_turn::TurnConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -30,6 +34,14 @@ pub struct SnOptions {
     pub max_clients: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Bandwidth each relay allocation may use, kbit/s (0: unlimited).
+    pub relay_kbps: u32,
+    /// Relay allocations this supernode serves at most.
+    pub max_allocations: usize,
+    /// Shared secret for TURN credentials (TURN REST API style); random if unset.
+    pub relay_secret: Option<String>,
+    /// Relay to loopback peers (tests on one machine only).
+    pub relay_allow_loopback: bool,
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
@@ -74,6 +86,16 @@ impl BoundSupernode {
             agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
         };
         let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
+        let secret = match &self.opts.relay_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        };
+        let mut turn = TurnConfig::new("supervox", secret);
+        turn.relay_kbps = self.opts.relay_kbps;
+        turn.max_allocations = self.opts.max_allocations;
+        turn.allow_loopback_peers = self.opts.relay_allow_loopback;
+        turn.software = Some(concat!("supervox/", env!("CARGO_PKG_VERSION")).into());
+        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(&self.opts.listen, self.advertise, turn).await?;
         let (ev_tx, mut ev_rx) = mpsc::channel(4096);
         let mut links = LinkSet::new(identity, ev_tx);
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
@@ -140,14 +162,19 @@ impl BoundSupernode {
                         sn.on_dial_failed(addr, now_ms());
                     }
                 },
+                Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn).await,
                 _ = tick.tick() => {
                     sn.on_tick(now_ms());
+                    udp.set_other(sn.peer_addrs().into_iter().min());
+                    if udp.poll_timeout().is_some_and(|t| t <= now_ms()) {
+                        udp.on_timeout().await;
+                    }
                     for (conn, reason) in links.tick() {
                         info!(conn, "link failed: {reason}");
                         sn.on_closed(conn, now_ms());
                     }
                     if self.opts.metrics.is_some() {
-                        let _ = metrics_tx.send(render_metrics(&sn, links.len(), link_errors));
+                        let _ = metrics_tx.send(render_metrics(&sn, links.len(), link_errors, udp.allocations()));
                     }
                     if claims_dirty {
                         claims_dirty = false;
@@ -173,6 +200,9 @@ impl BoundSupernode {
                     SnOutput::Dial(addr) => links.dial(addr),
                     // Claims are written at the next tick, batching bursts.
                     SnOutput::ClaimsChanged => claims_dirty = true,
+                    SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
+                        udp.dial_back(supervox_stun::DialBack { transaction_id, mapped, to, padding })
+                    }
                 }
             }
         }
@@ -191,7 +221,7 @@ fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
     }
 }
 
-fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64) -> String {
+fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocations: usize) -> String {
     let st = sn.stats();
     crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
@@ -208,5 +238,6 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64) -> Strin
         ("redirects_total", "Clients redirected because full.", st.redirects),
         ("violations_total", "Connections closed for protocol violations.", st.violations),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
+        ("relay_allocations", "TURN allocations.", allocations as u64),
     ])
 }

@@ -1,0 +1,44 @@
+//! Sans-IO TURN server (RFC 8656) for supervox supernodes.
+//!
+//! The crate owns no sockets and reads no clock: the driver (the SN daemon) feeds it bytes and
+//! the current time, and carries out the [`Output`]s it polls.
+//!
+//! # Driver contract
+//!
+//! * **Client listeners** (UDP, TCP, TLS): pass every UDP datagram to
+//!   [`TurnServer::handle_client`]. For each TCP/TLS connection keep a [`TcpFramer`], push bytes
+//!   read from the stream and pass every frame it yields; close the connection on a
+//!   [`FramingError`] and call [`TurnServer::handle_client_closed`] when it closes.
+//! * **Relay sockets**: on [`Output::AllocateRelay`] bind a UDP socket on the relay IP of the
+//!   requested family (an even port if asked) and call [`TurnServer::relay_allocated`] with its
+//!   address or a [`RelayError`]. Pass every datagram received on it to
+//!   [`TurnServer::handle_peer`]. Close it on [`Output::ReleaseRelay`].
+//! * **Outputs**: after every input call, drain [`TurnServer::poll_output`]; send
+//!   [`Output::ToClient`] on the listener/connection of that 5-tuple and [`Output::ToPeer`] from
+//!   the relay socket bound to `relay_addr`.
+//! * **Time**: call [`TurnServer::handle_timeout`] at [`TurnServer::poll_timeout`]. `now_ms` is
+//!   milliseconds since the Unix epoch (credential expiry is checked against it).
+//!
+//! # Credentials
+//!
+//! Only clients signed in to the SN network get allocations: the SN mints short-lived
+//! credentials with [`mint_credentials`] ("TURN REST API" style; coturn's `use-auth-secret`
+//! accepts the same), and the server checks them against the shared secret.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod allocation;
+pub mod auth;
+mod builder;
+pub mod codec;
+mod handlers;
+mod server;
+pub mod tcp_framing;
+
+pub use auth::{mint_credentials, parse_username, RestUsername};
+pub use server::{AddressFamily, FiveTuple, Output, RelayError, RelayToken, Stats, Transport, TurnConfig, TurnServer};
+pub use tcp_framing::{FramingError, TcpFramer};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! The supernode's UDP plane against coturn's reference clients: STUN Binding
+//! (RFC 8489 / RFC 5780 with a peer supernode's dial-back) and a TURN relay
+//! run by `turnutils_uclient`. Fails, never skips, when coturn's tools are
+//! missing (`scripts/setup` installs the `coturn` package).
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap();
+    assert!(found.status.success(), "{name} is missing: apt-get install -y coturn (scripts/setup does it)");
+    Command::new(name)
+}
+
+/// Run a command with a deadline; returns (success, stdout+stderr).
+fn run(mut cmd: Command, within: Duration) -> (bool, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            return (st.success(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            return (false, format!("timed out\n{}", String::from_utf8_lossy(&out.stdout)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn coturn_stun_client_gets_its_reflexive_address_and_rfc5780_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let sn1 = start_sn(root.path(), "sn1", &[]);
+    // The peer that answers "change IP" requests sits on another loopback IP.
+    let peer_addr: std::net::SocketAddr = format!("127.0.0.2:{}", free_addr().port()).parse().unwrap();
+    let _sn2 = start_sn_at(root.path(), "sn2", peer_addr, &[sn1.addr]);
+    std::thread::sleep(Duration::from_millis(700)); // the supernode link and OTHER-ADDRESS
+    let mut c = tool("turnutils_stunclient");
+    c.args(["-p", &sn1.addr.port().to_string(), "127.0.0.1"]);
+    let (ok, out) = run(c, Duration::from_secs(20));
+    assert!(ok, "{out}");
+    assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
+    // RFC 5780 mode: change-IP requests are answered by the peer supernode.
+    let mut c = tool("turnutils_stunclient");
+    c.args(["-f", "-p", &sn1.addr.port().to_string(), "127.0.0.1"]);
+    let (ok, out) = run(c, Duration::from_secs(20));
+    assert!(ok, "{out}");
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+}
+
+#[test]
+fn coturn_turn_client_completes_a_relay_run_through_a_supernode() {
+    let root = tempfile::tempdir().unwrap();
+    let metrics = free_addr();
+    let sn = start_sn_with(
+        root.path(),
+        "sn",
+        free_addr(),
+        &[],
+        &["--relay-secret", "s3cret", "--relay-allow-loopback", "--relay-kbps", "0", "--metrics", &metrics.to_string()],
+    );
+    let port = sn.addr.port().to_string();
+    // -W: uclient mints TURN REST credentials with the shared secret, as our clients' would be.
+    for mode in [&["-c"][..], &["-c", "-s"][..]] {
+        let mut c = tool("turnutils_uclient");
+        c.args(["-y", "-W", "s3cret", "-u", "00aa11bb", "-p", &port, "-n", "50", "-m", "2", "-l", "120"])
+            .args(["-e", "127.0.0.1"])
+            .args(mode)
+            .arg("127.0.0.1");
+        let (ok, out) = run(c, Duration::from_secs(30));
+        assert!(ok, "uclient {mode:?} failed:\n{out}");
+        assert!(out.contains("Total lost packets 0"), "uclient {mode:?} lost packets:\n{out}");
+        assert!(out.contains("tot_recv_msgs=100"), "uclient {mode:?}:\n{out}");
+    }
+    // A wrong secret is refused.
+    let mut c = tool("turnutils_uclient");
+    c.args(["-y", "-c", "-W", "wrong", "-u", "00aa11bb", "-p", &port, "-n", "5", "-m", "1", "-l", "120"]).args([
+        "-e",
+        "127.0.0.1",
+        "127.0.0.1",
+    ]);
+    let (ok, out) = run(c, Duration::from_secs(30));
+    assert!(!ok || !out.contains("tot_recv_msgs=5"), "a wrong secret relayed data:\n{out}");
+    let _ = metric(metrics, "relay_allocations");
+}
+
+#[test]
+fn a_node_on_a_public_address_reports_open_reachability() {
+    let root = tempfile::tempdir().unwrap();
+    let sn1 = start_sn(root.path(), "sn1", &[]);
+    let sn2_addr: std::net::SocketAddr = format!("127.0.0.2:{}", free_addr().port()).parse().unwrap();
+    let _sn2 = start_sn_at(root.path(), "sn2", sn2_addr, &[sn1.addr]);
+    std::thread::sleep(Duration::from_millis(700));
+    let node = start_node(root.path(), "alice", &[sn1.addr], &[]);
+    wait_signed_in(&node, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let s = status(&node).unwrap();
+        if s["reachability"]["mapping"] != "unknown" {
+            break s["reachability"].clone();
+        }
+        assert!(Instant::now() < deadline, "no reachability after 10 s: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r["udp"], true, "{r}");
+    assert_eq!(r["public"], true, "{r}");
+    assert_eq!(r["mapping"], "endpoint-independent", "{r}");
+    assert_eq!(r["filtering"], "endpoint-independent", "{r}");
+}
