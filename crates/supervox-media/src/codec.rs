@@ -21,7 +21,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Creates an encoder: VOIP application, voice signal, ~28 kb/s VBR, in-band FEC on,
+    /// Creates an encoder: VOIP application, voice signal, ~32 kb/s VBR, in-band FEC on,
     /// expected loss [`DEFAULT_EXPECTED_LOSS_PCT`] %.
     pub fn new() -> Result<Self, MediaError> {
         let mut inner = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)

@@ -95,7 +95,9 @@ impl BoundSupernode {
         turn.max_allocations = self.opts.max_allocations;
         turn.allow_loopback_peers = self.opts.relay_allow_loopback;
         turn.software = Some(concat!("supervox/", env!("CARGO_PKG_VERSION")).into());
-        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(&self.opts.listen, self.advertise, turn).await?;
+        // UDP on exactly the TCP ports (a `--listen IP:0` picked its TCP port already).
+        let tcp_addrs = self.listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
+        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(&tcp_addrs, self.advertise, turn).await?;
         let (ev_tx, mut ev_rx) = mpsc::channel(4096);
         let mut links = LinkSet::new(identity, ev_tx);
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
