@@ -30,6 +30,19 @@ pub const PRESENCE_REFRESH_MS: u64 = 60_000;
 /// Pause between tries of different host cache entries.
 const NEXT_ENTRY_DELAY_MS: u64 = 50;
 
+/// TURN credentials our supernode gave us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayCredentials {
+    /// TURN username.
+    pub username: String,
+    /// TURN password.
+    pub password: String,
+    /// Expiry, unix ms.
+    pub expires_ms: u64,
+    /// TURN servers (UDP).
+    pub relays: Vec<SocketAddr>,
+}
+
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -156,6 +169,7 @@ pub struct Client {
     media_addr: Option<SocketAddr>,
     probe: Option<supervox_stun::NatProbe>,
     reach: Option<supervox_stun::Reachability>,
+    relay: Option<RelayCredentials>,
     next_req: u64,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
@@ -179,6 +193,7 @@ impl Client {
             media_addr: None,
             probe: None,
             reach: None,
+            relay: None,
             next_req: 1,
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
@@ -208,6 +223,11 @@ impl Client {
     /// The host cache (for persistence and status).
     pub fn host_cache(&self) -> &HostCache {
         &self.host_cache
+    }
+
+    /// Relay credentials from our supernode, if it gave any.
+    pub fn relay_credentials(&self) -> Option<&RelayCredentials> {
+        self.relay.as_ref()
     }
 
     /// The supernode we are signed in to, if any.
@@ -405,6 +425,9 @@ impl Client {
             Message::Signal(env) => self.on_signal(env, now_ms),
             Message::SignalFailed { call_id, reason } => self.fail_call(call_id, &reason, now_ms, false),
             Message::Error { reason } => warn!("supernode says: {reason}"),
+            Message::RelayCredentials { username, password, expires_ms, relays } => {
+                self.relay = Some(RelayCredentials { username, password, expires_ms, relays });
+            }
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),
         }
     }

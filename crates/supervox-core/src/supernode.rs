@@ -139,6 +139,8 @@ pub struct Supernode {
     stats: SnStats,
     /// Dial-backs make us send a datagram to an address a peer names: bounded.
     dial_backs: RateLimit,
+    /// TURN secret and credential lifetime (s), when this supernode relays.
+    relay: Option<(Vec<u8>, u64)>,
 }
 
 impl Supernode {
@@ -165,6 +167,7 @@ impl Supernode {
             rng: StdRng::seed_from_u64(rng_seed),
             stats: SnStats::default(),
             dial_backs: RateLimit::new(DIAL_BACKS_PER_SEC),
+            relay: None,
         };
         for s in sn.cfg.seeds.clone() {
             sn.learn(s, now_ms);
@@ -199,6 +202,12 @@ impl Supernode {
             }
             None => false,
         }
+    }
+
+    /// Hand every signed-in client TURN credentials for our relay, minted
+    /// with `secret` and valid for `ttl_secs` (renewed with each presence).
+    pub fn enable_relay_credentials(&mut self, secret: Vec<u8>, ttl_secs: u64) {
+        self.relay = Some((secret, ttl_secs));
     }
 
     /// Our advertised address.
@@ -387,11 +396,18 @@ impl Supernode {
                     let home = self.cfg.advertise;
                     self.directory.publish(presence, home, now_ms).map_err(|e| e.to_string())
                 };
+                let ok = result.is_ok();
                 if let Err(e) = &result {
                     self.stats.presence_refused += 1;
                     warn!(conn, "presence refused: {e}");
                 }
                 self.send(conn, Message::PublishResult { result });
+                if let (true, Some((secret, ttl))) = (ok, &self.relay) {
+                    let (username, password) = supervox_turn::mint_credentials(secret, &user.0, now_ms / 1000, *ttl);
+                    let expires_ms = (now_ms / 1000 + ttl) * 1000;
+                    let relays = vec![self.cfg.advertise];
+                    self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays });
+                }
             }
             Message::Lookup { req_id, name } => self.client_lookup(conn, req_id, name, now_ms),
             Message::Signal(env) => {
@@ -593,6 +609,7 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::Replicate { .. } => "Replicate",
         Message::Error { .. } => "Error",
         Message::StunDialBack { .. } => "StunDialBack",
+        Message::RelayCredentials { .. } => "RelayCredentials",
     }
 }
 

@@ -266,6 +266,18 @@ pub enum Message {
         /// PADDING the client asked for (RFC 5780), echoed at that size.
         padding: u16,
     },
+    /// SN → client: short-lived TURN credentials for this supernode's relay
+    /// (TURN REST API style), given only to signed-in clients.
+    RelayCredentials {
+        /// TURN username (`<expiry-unix-secs>:<user-id-hex>`).
+        username: String,
+        /// TURN password (base64 HMAC of the username under the relay secret).
+        password: String,
+        /// When they stop working (unix ms).
+        expires_ms: u64,
+        /// TURN servers they are good for (UDP).
+        relays: Vec<SocketAddr>,
+    },
 }
 
 /// Why bytes did not decode into a [`Message`].

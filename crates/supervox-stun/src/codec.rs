@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
+use sha2::Sha256;
 
 use crate::StunError;
 
@@ -17,7 +18,10 @@ pub const MAGIC_COOKIE: u32 = 0x2112_A442;
 /// Size of the STUN message header in bytes.
 pub const HEADER_LEN: usize = 20;
 /// XOR constant of the FINGERPRINT attribute (RFC 8489 §14.7).
-const FINGERPRINT_XOR: u32 = 0x5354_554E;
+pub const FINGERPRINT_XOR: u32 = 0x5354_554E;
+/// A sane bound on the number of attributes a parser indexes per message (used by parsers
+/// that keep an attribute index, e.g. the TURN server's; [`Message::parse`] has none).
+pub const MAX_ATTRIBUTES: usize = 48;
 /// The 96-bit transaction ID of RFC 8489.
 pub type TransactionId = [u8; 12];
 
@@ -102,7 +106,7 @@ impl Class {
 }
 
 /// Splits a 14-bit message type into class and method.
-fn split_type(t: u16) -> (Class, u16) {
+pub fn split_type(t: u16) -> (Class, u16) {
     let class = match t & 0x0110 {
         0x000 => Class::Request,
         0x010 => Class::Indication,
@@ -114,7 +118,7 @@ fn split_type(t: u16) -> (Class, u16) {
 }
 
 /// Joins class and 12-bit method into the message type field.
-fn join_type(class: Class, method: u16) -> u16 {
+pub fn join_type(class: Class, method: u16) -> u16 {
     let m = method & 0x0FFF;
     (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | class.bits()
 }
@@ -151,7 +155,7 @@ pub fn is_stun(bytes: &[u8]) -> bool {
 }
 
 /// Class, method and transaction ID of anything that passes [`is_stun`].
-pub(crate) fn peek_header(bytes: &[u8]) -> Option<(Class, u16, TransactionId)> {
+pub fn peek_header(bytes: &[u8]) -> Option<(Class, u16, TransactionId)> {
     if !is_stun(bytes) {
         return None;
     }
@@ -159,6 +163,66 @@ pub(crate) fn peek_header(bytes: &[u8]) -> Option<(Class, u16, TransactionId)> {
     let mut tid = [0u8; 12];
     tid.copy_from_slice(bytes.get(8..HEADER_LEN)?);
     Some((class, method, tid))
+}
+
+/// Like [`peek_header`], but also requires the length field to be 32-bit aligned and to
+/// match `bytes` exactly (one whole message).
+pub fn parse_header(bytes: &[u8]) -> Option<(Class, u16, TransactionId)> {
+    let header = peek_header(bytes)?;
+    let len = usize::from(be16(bytes, 2)?);
+    (len % 4 == 0 && HEADER_LEN + len == bytes.len()).then_some(header)
+}
+
+/// Position of one attribute inside a raw message (see [`raw_attributes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawAttribute {
+    /// The attribute type.
+    pub kind: u16,
+    /// Offset of the attribute header (type and length) in the message.
+    pub offset: usize,
+    /// Length of the value, without padding; the value starts at `offset + 4`.
+    pub len: usize,
+}
+
+impl RawAttribute {
+    /// Offset of the value.
+    pub fn start(&self) -> usize {
+        self.offset + 4
+    }
+
+    /// Offset just past the padded value (where the next attribute starts).
+    pub fn end(&self) -> usize {
+        self.offset + 4 + padded(self.len)
+    }
+
+    /// The unpadded value inside `raw`.
+    pub fn value<'a>(&self, raw: &'a [u8]) -> &'a [u8] {
+        raw.get(self.start()..self.start() + self.len).unwrap_or(&[])
+    }
+}
+
+/// Walks the attribute TLVs of a whole message `bytes` (header included, length already
+/// checked, e.g. by [`parse_header`]). Yields `Err(())` once, and then stops, for an
+/// attribute whose header or padded value runs past the end.
+pub fn raw_attributes(bytes: &[u8]) -> impl Iterator<Item = Result<RawAttribute, ()>> + '_ {
+    let mut at = HEADER_LEN;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || at >= bytes.len() {
+            return None;
+        }
+        let (Some(kind), Some(len)) = (be16(bytes, at), be16(bytes, at + 2)) else {
+            failed = true;
+            return Some(Err(()));
+        };
+        let a = RawAttribute { kind, offset: at, len: usize::from(len) };
+        if a.end() > bytes.len() {
+            failed = true;
+            return Some(Err(()));
+        }
+        at = a.end();
+        Some(Ok(a))
+    })
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -174,7 +238,7 @@ fn padded(len: usize) -> usize {
 }
 
 /// CRC-32 (ISO-HDLC, as in RFC 8489 §14.7) of the concatenated parts.
-fn crc32(parts: &[&[u8]]) -> u32 {
+pub fn crc32(parts: &[&[u8]]) -> u32 {
     const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
     let mut d = CRC.digest();
     for p in parts {
@@ -201,6 +265,84 @@ fn header_with_len(bytes: &[u8], len: usize) -> [u8; HEADER_LEN] {
     h.copy_from_slice(&bytes[..HEADER_LEN]);
     h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     h
+}
+
+/// The first two header bytes and a length field saying the message ends `attr_total` bytes
+/// after `end`: the prefix that FINGERPRINT and MESSAGE-INTEGRITY(-SHA256) are computed over.
+fn adjusted_len(end: usize, attr_total: usize) -> [u8; 2] {
+    u16::try_from(end + attr_total - HEADER_LEN).unwrap_or(u16::MAX).to_be_bytes()
+}
+
+/// The FINGERPRINT value (CRC-32 XOR [`FINGERPRINT_XOR`]) for an attribute placed at offset
+/// `end` of the message `raw` (header included), i.e. over `raw[..end]` with the length
+/// field adjusted (RFC 8489 §14.7).
+pub fn fingerprint_value(raw: &[u8], end: usize) -> u32 {
+    crc32(&[&raw[0..2], &adjusted_len(end, 8), &raw[4..end]]) ^ FINGERPRINT_XOR
+}
+
+/// Message-integrity algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntegrityKind {
+    /// MESSAGE-INTEGRITY (HMAC-SHA1).
+    Sha1,
+    /// MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256).
+    Sha256,
+}
+
+impl IntegrityKind {
+    /// The attribute type carrying this MAC.
+    pub fn attribute(self) -> u16 {
+        match self {
+            IntegrityKind::Sha1 => attr::MESSAGE_INTEGRITY,
+            IntegrityKind::Sha256 => attr::MESSAGE_INTEGRITY_SHA256,
+        }
+    }
+
+    /// The full MAC length in bytes.
+    pub fn mac_len(self) -> usize {
+        match self {
+            IntegrityKind::Sha1 => 20,
+            IntegrityKind::Sha256 => 32,
+        }
+    }
+}
+
+/// The HMAC of `raw[..end]` (header included) with the length field adjusted so the message
+/// ends right after an integrity attribute of `attr_total` bytes placed at `end`
+/// (RFC 8489 §14.5, §14.6). Untruncated.
+pub fn integrity_mac(kind: IntegrityKind, key: &[u8], raw: &[u8], end: usize, attr_total: usize) -> Vec<u8> {
+    let len = adjusted_len(end, attr_total);
+    let parts: [&[u8]; 3] = [&raw[0..2], &len, &raw[4..end]];
+    match kind {
+        IntegrityKind::Sha1 => hmac_sha1(key, &parts).to_vec(),
+        IntegrityKind::Sha256 => {
+            let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else { return vec![0; 32] };
+            for p in parts {
+                mac.update(p);
+            }
+            mac.finalize().into_bytes().to_vec()
+        }
+    }
+}
+
+/// Checks the integrity attribute of type `kind` whose header is at offset `off` of `raw`
+/// with `key`. A MESSAGE-INTEGRITY-SHA256 may be truncated (to 16..=32 bytes); the MAC is
+/// compared in constant time. False if the attribute does not fit `raw`.
+pub fn verify_integrity_at(kind: IntegrityKind, key: &[u8], raw: &[u8], off: usize) -> bool {
+    let Some(len) = be16(raw, off + 2).map(usize::from) else { return false };
+    let Some(got) = raw.get(off + 4..off + 4 + len) else { return false };
+    if len == 0 || len > kind.mac_len() {
+        return false;
+    }
+    let want = integrity_mac(kind, key, raw, off, 4 + len);
+    got.iter().zip(want.iter()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+/// The ERROR-CODE value for `code` (300..=699) and a reason phrase (RFC 8489 §14.8).
+pub fn encode_error_code(code: u16, reason: &str) -> Vec<u8> {
+    let mut v = vec![0, 0, ((code / 100) & 0x7) as u8, (code % 100) as u8];
+    v.extend_from_slice(reason.as_bytes());
+    v
 }
 
 /// The short-term credential key (RFC 8489 §9.1.1): the password itself.
@@ -302,9 +444,7 @@ impl Message {
 
     /// Appends ERROR-CODE with `code` (300..=699) and a reason phrase.
     pub fn add_error_code(&mut self, code: u16, reason: &str) -> &mut Self {
-        let mut v = vec![0, 0, ((code / 100) & 0x7) as u8, (code % 100) as u8];
-        v.extend_from_slice(reason.as_bytes());
-        self.add(attr::ERROR_CODE, v)
+        self.add(attr::ERROR_CODE, encode_error_code(code, reason))
     }
 
     /// Decodes the address in the first attribute of type `kind`, XOR-ed if `xor`.

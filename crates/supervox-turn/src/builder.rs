@@ -2,14 +2,9 @@
 
 use std::net::SocketAddr;
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-use sha2::Sha256;
+use supervox_stun::codec as stun;
 
-use crate::codec::{
-    attr, crc32_with_length, encode_xor_address, feed_with_length, message_type, Class, IntegrityKind, HEADER_LEN,
-    MAGIC_COOKIE,
-};
+use crate::codec::{attr, encode_xor_address, message_type, Class, IntegrityKind, HEADER_LEN, MAGIC_COOKIE};
 
 /// Incrementally builds an outgoing STUN message.
 #[derive(Debug, Clone)]
@@ -59,10 +54,7 @@ impl MessageBuilder {
 
     /// Append ERROR-CODE with the standard reason phrase.
     pub fn error(&mut self, code: u16) -> &mut Self {
-        let reason = reason_phrase(code);
-        let mut v = Vec::with_capacity(4 + reason.len());
-        v.extend_from_slice(&[0, 0, (code / 100) as u8 & 0x07, (code % 100) as u8]);
-        v.extend_from_slice(reason.as_bytes());
+        let v = stun::encode_error_code(code, reason_phrase(code));
         self.attr(attr::ERROR_CODE, &v)
     }
 
@@ -75,29 +67,14 @@ impl MessageBuilder {
     /// Append MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 computed with `key`.
     pub fn integrity(&mut self, kind: IntegrityKind, key: &[u8]) -> &mut Self {
         let end = self.buf.len();
-        match kind {
-            IntegrityKind::Sha1 => {
-                if let Ok(mut h) = Hmac::<Sha1>::new_from_slice(key) {
-                    feed_with_length(&mut h, &self.buf, end, 24);
-                    let mac = h.finalize().into_bytes();
-                    self.attr(attr::MESSAGE_INTEGRITY, &mac);
-                }
-            }
-            IntegrityKind::Sha256 => {
-                if let Ok(mut h) = Hmac::<Sha256>::new_from_slice(key) {
-                    feed_with_length(&mut h, &self.buf, end, 36);
-                    let mac = h.finalize().into_bytes();
-                    self.attr(attr::MESSAGE_INTEGRITY_SHA256, &mac);
-                }
-            }
-        }
-        self
+        let mac = stun::integrity_mac(kind, key, &self.buf, end, 4 + kind.mac_len());
+        self.attr(kind.attribute(), &mac)
     }
 
     /// Append FINGERPRINT.
     pub fn fingerprint(&mut self) -> &mut Self {
         let end = self.buf.len();
-        let v = crc32_with_length(&self.buf, end) ^ 0x5354_554E;
+        let v = stun::fingerprint_value(&self.buf, end);
         self.attr_u32(attr::FINGERPRINT, v)
     }
 

@@ -1,29 +1,25 @@
-//! Strict STUN (RFC 8489) / TURN (RFC 8656) message codec and ChannelData framing.
+//! TURN (RFC 8656) on top of the `supervox-stun` codec: TURN methods and attributes, a
+//! borrowed strict message view with the server's error classification, and ChannelData.
 //!
+//! Everything generic to STUN (header, attribute TLVs, (XOR-)addresses, FINGERPRINT,
+//! MESSAGE-INTEGRITY(-SHA256), ERROR-CODE) comes from [`supervox_stun::codec`].
 //! Parsing never panics and never allocates more than a small, bounded attribute index;
 //! every length is checked against the input before it is used.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-use sha2::Sha256;
+use supervox_stun::codec as stun;
 
 pub use crate::builder::{reason_phrase, MessageBuilder};
+pub use stun::{Class, IntegrityKind, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES};
 
-/// The STUN magic cookie (RFC 8489 §5).
-pub const MAGIC_COOKIE: u32 = 0x2112_A442;
-/// Size of the fixed STUN header.
-pub const HEADER_LEN: usize = 20;
 /// Size of the ChannelData header.
 pub const CHANNEL_HEADER_LEN: usize = 4;
-/// Maximum number of attributes indexed per message; more is treated as malformed.
-pub const MAX_ATTRIBUTES: usize = 48;
 
 /// STUN/TURN methods used by the server.
 pub mod method {
     /// Binding (RFC 8489).
-    pub const BINDING: u16 = 0x001;
+    pub const BINDING: u16 = supervox_stun::codec::METHOD_BINDING;
     /// Allocate (RFC 8656).
     pub const ALLOCATE: u16 = 0x003;
     /// Refresh.
@@ -38,18 +34,14 @@ pub mod method {
     pub const CHANNEL_BIND: u16 = 0x009;
 }
 
-/// Attribute types understood by the server.
+/// Attribute types understood by the server: the generic STUN ones from
+/// [`supervox_stun::codec::attr`] plus the TURN ones.
 pub mod attr {
-    /// MAPPED-ADDRESS.
-    pub const MAPPED_ADDRESS: u16 = 0x0001;
-    /// USERNAME.
-    pub const USERNAME: u16 = 0x0006;
-    /// MESSAGE-INTEGRITY (HMAC-SHA1).
-    pub const MESSAGE_INTEGRITY: u16 = 0x0008;
-    /// ERROR-CODE.
-    pub const ERROR_CODE: u16 = 0x0009;
-    /// UNKNOWN-ATTRIBUTES.
-    pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+    pub use supervox_stun::codec::attr::{
+        ERROR_CODE, FINGERPRINT, MAPPED_ADDRESS, MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, NONCE, REALM, SOFTWARE,
+        UNKNOWN_ATTRIBUTES, USERNAME, XOR_MAPPED_ADDRESS,
+    };
+
     /// CHANNEL-NUMBER.
     pub const CHANNEL_NUMBER: u16 = 0x000C;
     /// LIFETIME.
@@ -58,10 +50,6 @@ pub mod attr {
     pub const XOR_PEER_ADDRESS: u16 = 0x0012;
     /// DATA.
     pub const DATA: u16 = 0x0013;
-    /// REALM.
-    pub const REALM: u16 = 0x0014;
-    /// NONCE.
-    pub const NONCE: u16 = 0x0015;
     /// XOR-RELAYED-ADDRESS.
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
     /// REQUESTED-ADDRESS-FAMILY.
@@ -70,16 +58,8 @@ pub mod attr {
     pub const EVEN_PORT: u16 = 0x0018;
     /// REQUESTED-TRANSPORT.
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
-    /// MESSAGE-INTEGRITY-SHA256.
-    pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
-    /// XOR-MAPPED-ADDRESS.
-    pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     /// RESERVATION-TOKEN.
     pub const RESERVATION_TOKEN: u16 = 0x0022;
-    /// SOFTWARE.
-    pub const SOFTWARE: u16 = 0x8022;
-    /// FINGERPRINT.
-    pub const FINGERPRINT: u16 = 0x8028;
 
     /// Comprehension-required attributes this server understands. Any other attribute in
     /// 0x0000..=0x7FFF in a request yields 420 (Unknown Attribute). DONT-FRAGMENT (0x001A) is
@@ -106,46 +86,9 @@ pub mod attr {
     ];
 }
 
-/// The class of a STUN message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Request.
-    Request,
-    /// Indication.
-    Indication,
-    /// Success response.
-    Success,
-    /// Error response.
-    Error,
-}
-
-impl Class {
-    fn bits(self) -> u16 {
-        match self {
-            Class::Request => 0b00,
-            Class::Indication => 0b01,
-            Class::Success => 0b10,
-            Class::Error => 0b11,
-        }
-    }
-}
-
 /// Encode method + class into the 14-bit STUN message type.
 pub fn message_type(method: u16, class: Class) -> u16 {
-    let m = method & 0x0FFF;
-    let c = class.bits();
-    (m & 0x000F) | ((c & 0b01) << 4) | ((m & 0x0070) << 1) | ((c & 0b10) << 7) | ((m & 0x0F80) << 2)
-}
-
-fn split_type(t: u16) -> (u16, Class) {
-    let method = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80);
-    let class = match ((t >> 4) & 0b01) | ((t >> 7) & 0b10) {
-        0b00 => Class::Request,
-        0b01 => Class::Indication,
-        0b10 => Class::Success,
-        _ => Class::Error,
-    };
-    (method, class)
+    stun::join_type(class, method)
 }
 
 /// What kind of packet the first bytes of a datagram or frame announce (RFC 8656 §12).
@@ -204,19 +147,7 @@ pub struct Message<'a> {
 
 /// Parse just enough of the header to answer a malformed request: method, class, transaction id.
 pub fn parse_header(bytes: &[u8]) -> Option<(u16, Class, [u8; 12])> {
-    let head: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
-    let t = u16::from_be_bytes([head[0], head[1]]);
-    if t & 0xC000 != 0 || u32::from_be_bytes([head[4], head[5], head[6], head[7]]) != MAGIC_COOKIE {
-        return None;
-    }
-    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-    if len % 4 != 0 || HEADER_LEN + len != bytes.len() {
-        return None;
-    }
-    let (method, class) = split_type(t);
-    let mut tid = [0u8; 12];
-    tid.copy_from_slice(&head[8..20]);
-    Some((method, class, tid))
+    stun::parse_header(bytes).map(|(class, method, tid)| (method, class, tid))
 }
 
 impl<'a> Message<'a> {
@@ -232,29 +163,21 @@ impl<'a> Message<'a> {
             integrity: None,
             integrity_sha256: None,
         };
-        let mut off = HEADER_LEN;
         let mut fingerprint_seen = false;
-        while off < bytes.len() {
-            let hdr = bytes.get(off..off + 4).ok_or(ParseError::Malformed)?;
-            let typ = u16::from_be_bytes([hdr[0], hdr[1]]);
-            let len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
-            let start = off + 4;
-            let padded = len.div_ceil(4) * 4;
-            if start + padded > bytes.len() {
-                return Err(ParseError::Malformed);
-            }
+        for a in stun::raw_attributes(bytes) {
+            let a = a.map_err(|()| ParseError::Malformed)?;
             if fingerprint_seen {
                 // Nothing may follow FINGERPRINT.
                 return Err(ParseError::Malformed);
             }
-            match typ {
+            let (off, len) = (a.offset, a.len);
+            match a.kind {
                 attr::FINGERPRINT => {
-                    let v = &bytes[start..start + len];
+                    let v = a.value(bytes);
                     if len != 4 {
                         return Err(ParseError::NotStun);
                     }
-                    let expected = crc32_with_length(bytes, off) ^ 0x5354_554E;
-                    if u32::from_be_bytes([v[0], v[1], v[2], v[3]]) != expected {
+                    if u32::from_be_bytes([v[0], v[1], v[2], v[3]]) != stun::fingerprint_value(bytes, off) {
                         return Err(ParseError::NotStun);
                     }
                     fingerprint_seen = true;
@@ -278,10 +201,9 @@ impl<'a> Message<'a> {
                     if msg.attrs.len() >= MAX_ATTRIBUTES {
                         return Err(ParseError::Malformed);
                     }
-                    msg.attrs.push(RawAttr { typ, start, len });
+                    msg.attrs.push(RawAttr { typ: a.kind, start: a.start(), len });
                 }
             }
-            off = start + padded;
         }
         Ok(msg)
     }
@@ -330,140 +252,23 @@ impl<'a> Message<'a> {
         if !self.has_integrity() {
             return false;
         }
-        if let Some(off) = self.integrity {
-            let Some(mac) = self.raw.get(off + 4..off + 24) else { return false };
-            let Ok(mut h) = Hmac::<Sha1>::new_from_slice(key) else { return false };
-            feed_with_length(&mut h, self.raw, off, 24);
-            if h.verify_slice(mac).is_err() {
-                return false;
-            }
-        }
-        if let Some(off) = self.integrity_sha256 {
-            let Some(lenb) = self.raw.get(off + 2..off + 4) else { return false };
-            let len = usize::from(u16::from_be_bytes([lenb[0], lenb[1]]));
-            let Some(mac) = self.raw.get(off + 4..off + 4 + len) else { return false };
-            let Ok(mut h) = Hmac::<Sha256>::new_from_slice(key) else { return false };
-            feed_with_length(&mut h, self.raw, off, 4 + len);
-            if h.verify_truncated_left(mac).is_err() {
-                return false;
-            }
-        }
-        true
+        let sha1_ok =
+            self.integrity.is_none_or(|off| stun::verify_integrity_at(IntegrityKind::Sha1, key, self.raw, off));
+        sha1_ok
+            && self
+                .integrity_sha256
+                .is_none_or(|off| stun::verify_integrity_at(IntegrityKind::Sha256, key, self.raw, off))
     }
-}
-
-/// Feed `raw[..end]` into a MAC with the header length field rewritten so the message appears to
-/// end right after an attribute of `attr_total` bytes starting at `end` (RFC 8489 §14.5).
-pub(crate) fn feed_with_length<M: Mac>(h: &mut M, raw: &[u8], end: usize, attr_total: usize) {
-    let adj = u16::try_from(end + attr_total - HEADER_LEN).unwrap_or(u16::MAX);
-    h.update(&raw[0..2]);
-    h.update(&adj.to_be_bytes());
-    h.update(&raw[4..end]);
-}
-
-/// CRC-32 of `raw[..end]` with the length field adjusted to include an 8-byte FINGERPRINT.
-pub(crate) fn crc32_with_length(raw: &[u8], end: usize) -> u32 {
-    let adj = u16::try_from(end + 8 - HEADER_LEN).unwrap_or(u16::MAX);
-    let mut c = Crc32::new();
-    c.update(&raw[0..2]);
-    c.update(&adj.to_be_bytes());
-    c.update(&raw[4..end]);
-    c.finish()
-}
-
-/// Minimal table-driven CRC-32 (IEEE 802.3), as used by FINGERPRINT.
-struct Crc32(u32);
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-impl Crc32 {
-    fn new() -> Self {
-        Crc32(0xFFFF_FFFF)
-    }
-    fn update(&mut self, data: &[u8]) {
-        for &b in data {
-            self.0 = CRC_TABLE[((self.0 ^ u32::from(b)) & 0xFF) as usize] ^ (self.0 >> 8);
-        }
-    }
-    fn finish(&self) -> u32 {
-        self.0 ^ 0xFFFF_FFFF
-    }
-}
-
-/// Message-integrity algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntegrityKind {
-    /// MESSAGE-INTEGRITY (HMAC-SHA1).
-    Sha1,
-    /// MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256).
-    Sha256,
 }
 
 /// Decode an (XOR-)address attribute value. `xor` selects XOR-MAPPED/PEER/RELAYED semantics.
 pub fn decode_address(value: &[u8], xor: bool, tid: &[u8; 12]) -> Option<SocketAddr> {
-    let family = *value.get(1)?;
-    let mut port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]);
-    if xor {
-        port ^= (MAGIC_COOKIE >> 16) as u16;
-    }
-    let mut mask = [0u8; 16];
-    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    mask[4..].copy_from_slice(tid);
-    match (family, value.len()) {
-        (0x01, 8) => {
-            let mut ip = [0u8; 4];
-            ip.copy_from_slice(&value[4..8]);
-            if xor {
-                ip.iter_mut().zip(mask.iter()).for_each(|(b, m)| *b ^= m);
-            }
-            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
-        }
-        (0x02, 20) => {
-            let mut ip = [0u8; 16];
-            ip.copy_from_slice(&value[4..20]);
-            if xor {
-                ip.iter_mut().zip(mask.iter()).for_each(|(b, m)| *b ^= m);
-            }
-            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
-        }
-        _ => None,
-    }
+    stun::decode_address(value, xor.then_some(tid)).ok()
 }
 
 /// Encode an XOR-address attribute value.
 pub fn encode_xor_address(addr: SocketAddr, tid: &[u8; 12]) -> Vec<u8> {
-    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    let mut mask = [0u8; 16];
-    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    mask[4..].copy_from_slice(tid);
-    let mut v = Vec::with_capacity(20);
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            v.extend_from_slice(&[0, 0x01]);
-            v.extend_from_slice(&port.to_be_bytes());
-            v.extend(ip.octets().iter().zip(mask.iter()).map(|(b, m)| b ^ m));
-        }
-        IpAddr::V6(ip) => {
-            v.extend_from_slice(&[0, 0x02]);
-            v.extend_from_slice(&port.to_be_bytes());
-            v.extend(ip.octets().iter().zip(mask.iter()).map(|(b, m)| b ^ m));
-        }
-    }
-    v
+    stun::encode_address(addr, Some(tid))
 }
 
 /// A parsed ChannelData message (RFC 8656 §12.4).
@@ -521,7 +326,8 @@ mod tests {
     fn type_roundtrip() {
         for m in [method::BINDING, method::ALLOCATE, method::CHANNEL_BIND, 0xFFF] {
             for c in [Class::Request, Class::Indication, Class::Success, Class::Error] {
-                assert_eq!(split_type(message_type(m, c)), (m, c));
+                let (class, method) = stun::split_type(message_type(m, c));
+                assert_eq!((method, class), (m, c));
             }
         }
         assert_eq!(message_type(method::ALLOCATE, Class::Request), 0x0003);
@@ -532,9 +338,7 @@ mod tests {
 
     #[test]
     fn crc32_known_vector() {
-        let mut c = Crc32::new();
-        c.update(b"123456789");
-        assert_eq!(c.finish(), 0xCBF4_3926);
+        assert_eq!(stun::crc32(&[b"123456789"]), 0xCBF4_3926);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! missing (`scripts/setup` installs the `coturn` package).
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 
 use common::*;
 use std::process::{Command, Stdio};
@@ -89,6 +91,31 @@ fn coturn_turn_client_completes_a_relay_run_through_a_supernode() {
     let (ok, out) = run(c, Duration::from_secs(30));
     assert!(!ok || !out.contains("tot_recv_msgs=5"), "a wrong secret relayed data:\n{out}");
     let _ = metric(metrics, "relay_allocations");
+}
+
+#[test]
+fn credentials_minted_for_a_signed_in_client_work_with_coturns_client() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn_with(root.path(), "sn", free_addr(), &[], &["--relay-allow-loopback", "--relay-kbps", "0"]);
+    let mut alice = raw::Raw::connect(sn.addr, 3);
+    let (user, pass, relays) = alice.sign_in("alice");
+    assert_eq!(relays, vec![sn.addr], "the relay is the supernode's own UDP port");
+    assert!(user.ends_with(&alice.id.user_id().to_string()), "username names the user: {user}");
+    let port = sn.addr.port().to_string();
+    let uclient = |password: &str| {
+        let mut c = tool("turnutils_uclient");
+        c.args(["-y", "-c", "-u", &user, "-w", password, "-p", &port, "-n", "20", "-m", "1", "-l", "120"]).args([
+            "-e",
+            "127.0.0.1",
+            "127.0.0.1",
+        ]);
+        run(c, Duration::from_secs(30))
+    };
+    let (ok, out) = uclient(&pass);
+    assert!(ok && out.contains("tot_recv_msgs=20"), "minted credentials did not relay:\n{out}");
+    // Without the SN's secret nobody can mint a working password.
+    let (ok, out) = uclient("bm90IHRoZSBwYXNzd29yZA==");
+    assert!(!ok || !out.contains("tot_recv_msgs=20"), "a forged password relayed data:\n{out}");
 }
 
 #[test]

@@ -324,6 +324,10 @@ impl Node {
             "role": "client",
             "supernode": self.client.supernode().map(|s| s.to_string()),
             "host_cache": self.client.host_cache().len(),
+            "relay": self.client.relay_credentials().map(|r| json!({
+                "servers": r.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "expires_ms": r.expires_ms,
+            })),
             "media": self.udp.local_addr().ok().map(|a| a.to_string()),
             // Until the STUN probe has finished, say "unknown" rather than guess.
             "reachability": match self.client.reachability() {

@@ -16,6 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+/// Lifetime of the TURN credentials handed to signed-in clients.
+const RELAY_CREDENTIAL_TTL_S: u64 = 3_600;
+
 /// Connections a supernode holds at most (clients, peers and handshakes).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 
@@ -90,6 +93,7 @@ impl BoundSupernode {
             Some(s) => s.as_bytes().to_vec(),
             None => rand::random::<[u8; 32]>().to_vec(),
         };
+        sn.enable_relay_credentials(secret.clone(), RELAY_CREDENTIAL_TTL_S);
         let mut turn = TurnConfig::new("supervox", secret);
         turn.relay_kbps = self.opts.relay_kbps;
         turn.max_allocations = self.opts.max_allocations;

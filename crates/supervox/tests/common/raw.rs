@@ -1,0 +1,90 @@
+//! A test client speaking the raw supervox protocol with the library's own
+//! sans-IO link over a blocking socket (shared by the wire and relay tests).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use supervox_core::link::{Link, LinkEvent};
+use supervox_core::Identity;
+use supervox_proto::{Message, NameClaim, Presence, Role};
+
+/// A signed-in test client speaking raw protocol.
+pub struct Raw {
+    pub sock: TcpStream,
+    link: Link,
+    pub id: Identity,
+    sn: Option<SocketAddr>,
+    pending: Vec<Message>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr, seed: u8) -> Raw {
+        let id = Identity::from_seed([seed; 32]);
+        let hello =
+            Message::Hello { role: Role::Client, identity: id.user_id(), advertise: None, agent: "test".into() };
+        let link = Link::initiator(&id, hello, 0).unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = Raw { sock, link, id, sn: None, pending: Vec::new() };
+        r.flush();
+        r
+    }
+
+    pub fn flush(&mut self) {
+        while let Some(b) = self.link.poll_transmit(0) {
+            self.sock.write_all(&b).unwrap();
+        }
+    }
+
+    pub fn send(&mut self, m: Message) {
+        self.link.send(&m).unwrap();
+        self.flush();
+    }
+
+    /// Next application message (the Welcome is remembered, not returned).
+    pub fn recv(&mut self) -> Message {
+        loop {
+            if !self.pending.is_empty() {
+                return self.pending.remove(0);
+            }
+            self.read_once();
+        }
+    }
+
+    pub fn read_once(&mut self) {
+        let mut buf = [0u8; 4096];
+        let n = self.sock.read(&mut buf).expect("read");
+        assert!(n > 0, "supernode closed the connection");
+        let events = self.link.handle_bytes(&buf[..n], 0).unwrap();
+        self.flush();
+        for e in events {
+            match e {
+                LinkEvent::Established { role, .. } => assert_eq!(role, Role::Supernode),
+                LinkEvent::Message(Message::Welcome { supernode, .. }) => self.sn = Some(supernode),
+                LinkEvent::Message(m) => self.pending.push(m),
+            }
+        }
+    }
+
+    /// Claim `name`, publish presence; returns the TURN (username, password, relays) the SN gave.
+    pub fn sign_in(&mut self, name: &str) -> (String, String, Vec<SocketAddr>) {
+        while self.sn.is_none() {
+            self.read_once();
+        }
+        self.send(Message::Claim { claim: NameClaim::sign(self.id.signing_key(), name, now()).unwrap() });
+        assert!(matches!(self.recv(), Message::ClaimResult { result: Ok(()), .. }));
+        let p = Presence::sign(self.id.signing_key(), name, self.sn.unwrap(), now(), now() + 60_000).unwrap();
+        self.send(Message::Publish { presence: p });
+        assert_eq!(self.recv(), Message::PublishResult { result: Ok(()) });
+        // A signed-in client is handed TURN credentials for its supernode's relay.
+        match self.recv() {
+            Message::RelayCredentials { username, password, relays, .. } => (username, password, relays),
+            m => panic!("expected relay credentials, got {m:?}"),
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
