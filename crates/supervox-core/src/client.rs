@@ -20,6 +20,9 @@ use tracing::{info, warn};
 
 mod calls;
 mod reach;
+mod relay;
+
+pub use relay::ExternalRelay;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +47,7 @@ pub struct RelayCredentials {
 }
 
 /// Client settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientConfig {
     /// The name to claim.
     pub name: String,
@@ -52,6 +55,11 @@ pub struct ClientConfig {
     pub auto_answer: bool,
     /// Agent string for Hello.
     pub agent: String,
+    /// Send media only through relays (ours or the peer's): the peer never
+    /// learns our addresses.
+    pub force_relay: bool,
+    /// A TURN server to use instead of our supernode's relay.
+    pub external_relay: Option<ExternalRelay>,
 }
 
 /// Something the user (or the control API) should hear about.
@@ -170,6 +178,8 @@ pub struct Client {
     probe: Option<supervox_stun::NatProbe>,
     reach: Option<supervox_stun::Reachability>,
     relay: Option<RelayCredentials>,
+    turn: Option<supervox_turn::TurnClient>,
+    relay_retry_ms: u64,
     next_req: u64,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
@@ -194,6 +204,8 @@ impl Client {
             probe: None,
             reach: None,
             relay: None,
+            turn: None,
+            relay_retry_ms: 0,
             next_req: 1,
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
@@ -284,6 +296,12 @@ impl Client {
         }
         self.tick_calls(now_ms);
         self.tick_probe(now_ms);
+        self.tick_relay(now_ms);
+    }
+
+    fn rng_u64(&mut self) -> u64 {
+        use rand::Rng;
+        self.rng.gen()
     }
 
     fn try_next_supernode(&mut self, now_ms: u64) {
@@ -426,7 +444,7 @@ impl Client {
             Message::SignalFailed { call_id, reason } => self.fail_call(call_id, &reason, now_ms, false),
             Message::Error { reason } => warn!("supernode says: {reason}"),
             Message::RelayCredentials { username, password, expires_ms, relays } => {
-                self.relay = Some(RelayCredentials { username, password, expires_ms, relays });
+                self.on_relay_credentials(RelayCredentials { username, password, expires_ms, relays }, now_ms);
             }
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),
         }

@@ -1,5 +1,12 @@
 //! The media path of one call: end-to-end encrypted datagrams, connectivity
-//! checks over the peer's candidates, and the choice of the path in use.
+//! checks over candidate pairs, and the choice of the path in use.
+//!
+//! A pair is a local base — our socket directly, or our TURN allocation — and
+//! a remote candidate. Checks run on every pair until one answers; the best
+//! answering pair carries media (direct before relayed). Checks go on after
+//! that: a better pair that starts answering takes over (upgrade), and when
+//! the pair in use stops answering consent checks the best other live pair
+//! takes over within [`FAILOVER_MS`] (failover). Both raise `path_changed`.
 //!
 //! Wire format of every media datagram (see docs/PROTOCOL.md):
 //! `[kind u8][call tag 8][counter u64 BE][ChaCha20-Poly1305 ciphertext of
@@ -25,8 +32,18 @@ pub const HEADER_LEN: usize = 1 + 8 + 8;
 pub const MAX_DATAGRAM: usize = 1500;
 /// Interval between checks while no path works.
 pub const CHECK_INTERVAL_MS: u64 = 50;
-/// Interval of consent checks on a working path.
-pub const CONSENT_INTERVAL_MS: u64 = 1_000;
+/// Interval of consent checks on the pair in use: fast, so a dead path is
+/// noticed well within a second.
+pub const CONSENT_INTERVAL_MS: u64 = 200;
+/// Interval of checks on the other pairs once a path works (upgrade and
+/// standby for failover).
+pub const STANDBY_INTERVAL_MS: u64 = 1_000;
+/// The pair in use is dead when no check was answered for this long.
+pub const FAILOVER_MS: u64 = 700;
+/// A standby pair counts as live when it answered within this window.
+const ALIVE_MS: u64 = 2_500;
+/// Pairs per call at most (remote candidates × local bases, plus learnt ones).
+pub const MAX_PAIRS: usize = 32;
 
 /// How media reaches the peer; the names are the JSON contract's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,34 +87,75 @@ pub fn datagram_tag(bytes: &[u8]) -> Option<[u8; 8]> {
     Some(t)
 }
 
+/// Which local base a datagram leaves from or arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Our media socket, straight to the peer.
+    Direct,
+    /// Our TURN allocation (the peer sees our relayed address).
+    Relay,
+}
+
+#[derive(Debug, Clone)]
+struct Pair {
+    via: Via,
+    remote: SocketAddr,
+    /// The remote address is the peer's relay.
+    remote_relayed: bool,
+    last_ack_ms: Option<u64>,
+}
+
 /// Media path state for one call.
 pub struct MediaPath {
     tag: [u8; 8],
     crypto: snow::StatelessTransportState,
     tx_counter: u64,
     replay: ReplayWindow,
-    remotes: Vec<SocketAddr>,
-    selected: Option<SocketAddr>,
+    pairs: Vec<Pair>,
+    /// Our relay's transport, when we have a TURN allocation (true: over TCP).
+    relay: Option<bool>,
+    force_relay: bool,
+    selected: Option<usize>,
+    /// When the pair in use was chosen (its consent window starts no earlier).
+    selected_since_ms: u64,
     confirmed: bool,
+    started_ms: u64,
     next_check_ms: u64,
+    next_standby_ms: u64,
     check_nonce: u64,
     last_rx_ms: u64,
-    /// Checks awaiting an ack: (nonce, sent at), oldest first, bounded.
-    in_flight: VecDeque<(u64, u64)>,
+    /// Checks awaiting an ack: (nonce, sent at, pair), oldest first, bounded.
+    in_flight: VecDeque<(u64, u64, usize)>,
     srtt_ms: Option<f64>,
-    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    out: VecDeque<(Via, SocketAddr, Vec<u8>)>,
+    changed: Option<&'static str>,
 }
 
 impl std::fmt::Debug for MediaPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MediaPath(selected={:?}, confirmed={})", self.selected, self.confirmed)
+        write!(f, "MediaPath(selected={:?}, confirmed={})", self.selected.map(|i| &self.pairs[i]), self.confirmed)
     }
 }
 
+/// Which local bases a path may use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalBases {
+    /// We hold a TURN allocation; `Some(true)` when it is reached over TCP.
+    pub relay: Option<bool>,
+    /// Use relayed pairs only (privacy, or a network that must not see the peer).
+    pub force_relay: bool,
+}
+
 impl MediaPath {
-    /// A path for call `id` with the keys of a finished handshake and the
-    /// peer's candidates (UDP ones are used; others await their transports).
-    pub fn new(id: &CallId, crypto: snow::StatelessTransportState, remote: &[Candidate], now_ms: u64) -> Self {
+    /// A path for call `id` with the keys of a finished handshake, the peer's
+    /// candidates (UDP ones) and our local bases.
+    pub fn new(
+        id: &CallId,
+        crypto: snow::StatelessTransportState,
+        remote: &[Candidate],
+        local: LocalBases,
+        now_ms: u64,
+    ) -> Self {
         let mut remotes: Vec<&Candidate> =
             remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).collect();
         remotes.sort_by_key(|c| std::cmp::Reverse(c.priority));
@@ -106,18 +164,75 @@ impl MediaPath {
             crypto,
             tx_counter: 0,
             replay: ReplayWindow::new(),
-            remotes: remotes.iter().map(|c| c.addr).take(16).collect(),
+            pairs: Vec::new(),
+            relay: local.relay,
+            force_relay: local.force_relay,
             selected: None,
+            selected_since_ms: now_ms,
             confirmed: false,
+            started_ms: now_ms,
             next_check_ms: now_ms,
+            next_standby_ms: now_ms,
             check_nonce: 0,
             last_rx_ms: now_ms,
             in_flight: VecDeque::new(),
             srtt_ms: None,
             out: VecDeque::new(),
+            changed: None,
         };
+        for c in remotes.iter().take(16) {
+            let relayed = c.kind == supervox_proto::CandidateKind::Relay;
+            p.add_pair(Via::Direct, c.addr, relayed);
+            p.add_pair(Via::Relay, c.addr, relayed);
+        }
         p.handle_timeout(now_ms);
         p
+    }
+
+    fn usable(&self, via: Via, remote_relayed: bool) -> bool {
+        match via {
+            Via::Relay => self.relay.is_some(),
+            Via::Direct => !self.force_relay || remote_relayed,
+        }
+    }
+
+    fn add_pair(&mut self, via: Via, remote: SocketAddr, remote_relayed: bool) -> Option<usize> {
+        if let Some(i) = self.pairs.iter().position(|p| p.via == via && p.remote == remote) {
+            return Some(i);
+        }
+        if !self.usable(via, remote_relayed) || self.pairs.len() >= MAX_PAIRS {
+            return None;
+        }
+        self.pairs.push(Pair { via, remote, remote_relayed, last_ack_ms: None });
+        Some(self.pairs.len() - 1)
+    }
+
+    /// The local relay came up (or went away) after the call started.
+    pub fn set_relay(&mut self, relay: Option<bool>) {
+        self.relay = relay;
+        if relay.is_some() {
+            let remotes: Vec<(SocketAddr, bool)> =
+                self.pairs.iter().filter(|p| p.via == Via::Direct).map(|p| (p.remote, p.remote_relayed)).collect();
+            for (r, relayed) in remotes {
+                self.add_pair(Via::Relay, r, relayed);
+            }
+        }
+    }
+
+    /// More remote candidates (trickled).
+    pub fn add_remote_candidates(&mut self, remote: &[Candidate]) {
+        for c in remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).take(16) {
+            let relayed = c.kind == supervox_proto::CandidateKind::Relay;
+            self.add_pair(Via::Direct, c.addr, relayed);
+            self.add_pair(Via::Relay, c.addr, relayed);
+        }
+    }
+
+    /// The remote addresses the relay must permit.
+    pub fn remote_addrs(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.pairs.iter().map(|p| p.remote).collect();
+        v.dedup();
+        v
     }
 
     /// True once a check was answered (or media arrived) on a path.
@@ -125,14 +240,33 @@ impl MediaPath {
         self.confirmed
     }
 
+    fn kind_of(&self, p: &Pair) -> PathKind {
+        match (p.via, self.relay) {
+            (Via::Relay, Some(true)) => PathKind::RelayTcp,
+            (Via::Relay, _) => PathKind::RelayUdp,
+            (Via::Direct, _) if p.remote_relayed => PathKind::RelayUdp,
+            (Via::Direct, _) => PathKind::DirectUdp,
+        }
+    }
+
     /// The path in use.
     pub fn kind(&self) -> PathKind {
-        PathKind::DirectUdp
+        self.selected.map(|i| self.kind_of(&self.pairs[i])).unwrap_or(PathKind::DirectUdp)
+    }
+
+    /// Better is smaller: direct UDP, relayed by one side, relayed by both.
+    fn rank(&self, i: usize) -> u8 {
+        let p = &self.pairs[i];
+        match (p.via, p.remote_relayed) {
+            (Via::Direct, false) => 0,
+            (Via::Direct, true) | (Via::Relay, false) => 1,
+            (Via::Relay, true) => 2,
+        }
     }
 
     /// The peer address in use.
     pub fn remote(&self) -> Option<SocketAddr> {
-        self.selected
+        self.selected.map(|i| self.pairs[i].remote)
     }
 
     /// When we last received an authenticated datagram.
@@ -140,10 +274,16 @@ impl MediaPath {
         self.last_rx_ms
     }
 
-    /// Handle a datagram for this call. Returns the media plaintext for
-    /// media packets; checks are answered internally. Anything that does not
-    /// authenticate or is a replay is dropped silently.
-    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+    /// A change of path since the last call, with its reason.
+    pub fn take_change(&mut self) -> Option<&'static str> {
+        self.changed.take()
+    }
+
+    /// Handle a datagram for this call that arrived `via` a base from `from`.
+    /// Returns the media plaintext for media packets; checks are answered
+    /// internally. Anything that does not authenticate or is a replay is
+    /// dropped silently.
+    pub fn handle_datagram(&mut self, via: Via, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<Vec<u8>> {
         if datagram_tag(bytes)? != self.tag {
             return None;
         }
@@ -160,32 +300,83 @@ impl MediaPath {
         }
         plain.remove(0);
         self.last_rx_ms = now_ms;
+        // A source we were not told of is a peer-reflexive candidate: learn it.
+        let known = self.pairs.iter().position(|p| p.via == via && p.remote == from);
+        let pair = known.or_else(|| {
+            let relayed = self.pairs.iter().any(|p| p.remote == from && p.remote_relayed);
+            self.add_pair(via, from, relayed)
+        });
         match kind {
             KIND_CHECK => {
-                // Learn the address the peer's packets come from (it may be a
-                // mapping we were not told of) and answer there.
-                if !self.confirmed {
-                    self.selected = Some(from);
+                self.seal_to(via, from, KIND_CHECK_ACK, &plain);
+                // Triggered check: a pair the peer can reach us on is worth
+                // checking from our side at once.
+                if let Some(i) = pair.filter(|&i| !self.alive(i, now_ms)) {
+                    self.send_check(i, now_ms);
                 }
-                self.seal_to(from, KIND_CHECK_ACK, &plain);
                 None
             }
             KIND_CHECK_ACK => {
-                self.rtt_sample(&plain, now_ms);
-                if !self.confirmed || self.selected != Some(from) {
-                    self.selected = Some(from);
-                    self.confirmed = true;
+                if let Some(i) = pair {
+                    self.pairs[i].last_ack_ms = Some(now_ms);
+                    self.reselect(now_ms);
+                    self.rtt_sample(&plain, i, now_ms);
                 }
                 None
             }
             KIND_MEDIA => {
                 if !self.confirmed {
-                    self.selected = Some(from);
-                    self.confirmed = true;
+                    if let Some(i) = pair {
+                        self.pairs[i].last_ack_ms = Some(now_ms);
+                        self.reselect(now_ms);
+                    }
                 }
                 Some(plain)
             }
             _ => None,
+        }
+    }
+
+    fn alive(&self, i: usize, now_ms: u64) -> bool {
+        let Some(ack) = self.pairs[i].last_ack_ms else {
+            return false;
+        };
+        if Some(i) == self.selected {
+            now_ms.saturating_sub(ack.max(self.selected_since_ms)) <= FAILOVER_MS
+        } else {
+            now_ms.saturating_sub(ack) <= ALIVE_MS
+        }
+    }
+
+    /// Use the best live pair; note upgrades and failovers.
+    fn reselect(&mut self, now_ms: u64) {
+        let best = (0..self.pairs.len()).filter(|&i| self.alive(i, now_ms)).min_by_key(|&i| (self.rank(i), i));
+        let Some(best) = best else {
+            return;
+        };
+        match self.selected {
+            None => {
+                self.selected = Some(best);
+                self.selected_since_ms = now_ms;
+                self.confirmed = true;
+            }
+            Some(cur) if cur == best => {}
+            Some(cur) => {
+                let cur_alive = self.alive(cur, now_ms);
+                if !cur_alive || self.rank(best) < self.rank(cur) {
+                    let before = self.kind_of(&self.pairs[cur]);
+                    self.selected = Some(best);
+                    self.selected_since_ms = now_ms;
+                    self.next_check_ms = now_ms;
+                    self.srtt_ms = None;
+                    let after = self.kind_of(&self.pairs[best]);
+                    if !cur_alive {
+                        self.changed = Some("failover: the path in use stopped answering");
+                    } else if before != after {
+                        self.changed = Some("upgrade: a better path answers");
+                    }
+                }
+            }
         }
     }
 
@@ -195,15 +386,18 @@ impl MediaPath {
         self.srtt_ms
     }
 
-    fn rtt_sample(&mut self, nonce: &[u8], now_ms: u64) {
+    fn rtt_sample(&mut self, nonce: &[u8], pair: usize, now_ms: u64) {
         let Ok(nonce) = <[u8; 8]>::try_from(nonce).map(u64::from_be_bytes) else {
             return;
         };
-        let Some(pos) = self.in_flight.iter().position(|(n, _)| *n == nonce) else {
+        let Some(pos) = self.in_flight.iter().position(|(n, _, _)| *n == nonce) else {
             return;
         };
-        let (_, sent) = self.in_flight[pos];
-        self.in_flight.drain(..=pos);
+        let (_, sent, on) = self.in_flight[pos];
+        self.in_flight.remove(pos);
+        if on != pair || Some(pair) != self.selected {
+            return;
+        }
         let sample = now_ms.saturating_sub(sent) as f64;
         self.srtt_ms = Some(match self.srtt_ms {
             Some(s) => 0.875 * s + 0.125 * sample,
@@ -213,12 +407,13 @@ impl MediaPath {
 
     /// Encrypt and queue one media frame on the selected path.
     pub fn send_media(&mut self, plaintext: &[u8]) {
-        if let (true, Some(to)) = (self.confirmed, self.selected) {
-            self.seal_to(to, KIND_MEDIA, plaintext);
+        if let (true, Some(i)) = (self.confirmed, self.selected) {
+            let (via, to) = (self.pairs[i].via, self.pairs[i].remote);
+            self.seal_to(via, to, KIND_MEDIA, plaintext);
         }
     }
 
-    fn seal_to(&mut self, to: SocketAddr, kind: u8, plaintext: &[u8]) {
+    fn seal_to(&mut self, via: Via, to: SocketAddr, kind: u8, plaintext: &[u8]) {
         let counter = self.tx_counter;
         self.tx_counter += 1;
         let mut pkt = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
@@ -232,123 +427,76 @@ impl MediaPath {
         match self.crypto.write_message(counter, &inner, &mut ct) {
             Ok(n) => {
                 pkt.extend_from_slice(&ct[..n]);
-                self.out.push_back((to, pkt));
+                self.out.push_back((via, to, pkt));
             }
             Err(e) => tracing::warn!("media encryption failed: {e}"),
         }
     }
 
-    /// Next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// Next datagram to send, and the base to send it from.
+    pub fn poll_transmit(&mut self) -> Option<(Via, SocketAddr, Vec<u8>)> {
         self.out.pop_front()
     }
 
-    /// Send checks: to every candidate until one answers, then a consent
-    /// check on the selected path every second.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        if now_ms < self.next_check_ms {
-            return;
-        }
+    fn send_check(&mut self, i: usize, now_ms: u64) {
         self.check_nonce += 1;
         let nonce = self.check_nonce.to_be_bytes();
-        if self.in_flight.len() >= 32 {
+        if self.in_flight.len() >= 64 {
             self.in_flight.pop_front();
         }
-        self.in_flight.push_back((self.check_nonce, now_ms));
+        self.in_flight.push_back((self.check_nonce, now_ms, i));
+        let (via, to) = (self.pairs[i].via, self.pairs[i].remote);
+        self.seal_to(via, to, KIND_CHECK, &nonce);
+    }
+
+    /// Send checks: on every pair until one answers; then consent checks on
+    /// the pair in use and slower checks on the others (upgrade, standby).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
         if self.confirmed {
-            if let Some(to) = self.selected {
-                self.seal_to(to, KIND_CHECK, &nonce);
+            self.reselect(now_ms);
+            if let Some(cur) = self.selected {
+                if !self.alive(cur, now_ms) {
+                    // No live alternative yet: search on every pair at full pace.
+                    self.next_standby_ms = self.next_standby_ms.min(now_ms);
+                }
             }
-            self.next_check_ms = now_ms + CONSENT_INTERVAL_MS;
-        } else {
-            for to in self.remotes.clone() {
-                self.seal_to(to, KIND_CHECK, &nonce);
+        }
+        if now_ms >= self.next_check_ms {
+            match (self.confirmed, self.selected) {
+                (true, Some(cur)) => {
+                    self.send_check(cur, now_ms);
+                    self.next_check_ms = now_ms + CONSENT_INTERVAL_MS;
+                }
+                _ => {
+                    for i in 0..self.pairs.len() {
+                        self.send_check(i, now_ms);
+                    }
+                    // Full pace for the first seconds, then gentler.
+                    let pace = if now_ms < self.started_ms + 3_000 { CHECK_INTERVAL_MS } else { 4 * CHECK_INTERVAL_MS };
+                    self.next_check_ms = now_ms + pace;
+                }
             }
-            self.next_check_ms = now_ms + CHECK_INTERVAL_MS;
+        }
+        if self.confirmed && now_ms >= self.next_standby_ms {
+            let searching = self.selected.is_some_and(|c| !self.alive(c, now_ms));
+            for i in 0..self.pairs.len() {
+                if Some(i) != self.selected {
+                    self.send_check(i, now_ms);
+                }
+            }
+            self.next_standby_ms = now_ms + if searching { 2 * CHECK_INTERVAL_MS } else { STANDBY_INTERVAL_MS };
         }
     }
 
     /// When [`MediaPath::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> u64 {
-        self.next_check_ms
+        if self.confirmed {
+            self.next_check_ms.min(self.next_standby_ms)
+        } else {
+            self.next_check_ms
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::call::tests::handshake_pair;
-    use supervox_proto::{CandidateKind, Transport};
-
-    fn cand(p: u16) -> Candidate {
-        Candidate {
-            kind: CandidateKind::Host,
-            transport: Transport::Udp,
-            addr: SocketAddr::from(([127, 0, 0, 1], p)),
-            priority: 1,
-        }
-    }
-
-    #[test]
-    fn checks_select_a_path_then_media_flows_once() {
-        let id = CallId([4; 16]);
-        let (ka, kb) = handshake_pair();
-        let (aa, ab) = (cand(1000).addr, cand(2000).addr);
-        let mut a = MediaPath::new(&id, ka, &[cand(2000), cand(2001)], 0);
-        let mut b = MediaPath::new(&id, kb, &[cand(1000)], 0);
-        // a's checks go to both of b's candidates; only 2000 is real.
-        let mut sent = Vec::new();
-        while let Some(d) = a.poll_transmit() {
-            sent.push(d);
-        }
-        assert_eq!(sent.len(), 2);
-        for (to, bytes) in sent {
-            if to == ab {
-                assert!(b.handle_datagram(aa, &bytes, 1).is_none());
-            }
-        }
-        // b answers with an ack (and its own check to a).
-        while let Some((to, bytes)) = b.poll_transmit() {
-            assert_eq!(to, aa);
-            a.handle_datagram(ab, &bytes, 2);
-        }
-        assert!(a.is_connected());
-        assert_eq!(a.remote(), Some(ab));
-        assert_eq!(a.rtt_ms(), Some(2.0), "check sent at 0, acked at 2");
-        a.send_media(b"frame");
-        let (to, pkt) = a.poll_transmit().filter(|(_, p)| p[0] == KIND_MEDIA).or_else(|| a.poll_transmit()).unwrap();
-        assert_eq!(to, ab);
-        assert_eq!(b.handle_datagram(aa, &pkt, 3).as_deref(), Some(&b"frame"[..]));
-        // Replays and tampering are dropped.
-        assert!(b.handle_datagram(aa, &pkt, 4).is_none());
-        let mut bad = pkt.clone();
-        *bad.last_mut().unwrap() ^= 1;
-        assert!(b.handle_datagram(aa, &bad, 4).is_none());
-        // Relabelling the clear kind byte is detected too.
-        a.send_media(b"frame-2");
-        let (_, mut relabelled) = a.poll_transmit().unwrap();
-        relabelled[0] = KIND_CHECK;
-        while b.poll_transmit().is_some() {}
-        assert!(b.handle_datagram(aa, &relabelled, 5).is_none());
-        assert!(b.poll_transmit().is_none(), "a relabelled media packet was answered as a check");
-    }
-
-    #[test]
-    fn garbage_datagrams_are_ignored() {
-        use rand::{Rng, SeedableRng};
-        let id = CallId([4; 16]);
-        let (ka, _) = handshake_pair();
-        let mut a = MediaPath::new(&id, ka, &[cand(2000)], 0);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let from = cand(9).addr;
-        for _ in 0..20_000 {
-            let len = rng.gen_range(0..200);
-            let mut b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-            if b.len() > 9 && rng.gen_bool(0.5) {
-                b[1..9].copy_from_slice(&call_tag(&id));
-            }
-            assert!(a.handle_datagram(from, &b, 1).is_none());
-        }
-        assert!(!a.is_connected());
-    }
-}
+mod tests;

@@ -31,12 +31,13 @@ pub fn r_factor(one_way_delay_ms: f64, loss_pct: f64) -> f64 {
 
 /// MOS (1.0 to 4.5) from R, per G.107 Annex B.
 pub fn mos_from_r(r: f64) -> f64 {
-    if r <= 0.0 {
+    if r.is_nan() || r <= 0.0 {
         1.0
     } else if r >= 100.0 {
         4.5
     } else {
-        1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6
+        // The Annex B polynomial dips just below 1 for R under ~6.5; MOS has no such values.
+        (1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6).max(1.0)
     }
 }
 
@@ -49,6 +50,15 @@ pub fn mos_estimate(rtt_ms: f64, playout_ms: f64, loss_pct: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mos_stays_on_its_scale_for_every_r() {
+        for i in -100..=2_000 {
+            let m = mos_from_r(f64::from(i) / 10.0);
+            assert!((1.0..=4.5).contains(&m), "R {} gives MOS {m}", f64::from(i) / 10.0);
+        }
+        assert_eq!(mos_from_r(f64::NAN), 1.0);
+    }
 
     #[test]
     fn clean_short_call_is_toll_quality_or_better() {

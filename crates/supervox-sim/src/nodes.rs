@@ -180,7 +180,7 @@ impl Sim {
             return;
         }
         slot.gen += 1;
-        let cfg = ClientConfig { name: slot.name.clone(), auto_answer: false, agent: "supervox-sim".into() };
+        let cfg = ClientConfig { name: slot.name.clone(), agent: "supervox-sim".into(), ..Default::default() };
         let rng_seed = net::derive(self.cfg.seed, KIND_CLIENT_RNG, (u64::from(c) << 24) | u64::from(slot.gen));
         slot.client = Some(Client::new(slot.identity.clone(), cfg, slot.host_cache.clone(), rng_seed));
         slot.links.clear();

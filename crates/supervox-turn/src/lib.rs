@@ -1,4 +1,5 @@
-//! Sans-IO TURN server (RFC 8656) for supervox supernodes.
+//! Sans-IO TURN server (RFC 8656) for supervox supernodes, and the client side
+//! ([`TurnClient`]) a supervox client uses for its relay candidate.
 //!
 //! The crate owns no sockets and reads no clock: the driver (the SN daemon) feeds it bytes and
 //! the current time, and carries out the [`Output`]s it polls.
@@ -31,12 +32,14 @@
 pub mod allocation;
 pub mod auth;
 mod builder;
+pub mod client;
 pub mod codec;
 mod handlers;
 mod server;
 pub mod tcp_framing;
 
 pub use auth::{mint_credentials, parse_username, RestUsername};
+pub use client::{ClientTransport, TurnClient, TurnEvent};
 pub use server::{AddressFamily, FiveTuple, Output, RelayError, RelayToken, Stats, Transport, TurnConfig, TurnServer};
 pub use tcp_framing::{FramingError, TcpFramer};
 

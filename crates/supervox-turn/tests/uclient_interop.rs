@@ -47,6 +47,13 @@ fn run_uclient(port: u16, user_hex: &str, extra: &[&str], limit: Duration) -> (b
         "120".into(),
         "-e".into(),
         "127.0.0.1".into(),
+        // A peer port of our own: the default (3480) is shared by every concurrent run.
+        "-r".into(),
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(3480)
+            .to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push("127.0.0.1".into());

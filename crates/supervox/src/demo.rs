@@ -62,6 +62,8 @@ pub async fn run(json_out: bool) -> Result<bool> {
             output: if i == 1 { SinkSpec::Wav(recording.clone()) } else { SinkSpec::Null },
             media_bind: "127.0.0.1:0".parse()?,
             media: node::media::MediaConfig::default(),
+            force_relay: false,
+            external_relay: None,
         };
         let stop = stop.clone();
         tokio::spawn(async move {

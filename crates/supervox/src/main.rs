@@ -121,6 +121,20 @@ struct NodeArgs {
     /// Opus in-band FEC, driven by the loss the far end reports.
     #[arg(long, value_enum, default_value = "on")]
     fec: OnOff,
+    /// Send media only through relays (our supernode's TURN relay or the peer's): the peer
+    /// never learns this machine's addresses. Costs relay bandwidth and a little delay.
+    #[arg(long)]
+    force_relay: bool,
+    /// A TURN server (e.g. coturn) to take the relay candidate from instead of the
+    /// supernode's relay. Needs --turn-username and --turn-password.
+    #[arg(long, value_name = "IP:PORT", requires_all = ["turn_username", "turn_password"])]
+    turn_server: Option<SocketAddr>,
+    /// Username on --turn-server (long-term credential).
+    #[arg(long, value_name = "USER")]
+    turn_username: Option<String>,
+    /// Password on --turn-server.
+    #[arg(long, value_name = "PASS")]
+    turn_password: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -242,6 +256,13 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 output: a.output,
                 media_bind: a.media,
                 media: MediaConfig { jitter_buffer: a.jitter_buffer, fec: matches!(a.fec, OnOff::On) },
+                force_relay: a.force_relay,
+                external_relay: match (a.turn_server, a.turn_username, a.turn_password) {
+                    (Some(server), Some(username), Some(password)) => {
+                        Some(supervox_core::client::ExternalRelay { server, username, password })
+                    }
+                    _ => None,
+                },
             };
             node::run(opts, shutdown_signal()).await?;
             Ok(true)

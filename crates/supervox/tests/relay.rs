@@ -11,6 +11,12 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A fresh peer port for `turnutils_uclient -r`: its default (3480) would make
+/// concurrent runs talk to each other.
+fn peer_port() -> String {
+    free_addr().port().to_string()
+}
+
 fn tool(name: &str) -> Command {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap();
     assert!(found.status.success(), "{name} is missing: apt-get install -y coturn (scripts/setup does it)");
@@ -73,7 +79,7 @@ fn coturn_turn_client_completes_a_relay_run_through_a_supernode() {
     for mode in [&["-c"][..], &["-c", "-s"][..]] {
         let mut c = tool("turnutils_uclient");
         c.args(["-y", "-W", "s3cret", "-u", "00aa11bb", "-p", &port, "-n", "50", "-m", "2", "-l", "120"])
-            .args(["-e", "127.0.0.1"])
+            .args(["-e", "127.0.0.1", "-r", &peer_port()])
             .args(mode)
             .arg("127.0.0.1");
         let (ok, out) = run(c, Duration::from_secs(30));
@@ -86,6 +92,8 @@ fn coturn_turn_client_completes_a_relay_run_through_a_supernode() {
     c.args(["-y", "-c", "-W", "wrong", "-u", "00aa11bb", "-p", &port, "-n", "5", "-m", "1", "-l", "120"]).args([
         "-e",
         "127.0.0.1",
+        "-r",
+        &peer_port(),
         "127.0.0.1",
     ]);
     let (ok, out) = run(c, Duration::from_secs(30));
@@ -107,15 +115,103 @@ fn credentials_minted_for_a_signed_in_client_work_with_coturns_client() {
         c.args(["-y", "-c", "-u", &user, "-w", password, "-p", &port, "-n", "20", "-m", "1", "-l", "120"]).args([
             "-e",
             "127.0.0.1",
+            "-r",
+            &peer_port(),
             "127.0.0.1",
         ]);
         run(c, Duration::from_secs(30))
     };
+    // -y runs two clients that send 20 messages each to one another.
     let (ok, out) = uclient(&pass);
-    assert!(ok && out.contains("tot_recv_msgs=20"), "minted credentials did not relay:\n{out}");
+    assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "minted credentials did not relay:\n{out}");
+    assert!(out.contains("Total lost packets 0"), "{out}");
     // Without the SN's secret nobody can mint a working password.
     let (ok, out) = uclient("bm90IHRoZSBwYXNzd29yZA==");
-    assert!(!ok || !out.contains("tot_recv_msgs=20"), "a forged password relayed data:\n{out}");
+    assert!(!ok || !out.contains("tot_recv_msgs=40"), "a forged password relayed data:\n{out}");
+}
+
+/// Wait until `node`'s relay allocation is up; returns its relayed address.
+fn wait_relay(node: &Node, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(a) = status(node).and_then(|s| s["relay"]["allocated"].as_str().map(String::from)) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "{} got no relay allocation", node.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 2 s call from alice to bob (tone 440 Hz); asserts the path, the frames and the tone.
+fn call_and_check(alice: &Node, bob: &Node, wav: &std::path::Path, want_path: &str) {
+    let (ok, events) = call(alice, "bob", &["--duration", "2", "--input", "tone:440", "--output", "null"]);
+    assert!(ok, "call failed: {events:?}");
+    let c = event(&events, "call_connected").expect("connected");
+    assert_eq!(c["path"], want_path, "{events:?}");
+    let e = event(&events, "call_ended").expect("ended");
+    let (sent, recv) = (e["frames_sent"].as_u64().unwrap(), e["frames_received"].as_u64().unwrap());
+    assert!(recv as f64 >= 0.9 * sent as f64, "alice got {recv} of {sent} frames from bob");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(bob).is_some_and(|s| !s["call"].is_null()) {
+        assert!(Instant::now() < deadline, "bob still in the call");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pcm = read_wav(wav);
+    assert!(pcm.len() > 48_000, "recorded only {} samples", pcm.len());
+    let hz = supervox_media::analysis::dominant_frequency(&pcm, 48_000).expect("silent recording");
+    assert!((hz - 440.0).abs() < 5.0, "bob heard {hz} Hz");
+}
+
+#[test]
+fn a_forced_relay_call_goes_through_the_supernodes_turn_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = ["--relay-allow-loopback"];
+    let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &relay);
+    let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
+    let wav = root.path().join("bob.wav");
+    let alice = start_node(root.path(), "alice", &[sn1.addr], &["--force-relay"]);
+    let bob =
+        start_node(root.path(), "bob", &[sn2.addr], &["--auto-answer", "--output", &format!("wav:{}", wav.display())]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let relayed = wait_relay(&alice, Duration::from_secs(10));
+    assert!(relayed.starts_with("127.0.0.1:"), "{relayed}");
+    call_and_check(&alice, &bob, &wav, "relay-udp");
+}
+
+#[test]
+fn a_node_can_take_its_relay_from_an_external_turn_server() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let turn_addr = free_addr();
+    let mut turnserver = tool("turnserver");
+    turnserver
+        .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port"])
+        .arg(turn_addr.port().to_string())
+        .args(["--lt-cred-mech", "--user", "carol:pa55", "--realm", "supervox.test", "--allow-loopback-peers"])
+        .args(["--no-tls", "--no-dtls", "--no-cli", "--no-stdout-log", "--log-file", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _coturn = Proc { child: turnserver.spawn().expect("start turnserver"), name: "coturn".into() };
+    std::thread::sleep(Duration::from_millis(500));
+    let wav = root.path().join("bob.wav");
+    let ext = [
+        "--force-relay",
+        "--turn-server",
+        &turn_addr.to_string(),
+        "--turn-username",
+        "carol",
+        "--turn-password",
+        "pa55",
+    ];
+    let alice = start_node(root.path(), "alice", &[sn.addr], &ext);
+    let bob =
+        start_node(root.path(), "bob", &[sn.addr], &["--auto-answer", "--output", &format!("wav:{}", wav.display())]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let relayed = wait_relay(&alice, Duration::from_secs(10));
+    assert_ne!(relayed, sn.addr.to_string());
+    call_and_check(&alice, &bob, &wav, "relay-udp");
 }
 
 #[test]

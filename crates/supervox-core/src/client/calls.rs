@@ -5,10 +5,10 @@ use crate::call::{
     answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase, CONNECT_TIMEOUT_MS, INVITE_TIMEOUT_MS,
     LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS,
 };
-use crate::media_path::{call_tag, datagram_tag, MediaPath};
+use crate::media_path::{call_tag, datagram_tag, MediaPath, Via};
 use rand::RngCore;
 use std::net::SocketAddr;
-use supervox_proto::{CallId, CallSignal, LookupAnswer, Message, SignalEnvelope, UserId};
+use supervox_proto::{CallId, CallSignal, Candidate, LookupAnswer, Message, SignalEnvelope, UserId};
 use tracing::{info, warn};
 
 /// At most this many calls at once (one active plus ones being declined).
@@ -118,7 +118,7 @@ impl Client {
     }
 
     /// Send a signal to the peer of call `id` through our supernode.
-    fn signal(&mut self, id: CallId, body: CallSignal) {
+    pub(super) fn signal(&mut self, id: CallId, body: CallSignal) {
         let Some(c) = self.calls.get(&id) else { return };
         let (Some(to), Some(to_supernode)) = (c.peer_id, c.peer_sn) else {
             return;
@@ -167,9 +167,8 @@ impl Client {
                 };
                 match finish_handshake(*hs, &handshake) {
                     Ok(keys) => {
-                        c.path = Some(MediaPath::new(&id, keys, &candidates, now_ms));
                         c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
-                        self.flush_path(id);
+                        self.start_path(id, keys, &candidates, now_ms);
                     }
                     Err(e) => self.fail_call(id, &e.to_string(), now_ms, true),
                 }
@@ -177,7 +176,8 @@ impl Client {
             CallSignal::Reject { reason } => self.fail_call(id, &format!("rejected: {reason}"), now_ms, false),
             CallSignal::Cancel => self.fail_call(id, "caller cancelled", now_ms, false),
             CallSignal::Bye { reason } => self.end_call(id, &format!("remote hangup ({reason})"), now_ms, false),
-            CallSignal::Candidates { .. } | CallSignal::Invite { .. } => {}
+            CallSignal::Candidates { candidates } => self.on_trickled(id, candidates, now_ms),
+            CallSignal::Invite { .. } => {}
         }
     }
 
@@ -246,11 +246,10 @@ impl Client {
         let Some(peer) = c.peer_id else { return };
         match answer_handshake(&self.identity, &peer, &msg1) {
             Ok((keys, msg2)) => {
-                c.path = Some(MediaPath::new(&id, keys, &candidates, now_ms));
                 c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
-                let candidates = self.local_candidates.clone();
-                self.signal(id, CallSignal::Accept { handshake: msg2, candidates });
-                self.flush_path(id);
+                let ours = self.local_candidates.clone();
+                self.signal(id, CallSignal::Accept { handshake: msg2, candidates: ours });
+                self.start_path(id, keys, &candidates, now_ms);
             }
             Err(e) => {
                 self.signal(id, CallSignal::Reject { reason: "handshake failed".into() });
@@ -340,20 +339,67 @@ impl Client {
                 (Phase::Connecting, true, _) => self.end_call(id, "no media path to the peer", now_ms, true),
                 _ => {}
             }
-            self.flush_path(id);
+            self.flush_path(id, now_ms);
+        }
+    }
+
+    /// Keys agreed: start checking pairs towards the peer's candidates.
+    fn start_path(&mut self, id: CallId, keys: snow::StatelessTransportState, remote: &[Candidate], now_ms: u64) {
+        let bases = self.local_bases();
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        let path = MediaPath::new(&id, keys, remote, bases, now_ms);
+        let peers = path.remote_addrs();
+        c.path = Some(path);
+        self.permit_peers(&peers, now_ms);
+        self.flush_path(id, now_ms);
+    }
+
+    /// Candidates the peer gathered after its offer or answer.
+    fn on_trickled(&mut self, id: CallId, candidates: Vec<Candidate>, now_ms: u64) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        match (&mut c.phase, c.path.as_mut()) {
+            (Phase::Alerting { candidates: known, .. }, _) => {
+                known.extend(candidates.into_iter().take(16));
+                known.truncate(32);
+            }
+            (_, Some(p)) => {
+                p.add_remote_candidates(&candidates);
+                let peers = p.remote_addrs();
+                self.permit_peers(&peers, now_ms);
+                self.flush_path(id, now_ms);
+            }
+            _ => {}
         }
     }
 
     /// Move queued datagrams of a call's path to the outputs, and notice a
-    /// path coming up.
-    fn flush_path(&mut self, id: CallId) {
+    /// path coming up or changing.
+    fn flush_path(&mut self, id: CallId, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
         let Some(p) = c.path.as_mut() else { return };
-        while let Some((to, bytes)) = p.poll_transmit() {
-            self.out.push_back(ClientOutput::Datagram(to, bytes));
+        let mut relayed = Vec::new();
+        while let Some((via, to, bytes)) = p.poll_transmit() {
+            match via {
+                Via::Direct => self.out.push_back(ClientOutput::Datagram(to, bytes)),
+                Via::Relay => relayed.push((to, bytes)),
+            }
         }
+        if let (Phase::Connected, Some(reason)) = (&c.phase, p.take_change()) {
+            let kind = p.kind();
+            if c.reported_path != Some(kind) {
+                c.reported_path = Some(kind);
+                self.event(ClientEvent::PathChanged { call_id: id, path: kind, reason: reason.to_string() });
+            }
+        }
+        for (to, bytes) in relayed {
+            self.send_via_relay(to, &bytes, now_ms);
+        }
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(p) = c.path.as_mut() else { return };
         if p.is_connected() && matches!(c.phase, Phase::Connecting) {
             let kind = p.kind();
             c.phase = Phase::Connected;
@@ -369,23 +415,40 @@ impl Client {
     /// A datagram arrived on the media socket. Returns the media plaintext
     /// and its call, if it was an authentic media packet.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
-        if supervox_stun::is_stun(bytes) {
-            self.probe_datagram(from, bytes, now_ms);
+        if supervox_stun::is_stun(bytes) && self.probe_datagram(from, bytes, now_ms) {
             return None;
         }
+        if let Some(relayed) = self.relay_datagram(from, bytes, now_ms) {
+            return relayed;
+        }
+        if supervox_stun::is_stun(bytes) {
+            return None;
+        }
+        self.call_datagram(Via::Direct, from, bytes, now_ms)
+    }
+
+    /// A call datagram that arrived `via` a base: checks are handled, media
+    /// returned.
+    pub(super) fn call_datagram(
+        &mut self,
+        via: Via,
+        from: SocketAddr,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Option<(CallId, Vec<u8>)> {
         let tag = datagram_tag(bytes)?;
         let id = self.calls.keys().find(|id| call_tag(id) == tag).copied()?;
-        let plain = self.calls.get_mut(&id)?.path.as_mut()?.handle_datagram(from, bytes, now_ms);
-        self.flush_path(id);
+        let plain = self.calls.get_mut(&id)?.path.as_mut()?.handle_datagram(via, from, bytes, now_ms);
+        self.flush_path(id, now_ms);
         Some((id, plain?))
     }
 
     /// Send one media frame (RTP-like plaintext) on call `id`.
-    pub fn send_media(&mut self, id: CallId, plaintext: &[u8]) {
+    pub fn send_media(&mut self, id: CallId, plaintext: &[u8], now_ms: u64) {
         if let Some(Call { phase: Phase::Connected, path: Some(p), .. }) = self.calls.get_mut(&id) {
             p.send_media(plaintext);
         }
-        self.flush_path(id);
+        self.flush_path(id, now_ms);
     }
 
     /// Round-trip time of call `id`'s media path, once measured.

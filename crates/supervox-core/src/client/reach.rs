@@ -80,7 +80,7 @@ impl Client {
     }
 
     /// Host candidate, plus a server-reflexive one when a NAT maps us elsewhere.
-    fn refresh_candidates(&mut self) {
+    pub(super) fn refresh_candidates(&mut self) {
         let Some(host) = self.media_addr else { return };
         let mut c = vec![Candidate {
             kind: CandidateKind::Host,
@@ -95,6 +95,13 @@ impl Client {
                 addr: mapped,
                 priority: priority(PREF_SRFLX, 65535),
             });
+        }
+        if let Some(relayed) = self.relayed_addr() {
+            c.push(super::relay::relay_candidate(relayed));
+        }
+        if self.cfg.force_relay {
+            // The peer must not learn our addresses: offer the relay only.
+            c.retain(|c| c.kind == CandidateKind::Relay);
         }
         self.local_candidates = c;
     }

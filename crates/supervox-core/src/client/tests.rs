@@ -33,7 +33,7 @@ impl Net {
             .map(|(i, n)| {
                 let mut hc = HostCache::new();
                 hc.add(addr(SN));
-                let cfg = ClientConfig { name: n.to_string(), auto_answer, agent: "t".into() };
+                let cfg = ClientConfig { name: n.to_string(), auto_answer, agent: "t".into(), ..Default::default() };
                 let mut c = Client::new(Identity::from_seed([i as u8 + 1; 32]), cfg, hc, i as u64);
                 c.set_local_candidates(vec![Candidate {
                     kind: CandidateKind::Host,
@@ -139,7 +139,7 @@ fn sign_in_call_media_and_hangup() {
         |e| matches!(e, ClientEvent::Connected { path: PathKind::DirectUdp, peer, .. } if peer == "bob")
     ));
     assert!(net.clients[0].is_connected(&id) && net.clients[1].is_connected(&id));
-    net.clients[0].send_media(id, b"frame-1");
+    net.clients[0].send_media(id, b"frame-1", net.now);
     net.step();
     assert_eq!(net.media[1], vec![b"frame-1".to_vec()]);
     net.clients[1].hangup(id, "bye", net.now);

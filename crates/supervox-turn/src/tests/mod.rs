@@ -7,6 +7,7 @@ use crate::codec::{attr, method, Class, IntegrityKind, Message, MessageBuilder};
 use crate::{FiveTuple, Output, RelayError, Transport, TurnConfig, TurnServer};
 
 mod abuse;
+mod client;
 mod methods;
 
 pub(crate) const SECRET: &[u8] = b"test-secret";

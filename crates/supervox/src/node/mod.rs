@@ -49,6 +49,10 @@ pub struct NodeOptions {
     pub media_bind: SocketAddr,
     /// Jitter buffer and FEC settings.
     pub media: media::MediaConfig,
+    /// Media through relays only.
+    pub force_relay: bool,
+    /// A TURN server to use instead of the supernode's relay.
+    pub external_relay: Option<supervox_core::client::ExternalRelay>,
 }
 
 /// A `ctl call` waiting for its call's events.
@@ -127,6 +131,8 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         name: opts.name.clone(),
         auto_answer: opts.auto_answer,
         agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
+        force_relay: opts.force_relay,
+        external_relay: opts.external_relay.clone(),
     };
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
@@ -188,7 +194,7 @@ impl Node {
             let pkt = m.media.next_packet();
             let report = m.media.next_report(now);
             for p in pkt.iter().chain(report.iter()) {
-                self.client.send_media(id, p);
+                self.client.send_media(id, p, now);
             }
             let path_rtt = self.client.call_rtt_ms(&id);
             if let Some(m) = self.media.get_mut(&id) {
@@ -324,10 +330,10 @@ impl Node {
             "role": "client",
             "supernode": self.client.supernode().map(|s| s.to_string()),
             "host_cache": self.client.host_cache().len(),
-            "relay": self.client.relay_credentials().map(|r| json!({
-                "servers": r.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "expires_ms": r.expires_ms,
-            })),
+            "relay": {
+                "servers": self.client.relay_credentials().map(|r| r.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+                "allocated": self.client.relayed_addr().map(|a| a.to_string()),
+            },
             "media": self.udp.local_addr().ok().map(|a| a.to_string()),
             // Until the STUN probe has finished, say "unknown" rather than guess.
             "reachability": match self.client.reachability() {

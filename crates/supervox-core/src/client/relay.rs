@@ -1,0 +1,199 @@
+//! The client's relay candidate: one TURN allocation, kept while signed in,
+//! on our supernode's relay (with the credentials it hands signed-in clients)
+//! or on an external TURN server given in the configuration.
+//!
+//! The allocation shares the media socket: TURN traffic goes to and comes
+//! from the server's address; relayed data is handed to the calls as having
+//! arrived [`Via::Relay`] from the peer's address.
+
+use std::net::SocketAddr;
+
+use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, Transport};
+use supervox_turn::{ClientTransport, TurnClient, TurnEvent};
+use tracing::{info, warn};
+
+use super::{Client, ClientOutput, RelayCredentials};
+use crate::call::Phase;
+use crate::media_path::{LocalBases, Via};
+
+/// A TURN server the user names (e.g. coturn), used instead of the supernode's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRelay {
+    /// Its UDP address.
+    pub server: SocketAddr,
+    /// Long-term credential username.
+    pub username: String,
+    /// Long-term credential password.
+    pub password: String,
+}
+
+/// After a failed allocation, wait this long before the next try.
+const RETRY_MS: u64 = 5_000;
+
+impl Client {
+    /// Credentials from our supernode: allocate on its relay, or renew the
+    /// credentials of the allocation we hold there.
+    pub(super) fn on_relay_credentials(&mut self, creds: RelayCredentials, now_ms: u64) {
+        self.relay = Some(creds);
+        if self.cfg.external_relay.is_none() {
+            self.ensure_relay(now_ms);
+        }
+    }
+
+    /// Start an allocation when we have none that lives.
+    pub(super) fn ensure_relay(&mut self, now_ms: u64) {
+        if now_ms < self.relay_retry_ms {
+            return;
+        }
+        let (server, user, pass) = match (&self.cfg.external_relay, &self.relay) {
+            (Some(e), _) => (e.server, e.username.clone(), e.password.clone()),
+            (None, Some(c)) => match c.relays.first() {
+                Some(s) => (*s, c.username.clone(), c.password.clone()),
+                None => return,
+            },
+            (None, None) => return,
+        };
+        if let Some(t) = self.turn.as_mut() {
+            if !t.is_dead() && t.server() == server {
+                t.set_credentials(&user, &pass);
+                return;
+            }
+            // Another server now (we moved supernode), or the old one failed.
+            t.close(now_ms);
+            self.flush_relay(now_ms);
+        }
+        let seed = self.rng_u64();
+        info!("allocating a relay on {server}");
+        self.turn = Some(TurnClient::new(server, ClientTransport::Udp, &user, &pass, seed, now_ms));
+        self.flush_relay(now_ms);
+    }
+
+    pub(super) fn tick_relay(&mut self, now_ms: u64) {
+        if let Some(t) = self.turn.as_mut() {
+            if t.poll_timeout().is_some_and(|at| now_ms >= at) {
+                t.handle_timeout(now_ms);
+            }
+        }
+        self.flush_relay(now_ms);
+        if self.turn.as_ref().is_some_and(|t| t.is_dead()) {
+            self.turn = None;
+            self.relay_retry_ms = now_ms + RETRY_MS;
+            self.refresh_candidates();
+        }
+        if self.turn.is_none() && self.supernode().is_some() {
+            self.ensure_relay(now_ms);
+        }
+    }
+
+    /// A datagram from the TURN server: control traffic, or relayed data
+    /// for a call. `None` if it was not the relay's; else the call media it
+    /// carried, if any.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn relay_datagram(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Option<Option<(CallId, Vec<u8>)>> {
+        let t = self.turn.as_mut()?;
+        if from != t.server() {
+            return None;
+        }
+        let kind = supervox_turn::codec::packet_kind(bytes);
+        let is_turn = kind == supervox_turn::codec::PacketKind::ChannelData || supervox_stun::is_stun(bytes);
+        if !is_turn {
+            return None;
+        }
+        let data = t.handle_message(bytes, now_ms);
+        self.flush_relay(now_ms);
+        Some(data.and_then(|(peer, data)| self.call_datagram(Via::Relay, peer, &data, now_ms)))
+    }
+
+    /// Send one datagram to `to` through our allocation.
+    pub(super) fn send_via_relay(&mut self, to: SocketAddr, bytes: &[u8], now_ms: u64) {
+        if let Some(t) = self.turn.as_mut() {
+            t.send_to(to, bytes, now_ms);
+        }
+        self.flush_relay(now_ms);
+    }
+
+    /// Let the peer's addresses reach our relay.
+    pub(super) fn permit_peers(&mut self, peers: &[SocketAddr], now_ms: u64) {
+        if let Some(t) = self.turn.as_mut() {
+            for p in peers {
+                t.permit(p.ip(), now_ms);
+            }
+        }
+        self.flush_relay(now_ms);
+    }
+
+    /// What a new call's media path may use.
+    pub(super) fn local_bases(&self) -> LocalBases {
+        let relay = self.turn.as_ref().and_then(|t| t.relayed()).map(|_| false);
+        LocalBases { relay, force_relay: self.cfg.force_relay }
+    }
+
+    /// Our relayed address, when the allocation is up.
+    pub fn relayed_addr(&self) -> Option<SocketAddr> {
+        self.turn.as_ref().and_then(|t| t.relayed())
+    }
+
+    fn flush_relay(&mut self, now_ms: u64) {
+        let Some(t) = self.turn.as_mut() else { return };
+        let server = t.server();
+        while let Some(b) = t.poll_transmit() {
+            self.out.push_back(ClientOutput::Datagram(server, b));
+        }
+        let mut came_up = None;
+        while let Some(ev) = t.poll_event() {
+            match ev {
+                TurnEvent::Allocated { relayed, mapped } => {
+                    info!("relay allocated: {relayed} (server sees us at {mapped:?})");
+                    came_up = Some(relayed);
+                }
+                TurnEvent::Failed { code, reason } => warn!("relay allocation failed: {code} {reason}"),
+            }
+        }
+        if let Some(relayed) = came_up {
+            self.refresh_candidates();
+            self.trickle_relay(relayed, now_ms);
+        }
+    }
+
+    /// Calls that started before the allocation came up get it now.
+    fn trickle_relay(&mut self, relayed: SocketAddr, now_ms: u64) {
+        let cand = relay_candidate(relayed);
+        let ids: Vec<_> = self
+            .calls
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Inviting { .. } | Phase::Connecting | Phase::Connected))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            let mut peers = Vec::new();
+            if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
+                p.set_relay(Some(false));
+                peers = p.remote_addrs();
+            }
+            if let Some(t) = self.turn.as_mut() {
+                for p in &peers {
+                    t.permit(p.ip(), now_ms);
+                }
+            }
+            self.signal(id, CallSignal::Candidates { candidates: vec![cand] });
+        }
+    }
+}
+
+/// ICE type preference of relayed candidates (RFC 8445 §5.1.2.2).
+const PREF_RELAY: u32 = 0;
+
+/// The relay candidate for `relayed`.
+pub(super) fn relay_candidate(relayed: SocketAddr) -> Candidate {
+    Candidate {
+        kind: CandidateKind::Relay,
+        transport: Transport::Udp,
+        addr: relayed,
+        priority: super::reach::priority(PREF_RELAY, 65535),
+    }
+}
