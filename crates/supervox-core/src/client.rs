@@ -60,6 +60,8 @@ pub struct ClientConfig {
     pub force_relay: bool,
     /// A TURN server to use instead of our supernode's relay.
     pub external_relay: Option<ExternalRelay>,
+    /// Reach the relay over TCP from the start (otherwise only once UDP proves blocked).
+    pub relay_over_tcp: bool,
 }
 
 /// Something the user (or the control API) should hear about.
@@ -147,6 +149,14 @@ pub enum ClientOutput {
     Close(ConnId, String),
     /// Send a media datagram.
     Datagram(SocketAddr, Vec<u8>),
+    /// Open the TCP stream to this TURN server (TURN over TCP: UDP is blocked here);
+    /// feed what arrives to [`Client::on_relay_frame`], report its end with
+    /// [`Client::on_relay_stream_closed`]. Replaces any previous relay stream.
+    RelayConnect(SocketAddr),
+    /// Write these bytes (one TURN message or padded ChannelData) to the relay stream.
+    RelayStream(Vec<u8>),
+    /// Close the relay stream.
+    RelayDisconnect,
     /// Tell the user.
     Event(ClientEvent),
     /// The host cache changed: persist [`Client::host_cache`].
@@ -180,6 +190,8 @@ pub struct Client {
     relay: Option<RelayCredentials>,
     turn: Option<supervox_turn::TurnClient>,
     relay_retry_ms: u64,
+    /// Reach the relay over TCP: UDP is blocked here (probe or a timed-out allocation).
+    relay_over_tcp: bool,
     next_req: u64,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
@@ -188,6 +200,7 @@ pub struct Client {
 impl Client {
     /// A client that will sign in through the supernodes in `host_cache`.
     pub fn new(identity: Identity, cfg: ClientConfig, host_cache: HostCache, rng_seed: u64) -> Self {
+        let relay_over_tcp = cfg.relay_over_tcp;
         Self {
             identity,
             cfg,
@@ -206,6 +219,7 @@ impl Client {
             relay: None,
             turn: None,
             relay_retry_ms: 0,
+            relay_over_tcp,
             next_req: 1,
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),

@@ -115,6 +115,7 @@ pub struct MediaPath {
     /// Our relay's transport, when we have a TURN allocation (true: over TCP).
     relay: Option<bool>,
     force_relay: bool,
+    no_udp: bool,
     selected: Option<usize>,
     /// When the pair in use was chosen (its consent window starts no earlier).
     selected_since_ms: u64,
@@ -144,6 +145,8 @@ pub struct LocalBases {
     pub relay: Option<bool>,
     /// Use relayed pairs only (privacy, or a network that must not see the peer).
     pub force_relay: bool,
+    /// UDP does not get out of here (we reach our relay over TCP): no direct pairs.
+    pub no_udp: bool,
 }
 
 impl MediaPath {
@@ -167,6 +170,7 @@ impl MediaPath {
             pairs: Vec::new(),
             relay: local.relay,
             force_relay: local.force_relay,
+            no_udp: local.no_udp,
             selected: None,
             selected_since_ms: now_ms,
             confirmed: false,
@@ -192,7 +196,7 @@ impl MediaPath {
     fn usable(&self, via: Via, remote_relayed: bool) -> bool {
         match via {
             Via::Relay => self.relay.is_some(),
-            Via::Direct => !self.force_relay || remote_relayed,
+            Via::Direct => !self.no_udp && (!self.force_relay || remote_relayed),
         }
     }
 

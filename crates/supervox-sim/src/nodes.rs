@@ -257,7 +257,11 @@ impl Sim {
                     }
                 }
                 ClientOutput::Event(e) => self.client_event(c, e),
-                ClientOutput::Datagram(..) | ClientOutput::HostCacheChanged => {}
+                ClientOutput::Datagram(..)
+                | ClientOutput::HostCacheChanged
+                | ClientOutput::RelayConnect(_)
+                | ClientOutput::RelayStream(_)
+                | ClientOutput::RelayDisconnect => {}
             }
         }
         let slot = &self.clients[c as usize];

@@ -25,6 +25,8 @@ use crate::codec::{attr, encode_channel_data, method, ChannelData, PacketKind};
 /// First retransmission timeout of a request over UDP (RFC 8489 §6.2.1 uses 500 ms; calls
 /// want a relay candidate fast, and the server is our own supernode a few ms away).
 const RTO_MS: u64 = 250;
+/// How long a request over TCP waits for its answer (includes the connection setup).
+const TCP_TIMEOUT_MS: u64 = 10_000;
 /// Transmissions of a request before it is given up.
 const MAX_TRANSMISSIONS: u32 = 6;
 /// Lifetime we ask for (s).
@@ -434,7 +436,9 @@ impl TurnClient {
         };
         let bytes = msg.encode(key.as_deref(), true);
         self.out.push_back(bytes.clone());
-        self.tx.insert(tid, Transaction { purpose, bytes, next_ms: now_ms + RTO_MS, sent: 1, reauthed });
+        // Over TCP nothing is retransmitted: the one transmission gets the whole timeout.
+        let wait = if self.transport == ClientTransport::Tcp { TCP_TIMEOUT_MS } else { RTO_MS };
+        self.tx.insert(tid, Transaction { purpose, bytes, next_ms: now_ms + wait, sent: 1, reauthed });
     }
 
     /// Retransmit, refresh, and give up on what timed out.

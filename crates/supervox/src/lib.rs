@@ -7,5 +7,6 @@ pub mod demo;
 pub mod links;
 pub mod metrics;
 pub mod node;
+pub mod relay_stream;
 pub mod sn;
 pub mod store;

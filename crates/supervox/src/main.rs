@@ -129,12 +129,22 @@ struct NodeArgs {
     /// supernode's relay. Needs --turn-username and --turn-password.
     #[arg(long, value_name = "IP:PORT", requires_all = ["turn_username", "turn_password"])]
     turn_server: Option<SocketAddr>,
+    /// How to reach the relay: `auto` (UDP, TCP once UDP proves blocked) or `tcp` (always
+    /// TURN over TCP, for networks that pass only TCP).
+    #[arg(long, value_enum, default_value = "auto")]
+    relay_transport: RelayTransport,
     /// Username on --turn-server (long-term credential).
     #[arg(long, value_name = "USER")]
     turn_username: Option<String>,
     /// Password on --turn-server.
     #[arg(long, value_name = "PASS")]
     turn_password: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RelayTransport {
+    Auto,
+    Tcp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -257,6 +267,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 media_bind: a.media,
                 media: MediaConfig { jitter_buffer: a.jitter_buffer, fec: matches!(a.fec, OnOff::On) },
                 force_relay: a.force_relay,
+                relay_over_tcp: matches!(a.relay_transport, RelayTransport::Tcp),
                 external_relay: match (a.turn_server, a.turn_username, a.turn_password) {
                     (Some(server), Some(username), Some(password)) => {
                         Some(supervox_core::client::ExternalRelay { server, username, password })

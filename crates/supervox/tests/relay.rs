@@ -180,6 +180,41 @@ fn a_forced_relay_call_goes_through_the_supernodes_turn_relay() {
 }
 
 #[test]
+fn a_relay_over_tcp_carries_a_call_and_coturns_tcp_client() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = ["--relay-allow-loopback", "--relay-secret", "s3cret", "--relay-kbps", "0"];
+    let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &relay);
+    let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
+    // coturn's client allocates over TCP on the supernode's own TCP port (shared with links).
+    let mut c = tool("turnutils_uclient");
+    c.args(["-t", "-y", "-c", "-W", "s3cret", "-u", "00aa11bb", "-p", &sn1.addr.port().to_string()]).args([
+        "-n",
+        "20",
+        "-m",
+        "1",
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port(),
+        "127.0.0.1",
+    ]);
+    let (ok, out) = run(c, Duration::from_secs(30));
+    assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "uclient over TCP:\n{out}");
+    // A node that reaches its relay only over TCP still gets its call through.
+    let wav = root.path().join("bob.wav");
+    let alice = start_node(root.path(), "alice", &[sn1.addr], &["--force-relay", "--relay-transport", "tcp"]);
+    let bob =
+        start_node(root.path(), "bob", &[sn2.addr], &["--auto-answer", "--output", &format!("wav:{}", wav.display())]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    wait_relay(&alice, Duration::from_secs(10));
+    assert_eq!(status(&alice).unwrap()["relay"]["transport"], "tcp");
+    call_and_check(&alice, &bob, &wav, "relay-tcp");
+}
+
+#[test]
 fn a_node_can_take_its_relay_from_an_external_turn_server() {
     let root = tempfile::tempdir().unwrap();
     let sn = start_sn(root.path(), "sn", &[]);

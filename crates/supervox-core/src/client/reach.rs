@@ -39,7 +39,7 @@ impl Client {
         let other = other.or_else(|| self.host_cache.entries().iter().copied().find(|a| *a != sn));
         let cfg = ProbeConfig::new(local, sn, other.unwrap_or(sn));
         self.probe = Some(NatProbe::new(cfg, now_ms));
-        self.flush_probe();
+        self.flush_probe(now_ms);
     }
 
     pub(super) fn tick_probe(&mut self, now_ms: u64) {
@@ -47,17 +47,17 @@ impl Client {
         if p.poll_timeout().is_some_and(|t| now_ms >= t) {
             p.handle_timeout(now_ms);
         }
-        self.flush_probe();
+        self.flush_probe(now_ms);
     }
 
     /// A STUN datagram on the media socket (a probe answer). True if used.
     pub(super) fn probe_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) -> bool {
         let used = self.probe.as_mut().is_some_and(|p| p.handle_response(from, bytes, now_ms));
-        self.flush_probe();
+        self.flush_probe(now_ms);
         used
     }
 
-    fn flush_probe(&mut self) {
+    fn flush_probe(&mut self, now_ms: u64) {
         let Some(p) = self.probe.as_mut() else { return };
         while let Some((to, bytes)) = p.poll_transmit() {
             self.out.push_back(ClientOutput::Datagram(to, bytes));
@@ -76,6 +76,9 @@ impl Client {
                 );
             }
             self.refresh_candidates();
+            if self.reach.as_ref().is_some_and(|r| !r.udp) {
+                self.relay_needs_tcp(now_ms);
+            }
         }
     }
 

@@ -53,19 +53,70 @@ impl Client {
             },
             (None, None) => return,
         };
+        let transport = if self.relay_over_tcp { ClientTransport::Tcp } else { ClientTransport::Udp };
         if let Some(t) = self.turn.as_mut() {
-            if !t.is_dead() && t.server() == server {
+            if !t.is_dead() && t.server() == server && t.transport() == transport {
                 t.set_credentials(&user, &pass);
                 return;
             }
-            // Another server now (we moved supernode), or the old one failed.
+            // Another server or transport now (we moved supernode, UDP turned out
+            // blocked), or the old one failed.
             t.close(now_ms);
             self.flush_relay(now_ms);
+            self.drop_relay(now_ms);
         }
         let seed = self.rng_u64();
-        info!("allocating a relay on {server}");
-        self.turn = Some(TurnClient::new(server, ClientTransport::Udp, &user, &pass, seed, now_ms));
+        info!("allocating a relay on {server} over {transport:?}");
+        if transport == ClientTransport::Tcp {
+            self.out.push_back(ClientOutput::RelayConnect(server));
+        }
+        self.turn = Some(TurnClient::new(server, transport, &user, &pass, seed, now_ms));
         self.flush_relay(now_ms);
+    }
+
+    /// Forget the allocation (it failed, or its stream closed); calls fail over
+    /// from pairs through it by themselves.
+    fn drop_relay(&mut self, now_ms: u64) {
+        if let Some(t) = self.turn.take() {
+            if t.transport() == ClientTransport::Tcp {
+                self.out.push_back(ClientOutput::RelayDisconnect);
+            }
+            self.relay_retry_ms = now_ms + RETRY_MS;
+            self.refresh_candidates();
+        }
+    }
+
+    /// UDP does not get out of this network: use TURN over TCP from now on.
+    pub(super) fn relay_needs_tcp(&mut self, now_ms: u64) {
+        if self.relay_over_tcp {
+            return;
+        }
+        info!("UDP is blocked: the relay will be reached over TCP");
+        self.relay_over_tcp = true;
+        if self.turn.as_ref().is_some_and(|t| t.transport() == ClientTransport::Udp) {
+            self.drop_relay(now_ms);
+            self.relay_retry_ms = now_ms;
+        }
+        if self.supernode().is_some() {
+            self.ensure_relay(now_ms);
+        }
+    }
+
+    /// A frame from the relay's TCP stream.
+    pub fn on_relay_frame(&mut self, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
+        let t = self.turn.as_mut().filter(|t| t.transport() == ClientTransport::Tcp)?;
+        let data = t.handle_message(bytes, now_ms);
+        self.flush_relay(now_ms);
+        let (peer, data) = data?;
+        self.call_datagram(Via::Relay, peer, &data, now_ms)
+    }
+
+    /// The relay's TCP stream failed or closed: the allocation is gone with it.
+    pub fn on_relay_stream_closed(&mut self, now_ms: u64) {
+        if self.turn.as_ref().is_some_and(|t| t.transport() == ClientTransport::Tcp) {
+            warn!("relay stream closed");
+            self.drop_relay(now_ms);
+        }
     }
 
     pub(super) fn tick_relay(&mut self, now_ms: u64) {
@@ -76,9 +127,7 @@ impl Client {
         }
         self.flush_relay(now_ms);
         if self.turn.as_ref().is_some_and(|t| t.is_dead()) {
-            self.turn = None;
-            self.relay_retry_ms = now_ms + RETRY_MS;
-            self.refresh_candidates();
+            self.drop_relay(now_ms);
         }
         if self.turn.is_none() && self.supernode().is_some() {
             self.ensure_relay(now_ms);
@@ -129,8 +178,13 @@ impl Client {
 
     /// What a new call's media path may use.
     pub(super) fn local_bases(&self) -> LocalBases {
-        let relay = self.turn.as_ref().and_then(|t| t.relayed()).map(|_| false);
-        LocalBases { relay, force_relay: self.cfg.force_relay }
+        let relay = self.turn.as_ref().filter(|t| t.relayed().is_some()).map(|t| t.transport() == ClientTransport::Tcp);
+        LocalBases { relay, force_relay: self.cfg.force_relay, no_udp: self.relay_over_tcp }
+    }
+
+    /// True when the relay is reached over TCP (UDP blocked, or configured so).
+    pub fn relay_over_tcp(&self) -> bool {
+        self.relay_over_tcp
     }
 
     /// Our relayed address, when the allocation is up.
@@ -141,18 +195,28 @@ impl Client {
     fn flush_relay(&mut self, now_ms: u64) {
         let Some(t) = self.turn.as_mut() else { return };
         let server = t.server();
+        let tcp = t.transport() == ClientTransport::Tcp;
         while let Some(b) = t.poll_transmit() {
-            self.out.push_back(ClientOutput::Datagram(server, b));
+            self.out.push_back(if tcp { ClientOutput::RelayStream(b) } else { ClientOutput::Datagram(server, b) });
         }
         let mut came_up = None;
+        let mut udp_timed_out = false;
         while let Some(ev) = t.poll_event() {
             match ev {
                 TurnEvent::Allocated { relayed, mapped } => {
                     info!("relay allocated: {relayed} (server sees us at {mapped:?})");
                     came_up = Some(relayed);
                 }
-                TurnEvent::Failed { code, reason } => warn!("relay allocation failed: {code} {reason}"),
+                TurnEvent::Failed { code, reason } => {
+                    warn!("relay allocation failed: {code} {reason}");
+                    udp_timed_out |= code == 408 && !tcp && t.relayed().is_none();
+                }
             }
+        }
+        if udp_timed_out {
+            // The server is up (we are signed in to it over TCP) but UDP to it got no answer.
+            self.relay_needs_tcp(now_ms);
+            return;
         }
         if let Some(relayed) = came_up {
             self.refresh_candidates();
@@ -171,8 +235,9 @@ impl Client {
             .collect();
         for id in ids {
             let mut peers = Vec::new();
+            let tcp = self.relay_over_tcp;
             if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
-                p.set_relay(Some(false));
+                p.set_relay(Some(tcp));
                 peers = p.remote_addrs();
             }
             if let Some(t) = self.turn.as_mut() {

@@ -88,7 +88,11 @@ impl Net {
                             }
                         }
                         ClientOutput::Event(e) => self.events[i].push(e),
-                        ClientOutput::Close(..) | ClientOutput::HostCacheChanged => {}
+                        ClientOutput::Close(..)
+                        | ClientOutput::HostCacheChanged
+                        | ClientOutput::RelayConnect(_)
+                        | ClientOutput::RelayStream(_)
+                        | ClientOutput::RelayDisconnect => {}
                     }
                 }
             }

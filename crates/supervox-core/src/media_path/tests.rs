@@ -99,7 +99,7 @@ impl Net {
         let b_host: SocketAddr = "10.0.1.1:5000".parse().unwrap();
         let a_relay: SocketAddr = "192.0.2.1:50000".parse().unwrap();
         let b_relay: SocketAddr = "192.0.2.1:50002".parse().unwrap();
-        let bases = LocalBases { relay: Some(false), force_relay };
+        let bases = LocalBases { relay: Some(false), force_relay, no_udp: false };
         let a_cands = [cand(CandidateKind::Host, a_host), cand(CandidateKind::Relay, a_relay)];
         let b_cands = [cand(CandidateKind::Host, b_host), cand(CandidateKind::Relay, b_relay)];
         Net {

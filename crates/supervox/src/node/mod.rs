@@ -7,6 +7,7 @@ pub mod media;
 
 use crate::control::Request;
 use crate::links::{now_ms, LinkSet, NetEvent};
+use crate::relay_stream::{self, RelayStreamEvent};
 use crate::store::DataDir;
 use anyhow::{bail, Result};
 use media::{CallFigures, CallMedia};
@@ -53,6 +54,8 @@ pub struct NodeOptions {
     pub force_relay: bool,
     /// A TURN server to use instead of the supernode's relay.
     pub external_relay: Option<supervox_core::client::ExternalRelay>,
+    /// Reach the relay over TCP from the start.
+    pub relay_over_tcp: bool,
 }
 
 /// A `ctl call` waiting for its call's events.
@@ -103,6 +106,10 @@ struct Node {
     watchers: HashMap<CallId, Watcher>,
     media: HashMap<CallId, ActiveMedia>,
     fatal: Option<String>,
+    /// The TURN-over-TCP stream to our relay (when UDP is blocked), and its generation.
+    relay_stream: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+    relay_generation: u64,
+    relay_events: mpsc::Sender<RelayStreamEvent>,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -133,12 +140,25 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
         force_relay: opts.force_relay,
         external_relay: opts.external_relay.clone(),
+        relay_over_tcp: opts.relay_over_tcp,
     };
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
     let client = Client::new(identity, cfg, host_cache, rand::random());
-    let mut node =
-        Node { opts, client, links, udp, data, watchers: HashMap::new(), media: HashMap::new(), fatal: None };
+    let (relay_events, mut relay_rx) = mpsc::channel(1024);
+    let mut node = Node {
+        opts,
+        client,
+        links,
+        udp,
+        data,
+        watchers: HashMap::new(),
+        media: HashMap::new(),
+        fatal: None,
+        relay_stream: None,
+        relay_generation: 0,
+        relay_events,
+    };
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
     if let Some(first) = node.client.host_cache().entries().first().copied() {
         node.update_candidates(first);
@@ -155,6 +175,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
                 Err(e) => warn!("media socket: {e}"),
             },
             Some(ev) = ev_rx.recv() => node.on_net(ev),
+            Some(ev) = relay_rx.recv() => node.on_relay_stream(ev),
             Some(msg) = ctl_rx.recv() => node.on_control(msg),
         }
         node.drain().await;
@@ -231,6 +252,26 @@ impl Node {
             if let Some(m) = self.media.get_mut(&id) {
                 m.media.on_packet(&plain, now);
             }
+        }
+    }
+
+    fn on_relay_stream(&mut self, ev: RelayStreamEvent) {
+        let now = now_ms();
+        let current = self.relay_stream.as_ref().map(|(g, _)| *g);
+        match ev {
+            RelayStreamEvent::Frame(g, bytes) if Some(g) == current => {
+                if let Some((id, plain)) = self.client.on_relay_frame(&bytes, now) {
+                    if let Some(m) = self.media.get_mut(&id) {
+                        m.media.on_packet(&plain, now);
+                    }
+                }
+            }
+            RelayStreamEvent::Closed(g, reason) if Some(g) == current => {
+                warn!("relay stream: {reason}");
+                self.relay_stream = None;
+                self.client.on_relay_stream_closed(now);
+            }
+            _ => {}
         }
     }
 
@@ -333,6 +374,7 @@ impl Node {
             "relay": {
                 "servers": self.client.relay_credentials().map(|r| r.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
                 "allocated": self.client.relayed_addr().map(|a| a.to_string()),
+                "transport": if self.client.relay_over_tcp() { "tcp" } else { "udp" },
             },
             "media": self.udp.local_addr().ok().map(|a| a.to_string()),
             // Until the STUN probe has finished, say "unknown" rather than guess.
@@ -367,6 +409,18 @@ impl Node {
                         tracing::debug!("media send to {to}: {e}");
                     }
                 }
+                ClientOutput::RelayConnect(server) => {
+                    self.relay_generation += 1;
+                    let g = self.relay_generation;
+                    self.relay_stream = Some((g, relay_stream::open(server, g, self.relay_events.clone())));
+                }
+                ClientOutput::RelayStream(bytes) => {
+                    // Queued until connected; a full queue drops (media is real-time).
+                    if let Some((_, tx)) = &self.relay_stream {
+                        let _ = tx.try_send(bytes);
+                    }
+                }
+                ClientOutput::RelayDisconnect => self.relay_stream = None,
                 ClientOutput::HostCacheChanged => {
                     if let Err(e) = self.data.save_host_cache(self.client.host_cache()) {
                         warn!("cannot save host cache: {e:#}");

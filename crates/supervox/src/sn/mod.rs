@@ -107,13 +107,23 @@ impl BoundSupernode {
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
         for l in self.listeners {
             let tx = acc_tx.clone();
+            let turn_events = udp.events();
             tokio::spawn(async move {
                 loop {
                     match l.accept().await {
-                        Ok(s) => {
-                            if tx.send(s).await.is_err() {
+                        Ok((stream, remote)) => {
+                            if tx.is_closed() {
                                 return;
                             }
+                            // TURN over TCP and our links share the port: look at the first bytes.
+                            let (tx, turn_events) = (tx.clone(), turn_events.clone());
+                            tokio::spawn(async move {
+                                if sniff_turn(&stream).await {
+                                    udp::spawn_tcp_client(stream, remote, turn_events);
+                                } else {
+                                    let _ = tx.send((stream, remote)).await;
+                                }
+                            });
                         }
                         // e.g. EMFILE: pause instead of spinning.
                         Err(e) => {
@@ -215,6 +225,30 @@ impl BoundSupernode {
         data.save_claims(&sn.claims())?;
         info!("supernode stopped");
         Ok(())
+    }
+}
+
+/// Peek at a new connection's first bytes (a link's initiator speaks first,
+/// as does a TURN client): true for TURN. A link frame starts with two zero
+/// bytes (its u32 length is below 64 KiB), which no STUN message type has;
+/// otherwise the magic cookie in bytes 4..8 decides. Silence or a short
+/// first write is handed to the link, whose handshake then refuses it.
+async fn sniff_turn(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 8];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        // (A timeout polls its future first: with bytes buffered, peek is always
+        // ready, so the deadline is checked here.)
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n >= 2 && first[..2] == [0, 0] => return false,
+            Ok(Ok(n)) if n >= 8 => return udp::is_turn_stream(&first),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            // Fewer than 8 bytes so far: wait for more.
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
 }
 

@@ -3,6 +3,12 @@
 //! "change IP" is delegated to a peer supernode) and serves TURN (RFC 8656)
 //! for signed-in clients, with one relay socket per allocation.
 //!
+//! TURN over TCP (RFC 8656 §3.1) is served too: a connection on the TCP
+//! port whose first bytes are a STUN header is handed here by the accept
+//! loop instead of becoming a signalling link ([`is_turn_stream`]), so a
+//! client that can only get TCP out reaches the relay on the same port —
+//! 443 when the supernode listens there.
+//!
 //! Protocol logic lives in `supervox-stun` and `supervox-turn` (sans-IO);
 //! this module only owns sockets and moves datagrams.
 
@@ -31,6 +37,77 @@ pub enum UdpEvent {
     Listen { local: SocketAddr, from: SocketAddr, bytes: Vec<u8> },
     /// On a relay socket (from a peer of an allocation).
     Relay { relay: SocketAddr, from: SocketAddr, bytes: Vec<u8> },
+    /// A TURN-over-TCP client connected on our `local` TCP listen address.
+    TcpOpen { client: SocketAddr, local: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    /// One TURN message or ChannelData from that client.
+    TcpFrame { client: SocketAddr, bytes: Vec<u8> },
+    /// That client's connection ended.
+    TcpClosed { client: SocketAddr },
+}
+
+/// TURN-over-TCP clients served at most at once.
+pub const MAX_TCP_CLIENTS: usize = 4_096;
+/// Messages queued towards one TCP client before new ones are dropped.
+const TCP_WRITE_QUEUE: usize = 1_024;
+
+/// Does a new TCP connection speak TURN (a STUN header: two zero bits, the
+/// magic cookie) rather than our Noise link? `first` are its first 8 bytes.
+pub fn is_turn_stream(first: &[u8]) -> bool {
+    first.len() >= 8 && first[0] & 0xC0 == 0 && first[4..8] == supervox_stun::codec::MAGIC_COOKIE.to_be_bytes()
+}
+
+/// Serve one TURN-over-TCP connection: frames in to the plane, its answers out.
+pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, events: mpsc::Sender<UdpEvent>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        let Ok(local) = stream.local_addr() else { return };
+        let _ = stream.set_nodelay(true);
+        let (mut r, mut w) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
+        if events.send(UdpEvent::TcpOpen { client, local, writer: tx }).await.is_err() {
+            return;
+        }
+        let writer = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if w.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut framer = supervox_turn::TcpFramer::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        'read: loop {
+            tokio::select! {
+                r = r.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if framer.push(&buf[..n]).is_err() {
+                            break;
+                        }
+                        loop {
+                            match framer.next_frame() {
+                                Ok(Some(f)) => {
+                                    let ev = UdpEvent::TcpFrame { client, bytes: f.to_vec() };
+                                    if events.send(ev).await.is_err() {
+                                        break 'read;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    debug!("TURN stream from {client} closed: {e}");
+                                    break 'read;
+                                }
+                            }
+                        }
+                    }
+                },
+                // The plane dropped our writer (limit reached, or the allocation ended).
+                _ = async {}, if writer.is_finished() => break,
+            }
+        }
+        writer.abort();
+        let _ = events.send(UdpEvent::TcpClosed { client }).await;
+    });
 }
 
 struct RelaySocket {
@@ -50,6 +127,8 @@ pub struct UdpPlane {
     relays: HashMap<SocketAddr, RelaySocket>,
     relay_ip: std::net::IpAddr,
     tx: mpsc::Sender<UdpEvent>,
+    /// TURN-over-TCP clients: their writer and the public address they reached.
+    tcp: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, SocketAddr)>,
 }
 
 impl UdpPlane {
@@ -76,7 +155,23 @@ impl UdpPlane {
         let turn = TurnServer::new(turn, now_ms());
         let main = main.context("no listen address")?;
         let relay_ip = advertise.ip();
-        Ok((Self { listen: sockets, main, public, stun, turn, relays: HashMap::new(), relay_ip, tx }, rx))
+        let plane = Self {
+            listen: sockets,
+            main,
+            public,
+            stun,
+            turn,
+            relays: HashMap::new(),
+            relay_ip,
+            tx,
+            tcp: HashMap::new(),
+        };
+        Ok((plane, rx))
+    }
+
+    /// Where TURN-over-TCP connections report (see [`spawn_tcp_client`]).
+    pub fn events(&self) -> mpsc::Sender<UdpEvent> {
+        self.tx.clone()
     }
 
     /// The peer supernode that answers "change IP" requests (our OTHER-ADDRESS).
@@ -105,6 +200,25 @@ impl UdpPlane {
         let now = now_ms();
         match ev {
             UdpEvent::Relay { relay, from, bytes } => self.turn.handle_peer(relay, from, &bytes, now),
+            UdpEvent::TcpOpen { client, local, writer } => {
+                if self.tcp.len() >= MAX_TCP_CLIENTS {
+                    warn!("TURN over TCP: {MAX_TCP_CLIENTS} clients, refusing {client}");
+                } else {
+                    let public = self.public.get(&local).copied().unwrap_or(local);
+                    self.tcp.insert(client, (writer, public));
+                }
+            }
+            UdpEvent::TcpFrame { client, bytes } => {
+                if let Some((_, public)) = self.tcp.get(&client) {
+                    // Binding over TCP is answered by the TURN server itself.
+                    self.turn.handle_client(Transport::Tcp, client, *public, &bytes, now);
+                }
+            }
+            UdpEvent::TcpClosed { client } => {
+                if let Some((_, public)) = self.tcp.remove(&client) {
+                    self.turn.handle_client_closed(Transport::Tcp, client, public);
+                }
+            }
             UdpEvent::Listen { local, from, bytes } => {
                 let public = self.public.get(&local).copied().unwrap_or(local);
                 match self.stun.handle(&bytes, from, public) {
@@ -157,7 +271,13 @@ impl UdpPlane {
                     let local = self.public.iter().find(|(_, p)| **p == server).map(|(l, _)| *l).unwrap_or(server);
                     self.send_from(local, client, &bytes);
                 }
-                // TURN over TCP/TLS is not served yet; the server never emits these for UDP input.
+                Output::ToClient { transport: Transport::Tcp, client, bytes, .. } => {
+                    if let Some((w, _)) = self.tcp.get(&client) {
+                        // A client that does not read loses datagrams, as over UDP.
+                        let _ = w.try_send(bytes);
+                    }
+                }
+                // TLS is not served.
                 Output::ToClient { .. } => {}
                 Output::ToPeer { relay_addr, peer, bytes } => {
                     if let Some(r) = self.relays.get(&relay_addr) {
