@@ -574,6 +574,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     if let Some((_, gen_cpu)) = opts.pin {
         let pinned = Command::new("taskset")
             .args(["-a", "-p", "-c", &gen_cpu.to_string(), &std::process::id().to_string()])
@@ -589,7 +590,7 @@ fn main() {
         "Relay bench: {} flows, {PAYLOAD}-byte payloads as ChannelData client -> relay -> peer, {} s per step, {} cores",
         opts.flows,
         opts.step_secs,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        cores
     );
     println!("Load average at start (whole machine): {}", loadavg());
     match opts.pin {

@@ -168,13 +168,10 @@ impl BoundSupernode {
                         sn.on_dial_failed(addr, now_ms());
                     }
                 },
-                Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn).await,
+                Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
                 _ = tick.tick() => {
                     sn.on_tick(now_ms());
                     udp.set_other(sn.peer_addrs().into_iter().min());
-                    if udp.poll_timeout().is_some_and(|t| t <= now_ms()) {
-                        udp.on_timeout().await;
-                    }
                     for (conn, reason) in links.tick() {
                         info!(conn, "link failed: {reason}");
                         sn.on_closed(conn, now_ms());
