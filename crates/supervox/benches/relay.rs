@@ -15,7 +15,7 @@
 //! Run: `bench/relay` (installs coturn, prints a Markdown table), or
 //! `cargo bench -p supervox --bench relay -- [--flows N] [--rates 50000,100000,...]
 //! [--step-secs S] [--latency-pps N] [--coturn-threads N] [--servers supervox,coturn]
-//! [--pin SERVER_CPU,GENERATOR_CPU | --no-pin]`. By default (2+ cores) the server runs pinned to
+//! [--pin SERVER_CPU,GENERATOR_CPU | --no-pin] [--nice N]`. By default (2+ cores) the server runs pinned to
 //! CPU 0 and the generator to CPU 1, so the server has exactly one core and neither steals the
 //! other's.
 
@@ -54,6 +54,8 @@ struct Opts {
     servers: Vec<String>,
     /// (server CPU, generator CPU), when pinned.
     pin: Option<(usize, usize)>,
+    /// Niceness of the server and the generator (negative: ahead of other work on the machine).
+    nice: i32,
 }
 
 fn parse_opts() -> Res<Opts> {
@@ -66,6 +68,7 @@ fn parse_opts() -> Res<Opts> {
         servers: vec!["supervox".into(), "coturn".into()],
         pin: (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset").is_some())
             .then_some((0, 1)),
+        nice: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -85,6 +88,7 @@ fn parse_opts() -> Res<Opts> {
             "--coturn-threads" => o.coturn_threads = val()?.parse().map_err(|e| format!("--coturn-threads: {e}"))?,
             "--servers" => o.servers = val()?.split(',').map(str::to_string).collect(),
             "--no-pin" => o.pin = None,
+            "--nice" => o.nice = val()?.parse().map_err(|e| format!("--nice: {e}"))?,
             "--pin" => {
                 let v = val()?;
                 let (a, b) = v.split_once(',').ok_or("--pin SERVER_CPU,GENERATOR_CPU")?;
@@ -141,7 +145,7 @@ fn start_server(kind: &str, opts: &Opts) -> Res<Server> {
     let max_alloc = (opts.flows * 2 + 16).to_string();
     let d = |name: &str| dir.path().join(name).into_os_string();
     let strs = |v: &[&str]| v.iter().map(|a| OsString::from(*a)).collect::<Vec<_>>();
-    let (program, mut args, note): (OsString, Vec<OsString>, String) = match kind {
+    let (program, args, note): (OsString, Vec<OsString>, String) = match kind {
         "supervox" => {
             let mut a = strs(&["supernode", "--listen", &addr.to_string(), "--relay-secret", SECRET]);
             a.extend(strs(&["--relay-allow-loopback", "--relay-kbps", "0", "--max-allocations", &max_alloc]));
@@ -165,16 +169,17 @@ fn start_server(kind: &str, opts: &Opts) -> Res<Server> {
         }
         other => return Err(format!("unknown server {other}")),
     };
-    let mut cmd = match opts.pin {
-        // taskset execs the server: the child's pid is the server's.
-        Some((server_cpu, _)) => {
-            args.insert(0, program);
-            args.insert(0, OsString::from(server_cpu.to_string()));
-            args.insert(0, OsString::from("-c"));
-            Command::new("taskset")
-        }
-        None => Command::new(program),
-    };
+    // nice and taskset exec the server: the child's pid is the server's.
+    let (mut program, mut args) = (program, args);
+    if let Some((server_cpu, _)) = opts.pin {
+        args.splice(0..0, [OsString::from("-c"), OsString::from(server_cpu.to_string()), program]);
+        program = OsString::from("taskset");
+    }
+    if opts.nice != 0 {
+        args.splice(0..0, [OsString::from("-n"), OsString::from(opts.nice.to_string()), program]);
+        program = OsString::from("nice");
+    }
+    let mut cmd = Command::new(program);
     cmd.args(&args).env("RUST_LOG", "warn");
     let child = cmd
         .stdin(Stdio::null())
@@ -585,6 +590,16 @@ fn main() {
             std::process::exit(1);
         }
     }
+    if opts.nice != 0 {
+        let reniced = Command::new("renice")
+            .args(["-n", &opts.nice.to_string(), "-p", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+        if !reniced.is_ok_and(|s| s.success()) {
+            eprintln!("relay bench: cannot renice the generator to {}", opts.nice);
+            std::process::exit(1);
+        }
+    }
     let epoch = Instant::now();
     println!(
         "Relay bench: {} flows, {PAYLOAD}-byte payloads as ChannelData client -> relay -> peer, {} s per step, {} cores",
@@ -597,6 +612,7 @@ fn main() {
         Some((s, g)) => println!("Server pinned to CPU {s} (all its threads), generator (one thread) to CPU {g}."),
         None => println!("Not pinned: server and generator share the cores."),
     }
+    println!("Server and generator niceness: {}.", opts.nice);
     println!();
     println!("| server | flows | offered pps | sent pps | forwarded pps | loss % | server CPU s | pps per core | one-way p50 µs | one-way p99 µs |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
