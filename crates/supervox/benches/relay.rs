@@ -15,7 +15,7 @@
 //! Run: `bench/relay` (installs coturn, prints a Markdown table), or
 //! `cargo bench -p supervox --bench relay -- [--flows N] [--rates 50000,100000,...]
 //! [--step-secs S] [--latency-pps N] [--coturn-threads N] [--servers supervox,coturn]
-//! [--pin SERVER_CPU,GENERATOR_CPU | --no-pin] [--nice N]`. By default (2+ cores) the server runs pinned to
+//! [--pin SERVER_CPU,GENERATOR_CPU | --no-pin] [--nice N] [--repeat N]`. By default (2+ cores) the server runs pinned to
 //! CPU 0 and the generator to CPU 1, so the server has exactly one core and neither steals the
 //! other's.
 
@@ -56,12 +56,14 @@ struct Opts {
     pin: Option<(usize, usize)>,
     /// Niceness of the server and the generator (negative: ahead of other work on the machine).
     nice: i32,
+    /// Runs per server.
+    repeat: usize,
 }
 
 fn parse_opts() -> Res<Opts> {
     let mut o = Opts {
         flows: 50,
-        rates: vec![25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000],
+        rates: vec![25_000, 50_000, 100_000, 200_000, 400_000],
         step_secs: 3.0,
         latency_pps: 5_000,
         coturn_threads: 1,
@@ -69,6 +71,7 @@ fn parse_opts() -> Res<Opts> {
         pin: (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset").is_some())
             .then_some((0, 1)),
         nice: 0,
+        repeat: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -88,6 +91,7 @@ fn parse_opts() -> Res<Opts> {
             "--coturn-threads" => o.coturn_threads = val()?.parse().map_err(|e| format!("--coturn-threads: {e}"))?,
             "--servers" => o.servers = val()?.split(',').map(str::to_string).collect(),
             "--no-pin" => o.pin = None,
+            "--repeat" => o.repeat = val()?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--nice" => o.nice = val()?.parse().map_err(|e| format!("--nice: {e}"))?,
             "--pin" => {
                 let v = val()?;
@@ -100,7 +104,13 @@ fn parse_opts() -> Res<Opts> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if o.flows == 0 || o.flows > 16_000 || o.rates.is_empty() || o.step_secs <= 0.0 || o.latency_pps == 0 {
+    if o.flows == 0
+        || o.flows > 16_000
+        || o.repeat == 0
+        || o.rates.is_empty()
+        || o.step_secs <= 0.0
+        || o.latency_pps == 0
+    {
         return Err("need 1..=16000 flows, at least one rate, positive step and latency rate".into());
     }
     Ok(o)
@@ -110,7 +120,6 @@ fn parse_opts() -> Res<Opts> {
 // Servers under test.
 
 struct Server {
-    name: String,
     threads_note: String,
     child: Child,
     addr: SocketAddr,
@@ -187,7 +196,7 @@ fn start_server(kind: &str, opts: &Opts) -> Res<Server> {
         .stderr(Stdio::from(log2))
         .spawn()
         .map_err(|e| format!("cannot start {kind}: {e}"))?;
-    let server = Server { name: kind.to_string(), threads_note: note, child, addr, _dir: dir };
+    let server = Server { threads_note: note, child, addr, _dir: dir };
     wait_ready(addr)?;
     Ok(server)
 }
@@ -510,13 +519,12 @@ fn run_step(
 
 /// Results of one server, for the summary.
 struct Summary {
-    name: String,
     threads: String,
     saturation: Row,
     latency: Row,
 }
 
-fn bench_server(kind: &str, opts: &Opts, epoch: Instant) -> Res<Summary> {
+fn bench_server(kind: &str, opts: &Opts, epoch: Instant, run: usize) -> Res<Summary> {
     let server = start_server(kind, opts)?;
     let pid = server.child.id();
     let mut peer = Peer::new(epoch)?;
@@ -528,13 +536,14 @@ fn bench_server(kind: &str, opts: &Opts, epoch: Instant) -> Res<Summary> {
         socks.push((flow.sock, header));
     }
     // Warm-up: caches, the allocator, the server's lazily created state.
-    let _ = run_step(kind, &socks, &mut peer, Some(pid), opts.latency_pps, 1.0);
-    let latency = run_step(kind, &socks, &mut peer, Some(pid), opts.latency_pps, opts.step_secs);
+    let label = format!("{kind} (run {run})");
+    let _ = run_step(&label, &socks, &mut peer, Some(pid), opts.latency_pps, 1.0);
+    let latency = run_step(&label, &socks, &mut peer, Some(pid), opts.latency_pps, opts.step_secs);
     print_row(&latency);
     let mut best: Option<Row> = None;
     let mut lossy_steps = 0;
     for &rate in &opts.rates {
-        let row = run_step(kind, &socks, &mut peer, Some(pid), rate, opts.step_secs);
+        let row = run_step(&label, &socks, &mut peer, Some(pid), rate, opts.step_secs);
         print_row(&row);
         lossy_steps = if row.loss_pct > 10.0 { lossy_steps + 1 } else { 0 };
         if best.as_ref().is_none_or(|b| row.forwarded_pps > b.forwarded_pps) {
@@ -546,7 +555,7 @@ fn bench_server(kind: &str, opts: &Opts, epoch: Instant) -> Res<Summary> {
     }
     let threads = format!("{} threads ({})", thread_count(pid), server.threads_note);
     let saturation = best.ok_or("no steps")?;
-    Ok(Summary { name: server.name.clone(), threads, saturation, latency })
+    Ok(Summary { threads, saturation, latency })
 }
 
 /// The generator's own one-way latency without a relay (client socket straight to the peer).
@@ -624,27 +633,36 @@ fn main() {
         }
     };
     print_row(&base);
-    let mut results = Vec::new();
-    for s in &opts.servers {
-        match bench_server(s, &opts, epoch) {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                eprintln!("relay bench: {s}: {e}");
-                std::process::exit(1);
+    // Servers alternate run by run (A B, B A, ...), so drifting background load on the machine
+    // falls on both; the summary takes each metric's median over the runs.
+    let mut results: Vec<(String, Vec<Summary>)> = opts.servers.iter().map(|s| (s.clone(), Vec::new())).collect();
+    for rep in 0..opts.repeat {
+        let mut order: Vec<usize> = (0..results.len()).collect();
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let s = results[i].0.clone();
+            match bench_server(&s, &opts, epoch, rep + 1) {
+                Ok(r) => results[i].1.push(r),
+                Err(e) => {
+                    eprintln!("relay bench: {s}: {e}");
+                    std::process::exit(1);
+                }
             }
         }
     }
     println!();
     println!(
-        "Summary (saturation = the step with the most packets forwarded; latency at {} pps offered, minus the direct path's):",
-        opts.latency_pps
+        "Summary, medians over {} runs (saturation = the run's step with the most packets forwarded; latency at {} pps offered, minus the direct path's):",
+        opts.repeat, opts.latency_pps
     );
     println!();
-    let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = results.iter().map(|r| r.0.as_str()).collect();
     println!("| metric | {} | ratio {} |", names.join(" | "), names.join("/"));
     println!("|---|{}---|", "---|".repeat(names.len()));
     let line = |label: &str, f: &dyn Fn(&Summary) -> f64, fmt: &dyn Fn(f64) -> String| {
-        let vals: Vec<f64> = results.iter().map(f).collect();
+        let vals: Vec<f64> = results.iter().map(|(_, runs)| median(runs.iter().map(f).collect())).collect();
         let r = if vals.len() == 2 { ratio(vals[0], vals[1]) } else { "n/a".into() };
         let cells: Vec<String> = vals.iter().map(|v| fmt(*v)).collect();
         println!("| {label} | {} | {r} |", cells.join(" | "));
@@ -657,10 +675,26 @@ fn main() {
     line("added latency p50 µs (lower is better)", &|r| (r.latency.p50 - base.p50).max(0.0), &int);
     line("added latency p99 µs (lower is better)", &|r| (r.latency.p99 - base.p99).max(0.0), &int);
     println!();
-    for r in &results {
-        println!("- {}: {}", r.name, r.threads);
+    for (name, runs) in &results {
+        if let Some(r) = runs.last() {
+            println!("- {name}: {}", r.threads);
+        }
     }
     println!("- load average at end (whole machine): {}", loadavg());
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 fn loadavg() -> String {
