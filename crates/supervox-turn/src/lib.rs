@@ -17,6 +17,10 @@
 //! * **Outputs**: after every input call, drain [`TurnServer::poll_output`]; send
 //!   [`Output::ToClient`] on the listener/connection of that 5-tuple and [`Output::ToPeer`] from
 //!   the relay socket bound to `relay_addr`.
+//! * **Zero-copy data path** (optional, UDP clients): a driver may pass ChannelData datagrams
+//!   to [`TurnServer::route_client_channel_data`] and peer datagrams to
+//!   [`TurnServer::route_peer_in_place`], which apply the same checks and counters but return
+//!   where to send instead of queuing a copy as an [`Output`].
 //! * **Time**: call [`TurnServer::handle_timeout`] at [`TurnServer::poll_timeout`]. `now_ms` is
 //!   milliseconds since the Unix epoch (credential expiry is checked against it).
 //!

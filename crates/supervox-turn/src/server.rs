@@ -321,24 +321,81 @@ impl TurnServer {
 
     /// Input: a datagram received on relay socket `relay_addr` from `peer`.
     pub fn handle_peer(&mut self, relay_addr: SocketAddr, peer: SocketAddr, bytes: &[u8], now_ms: u64) {
+        if let Some((tuple, channel)) = self.check_from_peer(relay_addr, peer, bytes.len(), now_ms) {
+            self.queue_to_client(tuple, channel, peer, bytes);
+        }
+    }
+
+    /// Input, zero-copy data path for UDP clients: a datagram received on relay socket
+    /// `relay_addr` from `peer`, read by the driver into `buf[CHANNEL_HEADER_LEN..][..len]`
+    /// (the first [`crate::codec::CHANNEL_HEADER_LEN`] bytes are headroom).
+    ///
+    /// When the peer has a channel to a UDP client, the ChannelData header is written into the
+    /// headroom and `Some((client, server))` is returned: the driver sends
+    /// `buf[..CHANNEL_HEADER_LEN + len]` from its listening address `server` to `client`, and
+    /// nothing is queued. Otherwise this is exactly [`TurnServer::handle_peer`] (a Data
+    /// indication may be queued, or the datagram dropped) and `None` is returned.
+    pub fn route_peer_in_place(
+        &mut self,
+        relay_addr: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now_ms: u64,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let end = codec::CHANNEL_HEADER_LEN.checked_add(len)?;
+        if end > buf.len() {
+            self.stats.dropped_malformed += 1;
+            return None;
+        }
+        let (tuple, channel) = self.check_from_peer(relay_addr, peer, len, now_ms)?;
+        match (channel, u16::try_from(len)) {
+            (Some(ch), Ok(len16)) if !tuple.transport.is_stream() => {
+                buf[..2].copy_from_slice(&ch.to_be_bytes());
+                buf[2..4].copy_from_slice(&len16.to_be_bytes());
+                self.stats.packets_to_client += 1;
+                self.stats.bytes_relayed += len as u64;
+                Some((tuple.client, tuple.server))
+            }
+            _ => {
+                let data = &buf[codec::CHANNEL_HEADER_LEN..end];
+                self.queue_to_client(tuple, channel, peer, data);
+                None
+            }
+        }
+    }
+
+    /// Checks for a peer datagram of `len` bytes: the allocation it is for and the channel bound
+    /// to the peer, if any. Counts drops.
+    fn check_from_peer(
+        &mut self,
+        relay_addr: SocketAddr,
+        peer: SocketAddr,
+        len: usize,
+        now_ms: u64,
+    ) -> Option<(FiveTuple, Option<u16>)> {
         let Some(&tuple) = self.by_relay.get(&relay_addr) else {
             self.stats.dropped_no_route += 1;
-            return;
+            return None;
         };
-        if bytes.len() > MAX_RELAY_PAYLOAD {
+        if len > MAX_RELAY_PAYLOAD {
             self.stats.dropped_malformed += 1;
-            return;
+            return None;
         }
-        let Some(alloc) = self.allocations.get_mut(&tuple) else { return };
+        let alloc = self.allocations.get_mut(&tuple)?;
         if alloc.expires_ms <= now_ms || !alloc.permitted(peer.ip(), now_ms) {
             self.stats.dropped_no_route += 1;
-            return;
+            return None;
         }
-        if !alloc.bucket.take(bytes.len(), now_ms) {
+        if !alloc.bucket.take(len, now_ms) {
             self.stats.dropped_bandwidth += 1;
-            return;
+            return None;
         }
-        let out = match alloc.channel_for_peer(peer, now_ms) {
+        Some((tuple, alloc.channel_for_peer(peer, now_ms)))
+    }
+
+    fn queue_to_client(&mut self, tuple: FiveTuple, channel: Option<u16>, peer: SocketAddr, bytes: &[u8]) {
+        let out = match channel {
             Some(ch) => codec::encode_channel_data(ch, bytes, tuple.transport.is_stream()),
             None => {
                 let mut b = MessageBuilder::new(method::DATA, Class::Indication, self.next_indication_id());
@@ -449,22 +506,58 @@ impl TurnServer {
     }
 
     fn handle_client_channel_data(&mut self, tuple: FiveTuple, bytes: &[u8], now_ms: u64) {
+        if let Some((relay_addr, peer, data)) = self.route_channel_data(tuple, bytes, now_ms) {
+            self.push_data(Output::ToPeer { relay_addr, peer, bytes: data.to_vec() });
+        }
+    }
+
+    /// Input, zero-copy data path: a ChannelData datagram from a UDP client (the driver checks
+    /// [`crate::codec::packet_kind`] first; anything else goes to [`TurnServer::handle_client`]).
+    /// Returns `(relay_addr, peer, data)`: the driver sends `data` from the relay socket bound
+    /// to `relay_addr` to `peer`, and nothing is queued. `None`: dropped (counted in the stats).
+    pub fn route_client_channel_data<'a>(
+        &mut self,
+        client: SocketAddr,
+        server: SocketAddr,
+        bytes: &'a [u8],
+        now_ms: u64,
+    ) -> Option<(SocketAddr, SocketAddr, &'a [u8])> {
+        self.route_channel_data(FiveTuple { transport: Transport::Udp, client, server }, bytes, now_ms)
+    }
+
+    fn route_channel_data<'a>(
+        &mut self,
+        tuple: FiveTuple,
+        bytes: &'a [u8],
+        now_ms: u64,
+    ) -> Option<(SocketAddr, SocketAddr, &'a [u8])> {
         let Some(cd) = ChannelData::parse(bytes) else {
             self.stats.dropped_malformed += 1;
-            return;
+            return None;
         };
         let peer = self.allocations.get(&tuple).and_then(|a| a.peer_for_channel(cd.channel, now_ms));
         match peer {
-            Some(peer) => self.relay_to_peer(tuple, peer, cd.data, now_ms),
-            None => self.stats.dropped_no_route += 1,
+            Some(peer) => self.check_to_peer(tuple, peer, cd.data.len(), now_ms).map(|relay| (relay, peer, cd.data)),
+            None => {
+                self.stats.dropped_no_route += 1;
+                None
+            }
         }
     }
 
     fn relay_to_peer(&mut self, tuple: FiveTuple, peer: SocketAddr, data: &[u8], now_ms: u64) {
+        if let Some(relay_addr) = self.check_to_peer(tuple, peer, data.len(), now_ms) {
+            self.push_data(Output::ToPeer { relay_addr, peer, bytes: data.to_vec() });
+        }
+    }
+
+    /// Checks for relaying `len` bytes from the client of `tuple` to `peer`; counts the packet
+    /// (or its drop) and returns the relay address to send from.
+    fn check_to_peer(&mut self, tuple: FiveTuple, peer: SocketAddr, len: usize, now_ms: u64) -> Option<SocketAddr> {
         let allow_loopback = self.cfg.allow_loopback_peers;
         let Some(alloc) = self.allocations.get_mut(&tuple) else {
             self.stats.dropped_no_route += 1;
-            return;
+            return None;
         };
         if alloc.expires_ms <= now_ms
             || !alloc.permitted(peer.ip(), now_ms)
@@ -472,16 +565,15 @@ impl TurnServer {
             || peer_forbidden(peer.ip(), allow_loopback)
         {
             self.stats.dropped_no_route += 1;
-            return;
+            return None;
         }
-        if !alloc.bucket.take(data.len(), now_ms) {
+        if !alloc.bucket.take(len, now_ms) {
             self.stats.dropped_bandwidth += 1;
-            return;
+            return None;
         }
-        let relay_addr = alloc.relay_addr;
         self.stats.packets_to_peer += 1;
-        self.stats.bytes_relayed += data.len() as u64;
-        self.push_data(Output::ToPeer { relay_addr, peer, bytes: data.to_vec() });
+        self.stats.bytes_relayed += len as u64;
+        Some(alloc.relay_addr)
     }
 
     fn next_indication_id(&mut self) -> [u8; 12] {

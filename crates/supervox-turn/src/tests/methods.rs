@@ -328,6 +328,45 @@ fn channel_bind_and_channel_data() {
 }
 
 #[test]
+fn zero_copy_data_path_matches_the_queued_one() {
+    let mut h = Harness::new();
+    let mut c = TestClient::new("192.0.2.10:1000", b"u1");
+    let relay = relayed(&c.allocate(&mut h, T0));
+    let (peer, other) = (addr(PEER), addr("192.0.2.60:7"));
+    assert_eq!(error_code(&c.bind(&mut h, 0x4000, peer, T0)), None);
+    assert_eq!(error_code(&c.permit(&mut h, other, T0)), None);
+    let (client, server) = (c.t.client, c.t.server);
+
+    // Client -> peer: same route and counters as handle_client, nothing queued.
+    let cd = encode_channel_data(0x4000, b"voice", false).expect("cd");
+    let before = h.s.stats().packets_to_peer;
+    assert_eq!(h.s.route_client_channel_data(client, server, &cd, T0), Some((relay, peer, &b"voice"[..])));
+    assert_eq!(h.s.stats().packets_to_peer, before + 1);
+    assert!(h.s.poll_output().is_none());
+    let unbound = encode_channel_data(0x4005, b"x", false).expect("cd");
+    assert_eq!(h.s.route_client_channel_data(client, server, &unbound, T0), None);
+    assert_eq!(h.s.route_client_channel_data(client, server, &[0x40, 0, 0, 9, 1], T0), None, "truncated");
+    let stranger = addr("192.0.2.11:1000");
+    assert_eq!(h.s.route_client_channel_data(stranger, server, &cd, T0), None, "no allocation");
+
+    // Peer -> client in place: the header lands in the headroom.
+    let mut buf = [0u8; 64];
+    buf[4..9].copy_from_slice(b"abcde");
+    assert_eq!(h.s.route_peer_in_place(relay, peer, &mut buf, 5, T0), Some((client, server)));
+    assert_eq!(buf[..9], encode_channel_data(0x4000, b"abcde", false).expect("cd")[..]);
+    assert!(h.s.poll_output().is_none());
+    // A permitted peer without a channel: a Data indication is queued instead.
+    buf[4..9].copy_from_slice(b"fghij");
+    assert_eq!(h.s.route_peer_in_place(relay, other, &mut buf, 5, T0), None);
+    assert!(matches!(h.s.poll_output(), Some(crate::Output::ToClient { .. })));
+    // No permission, unknown relay, and a length beyond the buffer: dropped.
+    assert_eq!(h.s.route_peer_in_place(relay, addr("192.0.2.99:1"), &mut buf, 5, T0), None);
+    assert_eq!(h.s.route_peer_in_place(addr("198.51.100.9:1"), peer, &mut buf, 5, T0), None);
+    assert_eq!(h.s.route_peer_in_place(relay, peer, &mut buf, 61, T0), None);
+    assert!(h.s.poll_output().is_none());
+}
+
+#[test]
 fn strict_rfc8656_channel_range() {
     let mut h = Harness::with(|c| c.accept_rfc5766_channels = false);
     let mut c = TestClient::new("192.0.2.10:1000", b"u1");

@@ -107,7 +107,7 @@ impl BoundSupernode {
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
         for l in self.listeners {
             let tx = acc_tx.clone();
-            let turn_events = udp.events();
+            let turn_events = udp.tcp_events();
             tokio::spawn(async move {
                 loop {
                     match l.accept().await {
@@ -178,13 +178,10 @@ impl BoundSupernode {
                         sn.on_dial_failed(addr, now_ms());
                     }
                 },
-                Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn).await,
+                Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
                 _ = tick.tick() => {
                     sn.on_tick(now_ms());
                     udp.set_other(sn.peer_addrs().into_iter().min());
-                    if udp.poll_timeout().is_some_and(|t| t <= now_ms()) {
-                        udp.on_timeout().await;
-                    }
                     for (conn, reason) in links.tick() {
                         info!(conn, "link failed: {reason}");
                         sn.on_closed(conn, now_ms());

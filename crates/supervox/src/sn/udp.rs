@@ -7,48 +7,72 @@
 //! port whose first bytes are a STUN header is handed here by the accept
 //! loop instead of becoming a signalling link ([`is_turn_stream`]), so a
 //! client that can only get TCP out reaches the relay on the same port —
-//! 443 when the supernode listens there.
+//! 443 when the supernode listens there. Its frames reach the plane thread
+//! through a bounded queue (back-pressure on the TCP reader).
 //!
 //! Protocol logic lives in `supervox-stun` and `supervox-turn` (sans-IO);
 //! this module only owns sockets and moves datagrams.
+//!
+//! The plane runs on a thread of its own with a single-threaded runtime: every
+//! socket's reader handles its datagrams in place (no queue, no hand-over to
+//! another thread, no copy on the ChannelData path), so a relayed packet costs
+//! one receive, one table look-up and one send. The supernode's actor talks to
+//! it only for rare things (dial-back orders, the peer answering "change IP").
 
 use crate::links::now_ms;
 use anyhow::{Context, Result};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use supervox_core::supernode::Supernode;
-use supervox_stun::{BindingServer, Reply, StunError};
+use supervox_stun::{BindingServer, DialBack, Reply, StunError};
+use supervox_turn::codec::{packet_kind, PacketKind, CHANNEL_HEADER_LEN};
 use supervox_turn::{AddressFamily, Output, RelayError, Transport, TurnConfig, TurnServer};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 65_536;
-/// Datagrams queued for the actor before new ones are dropped (UDP may drop).
-const QUEUE: usize = 8_192;
+/// Dial-back requests queued for the actor before new ones are dropped (UDP may drop).
+const QUEUE: usize = 1_024;
+/// Datagrams a reader handles before letting the other sockets' readers run.
+const BATCH: usize = 64;
+/// Receive buffer asked for on every socket, so bursts are absorbed rather than dropped.
+const SOCKET_BUFFER: usize = 1 << 20;
+/// How often TURN timers are checked.
+const TIMER_TICK: Duration = Duration::from_millis(250);
 
-/// A datagram for the actor.
+/// Something the UDP plane needs from the supernode actor.
 #[derive(Debug)]
 pub enum UdpEvent {
-    /// On a listen socket.
-    Listen { local: SocketAddr, from: SocketAddr, bytes: Vec<u8> },
-    /// On a relay socket (from a peer of an allocation).
-    Relay { relay: SocketAddr, from: SocketAddr, bytes: Vec<u8> },
-    /// A TURN-over-TCP client connected on our `local` TCP listen address.
-    TcpOpen { client: SocketAddr, local: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    /// A client asked for a "change IP" answer: the peer supernode must send it.
+    DialBack { peer: SocketAddr, order: DialBack },
+}
+
+/// A TURN-over-TCP connection's traffic, for the plane thread.
+#[derive(Debug)]
+pub enum TcpEvent {
+    /// A client connected on our `local` TCP listen address; answers go to `writer`.
+    Open { client: SocketAddr, local: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
     /// One TURN message or ChannelData from that client.
-    TcpFrame { client: SocketAddr, bytes: Vec<u8> },
+    Frame { client: SocketAddr, bytes: Vec<u8> },
     /// That client's connection ended.
-    TcpClosed { client: SocketAddr },
+    Closed { client: SocketAddr },
 }
 
 /// TURN-over-TCP clients served at most at once.
 pub const MAX_TCP_CLIENTS: usize = 4_096;
 /// Messages queued towards one TCP client before new ones are dropped.
 const TCP_WRITE_QUEUE: usize = 1_024;
+/// Frames from all TCP clients queued for the plane thread.
+const TCP_QUEUE: usize = 8_192;
 
 /// Does a new TCP connection speak TURN (a STUN header: two zero bits, the
 /// magic cookie) rather than our Noise link? `first` are its first 8 bytes.
@@ -57,17 +81,17 @@ pub fn is_turn_stream(first: &[u8]) -> bool {
 }
 
 /// Serve one TURN-over-TCP connection: frames in to the plane, its answers out.
-pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, events: mpsc::Sender<UdpEvent>) {
+pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, events: mpsc::Sender<TcpEvent>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tokio::spawn(async move {
         let Ok(local) = stream.local_addr() else { return };
         let _ = stream.set_nodelay(true);
         let (mut r, mut w) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
-        if events.send(UdpEvent::TcpOpen { client, local, writer: tx }).await.is_err() {
+        if events.send(TcpEvent::Open { client, local, writer: tx }).await.is_err() {
             return;
         }
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if w.write_all(&b).await.is_err() {
                     return;
@@ -87,7 +111,7 @@ pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, event
                         loop {
                             match framer.next_frame() {
                                 Ok(Some(f)) => {
-                                    let ev = UdpEvent::TcpFrame { client, bytes: f.to_vec() };
+                                    let ev = TcpEvent::Frame { client, bytes: f.to_vec() };
                                     if events.send(ev).await.is_err() {
                                         break 'read;
                                     }
@@ -101,154 +125,341 @@ pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, event
                         }
                     }
                 },
-                // The plane dropped our writer (limit reached, or the allocation ended).
-                _ = async {}, if writer.is_finished() => break,
+                // The writer ended: the plane dropped it (limit reached) or the peer reset.
+                _ = &mut writer => break,
             }
         }
         writer.abort();
-        let _ = events.send(UdpEvent::TcpClosed { client }).await;
+        let _ = events.send(TcpEvent::Closed { client }).await;
     });
 }
 
-struct RelaySocket {
-    socket: Arc<UdpSocket>,
-    reader: JoinHandle<()>,
+/// Orders from the actor to the plane thread.
+enum Command {
+    SetOther(Option<SocketAddr>),
+    DialBack(DialBack),
 }
 
-/// Sockets, the STUN server and the TURN server of one supernode.
+/// Handle to the UDP plane thread; dropping it stops the thread and closes every socket.
 pub struct UdpPlane {
-    listen: HashMap<SocketAddr, Arc<UdpSocket>>,
-    /// The first listen socket: the one whose address is advertised.
-    main: SocketAddr,
-    /// The address clients reach each listen socket at (for RESPONSE-ORIGIN).
-    public: HashMap<SocketAddr, SocketAddr>,
-    stun: BindingServer,
-    turn: TurnServer,
-    relays: HashMap<SocketAddr, RelaySocket>,
-    relay_ip: std::net::IpAddr,
-    tx: mpsc::Sender<UdpEvent>,
-    /// TURN-over-TCP clients: their writer and the public address they reached.
-    tcp: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, SocketAddr)>,
+    cmd: mpsc::UnboundedSender<Command>,
+    tcp: mpsc::Sender<TcpEvent>,
+    other: Option<SocketAddr>,
+    allocations: Arc<AtomicUsize>,
 }
 
 impl UdpPlane {
-    /// Bind a UDP socket on every listen address (the TCP ports' numbers).
+    /// Bind a UDP socket on every listen address (the TCP ports' numbers) and start the plane.
     pub async fn bind(
         listen: &[SocketAddr],
         advertise: SocketAddr,
         turn: TurnConfig,
     ) -> Result<(Self, mpsc::Receiver<UdpEvent>)> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let mut sockets = HashMap::new();
-        let mut public = HashMap::new();
-        let mut main = None;
+        let mut sockets = Vec::new();
         for (i, a) in listen.iter().enumerate() {
-            let s = Arc::new(UdpSocket::bind(a).await.with_context(|| format!("cannot listen on UDP {a}"))?);
+            let s = std::net::UdpSocket::bind(a).with_context(|| format!("cannot listen on UDP {a}"))?;
+            s.set_nonblocking(true)?;
+            grow_buffers(&s);
             let local = s.local_addr()?;
-            main.get_or_insert(local);
             // The first socket is the advertised one; others keep their port on the advertised IP.
-            public.insert(local, if i == 0 { advertise } else { SocketAddr::new(advertise.ip(), local.port()) });
-            spawn_reader(Arc::clone(&s), tx.clone(), move |from, bytes| UdpEvent::Listen { local, from, bytes });
-            sockets.insert(local, s);
+            let public = if i == 0 { advertise } else { SocketAddr::new(advertise.ip(), local.port()) };
+            sockets.push((local, public, s));
         }
-        let stun = BindingServer::default();
+        let main = sockets.first().map(|(l, _, _)| *l).context("no listen address")?;
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (tcp, tcp_rx) = mpsc::channel(TCP_QUEUE);
+        let allocations = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&allocations);
         let turn = TurnServer::new(turn, now_ms());
-        let main = main.context("no listen address")?;
-        let relay_ip = advertise.ip();
-        let plane = Self {
-            listen: sockets,
-            main,
-            public,
-            stun,
-            turn,
-            relays: HashMap::new(),
-            relay_ip,
-            tx,
-            tcp: HashMap::new(),
-        };
-        Ok((plane, rx))
+        std::thread::Builder::new()
+            .name("supervox-udp".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return warn!("UDP plane cannot start: {e}"),
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, run(sockets, main, advertise.ip(), turn, tx, (cmd_rx, tcp_rx), count));
+            })
+            .context("cannot start the UDP plane thread")?;
+        Ok((Self { cmd, tcp, other: None, allocations }, rx))
     }
 
     /// Where TURN-over-TCP connections report (see [`spawn_tcp_client`]).
-    pub fn events(&self) -> mpsc::Sender<UdpEvent> {
-        self.tx.clone()
+    pub fn tcp_events(&self) -> mpsc::Sender<TcpEvent> {
+        self.tcp.clone()
     }
 
     /// The peer supernode that answers "change IP" requests (our OTHER-ADDRESS).
     pub fn set_other(&mut self, other: Option<SocketAddr>) {
-        self.stun.other = other;
-    }
-
-    /// When the TURN server next wants [`UdpPlane::on_timeout`].
-    pub fn poll_timeout(&self) -> Option<u64> {
-        self.turn.poll_timeout()
-    }
-
-    /// TURN timers (allocation, permission and channel expiry).
-    pub async fn on_timeout(&mut self) {
-        self.turn.handle_timeout(now_ms());
-        self.flush().await;
+        if other != self.other {
+            self.other = other;
+            let _ = self.cmd.send(Command::SetOther(other));
+        }
     }
 
     /// Live allocations.
     pub fn allocations(&self) -> usize {
-        self.turn.allocation_count()
+        self.allocations.load(Ordering::Relaxed)
     }
 
-    /// Handle one datagram; `sn` is asked to forward dial-backs to a peer.
-    pub async fn on_event(&mut self, ev: UdpEvent, sn: &mut Supernode) {
-        let now = now_ms();
+    /// Carry out a request from the plane; `sn` is asked to forward dial-backs to a peer.
+    pub fn on_event(&mut self, ev: UdpEvent, sn: &mut Supernode) {
         match ev {
-            UdpEvent::Relay { relay, from, bytes } => self.turn.handle_peer(relay, from, &bytes, now),
-            UdpEvent::TcpOpen { client, local, writer } => {
+            UdpEvent::DialBack { peer, order: d } => {
+                if !sn.request_dial_back(peer, d.transaction_id, d.mapped, d.to, d.padding) {
+                    debug!("dial-back peer {peer} not linked");
+                }
+            }
+        }
+    }
+
+    /// Send a dial-back response for a peer supernode from our advertised socket.
+    pub fn dial_back(&self, order: DialBack) {
+        let _ = self.cmd.send(Command::DialBack(order));
+    }
+}
+
+/// Ask for bigger socket buffers (best effort: the kernel caps them at `net.core.*mem_max`).
+fn grow_buffers(s: &std::net::UdpSocket) {
+    let s = socket2::SockRef::from(s);
+    if let Err(e) = s.set_recv_buffer_size(SOCKET_BUFFER).and_then(|()| s.set_send_buffer_size(SOCKET_BUFFER)) {
+        debug!("UDP buffer size: {e}");
+    }
+}
+
+/// The plane's state, shared by the socket readers of its thread.
+struct Plane {
+    /// Listen sockets by local address, with the address clients reach them at.
+    listen: HashMap<SocketAddr, (Rc<UdpSocket>, SocketAddr)>,
+    /// Listen socket by public address (TURN names its sockets by the public address).
+    by_public: HashMap<SocketAddr, SocketAddr>,
+    /// The first listen socket: the one whose address is advertised.
+    main: SocketAddr,
+    stun: BindingServer,
+    turn: TurnServer,
+    relays: HashMap<SocketAddr, (Rc<UdpSocket>, Option<AbortHandle>)>,
+    relay_ip: std::net::IpAddr,
+    /// Relay sockets opened while handling a datagram, whose readers are still to start.
+    new_relays: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    tx: mpsc::Sender<UdpEvent>,
+    allocations: Arc<AtomicUsize>,
+    /// TURN-over-TCP clients: their writer and the public address they reached.
+    tcp: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, SocketAddr)>,
+}
+
+async fn run(
+    sockets: Vec<(SocketAddr, SocketAddr, std::net::UdpSocket)>,
+    main: SocketAddr,
+    relay_ip: std::net::IpAddr,
+    turn: TurnServer,
+    tx: mpsc::Sender<UdpEvent>,
+    (mut cmd, mut tcp): (mpsc::UnboundedReceiver<Command>, mpsc::Receiver<TcpEvent>),
+    allocations: Arc<AtomicUsize>,
+) {
+    let mut listen = HashMap::new();
+    let mut by_public = HashMap::new();
+    for (local, public, s) in sockets {
+        match UdpSocket::from_std(s) {
+            Ok(s) => {
+                listen.insert(local, (Rc::new(s), public));
+                by_public.insert(public, local);
+            }
+            Err(e) => warn!("UDP {local}: {e}"),
+        }
+    }
+    let readers: Vec<_> = listen.iter().map(|(l, (s, p))| (*l, Rc::clone(s), *p)).collect();
+    let plane = Rc::new(RefCell::new(Plane {
+        listen,
+        by_public,
+        main,
+        stun: BindingServer::default(),
+        turn,
+        relays: HashMap::new(),
+        relay_ip,
+        new_relays: Vec::new(),
+        tx,
+        allocations,
+        tcp: HashMap::new(),
+    }));
+    let mut tasks = Vec::new();
+    for (local, sock, public) in readers {
+        tasks.push(tokio::task::spawn_local(listen_reader(Rc::clone(&plane), sock, local, public)));
+    }
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    loop {
+        tokio::select! {
+            c = cmd.recv() => match c {
+                // The handle is gone: the supernode stopped.
+                None => break,
+                Some(Command::SetOther(o)) => plane.borrow_mut().stun.other = o,
+                Some(Command::DialBack(order)) => plane.borrow().dial_back(order),
+            },
+            Some(ev) = tcp.recv() => plane.borrow_mut().on_tcp(ev),
+            _ = tick.tick() => {
+                let mut p = plane.borrow_mut();
+                if p.turn.poll_timeout().is_some_and(|t| t <= now_ms()) {
+                    p.turn.handle_timeout(now_ms());
+                    p.flush();
+                }
+            }
+        }
+        start_relay_readers(&plane);
+    }
+    for t in tasks {
+        t.abort();
+    }
+    for (_, (_, reader)) in plane.borrow_mut().relays.drain() {
+        if let Some(r) = reader {
+            r.abort();
+        }
+    }
+}
+
+/// Start readers for relay sockets opened since the last call.
+fn start_relay_readers(plane: &Rc<RefCell<Plane>>) {
+    let new = std::mem::take(&mut plane.borrow_mut().new_relays);
+    for (relay, sock) in new {
+        let task = tokio::task::spawn_local(relay_reader(Rc::clone(plane), sock, relay));
+        match plane.borrow_mut().relays.get_mut(&relay) {
+            Some(r) => r.1 = Some(task.abort_handle()),
+            // Released before its reader started.
+            None => task.abort(),
+        }
+    }
+}
+
+async fn listen_reader(plane: Rc<RefCell<Plane>>, sock: Rc<UdpSocket>, local: SocketAddr, public: SocketAddr) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        if let Err(e) = sock.readable().await {
+            warn!("UDP {local}: {e}");
+            return;
+        }
+        let mut handled = 0;
+        while handled < BATCH {
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    plane.borrow_mut().on_listen(local, public, from, &buf[..n]);
+                    handled += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // ICMP errors surface as receive errors on some systems: keep serving.
+                Err(e) => debug!("UDP receive: {e}"),
+            }
+        }
+        start_relay_readers(&plane);
+        if handled == BATCH {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn relay_reader(plane: Rc<RefCell<Plane>>, sock: Rc<UdpSocket>, relay: SocketAddr) {
+    // Headroom in front of the datagram for the ChannelData header.
+    let mut buf = vec![0u8; CHANNEL_HEADER_LEN + MAX_DATAGRAM];
+    loop {
+        if let Err(e) = sock.readable().await {
+            warn!("relay socket {relay}: {e}");
+            return;
+        }
+        let mut handled = 0;
+        while handled < BATCH {
+            match sock.try_recv_from(&mut buf[CHANNEL_HEADER_LEN..]) {
+                Ok((n, from)) => {
+                    plane.borrow_mut().on_relay(relay, from, &mut buf, n);
+                    handled += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => debug!("relay receive: {e}"),
+            }
+        }
+        if handled == BATCH {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Plane {
+    /// A datagram on a listen socket: ChannelData straight to its peer, else STUN, else TURN.
+    fn on_listen(&mut self, local: SocketAddr, public: SocketAddr, from: SocketAddr, bytes: &[u8]) {
+        let now = now_ms();
+        if packet_kind(bytes) == PacketKind::ChannelData {
+            if let Some((relay, peer, data)) = self.turn.route_client_channel_data(from, public, bytes, now) {
+                if let Some((sock, _)) = self.relays.get(&relay) {
+                    if let Err(e) = sock.try_send_to(data, peer) {
+                        debug!("relay send to {peer}: {e}");
+                    }
+                }
+            }
+            return;
+        }
+        match self.stun.handle(bytes, from, public) {
+            Ok(Some(Reply::Direct { to, response })) => self.send_from(local, to, &response),
+            Ok(Some(Reply::FromAlternate { from: alt, to, response })) => {
+                if let Some(l) = self.by_public.get(&alt).copied() {
+                    self.send_from(l, to, &response);
+                }
+            }
+            Ok(Some(Reply::ViaPeer { peer, dial_back })) => {
+                if self.tx.try_send(UdpEvent::DialBack { peer, order: dial_back }).is_err() {
+                    debug!("dial-back to {peer} dropped: actor busy");
+                }
+            }
+            // TURN messages are STUN too.
+            Ok(None) | Err(StunError::NotBindingRequest { .. }) => {
+                self.turn.handle_client(Transport::Udp, from, public, bytes, now)
+            }
+            Err(e) => debug!("STUN datagram from {from} dropped: {e}"),
+        }
+        self.flush();
+    }
+
+    /// Traffic of a TURN-over-TCP client.
+    fn on_tcp(&mut self, ev: TcpEvent) {
+        match ev {
+            TcpEvent::Open { client, local, writer } => {
                 if self.tcp.len() >= MAX_TCP_CLIENTS {
+                    // Dropping the writer closes the connection.
                     warn!("TURN over TCP: {MAX_TCP_CLIENTS} clients, refusing {client}");
-                } else {
-                    let public = self.public.get(&local).copied().unwrap_or(local);
-                    self.tcp.insert(client, (writer, public));
+                    return;
                 }
+                let public = self.listen.get(&local).map(|(_, p)| *p).unwrap_or(local);
+                self.tcp.insert(client, (writer, public));
             }
-            UdpEvent::TcpFrame { client, bytes } => {
+            TcpEvent::Frame { client, bytes } => {
                 if let Some((_, public)) = self.tcp.get(&client) {
+                    let public = *public;
                     // Binding over TCP is answered by the TURN server itself.
-                    self.turn.handle_client(Transport::Tcp, client, *public, &bytes, now);
+                    self.turn.handle_client(Transport::Tcp, client, public, &bytes, now_ms());
                 }
             }
-            UdpEvent::TcpClosed { client } => {
+            TcpEvent::Closed { client } => {
                 if let Some((_, public)) = self.tcp.remove(&client) {
                     self.turn.handle_client_closed(Transport::Tcp, client, public);
                 }
             }
-            UdpEvent::Listen { local, from, bytes } => {
-                let public = self.public.get(&local).copied().unwrap_or(local);
-                match self.stun.handle(&bytes, from, public) {
-                    Ok(Some(Reply::Direct { to, response })) => self.send_from(local, to, &response),
-                    Ok(Some(Reply::FromAlternate { from: alt, to, response })) => {
-                        let sock = self.public.iter().find(|(_, p)| **p == alt).map(|(l, _)| *l);
-                        if let Some(l) = sock {
-                            self.send_from(l, to, &response);
-                        }
-                    }
-                    Ok(Some(Reply::ViaPeer { peer, dial_back })) => {
-                        let d = dial_back;
-                        if !sn.request_dial_back(peer, d.transaction_id, d.mapped, d.to, d.padding) {
-                            debug!("dial-back peer {peer} not linked");
-                        }
-                    }
-                    // TURN messages are STUN too; ChannelData is not STUN.
-                    Ok(None) | Err(StunError::NotBindingRequest { .. }) => {
-                        self.turn.handle_client(Transport::Udp, from, public, &bytes, now)
-                    }
-                    Err(e) => debug!("STUN datagram from {from} dropped: {e}"),
-                }
-            }
         }
-        self.flush().await;
+        self.flush();
     }
 
-    /// Send a dial-back response for a peer supernode from our advertised socket.
-    pub fn dial_back(&self, order: supervox_stun::DialBack) {
-        let public = self.public.get(&self.main).copied().unwrap_or(self.main);
+    /// A datagram from a peer on a relay socket, in `buf[CHANNEL_HEADER_LEN..][..len]`.
+    fn on_relay(&mut self, relay: SocketAddr, from: SocketAddr, buf: &mut [u8], len: usize) {
+        match self.turn.route_peer_in_place(relay, from, buf, len, now_ms()) {
+            Some((client, server)) => {
+                let local = self.by_public.get(&server).copied().unwrap_or(server);
+                if let Some(b) = buf.get(..CHANNEL_HEADER_LEN + len) {
+                    self.send_from(local, client, b);
+                }
+            }
+            // Maybe a Data indication (a peer without a channel).
+            None => self.flush(),
+        }
+    }
+
+    fn dial_back(&self, order: DialBack) {
+        let public = self.listen.get(&self.main).map(|(_, p)| *p).unwrap_or(self.main);
         let to = order.to;
         match order.response(public) {
             Ok(bytes) => self.send_from(self.main, to, &bytes),
@@ -257,18 +468,18 @@ impl UdpPlane {
     }
 
     fn send_from(&self, local: SocketAddr, to: SocketAddr, bytes: &[u8]) {
-        if let Some(s) = self.listen.get(&local) {
+        if let Some((s, _)) = self.listen.get(&local) {
             if let Err(e) = s.try_send_to(bytes, to) {
                 debug!("UDP send to {to}: {e}");
             }
         }
     }
 
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         while let Some(out) = self.turn.poll_output() {
             match out {
                 Output::ToClient { transport: Transport::Udp, client, server, bytes } => {
-                    let local = self.public.iter().find(|(_, p)| **p == server).map(|(l, _)| *l).unwrap_or(server);
+                    let local = self.by_public.get(&server).copied().unwrap_or(server);
                     self.send_from(local, client, &bytes);
                 }
                 Output::ToClient { transport: Transport::Tcp, client, bytes, .. } => {
@@ -280,8 +491,8 @@ impl UdpPlane {
                 // TLS is not served.
                 Output::ToClient { .. } => {}
                 Output::ToPeer { relay_addr, peer, bytes } => {
-                    if let Some(r) = self.relays.get(&relay_addr) {
-                        if let Err(e) = r.socket.try_send_to(&bytes, peer) {
+                    if let Some((s, _)) = self.relays.get(&relay_addr) {
+                        if let Err(e) = s.try_send_to(&bytes, peer) {
                             debug!("relay send to {peer}: {e}");
                         }
                     }
@@ -290,54 +501,34 @@ impl UdpPlane {
                     let result = match family {
                         AddressFamily::V6 if self.relay_ip.is_ipv4() => Err(RelayError::AddressFamilyNotSupported),
                         AddressFamily::V4 if self.relay_ip.is_ipv6() => Err(RelayError::AddressFamilyNotSupported),
-                        _ => self.open_relay().await,
+                        _ => self.open_relay(),
                     };
                     self.turn.relay_allocated(token, result, now_ms());
                 }
                 Output::ReleaseRelay { relay_addr } => {
-                    if let Some(r) = self.relays.remove(&relay_addr) {
-                        r.reader.abort();
+                    if let Some((_, Some(reader))) = self.relays.remove(&relay_addr) {
+                        reader.abort();
                     }
                 }
             }
         }
+        self.allocations.store(self.turn.allocation_count(), Ordering::Relaxed);
     }
 
-    async fn open_relay(&mut self) -> Result<SocketAddr, RelayError> {
-        let sock = UdpSocket::bind(SocketAddr::new(self.relay_ip, 0)).await.map_err(|e| {
+    fn open_relay(&mut self) -> Result<SocketAddr, RelayError> {
+        let opened = std::net::UdpSocket::bind(SocketAddr::new(self.relay_ip, 0)).and_then(|s| {
+            s.set_nonblocking(true)?;
+            grow_buffers(&s);
+            UdpSocket::from_std(s)
+        });
+        let sock = opened.map_err(|e| {
             warn!("cannot open a relay socket: {e}");
             RelayError::InsufficientCapacity
         })?;
         let relay = sock.local_addr().map_err(|_| RelayError::InsufficientCapacity)?;
-        let socket = Arc::new(sock);
-        let reader = spawn_reader(Arc::clone(&socket), self.tx.clone(), move |from, bytes| UdpEvent::Relay {
-            relay,
-            from,
-            bytes,
-        });
-        self.relays.insert(relay, RelaySocket { socket, reader });
+        let sock = Rc::new(sock);
+        self.relays.insert(relay, (Rc::clone(&sock), None));
+        self.new_relays.push((relay, sock));
         Ok(relay)
     }
-}
-
-fn spawn_reader(
-    socket: Arc<UdpSocket>,
-    tx: mpsc::Sender<UdpEvent>,
-    wrap: impl Fn(SocketAddr, Vec<u8>) -> UdpEvent + Send + 'static,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    // A full queue drops the datagram, as a full socket buffer would.
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(wrap(from, buf[..n].to_vec())) {
-                        return;
-                    }
-                }
-                // ICMP errors surface as recv errors on some systems: keep serving.
-                Err(e) => debug!("UDP receive: {e}"),
-            }
-        }
-    })
 }
