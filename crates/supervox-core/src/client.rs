@@ -264,6 +264,15 @@ impl Client {
         }
     }
 
+    /// The address we dialed for the current supernode (maybe not the one it
+    /// advertises: e.g. its port 443 from behind a firewall that passes only that).
+    pub fn supernode_dialed(&self) -> Option<SocketAddr> {
+        match &self.link {
+            SnLink::Open { addr, ready: true, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
     /// The address the driver connected to for the current supernode.
     pub fn supernode_conn(&self) -> Option<ConnId> {
         match &self.link {

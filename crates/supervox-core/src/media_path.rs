@@ -42,6 +42,10 @@ pub const STANDBY_INTERVAL_MS: u64 = 1_000;
 pub const FAILOVER_MS: u64 = 700;
 /// A standby pair counts as live when it answered within this window.
 const ALIVE_MS: u64 = 2_500;
+/// A relayed pair that answers first is used only after this long from the
+/// start of the checks, so a direct pair answering a moment later wins
+/// without a path change (direct pairs need a round of triggered checks).
+pub const RELAY_GRACE_MS: u64 = 150;
 /// Pairs per call at most (remote candidates × local bases, plus learnt ones).
 pub const MAX_PAIRS: usize = 32;
 
@@ -359,6 +363,7 @@ impl MediaPath {
             return;
         };
         match self.selected {
+            None if self.rank(best) > 0 && now_ms < self.started_ms + RELAY_GRACE_MS => {}
             None => {
                 self.selected = Some(best);
                 self.selected_since_ms = now_ms;
@@ -456,6 +461,10 @@ impl MediaPath {
     /// Send checks: on every pair until one answers; then consent checks on
     /// the pair in use and slower checks on the others (upgrade, standby).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        if !self.confirmed {
+            // A relayed pair may have answered inside the grace period.
+            self.reselect(now_ms);
+        }
         if self.confirmed {
             self.reselect(now_ms);
             if let Some(cur) = self.selected {

@@ -47,9 +47,11 @@ impl Client {
         }
         let (server, user, pass) = match (&self.cfg.external_relay, &self.relay) {
             (Some(e), _) => (e.server, e.username.clone(), e.password.clone()),
-            (None, Some(c)) => match c.relays.first() {
-                Some(s) => (*s, c.username.clone(), c.password.clone()),
-                None => return,
+            // Over TCP, the relay is reached where we reached the supernode: the
+            // supernode serves TURN on every TCP port, and only that one may get out.
+            (None, Some(c)) => match (self.relay_over_tcp, self.supernode_dialed(), c.relays.first().copied()) {
+                (true, Some(s), _) | (false, _, Some(s)) => (s, c.username.clone(), c.password.clone()),
+                _ => return,
             },
             (None, None) => return,
         };
