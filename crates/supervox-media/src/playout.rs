@@ -81,6 +81,9 @@ pub struct PlayoutCounters {
     pub frames_missing: u64,
     /// Missing frames recovered from the next packet's in-band FEC.
     pub frames_recovered_fec: u64,
+    /// Frames whose own packet was missing, played from a copy in a later packet's
+    /// redundancy block (counted in `frames_decoded`, not in `frames_missing`).
+    pub frames_recovered_redundancy: u64,
     /// Frames synthesised by loss concealment (missing, or inserted while waiting).
     pub frames_concealed: u64,
     /// Concealment frames inserted without a missing frame (late packet, delay growth).
@@ -217,11 +220,15 @@ impl PlayoutEngine {
                             self.conceal(dec)
                         }
                     };
+                    if f.redundant {
+                        self.counters.frames_recovered_redundancy += 1;
+                    }
                     self.log.decoded.push(f.seq);
                     self.end_media_ms = Some(f.media_ms + FRAME_MS as f64);
                     self.append(pcm);
                 }
                 Playout::Missing { seq, fec_from } => {
+                    tracing::trace!(now_ms, seq, "missing");
                     self.counters.frames_missing += 1;
                     self.log.missing.push(seq);
                     let recovered = match fec_from {
@@ -238,7 +245,17 @@ impl PlayoutEngine {
                     self.end_media_ms = self.end_media_ms.map(|e| e + FRAME_MS as f64);
                     self.append(pcm);
                 }
-                Playout::Empty => self.insert_concealment(dec),
+                Playout::Concealed { seq } => {
+                    // The concealment frame inserted while waiting stood in for this one.
+                    self.counters.frames_missing += 1;
+                    self.counters.frames_expanded = self.counters.frames_expanded.saturating_sub(1);
+                    self.log.missing.push(seq);
+                    self.end_media_ms = self.end_media_ms.map(|e| e + FRAME_MS as f64);
+                }
+                Playout::Empty => {
+                    tracing::trace!(now_ms, "empty: concealing");
+                    self.insert_concealment(dec)
+                }
             }
         }
         true
@@ -278,6 +295,14 @@ impl PlayoutEngine {
             return;
         };
         let excess = slack - self.jitter.target_delay_ms() as f64;
+        tracing::trace!(
+            now_ms,
+            slack,
+            target = self.jitter.target_delay_ms(),
+            sync = self.sync.len(),
+            buffered = self.jitter.len(),
+            "steer"
+        );
         if excess < -TOLERANCE_MS {
             let plc = self.adjust == Adjust::WholeFrames || -excess >= PLC_EXPAND_MS;
             if plc || self.stretch_expand() == 0 {

@@ -195,7 +195,7 @@ fn run_call(root: &Path, speech: &Path, c: &Condition, p: &Pipeline) -> Result<F
     Ok(Figures {
         mos,
         loss_before: f("loss_before_fec_pct"),
-        loss_after: f("loss_pct"),
+        loss_after: f("loss_after_fec_pct"),
         playout: f("playout_delay_ms"),
         setup: connected["setup_ms"].to_string(),
         concealed: f("frames_concealed"),

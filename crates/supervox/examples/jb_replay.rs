@@ -109,7 +109,12 @@ fn main() {
         }
         targets.push(rx.stats().target_delay_ms);
     }
-    let spec = hound::WavSpec { channels: 1, sample_rate: 48_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut w = hound::WavWriter::create(&args[2], spec).expect("output wav");
     for s in out {
         w.write_sample(s).expect("write");
@@ -120,7 +125,7 @@ fn main() {
     let mean_target = targets.iter().sum::<f64>() / targets.len().max(1) as f64;
     let changes = targets.windows(2).filter(|w| w[0] != w[1]).count();
     println!(
-        "{{\"loss_before_fec\":{:.2},\"loss_after_fec\":{:.2},\"mean_playout_ms\":{:.1},\"concealed\":{},\"expanded_frames\":{},\"dropped\":{},\"samples_compressed\":{},\"samples_expanded\":{},\"late\":{},\"mean_target\":{:.1},\"target_changes\":{}}}",
+        "{{\"loss_before_fec\":{:.2},\"loss_after_fec\":{:.2},\"mean_playout_ms\":{:.1},\"concealed\":{},\"expanded_frames\":{},\"dropped\":{},\"samples_compressed\":{},\"samples_expanded\":{},\"late\":{},\"red\":{},\"fec\":{},\"mean_target\":{:.1},\"target_changes\":{}}}",
         s.loss_before_fec_pct,
         s.loss_after_fec_pct,
         s.mean_playout_delay_ms,
@@ -130,6 +135,8 @@ fn main() {
         c.samples_compressed,
         c.samples_expanded,
         s.packets_late,
+        c.frames_recovered_redundancy,
+        c.frames_recovered_fec,
         mean_target,
         changes
     );
