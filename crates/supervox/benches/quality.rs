@@ -54,19 +54,28 @@ fn main() {
     std::fs::create_dir_all(&root).expect("bench dir");
     let speech = speech_sample(&root);
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    println!("| condition | pipeline | PESQ MOS-LQO | loss before FEC % | loss after FEC % | mean playout delay ms | setup ms | frames concealed |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| condition | pipeline | PESQ MOS-LQO | MOS ratio supervox/tox-like | loss before FEC % | loss after FEC % \
+         | mean playout delay ms | setup ms | frames concealed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for c in CONDITIONS {
         if filter.as_deref().is_some_and(|f| !c.name.contains(f)) {
             continue;
         }
-        for p in PIPELINES {
-            match run_call(&root, &speech, c, p) {
+        let results: Vec<Result<Figures, String>> = PIPELINES.iter().map(|p| run_call(&root, &speech, c, p)).collect();
+        let mos = |i: usize| results.get(i).and_then(|r| r.as_ref().ok()).map(|f| f.mos);
+        for (i, (p, r)) in PIPELINES.iter().zip(&results).enumerate() {
+            let ratio = match (i, mos(0), mos(1)) {
+                (0, Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "".into(),
+            };
+            match r {
                 Ok(r) => println!(
-                    "| {} | {} | {:.2} | {} | {} | {} | {} | {} |",
-                    c.name, p.name, r.mos, r.loss_before, r.loss_after, r.playout, r.setup, r.concealed
+                    "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                    c.name, p.name, r.mos, ratio, r.loss_before, r.loss_after, r.playout, r.setup, r.concealed
                 ),
-                Err(e) => println!("| {} | {} | failed: {e} | | | | | |", c.name, p.name),
+                Err(e) => println!("| {} | {} | failed: {e} | | | | | | |", c.name, p.name),
             }
         }
     }
