@@ -22,11 +22,13 @@ pub trait DelayPolicy: Send + Debug {
     }
 }
 
-/// Default lower bound of the target delay, in ms. Half a frame: the slack of a fetch
-/// moves on a 20 ms lattice set by the arrival phase against the playout ticks, so a
-/// higher floor mostly adds a whole frame of delay on clean links (a 20 ms floor cost
-/// 10 ms on average in `benches/pipeline.rs`); timer noise is covered by the margin.
-pub const DEFAULT_MIN_DELAY_MS: u64 = 10;
+/// Default lower bound of the target delay, in ms: one frame. The slack of a fetch moves
+/// on a 20 ms lattice set by the arrival phase against the playout ticks; with a 10 ms
+/// floor a sender or receiver tick a few ms late (timer noise of real processes) made a
+/// packet late now and then on a clean link, and its concealment plus the target's
+/// grow-and-shrink were audible (PESQ). The 20 ms floor costs about 10 ms on average
+/// (`benches/pipeline.rs`: 57.7 ms mean added delay, within the 60 ms budget).
+pub const DEFAULT_MIN_DELAY_MS: u64 = 20;
 /// Default upper bound of the target delay, in ms.
 pub const DEFAULT_MAX_DELAY_MS: u64 = 500;
 
