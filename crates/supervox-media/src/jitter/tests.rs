@@ -193,7 +193,7 @@ fn burst_of_five_lost_packets() {
     assert_eq!(c.frames_missing, 5);
     assert_eq!(c.frames_concealed - c.frames_expanded + c.frames_recovered_fec, 5, "{c:?}");
     assert!(c.frames_expanded <= 2, "{c:?}");
-    let before = r.delays.iter().filter(|d| d.0 < 2_000).map(|d| d.1).last().unwrap_or(0.0);
+    let before = r.delays.iter().filter(|d| d.0 < 2_000).map(|d| d.1).next_back().unwrap_or(0.0);
     assert!(r.delays.iter().filter(|d| d.0 > 2_200).all(|d| d.1 <= before), "{:?}", r.delays);
 }
 
