@@ -31,12 +31,12 @@ def load(path):
 
 
 def align(ref, deg):
-    """Delay of `ref` inside `deg`, in samples (>= 0)."""
+    """Delay of `ref` inside `deg`, in samples. Negative when the recording starts
+    inside the reference (a receiver that shortened the silence before the speech)."""
     if len(deg) < len(ref) // 2:
         raise SystemExit(json.dumps({"error": "recording much shorter than the reference"}))
     corr = correlate(deg, ref, mode="full", method="fft")
-    lag = int(np.argmax(corr)) - (len(ref) - 1)
-    return max(lag, 0)
+    return int(np.argmax(corr)) - (len(ref) - 1)
 
 
 def main():
@@ -44,7 +44,9 @@ def main():
         raise SystemExit(__doc__)
     ref, deg = load(sys.argv[1]), load(sys.argv[2])
     lag = align(ref, deg)
-    deg = deg[lag:lag + len(ref)]
+    if lag < 0:
+        deg = np.concatenate([np.zeros(-lag), deg])
+    deg = deg[max(lag, 0):max(lag, 0) + len(ref)]
     if len(deg) < len(ref):
         deg = np.concatenate([deg, np.zeros(len(ref) - len(deg))])
     score = pesq(RATE, ref.astype(np.float32), deg.astype(np.float32), "wb")

@@ -81,6 +81,9 @@ pub enum MediaError {
         /// Payload length received.
         len: usize,
     },
+    /// A media packet's redundancy block is malformed (bad count or lengths).
+    #[error("media packet has a malformed redundancy block")]
+    BadRedundancy,
 }
 
 impl MediaError {

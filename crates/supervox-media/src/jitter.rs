@@ -41,6 +41,9 @@ pub const MAX_GAP_FRAMES: i64 = MAX_FRAMES as i64;
 pub const FASTEST_WINDOW_MS: u64 = 5_000;
 /// A relative delay beyond this many ms means a new time base (sender restarted).
 const TIMEBASE_JUMP_MS: f64 = 10_000.0;
+/// A redundancy depth seen on arrivals keeps its reserve this long after the last packet
+/// that carried it, in ms.
+pub const REDUNDANCY_HOLD_MS: u64 = 3_000;
 /// Bound on the fastest-path tracker's entries.
 const MAX_TRANSITS: usize = 1024;
 /// Media clock ticks per millisecond.
@@ -57,6 +60,9 @@ pub struct Fetched {
     pub arrival_ms: u64,
     /// The Opus payload.
     pub payload: Vec<u8>,
+    /// Whether it came as a copy in a later packet's redundancy block (its own packet was
+    /// lost or is late).
+    pub redundant: bool,
 }
 
 /// What playout should do for the next frame.
@@ -75,6 +81,13 @@ pub enum Playout {
     /// Playing, but nothing is buffered: the next frame is late or lost. The sequence
     /// does not advance.
     Empty,
+    /// The next frame is missing, and its playout time was already filled by the
+    /// concealment played for an [`Playout::Empty`] pop: later packets arrived, so the
+    /// frames waited for were lost rather than late. Play nothing for it; fetch on.
+    Concealed {
+        /// Extended sequence number of the missing frame.
+        seq: i64,
+    },
     /// Not started yet, or drained and re-buffering: play nothing.
     Waiting,
 }
@@ -84,6 +97,7 @@ struct Held {
     media_ms: f64,
     arrival_ms: u64,
     payload: Vec<u8>,
+    redundant: bool,
 }
 
 /// Sliding-window minimum of packet transit times.
@@ -127,10 +141,16 @@ pub struct JitterBuffer {
     playing: bool,
     /// Consecutive pops that found the buffer empty.
     dry: u32,
+    /// Empty pops since the sequence last advanced: concealment already played in
+    /// place of frames that may turn out lost.
+    filled: i64,
     dropped: u64,
     late: u64,
     skipped: u64,
     last_relative_delay: f64,
+    /// Deepest redundancy (earlier frames repeated per packet) seen lately, and when.
+    redundancy: usize,
+    redundancy_at: u64,
 }
 
 /// Tolerance under the target at which playout may start, in ms.
@@ -158,10 +178,13 @@ impl JitterBuffer {
             next_seq: None,
             playing: false,
             dry: 0,
+            filled: 0,
             dropped: 0,
             late: 0,
             skipped: 0,
             last_relative_delay: 0.0,
+            redundancy: 0,
+            redundancy_at: 0,
         }
     }
 
@@ -204,8 +227,41 @@ impl JitterBuffer {
         let relative = transit - self.fastest.min().unwrap_or(transit);
         self.last_relative_delay = relative;
         self.policy.on_arrival(relative, now_ms);
-        self.frames.insert(ext, Held { media_ms, arrival_ms: now_ms, payload });
+        if self.redundancy > 0 && now_ms.saturating_sub(self.redundancy_at) > REDUNDANCY_HOLD_MS {
+            self.redundancy = 0;
+        }
+        self.frames.insert(ext, Held { media_ms, arrival_ms: now_ms, payload, redundant: false });
         self.highest = Some(self.highest.map_or(ext, |hi| hi.max(ext)));
+        while self.frames.len() > MAX_FRAMES {
+            self.frames.pop_first();
+            self.dropped += 1;
+        }
+    }
+
+    /// Adds the copy of an earlier frame carried in the redundancy block of the packet
+    /// `carrier` (pushed first), `distance` frames before it. Used only if that frame is
+    /// still to be played and not here yet; it does not count as an arrival for the delay
+    /// measurement. While packets carry copies the target gets a reserve of `distance`
+    /// frames (see [`Self::target_delay_ms`]) so that the copy is at hand in time.
+    pub fn push_redundant(&mut self, carrier: MediaHeader, distance: usize, payload: Vec<u8>, now_ms: u64) {
+        let (Some(hi), Some(ts_ref)) = (self.highest, self.ts_ref) else {
+            return;
+        };
+        if distance == 0 || distance > crate::packet::MAX_REDUNDANCY {
+            return;
+        }
+        if distance >= self.redundancy {
+            self.redundancy = distance;
+            self.redundancy_at = now_ms;
+        }
+        let ext = extend_seq(hi, carrier.seq) - distance as i64;
+        if self.next_seq.is_some_and(|next| ext < next) || self.frames.contains_key(&ext) || ext > hi {
+            return;
+        }
+        let ts = ts_ref + i64::from(carrier.timestamp.wrapping_sub(ts_ref as u32) as i32)
+            - distance as i64 * crate::FRAME_SAMPLES as i64;
+        let media_ms = ts as f64 / TICKS_PER_MS;
+        self.frames.insert(ext, Held { media_ms, arrival_ms: now_ms, payload, redundant: true });
         while self.frames.len() > MAX_FRAMES {
             self.frames.pop_first();
             self.dropped += 1;
@@ -230,6 +286,7 @@ impl JitterBuffer {
             }
             self.playing = true;
             self.dry = 0;
+            self.filled = 0;
             // Resume where we stopped if that packet is here, else at the first one.
             if self.next_seq.is_none_or(|n| !self.frames.contains_key(&n)) {
                 self.next_seq = Some(first);
@@ -240,8 +297,10 @@ impl JitterBuffer {
             if self.dry >= DRY_LIMIT_FRAMES {
                 self.playing = false;
                 self.dry = 0;
+                self.filled = 0;
                 return Playout::Waiting;
             }
+            self.filled += 1;
             return Playout::Empty;
         };
         self.dry = 0;
@@ -269,6 +328,15 @@ impl JitterBuffer {
             self.skipped += 1;
             next = seq + 1;
         }
+        // Frames missing in front of the first buffered one, whose time the concealment
+        // played while the buffer was empty already took: skip them (a late packet that
+        // was waited for is the first one, and plays).
+        if first > next && self.filled > 0 {
+            self.filled -= 1;
+            self.next_seq = Some(next + 1);
+            return Playout::Concealed { seq: next };
+        }
+        self.filled = 0;
         self.next_seq = Some(next + 1);
         match self.frames.remove(&next) {
             Some(h) => Playout::Frame(Fetched {
@@ -276,6 +344,7 @@ impl JitterBuffer {
                 media_ms: h.media_ms,
                 arrival_ms: h.arrival_ms,
                 payload: h.payload,
+                redundant: h.redundant,
             }),
             None => Playout::Missing { seq: next, fec_from: self.frames.get(&(next + 1)).map(|h| h.payload.clone()) },
         }
@@ -296,9 +365,16 @@ impl JitterBuffer {
         self.playing
     }
 
-    /// Current target delay from the policy, in milliseconds.
+    /// Current target delay, in milliseconds: the policy's, plus one frame per earlier
+    /// frame that arriving packets repeat (so the copy is here when its frame is due).
     pub fn target_delay_ms(&self) -> u64 {
-        self.policy.target_delay_ms()
+        let reserve = self.redundancy as u64 * crate::FRAME_MS;
+        (self.policy.target_delay_ms() + reserve).min(self.policy.max_delay_ms())
+    }
+
+    /// Earlier frames that arriving packets lately repeat (0 when they carry none).
+    pub fn redundancy(&self) -> usize {
+        self.redundancy
     }
 
     /// Relative arrival delay of the last accepted packet, in ms.
@@ -337,5 +413,7 @@ impl JitterBuffer {
         self.next_seq = None;
         self.playing = false;
         self.dry = 0;
+        self.filled = 0;
+        self.redundancy = 0;
     }
 }

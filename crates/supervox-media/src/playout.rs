@@ -11,9 +11,11 @@
 //!   frame appended to the decoded audio when much is missing (grows fast: the decoder
 //!   continues the waveform and blends into the next real frame itself);
 //! * at least a frame too much: **compress** by one pitch period per tick
-//!   ([`stretch::compress`]), preferring quiet or periodic audio;
+//!   ([`stretch::compress`]) in quiet audio (pauses); voiced speech too once the
+//!   excess reaches [`NORMAL_MS`] or has lasted [`PATIENCE_MS`], anything from
+//!   [`FORCE_MS`];
 //! * within the band but with decoded audio waiting beyond the frame being played:
-//!   trim it on quiet or strongly periodic audio only, which lowers the delay for free.
+//!   trim it in quiet audio only, which lowers the delay for free.
 //!
 //! In [`Adjust::WholeFrames`] mode (the Tox-like baseline) the playout point instead
 //! moves by dropping or concealing whole frames.
@@ -29,6 +31,13 @@ const SPMS: f64 = crate::SAMPLE_RATE as f64 / 1000.0;
 const TOLERANCE_MS: f64 = 2.0;
 /// Shortfall from which a whole concealment frame is inserted instead of a period.
 const PLC_EXPAND_MS: f64 = 10.0;
+/// Excess over the target from which voiced (periodic) speech may be compressed too;
+/// below it only quiet audio is, so a delay that is a frame or two too long waits for
+/// the next pause instead of warping speech.
+const NORMAL_MS: f64 = 40.0;
+/// How long an excess may wait for quiet audio before voiced speech is compressed too
+/// (speech pauses come every second or two; a steady tone never has any), in ms.
+const PATIENCE_MS: u64 = 2_000;
 /// Excess over the band beyond which compression is forced whatever the audio.
 const FORCE_MS: f64 = 60.0;
 /// Decoded audio beyond the current frame that is worth trimming, in samples (5 ms).
@@ -81,6 +90,9 @@ pub struct PlayoutCounters {
     pub frames_missing: u64,
     /// Missing frames recovered from the next packet's in-band FEC.
     pub frames_recovered_fec: u64,
+    /// Frames whose own packet was missing, played from a copy in a later packet's
+    /// redundancy block (counted in `frames_decoded`, not in `frames_missing`).
+    pub frames_recovered_redundancy: u64,
     /// Frames synthesised by loss concealment (missing, or inserted while waiting).
     pub frames_concealed: u64,
     /// Concealment frames inserted without a missing frame (late packet, delay growth).
@@ -115,6 +127,8 @@ pub struct PlayoutEngine {
     end_media_ms: Option<f64>,
     counters: PlayoutCounters,
     last_delay_ms: f64,
+    /// Since when the delay has been a frame or more above the target.
+    over_since: Option<u64>,
     delay_sum_ms: f64,
     delay_count: u64,
     log: TickLog,
@@ -131,6 +145,7 @@ impl PlayoutEngine {
             end_media_ms: None,
             counters: PlayoutCounters::default(),
             last_delay_ms: 0.0,
+            over_since: None,
             delay_sum_ms: 0.0,
             delay_count: 0,
             log: TickLog::default(),
@@ -217,11 +232,15 @@ impl PlayoutEngine {
                             self.conceal(dec)
                         }
                     };
+                    if f.redundant {
+                        self.counters.frames_recovered_redundancy += 1;
+                    }
                     self.log.decoded.push(f.seq);
                     self.end_media_ms = Some(f.media_ms + FRAME_MS as f64);
                     self.append(pcm);
                 }
                 Playout::Missing { seq, fec_from } => {
+                    tracing::trace!(now_ms, seq, "missing");
                     self.counters.frames_missing += 1;
                     self.log.missing.push(seq);
                     let recovered = match fec_from {
@@ -238,7 +257,17 @@ impl PlayoutEngine {
                     self.end_media_ms = self.end_media_ms.map(|e| e + FRAME_MS as f64);
                     self.append(pcm);
                 }
-                Playout::Empty => self.insert_concealment(dec),
+                Playout::Concealed { seq } => {
+                    // The concealment frame inserted while waiting stood in for this one.
+                    self.counters.frames_missing += 1;
+                    self.counters.frames_expanded = self.counters.frames_expanded.saturating_sub(1);
+                    self.log.missing.push(seq);
+                    self.end_media_ms = self.end_media_ms.map(|e| e + FRAME_MS as f64);
+                }
+                Playout::Empty => {
+                    tracing::trace!(now_ms, "empty: concealing");
+                    self.insert_concealment(dec)
+                }
             }
         }
         true
@@ -278,6 +307,17 @@ impl PlayoutEngine {
             return;
         };
         let excess = slack - self.jitter.target_delay_ms() as f64;
+        if excess < FRAME_MS as f64 - TOLERANCE_MS {
+            self.over_since = None;
+        }
+        tracing::trace!(
+            now_ms,
+            slack,
+            target = self.jitter.target_delay_ms(),
+            sync = self.sync.len(),
+            buffered = self.jitter.len(),
+            "steer"
+        );
         if excess < -TOLERANCE_MS {
             let plc = self.adjust == Adjust::WholeFrames || -excess >= PLC_EXPAND_MS;
             if plc || self.stretch_expand() == 0 {
@@ -290,12 +330,19 @@ impl PlayoutEngine {
                     self.sync.drain(..FRAME_SAMPLES.min(self.sync.len()));
                 }
                 Adjust::Stretch => {
-                    let urgency = if excess >= FORCE_MS { Urgency::Forced } else { Urgency::Normal };
+                    let since = *self.over_since.get_or_insert(now_ms);
+                    let urgency = if excess >= FORCE_MS {
+                        Urgency::Forced
+                    } else if excess >= NORMAL_MS || now_ms.saturating_sub(since) >= PATIENCE_MS {
+                        Urgency::Normal
+                    } else {
+                        Urgency::Quiet
+                    };
                     self.stretch_compress(self.sync.len(), urgency);
                 }
             }
         } else if self.adjust == Adjust::Stretch && after >= TRIM_MIN {
-            self.stretch_compress(after, Urgency::Gentle);
+            self.stretch_compress(after, Urgency::Quiet);
         }
     }
 

@@ -24,13 +24,15 @@ pub struct ReceiveStats {
     pub frames_concealed: u64,
     /// Lost frames recovered from the next packet's in-band FEC.
     pub frames_recovered_fec: u64,
+    /// Lost frames restored whole from a copy in a later packet (audio redundancy).
+    pub frames_recovered_redundancy: u64,
     /// Cumulative network packet loss in percent, from sequence gaps (RFC 3550).
     pub loss_pct: f64,
-    /// Frames missing at their playout time (lost or late) in percent of frames due,
-    /// before FEC recovery.
+    /// Frames whose packet was missing at their playout time (lost or late) in percent of
+    /// frames due, before recovery from redundancy copies or FEC.
     pub loss_before_fec_pct: f64,
-    /// Frames missing at their playout time and not recovered by FEC, in percent of
-    /// frames due: what the listener hears concealed.
+    /// Frames missing at their playout time and recovered neither from a redundancy copy
+    /// nor by FEC, in percent of frames due: what the listener hears concealed.
     pub loss_after_fec_pct: f64,
     /// RFC 3550 interarrival jitter in milliseconds.
     pub jitter_ms: f64,
@@ -88,9 +90,13 @@ impl MediaReceiver {
     /// error and leave the state untouched.
     pub fn on_packet(&mut self, plaintext: &[u8], now_ms: u64) -> Result<Option<ReceiverReport>, MediaError> {
         match decode_packet(plaintext)? {
-            Incoming::Audio(header, payload) => {
-                self.tracker.on_packet(&header, now_ms);
-                self.engine.jitter_mut().push(header, payload.to_vec(), now_ms);
+            Incoming::Audio(a) => {
+                self.tracker.on_packet(&a.header, now_ms);
+                let jitter = self.engine.jitter_mut();
+                jitter.push(a.header, a.payload.to_vec(), now_ms);
+                for (i, copy) in a.redundant.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+                    jitter.push_redundant(a.header, i + 1, copy.to_vec(), now_ms);
+                }
                 Ok(None)
             }
             Incoming::Report(report) => {
@@ -134,8 +140,9 @@ impl MediaReceiver {
             frames_played: c.frames_played,
             frames_concealed: c.frames_concealed,
             frames_recovered_fec: c.frames_recovered_fec,
+            frames_recovered_redundancy: c.frames_recovered_redundancy,
             loss_pct: self.tracker.loss_pct(),
-            loss_before_fec_pct: pct(c.frames_missing),
+            loss_before_fec_pct: pct(c.frames_missing + c.frames_recovered_redundancy),
             loss_after_fec_pct: pct(c.frames_missing - c.frames_recovered_fec),
             jitter_ms: self.tracker.jitter_ms(),
             playout_delay_ms: self.engine.playout_delay_ms(),

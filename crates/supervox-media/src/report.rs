@@ -151,7 +151,7 @@ mod tests {
         assert!((r.fraction_lost_pct() - 10.15625).abs() < 1e-9);
         assert!((r.jitter_ms() - 20.0).abs() < 1e-9);
         let audio = encode_media(&MediaHeader { seq: 1, timestamp: 2, marker: true }, &[1, 2]);
-        assert!(matches!(decode_packet(&audio), Ok(Incoming::Audio(_, [1, 2]))));
+        assert!(matches!(decode_packet(&audio), Ok(Incoming::Audio(a)) if a.payload == [1, 2]));
         assert!(matches!(ReceiverReport::decode(&[audio.clone(), vec![0; 30]].concat()), Err(MediaError::NotReport)));
     }
 

@@ -22,11 +22,13 @@ pub trait DelayPolicy: Send + Debug {
     }
 }
 
-/// Default lower bound of the target delay, in ms. Half a frame: the slack of a fetch
-/// moves on a 20 ms lattice set by the arrival phase against the playout ticks, so a
-/// higher floor mostly adds a whole frame of delay on clean links (a 20 ms floor cost
-/// 10 ms on average in `benches/pipeline.rs`); timer noise is covered by the margin.
-pub const DEFAULT_MIN_DELAY_MS: u64 = 10;
+/// Default lower bound of the target delay, in ms: one frame. The slack of a fetch moves
+/// on a 20 ms lattice set by the arrival phase against the playout ticks; with a 10 ms
+/// floor a sender or receiver tick a few ms late (timer noise of real processes) made a
+/// packet late now and then on a clean link, and its concealment plus the target's
+/// grow-and-shrink were audible (PESQ). The 20 ms floor costs about 10 ms on average
+/// (`benches/pipeline.rs`: 57.7 ms mean added delay, within the 60 ms budget).
+pub const DEFAULT_MIN_DELAY_MS: u64 = 20;
 /// Default upper bound of the target delay, in ms.
 pub const DEFAULT_MAX_DELAY_MS: u64 = 500;
 
@@ -60,6 +62,10 @@ pub struct AdaptiveConfig {
     pub forget: f64,
     /// Added to the quantile, in ms, to absorb timer and scheduling noise.
     pub margin_ms: f64,
+    /// The initial target is a prior: it leaves the histogram once arrivals have been
+    /// measured for this long, in ms (instead of fading like a measurement, which takes
+    /// about 1.4 s and then shrinks the delay while the first words are spoken).
+    pub prior_ms: u64,
 }
 
 impl Default for AdaptiveConfig {
@@ -72,6 +78,7 @@ impl Default for AdaptiveConfig {
             interval_ms: 100,
             forget: 0.8,
             margin_ms: 2.0,
+            prior_ms: 500,
         }
     }
 }
@@ -94,6 +101,9 @@ pub struct AdaptiveDelay {
     interval_start: Option<u64>,
     interval_max: f64,
     target_ms: f64,
+    /// Bucket of the initial prior and its remaining weight; first arrival time.
+    prior: Option<(usize, f64)>,
+    first_arrival: Option<u64>,
 }
 
 impl AdaptiveDelay {
@@ -107,7 +117,16 @@ impl AdaptiveDelay {
         let mut hist = vec![0.0; cfg.max_ms as usize + 1];
         let start = (cfg.initial_ms as f64 - cfg.margin_ms).clamp(0.0, cfg.max_ms as f64);
         hist[start.round() as usize] = 1.0;
-        let mut p = AdaptiveDelay { cfg, hist, interval_start: None, interval_max: 0.0, target_ms: 0.0 };
+        let prior = Some((start.round() as usize, 1.0));
+        let mut p = AdaptiveDelay {
+            cfg,
+            hist,
+            interval_start: None,
+            interval_max: 0.0,
+            target_ms: 0.0,
+            prior,
+            first_arrival: None,
+        };
         p.target_ms = p.compute_target();
         p
     }
@@ -134,6 +153,9 @@ impl AdaptiveDelay {
         }
         let idx = (value.max(0.0).round() as usize).min(self.hist.len() - 1);
         self.hist[idx] += 1.0 - f;
+        if let Some((_, w)) = &mut self.prior {
+            *w *= f;
+        }
     }
 
     /// Quantile of the histogram, interpolated inside its 1 ms bucket (bucket `i` holds
@@ -169,6 +191,15 @@ impl Default for AdaptiveDelay {
 impl DelayPolicy for AdaptiveDelay {
     fn on_arrival(&mut self, relative_delay_ms: f64, now_ms: u64) {
         let d = if relative_delay_ms.is_finite() { relative_delay_ms.clamp(0.0, self.cfg.max_ms as f64) } else { 0.0 };
+        let first = *self.first_arrival.get_or_insert(now_ms);
+        if now_ms.saturating_sub(first) >= self.cfg.prior_ms && self.interval_start.is_some() {
+            if let Some((idx, w)) = self.prior.take() {
+                // Measurements are in by now (an interval closed or is open): drop the prior.
+                if let Some(b) = self.hist.get_mut(idx) {
+                    *b = (*b - w).max(0.0);
+                }
+            }
+        }
         match self.interval_start {
             Some(start) if now_ms < start.saturating_add(self.cfg.interval_ms) && now_ms >= start => {
                 self.interval_max = self.interval_max.max(d);

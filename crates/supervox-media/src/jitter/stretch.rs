@@ -27,6 +27,8 @@ pub const QUIET_RMS: f64 = 400.0;
 /// How readily to stretch a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Urgency {
+    /// Only quiet audio (pauses between words): PESQ and listeners hear no warping there.
+    Quiet,
     /// Only quiet or strongly periodic (correlation ≥ 0.9) audio.
     Gentle,
     /// Quiet or periodic (correlation ≥ 0.6) audio.
@@ -96,6 +98,7 @@ pub fn best_lag(x: &[i16], max_lag: usize) -> Option<Lag> {
 
 fn acceptable(lag: &Lag, urgency: Urgency) -> bool {
     match urgency {
+        Urgency::Quiet => lag.rms < QUIET_RMS,
         Urgency::Gentle => lag.rms < QUIET_RMS || lag.corr >= 0.9,
         Urgency::Normal => lag.rms < QUIET_RMS || lag.corr >= 0.6,
         Urgency::Forced => true,
@@ -201,10 +204,15 @@ mod tests {
             })
             .collect();
         assert_eq!(compress(&mut noise, 960, Urgency::Normal), 0);
+        assert_eq!(compress(&mut noise, 960, Urgency::Quiet), 0);
         assert_eq!(expand(&mut noise, 960, Urgency::Gentle), 0);
         assert!(compress(&mut noise, 960, Urgency::Forced) > 0);
         let mut quiet = vec![10i16; 1920];
         assert!(compress(&mut quiet, 960, Urgency::Gentle) > 0);
+        assert!(compress(&mut quiet, 960, Urgency::Quiet) > 0);
+        // Loud periodic audio (voiced speech) is left alone when only pauses may go.
+        let mut voiced = sine(1920, 200.0, 8000.0);
+        assert_eq!(compress(&mut voiced, 960, Urgency::Quiet), 0);
         let mut short = vec![0i16; 100];
         assert_eq!(compress(&mut short, 960, Urgency::Forced), 0);
         assert_eq!(expand(&mut short, 960, Urgency::Forced), 0);

@@ -179,13 +179,22 @@ fn reordered_packets_play_in_order_without_loss() {
 #[test]
 fn burst_of_five_lost_packets() {
     let arrivals = stream(300, 1000, 0, |i| (!(100..105).contains(&i)).then_some(10));
-    let r = run(adaptive(), arrivals, 0, 7_000);
+    // Up to the last packet's playout (the stream's end would add concealment).
+    let r = run(adaptive(), arrivals, 0, 6_020);
     assert_in_order(&r);
     assert_eq!(r.missing, (1100..1105).collect::<Vec<_>>());
     assert_eq!(r.decoded.len(), 295);
     let c = r.engine.unwrap().counters();
-    // Only the last lost frame has its successor (which carries FEC) at hand.
-    assert_eq!((c.frames_missing, c.frames_recovered_fec), (5, 1));
+    // The buffer runs empty at the first lost frame: the playout conceals while it
+    // waits, and when 1105 arrives on time those concealment frames turn out to have
+    // stood in for the lost ones. Each lost frame is concealed once or recovered from
+    // FEC (the last one, when its successor is at hand), none twice, and the delay is
+    // no larger after the burst than before it.
+    assert_eq!(c.frames_missing, 5);
+    assert_eq!(c.frames_concealed - c.frames_expanded + c.frames_recovered_fec, 5, "{c:?}");
+    assert!(c.frames_expanded <= 2, "{c:?}");
+    let before = r.delays.iter().filter(|d| d.0 < 2_000).map(|d| d.1).next_back().unwrap_or(0.0);
+    assert!(r.delays.iter().filter(|d| d.0 > 2_200).all(|d| d.1 <= before), "{:?}", r.delays);
 }
 
 fn drift_run(ppm: f64) -> Run {
@@ -249,7 +258,8 @@ fn stall_then_burst_loses_nothing_and_recovers() {
     assert!(peak <= 500.0, "peak {peak}");
     // Back to the floor delay within 5 s.
     let after: Vec<f64> = r.delays.iter().filter(|d| d.0 > 10_500).map(|d| d.1).collect();
-    assert!(after.iter().all(|&d| d < 45.0), "{after:?}");
+    // Floor target 20 ms plus its one-frame band, plus the decoded-audio offset.
+    assert!(after.iter().all(|&d| d < 55.0), "{after:?}");
     assert_eq!(r.targets.last().unwrap().1, policy::DEFAULT_MIN_DELAY_MS);
 }
 
@@ -267,8 +277,11 @@ fn sequence_and_timestamp_wrap() {
     assert_eq!(r.decoded.len(), 400);
     assert_eq!(r.decoded[0], 65_530);
     assert!(r.missing.is_empty());
+    // Target ~24 ms (the 22 ms swap depth); a swapped-ahead packet also waits for its
+    // predecessor. The steady tone has no pauses, so decoded audio within the target's
+    // one-frame band is not trimmed: at most target + band + one frame of waiting.
     let late: Vec<f64> = r.delays.iter().filter(|d| d.0 > 4_000).map(|d| d.1).collect();
-    assert!(late.iter().all(|&d| d < 60.0), "{late:?}");
+    assert!(late.iter().all(|&d| d <= 65.0), "{late:?}");
 }
 
 /// Time (ms) after `change` at which the target last left ±10 % of its steady value

@@ -67,6 +67,10 @@ pub struct CallFigures {
     pub frames_concealed: u64,
     /// Frames recovered from FEC.
     pub frames_recovered_fec: u64,
+    /// Frames restored from redundancy copies in later packets.
+    pub frames_recovered_redundancy: u64,
+    /// Earlier frames our packets repeat (driven by the loss the peer reports).
+    pub redundancy: usize,
     /// Current jitter buffer playout delay, ms.
     pub playout_delay_ms: f64,
     /// Mean playout delay over the call, ms.
@@ -168,6 +172,8 @@ impl CallMedia {
             jitter_ms: s.jitter_ms,
             frames_concealed: s.frames_concealed,
             frames_recovered_fec: s.frames_recovered_fec,
+            frames_recovered_redundancy: s.frames_recovered_redundancy,
+            redundancy: self.sender.redundancy(),
             playout_delay_ms: s.playout_delay_ms,
             mean_playout_delay_ms: s.mean_playout_delay_ms,
             target_delay_ms: s.target_delay_ms,

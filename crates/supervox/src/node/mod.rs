@@ -92,6 +92,7 @@ fn figures_json(f: &CallFigures, rtt: Option<f64>, mos: Option<f64>) -> Value {
         "loss_after_fec_pct": round2(f.loss_after_fec_pct), "jitter_ms": round2(f.jitter_ms),
         "rtt_ms": rtt.map(round2), "mos": mos.map(round2),
         "frames_concealed": f.frames_concealed, "frames_recovered_fec": f.frames_recovered_fec,
+        "frames_recovered_redundancy": f.frames_recovered_redundancy, "redundancy": f.redundancy,
         "playout_delay_ms": round2(f.mean_playout_delay_ms), "target_delay_ms": round2(f.target_delay_ms),
         "fec_expected_loss_pct": f.fec_expected_loss_pct,
     })
