@@ -1,0 +1,150 @@
+//! Call-setup bench (issue 3): real `supervox` processes in two network
+//! namespaces joined by the user-space impaired link with 50 ms RTT (this
+//! kernel has no netem). A supernode and alice sit in namespace `a`, bob in
+//! `b`; alice calls bob N times per path and we report the setup time
+//! distribution for each path:
+//!
+//! * `direct-udp`: both nodes as they come;
+//! * `relay-tcp`: alice reaches her relay over TCP only and uses relays only
+//!   (`--force-relay --relay-transport tcp`), as a client behind a firewall
+//!   that passes only TCP would.
+//!
+//! Setup is measured two ways: `setup_ms` of `call_connected` (invite sent →
+//! media path confirmed at the caller), and "callee hears" = that plus the
+//! callee's first playout (one-way delay + its jitter buffer's start-up delay,
+//! taken from the callee's live status: `playout_delay_ms`). Needs root and
+//! `ip`. Run: `cargo bench -p supervox --bench setup [-- CALLS]`.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use supervox_netlab::{Impairment, Lab, LinkConfig, Namespace, NsProcess};
+
+const BIN: &str = env!("CARGO_BIN_EXE_supervox");
+/// 25 ms each way: 50 ms RTT.
+const LINK: &str = "delay=25ms";
+/// One-way delay of the link, added to the caller's setup for "callee hears".
+const ONE_WAY_MS: f64 = 25.0;
+
+fn main() {
+    let calls: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    println!("Call setup over a 50 ms RTT link, {calls} calls per path (median / p90 / max, ms)\n");
+    println!(
+        "| path | calls connected | setup median | setup p90 | setup max | callee hears median | callee hears p90 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (want, flags) in [("direct-udp", &[][..]), ("relay-tcp", &["--force-relay", "--relay-transport", "tcp"][..])] {
+        match run_path(tmp.path(), want, flags, calls) {
+            Ok((ok, setup, hears)) => println!(
+                "| {want} | {ok}/{calls} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                pct(&setup, 50.0),
+                pct(&setup, 90.0),
+                pct(&setup, 100.0),
+                pct(&hears, 50.0),
+                pct(&hears, 90.0)
+            ),
+            Err(e) => println!("| {want} | failed: {e} | | | | | |"),
+        }
+    }
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn spawn(ns: &Namespace, args: &[&str], log: &Path) -> NsProcess {
+    let mut cmd = ns.command(BIN);
+    cmd.args(args).stdout(Stdio::null()).stderr(std::fs::File::create(log).expect("log"));
+    ns.spawn(cmd).expect("spawn in namespace")
+}
+
+fn ctl(control: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(BIN).arg("ctl").arg("--control").arg(control).args(args).output().expect("ctl");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Wait until `check` holds for the node's status.
+fn wait_status(control: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if ctl(control, &["status", "--json"]).first().is_some_and(&check) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("node never {what}"))
+}
+
+#[allow(clippy::type_complexity)]
+fn run_path(root: &Path, want: &str, flags: &[&str], calls: usize) -> Result<(usize, Vec<f64>, Vec<f64>), String> {
+    let dir = root.join(want);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let lab = Lab::new().map_err(|e| e.to_string())?;
+    let (a, b) = (lab.namespace("a").map_err(|e| e.to_string())?, lab.namespace("b").map_err(|e| e.to_string())?);
+    let imp = Impairment::from_str(LINK).map_err(|e| e.to_string())?;
+    let link = lab.link(&a, &b, LinkConfig::symmetric(imp).with_seed(7)).map_err(|e| e.to_string())?;
+    let sn = format!("{}:7000", link.addr_a());
+    let sn_dir = dir.join("sn").to_string_lossy().to_string();
+    let _sn = spawn(&a, &["supernode", "--listen", &sn, "--data-dir", &sn_dir], &dir.join("sn.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ca, cb) = (dir.join("alice.sock"), dir.join("bob.sock"));
+    let (ca_s, cb_s) = (ca.to_string_lossy().to_string(), cb.to_string_lossy().to_string());
+    let (da, db) = (dir.join("alice").to_string_lossy().to_string(), dir.join("bob").to_string_lossy().to_string());
+    let media_a = format!("{}:0", link.addr_a());
+    let media_b = format!("{}:0", link.addr_b());
+    let mut alice = vec!["node", "--name", "alice", "--seed", &sn, "--media", &media_a, "--data-dir", &da];
+    alice.extend(["--control", &ca_s]);
+    alice.extend_from_slice(flags);
+    let bob = ["node", "--name", "bob", "--seed", &sn, "--media", &media_b, "--data-dir", &db, "--control", &cb_s];
+    let bob: Vec<&str> = bob.iter().copied().chain(["--auto-answer", "--input", "tone:440"]).collect();
+    let _alice = spawn(&a, &alice, &dir.join("alice.log"));
+    let _bob = spawn(&b, &bob, &dir.join("bob.log"));
+    wait_status(&ca, "signed in", |s| s["supernode"].is_string())?;
+    wait_status(&cb, "signed in", |s| s["supernode"].is_string())?;
+    // Relays and the NAT probe are ready before the first call, as for a user
+    // who has been online for a moment.
+    wait_status(&ca, "got a relay", |s| s["relay"]["allocated"].is_string())?;
+    wait_status(&cb, "got a relay", |s| s["relay"]["allocated"].is_string())?;
+    let (mut ok, mut setup, mut hears) = (0, Vec::new(), Vec::new());
+    for _ in 0..calls {
+        let cb2 = cb.clone();
+        // Bob's playout delay once his side is connected: the start-up part of "callee hears".
+        let watcher = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Some(s) = ctl(&cb2, &["status", "--json"]).first() {
+                    if let Some(d) = s["call"]["playout_delay_ms"].as_f64().filter(|d| *d > 0.0) {
+                        return Some(d);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        });
+        let events = ctl(&ca, &["call", "bob", "--duration", "1", "--json"]);
+        let bob_playout = watcher.join().ok().flatten();
+        let Some(c) = events.iter().find(|e| e["event"] == "call_connected") else { continue };
+        if c["path"] != want {
+            return Err(format!("path {} instead of {want}", c["path"]));
+        }
+        if let Some(ms) = c["setup_ms"].as_f64() {
+            ok += 1;
+            setup.push(ms);
+            if let Some(p) = bob_playout {
+                hears.push(ms + ONE_WAY_MS + p);
+            }
+        }
+        // Both sides back to idle before the next call.
+        wait_status(&cb, "left the call", |s| s["call"].is_null())?;
+    }
+    Ok((ok, setup, hears))
+}
