@@ -215,6 +215,47 @@ fn a_relay_over_tcp_carries_a_call_and_coturns_tcp_client() {
 }
 
 #[test]
+fn a_call_survives_the_death_of_the_relay_it_runs_through() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = ["--relay-allow-loopback"];
+    let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &relay);
+    let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
+    // Both force relays: alice's audio goes to bob's relay (sn2), bob's to alice's (sn1).
+    let alice = start_node(root.path(), "alice", &[sn1.addr, sn2.addr], &["--force-relay"]);
+    let bob = start_node(root.path(), "bob", &[sn2.addr], &["--auto-answer", "--force-relay"]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    wait_relay(&alice, Duration::from_secs(10));
+    wait_relay(&bob, Duration::from_secs(10));
+    let control = alice.control.clone();
+    let caller = std::thread::spawn(move || {
+        let out = ctl(&control, &["call", "bob", "--duration", "5", "--input", "tone:440", "--json"]);
+        let events: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (out.status.success(), events)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&alice).is_some_and(|s| s["call"]["state"] == "connected") {
+        assert!(Instant::now() < deadline, "call did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Alice's supernode, and the relay bob's audio runs through, dies mid-call.
+    drop(sn1);
+    let (ok, events) = caller.join().unwrap();
+    assert!(ok, "the call did not survive: {events:?}");
+    let e = event(&events, "call_ended").expect("ended");
+    assert_eq!(e["reason"], "call duration reached", "{events:?}");
+    let (sent, recv) = (e["frames_sent"].as_u64().unwrap(), e["frames_received"].as_u64().unwrap());
+    // 5 s of audio from bob; at most 1 s of it (50 frames) may be lost to the failover.
+    assert!(recv + 50 >= sent, "alice got {recv} of {sent} frames from bob: the gap exceeded 1 s");
+    let log = std::fs::read_to_string(root.path().join("node-bob.log")).unwrap_or_default();
+    assert!(log.contains("failover"), "bob's call did not fail over:\n{log}");
+    let moved = log.lines().find(|l| l.contains("failover")).unwrap_or_default();
+    println!("alice got {recv} of {sent} frames from bob across the relay's death; bob: {moved}");
+}
+
+#[test]
 fn a_node_can_take_its_relay_from_an_external_turn_server() {
     let root = tempfile::tempdir().unwrap();
     let sn = start_sn(root.path(), "sn", &[]);

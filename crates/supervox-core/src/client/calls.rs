@@ -386,12 +386,11 @@ impl Client {
                 Via::Relay => relayed.push((to, bytes)),
             }
         }
+        // Every move is reported, also to another pair of the same kind (another relay).
         if let (Phase::Connected, Some(reason)) = (&c.phase, p.take_change()) {
             let kind = p.kind();
-            if c.reported_path != Some(kind) {
-                c.reported_path = Some(kind);
-                self.event(ClientEvent::PathChanged { call_id: id, path: kind, reason: reason.to_string() });
-            }
+            c.reported_path = Some(kind);
+            self.event(ClientEvent::PathChanged { call_id: id, path: kind, reason: reason.to_string() });
         }
         for (to, bytes) in relayed {
             self.send_via_relay(to, &bytes, now_ms);

@@ -481,6 +481,7 @@ impl Node {
                 }
             }
             ClientEvent::PathChanged { call_id, path, reason } => {
+                info!("call {call_id} moved to {} ({reason})", path.as_str());
                 self.notify(call_id, json!({"event": "path_changed", "path": path.as_str(), "reason": reason}))
             }
             ClientEvent::Failed { call_id, reason } => {
