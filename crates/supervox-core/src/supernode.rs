@@ -97,6 +97,8 @@ pub struct SnStats {
     pub redirects: u64,
     /// Connections closed for protocol violations.
     pub violations: u64,
+    /// Client requests refused by the per-client rate limit.
+    pub rate_limited: u64,
 }
 
 #[derive(Debug)]
@@ -113,6 +115,8 @@ struct Conn {
     dialed: Option<SocketAddr>,
     kind: PeerKind,
     lookups: usize,
+    /// A client's requests (lookups, claims, presence, signals) per second.
+    requests: RateLimit,
 }
 
 #[derive(Debug)]
@@ -252,7 +256,16 @@ impl Supernode {
                 k.dialing = false;
             }
         }
-        self.conns.insert(conn, Conn { remote, dialed, kind: PeerKind::Pending, lookups: 0 });
+        self.conns.insert(
+            conn,
+            Conn {
+                remote,
+                dialed,
+                kind: PeerKind::Pending,
+                lookups: 0,
+                requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
+            },
+        );
     }
 
     /// A dial failed; try again later with backoff.
@@ -365,6 +378,17 @@ impl Supernode {
     }
 
     fn client_message(&mut self, conn: ConnId, user: UserId, msg: Message, now_ms: u64) {
+        // A flood from one client costs it its answers, not everyone else their supernode.
+        if !matches!(msg, Message::Ping { .. } | Message::Pong { .. })
+            && !self.conns.get_mut(&conn).is_some_and(|c| c.requests.take(now_ms))
+        {
+            self.stats.rate_limited += 1;
+            if self.stats.rate_limited.is_power_of_two() {
+                warn!(conn, "client {user:?} over {CLIENT_REQUESTS_PER_SEC} requests/s: refusing");
+            }
+            self.send(conn, Message::Error { reason: "rate limited".into() });
+            return;
+        }
         match msg {
             Message::Claim { claim } => {
                 let name = claim.name.clone();
@@ -627,6 +651,11 @@ pub fn better_answer(a: LookupAnswer, b: LookupAnswer) -> LookupAnswer {
         (Unknown, Unknown) => Unknown,
     }
 }
+
+/// Requests one client may make per second (lookups, claims, presence, call
+/// signals): far above what a person dialling needs, far below what would
+/// hurt a supernode.
+pub const CLIENT_REQUESTS_PER_SEC: u32 = 50;
 
 /// A per-second budget (fixed window): cheap, and enough to bound work a
 /// peer can make us do.

@@ -218,3 +218,30 @@ fn stun_dial_backs_are_relayed_and_rate_limited() {
     b.on_message(200, m.clone(), 1_010);
     assert_eq!(drain(&mut b).len(), 1, "budget renewed");
 }
+
+#[test]
+fn a_lookup_flood_is_rate_limited_per_client_and_others_are_served() {
+    let mut s = sn(1, 4000, vec![]);
+    let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    sign_in(&mut s, 1, &alice, "alice");
+    sign_in(&mut s, 2, &mallory, "mallory");
+    drain(&mut s);
+    let now = 5_000;
+    for i in 0..1_000 {
+        s.on_message(2, Message::Lookup { req_id: i, name: "alice".into() }, now);
+    }
+    let out = drain(&mut s);
+    let to_mallory = sent_to(&out, 2);
+    let answered = to_mallory.iter().filter(|m| matches!(m, Message::LookupResult { .. })).count();
+    let refused =
+        to_mallory.iter().filter(|m| matches!(m, Message::Error { reason } if reason == "rate limited")).count();
+    assert_eq!(answered, CLIENT_REQUESTS_PER_SEC as usize);
+    assert_eq!(refused, 1_000 - answered);
+    assert_eq!(s.stats().rate_limited, refused as u64);
+    // Alice, in the same second, is served as usual.
+    s.on_message(1, Message::Lookup { req_id: 1, name: "mallory".into() }, now);
+    assert!(matches!(sent_to(&drain(&mut s), 1)[..], [Message::LookupResult { .. }]));
+    // And mallory's budget comes back a second later.
+    s.on_message(2, Message::Lookup { req_id: 7, name: "alice".into() }, now + 1_000);
+    assert!(matches!(sent_to(&drain(&mut s), 2)[..], [Message::LookupResult { .. }]));
+}

@@ -274,6 +274,7 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocati
         ("signals_failed_total", "Call signals not deliverable.", st.signals_failed),
         ("redirects_total", "Clients redirected because full.", st.redirects),
         ("violations_total", "Connections closed for protocol violations.", st.violations),
+        ("rate_limited_total", "Client requests refused by the per-client rate limit.", st.rate_limited),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
         ("relay_allocations", "TURN allocations.", allocations as u64),
     ])
