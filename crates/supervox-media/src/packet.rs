@@ -40,7 +40,7 @@ pub const REPORT_BIT: u8 = 0x10;
 /// Bit of the first byte of an audio packet marking a redundancy block.
 pub const REDUNDANCY_BIT: u8 = 0x08;
 /// Most earlier frames one packet may repeat.
-pub const MAX_REDUNDANCY: usize = 2;
+pub const MAX_REDUNDANCY: usize = 3;
 
 /// Header of one media packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -255,8 +255,10 @@ mod tests {
         assert!(matches!(decode_packet(&bytes), Ok(Incoming::Audio(p)) if p == a));
         // Without copies it is the plain format; extra copies beyond the maximum are cut.
         assert_eq!(encode_media_redundant(&h, &[9], &[]), encode_media(&h, &[9]));
-        let three = encode_media_redundant(&h, &[9], &[&[1], &[2], &[3]]);
-        assert_eq!(decode_audio(&three).unwrap().redundant.len(), MAX_REDUNDANCY);
+        let four = encode_media_redundant(&h, &[9], &[&[1], &[2], &[3], &[4]]);
+        assert_eq!(decode_audio(&four).unwrap().redundant.len(), MAX_REDUNDANCY);
+        let three = decode_audio(&encode_media_redundant(&h, &[9], &[&[1], &[], &[3, 3]])).unwrap();
+        assert_eq!(three.redundant, vec![&[1u8][..], &[][..], &[3u8, 3][..]]);
         // Count 0 or too large, lengths past the end, no primary payload: rejected.
         let mut bad = bytes.clone();
         bad[HEADER_LEN] = 0;

@@ -15,11 +15,13 @@ const LOSS_DECAY_GAIN: f64 = 0.3;
 /// Largest expected-loss setting given to the encoder, in percent.
 const MAX_EXPECTED_LOSS_PCT: u8 = 40;
 /// Smoothed reported loss (percent) from which each packet also repeats the previous
-/// frame whole, and from which it repeats the two previous frames. One lost packet in
-/// isolation is then restored exactly instead of from the coarser in-band FEC; the
-/// residual loss is about p² (one copy) or p³ (two), e.g. 0.1 % at 10 % loss with two.
-/// Costs one or two frames' worth of bitrate, only while loss is reported.
-pub const REDUNDANCY_LOSS_PCT: [f64; MAX_REDUNDANCY] = [1.0, 4.0];
+/// frame whole, from which it repeats the two previous frames, and from which the three
+/// previous ones. Lost packets are then restored exactly instead of from the coarser
+/// in-band FEC; the residual loss is about p² (one copy), p³ (two) or p⁴ (three), e.g.
+/// 0.1 % at 10 % loss with two, 0.16 % at 20 % with three (0.8 % with two). Costs one to
+/// three frames' worth of bitrate and one jitter-buffer frame per copy, only while loss
+/// is reported.
+pub const REDUNDANCY_LOSS_PCT: [f64; MAX_REDUNDANCY] = [1.0, 4.0, 15.0];
 /// Largest media packet built with redundancy, in bytes: copies that would exceed it are
 /// left out (the path's datagrams are at most 1500 bytes with its own overhead).
 const MAX_REDUNDANT_PACKET: usize = 1200;
@@ -205,13 +207,13 @@ mod tests {
         assert_eq!(a_tx.rtt_ms(), Some(80.0));
         let loss = a_tx.remote_loss_pct().unwrap();
         assert!((19.0..=20.5).contains(&loss), "{loss}");
-        // At 20 % loss each packet also carries the two previous frames whole; in-band
-        // FEC is only asked to cover what that leaves (0.2³ = 0.8 %, rounded up).
-        assert_eq!((a_tx.redundancy(), a_tx.expected_loss_pct()), (2, 1));
-        let sent: Vec<Vec<u8>> = (0..3).map(|_| a_tx.next_packet(&pcm).unwrap()).collect();
+        // At 20 % loss each packet also carries the three previous frames whole; in-band
+        // FEC is only asked to cover what that leaves (0.2⁴ = 0.16 %, rounded up).
+        assert_eq!((a_tx.redundancy(), a_tx.expected_loss_pct()), (3, 1));
+        let sent: Vec<Vec<u8>> = (0..4).map(|_| a_tx.next_packet(&pcm).unwrap()).collect();
         let p: Vec<_> = sent.iter().map(|b| crate::packet::decode_audio(b).unwrap()).collect();
-        assert_eq!(p[2].redundant, vec![p[1].payload, p[0].payload]);
-        assert_eq!(p[2].header.seq, p[0].header.seq.wrapping_add(2));
+        assert_eq!(p[3].redundant, vec![p[2].payload, p[1].payload, p[0].payload]);
+        assert_eq!(p[3].header.seq, p[0].header.seq.wrapping_add(3));
         // Loss stops: the setting falls gradually, not at once.
         for i in 100..200u64 {
             let p = a_tx.next_packet(&pcm).unwrap();
@@ -220,7 +222,7 @@ mod tests {
         a_tx.on_report_bytes(&b_rx.make_report(4000), 4100).unwrap();
         let e = a_tx.remote_loss_pct().unwrap();
         assert!((10.0..19.0).contains(&e), "{e}");
-        assert_eq!(a_tx.redundancy(), 2);
+        assert_eq!(a_tx.redundancy(), if e >= 15.0 { 3 } else { 2 });
         // Once loss has stayed away the redundancy stops.
         for t in 1..20u64 {
             for i in 0..50u64 {
