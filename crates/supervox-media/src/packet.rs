@@ -257,7 +257,8 @@ mod tests {
         assert_eq!(encode_media_redundant(&h, &[9], &[]), encode_media(&h, &[9]));
         let four = encode_media_redundant(&h, &[9], &[&[1], &[2], &[3], &[4]]);
         assert_eq!(decode_audio(&four).unwrap().redundant.len(), MAX_REDUNDANCY);
-        let three = decode_audio(&encode_media_redundant(&h, &[9], &[&[1], &[], &[3, 3]])).unwrap();
+        let three_bytes = encode_media_redundant(&h, &[9], &[&[1], &[], &[3, 3]]);
+        let three = decode_audio(&three_bytes).unwrap();
         assert_eq!(three.redundant, vec![&[1u8][..], &[][..], &[3u8, 3][..]]);
         // Count 0 or too large, lengths past the end, no primary payload: rejected.
         let mut bad = bytes.clone();
