@@ -61,10 +61,16 @@ fn name_claims_survive_a_supernode_restart() {
 #[test]
 fn a_client_whose_supernode_dies_moves_on_and_is_callable_within_10s() {
     let root = tempfile::tempdir().unwrap();
-    let sn1 = start_sn(root.path(), "sn1", &[]);
+    let metrics = free_addr();
+    let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &["--metrics", &metrics.to_string()]);
     let sn2 = start_sn(root.path(), "sn2", &[sn1.addr]);
     let sn3 = start_sn(root.path(), "sn3", &[sn1.addr]);
-    // bob only knows sn1; he learns sn2 and sn3 from its welcome.
+    // bob only knows sn1; he learns sn2 and sn3 from its welcome, once they are linked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_opt(metrics, "supernode_peers").unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "the supernodes did not link");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let bob = start_node(root.path(), "bob", &[sn1.addr], &["--auto-answer"]);
     let alice = start_node(root.path(), "alice", &[sn3.addr], &[]);
     assert_eq!(wait_signed_in(&bob, Duration::from_secs(10)), sn1.addr.to_string());

@@ -50,6 +50,8 @@ pub struct SnOptions {
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
 pub struct BoundSupernode {
     listeners: Vec<TcpListener>,
+    /// STUN/TURN sockets on the same addresses as `listeners`.
+    udp: Vec<std::net::UdpSocket>,
     advertise: SocketAddr,
     opts: SnOptions,
 }
@@ -68,7 +70,10 @@ impl BoundSupernode {
                 "listening on {first}: give --advertise IP:PORT so others know where to reach this supernode"
             );
         }
-        Ok(Self { listeners, advertise, opts })
+        // UDP on exactly the TCP ports (a `--listen IP:0` picked its TCP port already).
+        let tcp_addrs = listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
+        let udp = udp::bind_sockets(&tcp_addrs)?;
+        Ok(Self { listeners, udp, advertise, opts })
     }
 
     /// The address clients and peers use.
@@ -99,9 +104,7 @@ impl BoundSupernode {
         turn.max_allocations = self.opts.max_allocations;
         turn.allow_loopback_peers = self.opts.relay_allow_loopback;
         turn.software = Some(concat!("supervox/", env!("CARGO_PKG_VERSION")).into());
-        // UDP on exactly the TCP ports (a `--listen IP:0` picked its TCP port already).
-        let tcp_addrs = self.listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
-        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(&tcp_addrs, self.advertise, turn).await?;
+        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(self.udp, self.advertise, turn).await?;
         let (ev_tx, mut ev_rx) = mpsc::channel(4096);
         let mut links = LinkSet::new(identity, ev_tx);
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);

@@ -149,18 +149,15 @@ pub struct UdpPlane {
 }
 
 impl UdpPlane {
-    /// Bind a UDP socket on every listen address (the TCP ports' numbers) and start the plane.
+    /// Start the plane on the sockets of [`bind_sockets`].
     pub async fn bind(
-        listen: &[SocketAddr],
+        bound: Vec<std::net::UdpSocket>,
         advertise: SocketAddr,
         turn: TurnConfig,
     ) -> Result<(Self, mpsc::Receiver<UdpEvent>)> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let mut sockets = Vec::new();
-        for (i, a) in listen.iter().enumerate() {
-            let s = std::net::UdpSocket::bind(a).with_context(|| format!("cannot listen on UDP {a}"))?;
-            s.set_nonblocking(true)?;
-            grow_buffers(&s);
+        for (i, s) in bound.into_iter().enumerate() {
             let local = s.local_addr()?;
             // The first socket is the advertised one; others keep their port on the advertised IP.
             let public = if i == 0 { advertise } else { SocketAddr::new(advertise.ip(), local.port()) };
@@ -219,6 +216,20 @@ impl UdpPlane {
     pub fn dial_back(&self, order: DialBack) {
         let _ = self.cmd.send(Command::DialBack(order));
     }
+}
+
+/// Bind a UDP socket on every listen address (the TCP listeners' addresses, so
+/// the port numbers match). Done together with the TCP listeners, so that a
+/// supernode that accepts connections also answers STUN and TURN.
+pub fn bind_sockets(listen: &[SocketAddr]) -> Result<Vec<std::net::UdpSocket>> {
+    let mut v = Vec::new();
+    for a in listen {
+        let s = std::net::UdpSocket::bind(a).with_context(|| format!("cannot listen on UDP {a}"))?;
+        s.set_nonblocking(true)?;
+        grow_buffers(&s);
+        v.push(s);
+    }
+    Ok(v)
 }
 
 /// Ask for bigger socket buffers (best effort: the kernel caps them at `net.core.*mem_max`).

@@ -137,16 +137,16 @@ pub fn read_wav(path: &Path) -> Vec<i16> {
 
 /// Fetch a supernode's metrics page and return one gauge's value.
 pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    metric_opt(addr, name).unwrap_or_else(|| panic!("no metric {name} at {addr}"))
+}
+
+/// A supernode metric, or None while the endpoint is not up or has not published yet.
+pub fn metric_opt(addr: SocketAddr, name: &str) -> Option<u64> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
     let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    s.read_to_string(&mut body).ok()?;
     let key = format!("supervox_{name} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
-        .trim()
-        .parse()
-        .unwrap()
+    body.lines().find_map(|l| l.strip_prefix(&key))?.trim().parse().ok()
 }
