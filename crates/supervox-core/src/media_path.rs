@@ -163,9 +163,6 @@ impl MediaPath {
         local: LocalBases,
         now_ms: u64,
     ) -> Self {
-        let mut remotes: Vec<&Candidate> =
-            remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).collect();
-        remotes.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let mut p = Self {
             tag: call_tag(id),
             crypto,
@@ -188,11 +185,7 @@ impl MediaPath {
             out: VecDeque::new(),
             changed: None,
         };
-        for c in remotes.iter().take(16) {
-            let relayed = c.kind == supervox_proto::CandidateKind::Relay;
-            p.add_pair(Via::Direct, c.addr, relayed);
-            p.add_pair(Via::Relay, c.addr, relayed);
-        }
+        p.add_remote_candidates(remote);
         p.handle_timeout(now_ms);
         p
     }
@@ -227,9 +220,13 @@ impl MediaPath {
         }
     }
 
-    /// More remote candidates (trickled).
+    /// Remote candidates (offered, or trickled later): their UDP ones, at most
+    /// 16, highest priority first, each paired with every local base.
     pub fn add_remote_candidates(&mut self, remote: &[Candidate]) {
-        for c in remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).take(16) {
+        let mut remotes: Vec<&Candidate> =
+            remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).collect();
+        remotes.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        for c in remotes.into_iter().take(16) {
             let relayed = c.kind == supervox_proto::CandidateKind::Relay;
             self.add_pair(Via::Direct, c.addr, relayed);
             self.add_pair(Via::Relay, c.addr, relayed);

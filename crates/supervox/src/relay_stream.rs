@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use supervox_turn::TcpFramer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -22,6 +22,35 @@ pub enum RelayStreamEvent {
     Frame(u64, Vec<u8>),
     /// The stream could not connect, failed, or was closed by the server.
     Closed(u64, String),
+}
+
+/// Read TURN frames (messages and padded ChannelData) from `r` until it ends,
+/// sending each wrapped by `wrap` to `tx`; returns why the stream ended, or
+/// `Err` once `tx` is closed. Used by both ends of TURN over TCP.
+pub async fn read_frames<T>(
+    mut r: impl AsyncRead + Unpin,
+    tx: &mpsc::Sender<T>,
+    wrap: impl Fn(Vec<u8>) -> T,
+) -> Result<String, ()> {
+    let mut framer = TcpFramer::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => return Ok("closed by the other end".into()),
+            Ok(n) => n,
+            Err(e) => return Ok(e.to_string()),
+        };
+        if let Err(e) = framer.push(&buf[..n]) {
+            return Ok(format!("bad stream: {e}"));
+        }
+        loop {
+            match framer.next_frame() {
+                Ok(Some(f)) => tx.send(wrap(f.to_vec())).await.map_err(|_| ())?,
+                Ok(None) => break,
+                Err(e) => return Ok(format!("bad stream: {e}")),
+            }
+        }
+    }
 }
 
 /// Connect to `server` in the background; returns the write side. Dropping it closes the stream.
@@ -41,38 +70,12 @@ pub fn open(server: SocketAddr, generation: u64, events: mpsc::Sender<RelayStrea
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mut r, mut w) = stream.into_split();
+        let (r, mut w) = stream.into_split();
         let ev = events.clone();
         let reader = tokio::spawn(async move {
-            let mut framer = TcpFramer::new();
-            let mut buf = vec![0u8; 16 * 1024];
-            let reason = loop {
-                match r.read(&mut buf).await {
-                    Ok(0) => break "closed by the server".to_string(),
-                    Ok(n) => {
-                        if let Err(e) = framer.push(&buf[..n]) {
-                            break format!("bad stream: {e}");
-                        }
-                        loop {
-                            match framer.next_frame() {
-                                Ok(Some(f)) => {
-                                    if ev.send(RelayStreamEvent::Frame(generation, f.to_vec())).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    let _ =
-                                        ev.send(RelayStreamEvent::Closed(generation, format!("bad stream: {e}"))).await;
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => break e.to_string(),
-                }
-            };
-            let _ = ev.send(RelayStreamEvent::Closed(generation, reason)).await;
+            if let Ok(reason) = read_frames(r, &ev, |f| RelayStreamEvent::Frame(generation, f)).await {
+                let _ = ev.send(RelayStreamEvent::Closed(generation, reason)).await;
+            }
         });
         while let Some(b) = rx.recv().await {
             if let Err(e) = w.write_all(&b).await {

@@ -106,11 +106,8 @@ impl Client {
 
     /// A frame from the relay's TCP stream.
     pub fn on_relay_frame(&mut self, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
-        let t = self.turn.as_mut().filter(|t| t.transport() == ClientTransport::Tcp)?;
-        let data = t.handle_message(bytes, now_ms);
-        self.flush_relay(now_ms);
-        let (peer, data) = data?;
-        self.call_datagram(Via::Relay, peer, &data, now_ms)
+        self.turn.as_ref().filter(|t| t.transport() == ClientTransport::Tcp)?;
+        self.relay_message(bytes, now_ms)
     }
 
     /// The relay's TCP stream failed or closed: the allocation is gone with it.
@@ -155,9 +152,16 @@ impl Client {
         if !is_turn {
             return None;
         }
-        let data = t.handle_message(bytes, now_ms);
+        Some(self.relay_message(bytes, now_ms))
+    }
+
+    /// A TURN message or ChannelData from our relay (over UDP or TCP): control
+    /// traffic is handled, relayed data goes to its call as arrived via the relay.
+    fn relay_message(&mut self, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
+        let data = self.turn.as_mut()?.handle_message(bytes, now_ms);
         self.flush_relay(now_ms);
-        Some(data.and_then(|(peer, data)| self.call_datagram(Via::Relay, peer, &data, now_ms)))
+        let (peer, data) = data?;
+        self.call_datagram(Via::Relay, peer, &data, now_ms)
     }
 
     /// Send one datagram to `to` through our allocation.
@@ -242,11 +246,7 @@ impl Client {
                 p.set_relay(Some(tcp));
                 peers = p.remote_addrs();
             }
-            if let Some(t) = self.turn.as_mut() {
-                for p in &peers {
-                    t.permit(p.ip(), now_ms);
-                }
-            }
+            self.permit_peers(&peers, now_ms);
             self.signal(id, CallSignal::Candidates { candidates: vec![cand] });
         }
     }

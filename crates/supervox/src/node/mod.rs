@@ -249,7 +249,13 @@ impl Node {
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         let now = now_ms();
-        if let Some((id, plain)) = self.client.handle_datagram(from, bytes, now) {
+        let got = self.client.handle_datagram(from, bytes, now);
+        self.on_media(got, now);
+    }
+
+    /// A media packet the client took from the network (directly or via the relay).
+    fn on_media(&mut self, got: Option<(CallId, Vec<u8>)>, now: u64) {
+        if let Some((id, plain)) = got {
             if let Some(m) = self.media.get_mut(&id) {
                 m.media.on_packet(&plain, now);
             }
@@ -261,11 +267,8 @@ impl Node {
         let current = self.relay_stream.as_ref().map(|(g, _)| *g);
         match ev {
             RelayStreamEvent::Frame(g, bytes) if Some(g) == current => {
-                if let Some((id, plain)) = self.client.on_relay_frame(&bytes, now) {
-                    if let Some(m) = self.media.get_mut(&id) {
-                        m.media.on_packet(&plain, now);
-                    }
-                }
+                let got = self.client.on_relay_frame(&bytes, now);
+                self.on_media(got, now);
             }
             RelayStreamEvent::Closed(g, reason) if Some(g) == current => {
                 warn!("relay stream: {reason}");

@@ -82,11 +82,11 @@ pub fn is_turn_stream(first: &[u8]) -> bool {
 
 /// Serve one TURN-over-TCP connection: frames in to the plane, its answers out.
 pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, events: mpsc::Sender<TcpEvent>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     tokio::spawn(async move {
         let Ok(local) = stream.local_addr() else { return };
         let _ = stream.set_nodelay(true);
-        let (mut r, mut w) = stream.into_split();
+        let (r, mut w) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
         if events.send(TcpEvent::Open { client, local, writer: tx }).await.is_err() {
             return;
@@ -98,36 +98,14 @@ pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, event
                 }
             }
         });
-        let mut framer = supervox_turn::TcpFramer::new();
-        let mut buf = vec![0u8; 16 * 1024];
-        'read: loop {
-            tokio::select! {
-                r = r.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if framer.push(&buf[..n]).is_err() {
-                            break;
-                        }
-                        loop {
-                            match framer.next_frame() {
-                                Ok(Some(f)) => {
-                                    let ev = TcpEvent::Frame { client, bytes: f.to_vec() };
-                                    if events.send(ev).await.is_err() {
-                                        break 'read;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    debug!("TURN stream from {client} closed: {e}");
-                                    break 'read;
-                                }
-                            }
-                        }
-                    }
-                },
-                // The writer ended: the plane dropped it (limit reached) or the peer reset.
-                _ = &mut writer => break,
+        tokio::select! {
+            ended = crate::relay_stream::read_frames(r, &events, |bytes| TcpEvent::Frame { client, bytes }) => {
+                if let Ok(reason) = ended {
+                    debug!("TURN stream from {client} ended: {reason}");
+                }
             }
+            // The writer ended: the plane dropped it (limit reached) or the peer reset.
+            _ = &mut writer => {}
         }
         writer.abort();
         let _ = events.send(TcpEvent::Closed { client }).await;
