@@ -25,7 +25,7 @@ struct Net {
 
 impl Net {
     fn new(names: &[&str], auto_answer: bool) -> Self {
-        let cfg = SupernodeConfig { advertise: addr(SN), seeds: vec![], max_clients: 10, agent: "t".into() };
+        let cfg = SupernodeConfig { max_clients: 10, agent: "t".into(), ..SupernodeConfig::new(addr(SN), vec![]) };
         let sn = Supernode::new(Identity::from_seed([99; 32]).user_id(), cfg, vec![], 1, 0);
         let clients = names
             .iter()

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::time::Duration;
 use supervox_core::link::LinkEvent;
+use supervox_core::overlay::wire::NetworkKey;
 use supervox_core::supernode::{SnOutput, Supernode, SupernodeConfig};
 use supervox_core::ConnId;
 use supervox_turn::TurnConfig;
@@ -45,6 +46,9 @@ pub struct SnOptions {
     pub relay_secret: Option<String>,
     /// Relay to loopback peers (tests on one machine only).
     pub relay_allow_loopback: bool,
+    /// The overlay's network key (only its holders are members); the open
+    /// test network's key if unset.
+    pub network_key: Option<[u8; 32]>,
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
@@ -87,11 +91,18 @@ impl BoundSupernode {
         let identity = data.identity()?;
         let claims = data.claims()?;
         info!("supernode {} at {} ({} stored claims)", identity.fingerprint(), self.advertise, claims.len());
+        let network_key = match self.opts.network_key {
+            Some(k) => NetworkKey::new(k),
+            None => {
+                warn!("no --network-key: joining the open test network, where anyone may run a supernode");
+                NetworkKey::open_network()
+            }
+        };
         let cfg = SupernodeConfig {
-            advertise: self.advertise,
-            seeds: self.opts.seeds.clone(),
             max_clients: self.opts.max_clients,
             agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
+            network_key,
+            ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
         let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
         let secret = match &self.opts.relay_secret {
@@ -172,19 +183,13 @@ impl BoundSupernode {
                         links.close(conn, &reason);
                         sn.on_closed(conn, now_ms());
                     }
-                    NetEvent::Dialed(addr, Ok(stream)) => match links.adopt(stream, true, sn.hello()) {
-                        Ok(conn) => sn.on_connected(conn, addr, Some(addr)),
-                        Err(e) => { warn!("link to {addr} failed: {e}"); sn.on_dial_failed(addr, now_ms()) }
-                    },
-                    NetEvent::Dialed(addr, Err(e)) => {
-                        info!("supernode {addr} unreachable: {e}");
-                        sn.on_dial_failed(addr, now_ms());
-                    }
+                    // Supernodes do not dial: they talk in overlay datagrams.
+                    NetEvent::Dialed(..) => {}
                 },
                 Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
                 _ = tick.tick() => {
                     sn.on_tick(now_ms());
-                    udp.set_other(sn.peer_addrs().into_iter().min());
+                    udp.set_other(sn.dial_back_partner());
                     for (conn, reason) in links.tick() {
                         info!(conn, "link failed: {reason}");
                         sn.on_closed(conn, now_ms());
@@ -213,7 +218,7 @@ impl BoundSupernode {
                         links.close(conn, &reason);
                         sn.on_closed(conn, now_ms());
                     }
-                    SnOutput::Dial(addr) => links.dial(addr),
+                    SnOutput::Datagram { to, bytes, .. } => udp.send_overlay(to, bytes),
                     // Claims are written at the next tick, batching bursts.
                     SnOutput::ClaimsChanged => claims_dirty = true,
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
