@@ -86,6 +86,24 @@ pub enum OverlayMsg {
         /// Piggybacked member updates.
         updates: Vec<Member>,
     },
+    /// Anti-entropy: a fingerprint of the sender's live set (all 256 bucket
+    /// digests folded). A receiver whose own differs answers `SyncBuckets`.
+    SyncDigest {
+        /// The folded digest.
+        total: u64,
+    },
+    /// Anti-entropy: the digest of each of the 256 buckets of the live set
+    /// (members bucketed by the first byte of their id).
+    SyncBuckets {
+        /// 256 bucket digests.
+        digests: Vec<u32>,
+    },
+    /// Anti-entropy: send me your live members of these buckets (the sender
+    /// sends its own in `Members` at the same time).
+    SyncPull {
+        /// Bucket numbers.
+        buckets: Vec<u8>,
+    },
     /// Store a name claim as its primary holder; answered by `ClaimAns`.
     Claim {
         /// Matches the answer.

@@ -316,9 +316,12 @@ impl Supernode {
     ) {
         let holders = self.holders_of(name);
         let (me, r) = (self.me, self.presence_replicas());
+        // A presence refresh (every minute per client) carries no claim: the
+        // holders have it (it came with the first publish, or by hand-off).
+        let claims_with_presence = if claim_is_new { claims.clone() } else { vec![] };
         for (rank, h) in holders.iter().enumerate().filter(|(_, h)| h.id != me) {
             if rank < r && !presence.is_empty() {
-                self.store_to(h.addr, claims.clone(), presence.clone(), now_ms);
+                self.store_to(h.addr, claims_with_presence.clone(), presence.clone(), now_ms);
             } else if claim_is_new && !claims.is_empty() {
                 self.store_to(h.addr, claims.clone(), vec![], now_ms);
             }

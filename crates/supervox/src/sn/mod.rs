@@ -270,14 +270,16 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocati
     let st = sn.stats();
     crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
-        ("supernode_peers", "Supernodes linked.", sn.peer_addrs().len() as u64),
+        ("supernode_peers", "Other live supernodes in the membership.", sn.peer_addrs().len() as u64),
+        ("overlay_refused_total", "Overlay datagrams refused (wrong key, malformed).", st.overlay_refused),
+        ("handoffs_total", "Records handed to new holders.", st.handoffs),
         ("connections", "Open TCP connections, including handshakes.", connections as u64),
         ("claims", "Name claims held.", sn.claim_count() as u64),
         ("claims_accepted_total", "Claims accepted from clients.", st.claims_accepted),
         ("claims_refused_total", "Claims refused.", st.claims_refused),
         ("presence_refused_total", "Presence records refused.", st.presence_refused),
         ("lookups_total", "Lookups from clients.", st.lookups),
-        ("lookups_forwarded_total", "Lookups forwarded to peers.", st.lookups_forwarded),
+        ("lookups_forwarded_total", "Lookups sent to holders (hedges included).", st.lookups_forwarded),
         ("signals_routed_total", "Call signals routed.", st.signals_routed),
         ("signals_failed_total", "Call signals not deliverable.", st.signals_failed),
         ("redirects_total", "Clients redirected because full.", st.redirects),
