@@ -37,9 +37,9 @@ fn five_supernodes_lose_two_and_every_client_is_callable_again() {
     let root = tempfile::tempdir().unwrap();
     let metrics: Vec<SocketAddr> = (0..5).map(|_| free_addr()).collect();
     let mut sns = vec![start_member(root.path(), "sn0", &[], metrics[0])];
-    for i in 1..5 {
+    for (i, m) in metrics.iter().enumerate().skip(1) {
         let seed = sns[0].addr;
-        sns.push(start_member(root.path(), &format!("sn{i}"), &[seed], metrics[i]));
+        sns.push(start_member(root.path(), &format!("sn{i}"), &[seed], *m));
     }
     // Every supernode sees the four others before clients arrive.
     let deadline = Instant::now() + Duration::from_secs(10);
