@@ -31,10 +31,10 @@ const MAX_GOSSIP_QUEUE: usize = 4_096;
 /// Most indirect probes relayed for others at once.
 const MAX_RELAYS: usize = 256;
 /// Buckets reconciled per sync round, at most (bounds one round's traffic).
-const MAX_SYNC_BUCKETS: usize = 32;
+const MAX_SYNC_BUCKETS: usize = 256;
 /// Member lists sent to joiners per second, at most (a snapshot of 10 000
 /// members is ~600 datagrams).
-const JOINS_SERVED_PER_SEC: u32 = 20;
+const JOINS_SERVED_PER_SEC: u32 = 50;
 
 /// Timing of the protocol.
 #[derive(Debug, Clone, Copy)]
