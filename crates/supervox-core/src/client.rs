@@ -11,6 +11,7 @@ use crate::host_cache::HostCache;
 use crate::identity::Identity;
 use crate::media_path::PathKind;
 use crate::{ConnId, Map};
+pub use promotion::VolunteerConfig;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::VecDeque;
@@ -19,6 +20,7 @@ use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
 use tracing::{info, warn};
 
 mod calls;
+mod promotion;
 mod reach;
 mod relay;
 
@@ -62,6 +64,8 @@ pub struct ClientConfig {
     pub external_relay: Option<ExternalRelay>,
     /// Reach the relay over TCP from the start (otherwise only once UDP proves blocked).
     pub relay_over_tcp: bool,
+    /// Offer to serve as a supernode (`--supernode auto`).
+    pub volunteer: Option<VolunteerConfig>,
 }
 
 /// Something the user (or the control API) should hear about.
@@ -122,6 +126,13 @@ pub enum ClientEvent {
         call_id: CallId,
         /// Why.
         reason: String,
+    },
+    /// Our supernode promoted us: start serving as a supernode.
+    Promoted {
+        /// The overlay's network key.
+        network_key: [u8; 32],
+        /// Members to join through.
+        seeds: Vec<SocketAddr>,
     },
     /// A connected call ended.
     Ended {
@@ -193,6 +204,7 @@ pub struct Client {
     /// Reach the relay over TCP: UDP is blocked here (probe or a timed-out allocation).
     relay_over_tcp: bool,
     next_req: u64,
+    promotion: promotion::Promotion,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
 }
@@ -221,6 +233,7 @@ impl Client {
             relay_retry_ms: 0,
             relay_over_tcp,
             next_req: 1,
+            promotion: promotion::Promotion::default(),
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
         }
@@ -320,6 +333,7 @@ impl Client {
         self.tick_calls(now_ms);
         self.tick_probe(now_ms);
         self.tick_relay(now_ms);
+        self.tick_promotion(now_ms);
     }
 
     fn rng_u64(&mut self) -> u64 {
@@ -469,6 +483,7 @@ impl Client {
             Message::RelayCredentials { username, password, expires_ms, relays } => {
                 self.on_relay_credentials(RelayCredentials { username, password, expires_ms, relays }, now_ms);
             }
+            Message::Promote { network_key, seeds } => self.on_promote(network_key, seeds),
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),
         }
     }

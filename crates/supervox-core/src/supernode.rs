@@ -33,6 +33,9 @@ pub const MAX_LOOKUPS_PER_CONN: usize = 16;
 pub const LOOKUP_TIMEOUT_MS: u64 = 1_500;
 /// STUN dial-backs a supernode performs for its peers per second, at most.
 pub const DIAL_BACKS_PER_SEC: u32 = 200;
+/// Load (percent of capacity) from which the network asks volunteers to
+/// become supernodes.
+pub const PROMOTE_AT_LOAD_PCT: u8 = 80;
 /// Replicas of each presence record, by default.
 pub const DEFAULT_REPLICAS: usize = 3;
 /// Replicas of each name claim, by default: with a third of all supernodes
@@ -98,6 +101,14 @@ pub enum SnOutput {
     },
     /// The set of name claims changed: persist [`Supernode::claims`].
     ClaimsChanged,
+    /// Check that a volunteer accepts TCP connections at `addr`; report with
+    /// [`Supernode::on_reachable`].
+    CheckReachable {
+        /// The volunteer's connection.
+        conn: ConnId,
+        /// Where it says it listens.
+        addr: SocketAddr,
+    },
     /// A peer asks us to answer a client's STUN request from our UDP address.
     StunDialBack {
         /// The client's STUN transaction id.
@@ -138,6 +149,8 @@ pub struct SnStats {
     pub overlay_refused: u64,
     /// Records handed to new holders after membership changes.
     pub handoffs: u64,
+    /// Clients promoted to supernode.
+    pub promotions: u64,
 }
 
 #[derive(Debug)]
@@ -157,6 +170,8 @@ struct Conn {
     claim: Option<NameClaim>,
     /// The name it published presence under (unpublished when it leaves).
     published: Option<String>,
+    /// When it may volunteer again (volunteers ask every 10 s).
+    next_volunteer_ms: u64,
 }
 
 /// A supernode: see the module docs.
@@ -286,6 +301,7 @@ impl Supernode {
                 requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
                 claim: None,
                 published: None,
+                next_volunteer_ms: 0,
             },
         );
     }
@@ -414,6 +430,7 @@ impl Supernode {
                 }
             }
             Message::Lookup { req_id, name } => self.client_lookup(conn, req_id, name, now_ms),
+            Message::Volunteer { advertise } => self.volunteer(conn, advertise, now_ms),
             Message::Signal(env) => {
                 if env.from != user {
                     self.violation(conn, "signal sent on behalf of another user");
@@ -448,6 +465,58 @@ impl Supernode {
             let relays = vec![self.cfg.advertise];
             self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays });
         }
+    }
+
+    /// Does the network need another supernode? When we, or the members on
+    /// average, are at `PROMOTE_AT_LOAD_PCT` of capacity or more.
+    pub fn needs_supernodes(&self) -> bool {
+        let (sum, n) =
+            self.membership.live().fold((u64::from(self.load()), 1u64), |(s, n), m| (s + u64::from(m.load), n + 1));
+        self.load() >= PROMOTE_AT_LOAD_PCT || sum / n >= u64::from(PROMOTE_AT_LOAD_PCT)
+    }
+
+    fn volunteer(&mut self, conn: ConnId, advertise: SocketAddr, now_ms: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if now_ms < c.next_volunteer_ms {
+            return;
+        }
+        c.next_volunteer_ms = now_ms + 9_000;
+        let remote = c.remote;
+        let refusal = if advertise.ip() != remote.ip() || advertise.port() == 0 {
+            Some(format!("cannot promote: {advertise} is not the public address we see ({})", remote.ip()))
+        } else if !self.needs_supernodes() {
+            Some("no promotion: the network has capacity".to_string())
+        } else if self.membership.by_addr(&advertise).is_some() || advertise == self.cfg.advertise {
+            Some(format!("{advertise} is a supernode already"))
+        } else {
+            None
+        };
+        match refusal {
+            Some(reason) => {
+                debug!(conn, "{reason}");
+                self.send(conn, Message::Error { reason });
+            }
+            None => self.out.push_back(SnOutput::CheckReachable { conn, addr: advertise }),
+        }
+    }
+
+    /// The driver's answer to [`SnOutput::CheckReachable`].
+    pub fn on_reachable(&mut self, conn: ConnId, addr: SocketAddr, reachable: bool) {
+        if self.conns.get(&conn).and_then(|c| c.user()).is_none() {
+            return;
+        }
+        if !reachable {
+            self.send(conn, Message::Error { reason: format!("cannot promote: no TCP connection to {addr}") });
+            return;
+        }
+        self.stats.promotions += 1;
+        info!(conn, "promoting the client at {addr} to supernode");
+        let mut seeds = vec![self.cfg.advertise];
+        seeds.extend(self.suggest_supernodes(4, false));
+        let network_key = self.cfg.network_key.bytes();
+        self.send(conn, Message::Promote { network_key, seeds });
     }
 
     /// A connection closed (either side, any reason).
@@ -507,6 +576,8 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::SignalFailed { .. } => "SignalFailed",
         Message::Error { .. } => "Error",
         Message::RelayCredentials { .. } => "RelayCredentials",
+        Message::Volunteer { .. } => "Volunteer",
+        Message::Promote { .. } => "Promote",
     }
 }
 

@@ -256,6 +256,20 @@ pub enum Message {
         /// TURN servers they are good for (UDP).
         relays: Vec<SocketAddr>,
     },
+    /// Client → SN: I can serve as a supernode at `advertise` (listening
+    /// there on TCP and UDP, public: the address the SN sees me at).
+    Volunteer {
+        /// Where I would listen.
+        advertise: SocketAddr,
+    },
+    /// SN → client: the network needs you: become a supernode with this
+    /// network key, joining through these seeds.
+    Promote {
+        /// The overlay's network key.
+        network_key: [u8; 32],
+        /// Members to join through.
+        seeds: Vec<SocketAddr>,
+    },
 }
 
 /// Why bytes did not decode into a [`Message`].

@@ -154,7 +154,8 @@ impl Sim {
                 SnOutput::Datagram { to, bytes, kind } => self.send_datagram(i, to, bytes, kind, ctx),
                 // Claims are not persisted (a process that dies is gone for
                 // good); STUN over UDP is out of the simulator's scope.
-                SnOutput::ClaimsChanged | SnOutput::StunDialBack { .. } => {}
+                // Simulated clients do not volunteer (promotion is tested with real processes).
+                SnOutput::ClaimsChanged | SnOutput::StunDialBack { .. } | SnOutput::CheckReachable { .. } => {}
             }
         }
         let slot = &mut self.sns[i as usize];

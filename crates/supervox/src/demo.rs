@@ -68,6 +68,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             force_relay: false,
             external_relay: None,
             relay_over_tcp: false,
+            supernode: None,
         };
         let stop = stop.clone();
         tokio::spawn(async move {

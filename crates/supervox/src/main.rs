@@ -1,6 +1,6 @@
 //! The `supervox` command line: see `supervox --help`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +87,9 @@ struct SupernodeArgs {
 enum SupernodeMode {
     /// Stay a client.
     Never,
+    /// Volunteer once signed in with a public address; serve as a supernode
+    /// when the network promotes this node (needs --supernode-listen).
+    Auto,
 }
 
 #[derive(Args)]
@@ -104,9 +107,19 @@ struct NodeArgs {
     /// Control socket for `supervox ctl` [default: DATA_DIR/control.sock].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
-    /// Whether this node may become a supernode (promotion is not built yet: only `never`).
+    /// Whether this node may become a supernode when the network needs one.
     #[arg(long, value_enum, default_value = "never")]
     supernode: SupernodeMode,
+    /// With --supernode auto: where the supernode would listen (TCP and UDP;
+    /// bound at start so the promoting supernode can check it).
+    #[arg(long, value_name = "IP:PORT", required_if_eq("supernode", "auto"))]
+    supernode_listen: Option<SocketAddr>,
+    /// With --supernode auto: seconds signed in before volunteering.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    promote_after: u64,
+    /// With --supernode auto: clients served as a supernode before redirecting.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    supernode_max_clients: usize,
     /// Answer incoming calls automatically.
     #[arg(long)]
     auto_answer: bool,
@@ -266,8 +279,17 @@ async fn run(cmd: Cmd) -> Result<bool> {
             supervox_proto::record::validate_name(&a.name)?;
             let data_dir = a.data_dir.unwrap_or_else(|| DataDir::default_path(&format!("node-{}", a.name)));
             let control = a.control.unwrap_or_else(|| data_dir.join("control.sock"));
-            let SupernodeMode::Never = a.supernode;
+            let supernode = match (a.supernode, a.supernode_listen) {
+                (SupernodeMode::Auto, Some(listen)) => Some(node::PromotionOptions {
+                    listen,
+                    after_ms: a.promote_after * 1000,
+                    max_clients: a.supernode_max_clients,
+                }),
+                (SupernodeMode::Auto, None) => bail!("--supernode auto needs --supernode-listen IP:PORT"),
+                (SupernodeMode::Never, _) => None,
+            };
             let opts = NodeOptions {
+                supernode,
                 name: a.name,
                 seeds: a.seed,
                 data_dir,

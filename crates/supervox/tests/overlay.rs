@@ -109,3 +109,41 @@ fn a_supernode_without_the_network_key_cannot_join() {
     // A client of the outsider cannot claim a name that lives in the real network.
     drop(outsider);
 }
+
+#[test]
+fn a_public_volunteer_is_promoted_when_the_supernodes_are_full() {
+    let root = tempfile::tempdir().unwrap();
+    let m = free_addr();
+    let sn = start_sn_with(
+        root.path(),
+        "sn",
+        free_addr(),
+        &[],
+        &["--network-key", KEY, "--metrics", &m.to_string(), "--max-clients", "2"],
+    );
+    let first = start_node(root.path(), "first", &[sn.addr], &[]);
+    wait_signed_in(&first, Duration::from_secs(10));
+    // The second client fills the supernode; it may serve as one itself.
+    let listen = free_addr();
+    let vol = start_node(
+        root.path(),
+        "vol",
+        &[sn.addr],
+        &["--supernode", "auto", "--supernode-listen", &listen.to_string(), "--promote-after", "1"],
+    );
+    wait_signed_in(&vol, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&vol).is_none_or(|s| s["role"] != "supernode") {
+        assert!(Instant::now() < deadline, "not promoted: {:?}", status(&vol));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It joined the overlay with the network's key (metrics refresh every 250 ms).
+    while metric_opt(m, "supernode_peers") != Some(1) || metric_opt(m, "promotions_total") != Some(1) {
+        assert!(Instant::now() < deadline, "the promoted supernode did not join");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A third client, sent to the full supernode, is redirected to the new one.
+    let third = start_node(root.path(), "third", &[sn.addr], &[]);
+    let via = wait_signed_in(&third, Duration::from_secs(15));
+    assert_eq!(via, listen.to_string(), "signed in via {via}");
+}

@@ -31,7 +31,7 @@ const MAX_GOSSIP_QUEUE: usize = 4_096;
 /// Most indirect probes relayed for others at once.
 const MAX_RELAYS: usize = 256;
 /// Buckets reconciled per sync round, at most (bounds one round's traffic).
-const MAX_SYNC_BUCKETS: usize = 256;
+const MAX_SYNC_BUCKETS: usize = 64;
 /// Member lists sent to joiners per second, at most (a snapshot of 10 000
 /// members is ~600 datagrams).
 const JOINS_SERVED_PER_SEC: u32 = 50;
@@ -684,7 +684,7 @@ mod tests {
         ms[0].apply_quietly(member(2), 0);
         ms[1].apply_quietly(member(1), 0);
         // The members themselves are not running here: sync only.
-        // One round reconciles up to 32 buckets: two rounds here.
+        // One round reconciles up to 64 buckets; two rounds here.
         for _ in 0..2 {
             let total = ms[1].digest_total();
             ms[1].out.push_back((member(1).addr, OverlayMsg::SyncDigest { total }));

@@ -21,6 +21,8 @@ const TAG_LEN: usize = 16;
 #[derive(Clone)]
 pub struct NetworkKey {
     cipher: ChaCha20Poly1305,
+    /// Kept to hand to a client promoted to supernode.
+    bytes: [u8; 32],
 }
 
 impl std::fmt::Debug for NetworkKey {
@@ -32,7 +34,12 @@ impl std::fmt::Debug for NetworkKey {
 impl NetworkKey {
     /// A key from its 32 bytes.
     pub fn new(bytes: [u8; 32]) -> Self {
-        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)) }
+        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)), bytes }
+    }
+
+    /// The key's bytes (for a promotion, over an encrypted link only).
+    pub fn bytes(&self) -> [u8; 32] {
+        self.bytes
     }
 
     /// The key of the open test network, used when an operator gives none:

@@ -454,3 +454,30 @@ fn a_lookup_flood_is_rate_limited_per_client_and_others_are_served() {
     net.sns[0].on_message(2, Message::Lookup { req_id: 7, name: "alice".into() }, now + 1_000);
     assert!(matches!(sent_to(&drain(&mut net.sns[0]), 2)[..], [Message::LookupResult { .. }]));
 }
+
+#[test]
+fn volunteers_are_promoted_only_when_needed_public_and_reachable() {
+    // max_clients 2: one client is 50 % load, two are 100 %.
+    let mut s = sn(1, 4000, vec![]);
+    let vol = Identity::from_seed([40; 32]);
+    join_client(&mut s, 1, &vol);
+    let public = addr(9001); // the address the supernode sees conn 1 at
+    s.on_message(1, Message::Volunteer { advertise: public }, 0);
+    assert!(matches!(&sent_to(&drain(&mut s), 1)[..], [Message::Error { reason }] if reason.contains("capacity")));
+    join_client(&mut s, 2, &Identity::from_seed([41; 32]));
+    // Needed now, but asked again too soon; then an address we do not see it at.
+    s.on_message(1, Message::Volunteer { advertise: public }, 1_000);
+    assert!(drain(&mut s).is_empty());
+    s.on_message(1, Message::Volunteer { advertise: "192.0.2.1:7000".parse().unwrap() }, 10_000);
+    assert!(matches!(&sent_to(&drain(&mut s), 1)[..], [Message::Error { reason }] if reason.contains("public")));
+    s.on_message(1, Message::Volunteer { advertise: public }, 20_000);
+    assert_eq!(drain(&mut s), vec![SnOutput::CheckReachable { conn: 1, addr: public }]);
+    s.on_reachable(1, public, false);
+    assert!(matches!(&sent_to(&drain(&mut s), 1)[..], [Message::Error { .. }]));
+    s.on_reachable(1, public, true);
+    let out = sent_to(&drain(&mut s), 1);
+    let [Message::Promote { network_key, seeds }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(*network_key, s.cfg.network_key.bytes());
+    assert_eq!(seeds[0], addr(4000));
+    assert_eq!(s.stats().promotions, 1);
+}

@@ -56,6 +56,20 @@ pub struct NodeOptions {
     pub external_relay: Option<supervox_core::client::ExternalRelay>,
     /// Reach the relay over TCP from the start.
     pub relay_over_tcp: bool,
+    /// May become a supernode (`--supernode auto`).
+    pub supernode: Option<PromotionOptions>,
+}
+
+/// How a node may become a supernode.
+#[derive(Debug, Clone)]
+pub struct PromotionOptions {
+    /// Where its supernode listens (TCP and UDP), bound at start so the
+    /// promoting supernode can check it.
+    pub listen: SocketAddr,
+    /// Signed in at least this long before volunteering.
+    pub after_ms: u64,
+    /// Clients its supernode serves before redirecting.
+    pub max_clients: usize,
 }
 
 /// A `ctl call` waiting for its call's events.
@@ -111,6 +125,9 @@ struct Node {
     relay_stream: Option<(u64, mpsc::Sender<Vec<u8>>)>,
     relay_generation: u64,
     relay_events: mpsc::Sender<RelayStreamEvent>,
+    /// The supernode this node would run if promoted (listeners bound).
+    standby: Option<crate::sn::BoundSupernode>,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -135,7 +152,35 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         udp.local_addr()?,
         opts.control.display()
     );
+    let standby = match &opts.supernode {
+        Some(p) => {
+            let sn = crate::sn::BoundSupernode::bind(crate::sn::SnOptions {
+                listen: vec![p.listen],
+                seeds: Vec::new(),
+                data_dir: opts.data_dir.join("supernode"),
+                advertise: None,
+                max_clients: p.max_clients,
+                metrics: None,
+                relay_kbps: 512,
+                max_allocations: 1_000,
+                relay_secret: None,
+                relay_allow_loopback: false,
+                network_key: None,
+            })
+            .await?;
+            info!("may become a supernode at {}", sn.advertise());
+            Some(sn)
+        }
+        None => None,
+    };
+    let volunteer = match (&opts.supernode, &standby) {
+        (Some(p), Some(sn)) => {
+            Some(supervox_core::client::VolunteerConfig { advertise: sn.advertise(), after_ms: p.after_ms })
+        }
+        _ => None,
+    };
     let cfg = ClientConfig {
+        volunteer,
         name: opts.name.clone(),
         auto_answer: opts.auto_answer,
         agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
@@ -159,6 +204,8 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         relay_stream: None,
         relay_generation: 0,
         relay_events,
+        standby,
+        shutdown: shutdown.clone(),
     };
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
     if let Some(first) = node.client.host_cache().entries().first().copied() {
@@ -372,7 +419,7 @@ impl Node {
             "name": self.client.name(),
             "user_id": id.to_string(),
             "fingerprint": fingerprint(&id),
-            "role": "client",
+            "role": if self.client.promoted() { "supernode" } else { "client" },
             "supernode": self.client.supernode().map(|s| s.to_string()),
             "host_cache": self.client.host_cache().len(),
             "relay": {
@@ -443,6 +490,17 @@ impl Node {
             }
             ClientEvent::LostSupernode { supernode, reason } => {
                 warn!("lost supernode {supernode} ({reason}); reconnecting")
+            }
+            ClientEvent::Promoted { network_key, seeds } => {
+                if let Some(sn) = self.standby.take() {
+                    info!("promoted: serving as a supernode at {}", sn.advertise());
+                    let stop = self.shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = sn.joining(network_key, seeds).run(stop).await {
+                            warn!("supernode stopped: {e:#}");
+                        }
+                    });
+                }
             }
             ClientEvent::NameRefused { reason } => {
                 self.fatal = Some(format!("cannot sign in as {:?}: {reason}", self.client.name()));

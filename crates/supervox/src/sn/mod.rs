@@ -61,6 +61,14 @@ pub struct BoundSupernode {
 }
 
 impl BoundSupernode {
+    /// Join the network with this key through these seeds when run (a
+    /// promoted node learns both from the supernode that promoted it).
+    pub fn joining(mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>) -> Self {
+        self.opts.network_key = Some(network_key);
+        self.opts.seeds = seeds;
+        self
+    }
+
     /// Bind every listen address (port 0 picks a free port).
     pub async fn bind(opts: SnOptions) -> Result<Self> {
         let mut listeners = Vec::new();
@@ -153,6 +161,8 @@ impl BoundSupernode {
             let at = crate::metrics::serve(addr, metrics_rx).await?;
             info!("metrics on http://{at}/metrics");
         }
+        // Answers to promotion reachability checks: (conn, address, reachable).
+        let (reach_tx, mut reach_rx) = mpsc::channel::<(ConnId, SocketAddr, bool)>(64);
         let mut link_errors: u64 = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut claims_dirty = false;
@@ -187,6 +197,7 @@ impl BoundSupernode {
                     NetEvent::Dialed(..) => {}
                 },
                 Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
+                Some((conn, addr, ok)) = reach_rx.recv() => sn.on_reachable(conn, addr, ok),
                 _ = tick.tick() => {
                     sn.on_tick(now_ms());
                     udp.set_other(sn.dial_back_partner());
@@ -219,6 +230,16 @@ impl BoundSupernode {
                         sn.on_closed(conn, now_ms());
                     }
                     SnOutput::Datagram { to, bytes, .. } => udp.send_overlay(to, bytes),
+                    SnOutput::CheckReachable { conn, addr } => {
+                        let tx = reach_tx.clone();
+                        tokio::spawn(async move {
+                            let ok = matches!(
+                                tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await,
+                                Ok(Ok(_))
+                            );
+                            let _ = tx.send((conn, addr, ok)).await;
+                        });
+                    }
                     // Claims are written at the next tick, batching bursts.
                     SnOutput::ClaimsChanged => claims_dirty = true,
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
@@ -273,6 +294,7 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocati
         ("supernode_peers", "Other live supernodes in the membership.", sn.peer_addrs().len() as u64),
         ("overlay_refused_total", "Overlay datagrams refused (wrong key, malformed).", st.overlay_refused),
         ("handoffs_total", "Records handed to new holders.", st.handoffs),
+        ("promotions_total", "Clients promoted to supernode.", st.promotions),
         ("connections", "Open TCP connections, including handshakes.", connections as u64),
         ("claims", "Name claims held.", sn.claim_count() as u64),
         ("claims_accepted_total", "Claims accepted from clients.", st.claims_accepted),

@@ -1,0 +1,67 @@
+//! Promotion: a client that may serve as a supernode (`--supernode auto`)
+//! volunteers once it has been signed in long enough and its probe shows a
+//! public address with UDP; its supernode promotes it when the network needs
+//! capacity and a TCP connection to it works (see `Supernode::volunteer`).
+
+use super::{Client, ClientEvent};
+use std::net::SocketAddr;
+use supervox_proto::Message;
+use tracing::info;
+
+/// How often a volunteer asks again.
+const VOLUNTEER_EVERY_MS: u64 = 10_000;
+
+/// Settings of a client that may become a supernode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolunteerConfig {
+    /// Where its supernode would listen (TCP and UDP, already bound).
+    pub advertise: SocketAddr,
+    /// Signed in at least this long before volunteering.
+    pub after_ms: u64,
+}
+
+/// Promotion state of a client.
+#[derive(Debug, Default)]
+pub(super) struct Promotion {
+    /// Signed in continuously since.
+    since_ms: Option<u64>,
+    next_try_ms: u64,
+    promoted: bool,
+}
+
+impl Client {
+    /// Whether this client was promoted to supernode.
+    pub fn promoted(&self) -> bool {
+        self.promotion.promoted
+    }
+
+    pub(super) fn tick_promotion(&mut self, now_ms: u64) {
+        let Some(v) = self.cfg.volunteer else {
+            return;
+        };
+        if self.promotion.promoted {
+            return;
+        }
+        if self.supernode().is_none() {
+            self.promotion.since_ms = None;
+            return;
+        }
+        let since = *self.promotion.since_ms.get_or_insert(now_ms);
+        let public = self.reach.as_ref().is_some_and(|r| r.udp && r.public);
+        if now_ms < since + v.after_ms || now_ms < self.promotion.next_try_ms || !public {
+            return;
+        }
+        self.promotion.next_try_ms = now_ms + VOLUNTEER_EVERY_MS;
+        info!("volunteering as a supernode at {}", v.advertise);
+        self.send_sn(Message::Volunteer { advertise: v.advertise });
+    }
+
+    pub(super) fn on_promote(&mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>) {
+        if self.cfg.volunteer.is_none() || self.promotion.promoted {
+            return;
+        }
+        self.promotion.promoted = true;
+        info!("promoted to supernode; joining through {seeds:?}");
+        self.event(ClientEvent::Promoted { network_key, seeds });
+    }
+}
