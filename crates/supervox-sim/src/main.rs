@@ -33,7 +33,7 @@ struct Args {
     /// Lookups per second over the whole network (default clients/50, 1-20).
     #[arg(long)]
     lookup_rate: Option<f64>,
-    /// Share of messages that need a TCP retransmission (0-1, default 0).
+    /// Share of client messages that need a TCP retransmission, and of overlay datagrams lost (0-1, default 0).
     #[arg(long)]
     loss: Option<f64>,
     /// Steady: churn this many times faster than the real network (default

@@ -481,3 +481,39 @@ fn volunteers_are_promoted_only_when_needed_public_and_reachable() {
     assert_eq!(seeds[0], addr(4000));
     assert_eq!(s.stats().promotions, 1);
 }
+
+#[test]
+fn forged_records_from_a_member_are_not_stored() {
+    let mut net = Net::new(2);
+    net.run(3_000);
+    let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(0, 1, &alice, "alice");
+    // Past the race window, alice's name is established.
+    net.run(2 * crate::directory::RACE_WINDOW_MS);
+    // A member (it holds the network key) sends a claim for "alice" by another
+    // key, back-dated before alice's, one with a broken signature, and a
+    // presence for alice signed by mallory.
+    let stolen = NameClaim::sign(mallory.signing_key(), "alice", 1).unwrap();
+    let mut broken = NameClaim::sign(mallory.signing_key(), "bob", net.now).unwrap();
+    broken.created_ms += 1;
+    let fake = Presence::sign(mallory.signing_key(), "alice", addr(4001), 99, net.now + 60_000).unwrap();
+    let packet = supervox_proto::OverlayPacket {
+        from: net.sns[1].membership.me(),
+        msg: supervox_proto::OverlayMsg::Store { req: 5, claims: vec![stolen, broken], presence: vec![fake] },
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let bytes = net.sns[1].cfg.network_key.seal(&packet, &mut rng).unwrap();
+    let now = net.now;
+    net.sns[0].on_datagram(addr(4001), &bytes, now);
+    net.pump();
+    let claims = net.sns[0].claims();
+    assert!(claims.iter().all(|c| c.name != "bob"), "a claim with a broken signature was stored");
+    let owner = claims.iter().find(|c| c.name == "alice").map(|c| c.user_id);
+    assert_eq!(owner, Some(alice.user_id()), "alice's name changed owner");
+    // Alice's own presence (refreshed by nobody here) has expired by now;
+    // mallory's was not stored in its place.
+    assert!(!matches!(
+        net.sns[0].directory.lookup("alice", now),
+        LookupAnswer::Online { presence, .. } if presence.user_id != alice.user_id()
+    ));
+}
