@@ -10,3 +10,4 @@ pub mod node;
 pub mod relay_stream;
 pub mod sn;
 pub mod store;
+pub mod tls;
