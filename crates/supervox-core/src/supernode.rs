@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use supervox_proto::{CallSignal, LookupAnswer, Message, NameClaim, Role, SignalEnvelope, UserId};
+use supervox_proto::{CallSignal, LookupAnswer, Message, NameClaim, RelayTls, Role, SignalEnvelope, UserId};
 use tracing::{debug, info, warn};
 
 mod lookup;
@@ -145,6 +145,8 @@ pub struct Supernode {
     dial_backs: RateLimit,
     /// TURN secret and credential lifetime (s), when this supernode relays.
     relay: Option<(Vec<u8>, u64)>,
+    /// Our TURN-over-TLS listeners and certificate hash, handed out with the credentials.
+    relay_tls: Option<RelayTls>,
 }
 
 impl Supernode {
@@ -172,6 +174,7 @@ impl Supernode {
             stats: SnStats::default(),
             dial_backs: RateLimit::new(DIAL_BACKS_PER_SEC),
             relay: None,
+            relay_tls: None,
         };
         for s in sn.cfg.seeds.clone() {
             sn.learn(s, now_ms);
@@ -212,6 +215,12 @@ impl Supernode {
     /// with `secret` and valid for `ttl_secs` (renewed with each presence).
     pub fn enable_relay_credentials(&mut self, secret: Vec<u8>, ttl_secs: u64) {
         self.relay = Some((secret, ttl_secs));
+    }
+
+    /// Tell clients, with their credentials, where our relay also takes TURN over TLS and
+    /// which certificate (SHA-256 of its DER) it shows there.
+    pub fn enable_relay_tls(&mut self, tls: RelayTls) {
+        self.relay_tls = Some(tls);
     }
 
     /// Our advertised address.
@@ -430,7 +439,8 @@ impl Supernode {
                     let (username, password) = supervox_turn::mint_credentials(secret, &user.0, now_ms / 1000, *ttl);
                     let expires_ms = (now_ms / 1000 + ttl) * 1000;
                     let relays = vec![self.cfg.advertise];
-                    self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays });
+                    let tls = self.relay_tls.clone();
+                    self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays, tls });
                 }
             }
             Message::Lookup { req_id, name } => self.client_lookup(conn, req_id, name, now_ms),

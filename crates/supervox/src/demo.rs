@@ -64,7 +64,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             media: node::media::MediaConfig::default(),
             force_relay: false,
             external_relay: None,
-            relay_over_tcp: false,
+            relay_transport: None,
         };
         let stop = stop.clone();
         tokio::spawn(async move {
