@@ -41,6 +41,8 @@ pub async fn run(json_out: bool) -> Result<bool> {
             max_allocations: 100,
             relay_secret: None,
             relay_allow_loopback: false,
+            relay_tls_listen: vec![],
+            relay_tls_files: None,
         })
         .await?;
         let addr = sn.advertise();

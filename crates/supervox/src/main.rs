@@ -72,6 +72,19 @@ struct SupernodeArgs {
     /// so only this supernode can mint them).
     #[arg(long, value_name = "SECRET")]
     relay_secret: Option<String>,
+    /// Also serve TURN over TLS (RFC 8656 §3.1) on this TCP address (repeatable, e.g.
+    /// 0.0.0.0:443), for clients whose firewall lets only TLS or port 443 out. The
+    /// certificate is self-signed (made on first start in the data dir); clients pin its
+    /// SHA-256, which they get with their relay credentials.
+    #[arg(long, value_name = "IP:PORT")]
+    relay_tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for --relay-tls-listen instead of the self-signed one
+    /// (e.g. a CA-issued one for other TURN clients). Needs --relay-tls-key.
+    #[arg(long, value_name = "PATH", requires = "relay_tls_key")]
+    relay_tls_cert: Option<PathBuf>,
+    /// PEM private key of --relay-tls-cert (mode 0600).
+    #[arg(long, value_name = "PATH", requires = "relay_tls_cert")]
+    relay_tls_key: Option<PathBuf>,
     /// Let TURN relay to loopback peers (single-machine tests only: in production it would
     /// let clients reach services on the supernode's own host).
     #[arg(long, hide = true)]
@@ -281,6 +294,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 max_allocations: a.max_allocations,
                 relay_secret: a.relay_secret,
                 relay_allow_loopback: a.relay_allow_loopback,
+                relay_tls_listen: a.relay_tls_listen,
+                relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)
