@@ -143,6 +143,14 @@ impl Directory {
         self.presence.remove(user);
     }
 
+    /// Forget a user's presence if it names supernode `home` (the one
+    /// telling us the user left; a newer record elsewhere stays).
+    pub fn remove_presence_at(&mut self, user: &UserId, home: std::net::SocketAddr) {
+        if self.presence.get(user).is_some_and(|p| p.supernode == home) {
+            self.presence.remove(user);
+        }
+    }
+
     /// Drop expired presence records.
     pub fn expire(&mut self, now_ms: u64) {
         self.presence.retain(|_, p| p.expires_ms > now_ms);

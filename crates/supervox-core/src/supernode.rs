@@ -1,51 +1,80 @@
 //! The supernode state machine.
 //!
-//! A supernode accepts clients, keeps who is online (presence), stores name
-//! claims, answers lookups and routes call signalling. Supernodes given as
-//! seeds connect to each other, exchange the addresses they know (so a full
-//! mesh forms), replicate name claims to every peer and forward lookups and
-//! call signals to the supernode a user is attached to. The scalable overlay
-//! (gossip membership, rendezvous-hashed index) replaces the full mesh later;
-//! this module's inputs and outputs stay the same.
+//! A supernode accepts clients over Noise links and serves them: name claims,
+//! presence, lookups and call signalling. Supernodes keep no links to each
+//! other: they talk in sealed overlay datagrams ([`crate::overlay`]). SWIM
+//! membership gives every supernode the live set; each record (a name's claim
+//! and its owner's presence) lives on the R supernodes rendezvous hashing
+//! picks from that set ([`index`]), so a lookup is one overlay hop; call
+//! signals go straight to the callee's supernode.
 
-use crate::backoff::Backoff;
-use crate::directory::{ClaimOutcome, Directory};
+use crate::directory::Directory;
+use crate::overlay::membership::{Membership, MembershipConfig};
+use crate::overlay::wire::NetworkKey;
 use crate::{ConnId, Map};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use supervox_proto::{CallSignal, LookupAnswer, Message, NameClaim, RelayTls, Role, SignalEnvelope, UserId};
+use supervox_proto::overlay::{Member, MemberState};
+use supervox_proto::{LookupAnswer, Message, NameClaim, RelayTls, Role, UserId};
 use tracing::{debug, info, warn};
 
-mod lookup;
+mod index;
+mod overlay_io;
 #[cfg(test)]
 mod tests;
 
-use lookup::PendingLookup;
+use index::{HolderCache, Pending};
 
-/// Most supernode addresses remembered.
-pub const MAX_KNOWN_SUPERNODES: usize = 1_000;
 /// Most lookups one client may have in flight.
 pub const MAX_LOOKUPS_PER_CONN: usize = 16;
-/// How long a forwarded lookup waits for other supernodes.
+/// How long a lookup waits for the index before answering with what it has.
 pub const LOOKUP_TIMEOUT_MS: u64 = 1_500;
 /// STUN dial-backs a supernode performs for its peers per second, at most.
 pub const DIAL_BACKS_PER_SEC: u32 = 200;
-/// Claims per replication message (keeps each under one Noise message).
-const CLAIMS_PER_MESSAGE: usize = 200;
+/// Replicas of each presence record, by default.
+pub const DEFAULT_REPLICAS: usize = 3;
+/// Replicas of each name claim, by default: with a third of all supernodes
+/// gone at once, all ten die together for one name in 60 000 (0.3^10).
+pub const DEFAULT_CLAIM_REPLICAS: usize = 10;
 
 /// Supernode settings.
 #[derive(Debug, Clone)]
 pub struct SupernodeConfig {
-    /// The address other nodes dial and presence records name.
+    /// The address other nodes dial and presence records name (TCP for
+    /// clients, UDP for the overlay).
     pub advertise: SocketAddr,
-    /// Supernodes to join at start.
+    /// Supernodes to join through at start.
     pub seeds: Vec<SocketAddr>,
     /// Clients served before new ones are redirected.
     pub max_clients: usize,
     /// Agent string for Hello.
     pub agent: String,
+    /// The key that seals overlay datagrams: only its holders are members.
+    pub network_key: NetworkKey,
+    /// Copies of each presence record in the index (R).
+    pub replicas: usize,
+    /// Copies of each name claim (R_c ≥ R).
+    pub claim_replicas: usize,
+    /// Membership timing.
+    pub membership: MembershipConfig,
+}
+
+impl SupernodeConfig {
+    /// Settings with the defaults for everything but the address and seeds.
+    pub fn new(advertise: SocketAddr, seeds: Vec<SocketAddr>) -> Self {
+        Self {
+            advertise,
+            seeds,
+            max_clients: 10_000,
+            agent: "supervox".into(),
+            network_key: NetworkKey::open_network(),
+            replicas: DEFAULT_REPLICAS,
+            claim_replicas: DEFAULT_CLAIM_REPLICAS,
+            membership: MembershipConfig::default(),
+        }
+    }
 }
 
 /// What the supernode asks its driver to do.
@@ -54,13 +83,19 @@ pub struct SupernodeConfig {
 // per message for no memory saved.
 #[allow(clippy::large_enum_variant)]
 pub enum SnOutput {
-    /// Send a message on an established link.
+    /// Send a message on an established client link.
     Send(ConnId, Message),
     /// Close a connection, with the reason for the log.
     Close(ConnId, String),
-    /// Open a connection to another supernode; report back with
-    /// [`Supernode::on_connected`] or [`Supernode::on_dial_failed`].
-    Dial(SocketAddr),
+    /// Send a sealed overlay datagram from our UDP address.
+    Datagram {
+        /// Destination supernode.
+        to: SocketAddr,
+        /// The sealed bytes.
+        bytes: Vec<u8>,
+        /// The message's kind, for metrics and the simulator.
+        kind: &'static str,
+    },
     /// The set of name claims changed: persist [`Supernode::claims`].
     ClaimsChanged,
     /// A peer asks us to answer a client's STUN request from our UDP address.
@@ -87,7 +122,7 @@ pub struct SnStats {
     pub presence_refused: u64,
     /// Lookups asked by clients.
     pub lookups: u64,
-    /// Lookups forwarded to peer supernodes.
+    /// Lookups sent to other supernodes (hedges included).
     pub lookups_forwarded: u64,
     /// Call signals routed (locally or to a peer).
     pub signals_routed: u64,
@@ -99,31 +134,29 @@ pub struct SnStats {
     pub violations: u64,
     /// Client requests refused by the per-client rate limit.
     pub rate_limited: u64,
+    /// Overlay datagrams refused (not sealed with our key, malformed).
+    pub overlay_refused: u64,
+    /// Records handed to new holders after membership changes.
+    pub handoffs: u64,
 }
 
 #[derive(Debug)]
 enum PeerKind {
     Pending,
     Client(UserId),
-    Supernode { advertise: SocketAddr },
 }
 
 #[derive(Debug)]
 struct Conn {
     remote: SocketAddr,
-    /// Set when we dialled this connection.
-    dialed: Option<SocketAddr>,
     kind: PeerKind,
     lookups: usize,
     /// A client's requests (lookups, claims, presence, signals) per second.
     requests: RateLimit,
-}
-
-#[derive(Debug)]
-struct KnownSn {
-    next_dial_ms: u64,
-    dialing: bool,
-    backoff: Backoff,
+    /// The client's claim, sent along with its presence to the index.
+    claim: Option<NameClaim>,
+    /// The name it published presence under (unpublished when it leaves).
+    published: Option<String>,
 }
 
 /// A supernode: see the module docs.
@@ -133,10 +166,12 @@ pub struct Supernode {
     cfg: SupernodeConfig,
     conns: Map<ConnId, Conn>,
     clients: Map<UserId, ConnId>,
-    peers: Map<SocketAddr, ConnId>,
-    known: BTreeMap<SocketAddr, KnownSn>,
     directory: Directory,
-    lookups: Map<u64, PendingLookup>,
+    membership: Membership,
+    holders: HolderCache,
+    pending: Map<u64, Pending>,
+    /// Signals recently delivered for peers: (sender, req), to drop retransmissions.
+    seen_signals: VecDeque<(UserId, u64)>,
     next_req: u64,
     out: VecDeque<SnOutput>,
     rng: StdRng,
@@ -151,7 +186,7 @@ pub struct Supernode {
 
 impl Supernode {
     /// A supernode with identity `me`, the claims it persisted, and a seed for
-    /// its jitter. Dials the seeds on the first tick.
+    /// its randomness. Joins through the seeds on the first tick.
     pub fn new(me: UserId, cfg: SupernodeConfig, claims: Vec<NameClaim>, rng_seed: u64, now_ms: u64) -> Self {
         let mut directory = Directory::new();
         for c in claims {
@@ -159,15 +194,21 @@ impl Supernode {
                 warn!("dropping stored claim: {e}");
             }
         }
+        // A restarted process must out-rank its old incarnation: seconds
+        // since the epoch do, without storing anything.
+        let incarnation = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let member = Member { id: me, addr: cfg.advertise, incarnation, state: MemberState::Alive, load: 0 };
+        let membership = Membership::new(member, cfg.seeds.clone(), cfg.membership, now_ms);
         let mut sn = Self {
             me,
             cfg,
             conns: Map::default(),
             clients: Map::default(),
-            peers: Map::default(),
-            known: BTreeMap::new(),
             directory,
-            lookups: Map::default(),
+            membership,
+            holders: HolderCache::default(),
+            pending: Map::default(),
+            seen_signals: VecDeque::new(),
             next_req: 1,
             out: VecDeque::new(),
             rng: StdRng::seed_from_u64(rng_seed),
@@ -176,9 +217,8 @@ impl Supernode {
             relay: None,
             relay_tls: None,
         };
-        for s in sn.cfg.seeds.clone() {
-            sn.learn(s, now_ms);
-        }
+        // Stored claims go back to their holders once we know the members.
+        sn.holders.mark_all_dirty();
         sn
     }
 
@@ -189,25 +229,6 @@ impl Supernode {
             identity: self.me,
             advertise: Some(self.cfg.advertise),
             agent: self.cfg.agent.clone(),
-        }
-    }
-
-    /// Ask the peer supernode at `peer` to answer a client's STUN request
-    /// from its address (NAT filtering discovery). False if not linked to it.
-    pub fn request_dial_back(
-        &mut self,
-        peer: SocketAddr,
-        transaction_id: [u8; 12],
-        mapped: SocketAddr,
-        to: SocketAddr,
-        padding: u16,
-    ) -> bool {
-        match self.peers.get(&peer) {
-            Some(&conn) => {
-                self.send(conn, Message::StunDialBack { transaction_id, mapped, to, padding });
-                true
-            }
-            None => false,
         }
     }
 
@@ -243,9 +264,14 @@ impl Supernode {
         self.clients.len()
     }
 
-    /// Supernodes we have a link to.
+    /// Live supernodes we know (not us).
     pub fn peer_addrs(&self) -> Vec<SocketAddr> {
-        self.peers.keys().copied().collect()
+        self.membership.live().map(|m| m.addr).collect()
+    }
+
+    /// Live supernodes we know, as membership entries (not us).
+    pub fn members(&self) -> Vec<Member> {
+        self.membership.live().copied().collect()
     }
 
     /// All name claims held (for persistence).
@@ -258,31 +284,19 @@ impl Supernode {
         self.out.pop_front()
     }
 
-    /// A TCP connection is up (accepted, or dialled to `dialed`).
-    pub fn on_connected(&mut self, conn: ConnId, remote: SocketAddr, dialed: Option<SocketAddr>) {
-        if let Some(addr) = dialed {
-            if let Some(k) = self.known.get_mut(&addr) {
-                k.dialing = false;
-            }
-        }
+    /// A client TCP connection was accepted.
+    pub fn on_connected(&mut self, conn: ConnId, remote: SocketAddr, _dialed: Option<SocketAddr>) {
         self.conns.insert(
             conn,
             Conn {
                 remote,
-                dialed,
                 kind: PeerKind::Pending,
                 lookups: 0,
                 requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
+                claim: None,
+                published: None,
             },
         );
-    }
-
-    /// A dial failed; try again later with backoff.
-    pub fn on_dial_failed(&mut self, addr: SocketAddr, now_ms: u64) {
-        if let Some(k) = self.known.get_mut(&addr) {
-            k.dialing = false;
-            k.next_dial_ms = now_ms + k.backoff.next_delay(&mut self.rng);
-        }
     }
 
     /// The link on `conn` finished its handshake and Hello.
@@ -291,26 +305,41 @@ impl Supernode {
         conn: ConnId,
         role: Role,
         identity: UserId,
-        advertise: Option<SocketAddr>,
-        now_ms: u64,
+        _advertise: Option<SocketAddr>,
+        _now_ms: u64,
     ) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let (remote, dialed) = (c.remote, c.dialed);
-        match (role, advertise) {
-            (Role::Client, _) => self.client_joined(conn, identity, remote),
-            (Role::Supernode, Some(adv)) if adv != self.cfg.advertise => {
-                self.supernode_joined(conn, identity, adv, dialed, now_ms)
-            }
-            (Role::Supernode, _) => self.close(conn, "supernode hello without a usable advertised address"),
+        let remote = c.remote;
+        match role {
+            Role::Client => self.client_joined(conn, identity, remote),
+            Role::Supernode => self.close(conn, "supernodes talk in overlay datagrams, not on links"),
         }
+    }
+
+    /// Our load as a percentage of capacity.
+    fn load(&self) -> u8 {
+        let pct = self.clients.len().saturating_mul(100) / self.cfg.max_clients.max(1);
+        u8::try_from(pct).unwrap_or(u8::MAX)
+    }
+
+    /// Supernodes for a client's host cache: the least loaded first.
+    fn suggest_supernodes(&self, n: usize, include_me: bool) -> Vec<SocketAddr> {
+        let mut members: Vec<&Member> = self.membership.live().filter(|m| m.state == MemberState::Alive).collect();
+        members.sort_by_key(|m| (m.load, m.addr));
+        let mut out: Vec<SocketAddr> = Vec::with_capacity(n);
+        if include_me {
+            out.push(self.cfg.advertise);
+        }
+        out.extend(members.iter().filter(|m| m.load < 100).map(|m| m.addr).take(n.saturating_sub(out.len())));
+        out
     }
 
     fn client_joined(&mut self, conn: ConnId, user: UserId, remote: SocketAddr) {
         if self.clients.len() >= self.cfg.max_clients && !self.clients.contains_key(&user) {
             self.stats.redirects += 1;
-            let supernodes = self.peers.keys().copied().collect();
+            let supernodes = self.suggest_supernodes(20, false);
             self.send(conn, Message::Redirect { supernodes, reason: "supernode full".into() });
             self.close(conn, "full: redirected client");
             return;
@@ -323,52 +352,13 @@ impl Supernode {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.kind = PeerKind::Client(user);
         }
-        let mut supernodes: Vec<SocketAddr> = vec![self.cfg.advertise];
-        supernodes.extend(self.known.keys().copied().take(49));
+        self.membership.set_load(self.load());
+        let supernodes = self.suggest_supernodes(50, true);
         self.send(conn, Message::Welcome { supernode: self.cfg.advertise, observed: remote, supernodes });
         debug!(conn, "client {user:?} signed in");
     }
 
-    fn supernode_joined(
-        &mut self,
-        conn: ConnId,
-        identity: UserId,
-        adv: SocketAddr,
-        dialed: Option<SocketAddr>,
-        now_ms: u64,
-    ) {
-        self.learn(adv, now_ms);
-        if let Some(k) = self.known.get_mut(&adv) {
-            k.backoff.reset();
-        }
-        if let Some(&other) = self.peers.get(&adv) {
-            if other != conn && self.conns.contains_key(&other) {
-                // Both sides dialled: keep the link dialled by the smaller id,
-                // a rule both ends evaluate the same way.
-                let keep_ours = self.me < identity;
-                let this_is_ours = dialed.is_some();
-                if keep_ours != this_is_ours {
-                    self.close(conn, "duplicate supernode link");
-                    return;
-                }
-                self.close(other, "duplicate supernode link");
-            }
-        }
-        self.peers.insert(adv, conn);
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.kind = PeerKind::Supernode { advertise: adv };
-        }
-        info!("supernode link up: {adv}");
-        let mut supernodes: Vec<SocketAddr> = self.known.keys().copied().collect();
-        supernodes.push(self.cfg.advertise);
-        self.send(conn, Message::Peers { supernodes });
-        let claims: Vec<NameClaim> = self.directory.claims().cloned().collect();
-        for chunk in claims.chunks(CLAIMS_PER_MESSAGE) {
-            self.send(conn, Message::Replicate { claims: chunk.to_vec() });
-        }
-    }
-
-    /// A message arrived on an established link.
+    /// A message arrived on an established client link.
     pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -377,10 +367,6 @@ impl Supernode {
             PeerKind::Client(user) => {
                 let user = *user;
                 self.client_message(conn, user, msg, now_ms)
-            }
-            PeerKind::Supernode { advertise, .. } => {
-                let adv = *advertise;
-                self.peer_message(conn, adv, msg, now_ms)
             }
             PeerKind::Pending => self.violation(conn, "message before hello"),
         }
@@ -400,47 +386,40 @@ impl Supernode {
         }
         match msg {
             Message::Claim { claim } => {
-                let name = claim.name.clone();
-                let result = if claim.user_id != user {
-                    Err("claim is not signed by this connection's key".to_string())
+                if claim.user_id != user {
+                    self.claim_answered(conn, claim.name, Err("claim is not signed by this connection's key".into()));
+                } else if let Err(e) = claim.verify() {
+                    self.claim_answered(conn, claim.name, Err(e.to_string()));
                 } else {
-                    match self.directory.claim(claim.clone()) {
-                        Ok(ClaimOutcome::Stored) => {
-                            self.broadcast_peers(Message::Replicate { claims: vec![claim] });
-                            self.out.push_back(SnOutput::ClaimsChanged);
-                            Ok(())
-                        }
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(e.to_string()),
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.claim = Some(claim.clone());
                     }
-                };
-                if let Err(e) = &result {
-                    self.stats.claims_refused += 1;
-                    info!("claim of {name:?} refused: {e}");
-                } else {
-                    self.stats.claims_accepted += 1;
+                    self.client_claim(conn, claim, now_ms);
                 }
-                self.send(conn, Message::ClaimResult { name, result });
             }
             Message::Publish { presence } => {
-                let result = if presence.user_id != user {
+                let check = if presence.user_id != user {
                     Err("presence is not signed by this connection's key".to_string())
+                } else if let Err(e) = presence.verify(now_ms) {
+                    Err(e.to_string())
+                } else if presence.supernode != self.cfg.advertise {
+                    Err(format!(
+                        "presence names supernode {} but was sent to {}",
+                        presence.supernode, self.cfg.advertise
+                    ))
                 } else {
-                    let home = self.cfg.advertise;
-                    self.directory.publish(presence, home, now_ms).map_err(|e| e.to_string())
+                    Ok(())
                 };
-                let ok = result.is_ok();
-                if let Err(e) = &result {
-                    self.stats.presence_refused += 1;
-                    warn!(conn, "presence refused: {e}");
-                }
-                self.send(conn, Message::PublishResult { result });
-                if let (true, Some((secret, ttl))) = (ok, &self.relay) {
-                    let (username, password) = supervox_turn::mint_credentials(secret, &user.0, now_ms / 1000, *ttl);
-                    let expires_ms = (now_ms / 1000 + ttl) * 1000;
-                    let relays = vec![self.cfg.advertise];
-                    let tls = self.relay_tls.clone();
-                    self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays, tls });
+                match check {
+                    Err(e) => self.publish_answered(conn, user, Err(e), now_ms),
+                    Ok(()) => {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.published = Some(presence.name.clone());
+                        }
+                        let claim =
+                            self.conns.get(&conn).and_then(|c| c.claim.clone()).filter(|c| c.name == presence.name);
+                        self.client_publish(conn, claim, presence, now_ms);
+                    }
                 }
             }
             Message::Lookup { req_id, name } => self.client_lookup(conn, req_id, name, now_ms),
@@ -449,163 +428,60 @@ impl Supernode {
                     self.violation(conn, "signal sent on behalf of another user");
                     return;
                 }
-                self.route_from_client(conn, env);
+                self.route_from_client(conn, env, now_ms);
             }
             other => self.violation(conn, &format!("unexpected message from client: {}", kind(&other))),
         }
     }
 
-    fn peer_message(&mut self, conn: ConnId, from_sn: SocketAddr, msg: Message, now_ms: u64) {
-        match msg {
-            Message::Peers { supernodes } => {
-                for s in supernodes {
-                    self.learn(s, now_ms);
-                }
-            }
-            Message::Replicate { claims } => {
-                let mut changed = false;
-                for c in claims {
-                    match self.directory.replicate(c, now_ms) {
-                        Ok(ClaimOutcome::Stored) => changed = true,
-                        Ok(ClaimOutcome::Replaced(loser)) => {
-                            changed = true;
-                            warn!("claim of {:?} by {:?} lost a conflict", loser.name, loser.user_id);
-                        }
-                        Ok(ClaimOutcome::Unchanged) => {}
-                        Err(e) => debug!("replicated claim not stored: {e}"),
-                    }
-                }
-                if changed {
-                    self.out.push_back(SnOutput::ClaimsChanged);
-                }
-            }
-            Message::Lookup { req_id, name } => {
-                let answer = self.directory.lookup(&name, now_ms);
-                self.send(conn, Message::LookupResult { req_id, answer });
-            }
-            Message::LookupResult { req_id, answer } => self.peer_answer(req_id, answer, now_ms),
-            Message::Signal(env) => self.route_from_peer(from_sn, env),
-            Message::Error { reason } => warn!("supernode {from_sn} reports: {reason}"),
-            Message::StunDialBack { transaction_id, mapped, to, padding } => {
-                if self.dial_backs.take(now_ms) {
-                    self.out.push_back(SnOutput::StunDialBack { transaction_id, mapped, to, padding });
-                }
-            }
-            other => self.violation(conn, &format!("unexpected message from supernode: {}", kind(&other))),
+    fn claim_answered(&mut self, conn: ConnId, name: String, result: Result<(), String>) {
+        if let Err(e) = &result {
+            self.stats.claims_refused += 1;
+            info!("claim of {name:?} refused: {e}");
+        } else {
+            self.stats.claims_accepted += 1;
         }
+        self.send(conn, Message::ClaimResult { name, result });
     }
 
-    fn route_from_client(&mut self, conn: ConnId, env: SignalEnvelope) {
-        let call_id = env.call_id;
-        let failure = if env.to_supernode == self.cfg.advertise {
-            match self.clients.get(&env.to) {
-                Some(&to) => {
-                    self.send(to, Message::Signal(env));
-                    None
-                }
-                None => Some("callee is not connected to its supernode".to_string()),
-            }
-        } else {
-            match self.peers.get(&env.to_supernode) {
-                Some(&peer) => {
-                    self.send(peer, Message::Signal(env));
-                    None
-                }
-                None => Some(format!("callee's supernode {} is unreachable", env.to_supernode)),
-            }
-        };
-        if let Some(reason) = failure {
-            self.stats.signals_failed += 1;
-            self.send(conn, Message::SignalFailed { call_id, reason });
-        } else {
-            self.stats.signals_routed += 1;
+    fn publish_answered(&mut self, conn: ConnId, user: UserId, result: Result<(), String>, now_ms: u64) {
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            self.stats.presence_refused += 1;
+            warn!(conn, "presence refused: {e}");
         }
-    }
-
-    fn route_from_peer(&mut self, from_sn: SocketAddr, env: SignalEnvelope) {
-        if env.to_supernode == self.cfg.advertise {
-            if let Some(&to) = self.clients.get(&env.to) {
-                self.send(to, Message::Signal(env));
-                return;
-            }
-        }
-        // Undeliverable: turn an invite into a rejection so the caller learns fast.
-        if matches!(env.body, CallSignal::Invite { .. }) {
-            if let Some(&back) = self.peers.get(&from_sn) {
-                let reply = SignalEnvelope {
-                    call_id: env.call_id,
-                    from: env.to,
-                    to: env.from,
-                    to_supernode: from_sn,
-                    body: CallSignal::Reject { reason: "callee is no longer connected to its supernode".into() },
-                };
-                self.send(back, Message::Signal(reply));
-            }
+        self.send(conn, Message::PublishResult { result });
+        if let (true, Some((secret, ttl))) = (ok, &self.relay) {
+            let (username, password) = supervox_turn::mint_credentials(secret, &user.0, now_ms / 1000, *ttl);
+            let expires_ms = (now_ms / 1000 + ttl) * 1000;
+            let relays = vec![self.cfg.advertise];
+            let tls = self.relay_tls.clone();
+            self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays, tls });
         }
     }
 
     /// A connection closed (either side, any reason).
-    pub fn on_closed(&mut self, conn: ConnId, now_ms: u64) {
+    pub fn on_closed(&mut self, conn: ConnId, _now_ms: u64) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        match c.kind {
-            PeerKind::Client(user) => {
-                if self.clients.get(&user) == Some(&conn) {
-                    self.clients.remove(&user);
-                    self.directory.remove_presence(&user);
+        if let PeerKind::Client(user) = c.kind {
+            if self.clients.get(&user) == Some(&conn) {
+                self.clients.remove(&user);
+                self.membership.set_load(self.load());
+                if let Some(name) = c.published {
+                    self.unpublish(user, &name);
                 }
-            }
-            PeerKind::Supernode { advertise, .. } => {
-                if self.peers.get(&advertise) == Some(&conn) {
-                    self.peers.remove(&advertise);
-                    info!("supernode link down: {advertise}");
-                    if let Some(k) = self.known.get_mut(&advertise) {
-                        k.next_dial_ms = now_ms + k.backoff.next_delay(&mut self.rng);
-                    }
-                }
-            }
-            PeerKind::Pending => {}
-        }
-        if let Some(addr) = c.dialed {
-            if !self.peers.contains_key(&addr) {
-                self.on_dial_failed(addr, now_ms);
             }
         }
     }
 
-    /// Timers: presence expiry, lookup deadlines, re-dialling supernodes.
+    /// Timers: membership, presence expiry, request deadlines and retries.
     pub fn on_tick(&mut self, now_ms: u64) {
         self.directory.expire(now_ms);
-        self.expire_lookups(now_ms);
-        let due: Vec<SocketAddr> = self
-            .known
-            .iter()
-            .filter(|(a, k)| !k.dialing && k.next_dial_ms <= now_ms && !self.peers.contains_key(a))
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in due {
-            if let Some(k) = self.known.get_mut(&addr) {
-                k.dialing = true;
-                // Until the dial reports back, do not dial again.
-                k.next_dial_ms = u64::MAX;
-            }
-            self.out.push_back(SnOutput::Dial(addr));
-        }
-    }
-
-    fn learn(&mut self, addr: SocketAddr, now_ms: u64) {
-        if addr == self.cfg.advertise || self.known.contains_key(&addr) || self.known.len() >= MAX_KNOWN_SUPERNODES {
-            return;
-        }
-        self.known.insert(addr, KnownSn { next_dial_ms: now_ms, dialing: false, backoff: Backoff::new(500, 30_000) });
-    }
-
-    fn broadcast_peers(&mut self, msg: Message) {
-        let conns: Vec<ConnId> = self.peers.values().copied().collect();
-        for c in conns {
-            self.send(c, msg.clone());
-        }
+        self.membership.tick(&mut self.rng, now_ms);
+        self.flush_membership(now_ms);
+        self.expire_pending(now_ms);
     }
 
     fn send(&mut self, conn: ConnId, msg: Message) {
@@ -639,10 +515,7 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::LookupResult { .. } => "LookupResult",
         Message::Signal(_) => "Signal",
         Message::SignalFailed { .. } => "SignalFailed",
-        Message::Peers { .. } => "Peers",
-        Message::Replicate { .. } => "Replicate",
         Message::Error { .. } => "Error",
-        Message::StunDialBack { .. } => "StunDialBack",
         Message::RelayCredentials { .. } => "RelayCredentials",
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod message;
+pub mod overlay;
 pub mod record;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
@@ -14,4 +15,5 @@ pub use message::{
     decode_message, encode_message, CallId, CallSignal, Candidate, CandidateKind, DecodeError, LookupAnswer, Message,
     RelayTls, Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, MAX_TLS_RELAYS, PROTOCOL_VERSION,
 };
+pub use overlay::{Member, MemberState, OverlayMsg, OverlayPacket};
 pub use record::{NameClaim, Presence, RecordError, UserId};

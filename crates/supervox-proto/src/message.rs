@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use thiserror::Error;
 
 /// Version byte that prefixes every message.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest plaintext message: one Noise message minus its 16-byte tag.
 pub const MAX_MESSAGE_LEN: usize = 65_535 - 16;
@@ -152,7 +152,8 @@ pub enum CallSignal {
     },
 }
 
-/// Every message on a signalling link (client↔SN and SN↔SN).
+/// Every message on a signalling link (client ↔ SN; supernodes talk to
+/// each other in overlay datagrams, see [`crate::overlay`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// First message of either side after the Noise handshake. `identity`
@@ -238,33 +239,10 @@ pub enum Message {
         /// Why.
         reason: String,
     },
-    /// SN ↔ SN: supernodes I know (mesh discovery).
-    Peers {
-        /// Advertised addresses.
-        supernodes: Vec<SocketAddr>,
-    },
-    /// SN ↔ SN: name claims to store (replication).
-    Replicate {
-        /// Claims, each verified by the receiver.
-        claims: Vec<NameClaim>,
-    },
     /// Either side: something was refused; the connection may be closed next.
     Error {
         /// Why.
         reason: String,
-    },
-    /// SN → SN: answer a client's STUN Binding request (transaction
-    /// `transaction_id`) at `to` from your own UDP address — the "change IP"
-    /// half of NAT filtering discovery, which one supernode cannot do alone.
-    StunDialBack {
-        /// The client's STUN transaction id.
-        transaction_id: [u8; 12],
-        /// The client's address as the asking supernode saw it.
-        mapped: SocketAddr,
-        /// Where to answer: `mapped`, or its IP with the client's RESPONSE-PORT.
-        to: SocketAddr,
-        /// PADDING the client asked for (RFC 5780), echoed at that size.
-        padding: u16,
     },
     /// SN → client: short-lived TURN credentials for this supernode's relay
     /// (TURN REST API style), given only to signed-in clients.
@@ -392,8 +370,8 @@ mod tests {
     #[test]
     fn rejects_version_and_trailing() {
         let mut b = encode_message(&Message::Ping { nonce: 1 }).unwrap();
-        b[0] = 2;
-        assert_eq!(decode_message(&b), Err(DecodeError::Version(2)));
+        b[0] = 9;
+        assert_eq!(decode_message(&b), Err(DecodeError::Version(9)));
         let mut b = encode_message(&Message::Ping { nonce: 1 }).unwrap();
         b.push(0);
         assert!(matches!(decode_message(&b), Err(DecodeError::Malformed(_))));
@@ -410,8 +388,8 @@ mod tests {
             tls: Some(RelayTls { fingerprint: [7; 32], relays: vec!["127.0.0.1:443".parse().unwrap()] }),
         };
         let b = encode_message(&m).unwrap();
-        // version, variant 17, "u", "p", 1, no UDP relays, Some, 32 raw bytes, one address.
-        let mut want = vec![1, 17, 1, b'u', 1, b'p', 1, 0, 1];
+        // version, variant 14, "u", "p", 1, no UDP relays, Some, 32 raw bytes, one address.
+        let mut want = vec![PROTOCOL_VERSION, 14, 1, b'u', 1, b'p', 1, 0, 1];
         want.extend_from_slice(&[7; 32]);
         want.extend_from_slice(&[1, 0, 127, 0, 0, 1, 0xbb, 0x03]);
         assert_eq!(b, want);

@@ -100,6 +100,8 @@ pub struct SimConfig {
     pub warmup_ms: u64,
     /// `max_clients` of every supernode.
     pub max_clients: usize,
+    /// Copies of each record in the index.
+    pub replicas: usize,
     /// Lookups per second over the whole network.
     pub lookup_rate: f64,
     /// Probability that a message needs a TCP retransmission.
@@ -144,6 +146,7 @@ impl SimConfig {
             duration_ms,
             warmup_ms,
             max_clients: (3 * per_sn).max(10),
+            replicas: supervox_core::supernode::DEFAULT_REPLICAS,
             lookup_rate: (clients as f64 / 50.0).clamp(1.0, 20.0),
             loss: 0.0,
             churn_speedup: 10.0,

@@ -49,6 +49,22 @@ pub struct Delivery {
     pub ctx: Option<Ctx>,
 }
 
+/// An overlay datagram in flight.
+#[derive(Debug)]
+pub struct Datagram {
+    /// The supernode slot it goes to.
+    pub to: u32,
+    /// The sender's address.
+    pub from: SocketAddr,
+    /// The sealed bytes.
+    pub bytes: Vec<u8>,
+    /// Lookup it belongs to, if any.
+    pub ctx: Option<Ctx>,
+}
+
+/// UDP and IPv4 headers, counted with every datagram.
+const UDP_IP_HEADER_BYTES: u64 = 28;
+
 /// Something that happens at a virtual time.
 #[derive(Debug)]
 pub enum Ev {
@@ -76,6 +92,8 @@ pub enum Ev {
     Established(ConnId, Side),
     /// A message arrives.
     Deliver(Box<Delivery>),
+    /// An overlay datagram reaches a supernode.
+    Datagram(Box<Datagram>),
     /// The other end closed; this end learns it.
     PeerClosed(ConnId, Side),
     /// A client looks someone up (a Poisson process over the network).
@@ -229,6 +247,7 @@ impl Sim {
             Ev::Accepted(conn) => self.on_accepted(conn),
             Ev::Established(conn, side) => self.on_established(conn, side),
             Ev::Deliver(d) => self.on_deliver(*d),
+            Ev::Datagram(d) => self.on_datagram(*d),
             Ev::PeerClosed(conn, side) => self.on_peer_closed(conn, side),
             Ev::Lookup => self.lookup_tick(),
             Ev::Event => self.scenario_event(),
@@ -395,6 +414,50 @@ impl Sim {
         }
         let to = l.ends[d.to];
         self.node_message(to, d.conn, d.msg, d.ctx);
+    }
+
+    /// Supernode `from` sends an overlay datagram: it arrives one one-way
+    /// delay later at the supernode listening on `to`, unless lost or
+    /// nobody listens there any more.
+    pub(crate) fn send_datagram(
+        &mut self,
+        from: u32,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+        kind: &'static str,
+        ctx: Option<Ctx>,
+    ) {
+        if self.metrics.in_window(self.now) {
+            let b = bytes.len() as u64 + UDP_IP_HEADER_BYTES;
+            self.metrics.overlay_bytes += b;
+            self.metrics.overlay_msgs += 1;
+            *self.metrics.overlay_by_kind.entry(kind).or_default() += b;
+        }
+        let ctx = ctx.map(|c| Ctx { hops: c.hops + u8::from(kind == "Lookup"), ..c });
+        if let Some(c) = ctx {
+            if let Some(p) = self.pending.get_mut(&c.lookup) {
+                p.overlay_msgs += 1;
+                p.max_hops = p.max_hops.max(c.hops);
+            }
+        }
+        let Some(t) = crate::net::sn_index(to).filter(|t| (*t as usize) < self.sns.len()) else {
+            return;
+        };
+        if self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss) {
+            return;
+        }
+        let delay = self.latency.one_way_ms(self.sns[from as usize].loc, self.sns[t as usize].loc);
+        let from = crate::net::sn_addr(from);
+        self.after(delay, Ev::Datagram(Box::new(Datagram { to: t, from, bytes, ctx })));
+    }
+
+    fn on_datagram(&mut self, d: Datagram) {
+        let now = self.now;
+        let Some(sn) = self.sns[d.to as usize].sn.as_mut() else {
+            return;
+        };
+        sn.on_datagram(d.from, &d.bytes, now);
+        self.drain_sn(d.to, d.ctx);
     }
 
     fn on_peer_closed(&mut self, conn: ConnId, side: Side) {

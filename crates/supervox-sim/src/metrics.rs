@@ -40,6 +40,8 @@ pub(crate) struct Metrics {
     pub window: (u64, u64),
     pub overlay_bytes: u64,
     pub overlay_msgs: u64,
+    /// Overlay bytes by message kind (inside the window).
+    pub overlay_by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Supernode-milliseconds inside the window.
     sn_ms: f64,
     last_sn_change: u64,
@@ -139,6 +141,8 @@ pub struct Report {
     pub events: u64,
     /// Clients signed in to a live supernode at the end.
     pub callable_end: usize,
+    /// Most overlay hops any measured lookup took.
+    pub max_hops: u8,
     /// Client processes running at the end.
     pub running_end: usize,
     /// Virtual seconds run (less than the duration if a budget ran out).
@@ -218,6 +222,17 @@ impl Report {
             ),
             ("overlay messages per lookup".into(), format!("{msgs_per_lookup:.1}")),
             ("overlay window".into(), format!("{window_s:.0} s, {} messages", m.overlay_msgs)),
+            ("overlay bytes by kind (share)".into(), {
+                let total = m.overlay_by_kind.values().sum::<u64>().max(1) as f64;
+                let mut kinds: Vec<(&&str, &u64)> = m.overlay_by_kind.iter().collect();
+                kinds.sort_by(|a, b| b.1.cmp(a.1));
+                kinds
+                    .iter()
+                    .take(6)
+                    .map(|(k, v)| format!("{k} {:.0}%", **v as f64 * 100.0 / total))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
             ("supernodes live at end / started".into(), format!("{live} / {}", sim.sns.len())),
             (
                 "clients callable / running at end".into(),
@@ -267,6 +282,7 @@ impl Report {
             wall,
             events: sim.events,
             callable_end: sim.callable.len(),
+            max_hops: m.lookups.iter().map(|l| l.hops).max().unwrap_or(0),
             running_end: running,
             virtual_s,
             stopped: sim.stopped,

@@ -76,10 +76,10 @@ impl Sim {
     /// Start supernode slot `i` with `seeds`.
     pub(crate) fn start_supernode(&mut self, i: u32, seeds: Vec<SocketAddr>) {
         let cfg = SupernodeConfig {
-            advertise: net::sn_addr(i),
-            seeds,
             max_clients: self.cfg.max_clients,
             agent: "supervox-sim".into(),
+            replicas: self.cfg.replicas,
+            ..SupernodeConfig::new(net::sn_addr(i), seeds)
         };
         let id = Identity::from_seed(net::seed32(self.cfg.seed, KIND_SN_ID, u64::from(i))).user_id();
         let rng_seed = net::derive(self.cfg.seed, KIND_SN_RNG, u64::from(i));
@@ -140,7 +140,7 @@ impl Sim {
 
     /// Carry out what supernode `i` asked for. Messages it sends while
     /// handling a lookup's message belong to that lookup.
-    fn drain_sn(&mut self, i: u32, ctx: Option<Ctx>) {
+    pub(crate) fn drain_sn(&mut self, i: u32, ctx: Option<Ctx>) {
         let now = self.now;
         while let Some(out) = self.sns[i as usize].sn.as_mut().and_then(|s| s.poll_output()) {
             match out {
@@ -151,7 +151,7 @@ impl Sim {
                         sn.on_closed(conn, now);
                     }
                 }
-                SnOutput::Dial(addr) => self.dial(Node::Sn(i), addr),
+                SnOutput::Datagram { to, bytes, kind } => self.send_datagram(i, to, bytes, kind, ctx),
                 // Claims are not persisted (a process that dies is gone for
                 // good); STUN over UDP is out of the simulator's scope.
                 SnOutput::ClaimsChanged | SnOutput::StunDialBack { .. } => {}
@@ -310,12 +310,8 @@ impl Sim {
     pub(crate) fn node_dial_failed(&mut self, n: Node, addr: SocketAddr) {
         let now = self.now;
         match n {
-            Node::Sn(i) => {
-                if let Some(sn) = self.sns[i as usize].sn.as_mut() {
-                    sn.on_dial_failed(addr, now);
-                    self.drain_sn(i, None);
-                }
-            }
+            // Supernodes do not dial: they talk in datagrams.
+            Node::Sn(_) => {}
             Node::Client(c, g) if self.alive(n) => {
                 let _ = g;
                 self.clients[c as usize].dialing = false;

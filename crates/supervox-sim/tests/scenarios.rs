@@ -55,7 +55,10 @@ fn steady_small_network_finds_everyone() {
     let r = run(small(Scenario::Steady, 5, 50, 7));
     let s = &r.summary;
     assert_eq!(s.lookup_success, Some(1.0), "{}", r.table());
-    assert_eq!(s.lookup_hops_median, Some(1.0), "full mesh: the holder is one hop away\n{}", r.table());
+    // With 5 supernodes and R = 3 the client's own supernode often holds
+    // the record (0 hops); otherwise a holder is one hop away, never more.
+    assert!(s.lookup_hops_median.is_some_and(|h| h <= 1.0), "{}", r.table());
+    assert!(r.max_hops <= 1, "a lookup took {} overlay hops\n{}", r.max_hops, r.table());
     let p50 = s.lookup_p50_ms.unwrap();
     assert!(p50 >= 40.0 && p50 <= s.lookup_p99_ms.unwrap(), "{}", r.table());
     assert!(s.max_load_ratio > 0.0 && s.max_load_ratio <= 1.0);
@@ -123,6 +126,9 @@ fn loss_delays_but_does_not_fail_lookups() {
     let mut lossy = clean.clone();
     lossy.loss = 0.1;
     let (a, b) = (run(clean), run(lossy));
-    assert_eq!(b.summary.lookup_success, Some(1.0), "{}", b.table());
+    // Overlay datagrams are lost for real (10 %, far above a real network):
+    // hedged lookups and retried stores keep nearly all lookups working.
+    assert_eq!(a.summary.lookup_success, Some(1.0), "{}", a.table());
+    assert!(b.summary.lookup_success.is_some_and(|s| s >= 0.99), "{}", b.table());
     assert!(b.summary.lookup_p99_ms > a.summary.lookup_p99_ms, "{}\n{}", a.table(), b.table());
 }

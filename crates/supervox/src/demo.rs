@@ -28,6 +28,8 @@ pub async fn run(json_out: bool) -> Result<bool> {
         }
     };
     let mut sns = Vec::new();
+    // The demo network's own key: nobody else can join it.
+    let network_key: [u8; 32] = rand::random();
     for i in 0..2 {
         let seeds = sns.first().map(|a: &std::net::SocketAddr| vec![*a]).unwrap_or_default();
         let sn = BoundSupernode::bind(SnOptions {
@@ -43,6 +45,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             relay_allow_loopback: false,
             relay_tls_listen: vec![],
             relay_tls_files: None,
+            network_key: Some(network_key),
         })
         .await?;
         let addr = sn.advertise();

@@ -11,3 +11,4 @@ pub mod relay_stream;
 pub mod sn;
 pub mod store;
 pub mod tls;
+pub mod udp_send;

@@ -89,6 +89,11 @@ struct SupernodeArgs {
     /// let clients reach services on the supernode's own host).
     #[arg(long, hide = true)]
     relay_allow_loopback: bool,
+    /// The network's key, 64 hex digits: supernodes seal their overlay
+    /// datagrams with it, so only holders can join the network (default: the
+    /// open test network's well-known key).
+    #[arg(long, value_name = "HEX", value_parser = parse_network_key)]
+    network_key: Option<[u8; 32]>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -280,6 +285,11 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+fn parse_network_key(s: &str) -> Result<[u8; 32], String> {
+    let v = hex::decode(s.trim()).map_err(|e| format!("not hex: {e}"))?;
+    v.try_into().map_err(|v: Vec<u8>| format!("{} bytes; a network key is 32 bytes (64 hex digits)", v.len()))
+}
+
 async fn run(cmd: Cmd) -> Result<bool> {
     match cmd {
         Cmd::Supernode(a) => {
@@ -296,6 +306,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 relay_allow_loopback: a.relay_allow_loopback,
                 relay_tls_listen: a.relay_tls_listen,
                 relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
+                network_key: a.network_key,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)

@@ -1,14 +1,22 @@
 use super::*;
+use crate::overlay::wire::NetworkKey;
 use crate::Identity;
-use supervox_proto::{CallId, Presence};
+use std::collections::HashSet;
+use supervox_proto::{CallId, CallSignal, Presence, SignalEnvelope};
 
 fn addr(p: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], p))
 }
 
 fn sn(seed: u8, port: u16, seeds: Vec<SocketAddr>) -> Supernode {
-    let cfg = SupernodeConfig { advertise: addr(port), seeds, max_clients: 2, agent: "t".into() };
-    Supernode::new(Identity::from_seed([seed; 32]).user_id(), cfg, vec![], 1, 0)
+    let cfg = SupernodeConfig {
+        max_clients: 2,
+        agent: "t".into(),
+        replicas: 3,
+        claim_replicas: 5,
+        ..SupernodeConfig::new(addr(port), seeds)
+    };
+    Supernode::new(Identity::from_seed([seed; 32]).user_id(), cfg, vec![], u64::from(seed), 0)
 }
 
 fn drain(s: &mut Supernode) -> Vec<SnOutput> {
@@ -30,81 +38,176 @@ fn join_client(s: &mut Supernode, conn: ConnId, id: &Identity) -> Vec<SnOutput> 
     drain(s)
 }
 
-fn sign_in(s: &mut Supernode, conn: ConnId, id: &Identity, name: &str) -> Vec<Message> {
-    let mut out = join_client(s, conn, id);
-    s.on_message(conn, Message::Claim { claim: NameClaim::sign(id.signing_key(), name, 1).unwrap() }, 0);
-    let p = Presence::sign(id.signing_key(), name, s.advertise(), 1, 60_000).unwrap();
-    s.on_message(conn, Message::Publish { presence: p }, 0);
-    out.extend(drain(s));
-    // Keep what was meant for other connections (replication) queued.
-    let mine = sent_to(&out, conn);
-    s.out.extend(out.into_iter().filter(|o| !matches!(o, SnOutput::Send(c, _) if *c == conn)));
-    mine
+/// A network of supernodes exchanging overlay datagrams instantly (or not:
+/// `down` ones neither send nor receive), with a virtual clock.
+struct Net {
+    sns: Vec<Supernode>,
+    down: HashSet<usize>,
+    /// Datagrams to these addresses are dropped (a silent holder).
+    black_hole: HashSet<SocketAddr>,
+    /// What the supernodes sent their clients: (sn index, output).
+    client_out: Vec<(usize, SnOutput)>,
+    /// Overlay datagrams delivered, by kind.
+    delivered: Vec<(&'static str, SocketAddr)>,
+    now: u64,
 }
 
-/// Link two supernodes: `a` dialled `b`. Returns their conn ids.
-fn link(a: &mut Supernode, b: &mut Supernode, ca: ConnId, cb: ConnId) {
-    a.on_connected(ca, b.advertise(), Some(b.advertise()));
-    b.on_connected(cb, a.advertise(), None);
-    a.on_established(ca, Role::Supernode, b.me, Some(b.advertise()), 0);
-    b.on_established(cb, Role::Supernode, a.me, Some(a.advertise()), 0);
-}
+impl Net {
+    fn new(n: usize) -> Self {
+        let sns =
+            (0..n).map(|i| sn(i as u8 + 1, 4000 + i as u16, if i == 0 { vec![] } else { vec![addr(4000)] })).collect();
+        Self {
+            sns,
+            down: HashSet::new(),
+            black_hole: HashSet::new(),
+            client_out: Vec::new(),
+            delivered: Vec::new(),
+            now: 0,
+        }
+    }
 
-/// Deliver messages between two linked supernodes until quiet; returns what
-/// was addressed to other connections (clients).
-fn pump(a: &mut Supernode, b: &mut Supernode, ca: ConnId, cb: ConnId) -> Vec<SnOutput> {
-    let mut rest = Vec::new();
-    loop {
-        let (oa, ob) = (drain(a), drain(b));
-        if oa.is_empty() && ob.is_empty() {
-            return rest;
-        }
-        for o in oa {
-            match o {
-                SnOutput::Send(c, m) if c == ca => b.on_message(cb, m, 0),
-                o => rest.push(o),
+    fn index_of(&self, a: SocketAddr) -> Option<usize> {
+        self.sns.iter().position(|s| s.advertise() == a)
+    }
+
+    /// Deliver everything queued, until quiet.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.sns.len() {
+                let out = drain(&mut self.sns[i]);
+                if self.down.contains(&i) {
+                    continue;
+                }
+                for o in out {
+                    moved = true;
+                    match o {
+                        SnOutput::Datagram { to, bytes, kind } => {
+                            if self.black_hole.contains(&to) {
+                                continue;
+                            }
+                            if let Some(j) = self.index_of(to).filter(|j| !self.down.contains(j)) {
+                                self.delivered.push((kind, to));
+                                let from = self.sns[i].advertise();
+                                self.sns[j].on_datagram(from, &bytes, self.now);
+                            }
+                        }
+                        o => self.client_out.push((i, o)),
+                    }
+                }
+            }
+            if !moved {
+                return;
             }
         }
-        for o in ob {
-            match o {
-                SnOutput::Send(c, m) if c == cb => a.on_message(ca, m, 0),
-                o => rest.push(o),
+    }
+
+    /// Run the clocks for `ms`, ticking every 100 ms.
+    fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 100;
+            for i in 0..self.sns.len() {
+                if !self.down.contains(&i) {
+                    let now = self.now;
+                    self.sns[i].on_tick(now);
+                }
             }
+            self.pump();
         }
+    }
+
+    fn take_client_msgs(&mut self, sn: usize, conn: ConnId) -> Vec<Message> {
+        let mut mine = Vec::new();
+        self.client_out.retain(|(i, o)| match o {
+            SnOutput::Send(c, m) if *i == sn && *c == conn => {
+                mine.push(m.clone());
+                false
+            }
+            _ => true,
+        });
+        mine
+    }
+
+    fn sign_in(&mut self, sn: usize, conn: ConnId, id: &Identity, name: &str) -> Vec<Message> {
+        let now = self.now;
+        let s = &mut self.sns[sn];
+        s.on_connected(conn, addr(9000 + conn as u16), None);
+        s.on_established(conn, Role::Client, id.user_id(), None, now);
+        s.on_message(conn, Message::Claim { claim: NameClaim::sign(id.signing_key(), name, now + 1).unwrap() }, now);
+        self.pump();
+        let p = Presence::sign(id.signing_key(), name, self.sns[sn].advertise(), now + 1, now + 60_000).unwrap();
+        self.sns[sn].on_message(conn, Message::Publish { presence: p }, now);
+        self.pump();
+        self.take_client_msgs(sn, conn)
+    }
+
+    fn lookup(&mut self, sn: usize, conn: ConnId, name: &str) -> LookupAnswer {
+        let now = self.now;
+        self.sns[sn].on_message(conn, Message::Lookup { req_id: 77, name: name.into() }, now);
+        self.pump();
+        for _ in 0..20 {
+            let msgs = self.take_client_msgs(sn, conn);
+            if let Some(Message::LookupResult { answer, .. }) =
+                msgs.into_iter().find(|m| matches!(m, Message::LookupResult { .. }))
+            {
+                return answer;
+            }
+            self.run(100);
+        }
+        panic!("lookup of {name} never answered")
+    }
+
+    /// Supernodes (indices) holding `name`'s presence.
+    fn presence_at(&self, name: &str) -> Vec<usize> {
+        (0..self.sns.len())
+            .filter(|i| !self.down.contains(i))
+            .filter(|i| matches!(self.sns[*i].directory.lookup(name, self.now), LookupAnswer::Online { .. }))
+            .collect()
+    }
+
+    /// Supernodes (indices) holding a claim for `name`.
+    fn holding(&self, name: &str) -> Vec<usize> {
+        (0..self.sns.len())
+            .filter(|i| !self.down.contains(i))
+            .filter(|i| self.sns[*i].claims().iter().any(|c| c.name == name))
+            .collect()
     }
 }
 
 #[test]
-fn welcome_claim_publish_and_conflict() {
-    let mut s = sn(1, 4000, vec![]);
+fn welcome_claim_publish_and_conflict_on_a_lone_supernode() {
+    let mut net = Net::new(1);
     let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
-    let msgs = sign_in(&mut s, 1, &alice, "alice");
+    let msgs = net.sign_in(0, 1, &alice, "alice");
     assert!(matches!(&msgs[0], Message::Welcome { supernode, .. } if *supernode == addr(4000)));
     assert!(msgs.contains(&Message::ClaimResult { name: "alice".into(), result: Ok(()) }));
     assert!(msgs.contains(&Message::PublishResult { result: Ok(()) }));
-    let msgs = sign_in(&mut s, 2, &mallory, "alice");
+    let msgs = net.sign_in(0, 2, &mallory, "alice");
     assert!(msgs.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(e), .. } if e.contains("taken"))));
     assert!(msgs.iter().any(|m| matches!(m, Message::PublishResult { result: Err(_) })));
 }
 
 #[test]
 fn forged_or_foreign_presence_is_refused() {
-    let mut s = sn(1, 4000, vec![]);
+    let mut net = Net::new(1);
     let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
-    sign_in(&mut s, 1, &alice, "alice");
-    sign_in(&mut s, 2, &bob, "bob");
+    net.sign_in(0, 1, &alice, "alice");
+    net.sign_in(0, 2, &bob, "bob");
     // Bob's connection publishes a record signed by alice's key but altered.
-    let mut forged = Presence::sign(alice.signing_key(), "alice", s.advertise(), 5, 60_000).unwrap();
+    let mut forged = Presence::sign(alice.signing_key(), "alice", addr(4000), 5, 60_000).unwrap();
     forged.seq = 6;
-    s.on_message(2, Message::Publish { presence: forged.clone() }, 0);
-    let m = sent_to(&drain(&mut s), 2);
+    net.sns[0].on_message(2, Message::Publish { presence: forged.clone() }, 0);
+    net.pump();
+    let m = net.take_client_msgs(0, 2);
     assert!(
         matches!(&m[..], [Message::PublishResult { result: Err(e) }] if e.contains("not signed by this connection"))
     );
     // Alice's own connection with a bad signature.
-    s.on_message(1, Message::Publish { presence: forged }, 0);
-    let m = sent_to(&drain(&mut s), 1);
-    assert!(matches!(&m[..], [Message::PublishResult { result: Err(e) }] if e.contains("bad signature")));
+    net.sns[0].on_message(1, Message::Publish { presence: forged }, 0);
+    net.pump();
+    let m = net.take_client_msgs(0, 1);
+    assert!(matches!(&m[..], [Message::PublishResult { result: Err(e) }] if e.contains("bad signature")), "{m:?}");
 }
 
 #[test]
@@ -119,31 +222,139 @@ fn full_supernode_redirects() {
 }
 
 #[test]
-fn mesh_replicates_claims_forwards_lookups_and_routes_invites() {
-    let mut a = sn(1, 4000, vec![addr(4001)]);
-    let mut b = sn(2, 4001, vec![]);
-    a.on_tick(0);
-    assert!(drain(&mut a).contains(&SnOutput::Dial(addr(4001))));
-    link(&mut a, &mut b, 100, 200);
-    pump(&mut a, &mut b, 100, 200);
+fn supernode_links_are_refused() {
+    let mut s = sn(1, 4000, vec![]);
+    s.on_connected(5, addr(4001), None);
+    s.on_established(5, Role::Supernode, Identity::from_seed([2; 32]).user_id(), Some(addr(4001)), 0);
+    assert!(drain(&mut s).iter().any(|o| matches!(o, SnOutput::Close(5, _))));
+}
+
+#[test]
+fn membership_converges_through_one_seed_and_detects_failures() {
+    let mut net = Net::new(8);
+    net.run(3_000);
+    for s in &net.sns {
+        assert_eq!(s.peer_addrs().len(), 7, "{} knows {:?}", s.advertise(), s.peer_addrs());
+    }
+    // Two die silently: everyone else notices within seconds.
+    net.down.insert(3);
+    net.down.insert(6);
+    net.run(15_000);
+    for (i, s) in net.sns.iter().enumerate().filter(|(i, _)| !net.down.contains(i)) {
+        let mut peers = s.peer_addrs();
+        peers.sort();
+        assert_eq!(peers.len(), 5, "sn {i} still sees {peers:?}");
+        assert!(!peers.contains(&addr(4003)) && !peers.contains(&addr(4006)));
+    }
+}
+
+#[test]
+fn a_record_lives_on_r_holders_and_a_lookup_is_one_hop() {
+    let mut net = Net::new(8);
+    net.run(3_000);
     let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
-    sign_in(&mut a, 1, &alice, "alice");
-    pump(&mut a, &mut b, 100, 200);
-    // The claim replicated: bob's SN refuses "alice" to another key.
-    let refused = sign_in(&mut b, 2, &Identity::from_seed([12; 32]), "alice");
-    assert!(refused.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(_), .. })));
-    sign_in(&mut b, 3, &bob, "bob");
-    pump(&mut a, &mut b, 100, 200);
-    // Bob looks alice up: b forwards to a, answers online.
-    b.on_message(3, Message::Lookup { req_id: 7, name: "alice".into() }, 0);
-    let out = pump(&mut a, &mut b, 100, 200);
-    let answer = sent_to(&out, 3);
-    let Some(Message::LookupResult { req_id: 7, answer: LookupAnswer::Online { presence, .. } }) = answer.first()
-    else {
-        panic!("no online answer: {answer:?}")
+    let msgs = net.sign_in(2, 1, &alice, "alice");
+    assert!(msgs.contains(&Message::PublishResult { result: Ok(()) }), "{msgs:?}");
+    net.sign_in(5, 1, &bob, "bob");
+    // Exactly the R_c = 5 claim holders have alice's claim, the first R = 3
+    // of them her presence, and they are the ones every supernode computes.
+    let ranked: Vec<usize> = net.sns[0].holders_of("alice").iter().map(|h| net.index_of(h.addr).unwrap()).collect();
+    let sorted = |v: &[usize]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
     };
-    assert_eq!(presence.supernode, addr(4000));
-    // Bob invites alice: routed b → a → alice's connection.
+    assert_eq!(ranked.len(), 5);
+    assert_eq!(net.holding("alice"), sorted(&ranked));
+    assert_eq!(net.presence_at("alice"), sorted(&ranked[..3]));
+    for s in &net.sns {
+        let v: Vec<usize> = s.holders_of("alice").iter().map(|h| net.index_of(h.addr).unwrap()).collect();
+        assert_eq!(v, ranked);
+    }
+    // Bob's supernode asks one holder, once.
+    net.delivered.clear();
+    let answer = net.lookup(5, 1, "alice");
+    let LookupAnswer::Online { presence, .. } = answer else { panic!("{answer:?}") };
+    assert_eq!(presence.supernode, addr(4002));
+    let lookups = net.delivered.iter().filter(|(k, _)| *k == "Lookup").count();
+    assert!(lookups <= 1, "{lookups} lookup datagrams");
+    // A name nobody claimed.
+    assert_eq!(net.lookup(5, 1, "ghost"), LookupAnswer::Unknown);
+}
+
+#[test]
+fn a_silent_holder_is_hedged_around() {
+    let mut net = Net::new(8);
+    net.run(3_000);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(2, 1, &alice, "alice");
+    let asker = (0..8).find(|i| !net.presence_at("alice").contains(i) && *i != 2).unwrap();
+    net.sign_in(asker, 9, &bob, "bob");
+    // The primary holder drops everything (alive to membership a while yet).
+    let primary = net.sns[asker].holders_of("alice")[0].addr;
+    net.black_hole.insert(primary);
+    let t0 = net.now;
+    assert!(matches!(net.lookup(asker, 9, "alice"), LookupAnswer::Online { .. }));
+    assert!(net.now - t0 <= 600, "answered after {} ms", net.now - t0);
+}
+
+#[test]
+fn records_survive_their_holders_dying_one_after_another() {
+    let mut net = Net::new(8);
+    net.run(3_000);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(2, 1, &alice, "alice");
+    let holders = net.presence_at("alice");
+    assert_eq!(holders.len(), 3);
+    // Kill two of the three presence holders, one at a time, waiting for
+    // detection: the records move so that R and R_c copies live again.
+    let victims: Vec<usize> = holders.iter().copied().filter(|h| *h != 2).take(2).collect();
+    for v in &victims {
+        net.down.insert(*v);
+        net.run(15_000);
+        assert_eq!(net.presence_at("alice").len(), 3, "after {v} died: {:?}", net.presence_at("alice"));
+        assert_eq!(net.holding("alice").len(), 5, "after {v} died: {:?}", net.holding("alice"));
+    }
+    let asker = (0..8).find(|i| !net.down.contains(i) && *i != 2).unwrap();
+    net.sign_in(asker, 9, &bob, "bob");
+    assert!(matches!(net.lookup(asker, 9, "alice"), LookupAnswer::Online { .. }));
+    // The name is still alice's: another key cannot take it.
+    let msgs = net.sign_in(asker, 10, &Identity::from_seed([12; 32]), "alice");
+    assert!(msgs.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(e), .. } if e.contains("taken"))));
+}
+
+#[test]
+fn racing_claims_for_one_name_end_with_one_owner_everywhere() {
+    let mut net = Net::new(6);
+    net.run(3_000);
+    let (a, b) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    // Both claim "zoe" through different supernodes before either answer.
+    let now = net.now;
+    for (sn, conn, id) in [(1usize, 1u64, &a), (4, 2, &b)] {
+        let s = &mut net.sns[sn];
+        s.on_connected(conn, addr(9000), None);
+        s.on_established(conn, Role::Client, id.user_id(), None, now);
+        s.on_message(conn, Message::Claim { claim: NameClaim::sign(id.signing_key(), "zoe", now).unwrap() }, now);
+    }
+    net.pump();
+    net.run(1_000);
+    let ok = |sn: usize, conn: ConnId, net: &mut Net| {
+        net.take_client_msgs(sn, conn).contains(&Message::ClaimResult { name: "zoe".into(), result: Ok(()) })
+    };
+    let (ok_a, ok_b) = (ok(1, 1, &mut net), ok(4, 2, &mut net));
+    assert!(ok_a ^ ok_b, "exactly one wins: a {ok_a} b {ok_b}");
+    let owners: HashSet<UserId> =
+        net.sns.iter().flat_map(|s| s.claims()).filter(|c| c.name == "zoe").map(|c| c.user_id).collect();
+    assert_eq!(owners.len(), 1);
+}
+
+#[test]
+fn invites_go_to_the_callees_supernode_and_failures_come_back() {
+    let mut net = Net::new(4);
+    net.run(3_000);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(0, 1, &alice, "alice");
+    net.sign_in(3, 1, &bob, "bob");
     let env = SignalEnvelope {
         call_id: CallId([1; 16]),
         from: bob.user_id(),
@@ -151,97 +362,95 @@ fn mesh_replicates_claims_forwards_lookups_and_routes_invites() {
         to_supernode: addr(4000),
         body: CallSignal::Ringing,
     };
-    b.on_message(3, Message::Signal(env.clone()), 0);
-    let out = pump(&mut a, &mut b, 100, 200);
-    assert_eq!(sent_to(&out, 1), vec![Message::Signal(env.clone())]);
-    // Unknown supernode: the sender learns at once.
+    net.sns[3].on_message(1, Message::Signal(env.clone()), net.now);
+    net.pump();
+    assert_eq!(net.take_client_msgs(0, 1), vec![Message::Signal(env.clone())]);
+    // Alice leaves: bob's supernode is told the signal could not be delivered.
+    net.sns[0].on_closed(1, net.now);
+    net.sns[3].on_message(1, Message::Signal(env.clone()), net.now);
+    net.pump();
+    assert!(
+        matches!(&net.take_client_msgs(3, 1)[..], [Message::SignalFailed { reason, .. }] if reason.contains("no longer"))
+    );
+    // A supernode that does not answer: failure after the retries.
     let lost = SignalEnvelope { to_supernode: addr(4999), ..env.clone() };
-    b.on_message(3, Message::Signal(lost), 0);
-    assert!(matches!(&sent_to(&drain(&mut b), 3)[..], [Message::SignalFailed { .. }]));
-    // Spoofed sender closes the connection.
-    b.on_message(3, Message::Signal(SignalEnvelope { from: alice.user_id(), ..env }), 0);
-    assert!(drain(&mut b).iter().any(|o| matches!(o, SnOutput::Close(3, _))));
+    net.sns[3].on_message(1, Message::Signal(lost), net.now);
+    net.run(6_000);
+    assert!(matches!(&net.take_client_msgs(3, 1)[..], [Message::SignalFailed { .. }]));
+    // A spoofed sender closes the connection.
+    net.sns[3].on_message(1, Message::Signal(SignalEnvelope { from: alice.user_id(), ..env }), net.now);
+    assert!(drain(&mut net.sns[3]).iter().any(|o| matches!(o, SnOutput::Close(1, _))));
 }
 
 #[test]
-fn duplicate_links_resolve_to_one() {
-    let mut a = sn(1, 4000, vec![]);
-    let mut b = sn(2, 4001, vec![]);
-    // Both dial at once.
-    link(&mut a, &mut b, 100, 200);
-    link(&mut b, &mut a, 201, 101);
-    let (oa, ob) = (drain(&mut a), drain(&mut b));
-    let closed_a: Vec<_> =
-        oa.iter().filter_map(|o| if let SnOutput::Close(c, _) = o { Some(*c) } else { None }).collect();
-    let closed_b: Vec<_> =
-        ob.iter().filter_map(|o| if let SnOutput::Close(c, _) = o { Some(*c) } else { None }).collect();
-    assert_eq!(closed_a.len(), 1);
-    assert_eq!(closed_b.len(), 1);
-    // They closed the two ends of the same TCP connection.
-    let pair = [(100, 200), (101, 201)];
-    assert!(pair.contains(&(closed_a[0], closed_b[0])), "{closed_a:?} {closed_b:?}");
-}
-
-#[test]
-fn lookup_times_out_to_local_answer() {
-    let mut a = sn(1, 4000, vec![]);
-    let mut b = sn(2, 4001, vec![]);
-    link(&mut a, &mut b, 100, 200);
-    pump(&mut a, &mut b, 100, 200);
-    join_client(&mut a, 1, &Identity::from_seed([10; 32]));
-    a.on_message(1, Message::Lookup { req_id: 1, name: "ghost".into() }, 0);
-    drain(&mut a); // the forwarded lookup is lost
-    a.on_tick(LOOKUP_TIMEOUT_MS);
-    assert_eq!(sent_to(&drain(&mut a), 1), vec![Message::LookupResult { req_id: 1, answer: LookupAnswer::Unknown }]);
+fn datagrams_not_sealed_with_the_network_key_are_refused() {
+    let mut net = Net::new(3);
+    net.run(3_000);
+    // An outsider with its own key tries to join, and to declare a member dead.
+    let mut outsider = sn(9, 4999, vec![addr(4000)]);
+    outsider.cfg.network_key = NetworkKey::new([42; 32]);
+    outsider.membership = Membership::new(outsider.membership.me(), vec![addr(4000)], MembershipConfig::default(), 0);
+    outsider.on_tick(net.now);
+    let out = drain(&mut outsider);
+    assert!(!out.is_empty());
+    for o in out {
+        if let SnOutput::Datagram { bytes, .. } = o {
+            net.sns[0].on_datagram(addr(4999), &bytes, net.now);
+        }
+    }
+    // Garbage with the right first byte, and plain garbage.
+    net.sns[0].on_datagram(addr(4999), &[supervox_proto::overlay::OVERLAY_MAGIC; 64], net.now);
+    net.sns[0].on_datagram(addr(4999), &[], net.now);
+    net.pump();
+    assert!(net.sns[0].stats().overlay_refused >= 3);
+    assert_eq!(net.sns[0].peer_addrs().len(), 2, "the outsider did not join");
+    assert!(drain(&mut net.sns[0]).is_empty(), "nothing answered to the outsider");
 }
 
 #[test]
 fn stun_dial_backs_are_relayed_and_rate_limited() {
-    let mut a = sn(1, 4000, vec![]);
-    let mut b = sn(2, 4001, vec![]);
-    link(&mut a, &mut b, 100, 200);
-    pump(&mut a, &mut b, 100, 200);
+    let mut net = Net::new(2);
+    net.run(3_000);
     let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-    assert!(a.request_dial_back(addr(4001), [7; 12], client, client, 0));
-    assert!(!a.request_dial_back(addr(4999), [7; 12], client, client, 0), "not linked");
-    let out = drain(&mut a);
-    let Some(SnOutput::Send(100, m)) = out.first() else { panic!("{out:?}") };
-    b.on_message(200, m.clone(), 0);
-    assert_eq!(
-        drain(&mut b),
-        vec![SnOutput::StunDialBack { transaction_id: [7; 12], mapped: client, to: client, padding: 0 }]
-    );
+    assert_eq!(net.sns[0].dial_back_partner(), Some(addr(4001)));
+    assert!(net.sns[0].request_dial_back(addr(4001), [7; 12], client, client, 0));
+    assert!(!net.sns[0].request_dial_back(addr(4999), [7; 12], client, client, 0), "not a member");
+    let out = drain(&mut net.sns[0]);
+    let Some(SnOutput::Datagram { bytes, .. }) = out.first() else { panic!("{out:?}") };
+    let now = net.now;
+    net.sns[1].on_datagram(addr(4000), bytes, now);
+    let dial_backs = |o: Vec<SnOutput>| o.into_iter().filter(|o| matches!(o, SnOutput::StunDialBack { .. })).count();
+    assert_eq!(dial_backs(drain(&mut net.sns[1])), 1);
     for _ in 0..(DIAL_BACKS_PER_SEC + 50) {
-        b.on_message(200, m.clone(), 10);
+        net.sns[1].on_datagram(addr(4000), bytes, now + 10);
     }
-    assert_eq!(drain(&mut b).len(), DIAL_BACKS_PER_SEC as usize - 1, "budget per second");
-    b.on_message(200, m.clone(), 1_010);
-    assert_eq!(drain(&mut b).len(), 1, "budget renewed");
+    assert_eq!(dial_backs(drain(&mut net.sns[1])), DIAL_BACKS_PER_SEC as usize - 1, "budget per second");
+    net.sns[1].on_datagram(addr(4000), bytes, now + 1_010);
+    assert_eq!(dial_backs(drain(&mut net.sns[1])), 1, "budget renewed");
 }
 
 #[test]
 fn a_lookup_flood_is_rate_limited_per_client_and_others_are_served() {
-    let mut s = sn(1, 4000, vec![]);
+    let mut net = Net::new(1);
     let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
-    sign_in(&mut s, 1, &alice, "alice");
-    sign_in(&mut s, 2, &mallory, "mallory");
-    drain(&mut s);
+    net.sign_in(0, 1, &alice, "alice");
+    net.sign_in(0, 2, &mallory, "mallory");
     let now = 5_000;
     for i in 0..1_000 {
-        s.on_message(2, Message::Lookup { req_id: i, name: "alice".into() }, now);
+        net.sns[0].on_message(2, Message::Lookup { req_id: i, name: "alice".into() }, now);
     }
-    let out = drain(&mut s);
+    let out = drain(&mut net.sns[0]);
     let to_mallory = sent_to(&out, 2);
     let answered = to_mallory.iter().filter(|m| matches!(m, Message::LookupResult { .. })).count();
     let refused =
         to_mallory.iter().filter(|m| matches!(m, Message::Error { reason } if reason == "rate limited")).count();
     assert_eq!(answered, CLIENT_REQUESTS_PER_SEC as usize);
     assert_eq!(refused, 1_000 - answered);
-    assert_eq!(s.stats().rate_limited, refused as u64);
+    assert_eq!(net.sns[0].stats().rate_limited, refused as u64);
     // Alice, in the same second, is served as usual.
-    s.on_message(1, Message::Lookup { req_id: 1, name: "mallory".into() }, now);
-    assert!(matches!(sent_to(&drain(&mut s), 1)[..], [Message::LookupResult { .. }]));
+    net.sns[0].on_message(1, Message::Lookup { req_id: 1, name: "mallory".into() }, now);
+    assert!(matches!(sent_to(&drain(&mut net.sns[0]), 1)[..], [Message::LookupResult { .. }]));
     // And mallory's budget comes back a second later.
-    s.on_message(2, Message::Lookup { req_id: 7, name: "alice".into() }, now + 1_000);
-    assert!(matches!(sent_to(&drain(&mut s), 2)[..], [Message::LookupResult { .. }]));
+    net.sns[0].on_message(2, Message::Lookup { req_id: 7, name: "alice".into() }, now + 1_000);
+    assert!(matches!(sent_to(&drain(&mut net.sns[0]), 2)[..], [Message::LookupResult { .. }]));
 }

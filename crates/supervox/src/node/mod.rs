@@ -411,7 +411,7 @@ impl Node {
                 }
                 ClientOutput::Datagram(to, bytes) => {
                     // Media is real-time: a full socket buffer drops the packet.
-                    if let Err(e) = self.udp.try_send_to(&bytes, to) {
+                    if let Err(e) = crate::udp_send::send_now(&self.udp, &bytes, to) {
                         tracing::debug!("media send to {to}: {e}");
                     }
                 }

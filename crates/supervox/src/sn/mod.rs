@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::time::Duration;
 use supervox_core::link::LinkEvent;
+use supervox_core::overlay::wire::NetworkKey;
 use supervox_core::supernode::{SnOutput, Supernode, SupernodeConfig};
 use supervox_core::ConnId;
 use supervox_turn::TurnConfig;
@@ -50,6 +51,9 @@ pub struct SnOptions {
     pub relay_tls_listen: Vec<SocketAddr>,
     /// PEM certificate chain and key for TLS, instead of the self-signed pair kept in `data_dir`.
     pub relay_tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The overlay's network key (only its holders are members); the open
+    /// test network's key if unset.
+    pub network_key: Option<[u8; 32]>,
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
@@ -105,11 +109,18 @@ impl BoundSupernode {
         let identity = data.identity()?;
         let claims = data.claims()?;
         info!("supernode {} at {} ({} stored claims)", identity.fingerprint(), self.advertise, claims.len());
+        let network_key = match self.opts.network_key {
+            Some(k) => NetworkKey::new(k),
+            None => {
+                warn!("no --network-key: joining the open test network, where anyone may run a supernode");
+                NetworkKey::open_network()
+            }
+        };
         let cfg = SupernodeConfig {
-            advertise: self.advertise,
-            seeds: self.opts.seeds.clone(),
             max_clients: self.opts.max_clients,
             agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
+            network_key,
+            ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
         let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
         let secret = match &self.opts.relay_secret {
@@ -211,19 +222,13 @@ impl BoundSupernode {
                         links.close(conn, &reason);
                         sn.on_closed(conn, now_ms());
                     }
-                    NetEvent::Dialed(addr, Ok(stream)) => match links.adopt(stream, true, sn.hello()) {
-                        Ok(conn) => sn.on_connected(conn, addr, Some(addr)),
-                        Err(e) => { warn!("link to {addr} failed: {e}"); sn.on_dial_failed(addr, now_ms()) }
-                    },
-                    NetEvent::Dialed(addr, Err(e)) => {
-                        info!("supernode {addr} unreachable: {e}");
-                        sn.on_dial_failed(addr, now_ms());
-                    }
+                    // Supernodes do not dial: they talk in overlay datagrams.
+                    NetEvent::Dialed(..) => {}
                 },
                 Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
                 _ = tick.tick() => {
                     sn.on_tick(now_ms());
-                    udp.set_other(sn.peer_addrs().into_iter().min());
+                    udp.set_other(sn.dial_back_partner());
                     for (conn, reason) in links.tick() {
                         info!(conn, "link failed: {reason}");
                         sn.on_closed(conn, now_ms());
@@ -252,7 +257,7 @@ impl BoundSupernode {
                         links.close(conn, &reason);
                         sn.on_closed(conn, now_ms());
                     }
-                    SnOutput::Dial(addr) => links.dial(addr),
+                    SnOutput::Datagram { to, bytes, .. } => udp.send_overlay(to, bytes),
                     // Claims are written at the next tick, batching bursts.
                     SnOutput::ClaimsChanged => claims_dirty = true,
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
@@ -304,14 +309,16 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocati
     let st = sn.stats();
     crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
-        ("supernode_peers", "Supernodes linked.", sn.peer_addrs().len() as u64),
+        ("supernode_peers", "Other live supernodes in the membership.", sn.peer_addrs().len() as u64),
+        ("overlay_refused_total", "Overlay datagrams refused (wrong key, malformed).", st.overlay_refused),
+        ("handoffs_total", "Records handed to new holders.", st.handoffs),
         ("connections", "Open TCP connections, including handshakes.", connections as u64),
         ("claims", "Name claims held.", sn.claim_count() as u64),
         ("claims_accepted_total", "Claims accepted from clients.", st.claims_accepted),
         ("claims_refused_total", "Claims refused.", st.claims_refused),
         ("presence_refused_total", "Presence records refused.", st.presence_refused),
         ("lookups_total", "Lookups from clients.", st.lookups),
-        ("lookups_forwarded_total", "Lookups forwarded to peers.", st.lookups_forwarded),
+        ("lookups_forwarded_total", "Lookups sent to holders (hedges included).", st.lookups_forwarded),
         ("signals_routed_total", "Call signals routed.", st.signals_routed),
         ("signals_failed_total", "Call signals not deliverable.", st.signals_failed),
         ("redirects_total", "Clients redirected because full.", st.redirects),

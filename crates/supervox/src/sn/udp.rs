@@ -22,6 +22,7 @@
 //! it only for rare things (dial-back orders, the peer answering "change IP").
 
 use crate::links::now_ms;
+use crate::udp_send::send_now;
 use anyhow::{Context, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 pub enum UdpEvent {
     /// A client asked for a "change IP" answer: the peer supernode must send it.
     DialBack { peer: SocketAddr, order: DialBack },
+    /// An overlay datagram from another supernode (still sealed).
+    Overlay { from: SocketAddr, bytes: Vec<u8> },
 }
 
 /// A TURN-over-TCP or -TLS connection's traffic, for the plane thread. `transport`
@@ -138,6 +141,7 @@ pub async fn serve_stream<S>(
 enum Command {
     SetOther(Option<SocketAddr>),
     DialBack(DialBack),
+    Overlay { to: SocketAddr, bytes: Vec<u8> },
 }
 
 /// Handle to the UDP plane thread; dropping it stops the thread and closes every socket.
@@ -206,15 +210,21 @@ impl UdpPlane {
         match ev {
             UdpEvent::DialBack { peer, order: d } => {
                 if !sn.request_dial_back(peer, d.transaction_id, d.mapped, d.to, d.padding) {
-                    debug!("dial-back peer {peer} not linked");
+                    debug!("dial-back peer {peer} not a live member");
                 }
             }
+            UdpEvent::Overlay { from, bytes } => sn.on_datagram(from, &bytes, now_ms()),
         }
     }
 
     /// Send a dial-back response for a peer supernode from our advertised socket.
     pub fn dial_back(&self, order: DialBack) {
         let _ = self.cmd.send(Command::DialBack(order));
+    }
+
+    /// Send a sealed overlay datagram from our advertised socket.
+    pub fn send_overlay(&self, to: SocketAddr, bytes: Vec<u8>) {
+        let _ = self.cmd.send(Command::Overlay { to, bytes });
     }
 }
 
@@ -316,6 +326,10 @@ async fn run(
                 None => break,
                 Some(Command::SetOther(o)) => plane.borrow_mut().stun.other = o,
                 Some(Command::DialBack(order)) => plane.borrow().dial_back(order),
+                Some(Command::Overlay { to, bytes }) => {
+                    let p = plane.borrow();
+                    p.send_from(p.main, to, &bytes);
+                }
             },
             Some(ev) = tcp.recv() => plane.borrow_mut().on_tcp(ev),
             _ = tick.tick() => {
@@ -407,10 +421,18 @@ impl Plane {
     /// A datagram on a listen socket: ChannelData straight to its peer, else STUN, else TURN.
     fn on_listen(&mut self, local: SocketAddr, public: SocketAddr, from: SocketAddr, bytes: &[u8]) {
         let now = now_ms();
+        if supervox_core::overlay::wire::is_overlay(bytes) {
+            // Overlay traffic waits in a bounded queue: a flood is dropped
+            // here, before any decryption work.
+            if self.tx.try_send(UdpEvent::Overlay { from, bytes: bytes.to_vec() }).is_err() {
+                debug!("overlay datagram from {from} dropped: actor busy");
+            }
+            return;
+        }
         if packet_kind(bytes) == PacketKind::ChannelData {
             if let Some((relay, peer, data)) = self.turn.route_client_channel_data(from, public, bytes, now) {
                 if let Some((sock, _)) = self.relays.get(&relay) {
-                    if let Err(e) = sock.try_send_to(data, peer) {
+                    if let Err(e) = send_now(sock, data, peer) {
                         debug!("relay send to {peer}: {e}");
                     }
                 }
@@ -508,7 +530,7 @@ impl Plane {
 
     fn send_from(&self, local: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         if let Some((s, _)) = self.listen.get(&local) {
-            if let Err(e) = s.try_send_to(bytes, to) {
+            if let Err(e) = send_now(s, bytes, to) {
                 debug!("UDP send to {to}: {e}");
             }
         }
@@ -529,7 +551,7 @@ impl Plane {
                 }
                 Output::ToPeer { relay_addr, peer, bytes } => {
                     if let Some((s, _)) = self.relays.get(&relay_addr) {
-                        if let Err(e) = s.try_send_to(&bytes, peer) {
+                        if let Err(e) = send_now(s, &bytes, peer) {
                             debug!("relay send to {peer}: {e}");
                         }
                     }

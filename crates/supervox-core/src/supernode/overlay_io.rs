@@ -1,0 +1,203 @@
+//! The supernode's side of the overlay: sealed datagrams in and out,
+//! membership upkeep, call signals between supernodes, STUN dial-backs.
+
+use super::index::{Pending, MAX_PENDING, MAX_TRIES, RETRY_MS};
+use super::{SnOutput, Supernode};
+use crate::overlay::membership::MemberEvent;
+use crate::ConnId;
+use std::net::SocketAddr;
+use supervox_proto::overlay::{OverlayMsg, OverlayPacket};
+use supervox_proto::{CallId, Message, SignalEnvelope};
+use tracing::{debug, info, warn};
+
+/// Signals remembered to drop retransmitted copies.
+const SEEN_SIGNALS: usize = 4_096;
+
+/// A message's kind, for the driver's metrics and the simulator.
+pub fn overlay_kind(msg: &OverlayMsg) -> &'static str {
+    match msg {
+        OverlayMsg::Join => "Join",
+        OverlayMsg::Members { .. } => "Members",
+        OverlayMsg::Ping { .. } => "Ping",
+        OverlayMsg::Ack { .. } => "Ack",
+        OverlayMsg::PingReq { .. } => "PingReq",
+        OverlayMsg::SyncDigest { .. } => "SyncDigest",
+        OverlayMsg::SyncBuckets { .. } => "SyncBuckets",
+        OverlayMsg::SyncPull { .. } => "SyncPull",
+        OverlayMsg::Claim { .. } => "Claim",
+        OverlayMsg::ClaimAns { .. } => "ClaimAns",
+        OverlayMsg::Publish { .. } => "Publish",
+        OverlayMsg::PublishAns { .. } => "PublishAns",
+        OverlayMsg::Unpublish { .. } => "Unpublish",
+        OverlayMsg::Lookup { .. } => "Lookup",
+        OverlayMsg::LookupAns { .. } => "LookupAns",
+        OverlayMsg::Store { .. } => "Store",
+        OverlayMsg::StoreAck { .. } => "StoreAck",
+        OverlayMsg::Signal { .. } => "Signal",
+        OverlayMsg::SignalAck { .. } => "SignalAck",
+        OverlayMsg::StunDialBack { .. } => "StunDialBack",
+    }
+}
+
+impl Supernode {
+    /// A UDP datagram that starts with the overlay magic byte arrived from
+    /// `from`. Anything not sealed with our network key is dropped and
+    /// counted: outsiders can neither join, nor probe, nor touch the index.
+    pub fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) {
+        let packet = match self.cfg.network_key.open(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.overlay_refused += 1;
+                if self.stats.overlay_refused.is_power_of_two() {
+                    warn!("overlay datagram from {from} refused: {e}");
+                }
+                return;
+            }
+        };
+        let OverlayPacket { from: member, msg } = packet;
+        debug!("overlay {} from {from}", overlay_kind(&msg));
+        if member.id == self.me {
+            return;
+        }
+        self.membership.observe(member, now_ms);
+        if let OverlayMsg::Unpublish { user } = msg {
+            self.directory.remove_presence_at(&user, member.addr);
+        } else if !self.membership.on_msg(from, &member, &msg, now_ms) {
+            if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
+                self.on_peer_msg(from, member.id, msg, now_ms);
+            }
+        }
+        self.flush_membership(now_ms);
+    }
+
+    fn on_peer_msg(&mut self, from: SocketAddr, from_id: supervox_proto::UserId, msg: OverlayMsg, now_ms: u64) {
+        match msg {
+            OverlayMsg::Signal { req, env } => {
+                let dup = self.seen_signals.contains(&(from_id, req));
+                let result = if env.to_supernode != self.cfg.advertise {
+                    Err("not this supernode's client".to_string())
+                } else {
+                    match self.clients.get(&env.to) {
+                        Some(&to) => {
+                            if !dup {
+                                self.send(to, Message::Signal(env));
+                            }
+                            Ok(())
+                        }
+                        None => Err("callee is no longer connected to its supernode".to_string()),
+                    }
+                };
+                if !dup {
+                    self.seen_signals.push_back((from_id, req));
+                    if self.seen_signals.len() > SEEN_SIGNALS {
+                        self.seen_signals.pop_front();
+                    }
+                }
+                self.send_overlay(from, OverlayMsg::SignalAck { req, result });
+            }
+            OverlayMsg::SignalAck { req, result } => {
+                if let Some(Pending::Signal { conn, env, .. }) = self.pending.remove(&req) {
+                    match result {
+                        Ok(()) => self.stats.signals_routed += 1,
+                        Err(reason) => self.signal_failed(conn, env.call_id, reason),
+                    }
+                }
+            }
+            OverlayMsg::StunDialBack { transaction_id, mapped, to, padding } => {
+                if self.dial_backs.take(now_ms) {
+                    self.out.push_back(SnOutput::StunDialBack { transaction_id, mapped, to, padding });
+                }
+            }
+            other => debug!("unexpected overlay message {} from {from}", overlay_kind(&other)),
+        }
+    }
+
+    /// Seal and queue one overlay message.
+    pub(super) fn send_overlay(&mut self, to: SocketAddr, msg: OverlayMsg) {
+        let kind = overlay_kind(&msg);
+        let packet = OverlayPacket { from: self.membership.me(), msg };
+        match self.cfg.network_key.seal(&packet, &mut self.rng) {
+            Ok(bytes) => self.out.push_back(SnOutput::Datagram { to, bytes, kind }),
+            Err(e) => warn!("overlay {kind} to {to} not sent: {e}"),
+        }
+    }
+
+    /// Send what the membership wants sent and act on live-set changes.
+    pub(super) fn flush_membership(&mut self, now_ms: u64) {
+        while let Some((to, msg)) = self.membership.poll_send() {
+            self.send_overlay(to, msg);
+        }
+        self.place_all(now_ms);
+        while let Some(ev) = self.membership.poll_event() {
+            match ev {
+                MemberEvent::Up(m) => info!("supernode {} is a member (load {}%)", m.addr, m.load),
+                MemberEvent::Down(m) => info!("supernode {} is down", m.addr),
+            }
+            self.on_member_event(ev, now_ms);
+        }
+    }
+
+    /// A call signal from one of our clients.
+    pub(super) fn route_from_client(&mut self, conn: ConnId, env: SignalEnvelope, now_ms: u64) {
+        if env.to_supernode == self.cfg.advertise {
+            match self.clients.get(&env.to) {
+                Some(&to) => {
+                    self.stats.signals_routed += 1;
+                    self.send(to, Message::Signal(env));
+                }
+                None => self.signal_failed(conn, env.call_id, "callee is not connected to its supernode".into()),
+            }
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            return self.signal_failed(conn, env.call_id, "supernode busy".into());
+        }
+        self.retry_signal(0, conn, env, 0, now_ms);
+    }
+
+    /// Send (or resend) a signal to the callee's supernode; `req` 0 = new.
+    pub(super) fn retry_signal(&mut self, req: u64, conn: ConnId, env: SignalEnvelope, tries: u8, now_ms: u64) {
+        if tries >= MAX_TRIES {
+            let reason = format!("callee's supernode {} does not answer", env.to_supernode);
+            return self.signal_failed(conn, env.call_id, reason);
+        }
+        let req = if req == 0 {
+            self.next_req += 1;
+            self.next_req
+        } else {
+            req
+        };
+        self.send_overlay(env.to_supernode, OverlayMsg::Signal { req, env: env.clone() });
+        let next = now_ms + RETRY_MS * (1 << tries);
+        self.pending.insert(req, Pending::Signal { conn, env, tries: tries + 1, next });
+    }
+
+    fn signal_failed(&mut self, conn: ConnId, call_id: CallId, reason: String) {
+        self.stats.signals_failed += 1;
+        if self.conns.get(&conn).and_then(|c| c.user()).is_some() {
+            self.send(conn, Message::SignalFailed { call_id, reason });
+        }
+    }
+
+    /// Ask the supernode at `peer` to answer a client's STUN request from its
+    /// address (NAT filtering discovery). False if it is not a live member.
+    pub fn request_dial_back(
+        &mut self,
+        peer: SocketAddr,
+        transaction_id: [u8; 12],
+        mapped: SocketAddr,
+        to: SocketAddr,
+        padding: u16,
+    ) -> bool {
+        if self.membership.by_addr(&peer).is_none() {
+            return false;
+        }
+        self.send_overlay(peer, OverlayMsg::StunDialBack { transaction_id, mapped, to, padding });
+        true
+    }
+
+    /// A live member to ask for dial-backs: the same one while it lives.
+    pub fn dial_back_partner(&self) -> Option<SocketAddr> {
+        self.membership.live().map(|m| m.addr).min()
+    }
+}
