@@ -24,7 +24,7 @@ mod promotion;
 mod reach;
 mod relay;
 
-pub use relay::ExternalRelay;
+pub use relay::{ExternalRelay, RelayTransport};
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +46,8 @@ pub struct RelayCredentials {
     pub expires_ms: u64,
     /// TURN servers (UDP).
     pub relays: Vec<SocketAddr>,
+    /// The supernode's TURN-over-TLS listeners and certificate hash, if it has any.
+    pub tls: Option<supervox_proto::RelayTls>,
 }
 
 /// Client settings.
@@ -62,8 +64,9 @@ pub struct ClientConfig {
     pub force_relay: bool,
     /// A TURN server to use instead of our supernode's relay.
     pub external_relay: Option<ExternalRelay>,
-    /// Reach the relay over TCP from the start (otherwise only once UDP proves blocked).
-    pub relay_over_tcp: bool,
+    /// Reach the relay only this way; `None` (auto): UDP, then TCP once UDP proves blocked,
+    /// then TLS once plain TCP to the relay fails too.
+    pub relay_transport: Option<RelayTransport>,
     /// Offer to serve as a supernode (`--supernode auto`).
     pub volunteer: Option<VolunteerConfig>,
 }
@@ -160,10 +163,17 @@ pub enum ClientOutput {
     Close(ConnId, String),
     /// Send a media datagram.
     Datagram(SocketAddr, Vec<u8>),
-    /// Open the TCP stream to this TURN server (TURN over TCP: UDP is blocked here);
-    /// feed what arrives to [`Client::on_relay_frame`], report its end with
-    /// [`Client::on_relay_stream_closed`]. Replaces any previous relay stream.
-    RelayConnect(SocketAddr),
+    /// Open the TCP stream to this TURN server (TURN over TCP: UDP is blocked here), inside
+    /// TLS when `tls` names the SHA-256 of the DER certificate the server must present
+    /// (pinned; anything else fails the stream); feed what arrives to
+    /// [`Client::on_relay_frame`], report its end with [`Client::on_relay_stream_closed`].
+    /// Replaces any previous relay stream.
+    RelayConnect {
+        /// The TURN server.
+        server: SocketAddr,
+        /// TLS with this pinned certificate hash, or plain TCP.
+        tls: Option<[u8; 32]>,
+    },
     /// Write these bytes (one TURN message or padded ChannelData) to the relay stream.
     RelayStream(Vec<u8>),
     /// Close the relay stream.
@@ -201,8 +211,11 @@ pub struct Client {
     relay: Option<RelayCredentials>,
     turn: Option<supervox_turn::TurnClient>,
     relay_retry_ms: u64,
-    /// Reach the relay over TCP: UDP is blocked here (probe or a timed-out allocation).
-    relay_over_tcp: bool,
+    /// How the relay is reached from now on: UDP, or TCP once UDP proved blocked here (probe
+    /// or a timed-out allocation), or TLS once plain TCP failed too (or as configured).
+    relay_transport: RelayTransport,
+    /// How the allocation in `turn` reaches its server.
+    turn_via: RelayTransport,
     next_req: u64,
     promotion: promotion::Promotion,
     rng: StdRng,
@@ -212,7 +225,7 @@ pub struct Client {
 impl Client {
     /// A client that will sign in through the supernodes in `host_cache`.
     pub fn new(identity: Identity, cfg: ClientConfig, host_cache: HostCache, rng_seed: u64) -> Self {
-        let relay_over_tcp = cfg.relay_over_tcp;
+        let relay_transport = cfg.relay_transport.unwrap_or(RelayTransport::Udp);
         Self {
             identity,
             cfg,
@@ -231,7 +244,8 @@ impl Client {
             relay: None,
             turn: None,
             relay_retry_ms: 0,
-            relay_over_tcp,
+            relay_transport,
+            turn_via: relay_transport,
             next_req: 1,
             promotion: promotion::Promotion::default(),
             rng: StdRng::seed_from_u64(rng_seed),
@@ -480,8 +494,9 @@ impl Client {
             Message::Signal(env) => self.on_signal(env, now_ms),
             Message::SignalFailed { call_id, reason } => self.fail_call(call_id, &reason, now_ms, false),
             Message::Error { reason } => warn!("supernode says: {reason}"),
-            Message::RelayCredentials { username, password, expires_ms, relays } => {
-                self.on_relay_credentials(RelayCredentials { username, password, expires_ms, relays }, now_ms);
+            Message::RelayCredentials { username, password, expires_ms, relays, tls } => {
+                let creds = RelayCredentials { username, password, expires_ms, relays, tls };
+                self.on_relay_credentials(creds, now_ms);
             }
             Message::Promote { network_key, seeds } => self.on_promote(network_key, seeds),
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),

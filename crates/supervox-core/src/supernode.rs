@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use supervox_proto::overlay::{Member, MemberState};
-use supervox_proto::{LookupAnswer, Message, NameClaim, Role, UserId};
+use supervox_proto::{LookupAnswer, Message, NameClaim, RelayTls, Role, UserId};
 use tracing::{debug, info, warn};
 
 mod index;
@@ -195,6 +195,8 @@ pub struct Supernode {
     dial_backs: RateLimit,
     /// TURN secret and credential lifetime (s), when this supernode relays.
     relay: Option<(Vec<u8>, u64)>,
+    /// Our TURN-over-TLS listeners and certificate hash, handed out with the credentials.
+    relay_tls: Option<RelayTls>,
 }
 
 impl Supernode {
@@ -228,6 +230,7 @@ impl Supernode {
             stats: SnStats::default(),
             dial_backs: RateLimit::new(DIAL_BACKS_PER_SEC),
             relay: None,
+            relay_tls: None,
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();
@@ -248,6 +251,12 @@ impl Supernode {
     /// with `secret` and valid for `ttl_secs` (renewed with each presence).
     pub fn enable_relay_credentials(&mut self, secret: Vec<u8>, ttl_secs: u64) {
         self.relay = Some((secret, ttl_secs));
+    }
+
+    /// Tell clients, with their credentials, where our relay also takes TURN over TLS and
+    /// which certificate (SHA-256 of its DER) it shows there.
+    pub fn enable_relay_tls(&mut self, tls: RelayTls) {
+        self.relay_tls = Some(tls);
     }
 
     /// Our advertised address.
@@ -463,7 +472,8 @@ impl Supernode {
             let (username, password) = supervox_turn::mint_credentials(secret, &user.0, now_ms / 1000, *ttl);
             let expires_ms = (now_ms / 1000 + ttl) * 1000;
             let relays = vec![self.cfg.advertise];
-            self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays });
+            let tls = self.relay_tls.clone();
+            self.send(conn, Message::RelayCredentials { username, password, expires_ms, relays, tls });
         }
     }
 

@@ -253,8 +253,10 @@ pub enum Message {
         password: String,
         /// When they stop working (unix ms).
         expires_ms: u64,
-        /// TURN servers they are good for (UDP).
+        /// TURN servers they are good for (UDP; over TCP the address the client dialled).
         relays: Vec<SocketAddr>,
+        /// The supernode's TURN-over-TLS listeners and the certificate they show, if it has any.
+        tls: Option<RelayTls>,
     },
     /// Client → SN: I can serve as a supernode at `advertise` (listening
     /// there on TCP and UDP, public: the address the SN sees me at).
@@ -271,6 +273,20 @@ pub enum Message {
         seeds: Vec<SocketAddr>,
     },
 }
+
+/// Where a supernode serves TURN over TLS (`--relay-tls-listen`), and how a client knows it
+/// is talking to that supernode: the certificate is self-signed, so clients pin its hash
+/// instead of checking a CA chain. It arrives over the authenticated, encrypted link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayTls {
+    /// SHA-256 of the DER certificate the TLS listeners present.
+    pub fingerprint: [u8; 32],
+    /// TLS listen addresses, as reachable by clients (e.g. port 443).
+    pub relays: Vec<SocketAddr>,
+}
+
+/// TLS relay addresses a client considers at most (a longer list is cut, not refused).
+pub const MAX_TLS_RELAYS: usize = 8;
 
 /// Why bytes did not decode into a [`Message`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -345,6 +361,20 @@ mod tests {
                 },
             }),
             Message::ClaimResult { name: "x".into(), result: Err("taken".into()) },
+            Message::RelayCredentials {
+                username: "1:ab".into(),
+                password: "pw".into(),
+                expires_ms: 5,
+                relays: vec![sn],
+                tls: Some(RelayTls { fingerprint: [0xAB; 32], relays: vec![sn, "[::1]:443".parse().unwrap()] }),
+            },
+            Message::RelayCredentials {
+                username: "u".into(),
+                password: "p".into(),
+                expires_ms: 0,
+                relays: vec![],
+                tls: None,
+            },
         ];
         for m in msgs {
             assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);
@@ -360,6 +390,33 @@ mod tests {
         b.push(0);
         assert!(matches!(decode_message(&b), Err(DecodeError::Malformed(_))));
         assert_eq!(decode_message(&[]), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn relay_credentials_with_tls_have_a_fixed_layout_and_bad_ones_are_refused() {
+        let m = Message::RelayCredentials {
+            username: "u".into(),
+            password: "p".into(),
+            expires_ms: 1,
+            relays: vec![],
+            tls: Some(RelayTls { fingerprint: [7; 32], relays: vec!["127.0.0.1:443".parse().unwrap()] }),
+        };
+        let b = encode_message(&m).unwrap();
+        // version, variant 14, "u", "p", 1, no UDP relays, Some, 32 raw bytes, one address.
+        let mut want = vec![PROTOCOL_VERSION, 14, 1, b'u', 1, b'p', 1, 0, 1];
+        want.extend_from_slice(&[7; 32]);
+        want.extend_from_slice(&[1, 0, 127, 0, 0, 1, 0xbb, 0x03]);
+        assert_eq!(b, want);
+        // Every truncation, a short fingerprint, a bad option tag, and a huge claimed list length fail cleanly.
+        for n in 0..b.len() {
+            assert!(decode_message(&b[..n]).is_err(), "{n} bytes decoded");
+        }
+        let mut bad_tag = b.clone();
+        bad_tag[8] = 2;
+        assert!(matches!(decode_message(&bad_tag), Err(DecodeError::Malformed(_))));
+        let mut huge = b[..9 + 32].to_vec();
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(decode_message(&huge), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -260,7 +260,7 @@ impl Sim {
                 ClientOutput::Event(e) => self.client_event(c, e),
                 ClientOutput::Datagram(..)
                 | ClientOutput::HostCacheChanged
-                | ClientOutput::RelayConnect(_)
+                | ClientOutput::RelayConnect { .. }
                 | ClientOutput::RelayStream(_)
                 | ClientOutput::RelayDisconnect => {}
             }

@@ -43,6 +43,8 @@ pub async fn run(json_out: bool) -> Result<bool> {
             max_allocations: 100,
             relay_secret: None,
             relay_allow_loopback: false,
+            relay_tls_listen: vec![],
+            relay_tls_files: None,
             network_key: Some(network_key),
         })
         .await?;
@@ -67,7 +69,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             media: node::media::MediaConfig::default(),
             force_relay: false,
             external_relay: None,
-            relay_over_tcp: false,
+            relay_transport: None,
             supernode: None,
         };
         let stop = stop.clone();

@@ -10,4 +10,5 @@ pub mod node;
 pub mod relay_stream;
 pub mod sn;
 pub mod store;
+pub mod tls;
 pub mod udp_send;

@@ -72,6 +72,19 @@ struct SupernodeArgs {
     /// so only this supernode can mint them).
     #[arg(long, value_name = "SECRET")]
     relay_secret: Option<String>,
+    /// Also serve TURN over TLS (RFC 8656 §3.1) on this TCP address (repeatable, e.g.
+    /// 0.0.0.0:443), for clients whose firewall lets only TLS or port 443 out. The
+    /// certificate is self-signed (made on first start in the data dir); clients pin its
+    /// SHA-256, which they get with their relay credentials.
+    #[arg(long, value_name = "IP:PORT")]
+    relay_tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for --relay-tls-listen instead of the self-signed one
+    /// (e.g. a CA-issued one for other TURN clients). Needs --relay-tls-key.
+    #[arg(long, value_name = "PATH", requires = "relay_tls_key")]
+    relay_tls_cert: Option<PathBuf>,
+    /// PEM private key of --relay-tls-cert (mode 0600).
+    #[arg(long, value_name = "PATH", requires = "relay_tls_cert")]
+    relay_tls_key: Option<PathBuf>,
     /// Let TURN relay to loopback peers (single-machine tests only: in production it would
     /// let clients reach services on the supernode's own host).
     #[arg(long, hide = true)]
@@ -144,11 +157,20 @@ struct NodeArgs {
     #[arg(long)]
     force_relay: bool,
     /// A TURN server (e.g. coturn) to take the relay candidate from instead of the
-    /// supernode's relay. Needs --turn-username and --turn-password.
-    #[arg(long, value_name = "IP:PORT", requires_all = ["turn_username", "turn_password"])]
-    turn_server: Option<SocketAddr>,
-    /// How to reach the relay: `auto` (UDP, TCP once UDP proves blocked) or `tcp` (always
-    /// TURN over TCP, for networks that pass only TCP).
+    /// supernode's relay: `IP:PORT` or `turn:IP:PORT` (UDP, or TCP when UDP is blocked),
+    /// `turns:IP:PORT` (TURN over TLS; needs --turn-tls-fingerprint). Needs
+    /// --turn-username and --turn-password.
+    #[arg(long, value_name = "[turn:|turns:]IP:PORT", requires_all = ["turn_username", "turn_password"])]
+    turn_server: Option<TurnServerSpec>,
+    /// SHA-256 of the DER certificate a `turns:` --turn-server must present (hex, colons
+    /// allowed; `openssl x509 -noout -fingerprint -sha256 -in cert.pem` prints it). The
+    /// certificate is pinned, not checked against CAs.
+    #[arg(long, value_name = "SHA256", value_parser = parse_fingerprint)]
+    turn_tls_fingerprint: Option<[u8; 32]>,
+    /// How to reach the relay: `auto` (UDP; TCP once UDP proves blocked; TLS once plain TCP
+    /// fails too and the supernode serves TLS), `tcp` (always TURN over TCP, for networks
+    /// that pass only TCP) or `tls` (always TURN over TLS to the supernode's
+    /// --relay-tls-listen port, for networks that pass only TLS or only port 443).
     #[arg(long, value_enum, default_value = "auto")]
     relay_transport: RelayTransport,
     /// Username on --turn-server (long-term credential).
@@ -163,6 +185,31 @@ struct NodeArgs {
 enum RelayTransport {
     Auto,
     Tcp,
+    Tls,
+}
+
+/// `--turn-server`: an address, with `turn:` or `turns:` (TLS) in front or not.
+#[derive(Clone, Copy, Debug)]
+struct TurnServerSpec {
+    addr: SocketAddr,
+    tls: bool,
+}
+
+impl std::str::FromStr for TurnServerSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tls, rest) = match (s.strip_prefix("turns:"), s.strip_prefix("turn:")) {
+            (Some(r), _) => (true, r),
+            (_, Some(r)) => (false, r),
+            _ => (false, s),
+        };
+        let addr = rest.parse().map_err(|_| format!("{rest:?} is not IP:PORT (host names are not resolved)"))?;
+        Ok(Self { addr, tls })
+    }
+}
+
+fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    supervox::tls::parse_fingerprint(s)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -270,6 +317,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 max_allocations: a.max_allocations,
                 relay_secret: a.relay_secret,
                 relay_allow_loopback: a.relay_allow_loopback,
+                relay_tls_listen: a.relay_tls_listen,
+                relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
                 network_key: a.network_key,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
@@ -277,6 +326,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
         }
         Cmd::Node(a) => {
             supervox_proto::record::validate_name(&a.name)?;
+            let (relay_transport, external_relay) = relay_settings(&a)?;
             let data_dir = a.data_dir.unwrap_or_else(|| DataDir::default_path(&format!("node-{}", a.name)));
             let control = a.control.unwrap_or_else(|| data_dir.join("control.sock"));
             let supernode = match (a.supernode, a.supernode_listen) {
@@ -300,13 +350,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 media_bind: a.media,
                 media: MediaConfig { jitter_buffer: a.jitter_buffer, fec: matches!(a.fec, OnOff::On) },
                 force_relay: a.force_relay,
-                relay_over_tcp: matches!(a.relay_transport, RelayTransport::Tcp),
-                external_relay: match (a.turn_server, a.turn_username, a.turn_password) {
-                    (Some(server), Some(username), Some(password)) => {
-                        Some(supervox_core::client::ExternalRelay { server, username, password })
-                    }
-                    _ => None,
-                },
+                relay_transport,
+                external_relay,
             };
             node::run(opts, shutdown_signal()).await?;
             Ok(true)
@@ -314,6 +359,42 @@ async fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Ctl(c) => run_ctl(c).await,
         Cmd::Demo { json } => demo::run(json).await,
     }
+}
+
+/// The relay transport and external TURN server a node's flags ask for, checked for conflicts.
+fn relay_settings(
+    a: &NodeArgs,
+) -> Result<(Option<supervox_core::client::RelayTransport>, Option<supervox_core::client::ExternalRelay>)> {
+    use supervox_core::client::{ExternalRelay, RelayTransport as Via};
+    let tls_server = a.turn_server.is_some_and(|t| t.tls);
+    let transport = match a.relay_transport {
+        RelayTransport::Auto => None,
+        RelayTransport::Tcp if tls_server => {
+            anyhow::bail!("--relay-transport tcp conflicts with a turns: --turn-server")
+        }
+        RelayTransport::Tcp => Some(Via::Tcp),
+        RelayTransport::Tls if a.turn_server.is_some() && !tls_server => {
+            anyhow::bail!("--relay-transport tls with an external relay: give --turn-server turns:IP:PORT")
+        }
+        RelayTransport::Tls => Some(Via::Tls),
+    };
+    match (tls_server, a.turn_tls_fingerprint) {
+        (true, None) => anyhow::bail!(
+            "a turns: --turn-server needs --turn-tls-fingerprint (the SHA-256 of its certificate: it is pinned)"
+        ),
+        (false, Some(_)) => anyhow::bail!("--turn-tls-fingerprint is for a turns: --turn-server"),
+        _ => {}
+    }
+    let external = match (a.turn_server, &a.turn_username, &a.turn_password) {
+        (Some(t), Some(username), Some(password)) => Some(ExternalRelay {
+            server: t.addr,
+            username: username.clone(),
+            password: password.clone(),
+            tls: a.turn_tls_fingerprint.filter(|_| t.tls),
+        }),
+        _ => None,
+    };
+    Ok((transport, external))
 }
 
 async fn run_ctl(c: CtlArgs) -> Result<bool> {

@@ -313,3 +313,194 @@ fn a_node_on_a_public_address_reports_open_reachability() {
     assert_eq!(r["mapping"], "endpoint-independent", "{r}");
     assert_eq!(r["filtering"], "endpoint-independent", "{r}");
 }
+
+/// True if the server has closed `s` by now (EOF or reset; data before the close is skipped).
+fn closed_now(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Connect to `to` from `from_ip` (another loopback address than the honest clients').
+fn connect_from(from_ip: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&format!("{from_ip}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// True once the server has closed `s` (EOF or reset) within `within`; false if it stays open.
+fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // A TLS alert for garbage: keep reading until the close.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn turn_over_tls_serves_a_call_and_coturns_tls_client_and_shrugs_off_junk() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let tls_addr = free_addr();
+    let tls_flag = tls_addr.to_string();
+    let relay = ["--relay-allow-loopback", "--relay-secret", "s3cret", "--relay-kbps", "0"];
+    let sn1 =
+        start_sn_with(root.path(), "sn1", free_addr(), &[], &[&relay[..], &["--relay-tls-listen", &tls_flag]].concat());
+    let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
+    // Signed-in clients learn the TLS relay and the hash of the certificate the SN made on first start.
+    let mut raw = raw::Raw::connect(sn1.addr, 5);
+    raw.sign_in("carol");
+    let tls = raw.relay_tls.clone().expect("the supernode announces its TLS relay");
+    assert_eq!(tls.relays, vec![tls_addr]);
+    let cert =
+        supervox::tls::RelayCert::load(&sn1.dir.join(supervox::tls::CERT_FILE), &sn1.dir.join(supervox::tls::KEY_FILE))
+            .unwrap();
+    assert_eq!(tls.fingerprint, cert.fingerprint);
+    // Alice reaches her relay only over TLS and holds her allocation there.
+    let wav = root.path().join("bob.wav");
+    let alice = start_node(root.path(), "alice", &[sn1.addr], &["--force-relay", "--relay-transport", "tls"]);
+    let bob =
+        start_node(root.path(), "bob", &[sn2.addr], &["--auto-answer", "--output", &format!("wav:{}", wav.display())]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    wait_relay(&alice, Duration::from_secs(10));
+    assert_eq!(status(&alice).unwrap()["relay"]["transport"], "tls");
+    // Junk from another address: idle connections that never say hello (more than one
+    // address may hold), garbage, and plain STUN on the TLS port.
+    let flood = Instant::now();
+    let mut idle: Vec<_> = (0..100).map(|_| connect_from("127.0.0.2", tls_addr)).collect();
+    let mut junk: Vec<_> = (0..4)
+        .map(|i| {
+            let mut s = connect_from("127.0.0.3", tls_addr);
+            let stun = [0u8, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+            let bytes: Vec<u8> = if i == 0 { stun.to_vec() } else { (0..500).map(|j| (j * 37 + i) as u8).collect() };
+            s.write_all(&bytes).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut junk {
+        assert!(closed_by_server(s, Duration::from_secs(2)), "garbage on the TLS port was not closed");
+    }
+    // Beyond the per-address limit, connections are closed at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = idle.iter_mut().map(closed_now).filter(|c| *c).count();
+    assert!((100 - 64..100).contains(&refused), "{refused} of 100 idle connections from one address were refused");
+    // Meanwhile coturn's own client runs TURN over TLS against the same port (-S: TLS).
+    let mut c = tool("turnutils_uclient");
+    c.args(["-t", "-S", "-y", "-c", "-W", "s3cret", "-u", "00aa11bb", "-p", &tls_addr.port().to_string()]).args([
+        "-n",
+        "20",
+        "-m",
+        "1",
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port(),
+        "127.0.0.1",
+    ]);
+    let (ok, out) = run(c, Duration::from_secs(30));
+    assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "uclient over TLS:\n{out}");
+    // And alice's call through her TLS allocation carries audio.
+    call_and_check(&alice, &bob, &wav, "relay-tcp");
+    // The idle connections met the handshake timeout (5 s).
+    std::thread::sleep((flood + Duration::from_millis(6_500)).saturating_duration_since(Instant::now()));
+    let open = idle.iter_mut().map(closed_now).filter(|c| !c).count();
+    assert_eq!(open, 0, "idle TLS connections were kept past the handshake timeout");
+    let log = std::fs::read_to_string(root.path().join("sn1.log")).unwrap_or_default();
+    assert!(log.contains(&format!("TURN over TLS on {tls_addr}")), "{log}");
+}
+
+#[test]
+fn a_node_pins_the_certificate_of_an_external_turns_server() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    // coturn with a self-signed certificate; the nodes are told its hash.
+    let certs = root.path().join("coturn");
+    std::fs::create_dir_all(&certs).unwrap();
+    let cert = supervox::tls::RelayCert::load_or_create(&certs).unwrap();
+    let (plain, tls) = (free_addr(), free_addr());
+    let mut turnserver = tool("turnserver");
+    turnserver
+        .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port"])
+        .arg(plain.port().to_string())
+        .arg("--tls-listening-port")
+        .arg(tls.port().to_string())
+        .arg("--cert")
+        .arg(certs.join(supervox::tls::CERT_FILE))
+        .arg("--pkey")
+        .arg(certs.join(supervox::tls::KEY_FILE))
+        .args(["--lt-cred-mech", "--user", "carol:pa55", "--realm", "supervox.test", "--allow-loopback-peers"])
+        .args(["--no-dtls", "--no-cli", "--no-stdout-log", "--log-file", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _coturn = Proc { child: turnserver.spawn().expect("start turnserver"), name: "coturn".into() };
+    std::thread::sleep(Duration::from_millis(500));
+    let server = format!("turns:{tls}");
+    let ext = |pin: &str| {
+        [
+            "--force-relay".to_string(),
+            "--turn-server".into(),
+            server.clone(),
+            "--turn-tls-fingerprint".into(),
+            pin.into(),
+            "--turn-username".into(),
+            "carol".into(),
+            "--turn-password".into(),
+            "pa55".into(),
+        ]
+    };
+    let good = ext(&supervox::tls::format_fingerprint(&cert.fingerprint));
+    let bad = ext(&"00".repeat(32));
+    let wav = root.path().join("bob.wav");
+    let alice = start_node(root.path(), "alice", &[sn.addr], &good.iter().map(String::as_str).collect::<Vec<_>>());
+    let mallory = start_node(root.path(), "mallory", &[sn.addr], &bad.iter().map(String::as_str).collect::<Vec<_>>());
+    let bob =
+        start_node(root.path(), "bob", &[sn.addr], &["--auto-answer", "--output", &format!("wav:{}", wav.display())]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let relayed = wait_relay(&alice, Duration::from_secs(10));
+    assert_ne!(relayed, sn.addr.to_string());
+    assert_eq!(status(&alice).unwrap()["relay"]["transport"], "tls");
+    call_and_check(&alice, &bob, &wav, "relay-tcp");
+    // Another certificate than the pinned one: no allocation.
+    wait_signed_in(&mallory, Duration::from_secs(10));
+    assert!(status(&mallory).unwrap()["relay"]["allocated"].is_null());
+    let log = std::fs::read_to_string(root.path().join("node-mallory.log")).unwrap_or_default();
+    assert!(log.contains("TLS handshake with") && log.contains("certificate"), "{log}");
+}
+
+#[test]
+fn contradictory_relay_flags_are_refused() {
+    let base = ["node", "--name", "x", "--seed", "127.0.0.1:9", "--turn-username", "u", "--turn-password", "p"];
+    for (extra, says) in [
+        (&["--turn-server", "turns:127.0.0.1:5349"][..], "--turn-tls-fingerprint"),
+        (&["--turn-server", "127.0.0.1:3478", "--relay-transport", "tls"][..], "turns:"),
+        (&["--turn-server", "127.0.0.1:3478", "--turn-tls-fingerprint", &"ab".repeat(32)][..], "turns:"),
+        (&["--turn-server", "turns:127.0.0.1:5349", "--turn-tls-fingerprint", "abcd"][..], "32 bytes"),
+        (&["--turn-server", "turns:relay.example:5349"][..], "IP:PORT"),
+    ] {
+        let out = Command::new(BIN).args(base).args(extra).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{extra:?}: {err}");
+    }
+}

@@ -2,13 +2,20 @@
 //! on our supernode's relay (with the credentials it hands signed-in clients)
 //! or on an external TURN server given in the configuration.
 //!
-//! The allocation shares the media socket: TURN traffic goes to and comes
-//! from the server's address; relayed data is handed to the calls as having
-//! arrived [`Via::Relay`] from the peer's address.
+//! Over UDP the allocation shares the media socket: TURN traffic goes to and
+//! comes from the server's address. Over a stream (TURN over TCP, or over TLS
+//! with the supernode's certificate pinned) the driver keeps one connection
+//! ([`ClientOutput::RelayConnect`]). Either way relayed data is handed to the
+//! calls as having arrived [`Via::Relay`] from the peer's address.
+//!
+//! Transport in auto mode only moves up: UDP; TCP once UDP proves blocked (the
+//! probe, or a UDP Allocate that timed out); TLS once TURN over TCP failed too
+//! (its stream closed or timed out before the allocation came up) and the
+//! supernode announced a TLS relay.
 
 use std::net::SocketAddr;
 
-use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, Transport};
+use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, Transport, MAX_TLS_RELAYS};
 use supervox_turn::{ClientTransport, TurnClient, TurnEvent};
 use tracing::{info, warn};
 
@@ -25,6 +32,39 @@ pub struct ExternalRelay {
     pub username: String,
     /// Long-term credential password.
     pub password: String,
+    /// Reach it over TLS (`turns:`), requiring a certificate whose DER has this SHA-256.
+    pub tls: Option<[u8; 32]>,
+}
+
+/// How a client reaches its TURN relay. Ordered: auto mode only moves up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RelayTransport {
+    /// Datagrams to the relay's UDP port, from the media socket.
+    Udp,
+    /// TURN over TCP (RFC 8656 §3.1) to the address we reached the supernode at.
+    Tcp,
+    /// TURN over TLS over TCP to the supernode's TLS listener, its certificate pinned.
+    Tls,
+}
+
+impl RelayTransport {
+    /// `udp`, `tcp` or `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayTransport::Udp => "udp",
+            RelayTransport::Tcp => "tcp",
+            RelayTransport::Tls => "tls",
+        }
+    }
+}
+
+/// Where and how to allocate.
+struct Target {
+    server: SocketAddr,
+    via: RelayTransport,
+    pin: Option<[u8; 32]>,
+    username: String,
+    password: String,
 }
 
 /// After a failed allocation, wait this long before the next try.
@@ -34,6 +74,12 @@ impl Client {
     /// Credentials from our supernode: allocate on its relay, or renew the
     /// credentials of the allocation we hold there.
     pub(super) fn on_relay_credentials(&mut self, creds: RelayCredentials, now_ms: u64) {
+        if self.cfg.relay_transport == Some(RelayTransport::Tls)
+            && self.cfg.external_relay.is_none()
+            && tls_relay(&creds).is_none()
+        {
+            warn!("relay transport is tls but this supernode serves no TURN over TLS: no relay");
+        }
         self.relay = Some(creds);
         if self.cfg.external_relay.is_none() {
             self.ensure_relay(now_ms);
@@ -45,20 +91,10 @@ impl Client {
         if now_ms < self.relay_retry_ms {
             return;
         }
-        let (server, user, pass) = match (&self.cfg.external_relay, &self.relay) {
-            (Some(e), _) => (e.server, e.username.clone(), e.password.clone()),
-            // Over TCP, the relay is reached where we reached the supernode: the
-            // supernode serves TURN on every TCP port, and only that one may get out.
-            (None, Some(c)) => match (self.relay_over_tcp, self.supernode_dialed(), c.relays.first().copied()) {
-                (true, Some(s), _) | (false, _, Some(s)) => (s, c.username.clone(), c.password.clone()),
-                _ => return,
-            },
-            (None, None) => return,
-        };
-        let transport = if self.relay_over_tcp { ClientTransport::Tcp } else { ClientTransport::Udp };
+        let Some(Target { server, via, pin, username, password }) = self.relay_target() else { return };
         if let Some(t) = self.turn.as_mut() {
-            if !t.is_dead() && t.server() == server && t.transport() == transport {
-                t.set_credentials(&user, &pass);
+            if !t.is_dead() && t.server() == server && self.turn_via == via {
+                t.set_credentials(&username, &password);
                 return;
             }
             // Another server or transport now (we moved supernode, UDP turned out
@@ -68,12 +104,40 @@ impl Client {
             self.drop_relay(now_ms);
         }
         let seed = self.rng_u64();
-        info!("allocating a relay on {server} over {transport:?}");
+        info!("allocating a relay on {server} over {}", via.as_str());
+        let transport = if via == RelayTransport::Udp { ClientTransport::Udp } else { ClientTransport::Tcp };
         if transport == ClientTransport::Tcp {
-            self.out.push_back(ClientOutput::RelayConnect(server));
+            self.out.push_back(ClientOutput::RelayConnect { server, tls: pin });
         }
-        self.turn = Some(TurnClient::new(server, transport, &user, &pass, seed, now_ms));
+        self.turn = Some(TurnClient::new(server, transport, &username, &password, seed, now_ms));
+        self.turn_via = via;
         self.flush_relay(now_ms);
+    }
+
+    /// The server to allocate on now, and how to reach it.
+    fn relay_target(&self) -> Option<Target> {
+        let want = self.relay_transport;
+        if let Some(e) = &self.cfg.external_relay {
+            // An external server is reached over TLS only when named so (`turns:`, with its pin).
+            let (via, pin) = match e.tls {
+                Some(pin) => (RelayTransport::Tls, Some(pin)),
+                None => (want.min(RelayTransport::Tcp), None),
+            };
+            let (username, password) = (e.username.clone(), e.password.clone());
+            return Some(Target { server: e.server, via, pin, username, password });
+        }
+        let c = self.relay.as_ref()?;
+        let (server, via, pin) = match (want, tls_relay(c)) {
+            (RelayTransport::Udp, _) => (*c.relays.first()?, RelayTransport::Udp, None),
+            (RelayTransport::Tls, Some((server, pin))) => (server, RelayTransport::Tls, Some(pin)),
+            // Told to use TLS only, and this supernode has none.
+            (RelayTransport::Tls, None) if self.cfg.relay_transport.is_some() => return None,
+            // Over TCP, the relay is reached where we reached the supernode: the supernode
+            // serves TURN on every TCP port, and only that one may get out. (Also in auto
+            // mode after a TLS fallback, with a supernode that serves no TLS.)
+            _ => (self.supernode_dialed()?, RelayTransport::Tcp, None),
+        };
+        Some(Target { server, via, pin, username: c.username.clone(), password: c.password.clone() })
     }
 
     /// Forget the allocation (it failed, or its stream closed); calls fail over
@@ -90,31 +154,56 @@ impl Client {
 
     /// UDP does not get out of this network: use TURN over TCP from now on.
     pub(super) fn relay_needs_tcp(&mut self, now_ms: u64) {
-        if self.relay_over_tcp {
+        if self.relay_transport >= RelayTransport::Tcp || self.cfg.relay_transport.is_some() {
             return;
         }
         info!("UDP is blocked: the relay will be reached over TCP");
-        self.relay_over_tcp = true;
-        if self.turn.as_ref().is_some_and(|t| t.transport() == ClientTransport::Udp) {
-            self.drop_relay(now_ms);
-            self.relay_retry_ms = now_ms;
+        self.relay_transport = RelayTransport::Tcp;
+        self.restart_relay(now_ms);
+    }
+
+    /// TURN over plain TCP did not get through either (the firewall lets only some ports
+    /// or only TLS out): use the supernode's TLS relay from now on, if it has one.
+    fn relay_needs_tls(&mut self, now_ms: u64) {
+        let has_tls = self.relay.as_ref().is_some_and(|c| tls_relay(c).is_some());
+        if self.relay_transport != RelayTransport::Tcp
+            || self.cfg.relay_transport.is_some()
+            || self.cfg.external_relay.is_some()
+            || !has_tls
+        {
+            return;
         }
+        info!("TURN over TCP failed: the relay will be reached over TLS");
+        self.relay_transport = RelayTransport::Tls;
+        self.restart_relay(now_ms);
+    }
+
+    /// Drop an allocation on a transport below the one we now want, and allocate again at once.
+    fn restart_relay(&mut self, now_ms: u64) {
+        if self.turn.is_some() && self.turn_via < self.relay_transport {
+            self.drop_relay(now_ms);
+        }
+        self.relay_retry_ms = now_ms;
         if self.supernode().is_some() {
             self.ensure_relay(now_ms);
         }
     }
 
-    /// A frame from the relay's TCP stream.
+    /// A frame from the relay's stream (TCP or TLS).
     pub fn on_relay_frame(&mut self, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
         self.turn.as_ref().filter(|t| t.transport() == ClientTransport::Tcp)?;
         self.relay_message(bytes, now_ms)
     }
 
-    /// The relay's TCP stream failed or closed: the allocation is gone with it.
+    /// The relay's stream failed or closed: the allocation is gone with it.
     pub fn on_relay_stream_closed(&mut self, now_ms: u64) {
-        if self.turn.as_ref().is_some_and(|t| t.transport() == ClientTransport::Tcp) {
-            warn!("relay stream closed");
-            self.drop_relay(now_ms);
+        let Some(t) = self.turn.as_ref().filter(|t| t.transport() == ClientTransport::Tcp) else { return };
+        // Plain TCP that never carried an allocation: maybe only TLS gets out.
+        let never_up = t.relayed().is_none() && self.turn_via == RelayTransport::Tcp;
+        warn!("relay stream closed");
+        self.drop_relay(now_ms);
+        if never_up {
+            self.relay_needs_tls(now_ms);
         }
     }
 
@@ -185,12 +274,17 @@ impl Client {
     /// What a new call's media path may use.
     pub(super) fn local_bases(&self) -> LocalBases {
         let relay = self.turn.as_ref().filter(|t| t.relayed().is_some()).map(|t| t.transport() == ClientTransport::Tcp);
-        LocalBases { relay, force_relay: self.cfg.force_relay, no_udp: self.relay_over_tcp }
+        LocalBases { relay, force_relay: self.cfg.force_relay, no_udp: self.relay_transport != RelayTransport::Udp }
     }
 
-    /// True when the relay is reached over TCP (UDP blocked, or configured so).
-    pub fn relay_over_tcp(&self) -> bool {
-        self.relay_over_tcp
+    /// How the relay is reached: the allocation's transport, or (without one) the one the
+    /// next allocation will use. TCP or TLS means UDP is not used for media either.
+    pub fn relay_transport(&self) -> RelayTransport {
+        if self.turn.is_some() {
+            self.turn_via
+        } else {
+            self.relay_transport
+        }
     }
 
     /// Our relayed address, when the allocation is up.
@@ -207,6 +301,7 @@ impl Client {
         }
         let mut came_up = None;
         let mut udp_timed_out = false;
+        let mut tcp_timed_out = false;
         while let Some(ev) = t.poll_event() {
             match ev {
                 TurnEvent::Allocated { relayed, mapped } => {
@@ -216,12 +311,19 @@ impl Client {
                 TurnEvent::Failed { code, reason } => {
                     warn!("relay allocation failed: {code} {reason}");
                     udp_timed_out |= code == 408 && !tcp && t.relayed().is_none();
+                    tcp_timed_out |= code == 408 && self.turn_via == RelayTransport::Tcp && t.relayed().is_none();
                 }
             }
         }
         if udp_timed_out {
             // The server is up (we are signed in to it over TCP) but UDP to it got no answer.
             self.relay_needs_tcp(now_ms);
+            return;
+        }
+        if tcp_timed_out {
+            // The stream connected (or hangs) but TURN gets no answer through it.
+            self.drop_relay(now_ms);
+            self.relay_needs_tls(now_ms);
             return;
         }
         if let Some(relayed) = came_up {
@@ -241,7 +343,7 @@ impl Client {
             .collect();
         for id in ids {
             let mut peers = Vec::new();
-            let tcp = self.relay_over_tcp;
+            let tcp = self.turn_via != RelayTransport::Udp;
             if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
                 p.set_relay(Some(tcp));
                 peers = p.remote_addrs();
@@ -263,4 +365,11 @@ pub(super) fn relay_candidate(relayed: SocketAddr) -> Candidate {
         addr: relayed,
         priority: super::reach::priority(PREF_RELAY, 65535),
     }
+}
+
+/// The supernode's TLS relay to use, with its certificate pin: the first usable address.
+fn tls_relay(c: &RelayCredentials) -> Option<(SocketAddr, [u8; 32])> {
+    let t = c.tls.as_ref()?;
+    let usable = |a: &&SocketAddr| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast();
+    t.relays.iter().take(MAX_TLS_RELAYS).find(usable).map(|a| (*a, t.fingerprint))
 }

@@ -21,10 +21,16 @@ struct Net {
     now: u64,
     /// Drop datagrams to this client.
     blackhole: Option<usize>,
+    /// Relay streams each client asked for: server and TLS pin.
+    relay_connects: Vec<Vec<(SocketAddr, Option<[u8; 32]>)>>,
 }
 
 impl Net {
     fn new(names: &[&str], auto_answer: bool) -> Self {
+        Self::new_with(names, auto_answer, |_| {})
+    }
+
+    fn new_with(names: &[&str], auto_answer: bool, tweak: impl Fn(&mut ClientConfig)) -> Self {
         let cfg = SupernodeConfig { max_clients: 10, agent: "t".into(), ..SupernodeConfig::new(addr(SN), vec![]) };
         let sn = Supernode::new(Identity::from_seed([99; 32]).user_id(), cfg, vec![], 1, 0);
         let clients = names
@@ -33,7 +39,9 @@ impl Net {
             .map(|(i, n)| {
                 let mut hc = HostCache::new();
                 hc.add(addr(SN));
-                let cfg = ClientConfig { name: n.to_string(), auto_answer, agent: "t".into(), ..Default::default() };
+                let mut cfg =
+                    ClientConfig { name: n.to_string(), auto_answer, agent: "t".into(), ..Default::default() };
+                tweak(&mut cfg);
                 let mut c = Client::new(Identity::from_seed([i as u8 + 1; 32]), cfg, hc, i as u64);
                 c.set_local_candidates(vec![Candidate {
                     kind: CandidateKind::Host,
@@ -53,6 +61,7 @@ impl Net {
             media: vec![vec![]; n],
             now: 1_000_000,
             blackhole: None,
+            relay_connects: vec![vec![]; n],
         }
     }
 
@@ -78,6 +87,8 @@ impl Net {
                             self.sn.on_established(conn, Role::Client, id, None, self.now);
                         }
                         ClientOutput::Send(c, m) => self.sn.on_message(c, m, self.now),
+                        // To the supernode's UDP port (STUN, TURN): lost, as if UDP were blocked.
+                        ClientOutput::Datagram(to, _) if to.port() < 5000 => {}
                         ClientOutput::Datagram(to, bytes) => {
                             let j = (to.port() - 5000) as usize;
                             if self.blackhole != Some(j) && j < self.clients.len() {
@@ -88,9 +99,9 @@ impl Net {
                             }
                         }
                         ClientOutput::Event(e) => self.events[i].push(e),
+                        ClientOutput::RelayConnect { server, tls } => self.relay_connects[i].push((server, tls)),
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
-                        | ClientOutput::RelayConnect(_)
                         | ClientOutput::RelayStream(_)
                         | ClientOutput::RelayDisconnect => {}
                     }
@@ -239,4 +250,90 @@ fn reconnects_after_losing_the_supernode() {
     assert!(has(&net.events[0], |e| matches!(e, ClientEvent::LostSupernode { .. })));
     let signed_in = net.events[0].iter().filter(|e| matches!(e, ClientEvent::SignedIn { .. })).count();
     assert_eq!(signed_in, 2);
+}
+
+/// A supernode that relays, also over TLS at `tls` with certificate hash `pin`.
+fn relaying_net(tweak: impl Fn(&mut ClientConfig), tls: Option<(SocketAddr, [u8; 32])>) -> Net {
+    let mut net = Net::new_with(&["alice"], false, tweak);
+    net.sn.enable_relay_credentials(b"secret".to_vec(), 3600);
+    if let Some((a, fingerprint)) = tls {
+        net.sn.enable_relay_tls(supervox_proto::RelayTls { fingerprint, relays: vec![a] });
+    }
+    net
+}
+
+#[test]
+fn relay_falls_back_from_udp_to_tcp_to_tls_in_auto_mode() {
+    let tls = (addr(443), [7; 32]);
+    let mut net = relaying_net(|_| {}, Some(tls));
+    // UDP to the supernode is lost: the UDP Allocate gives up after its retransmissions
+    // (~16 s), TURN over TCP follows to the address the supernode was reached at.
+    net.run(17_000);
+    assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tcp);
+    // Plain TCP is refused (a firewall that passes only 443): TLS to the announced listener, pinned.
+    let now = net.now;
+    net.clients[0].on_relay_stream_closed(now);
+    net.run(100);
+    assert_eq!(net.relay_connects[0].last(), Some(&(addr(443), Some([7; 32]))));
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tls);
+    // A TLS stream that fails is retried over TLS (after a pause), never back to TCP.
+    let n = net.relay_connects[0].len();
+    let now = net.now;
+    net.clients[0].on_relay_stream_closed(now);
+    net.run(6_000);
+    assert!(net.relay_connects[0].len() > n);
+    assert!(net.relay_connects[0][n..].iter().all(|c| *c == (addr(443), Some([7; 32]))), "{:?}", net.relay_connects);
+}
+
+#[test]
+fn without_a_tls_relay_auto_mode_keeps_retrying_tcp() {
+    let mut net = relaying_net(|_| {}, None);
+    net.run(17_000);
+    let now = net.now;
+    net.clients[0].on_relay_stream_closed(now);
+    net.run(6_000);
+    assert!(net.relay_connects[0].len() >= 2);
+    assert!(net.relay_connects[0].iter().all(|c| *c == (addr(SN), None)), "{:?}", net.relay_connects);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tcp);
+}
+
+#[test]
+fn forced_transports_do_not_move() {
+    // tls: straight to the TLS listener.
+    let mut net = relaying_net(|c| c.relay_transport = Some(RelayTransport::Tls), Some((addr(443), [9; 32])));
+    net.run(200);
+    assert_eq!(net.relay_connects[0], vec![(addr(443), Some([9; 32]))]);
+    // tls with a supernode that has none: no relay at all rather than another transport.
+    let mut net = relaying_net(|c| c.relay_transport = Some(RelayTransport::Tls), None);
+    net.run(17_000);
+    assert!(net.relay_connects[0].is_empty());
+    assert!(net.clients[0].relayed_addr().is_none());
+    // tcp: a refused stream is retried over TCP, not TLS.
+    let mut net = relaying_net(|c| c.relay_transport = Some(RelayTransport::Tcp), Some((addr(443), [9; 32])));
+    net.run(200);
+    let now = net.now;
+    net.clients[0].on_relay_stream_closed(now);
+    net.run(6_000);
+    assert!(net.relay_connects[0].len() >= 2);
+    assert!(net.relay_connects[0].iter().all(|c| *c == (addr(SN), None)), "{:?}", net.relay_connects);
+}
+
+#[test]
+fn an_external_turns_server_is_reached_over_tls_with_its_pin() {
+    let ext = ExternalRelay { server: addr(5349), username: "carol".into(), password: "pw".into(), tls: Some([3; 32]) };
+    let mut net = relaying_net(move |c| c.external_relay = Some(ext.clone()), None);
+    net.run(200);
+    assert_eq!(net.relay_connects[0], vec![(addr(5349), Some([3; 32]))]);
+}
+
+#[test]
+fn a_tcp_relay_stream_that_never_answers_falls_back_to_tls() {
+    let mut net = relaying_net(|_| {}, Some((addr(443), [7; 32])));
+    net.run(17_000);
+    assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
+    // The stream "connects" but nothing comes back (a middlebox that eats non-TLS bytes):
+    // the Allocate times out after 10 s.
+    net.run(11_000);
+    assert_eq!(net.relay_connects[0].last(), Some(&(addr(443), Some([7; 32]))));
 }

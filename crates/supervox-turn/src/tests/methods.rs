@@ -451,3 +451,23 @@ fn expiry_of_permissions_channels_and_allocations() {
     assert_eq!(h.released, vec![relay]);
     assert!(h.peer_send(relay, p2, b"a", end).is_empty());
 }
+
+#[test]
+fn tls_is_a_stream_transport_of_its_own_five_tuple() {
+    let mut h = Harness::new();
+    let mut tcp = TestClient::on(Transport::Tcp, "192.0.2.10:1000", b"u1");
+    let mut tls = TestClient::on(Transport::Tls, "192.0.2.10:1000", b"u2");
+    let r_tcp = relayed(&tcp.allocate(&mut h, T0));
+    let r_tls = relayed(&tls.allocate(&mut h, T0));
+    assert_ne!(r_tcp, r_tls);
+    let peer = addr(PEER);
+    assert_eq!(error_code(&tls.bind(&mut h, 0x4ABC, peer, T0)), None);
+    // ChannelData towards a TLS client is padded like TCP's.
+    let got = h.peer_send(r_tls, peer, b"abcde", T0);
+    assert_eq!(got[0].len(), 12);
+    // Closing the TLS connection ends only its own allocation.
+    h.s.handle_client_closed(tls.t.transport, tls.t.client, tls.t.server);
+    h.pump(T0);
+    assert_eq!(h.s.allocation_count(), 1);
+    assert_eq!(h.released, vec![r_tls]);
+}

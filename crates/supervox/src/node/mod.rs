@@ -54,8 +54,8 @@ pub struct NodeOptions {
     pub force_relay: bool,
     /// A TURN server to use instead of the supernode's relay.
     pub external_relay: Option<supervox_core::client::ExternalRelay>,
-    /// Reach the relay over TCP from the start.
-    pub relay_over_tcp: bool,
+    /// Reach the relay only this way (`None`: auto, UDP then TCP then TLS as needed).
+    pub relay_transport: Option<supervox_core::client::RelayTransport>,
     /// May become a supernode (`--supernode auto`).
     pub supernode: Option<PromotionOptions>,
 }
@@ -121,7 +121,7 @@ struct Node {
     watchers: HashMap<CallId, Watcher>,
     media: HashMap<CallId, ActiveMedia>,
     fatal: Option<String>,
-    /// The TURN-over-TCP stream to our relay (when UDP is blocked), and its generation.
+    /// The TURN-over-TCP (or -TLS) stream to our relay (when UDP is blocked), and its generation.
     relay_stream: Option<(u64, mpsc::Sender<Vec<u8>>)>,
     relay_generation: u64,
     relay_events: mpsc::Sender<RelayStreamEvent>,
@@ -166,6 +166,8 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
                 relay_secret: None,
                 relay_allow_loopback: false,
                 network_key: None,
+                relay_tls_listen: vec![],
+                relay_tls_files: None,
             })
             .await?;
             info!("may become a supernode at {}", sn.advertise());
@@ -186,7 +188,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
         force_relay: opts.force_relay,
         external_relay: opts.external_relay.clone(),
-        relay_over_tcp: opts.relay_over_tcp,
+        relay_transport: opts.relay_transport,
     };
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
@@ -424,8 +426,10 @@ impl Node {
             "host_cache": self.client.host_cache().len(),
             "relay": {
                 "servers": self.client.relay_credentials().map(|r| r.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+                "tls_servers": self.client.relay_credentials().and_then(|r| r.tls.as_ref())
+                    .map(|t| t.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
                 "allocated": self.client.relayed_addr().map(|a| a.to_string()),
-                "transport": if self.client.relay_over_tcp() { "tcp" } else { "udp" },
+                "transport": self.client.relay_transport().as_str(),
             },
             "media": self.udp.local_addr().ok().map(|a| a.to_string()),
             // Until the STUN probe has finished, say "unknown" rather than guess.
@@ -460,10 +464,10 @@ impl Node {
                         tracing::debug!("media send to {to}: {e}");
                     }
                 }
-                ClientOutput::RelayConnect(server) => {
+                ClientOutput::RelayConnect { server, tls } => {
                     self.relay_generation += 1;
                     let g = self.relay_generation;
-                    self.relay_stream = Some((g, relay_stream::open(server, g, self.relay_events.clone())));
+                    self.relay_stream = Some((g, relay_stream::open(server, tls, g, self.relay_events.clone())));
                 }
                 ClientOutput::RelayStream(bytes) => {
                     // Queued until connected; a full queue drops (media is real-time).

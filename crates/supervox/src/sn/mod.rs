@@ -1,6 +1,7 @@
 //! The supernode daemon: TCP listeners, the link actor, the UDP plane
-//! (STUN and TURN), persistence, metrics.
+//! (STUN and TURN), TURN over TLS listeners, persistence, metrics.
 
+mod tls;
 mod udp;
 
 use crate::links::{now_ms, LinkSet, NetEvent};
@@ -46,6 +47,10 @@ pub struct SnOptions {
     pub relay_secret: Option<String>,
     /// Relay to loopback peers (tests on one machine only).
     pub relay_allow_loopback: bool,
+    /// Where to serve TURN over TLS (e.g. port 443); none: no TLS.
+    pub relay_tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain and key for TLS, instead of the self-signed pair kept in `data_dir`.
+    pub relay_tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// The overlay's network key (only its holders are members); the open
     /// test network's key if unset.
     pub network_key: Option<[u8; 32]>,
@@ -56,6 +61,8 @@ pub struct BoundSupernode {
     listeners: Vec<TcpListener>,
     /// STUN/TURN sockets on the same addresses as `listeners`.
     udp: Vec<std::net::UdpSocket>,
+    /// TURN-over-TLS listeners.
+    tls: Vec<TcpListener>,
     advertise: SocketAddr,
     opts: SnOptions,
 }
@@ -85,7 +92,18 @@ impl BoundSupernode {
         // UDP on exactly the TCP ports (a `--listen IP:0` picked its TCP port already).
         let tcp_addrs = listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
         let udp = udp::bind_sockets(&tcp_addrs)?;
-        Ok(Self { listeners, udp, advertise, opts })
+        let mut tls = Vec::new();
+        for a in &opts.relay_tls_listen {
+            tls.push(TcpListener::bind(a).await.with_context(|| format!("cannot listen for TURN over TLS on {a}"))?);
+        }
+        Ok(Self { listeners, udp, tls, advertise, opts })
+    }
+
+    /// Where clients reach the TURN-over-TLS listeners (as announced to them).
+    pub fn relay_tls_addrs(&self) -> Vec<SocketAddr> {
+        let first = self.listeners.first().and_then(|l| l.local_addr().ok()).map(|a| a.ip());
+        let (Some(first), advertise) = (first, self.advertise) else { return Vec::new() };
+        self.tls.iter().filter_map(|l| l.local_addr().ok()).map(|a| tls::public_addr(a, first, advertise)).collect()
     }
 
     /// The address clients and peers use.
@@ -123,7 +141,28 @@ impl BoundSupernode {
         turn.max_allocations = self.opts.max_allocations;
         turn.allow_loopback_peers = self.opts.relay_allow_loopback;
         turn.software = Some(concat!("supervox/", env!("CARGO_PKG_VERSION")).into());
+        let relay_tls = if self.tls.is_empty() {
+            None
+        } else {
+            let cert = match &self.opts.relay_tls_files {
+                Some((c, k)) => crate::tls::RelayCert::load(c, k)?,
+                None => crate::tls::RelayCert::load_or_create(&self.opts.data_dir)?,
+            };
+            let relays = self.relay_tls_addrs();
+            info!(
+                "TURN over TLS on {} (certificate sha256 {})",
+                relays.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                crate::tls::format_fingerprint(&cert.fingerprint)
+            );
+            sn.enable_relay_tls(supervox_proto::RelayTls { fingerprint: cert.fingerprint, relays });
+            Some(tokio_rustls::TlsAcceptor::from(cert.server_config()?))
+        };
         let (mut udp, mut udp_rx) = udp::UdpPlane::bind(self.udp, self.advertise, turn).await?;
+        if let Some(acceptor) = relay_tls {
+            for l in self.tls {
+                tls::spawn_listener(l, acceptor.clone(), udp.tcp_events());
+            }
+        }
         let (ev_tx, mut ev_rx) = mpsc::channel(4096);
         let mut links = LinkSet::new(identity, ev_tx);
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);

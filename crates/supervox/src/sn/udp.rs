@@ -8,7 +8,9 @@
 //! loop instead of becoming a signalling link ([`is_turn_stream`]), so a
 //! client that can only get TCP out reaches the relay on the same port —
 //! 443 when the supernode listens there. Its frames reach the plane thread
-//! through a bounded queue (back-pressure on the TCP reader).
+//! through a bounded queue (back-pressure on the TCP reader). TURN over TLS
+//! (`--relay-tls-listen`, see `sn/tls.rs`) is the same stream service once the
+//! handshake is done. A stream that holds no allocation for 30 s is closed.
 //!
 //! Protocol logic lives in `supervox-stun` and `supervox-turn` (sans-IO);
 //! this module only owns sockets and moves datagrams.
@@ -33,7 +35,7 @@ use std::time::Duration;
 use supervox_core::supernode::Supernode;
 use supervox_stun::{BindingServer, DialBack, Reply, StunError};
 use supervox_turn::codec::{packet_kind, PacketKind, CHANNEL_HEADER_LEN};
-use supervox_turn::{AddressFamily, Output, RelayError, Transport, TurnConfig, TurnServer};
+use supervox_turn::{AddressFamily, FiveTuple, Output, RelayError, Transport, TurnConfig, TurnServer};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -59,19 +61,23 @@ pub enum UdpEvent {
     Overlay { from: SocketAddr, bytes: Vec<u8> },
 }
 
-/// A TURN-over-TCP connection's traffic, for the plane thread.
+/// A TURN-over-TCP or -TLS connection's traffic, for the plane thread. `transport`
+/// (`Tcp` or `Tls`) and `client` name the connection.
 #[derive(Debug)]
 pub enum TcpEvent {
     /// A client connected on our `local` TCP listen address; answers go to `writer`.
-    Open { client: SocketAddr, local: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    Open { transport: Transport, client: SocketAddr, local: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
     /// One TURN message or ChannelData from that client.
-    Frame { client: SocketAddr, bytes: Vec<u8> },
+    Frame { transport: Transport, client: SocketAddr, bytes: Vec<u8> },
     /// That client's connection ended.
-    Closed { client: SocketAddr },
+    Closed { transport: Transport, client: SocketAddr },
 }
 
-/// TURN-over-TCP clients served at most at once.
+/// TURN-over-TCP and -TLS clients served at most at once (together).
 pub const MAX_TCP_CLIENTS: usize = 4_096;
+/// A TURN stream that holds no allocation this long (never allocated, or its allocation
+/// ended) is closed, so idle connections do not keep slots of [`MAX_TCP_CLIENTS`].
+pub const STREAM_IDLE_MS: u64 = 30_000;
 /// Messages queued towards one TCP client before new ones are dropped.
 const TCP_WRITE_QUEUE: usize = 1_024;
 /// Frames from all TCP clients queued for the plane thread.
@@ -85,34 +91,50 @@ pub fn is_turn_stream(first: &[u8]) -> bool {
 
 /// Serve one TURN-over-TCP connection: frames in to the plane, its answers out.
 pub fn spawn_tcp_client(stream: tokio::net::TcpStream, client: SocketAddr, events: mpsc::Sender<TcpEvent>) {
-    use tokio::io::AsyncWriteExt;
     tokio::spawn(async move {
         let Ok(local) = stream.local_addr() else { return };
         let _ = stream.set_nodelay(true);
-        let (r, mut w) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
-        if events.send(TcpEvent::Open { client, local, writer: tx }).await.is_err() {
-            return;
-        }
-        let mut writer = tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                if w.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::select! {
-            ended = crate::relay_stream::read_frames(r, &events, |bytes| TcpEvent::Frame { client, bytes }) => {
-                if let Ok(reason) = ended {
-                    debug!("TURN stream from {client} ended: {reason}");
-                }
-            }
-            // The writer ended: the plane dropped it (limit reached) or the peer reset.
-            _ = &mut writer => {}
-        }
-        writer.abort();
-        let _ = events.send(TcpEvent::Closed { client }).await;
+        serve_stream(stream, Transport::Tcp, client, local, events).await;
     });
+}
+
+/// Serve one TURN stream (`transport` is `Tcp`, or `Tls` with TLS already terminated) from
+/// `client`, accepted on our `local` address, until it ends or the plane lets go of it.
+pub async fn serve_stream<S>(
+    stream: S,
+    transport: Transport,
+    client: SocketAddr,
+    local: SocketAddr,
+    events: mpsc::Sender<TcpEvent>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (r, mut w) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
+    if events.send(TcpEvent::Open { transport, client, local, writer: tx }).await.is_err() {
+        return;
+    }
+    let mut writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        // The plane let go (limit, idle): say goodbye properly (a TLS close_notify).
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    });
+    tokio::select! {
+        ended = crate::relay_stream::read_frames(r, &events, |bytes| TcpEvent::Frame { transport, client, bytes }) => {
+            if let Ok(reason) = ended {
+                debug!("TURN stream ({transport:?}) from {client} ended: {reason}");
+            }
+        }
+        // The writer ended: the plane dropped it (limit reached, idle) or the peer reset.
+        _ = &mut writer => {}
+    }
+    writer.abort();
+    let _ = events.send(TcpEvent::Closed { transport, client }).await;
 }
 
 /// Orders from the actor to the plane thread.
@@ -244,8 +266,18 @@ struct Plane {
     new_relays: Vec<(SocketAddr, Rc<UdpSocket>)>,
     tx: mpsc::Sender<UdpEvent>,
     allocations: Arc<AtomicUsize>,
-    /// TURN-over-TCP clients: their writer and the public address they reached.
-    tcp: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, SocketAddr)>,
+    /// TURN-over-TCP and -TLS clients.
+    tcp: HashMap<(Transport, SocketAddr), StreamClient>,
+}
+
+/// A TURN stream client as the plane knows it.
+struct StreamClient {
+    /// Where its answers go; dropping it closes the connection.
+    writer: mpsc::Sender<Vec<u8>>,
+    /// The address it reached us at (the server side of its 5-tuple).
+    public: SocketAddr,
+    /// Since when it has held no allocation.
+    idle_since: Option<u64>,
 }
 
 async fn run(
@@ -306,6 +338,7 @@ async fn run(
                     p.turn.handle_timeout(now_ms());
                     p.flush();
                 }
+                p.close_idle_streams(now_ms());
             }
         }
         start_relay_readers(&plane);
@@ -427,32 +460,49 @@ impl Plane {
         self.flush();
     }
 
-    /// Traffic of a TURN-over-TCP client.
+    /// Traffic of a TURN-over-TCP or -TLS client.
     fn on_tcp(&mut self, ev: TcpEvent) {
         match ev {
-            TcpEvent::Open { client, local, writer } => {
+            TcpEvent::Open { transport, client, local, writer } => {
                 if self.tcp.len() >= MAX_TCP_CLIENTS {
                     // Dropping the writer closes the connection.
-                    warn!("TURN over TCP: {MAX_TCP_CLIENTS} clients, refusing {client}");
+                    warn!("TURN over TCP/TLS: {MAX_TCP_CLIENTS} clients, refusing {client}");
                     return;
                 }
                 let public = self.listen.get(&local).map(|(_, p)| *p).unwrap_or(local);
-                self.tcp.insert(client, (writer, public));
+                self.tcp.insert((transport, client), StreamClient { writer, public, idle_since: Some(now_ms()) });
             }
-            TcpEvent::Frame { client, bytes } => {
-                if let Some((_, public)) = self.tcp.get(&client) {
-                    let public = *public;
+            TcpEvent::Frame { transport, client, bytes } => {
+                if let Some(c) = self.tcp.get(&(transport, client)) {
+                    let public = c.public;
                     // Binding over TCP is answered by the TURN server itself.
-                    self.turn.handle_client(Transport::Tcp, client, public, &bytes, now_ms());
+                    self.turn.handle_client(transport, client, public, &bytes, now_ms());
                 }
             }
-            TcpEvent::Closed { client } => {
-                if let Some((_, public)) = self.tcp.remove(&client) {
-                    self.turn.handle_client_closed(Transport::Tcp, client, public);
+            TcpEvent::Closed { transport, client } => {
+                if let Some(c) = self.tcp.remove(&(transport, client)) {
+                    self.turn.handle_client_closed(transport, client, c.public);
                 }
             }
         }
         self.flush();
+    }
+
+    /// Close the streams that have held no allocation for [`STREAM_IDLE_MS`].
+    fn close_idle_streams(&mut self, now: u64) {
+        let turn = &self.turn;
+        self.tcp.retain(|&(transport, client), c| {
+            if turn.relay_addr_of(&FiveTuple { transport, client, server: c.public }).is_some() {
+                c.idle_since = None;
+                return true;
+            }
+            let since = *c.idle_since.get_or_insert(now);
+            let keep = now.saturating_sub(since) < STREAM_IDLE_MS;
+            if !keep {
+                debug!("closing TURN stream ({transport:?}) from {client}: no allocation for {STREAM_IDLE_MS} ms");
+            }
+            keep
+        });
     }
 
     /// A datagram from a peer on a relay socket, in `buf[CHANNEL_HEADER_LEN..][..len]`.
@@ -493,14 +543,12 @@ impl Plane {
                     let local = self.by_public.get(&server).copied().unwrap_or(server);
                     self.send_from(local, client, &bytes);
                 }
-                Output::ToClient { transport: Transport::Tcp, client, bytes, .. } => {
-                    if let Some((w, _)) = self.tcp.get(&client) {
+                Output::ToClient { transport, client, bytes, .. } => {
+                    if let Some(c) = self.tcp.get(&(transport, client)) {
                         // A client that does not read loses datagrams, as over UDP.
-                        let _ = w.try_send(bytes);
+                        let _ = c.writer.try_send(bytes);
                     }
                 }
-                // TLS is not served.
-                Output::ToClient { .. } => {}
                 Output::ToPeer { relay_addr, peer, bytes } => {
                     if let Some((s, _)) = self.relays.get(&relay_addr) {
                         if let Err(e) = send_now(s, &bytes, peer) {

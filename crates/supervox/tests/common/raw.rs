@@ -16,6 +16,8 @@ pub struct Raw {
     pub id: Identity,
     sn: Option<SocketAddr>,
     pending: Vec<Message>,
+    /// The TURN-over-TLS relay the supernode announced with its credentials.
+    pub relay_tls: Option<supervox_proto::RelayTls>,
 }
 
 impl Raw {
@@ -26,7 +28,7 @@ impl Raw {
         let link = Link::initiator(&id, hello, 0).unwrap();
         let sock = TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut r = Raw { sock, link, id, sn: None, pending: Vec::new() };
+        let mut r = Raw { sock, link, id, sn: None, pending: Vec::new(), relay_tls: None };
         r.flush();
         r
     }
@@ -79,7 +81,10 @@ impl Raw {
         assert_eq!(self.recv(), Message::PublishResult { result: Ok(()) });
         // A signed-in client is handed TURN credentials for its supernode's relay.
         match self.recv() {
-            Message::RelayCredentials { username, password, relays, .. } => (username, password, relays),
+            Message::RelayCredentials { username, password, relays, tls, .. } => {
+                self.relay_tls = tls;
+                (username, password, relays)
+            }
             m => panic!("expected relay credentials, got {m:?}"),
         }
     }
