@@ -12,6 +12,6 @@ pub mod record;
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use message::{
     decode_message, encode_message, CallId, CallSignal, Candidate, CandidateKind, DecodeError, LookupAnswer, Message,
-    Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    NatBehaviour, NatReport, Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 pub use record::{NameClaim, Presence, RecordError, UserId};
