@@ -19,9 +19,11 @@ use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
 use tracing::{info, warn};
 
 mod calls;
+mod predict;
 mod reach;
 mod relay;
 
+pub use predict::Prediction;
 pub use relay::ExternalRelay;
 #[cfg(test)]
 mod tests;
@@ -149,6 +151,18 @@ pub enum ClientOutput {
     Close(ConnId, String),
     /// Send a media datagram.
     Datagram(SocketAddr, Vec<u8>),
+    /// Open up to this many spare UDP sockets (port prediction) on the media
+    /// socket's address, any port; report how many opened with
+    /// [`Client::on_spares_opened`] and feed what spare `i` (0, 1, …)
+    /// receives to [`Client::handle_spare_datagram`]. Replaces any open ones.
+    OpenSpares(u16),
+    /// Send a media datagram from spare socket `i`.
+    SpareDatagram(u16, SocketAddr, Vec<u8>),
+    /// Close the spare sockets, all but `keep` (it carries a call's media now).
+    CloseSpares {
+        /// The spare to keep open, if any.
+        keep: Option<u16>,
+    },
     /// Open the TCP stream to this TURN server (TURN over TCP: UDP is blocked here);
     /// feed what arrives to [`Client::on_relay_frame`], report its end with
     /// [`Client::on_relay_stream_closed`]. Replaces any previous relay stream.
@@ -195,6 +209,8 @@ pub struct Client {
     next_req: u64,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
+    /// The call that holds the spare sockets (port prediction), if any.
+    spares_owner: Option<CallId>,
 }
 
 impl Client {
@@ -223,6 +239,7 @@ impl Client {
             next_req: 1,
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
+            spares_owner: None,
         }
     }
 
