@@ -158,10 +158,11 @@ pub enum ClientOutput {
     OpenSpares(u16),
     /// Send a media datagram from spare socket `i`.
     SpareDatagram(u16, SocketAddr, Vec<u8>),
-    /// Close the spare sockets, all but `keep` (it carries a call's media now).
+    /// Close the spare sockets, all but those in `keep` (a call's media
+    /// runs on them now).
     CloseSpares {
-        /// The spare to keep open, if any.
-        keep: Option<u16>,
+        /// The spares to keep open (indices), maybe none.
+        keep: Vec<u16>,
     },
     /// Open the TCP stream to this TURN server (TURN over TCP: UDP is blocked here);
     /// feed what arrives to [`Client::on_relay_frame`], report its end with

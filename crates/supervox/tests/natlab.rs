@@ -112,7 +112,9 @@ cells! {
     call_fullcone_x_fullcone: FullCone x FullCone, same_router: false => "direct-udp";
     call_fullcone_x_strict: FullCone x Strict, same_router: false => "direct-udp";
     call_home_behind_cgnat_x_home: HomeBehindCgnat x Home, same_router: false => "direct-udp";
+    call_home_behind_cgnat_x_strict: HomeBehindCgnat x Strict, same_router: false => "direct-udp";
     call_home_x_strict: Home x Strict, same_router: false => "direct-udp";
+    call_strict_x_home: Strict x Home, same_router: false => "direct-udp";
     call_strict_x_strict: Strict x Strict, same_router: false => "relay-udp";
     call_public_x_captive_portal: Public x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_home_x_captive_portal: Home x CaptivePortal, same_router: false => "relay-udp|relay-tcp";

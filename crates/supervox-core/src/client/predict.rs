@@ -108,16 +108,16 @@ impl Client {
     pub fn on_spares_opened(&mut self, count: u16, now_ms: u64) {
         let Some(id) = self.spares_owner else {
             // Nobody wants them any more (the call ended meanwhile).
-            self.out.push_back(ClientOutput::CloseSpares { keep: None });
+            self.out.push_back(ClientOutput::CloseSpares { keep: Vec::new() });
             return;
         };
         let target = self.calls.get(&id).and_then(|c| c.peer_nat.as_ref()).and_then(|r| r.mapped.first().copied());
         let (Some(c), Some(target)) = (self.calls.get_mut(&id), target) else {
-            self.release_spares(None);
+            self.release_spares(Vec::new());
             return;
         };
         let Some(path) = c.path.as_mut() else {
-            self.release_spares(None);
+            self.release_spares(Vec::new());
             return;
         };
         c.prediction = Prediction::Started;
@@ -147,11 +147,11 @@ impl Client {
 
     /// Close the spare sockets but `keep`; with none kept they are free for
     /// another call.
-    pub(super) fn release_spares(&mut self, keep: Option<u16>) {
+    pub(super) fn release_spares(&mut self, keep: Vec<u16>) {
         if self.spares_owner.is_none() {
             return;
         }
-        if keep.is_none() {
+        if keep.is_empty() {
             self.spares_owner = None;
         }
         self.out.push_back(ClientOutput::CloseSpares { keep });
@@ -160,7 +160,7 @@ impl Client {
     /// Call `id` is gone: its spare sockets go with it.
     pub(super) fn drop_call_spares(&mut self, id: CallId) {
         if self.spares_owner == Some(id) {
-            self.release_spares(None);
+            self.release_spares(Vec::new());
         }
     }
 }

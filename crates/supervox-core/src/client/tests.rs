@@ -302,10 +302,10 @@ fn port_prediction_is_negotiated_in_the_call_signalling() {
     // Hanging up closes bob's spares; spares that open after the call are closed at once.
     net.clients[0].hangup(id, "bye", net.now);
     net.run(50);
-    assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: None }));
+    assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: vec![] }));
     net.clients[1].on_spares_opened(SPARE_SOCKETS, net.now);
     net.run(10);
-    assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: None }));
+    assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: vec![] }));
     assert_eq!(net.spare_ops[1].len(), 3);
 }
 

@@ -173,8 +173,8 @@ struct Spares {
     target: SocketAddr,
     next_round_ms: u64,
     until_ms: u64,
-    /// Once released: the spare still open (it carries the call), if any.
-    released: Option<Option<u16>>,
+    /// Once released: the spares still open (the peer has reached them).
+    released: Option<Vec<u16>>,
 }
 
 /// Port prediction state of one media path.
@@ -183,7 +183,7 @@ pub(super) struct Predictor {
     spray: Option<Spray>,
     spares: Option<Spares>,
     /// A release for the driver, not yet taken.
-    release: Option<Option<u16>>,
+    release: Option<Vec<u16>>,
     /// When prediction started (for the log).
     started_ms: u64,
 }
@@ -207,7 +207,7 @@ impl MediaPath {
             released: None,
         });
         if count == 0 {
-            self.release_spares(None);
+            self.release_spares(Vec::new());
         }
         self.tick_prediction(now_ms);
     }
@@ -224,9 +224,10 @@ impl MediaPath {
         self.tick_prediction(now_ms);
     }
 
-    /// Spare sockets the driver should close now, once: `Some(keep)` where
-    /// `keep` is the spare that carries the call (or none).
-    pub fn take_spare_release(&mut self) -> Option<Option<u16>> {
+    /// Spare sockets the driver should close now, once: `Some(keep)`, all
+    /// but the spares in `keep` (the one that carries the call, and any other
+    /// the peer has reached; empty when no spare carries the call).
+    pub fn take_spare_release(&mut self) -> Option<Vec<u16>> {
         self.predict.release.take()
     }
 
@@ -239,9 +240,9 @@ impl MediaPath {
     pub(super) fn spare_open(&self, i: u16) -> bool {
         self.predict.spares.as_ref().is_some_and(|s| {
             i < s.count
-                && match s.released {
+                && match &s.released {
                     None => true,
-                    Some(keep) => keep == Some(i),
+                    Some(keep) => keep.contains(&i),
                 }
         })
     }
@@ -250,15 +251,18 @@ impl MediaPath {
         self.selected.is_some_and(|i| self.rank(i) == 0)
     }
 
-    fn release_spares(&mut self, keep: Option<u16>) {
+    fn release_spares(&mut self, keep: Vec<u16>) {
         if let Some(s) = self.predict.spares.as_mut().filter(|s| s.released.is_none()) {
-            s.released = Some(keep);
+            s.released = Some(keep.clone());
             self.predict.release = Some(keep);
         }
     }
 
-    /// A direct pair carries the call: the spray stops, and the spares but
-    /// the one in use close.
+    /// A direct pair carries the call: the spray stops, and the spares close
+    /// but those the peer has reached. Guesses in flight can land on two
+    /// spares at once, and the peer may pick the other one: closing it would
+    /// cut the peer's path until its failover. A spare the peer reaches after
+    /// this is closed already and stays silent, so the peer never learns it.
     pub(super) fn settle_prediction(&mut self, now_ms: u64) {
         let Some(i) = self.selected.filter(|_| self.direct_in_use()) else {
             return;
@@ -272,13 +276,20 @@ impl MediaPath {
             );
         }
         if self.predict.spares.as_ref().is_some_and(|s| s.released.is_none()) {
-            let keep = match self.pairs[i].via {
-                Via::Spare(k) => Some(k),
-                _ => None,
-            };
+            let mut keep: Vec<u16> = self
+                .pairs
+                .iter()
+                .filter_map(|p| match p.via {
+                    Via::Spare(k) => Some(k),
+                    _ => None,
+                })
+                .collect();
+            keep.sort_unstable();
+            keep.dedup();
             tracing::info!(
-                "port prediction: direct pair {} on spare {keep:?} after {} ms",
+                "port prediction: direct pair {} via {:?} after {} ms; spares kept: {keep:?}",
                 self.pairs[i].remote,
+                self.pairs[i].via,
                 now_ms.saturating_sub(self.predict.started_ms)
             );
             self.release_spares(keep);
@@ -311,7 +322,7 @@ impl MediaPath {
         let round = match self.predict.spares.as_mut() {
             Some(s) if s.released.is_none() && now_ms >= s.until_ms => {
                 tracing::info!("port prediction: no direct pair on {} spare sockets; closing them", s.count);
-                self.release_spares(None);
+                self.release_spares(Vec::new());
                 None
             }
             Some(s) if s.released.is_none() && now_ms >= s.next_round_ms => {

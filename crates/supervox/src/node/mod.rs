@@ -434,7 +434,7 @@ impl Node {
                     self.client.on_spares_opened(opened, now);
                 }
                 ClientOutput::SpareDatagram(i, to, bytes) => self.spares.send(i, to, &bytes),
-                ClientOutput::CloseSpares { keep } => self.spares.close(keep),
+                ClientOutput::CloseSpares { keep } => self.spares.close(&keep),
                 ClientOutput::RelayConnect(server) => {
                     self.relay_generation += 1;
                     let g = self.relay_generation;

@@ -86,10 +86,10 @@ impl Spares {
         }
     }
 
-    /// Close every spare but `keep`.
-    pub fn close(&mut self, keep: Option<u16>) {
+    /// Close every spare but those in `keep`.
+    pub fn close(&mut self, keep: &[u16]) {
         for (i, s) in self.socks.iter_mut().enumerate() {
-            if keep != Some(i as u16) {
+            if !keep.contains(&(i as u16)) {
                 *s = None;
             }
         }
