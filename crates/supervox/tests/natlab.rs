@@ -82,12 +82,16 @@ struct Cell {
     path: &'static str,
 }
 
-// Cells still missing (they need TCP candidates or port prediction, not built yet):
+// Cells still missing (they need TCP candidates, not built yet):
 //
 // | caller         | callee         | the issue wants             | today                 |
 // |----------------|----------------|-----------------------------|-----------------------|
-// | Home           | Strict         | direct-udp (port prediction)| relay-udp (cell below)|
 // | Public         | CaptivePortal  | direct-tcp                  | relay (cell below)    |
+//
+// Home (or home behind a CGNAT) × Strict gets `direct-udp` through port
+// prediction (docs/PROTOCOL.md §4.6): the Strict side checks from 256 spare
+// sockets, the home side sprays guesses at the Strict router's public IP.
+// Strict × Strict stays relayed (both sides' ports are random).
 //
 // A cell's `path` lists the paths it accepts, `|`-separated: the issue's "X or
 // better" (relay-udp is better than relay-tcp). The caller's view is checked:
