@@ -165,6 +165,10 @@ pub struct Call {
     pub connected_ms: Option<u64>,
     /// The path reported to the user last.
     pub reported_path: Option<PathKind>,
+    /// The peer's NAT report (`CallSignal::Nat`), once received.
+    pub peer_nat: Option<supervox_proto::NatReport>,
+    /// Where port prediction stands.
+    pub prediction: crate::client::Prediction,
 }
 
 #[cfg(test)]

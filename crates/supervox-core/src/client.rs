@@ -20,10 +20,12 @@ use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
 use tracing::{info, warn};
 
 mod calls;
+mod predict;
 mod promotion;
 mod reach;
 mod relay;
 
+pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
 #[cfg(test)]
 mod tests;
@@ -163,6 +165,19 @@ pub enum ClientOutput {
     Close(ConnId, String),
     /// Send a media datagram.
     Datagram(SocketAddr, Vec<u8>),
+    /// Open up to this many spare UDP sockets (port prediction) on the media
+    /// socket's address, any port; report how many opened with
+    /// [`Client::on_spares_opened`] and feed what spare `i` (0, 1, …)
+    /// receives to [`Client::handle_spare_datagram`]. Replaces any open ones.
+    OpenSpares(u16),
+    /// Send a media datagram from spare socket `i`.
+    SpareDatagram(u16, SocketAddr, Vec<u8>),
+    /// Close the spare sockets, all but those in `keep` (a call's media
+    /// runs on them now).
+    CloseSpares {
+        /// The spares to keep open (indices), maybe none.
+        keep: Vec<u16>,
+    },
     /// Open the TCP stream to this TURN server (TURN over TCP: UDP is blocked here), inside
     /// TLS when `tls` names the SHA-256 of the DER certificate the server must present
     /// (pinned; anything else fails the stream); feed what arrives to
@@ -220,6 +235,8 @@ pub struct Client {
     promotion: promotion::Promotion,
     rng: StdRng,
     out: VecDeque<ClientOutput>,
+    /// The call that holds the spare sockets (port prediction), if any.
+    spares_owner: Option<CallId>,
 }
 
 impl Client {
@@ -250,6 +267,7 @@ impl Client {
             promotion: promotion::Promotion::default(),
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
+            spares_owner: None,
         }
     }
 

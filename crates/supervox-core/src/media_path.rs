@@ -7,6 +7,7 @@
 //! that: a better pair that starts answering takes over (upgrade), and when
 //! the pair in use stops answering consent checks the best other live pair
 //! takes over within [`FAILOVER_MS`] (failover). Both raise `path_changed`.
+//! Port prediction ([`predict`]) adds pairs where a NAT maps per destination.
 //!
 //! Wire format of every media datagram (see docs/PROTOCOL.md):
 //! `[kind u8][call tag 8][counter u64 BE][ChaCha20-Poly1305 ciphertext of
@@ -14,6 +15,8 @@
 //! The key comes from the callers' Noise IK handshake; the counter is the
 //! AEAD nonce, checked against a replay window after decryption. The path
 //! kind is where TCP and relayed transports slot in.
+
+pub mod predict;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -98,6 +101,8 @@ pub enum Via {
     Direct,
     /// Our TURN allocation (the peer sees our relayed address).
     Relay,
+    /// Spare socket `n` of port prediction's hard side, straight to the peer.
+    Spare(u16),
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +139,7 @@ pub struct MediaPath {
     srtt_ms: Option<f64>,
     out: VecDeque<(Via, SocketAddr, Vec<u8>)>,
     changed: Option<&'static str>,
+    predict: predict::Predictor,
 }
 
 impl std::fmt::Debug for MediaPath {
@@ -184,6 +190,7 @@ impl MediaPath {
             srtt_ms: None,
             out: VecDeque::new(),
             changed: None,
+            predict: predict::Predictor::default(),
         };
         p.add_remote_candidates(remote);
         p.handle_timeout(now_ms);
@@ -194,7 +201,13 @@ impl MediaPath {
         match via {
             Via::Relay => self.relay.is_some(),
             Via::Direct => !self.no_udp && (!self.force_relay || remote_relayed),
+            Via::Spare(i) => !self.no_udp && (!self.force_relay || remote_relayed) && self.spare_open(i),
         }
+    }
+
+    /// Pair `i` can be sent on now (its spare socket was not closed since).
+    fn pair_usable(&self, i: usize) -> bool {
+        self.usable(self.pairs[i].via, self.pairs[i].remote_relayed)
     }
 
     fn add_pair(&mut self, via: Via, remote: SocketAddr, remote_relayed: bool) -> Option<usize> {
@@ -249,8 +262,8 @@ impl MediaPath {
         match (p.via, self.relay) {
             (Via::Relay, Some(true)) => PathKind::RelayTcp,
             (Via::Relay, _) => PathKind::RelayUdp,
-            (Via::Direct, _) if p.remote_relayed => PathKind::RelayUdp,
-            (Via::Direct, _) => PathKind::DirectUdp,
+            (Via::Direct | Via::Spare(_), _) if p.remote_relayed => PathKind::RelayUdp,
+            (Via::Direct | Via::Spare(_), _) => PathKind::DirectUdp,
         }
     }
 
@@ -263,8 +276,8 @@ impl MediaPath {
     fn rank(&self, i: usize) -> u8 {
         let p = &self.pairs[i];
         match (p.via, p.remote_relayed) {
-            (Via::Direct, false) => 0,
-            (Via::Direct, true) | (Via::Relay, false) => 1,
+            (Via::Direct | Via::Spare(_), false) => 0,
+            (Via::Direct | Via::Spare(_), true) | (Via::Relay, false) => 1,
             (Via::Relay, true) => 2,
         }
     }
@@ -291,6 +304,9 @@ impl MediaPath {
     pub fn handle_datagram(&mut self, via: Via, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<Vec<u8>> {
         if datagram_tag(bytes)? != self.tag {
             return None;
+        }
+        if matches!(via, Via::Spare(i) if !self.spare_open(i)) {
+            return None; // a closed spare: nothing may be sent from it
         }
         let kind = bytes[0];
         let counter = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
@@ -343,7 +359,7 @@ impl MediaPath {
     }
 
     fn alive(&self, i: usize, now_ms: u64) -> bool {
-        let Some(ack) = self.pairs[i].last_ack_ms else {
+        let Some(ack) = self.pairs[i].last_ack_ms.filter(|_| self.pair_usable(i)) else {
             return false;
         };
         if Some(i) == self.selected {
@@ -384,6 +400,7 @@ impl MediaPath {
                 }
             }
         }
+        self.settle_prediction(now_ms);
     }
 
     /// Smoothed round-trip time of the path (RFC 6298 style, from check
@@ -479,7 +496,9 @@ impl MediaPath {
                 }
                 _ => {
                     for i in 0..self.pairs.len() {
-                        self.send_check(i, now_ms);
+                        if self.pair_usable(i) {
+                            self.send_check(i, now_ms);
+                        }
                     }
                     // Full pace for the first seconds, then gentler.
                     let pace = if now_ms < self.started_ms + 3_000 { CHECK_INTERVAL_MS } else { 4 * CHECK_INTERVAL_MS };
@@ -490,21 +509,19 @@ impl MediaPath {
         if self.confirmed && now_ms >= self.next_standby_ms {
             let searching = self.selected.is_some_and(|c| !self.alive(c, now_ms));
             for i in 0..self.pairs.len() {
-                if Some(i) != self.selected {
+                if Some(i) != self.selected && self.pair_usable(i) {
                     self.send_check(i, now_ms);
                 }
             }
             self.next_standby_ms = now_ms + if searching { 2 * CHECK_INTERVAL_MS } else { STANDBY_INTERVAL_MS };
         }
+        self.tick_prediction(now_ms);
     }
 
     /// When [`MediaPath::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> u64 {
-        if self.confirmed {
-            self.next_check_ms.min(self.next_standby_ms)
-        } else {
-            self.next_check_ms
-        }
+        let checks = if self.confirmed { self.next_check_ms.min(self.next_standby_ms) } else { self.next_check_ms };
+        self.prediction_timeout().map_or(checks, |p| p.min(checks))
     }
 }
 

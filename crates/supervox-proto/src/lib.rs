@@ -13,7 +13,8 @@ pub mod record;
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use message::{
     decode_message, encode_message, CallId, CallSignal, Candidate, CandidateKind, DecodeError, LookupAnswer, Message,
-    RelayTls, Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, MAX_TLS_RELAYS, PROTOCOL_VERSION,
+    NatBehaviour, NatReport, RelayTls, Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, MAX_TLS_RELAYS,
+    PROTOCOL_VERSION,
 };
 pub use overlay::{Member, MemberState, OverlayMsg, OverlayPacket};
 pub use record::{NameClaim, Presence, RecordError, UserId};

@@ -74,6 +74,40 @@ pub struct Candidate {
     pub priority: u32,
 }
 
+/// A NAT behaviour as a client's probe found it (RFC 4787 terms): for
+/// mapping, whether the public address depends on the destination; for
+/// filtering, which sources may send in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NatBehaviour {
+    /// Not determined (no probe yet, or UDP blocked).
+    Unknown,
+    /// Independent of the remote endpoint ("cone" mapping, "full cone" filter).
+    EndpointIndependent,
+    /// Depends on the remote IP address.
+    AddressDependent,
+    /// Depends on the remote IP address and port ("symmetric" mapping,
+    /// "port-restricted" filter).
+    AddressAndPortDependent,
+}
+
+/// What the sender's NAT does to UDP, for port prediction when one side
+/// maps per destination (docs/PROTOCOL.md §4.6). Sent in [`CallSignal::Nat`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NatReport {
+    /// Mapping behaviour of the sender's NAT.
+    pub mapping: NatBehaviour,
+    /// Filtering behaviour of the sender's NAT.
+    pub filtering: NatBehaviour,
+    /// The sender's media socket as its supernodes saw it: its own supernode's
+    /// view first, then a second supernode's. Two different ports here give
+    /// the allocation step of a sequential NAT. Receivers use the first two.
+    pub mapped: Vec<SocketAddr>,
+    /// Spare UDP sockets the sender has opened and sent checks from, towards
+    /// the receiver's mapped address (0: none yet). Non-zero tells the
+    /// receiver to start spraying checks at the sender's public address.
+    pub spare_sockets: u16,
+}
+
 /// What a supernode knows of a name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LookupAnswer {
@@ -150,6 +184,11 @@ pub enum CallSignal {
         /// New candidates.
         candidates: Vec<Candidate>,
     },
+    /// Either side: what its NAT does to UDP (after `Invite`/`Accept`), and
+    /// again from the side that opened spare sockets for port prediction
+    /// once they are probing. Added after the others, so older variants keep
+    /// their indices.
+    Nat(NatReport),
 }
 
 /// Every message on a signalling link (client ↔ SN; supernodes talk to
@@ -375,10 +414,52 @@ mod tests {
                 relays: vec![],
                 tls: None,
             },
+            Message::Signal(SignalEnvelope {
+                call_id: CallId([1; 16]),
+                from: UserId([2; 32]),
+                to: UserId([3; 32]),
+                to_supernode: sn,
+                body: CallSignal::Nat(NatReport {
+                    mapping: NatBehaviour::AddressAndPortDependent,
+                    filtering: NatBehaviour::EndpointIndependent,
+                    mapped: vec![sn, "127.0.0.1:11".parse().unwrap()],
+                    spare_sockets: 256,
+                }),
+            }),
         ];
         for m in msgs {
             assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn nat_signal_has_the_next_variant_index_and_bad_bodies_are_refused() {
+        let env = |body| {
+            Message::Signal(SignalEnvelope {
+                call_id: CallId([1; 16]),
+                from: UserId([2; 32]),
+                to: UserId([3; 32]),
+                to_supernode: "127.0.0.1:9".parse().unwrap(),
+                body,
+            })
+        };
+        let report = NatReport {
+            mapping: NatBehaviour::EndpointIndependent,
+            filtering: NatBehaviour::AddressAndPortDependent,
+            mapped: vec![],
+            spare_sockets: 0,
+        };
+        let b = encode_message(&env(CallSignal::Nat(report))).unwrap();
+        // version, Signal = 13, call id, from, to, to_supernode (00 + 4 + varint 9), body.
+        let body = &b[1 + 1 + 16 + 32 + 32 + 6..];
+        assert_eq!(body, [7, 1, 3, 0, 0], "Nat = 7, EI = 1, APD = 3, no addresses, 0 spare sockets");
+        // An unknown behaviour or signal index, or a cut body, is malformed (never a panic).
+        for bad in [[7, 4, 3, 0, 0], [8, 1, 3, 0, 0]] {
+            let mut m = b[..b.len() - 5].to_vec();
+            m.extend_from_slice(&bad);
+            assert!(matches!(decode_message(&m), Err(DecodeError::Malformed(_))));
+        }
+        assert!(matches!(decode_message(&b[..b.len() - 1]), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -259,6 +259,9 @@ impl Sim {
                 }
                 ClientOutput::Event(e) => self.client_event(c, e),
                 ClientOutput::Datagram(..)
+                | ClientOutput::OpenSpares(_)
+                | ClientOutput::SpareDatagram(..)
+                | ClientOutput::CloseSpares { .. }
                 | ClientOutput::HostCacheChanged
                 | ClientOutput::RelayConnect { .. }
                 | ClientOutput::RelayStream(_)

@@ -73,6 +73,10 @@ pub struct Reachability {
     pub mapping: Behaviour,
     /// NAT/firewall filtering behaviour.
     pub filtering: Behaviour,
+    /// Our address as SN2 saw it in the mapping test, if it answered. With an
+    /// endpoint-dependent mapping its port minus [`Reachability::mapped`]'s is
+    /// the NAT's allocation step (port prediction for sequential NATs).
+    pub mapped_sn2: Option<SocketAddr>,
 }
 
 /// Addresses and timers of a [`NatProbe`].
@@ -261,8 +265,18 @@ impl NatProbe {
     }
 
     fn finish(&mut self, mapped: Option<SocketAddr>, mapping: Behaviour, filtering: Behaviour) {
+        self.finish_with(mapped, None, mapping, filtering);
+    }
+
+    fn finish_with(
+        &mut self,
+        mapped: Option<SocketAddr>,
+        mapped_sn2: Option<SocketAddr>,
+        mapping: Behaviour,
+        filtering: Behaviour,
+    ) {
         let public = mapped == Some(self.cfg.local);
-        self.result = Some(Reachability { udp: self.udp, mapped, public, mapping, filtering });
+        self.result = Some(Reachability { udp: self.udp, mapped, public, mapping, filtering, mapped_sn2 });
         self.txs.clear();
     }
 
@@ -330,7 +344,7 @@ impl NatProbe {
                     (None, _) => Behaviour::Unknown,
                 };
                 let filtering = self.filtering;
-                self.finish(m1, mapping, filtering);
+                self.finish_with(m1, m2, mapping, filtering);
             }
             _ => {}
         }

@@ -190,10 +190,29 @@ fn symmetric_edm() {
 }
 
 #[test]
+fn second_supernode_view_is_kept_for_port_prediction() {
+    // The model NAT allocates ports sequentially (40000, 40001, ...): SN2 sees the next one.
+    let (r, _) = Sim::new(Net::Nat(AddressAndPortDependent, AddressAndPortDependent)).run(cfg(false));
+    assert_eq!(r.mapped_sn2, Some(a("203.0.113.9:40001")));
+    let (r, _) = Sim::new(Net::Nat(EndpointIndependent, AddressAndPortDependent)).run(cfg(true));
+    assert_eq!(r.mapped_sn2, r.mapped, "one mapping for every destination");
+}
+
+#[test]
 fn udp_blocked() {
     let mut sim = Sim::new(Net::Blocked);
     let (r, done) = sim.run(cfg(true));
-    assert_eq!(r, Reachability { udp: false, mapped: None, public: false, mapping: Unknown, filtering: Unknown });
+    assert_eq!(
+        r,
+        Reachability {
+            udp: false,
+            mapped: None,
+            public: false,
+            mapping: Unknown,
+            filtering: Unknown,
+            mapped_sn2: None
+        }
+    );
     // RFC 8489 retransmission: SN1 at 0, 100, 300, 700 ms; after Rm*RTO = 800 ms, SN2 likewise.
     let want: Vec<(u64, SocketAddr)> = [0, 100, 300, 700]
         .iter()
@@ -204,7 +223,7 @@ fn udp_blocked() {
     assert_eq!(done, 4000);
     assert_eq!(
         serde_json_value(&r),
-        r#"{"udp":false,"mapped":null,"public":false,"mapping":"unknown","filtering":"unknown"}"#
+        r#"{"udp":false,"mapped":null,"public":false,"mapping":"unknown","filtering":"unknown","mapped_sn2":null}"#
     );
 }
 

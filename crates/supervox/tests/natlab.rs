@@ -82,12 +82,16 @@ struct Cell {
     path: &'static str,
 }
 
-// Cells still missing (they need TCP candidates or port prediction, not built yet):
+// Cells still missing (they need TCP candidates, not built yet):
 //
 // | caller         | callee         | the issue wants             | today                 |
 // |----------------|----------------|-----------------------------|-----------------------|
-// | Home           | Strict         | direct-udp (port prediction)| relay-udp (cell below)|
 // | Public         | CaptivePortal  | direct-tcp                  | relay (cell below)    |
+//
+// Home (or home behind a CGNAT) × Strict gets `direct-udp` through port
+// prediction (docs/PROTOCOL.md §4.6): the Strict side checks from 256 spare
+// sockets, the home side sprays guesses at the Strict router's public IP.
+// Strict × Strict stays relayed (both sides' ports are random).
 //
 // A cell's `path` lists the paths it accepts, `|`-separated: the issue's "X or
 // better" (relay-udp is better than relay-tcp). The caller's view is checked:
@@ -112,7 +116,9 @@ cells! {
     call_fullcone_x_fullcone: FullCone x FullCone, same_router: false => "direct-udp";
     call_fullcone_x_strict: FullCone x Strict, same_router: false => "direct-udp";
     call_home_behind_cgnat_x_home: HomeBehindCgnat x Home, same_router: false => "direct-udp";
-    call_home_x_strict: Home x Strict, same_router: false => "relay-udp";
+    call_home_behind_cgnat_x_strict: HomeBehindCgnat x Strict, same_router: false => "direct-udp";
+    call_home_x_strict: Home x Strict, same_router: false => "direct-udp";
+    call_strict_x_home: Strict x Home, same_router: false => "direct-udp";
     call_strict_x_strict: Strict x Strict, same_router: false => "relay-udp";
     call_public_x_captive_portal: Public x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_home_x_captive_portal: Home x CaptivePortal, same_router: false => "relay-udp|relay-tcp";

@@ -48,6 +48,8 @@ impl Client {
                 invite_ms: None,
                 connected_ms: None,
                 reported_path: None,
+                peer_nat: None,
+                prediction: Default::default(),
             },
         );
         Ok(id)
@@ -115,6 +117,7 @@ impl Client {
             c.deadline_ms = now_ms + INVITE_TIMEOUT_MS;
         }
         self.signal(id, CallSignal::Invite { from_name, caller_presence: me, handshake: msg1, candidates });
+        self.send_nat_report(id);
     }
 
     /// Send a signal to the peer of call `id` through our supernode.
@@ -177,6 +180,7 @@ impl Client {
             CallSignal::Cancel => self.fail_call(id, "caller cancelled", now_ms, false),
             CallSignal::Bye { reason } => self.end_call(id, &format!("remote hangup ({reason})"), now_ms, false),
             CallSignal::Candidates { candidates } => self.on_trickled(id, candidates, now_ms),
+            CallSignal::Nat(report) => self.on_peer_nat(id, report, now_ms),
             CallSignal::Invite { .. } => {}
         }
     }
@@ -223,6 +227,8 @@ impl Client {
                 invite_ms: Some(now_ms),
                 connected_ms: None,
                 reported_path: None,
+                peer_nat: None,
+                prediction: Default::default(),
             },
         );
         self.signal(id, CallSignal::Ringing);
@@ -249,6 +255,7 @@ impl Client {
                 c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
                 let ours = self.local_candidates.clone();
                 self.signal(id, CallSignal::Accept { handshake: msg2, candidates: ours });
+                self.send_nat_report(id);
                 self.start_path(id, keys, &candidates, now_ms);
             }
             Err(e) => {
@@ -276,6 +283,7 @@ impl Client {
         if tell_peer {
             self.signal(id, CallSignal::Cancel);
         }
+        self.drop_call_spares(id);
         if self.calls.remove(&id).is_some() {
             info!("call {id} failed: {reason}");
             self.event(ClientEvent::Failed { call_id: id, reason: reason.to_string() });
@@ -286,6 +294,7 @@ impl Client {
         if tell_peer {
             self.signal(id, CallSignal::Bye { reason: reason.to_string() });
         }
+        self.drop_call_spares(id);
         let Some(c) = self.calls.remove(&id) else {
             return;
         };
@@ -352,6 +361,8 @@ impl Client {
         c.path = Some(path);
         self.permit_peers(&peers, now_ms);
         self.flush_path(id, now_ms);
+        // The peer's NAT report may have come with its offer.
+        self.maybe_predict(id, now_ms);
     }
 
     /// Candidates the peer gathered after its offer or answer.
@@ -374,7 +385,7 @@ impl Client {
 
     /// Move queued datagrams of a call's path to the outputs, and notice a
     /// path coming up or changing.
-    fn flush_path(&mut self, id: CallId, now_ms: u64) {
+    pub(super) fn flush_path(&mut self, id: CallId, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
@@ -383,9 +394,11 @@ impl Client {
         while let Some((via, to, bytes)) = p.poll_transmit() {
             match via {
                 Via::Direct => self.out.push_back(ClientOutput::Datagram(to, bytes)),
+                Via::Spare(i) => self.out.push_back(ClientOutput::SpareDatagram(i, to, bytes)),
                 Via::Relay => relayed.push((to, bytes)),
             }
         }
+        let release = p.take_spare_release();
         // Every move is reported, also to another pair of the same kind (another relay).
         if let (Phase::Connected, Some(reason)) = (&c.phase, p.take_change()) {
             let kind = p.kind();
@@ -394,6 +407,9 @@ impl Client {
         }
         for (to, bytes) in relayed {
             self.send_via_relay(to, &bytes, now_ms);
+        }
+        if let Some(keep) = release {
+            self.release_spares(keep);
         }
         let Some(c) = self.calls.get_mut(&id) else {
             return;

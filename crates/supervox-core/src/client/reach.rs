@@ -67,12 +67,13 @@ impl Client {
             self.probe = None;
             if let Some(r) = &self.reach {
                 tracing::info!(
-                    "reachability: udp {} public {} mapping {} filtering {} mapped {:?}",
+                    "reachability: udp {} public {} mapping {} filtering {} mapped {:?} (second supernode saw {:?})",
                     r.udp,
                     r.public,
                     r.mapping.as_str(),
                     r.filtering.as_str(),
-                    r.mapped
+                    r.mapped,
+                    r.mapped_sn2
                 );
             }
             self.refresh_candidates();

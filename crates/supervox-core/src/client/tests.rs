@@ -2,8 +2,11 @@
 //! replaced by direct message delivery, datagrams delivered by address.
 
 use super::*;
+use crate::media_path::predict::SPARE_SOCKETS;
 use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
+use std::collections::HashSet;
 use supervox_proto::{CandidateKind, Transport};
+use supervox_stun::{Behaviour, Reachability};
 
 const SN: u16 = 4000;
 
@@ -23,6 +26,14 @@ struct Net {
     blackhole: Option<usize>,
     /// Relay streams each client asked for: server and TLS pin.
     relay_connects: Vec<Vec<(SocketAddr, Option<[u8; 32]>)>>,
+    /// Drop every datagram between clients (NATs that let nothing in).
+    direct_cut: bool,
+    /// Spare socket requests and releases, per client.
+    spare_ops: Vec<Vec<ClientOutput>>,
+    /// Datagrams sent from spare sockets, per client.
+    spare_sends: Vec<Vec<SocketAddr>>,
+    /// Datagrams to addresses that are no client's, per sender.
+    elsewhere: Vec<Vec<SocketAddr>>,
 }
 
 impl Net {
@@ -62,6 +73,10 @@ impl Net {
             now: 1_000_000,
             blackhole: None,
             relay_connects: vec![vec![]; n],
+            direct_cut: false,
+            spare_ops: vec![vec![]; n],
+            spare_sends: vec![vec![]; n],
+            elsewhere: vec![vec![]; n],
         }
     }
 
@@ -90,8 +105,10 @@ impl Net {
                         // To the supernode's UDP port (STUN, TURN): lost, as if UDP were blocked.
                         ClientOutput::Datagram(to, _) if to.port() < 5000 => {}
                         ClientOutput::Datagram(to, bytes) => {
-                            let j = (to.port() - 5000) as usize;
-                            if self.blackhole != Some(j) && j < self.clients.len() {
+                            let j = usize::from(to.port().wrapping_sub(5000));
+                            if to.ip() != addr(0).ip() || j >= self.clients.len() {
+                                self.elsewhere[i].push(to);
+                            } else if self.blackhole != Some(j) && !self.direct_cut {
                                 let from = addr(5000 + i as u16);
                                 if let Some((_, m)) = self.clients[j].handle_datagram(from, &bytes, self.now) {
                                     self.media[j].push(m);
@@ -100,6 +117,10 @@ impl Net {
                         }
                         ClientOutput::Event(e) => self.events[i].push(e),
                         ClientOutput::RelayConnect { server, tls } => self.relay_connects[i].push((server, tls)),
+                        ClientOutput::SpareDatagram(_, to, _) => self.spare_sends[i].push(to),
+                        o @ (ClientOutput::OpenSpares(_) | ClientOutput::CloseSpares { .. }) => {
+                            self.spare_ops[i].push(o)
+                        }
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
                         | ClientOutput::RelayStream(_)
@@ -336,4 +357,67 @@ fn a_tcp_relay_stream_that_never_answers_falls_back_to_tls() {
     // the Allocate times out after 10 s.
     net.run(11_000);
     assert_eq!(net.relay_connects[0].last(), Some(&(addr(443), Some([7; 32]))));
+}
+
+fn reach(mapping: Behaviour, filtering: Behaviour, mapped: &str, mapped_sn2: &str) -> Reachability {
+    Reachability {
+        udp: true,
+        mapped: Some(mapped.parse().unwrap()),
+        public: false,
+        mapping,
+        filtering,
+        mapped_sn2: Some(mapped_sn2.parse().unwrap()),
+    }
+}
+
+#[test]
+fn port_prediction_is_negotiated_in_the_call_signalling() {
+    use Behaviour::*;
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.direct_cut = true;
+    net.run(100);
+    // alice behind a home router, bob (the callee) behind a symmetric NAT.
+    net.clients[0].reach =
+        Some(reach(EndpointIndependent, AddressAndPortDependent, "203.0.113.1:40000", "203.0.113.1:40000"));
+    net.clients[1].reach =
+        Some(reach(AddressAndPortDependent, AddressAndPortDependent, "198.51.100.7:31000", "198.51.100.7:47000"));
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(100);
+    // bob is the hard side: he asks for spares; alice waits for them before spraying.
+    assert_eq!(net.spare_ops[1], vec![ClientOutput::OpenSpares(SPARE_SOCKETS)]);
+    assert!(net.spare_ops[0].is_empty());
+    assert!(net.elsewhere[0].is_empty(), "alice sprayed before bob's spares were open");
+    net.clients[1].on_spares_opened(SPARE_SOCKETS, net.now);
+    net.run(1_000);
+    // Each spare sent a check to alice's mapped address, at once and a second later.
+    assert!(net.spare_sends[1].len() >= usize::from(SPARE_SOCKETS));
+    assert!(net.spare_sends[1].iter().all(|a| *a == "203.0.113.1:40000".parse().unwrap()));
+    // bob's second report started alice's spray at his public IP, rate-limited.
+    let sprayed: HashSet<SocketAddr> = net.elsewhere[0].iter().copied().collect();
+    assert!(sprayed.iter().all(|a| a.ip() == "198.51.100.7".parse::<std::net::IpAddr>().unwrap()));
+    assert!((1_300..=1_600).contains(&sprayed.len()), "{} guesses in ~1 s", sprayed.len());
+    // Hanging up closes bob's spares; spares that open after the call are closed at once.
+    net.clients[0].hangup(id, "bye", net.now);
+    net.run(50);
+    assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: vec![] }));
+    net.clients[1].on_spares_opened(SPARE_SOCKETS, net.now);
+    net.run(10);
+    assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: vec![] }));
+    assert_eq!(net.spare_ops[1].len(), 3);
+}
+
+#[test]
+fn no_port_prediction_between_two_symmetric_nats() {
+    use Behaviour::*;
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.direct_cut = true;
+    net.run(100);
+    for (i, ip) in ["203.0.113.1", "198.51.100.7"].iter().enumerate() {
+        let (a, b) = (format!("{ip}:31000"), format!("{ip}:47000"));
+        net.clients[i].reach = Some(reach(AddressAndPortDependent, AddressAndPortDependent, &a, &b));
+    }
+    net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(1_000);
+    assert!(net.spare_ops.iter().all(Vec::is_empty));
+    assert!(net.elsewhere[0].is_empty() && net.elsewhere[1].is_empty());
 }

@@ -4,6 +4,7 @@
 
 mod control_server;
 pub mod media;
+mod spares;
 
 use crate::control::Request;
 use crate::links::{now_ms, LinkSet, NetEvent};
@@ -128,6 +129,8 @@ struct Node {
     /// The supernode this node would run if promoted (listeners bound).
     standby: Option<crate::sn::BoundSupernode>,
     shutdown: watch::Receiver<bool>,
+    /// Port prediction's spare sockets.
+    spares: spares::Spares,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -194,6 +197,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let links = LinkSet::new(identity.clone(), ev_tx);
     let client = Client::new(identity, cfg, host_cache, rand::random());
     let (relay_events, mut relay_rx) = mpsc::channel(1024);
+    let (spare_tx, mut spare_rx) = mpsc::channel(spares::QUEUE);
     let mut node = Node {
         opts,
         client,
@@ -208,6 +212,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         relay_events,
         standby,
         shutdown: shutdown.clone(),
+        spares: spares::Spares::new(spare_tx),
     };
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
     if let Some(first) = node.client.host_cache().entries().first().copied() {
@@ -226,6 +231,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
             },
             Some(ev) = ev_rx.recv() => node.on_net(ev),
             Some(ev) = relay_rx.recv() => node.on_relay_stream(ev),
+            Some(d) = spare_rx.recv() => node.on_spare_datagram(d),
             Some(msg) = ctl_rx.recv() => node.on_control(msg),
         }
         node.drain().await;
@@ -300,6 +306,14 @@ impl Node {
         let now = now_ms();
         let got = self.client.handle_datagram(from, bytes, now);
         self.on_media(got, now);
+    }
+
+    fn on_spare_datagram(&mut self, d: spares::SpareDatagram) {
+        if self.spares.is_current(d.generation) {
+            let now = now_ms();
+            let got = self.client.handle_spare_datagram(d.index, d.from, &d.bytes, now);
+            self.on_media(got, now);
+        }
     }
 
     /// A media packet the client took from the network (directly or via the relay).
@@ -464,6 +478,14 @@ impl Node {
                         tracing::debug!("media send to {to}: {e}");
                     }
                 }
+                ClientOutput::OpenSpares(n) => {
+                    // On the media socket's address, so they leave by the same route.
+                    let ip = self.udp.local_addr().map(|a| a.ip());
+                    let opened = ip.map_or(0, |ip| self.spares.open(ip, n));
+                    self.client.on_spares_opened(opened, now);
+                }
+                ClientOutput::SpareDatagram(i, to, bytes) => self.spares.send(i, to, &bytes),
+                ClientOutput::CloseSpares { keep } => self.spares.close(&keep),
                 ClientOutput::RelayConnect { server, tls } => {
                     self.relay_generation += 1;
                     let g = self.relay_generation;
