@@ -22,7 +22,17 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr, seed: u8) -> Raw {
-        let id = Identity::from_seed([seed; 32]);
+        Self::connect_as(addr, Identity::from_seed([seed; 32]))
+    }
+
+    /// A client with a distinct identity per `seed` (any u64).
+    pub fn connect_seeded(addr: SocketAddr, seed: u64) -> Raw {
+        let mut s = [0x5a; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        Self::connect_as(addr, Identity::from_seed(s))
+    }
+
+    fn connect_as(addr: SocketAddr, id: Identity) -> Raw {
         let hello =
             Message::Hello { role: Role::Client, identity: id.user_id(), advertise: None, agent: "test".into() };
         let link = Link::initiator(&id, hello, 0).unwrap();
@@ -65,6 +75,29 @@ impl Raw {
                 LinkEvent::Established { role, .. } => assert_eq!(role, Role::Supernode),
                 LinkEvent::Message(Message::Welcome { supernode, .. }) => self.sn = Some(supernode),
                 LinkEvent::Message(m) => self.pending.push(m),
+            }
+        }
+    }
+
+    /// On a non-blocking socket: read what arrived (answering keepalives)
+    /// without waiting. False once the supernode has closed the link.
+    pub fn poll_idle(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    if self.link.handle_bytes(&buf[..n], now()).is_err() {
+                        return false;
+                    }
+                    while let Some(b) = self.link.poll_transmit(now()) {
+                        if self.sock.write_all(&b).is_err() {
+                            return false;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
             }
         }
     }

@@ -1,0 +1,127 @@
+//! Supernode capacity (issue 5): one real supernode process holding N idle
+//! signed-in clients — real Noise handshakes, claims, presence, keepalives
+//! answered — reporting the supernode's memory per client, its CPU while the
+//! clients idle, and how fast it accepted the login wave.
+//!
+//! `SUPERVOX_CAPACITY_CLIENTS=N cargo bench -p supervox --bench capacity`
+//! (default 5000; one source address, so at most ~25 000 without more
+//! loopback addresses; the supernode's connection limit is 20 000).
+
+#[path = "../tests/common/raw.rs"]
+mod raw;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_supervox");
+const THREADS: usize = 8;
+const IDLE_S: u64 = 30;
+
+/// (resident KiB, user+system CPU ticks) of a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // utime and stime are fields 14 and 15 of stat: 11th and 12th after ')' (state is not numeric).
+    let cpu = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    (rss, cpu)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("SUPERVOX_CAPACITY_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut sn = Command::new(BIN)
+        .args(["supernode", "--listen", &addr.to_string(), "--max-clients", &(n + 10).to_string(), "--data-dir"])
+        .arg(dir.path().join("sn"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = sn.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "supernode did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss0, _) = usage(pid);
+
+    // The login wave: THREADS clients at a time, each a Noise handshake,
+    // claim and presence.
+    let next = Arc::new(AtomicUsize::new(0));
+    let clients = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (next, clients) = (Arc::clone(&next), Arc::clone(&clients));
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let mut c = raw::Raw::connect_seeded(addr, i as u64);
+                c.sign_in(&format!("c{i}"));
+                c.sock.set_nonblocking(true).unwrap();
+                clients.lock().unwrap().push(c);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let wave = t0.elapsed();
+    let mut clients = Arc::try_unwrap(clients).ok().unwrap().into_inner().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss1, cpu1) = usage(pid);
+    // Idle: the supernode pings every link that was quiet for 25 s; answer.
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(IDLE_S) {
+        for c in clients.iter_mut() {
+            c.poll_idle();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (rss2, cpu2) = usage(pid);
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu_pct = (cpu2 - cpu1) as f64 / ticks / IDLE_S as f64 * 100.0;
+    let alive = clients.iter_mut().map(|c| c.poll_idle()).filter(|ok| *ok).count();
+    let per_client = (rss2.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
+    println!("supernode capacity: {n} idle signed-in clients on one supernode process");
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| login wave ({THREADS} at a time) | {:.1} s, {:.0} sign-ins/s |",
+        wave.as_secs_f64(),
+        n as f64 / wave.as_secs_f64()
+    );
+    println!(
+        "| supernode RSS: empty / after the wave / after {IDLE_S} s idle | {} / {} / {} MiB |",
+        rss0 / 1024,
+        rss1 / 1024,
+        rss2 / 1024
+    );
+    println!("| memory per client | {:.0} bytes (target ≤ 4096) |", per_client);
+    println!("| CPU while idle (keepalives) | {cpu_pct:.2} % of one core |");
+    println!("| clients still connected after the idle period | {alive} / {n} |");
+    let _ = sn.kill();
+    let _ = sn.wait();
+}
