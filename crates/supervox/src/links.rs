@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use supervox_core::link::{Link, LinkError, LinkEvent};
 use supervox_core::{ConnId, Identity};
 use supervox_proto::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -100,7 +100,7 @@ impl LinkSet {
         let remote = stream.peer_addr().map_err(|e| LinkError::Protocol(e.to_string()))?;
         let conn = self.next_id;
         self.next_id += 1;
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
@@ -112,16 +112,24 @@ impl LinkSet {
         });
         let events = self.events.clone();
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
             let reason = loop {
-                match rd.read(&mut buf).await {
-                    Ok(0) => break "connection closed by peer".to_string(),
-                    Ok(n) => {
-                        if events.send(NetEvent::Bytes(conn, buf[..n].to_vec())).await.is_err() {
-                            return;
-                        }
+                // Wait for data first and read into a buffer that lives only
+                // while the task runs: an idle connection then holds no read
+                // buffer (16 KiB each would dominate a supernode's memory).
+                if let Err(e) = rd.readable().await {
+                    break e.to_string();
+                }
+                let chunk = {
+                    let mut buf = [0u8; 16 * 1024];
+                    match rd.try_read(&mut buf) {
+                        Ok(0) => break "connection closed by peer".to_string(),
+                        Ok(n) => buf[..n].to_vec(),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => break e.to_string(),
                     }
-                    Err(e) => break e.to_string(),
+                };
+                if events.send(NetEvent::Bytes(conn, chunk)).await.is_err() {
+                    return;
                 }
             };
             let _ = events.send(NetEvent::Closed(conn, reason)).await;
