@@ -174,6 +174,16 @@ struct Conn {
     next_volunteer_ms: u64,
 }
 
+impl Conn {
+    /// The client user on this connection, if signed in.
+    fn user(&self) -> Option<UserId> {
+        match self.kind {
+            PeerKind::Client(u) => Some(u),
+            PeerKind::Pending => None,
+        }
+    }
+}
+
 /// A supernode: see the module docs.
 #[derive(Debug)]
 pub struct Supernode {
@@ -284,11 +294,6 @@ impl Supernode {
         self.membership.live().map(|m| m.addr).collect()
     }
 
-    /// Live supernodes we know, as membership entries (not us).
-    pub fn members(&self) -> Vec<Member> {
-        self.membership.live().copied().collect()
-    }
-
     /// All name claims held (for persistence).
     pub fn claims(&self) -> Vec<NameClaim> {
         self.directory.claims().cloned().collect()
@@ -300,7 +305,7 @@ impl Supernode {
     }
 
     /// A client TCP connection was accepted.
-    pub fn on_connected(&mut self, conn: ConnId, remote: SocketAddr, _dialed: Option<SocketAddr>) {
+    pub fn on_connected(&mut self, conn: ConnId, remote: SocketAddr) {
         self.conns.insert(
             conn,
             Conn {
@@ -316,14 +321,7 @@ impl Supernode {
     }
 
     /// The link on `conn` finished its handshake and Hello.
-    pub fn on_established(
-        &mut self,
-        conn: ConnId,
-        role: Role,
-        identity: UserId,
-        _advertise: Option<SocketAddr>,
-        _now_ms: u64,
-    ) {
+    pub fn on_established(&mut self, conn: ConnId, role: Role, identity: UserId, _now_ms: u64) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -342,13 +340,21 @@ impl Supernode {
 
     /// Supernodes for a client's host cache: the least loaded first.
     fn suggest_supernodes(&self, n: usize, include_me: bool) -> Vec<SocketAddr> {
-        let mut members: Vec<&Member> = self.membership.live().filter(|m| m.state == MemberState::Alive).collect();
-        members.sort_by_key(|m| (m.load, m.addr));
+        let want = n.saturating_sub(usize::from(include_me));
+        let mut members: Vec<&Member> =
+            self.membership.live().filter(|m| m.state == MemberState::Alive && m.load < 100).collect();
+        // Every sign-in asks: pick the `want` least loaded in O(N), sort only those.
+        let key = |m: &&Member| (m.load, m.addr);
+        if members.len() > want {
+            members.select_nth_unstable_by_key(want, key);
+            members.truncate(want);
+        }
+        members.sort_by_key(key);
         let mut out: Vec<SocketAddr> = Vec::with_capacity(n);
         if include_me {
             out.push(self.cfg.advertise);
         }
-        out.extend(members.iter().filter(|m| m.load < 100).map(|m| m.addr).take(n.saturating_sub(out.len())));
+        out.extend(members.iter().map(|m| m.addr));
         out
     }
 

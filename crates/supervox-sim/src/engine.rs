@@ -12,7 +12,7 @@
 
 use crate::config::{CrashMode, SimConfig, EPOCH_MS};
 use crate::metrics::Metrics;
-use crate::net::{conn_index, wire_bytes, IndexSet, Latency, Node, Side, VLink, NOISE_HANDSHAKE_BYTES};
+use crate::net::{conn_index, IndexSet, Latency, Node, Side, VLink};
 use crate::nodes::{ClientSlot, SnSlot};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -279,7 +279,7 @@ impl Sim {
         let target = crate::net::sn_index(addr).filter(|t| (*t as usize) < self.sns.len());
         let Some(t) = target else {
             // Nothing can ever listen there: fail like a refused connection.
-            let mut l = VLink::new([from, from], addr, 1, self.now, false);
+            let mut l = VLink::new([from, from], addr, 1);
             l.mark_gone(1, self.now);
             self.links.push(l);
             self.attach(from, conn);
@@ -288,8 +288,7 @@ impl Sim {
         };
         let to = Node::Sn(t);
         let delay = self.latency.one_way_ms(self.location(from), self.location(to));
-        let overlay = matches!(from, Node::Sn(_));
-        self.links.push(VLink::new([from, to], addr, delay, self.now, overlay));
+        self.links.push(VLink::new([from, to], addr, delay));
         self.attach(from, conn);
         self.after(delay, Ev::Syn(conn));
     }
@@ -318,12 +317,6 @@ impl Sim {
         self.attach(to, conn);
         let l = &mut self.links[conn_index(conn)];
         l.last_arrival = [self.now + 5 * d, self.now + 4 * d];
-        l.last_tx = [self.now + 4 * d, self.now + 5 * d];
-        let (overlay, ends) = (l.overlay, l.ends);
-        if overlay && self.metrics.in_window(self.now) {
-            let hellos: u64 = ends.iter().map(|n| self.hello(*n).map_or(0, |h| wire_bytes(&h))).sum();
-            self.metrics.overlay_bytes += NOISE_HANDSHAKE_BYTES + hellos;
-        }
         self.after(d, Ev::Connected(conn));
         self.after(2 * d, Ev::Accepted(conn));
         self.after(4 * d, Ev::Established(conn, 1));
@@ -356,7 +349,7 @@ impl Sim {
         let l = &mut self.links[conn_index(conn)];
         l.open[0] = true;
         let (from, addr) = (l.ends[0], l.target);
-        self.node_connected(from, conn, addr, None);
+        self.node_connected(from, conn, addr);
     }
 
     fn on_accepted(&mut self, conn: ConnId) {
@@ -374,7 +367,7 @@ impl Sim {
             Node::Sn(i) => crate::net::sn_addr(i),
             Node::Client(c, g) => crate::net::client_addr(c, g),
         };
-        self.node_connected(to, conn, remote, Some(()));
+        self.node_connected(to, conn, remote);
     }
 
     /// `side` receives the other end's Hello — if the other end lived to
@@ -393,10 +386,10 @@ impl Sim {
             return;
         }
         let (me, peer) = (l.ends[side], l.ends[VLink::other(side)]);
-        let Some(Message::Hello { role, identity, advertise, .. }) = self.hello(peer) else {
+        let Some(Message::Hello { role, identity, .. }) = self.hello(peer) else {
             return;
         };
-        self.node_established(me, conn, role, identity, advertise);
+        self.node_established(me, conn, role, identity);
     }
 
     /// The Hello a node sends on its links.
@@ -488,31 +481,9 @@ impl Sim {
         if !l.open[side] || l.gone[to] {
             return;
         }
-        let overlay = l.overlay;
-        let ctx = ctx.map(|c| Ctx { hops: c.hops + u8::from(overlay && matches!(msg, Message::Lookup { .. })), ..c });
-        if overlay {
-            self.count_overlay(conn, side, &msg, ctx);
-        }
         let lost = self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss);
         let at = self.links[conn_index(conn)].arrival(side, self.now, lost);
         self.at(at, Ev::Deliver(Box::new(Delivery { conn, to, msg, ctx })));
-    }
-
-    fn count_overlay(&mut self, conn: ConnId, side: Side, msg: &Message, ctx: Option<Ctx>) {
-        let now = self.now;
-        let l = &mut self.links[conn_index(conn)];
-        if self.metrics.in_window(now) {
-            let keepalive = l.keepalive_bytes(side, now, self.metrics.window.0);
-            self.metrics.overlay_bytes += keepalive + wire_bytes(msg);
-            self.metrics.overlay_msgs += 1;
-        }
-        l.last_tx[side] = now;
-        if let Some(c) = ctx {
-            if let Some(p) = self.pending.get_mut(&c.lookup) {
-                p.overlay_msgs += 1;
-                p.max_hops = p.max_hops.max(c.hops);
-            }
-        }
     }
 
     /// `n` closes its end of `conn` (or dies): the other end learns it one

@@ -24,9 +24,6 @@ const SAME_CITY_RTT_MS: f64 = 10.0;
 const ACCESS_MAX_MS: u32 = 6;
 /// Lowest TCP retransmission timeout (Linux), ms.
 const MIN_RTO_MS: u64 = 200;
-/// Bytes of a Noise XX handshake on the wire: three messages (32, 96 and 64
-/// bytes with empty payloads), each with a 4-byte frame header.
-pub const NOISE_HANDSHAKE_BYTES: u64 = 32 + 96 + 64 + 3 * 4;
 
 /// Where a node sits: its city and its access-link delay.
 #[derive(Debug, Clone, Copy)]
@@ -158,10 +155,6 @@ pub struct VLink {
     pub acceptor_hello: bool,
     /// Arrival time of the last thing sent towards each end (keeps FIFO).
     pub last_arrival: [u64; 2],
-    /// Last time each end sent something (keepalive accounting).
-    pub last_tx: [u64; 2],
-    /// Both ends are supernodes: traffic counts as overlay traffic.
-    pub overlay: bool,
 }
 
 impl VLink {
@@ -171,7 +164,7 @@ impl VLink {
     }
 
     /// A link from `from` to `to` (not yet connected).
-    pub fn new(ends: [Node; 2], target: SocketAddr, delay_ms: u64, now: u64, overlay: bool) -> Self {
+    pub fn new(ends: [Node; 2], target: SocketAddr, delay_ms: u64) -> Self {
         Self {
             ends,
             target,
@@ -181,8 +174,6 @@ impl VLink {
             gone_at: [u64::MAX; 2],
             acceptor_hello: false,
             last_arrival: [0; 2],
-            last_tx: [now; 2],
-            overlay,
         }
     }
 
@@ -209,30 +200,11 @@ impl VLink {
         self.last_arrival[to] = at;
         at
     }
-
-    /// Keepalive bytes the link layer would have sent from `from` between
-    /// its last transmission and `until` (a Ping each idle
-    /// [`KEEPALIVE_MS`] and the Pong it draws), counting only those at or
-    /// after `since`. Advances the idle clock.
-    pub fn keepalive_bytes(&mut self, from: Side, until: u64, since: u64) -> u64 {
-        let mut bytes = 0;
-        while self.last_tx[from] + KEEPALIVE_MS <= until {
-            self.last_tx[from] += KEEPALIVE_MS;
-            if self.last_tx[from] >= since {
-                bytes += keepalive_pair_bytes();
-            }
-        }
-        bytes
-    }
 }
 
 /// Wire size of one message: postcard body, Noise tag, frame header.
 pub fn wire_bytes(m: &Message) -> u64 {
     encode_message(m).map_or(0, |b| b.len() as u64 + 16 + 4)
-}
-
-fn keepalive_pair_bytes() -> u64 {
-    wire_bytes(&Message::Ping { nonce: 1 }) + wire_bytes(&Message::Pong { nonce: 1 })
 }
 
 /// When peers notice a silent crash: the link gives up [`DEAD_AFTER_MS`]

@@ -328,14 +328,14 @@ impl Sim {
         }
     }
 
-    /// A connection is up at `n`: dialled (`accepted` is `None`, `addr` is
-    /// the address dialled) or accepted (`addr` is the remote address).
-    pub(crate) fn node_connected(&mut self, n: Node, conn: ConnId, addr: SocketAddr, accepted: Option<()>) {
+    /// A connection is up at `n`: dialled by a client (`addr` is the
+    /// address dialled) or accepted by a supernode (`addr` is the remote
+    /// address).
+    pub(crate) fn node_connected(&mut self, n: Node, conn: ConnId, addr: SocketAddr) {
         match n {
             Node::Sn(i) => {
                 if let Some(sn) = self.sns[i as usize].sn.as_mut() {
-                    let dialed = if accepted.is_some() { None } else { Some(addr) };
-                    sn.on_connected(conn, addr, dialed);
+                    sn.on_connected(conn, addr);
                     self.drain_sn(i, None);
                 }
             }
@@ -350,19 +350,12 @@ impl Sim {
         }
     }
 
-    pub(crate) fn node_established(
-        &mut self,
-        n: Node,
-        conn: ConnId,
-        role: Role,
-        identity: UserId,
-        advertise: Option<SocketAddr>,
-    ) {
+    pub(crate) fn node_established(&mut self, n: Node, conn: ConnId, role: Role, identity: UserId) {
         let now = self.now;
         match n {
             Node::Sn(i) => {
                 if let Some(sn) = self.sns[i as usize].sn.as_mut() {
-                    sn.on_established(conn, role, identity, advertise, now);
+                    sn.on_established(conn, role, identity, now);
                     let load = sn.client_count() as f64 / self.cfg.max_clients as f64;
                     self.metrics.max_load = self.metrics.max_load.max(load);
                     self.drain_sn(i, None);

@@ -142,6 +142,27 @@ fn wait_relay(node: &Node, within: Duration) -> String {
     }
 }
 
+/// coturn's client: 20 messages of 120 bytes through a relay allocated over a
+/// stream (`transport`: `-t` for TCP, plus `-S` for TLS) on a supernode port,
+/// with the shared secret "s3cret", channels on; returns (exit ok, output).
+fn uclient_over_stream(transport: &[&str], port: u16) -> (bool, String) {
+    let mut c = tool("turnutils_uclient");
+    c.args(transport).args(["-y", "-c", "-W", "s3cret", "-u", "00aa11bb", "-p", &port.to_string()]).args([
+        "-n",
+        "20",
+        "-m",
+        "1",
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port(),
+        "127.0.0.1",
+    ]);
+    run(c, Duration::from_secs(30))
+}
+
 /// A 2 s call from alice to bob (tone 440 Hz); asserts the path, the frames and the tone.
 fn call_and_check(alice: &Node, bob: &Node, wav: &std::path::Path, want_path: &str) {
     let (ok, events) = call(alice, "bob", &["--duration", "2", "--input", "tone:440", "--output", "null"]);
@@ -186,21 +207,7 @@ fn a_relay_over_tcp_carries_a_call_and_coturns_tcp_client() {
     let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &relay);
     let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
     // coturn's client allocates over TCP on the supernode's own TCP port (shared with links).
-    let mut c = tool("turnutils_uclient");
-    c.args(["-t", "-y", "-c", "-W", "s3cret", "-u", "00aa11bb", "-p", &sn1.addr.port().to_string()]).args([
-        "-n",
-        "20",
-        "-m",
-        "1",
-        "-l",
-        "120",
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port(),
-        "127.0.0.1",
-    ]);
-    let (ok, out) = run(c, Duration::from_secs(30));
+    let (ok, out) = uclient_over_stream(&["-t"], sn1.addr.port());
     assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "uclient over TCP:\n{out}");
     // A node that reaches its relay only over TCP still gets its call through.
     let wav = root.path().join("bob.wav");
@@ -404,21 +411,7 @@ fn turn_over_tls_serves_a_call_and_coturns_tls_client_and_shrugs_off_junk() {
     let refused = idle.iter_mut().map(closed_now).filter(|c| *c).count();
     assert!((100 - 64..100).contains(&refused), "{refused} of 100 idle connections from one address were refused");
     // Meanwhile coturn's own client runs TURN over TLS against the same port (-S: TLS).
-    let mut c = tool("turnutils_uclient");
-    c.args(["-t", "-S", "-y", "-c", "-W", "s3cret", "-u", "00aa11bb", "-p", &tls_addr.port().to_string()]).args([
-        "-n",
-        "20",
-        "-m",
-        "1",
-        "-l",
-        "120",
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port(),
-        "127.0.0.1",
-    ]);
-    let (ok, out) = run(c, Duration::from_secs(30));
+    let (ok, out) = uclient_over_stream(&["-t", "-S"], tls_addr.port());
     assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "uclient over TLS:\n{out}");
     // And alice's call through her TLS allocation carries audio.
     call_and_check(&alice, &bob, &wav, "relay-tcp");

@@ -96,10 +96,10 @@ impl Net {
                             let conn = 10 + i as ConnId;
                             self.conns[i] = Some(conn);
                             self.clients[i].on_connected(conn, a);
-                            self.sn.on_connected(conn, addr(6000 + i as u16), None);
+                            self.sn.on_connected(conn, addr(6000 + i as u16));
                             self.clients[i].on_established(conn, Role::Supernode);
                             let id = self.clients[i].identity().user_id();
-                            self.sn.on_established(conn, Role::Client, id, None, self.now);
+                            self.sn.on_established(conn, Role::Client, id, self.now);
                         }
                         ClientOutput::Send(c, m) => self.sn.on_message(c, m, self.now),
                         // To the supernode's UDP port (STUN, TURN): lost, as if UDP were blocked.

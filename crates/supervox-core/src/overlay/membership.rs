@@ -532,7 +532,7 @@ impl Membership {
         }
         if now_ms >= self.next_sync_ms {
             self.next_sync_ms = now_ms + self.cfg.sync_ms;
-            if let Some(peer) = self.random_live(rng, 1, &self.me.id.clone()).first().copied() {
+            if let Some(peer) = self.random_live(rng, 1, &self.me.id).first().copied() {
                 let total = self.digest_total();
                 self.out.push_back((peer, OverlayMsg::SyncDigest { total }));
             }

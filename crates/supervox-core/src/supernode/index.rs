@@ -12,7 +12,7 @@
 //! overlay hop. When the live set changes, the records whose holder set
 //! changed are handed to their new holders by the heaviest surviving one.
 
-use super::{better_answer, Conn, PeerKind, SnOutput, Supernode, LOOKUP_TIMEOUT_MS, MAX_LOOKUPS_PER_CONN};
+use super::{better_answer, SnOutput, Supernode, LOOKUP_TIMEOUT_MS, MAX_LOOKUPS_PER_CONN};
 use crate::directory::ClaimOutcome;
 use crate::overlay::membership::MemberEvent;
 use crate::overlay::rendezvous::{key_hash, member_seed, top, weight};
@@ -637,16 +637,6 @@ impl Supernode {
             for chunk in claims.chunks(MAX_ITEMS_PER_PACKET) {
                 self.store_to(to, chunk.to_vec(), vec![], now_ms);
             }
-        }
-    }
-}
-
-impl Conn {
-    /// The client user on this connection, if signed in.
-    pub(super) fn user(&self) -> Option<UserId> {
-        match self.kind {
-            PeerKind::Client(u) => Some(u),
-            PeerKind::Pending => None,
         }
     }
 }

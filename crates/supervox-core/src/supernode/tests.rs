@@ -33,8 +33,8 @@ fn sent_to(out: &[SnOutput], conn: ConnId) -> Vec<Message> {
 }
 
 fn join_client(s: &mut Supernode, conn: ConnId, id: &Identity) -> Vec<SnOutput> {
-    s.on_connected(conn, addr(9000 + conn as u16), None);
-    s.on_established(conn, Role::Client, id.user_id(), None, 0);
+    s.on_connected(conn, addr(9000 + conn as u16));
+    s.on_established(conn, Role::Client, id.user_id(), 0);
     drain(s)
 }
 
@@ -132,8 +132,8 @@ impl Net {
     fn sign_in(&mut self, sn: usize, conn: ConnId, id: &Identity, name: &str) -> Vec<Message> {
         let now = self.now;
         let s = &mut self.sns[sn];
-        s.on_connected(conn, addr(9000 + conn as u16), None);
-        s.on_established(conn, Role::Client, id.user_id(), None, now);
+        s.on_connected(conn, addr(9000 + conn as u16));
+        s.on_established(conn, Role::Client, id.user_id(), now);
         s.on_message(conn, Message::Claim { claim: NameClaim::sign(id.signing_key(), name, now + 1).unwrap() }, now);
         self.pump();
         let p = Presence::sign(id.signing_key(), name, self.sns[sn].advertise(), now + 1, now + 60_000).unwrap();
@@ -224,8 +224,8 @@ fn full_supernode_redirects() {
 #[test]
 fn supernode_links_are_refused() {
     let mut s = sn(1, 4000, vec![]);
-    s.on_connected(5, addr(4001), None);
-    s.on_established(5, Role::Supernode, Identity::from_seed([2; 32]).user_id(), Some(addr(4001)), 0);
+    s.on_connected(5, addr(4001));
+    s.on_established(5, Role::Supernode, Identity::from_seed([2; 32]).user_id(), 0);
     assert!(drain(&mut s).iter().any(|o| matches!(o, SnOutput::Close(5, _))));
 }
 
@@ -332,8 +332,8 @@ fn racing_claims_for_one_name_end_with_one_owner_everywhere() {
     let now = net.now;
     for (sn, conn, id) in [(1usize, 1u64, &a), (4, 2, &b)] {
         let s = &mut net.sns[sn];
-        s.on_connected(conn, addr(9000), None);
-        s.on_established(conn, Role::Client, id.user_id(), None, now);
+        s.on_connected(conn, addr(9000));
+        s.on_established(conn, Role::Client, id.user_id(), now);
         s.on_message(conn, Message::Claim { claim: NameClaim::sign(id.signing_key(), "zoe", now).unwrap() }, now);
     }
     net.pump();

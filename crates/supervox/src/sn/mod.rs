@@ -214,7 +214,7 @@ impl BoundSupernode {
                         continue;
                     }
                     match links.adopt(stream, false, sn.hello()) {
-                        Ok(conn) => sn.on_connected(conn, remote, None),
+                        Ok(conn) => sn.on_connected(conn, remote),
                         Err(e) => warn!("cannot start link with {remote}: {e}"),
                     }
                 }
@@ -319,9 +319,7 @@ async fn sniff_turn(stream: &TcpStream) -> bool {
 
 fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
     match e {
-        LinkEvent::Established { role, identity, advertise, .. } => {
-            sn.on_established(conn, role, identity, advertise, now_ms())
-        }
+        LinkEvent::Established { role, identity, .. } => sn.on_established(conn, role, identity, now_ms()),
         LinkEvent::Message(m) => sn.on_message(conn, m, now_ms()),
     }
 }
