@@ -110,17 +110,7 @@ fn credentials_minted_for_a_signed_in_client_work_with_coturns_client() {
     assert_eq!(relays, vec![sn.addr], "the relay is the supernode's own UDP port");
     assert!(user.ends_with(&alice.id.user_id().to_string()), "username names the user: {user}");
     let port = sn.addr.port().to_string();
-    let uclient = |password: &str| {
-        let mut c = tool("turnutils_uclient");
-        c.args(["-y", "-c", "-u", &user, "-w", password, "-p", &port, "-n", "20", "-m", "1", "-l", "120"]).args([
-            "-e",
-            "127.0.0.1",
-            "-r",
-            &peer_port(),
-            "127.0.0.1",
-        ]);
-        run(c, Duration::from_secs(30))
-    };
+    let uclient = |password: &str| uclient_relay(&["-u", &user, "-w", password, "-p", &port]);
     // -y runs two clients that send 20 messages each to one another.
     let (ok, out) = uclient(&pass);
     assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "minted credentials did not relay:\n{out}");
@@ -142,12 +132,14 @@ fn wait_relay(node: &Node, within: Duration) -> String {
     }
 }
 
-/// coturn's client: 20 messages of 120 bytes through a relay allocated over a
-/// stream (`transport`: `-t` for TCP, plus `-S` for TLS) on a supernode port,
-/// with the shared secret "s3cret", channels on; returns (exit ok, output).
-fn uclient_over_stream(transport: &[&str], port: u16) -> (bool, String) {
+/// coturn's client (`-y`: two clients relaying 20 messages of 120 bytes each
+/// to one another, channels on) with `args` (transport, credentials, port);
+/// returns (exit ok, output).
+fn uclient_relay(args: &[&str]) -> (bool, String) {
     let mut c = tool("turnutils_uclient");
-    c.args(transport).args(["-y", "-c", "-W", "s3cret", "-u", "00aa11bb", "-p", &port.to_string()]).args([
+    c.args(args).args([
+        "-y",
+        "-c",
         "-n",
         "20",
         "-m",
@@ -207,7 +199,7 @@ fn a_relay_over_tcp_carries_a_call_and_coturns_tcp_client() {
     let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &relay);
     let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
     // coturn's client allocates over TCP on the supernode's own TCP port (shared with links).
-    let (ok, out) = uclient_over_stream(&["-t"], sn1.addr.port());
+    let (ok, out) = uclient_relay(&["-t", "-W", "s3cret", "-u", "00aa11bb", "-p", &sn1.addr.port().to_string()]);
     assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "uclient over TCP:\n{out}");
     // A node that reaches its relay only over TCP still gets its call through.
     let wav = root.path().join("bob.wav");
@@ -411,7 +403,7 @@ fn turn_over_tls_serves_a_call_and_coturns_tls_client_and_shrugs_off_junk() {
     let refused = idle.iter_mut().map(closed_now).filter(|c| *c).count();
     assert!((100 - 64..100).contains(&refused), "{refused} of 100 idle connections from one address were refused");
     // Meanwhile coturn's own client runs TURN over TLS against the same port (-S: TLS).
-    let (ok, out) = uclient_over_stream(&["-t", "-S"], tls_addr.port());
+    let (ok, out) = uclient_relay(&["-t", "-S", "-W", "s3cret", "-u", "00aa11bb", "-p", &tls_addr.port().to_string()]);
     assert!(ok && out.contains("tot_send_msgs=40, tot_recv_msgs=40"), "uclient over TLS:\n{out}");
     // And alice's call through her TLS allocation carries audio.
     call_and_check(&alice, &bob, &wav, "relay-tcp");
