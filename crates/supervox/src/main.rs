@@ -124,8 +124,9 @@ struct NodeArgs {
     #[arg(long, value_enum, default_value = "never")]
     supernode: SupernodeMode,
     /// With --supernode auto: where the supernode would listen (TCP and UDP;
-    /// bound at start so the promoting supernode can check it).
-    #[arg(long, value_name = "IP:PORT", required_if_eq("supernode", "auto"))]
+    /// bound at start so the promoting supernode can check it) [default: the
+    /// address this host reaches its first seed from, any free port].
+    #[arg(long, value_name = "IP:PORT")]
     supernode_listen: Option<SocketAddr>,
     /// With --supernode auto: seconds signed in before volunteering.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
@@ -298,6 +299,16 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// The local address the host would use to reach `seed` (no packet is sent),
+/// with port 0: where a promoted supernode listens by default.
+fn route_to(seed: Option<SocketAddr>) -> Result<SocketAddr> {
+    let Some(seed) = seed else { bail!("--supernode auto needs a --seed (or --supernode-listen IP:PORT)") };
+    let any: SocketAddr = if seed.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(seed)?;
+    Ok(SocketAddr::new(probe.local_addr()?.ip(), 0))
+}
+
 fn parse_network_key(s: &str) -> Result<[u8; 32], String> {
     let v = hex::decode(s.trim()).map_err(|e| format!("not hex: {e}"))?;
     v.try_into().map_err(|v: Vec<u8>| format!("{} bytes; a network key is 32 bytes (64 hex digits)", v.len()))
@@ -329,14 +340,16 @@ async fn run(cmd: Cmd) -> Result<bool> {
             let (relay_transport, external_relay) = relay_settings(&a)?;
             let data_dir = a.data_dir.unwrap_or_else(|| DataDir::default_path(&format!("node-{}", a.name)));
             let control = a.control.unwrap_or_else(|| data_dir.join("control.sock"));
-            let supernode = match (a.supernode, a.supernode_listen) {
-                (SupernodeMode::Auto, Some(listen)) => Some(node::PromotionOptions {
-                    listen,
+            let supernode = match a.supernode {
+                SupernodeMode::Auto => Some(node::PromotionOptions {
+                    listen: match a.supernode_listen {
+                        Some(l) => l,
+                        None => route_to(a.seed.first().copied())?,
+                    },
                     after_ms: a.promote_after * 1000,
                     max_clients: a.supernode_max_clients,
                 }),
-                (SupernodeMode::Auto, None) => bail!("--supernode auto needs --supernode-listen IP:PORT"),
-                (SupernodeMode::Never, _) => None,
+                SupernodeMode::Never => None,
             };
             let opts = NodeOptions {
                 supernode,
