@@ -289,6 +289,19 @@ impl Supernode {
         self.clients.len()
     }
 
+    /// Our membership entry: identity, advertised address, incarnation.
+    pub fn member(&self) -> Member {
+        self.membership.me()
+    }
+
+    /// Learn supernodes as a Join's member list teaches them, without the
+    /// datagrams: the simulator's warm start hands every supernode the list
+    /// its Join would have fetched.
+    pub fn learn_members(&mut self, members: &[Member], now_ms: u64) {
+        self.membership.learn(members, now_ms);
+        self.flush_membership(now_ms);
+    }
+
     /// Live supernodes we know (not us).
     pub fn peer_addrs(&self) -> Vec<SocketAddr> {
         self.membership.live().map(|m| m.addr).collect()
@@ -301,7 +314,9 @@ impl Supernode {
 
     /// Next thing for the driver to do.
     pub fn poll_output(&mut self) -> Option<SnOutput> {
-        self.out.pop_front()
+        let next = self.out.pop_front();
+        crate::overlay::membership::shrink_when_drained(&mut self.out);
+        next
     }
 
     /// A client TCP connection was accepted.
@@ -341,20 +356,23 @@ impl Supernode {
     /// Supernodes for a client's host cache: the least loaded first.
     fn suggest_supernodes(&self, n: usize, include_me: bool) -> Vec<SocketAddr> {
         let want = n.saturating_sub(usize::from(include_me));
-        let mut members: Vec<&Member> =
-            self.membership.live().filter(|m| m.state == MemberState::Alive && m.load < 100).collect();
+        let mut members: Vec<(u8, SocketAddr)> = self
+            .membership
+            .live()
+            .filter(|m| m.state == MemberState::Alive && m.load < 100)
+            .map(|m| (m.load, m.addr))
+            .collect();
         // Every sign-in asks: pick the `want` least loaded in O(N), sort only those.
-        let key = |m: &&Member| (m.load, m.addr);
         if members.len() > want {
-            members.select_nth_unstable_by_key(want, key);
+            members.select_nth_unstable(want);
             members.truncate(want);
         }
-        members.sort_by_key(key);
+        members.sort_unstable();
         let mut out: Vec<SocketAddr> = Vec::with_capacity(n);
         if include_me {
             out.push(self.cfg.advertise);
         }
-        out.extend(members.iter().map(|m| m.addr));
+        out.extend(members.iter().map(|m| m.1));
         out
     }
 
@@ -504,7 +522,7 @@ impl Supernode {
             Some(format!("cannot promote: {advertise} is not the public address we see ({})", remote.ip()))
         } else if !self.needs_supernodes() {
             Some("no promotion: the network has capacity".to_string())
-        } else if self.membership.by_addr(&advertise).is_some() || advertise == self.cfg.advertise {
+        } else if self.membership.is_live_addr(&advertise) || advertise == self.cfg.advertise {
             Some(format!("{advertise} is a supernode already"))
         } else {
             None

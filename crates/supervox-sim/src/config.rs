@@ -82,6 +82,11 @@ impl FromStr for CrashMode {
     }
 }
 
+/// From this many supernodes on, runs start warm by default: a cold start
+/// of 10 000 supernodes within seconds is a join storm no real network
+/// sees, and its 10^8 member-list entries in flight outgrow the machine.
+pub const WARM_START_FROM: usize = 2_000;
+
 /// Everything that shapes a run. [`SimConfig::new`] fills in the defaults
 /// of a scenario; every field can then be overridden.
 #[derive(Debug, Clone)]
@@ -116,6 +121,10 @@ pub struct SimConfig {
     pub sn_seeds: usize,
     /// Supernode tick period, ms (the daemon uses 250).
     pub sn_tick_ms: u64,
+    /// Start every supernode at once, each already holding the member list
+    /// its Join would fetch (see the crate README); otherwise they come up
+    /// one by one over the first seconds and join through seeds.
+    pub warm_start: bool,
     /// Tick period of a client that waits to (re)connect, ms.
     pub client_idle_tick_ms: u64,
     /// Print a progress line to stderr every this many virtual seconds.
@@ -154,6 +163,7 @@ impl SimConfig {
             client_seeds: 8,
             sn_seeds: 3,
             sn_tick_ms: 250,
+            warm_start: supernodes >= WARM_START_FROM,
             client_idle_tick_ms: 20,
             progress_s: None,
             max_wall_s: None,

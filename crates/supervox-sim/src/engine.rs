@@ -440,6 +440,13 @@ impl Sim {
             return;
         }
         let delay = self.latency.one_way_ms(self.sns[from as usize].loc, self.sns[t as usize].loc);
+        if let Some(p) = ctx.and_then(|c| self.pending.get_mut(&c.lookup)) {
+            match kind {
+                "Lookup" if p.overlay_sent.is_none() => p.overlay_sent = Some((self.now, 2 * delay)),
+                "LookupAns" if p.overlay_answered.is_none() => p.overlay_answered = Some(self.now + delay),
+                _ => {}
+            }
+        }
         let from = crate::net::sn_addr(from);
         self.after(delay, Ev::Datagram(Box::new(Datagram { to: t, from, bytes, ctx })));
     }

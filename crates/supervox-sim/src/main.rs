@@ -40,6 +40,11 @@ struct Args {
     /// 10: median supernode session 33 min instead of 5.5 h); 0 disables churn.
     #[arg(long)]
     churn_speedup: Option<f64>,
+    /// How the supernodes start: cold (one by one over the first seconds,
+    /// joining through seeds) or warm (all at once, each holding the member
+    /// list its Join would fetch). Default: warm from 2000 supernodes on.
+    #[arg(long, value_enum)]
+    start: Option<Start>,
     /// How dead nodes disappear: process (connections reset) or silent
     /// (host gone: keepalive timeout).
     #[arg(long, default_value = "process")]
@@ -58,6 +63,13 @@ struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// How supernodes start (see `--start`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Start {
+    Cold,
+    Warm,
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +110,9 @@ fn run() -> Result<(), String> {
     }
     if let Some(l) = a.loss {
         cfg.loss = l;
+    }
+    if let Some(s) = a.start {
+        cfg.warm_start = matches!(s, Start::Warm);
     }
     if let Some(s) = a.churn_speedup {
         cfg.churn_speedup = s;

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use supervox_core::host_cache::HostCache;
 use supervox_core::Identity;
+use supervox_proto::overlay::Member;
 use supervox_proto::{LookupAnswer, Message};
 
 /// No lookup is started this close to the end of the run, so every one
@@ -47,6 +48,11 @@ pub(crate) struct PendingLookup {
     pub max_hops: u8,
     /// Overlay messages it caused.
     pub overlay_msgs: u32,
+    /// When the client's supernode sent the first `Lookup` datagram, and
+    /// the RTT to the holder it went to.
+    pub overlay_sent: Option<(u64, u64)>,
+    /// When the first `LookupAns` reached the client's supernode.
+    pub overlay_answered: Option<u64>,
 }
 
 impl Sim {
@@ -59,12 +65,18 @@ impl Sim {
         let cfg = sim.cfg.clone();
         let window_end = EPOCH_MS + cfg.event_ms().unwrap_or(cfg.duration_ms);
         sim.metrics.start(EPOCH_MS + cfg.warmup_ms, window_end, EPOCH_MS);
-        // Supernodes come up over the first two seconds, in slot order.
+        // Supernodes come up over the first two seconds, in slot order; or,
+        // warm, all at once with the member list a Join would fetch.
         let spacing = (2_000 / cfg.supernodes as u64).clamp(1, 5);
         for i in 0..cfg.supernodes {
             let loc = sim.latency.place(&mut sim.rng);
             sim.sns.push(SnSlot::new(loc));
-            sim.at(EPOCH_MS + i as u64 * spacing, Ev::SnStart(i as u32));
+            if !cfg.warm_start {
+                sim.at(EPOCH_MS + i as u64 * spacing, Ev::SnStart(i as u32));
+            }
+        }
+        if cfg.warm_start {
+            sim.warm_start();
         }
         // Clients arrive over the first half of the warm-up.
         for c in 0..cfg.clients {
@@ -127,6 +139,21 @@ impl Sim {
             live.swap(j, r);
         }
         live[..k].iter().map(|i| net::sn_addr(*i)).collect()
+    }
+
+    /// Every supernode starts now, each knowing all the others.
+    fn warm_start(&mut self) {
+        for i in 0..self.sns.len() as u32 {
+            self.sn_start(i);
+        }
+        let members: Vec<Member> = self.sns.iter().filter_map(|s| s.sn.as_ref().map(|sn| sn.member())).collect();
+        let now = self.now;
+        for i in 0..self.sns.len() as u32 {
+            if let Some(sn) = self.sns[i as usize].sn.as_mut() {
+                sn.learn_members(&members, now);
+            }
+            self.drain_sn(i, None);
+        }
     }
 
     pub(crate) fn sn_start(&mut self, i: u32) {
@@ -253,8 +280,19 @@ impl Sim {
         self.metrics.lookup_seq += 1;
         let id = self.metrics.lookup_seq;
         let measured = self.now >= EPOCH_MS + self.cfg.warmup_ms;
-        self.pending
-            .insert(id, PendingLookup { from, target, issued: self.now, measured, max_hops: 0, overlay_msgs: 0 });
+        self.pending.insert(
+            id,
+            PendingLookup {
+                from,
+                target,
+                issued: self.now,
+                measured,
+                max_hops: 0,
+                overlay_msgs: 0,
+                overlay_sent: None,
+                overlay_answered: None,
+            },
+        );
         let name = self.clients[target as usize].name.clone();
         let msg = Message::Lookup { req_id: LOOKUP_REQ_BASE + id, name };
         self.send(conn, me, msg, Some(Ctx { lookup: id, hops: 0 }));
@@ -310,6 +348,7 @@ impl Sim {
             ms: self.now - p.issued,
             hops: ctx.map_or(p.max_hops, |c| c.hops),
             overlay_msgs: p.overlay_msgs,
+            overlay: p.overlay_sent.zip(p.overlay_answered).map(|((sent, rtt), ans)| (ans.saturating_sub(sent), rtt)),
         });
     }
 

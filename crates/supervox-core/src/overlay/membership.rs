@@ -11,11 +11,13 @@
 //!
 //! Why not `foca`: its member table is a `Vec` searched linearly on every
 //! update, which at 10 000 supernodes in one simulator process costs O(N) per
-//! piggybacked update (10^12 operations to converge); this table is a hash map
-//! with O(1) updates, timers in queues rather than scans, and records the
-//! supernode's load. See docs/DEPENDENCIES.md.
+//! piggybacked update (10^12 operations to converge); this table
+//! ([`table`]) is a compact slab with an O(1) index, timers are queues rather
+//! than scans, and it records the supernode's load. See docs/DEPENDENCIES.md.
 
-use crate::Map;
+mod table;
+
+use crate::overlay::rendezvous::{member_seed, premix, top_premixed};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -23,6 +25,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use supervox_proto::overlay::{Member, MemberState, OverlayMsg, MAX_ITEMS_PER_PACKET, MAX_UPDATES_PER_PACKET};
 use supervox_proto::UserId;
+use table::MemberTable;
 
 /// Most members remembered (alive, suspect or recently dead).
 pub const MAX_MEMBERS: usize = 200_000;
@@ -35,6 +38,8 @@ const MAX_SYNC_BUCKETS: usize = 64;
 /// Member lists sent to joiners per second, at most (a snapshot of 10 000
 /// members is ~600 datagrams).
 const JOINS_SERVED_PER_SEC: u32 = 50;
+/// Stands for us in the gossip queue (our own refutations).
+const ME: u32 = u32::MAX;
 
 /// Timing of the protocol.
 #[derive(Debug, Clone, Copy)]
@@ -81,13 +86,6 @@ pub enum MemberEvent {
 }
 
 #[derive(Debug)]
-struct Entry {
-    m: Member,
-    /// Smoothed round-trip time of our probes to it, ms (0 = not measured).
-    srtt_ms: u32,
-}
-
-#[derive(Debug)]
 struct Probe {
     target: UserId,
     seq: u32,
@@ -109,17 +107,24 @@ struct Relay {
 pub struct Membership {
     cfg: MembershipConfig,
     me: Member,
-    members: Map<UserId, Entry>,
-    by_addr: Map<SocketAddr, UserId>,
+    table: MemberTable,
     live: usize,
-    order: Vec<UserId>,
+    /// The live members for rendezvous hashing: `(premix(seed), slot)`.
+    ring: Vec<(u64, u32)>,
+    /// Probe order: slot numbers (stale ones are skipped and dropped at the
+    /// next reshuffle).
+    order: Vec<u32>,
     order_pos: usize,
     probe: Option<Probe>,
     relays: VecDeque<Relay>,
-    /// Updates still to piggyback, with transmissions left; `gossip_order`
-    /// holds their ids, least sent first (stale ids are skipped).
-    gossip: Map<UserId, (Member, u8)>,
-    gossip_order: VecDeque<UserId>,
+    /// Updates still to piggyback, least sent first: `(slot or ME, stamp)`;
+    /// a place whose stamp is not the slot's current one is stale. The
+    /// transmissions left live in the slot.
+    gossip_order: VecDeque<(u32, u8)>,
+    /// Slots (and us) with transmissions left.
+    gossip_len: usize,
+    /// Our own transmissions left and stamp.
+    me_gossip: (u8, u8),
     suspects: VecDeque<(UserId, u32, u64)>,
     dead: VecDeque<(UserId, u32, u64)>,
     seq: u32,
@@ -133,6 +138,15 @@ pub struct Membership {
     next_sync_ms: u64,
     out: VecDeque<(SocketAddr, OverlayMsg)>,
     events: VecDeque<MemberEvent>,
+}
+
+/// A queue that once held a burst (a member list served, a warm start)
+/// gives its memory back once empty: 10 000 supernodes in one simulator
+/// process would otherwise each keep the capacity of their largest burst.
+pub(crate) fn shrink_when_drained<T>(q: &mut VecDeque<T>) {
+    if q.is_empty() && q.capacity() > 64 {
+        q.shrink_to(16);
+    }
 }
 
 fn rank(s: MemberState) -> u8 {
@@ -150,15 +164,16 @@ impl Membership {
         let mut m = Self {
             cfg,
             me,
-            members: Map::default(),
-            by_addr: Map::default(),
+            table: MemberTable::default(),
             live: 0,
+            ring: Vec::new(),
             order: Vec::new(),
             order_pos: 0,
             probe: None,
             relays: VecDeque::new(),
-            gossip: Map::default(),
             gossip_order: VecDeque::new(),
+            gossip_len: 0,
+            me_gossip: (0, 0),
             suspects: VecDeque::new(),
             dead: VecDeque::new(),
             seq: 0,
@@ -202,34 +217,69 @@ impl Membership {
     }
 
     /// Members alive or suspect (suspects still hold their records), not us.
-    pub fn live(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().map(|e| &e.m).filter(|m| m.state != MemberState::Dead)
+    pub fn live(&self) -> impl Iterator<Item = Member> + '_ {
+        self.table.iter().filter(|(_, s)| s.is_live()).map(|(_, s)| s.member())
+    }
+
+    /// The `r` heaviest of the live members and us for `key_hash`
+    /// (rendezvous hashing), heaviest first, with their weights. O(N) over a
+    /// compact array of premixed seeds.
+    pub fn heaviest(&self, key_hash: u64, r: usize) -> Vec<(u64, Member)> {
+        let me = (premix(member_seed(&self.me.id)), ME);
+        let members = std::iter::once(me).chain(self.ring.iter().copied());
+        top_premixed(key_hash, members, r, |s| member_seed(&self.member_at(*s).id))
+            .into_iter()
+            .map(|(w, s)| (w, self.member_at(s)))
+            .collect()
+    }
+
+    /// Us or the member in a slot.
+    fn member_at(&self, slot: u32) -> Member {
+        match self.table.slot(slot) {
+            Some(s) if slot != ME => s.member(),
+            _ => self.me,
+        }
     }
 
     /// A member by identity.
-    pub fn get(&self, id: &UserId) -> Option<&Member> {
-        self.members.get(id).map(|e| &e.m)
+    pub fn get(&self, id: &UserId) -> Option<Member> {
+        self.table.get(id).map(|s| s.member())
     }
 
-    /// A live member by address.
-    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Member> {
-        let id = self.by_addr.get(addr)?;
-        self.get(id).filter(|m| m.state != MemberState::Dead)
+    /// True if a live member advertises `addr`. A scan: for rare questions
+    /// (a dial-back request, a volunteer), not per datagram.
+    pub fn is_live_addr(&self, addr: &SocketAddr) -> bool {
+        self.table.iter().any(|(_, s)| s.is_live() && s.addr() == *addr)
     }
 
     /// Smoothed RTT to a member, if measured.
     pub fn srtt_ms(&self, id: &UserId) -> Option<u32> {
-        self.members.get(id).map(|e| e.srtt_ms).filter(|r| *r > 0)
+        self.table.get(id).map(|s| u32::from(s.srtt_ms)).filter(|r| *r > 0)
+    }
+
+    /// Learn members as from a member list (state, not news: not gossiped).
+    pub fn learn(&mut self, members: &[Member], now_ms: u64) {
+        let n = members.len().min(MAX_MEMBERS.saturating_sub(self.table.len()));
+        self.table.reserve(n);
+        self.order.reserve_exact(n);
+        self.ring.reserve_exact(n);
+        for m in members {
+            self.apply_quietly(*m, now_ms);
+        }
     }
 
     /// Next datagram body to send.
     pub fn poll_send(&mut self) -> Option<(SocketAddr, OverlayMsg)> {
-        self.out.pop_front()
+        let next = self.out.pop_front();
+        shrink_when_drained(&mut self.out);
+        next
     }
 
     /// Next change of the live set.
     pub fn poll_event(&mut self) -> Option<MemberEvent> {
-        self.events.pop_front()
+        let next = self.events.pop_front();
+        shrink_when_drained(&mut self.events);
+        next
     }
 
     /// Every packet's header: the sender is alive and talking. Learns
@@ -239,10 +289,10 @@ impl Membership {
             return;
         }
         let from = Member { state: MemberState::Alive, ..from };
-        if let Some(e) = self.members.get_mut(&from.id) {
-            if e.m.incarnation == from.incarnation && e.m.state != MemberState::Dead {
+        if let Some(s) = self.table.get_mut(&from.id) {
+            if s.incarnation == from.incarnation && s.state != Some(MemberState::Dead) {
                 // Load changes without an incarnation bump: direct news only.
-                e.m.load = from.load;
+                s.load = from.load;
                 return;
             }
         }
@@ -325,12 +375,12 @@ impl Membership {
         // If we hold the joiner as suspect or dead, tell it so it refutes
         // (a restarted process with an old incarnation).
         let mut list: Vec<Member> = vec![self.me];
-        if let Some(e) = self.members.get(&from.id) {
-            if e.m.state != MemberState::Alive || e.m.incarnation > from.incarnation {
-                list.push(e.m);
+        if let Some(m) = self.get(&from.id) {
+            if m.state != MemberState::Alive || m.incarnation > from.incarnation {
+                list.push(m);
             }
         }
-        list.extend(self.live().filter(|m| m.id != from.id).copied());
+        list.extend(self.live().filter(|m| m.id != from.id));
         for chunk in list.chunks(MAX_ITEMS_PER_PACKET) {
             self.out.push_back((from_addr, OverlayMsg::Members { members: chunk.to_vec() }));
         }
@@ -343,7 +393,7 @@ impl Membership {
             want[*b as usize] = true;
         }
         let list: Vec<Member> =
-            std::iter::once(&self.me).chain(self.live()).filter(|m| want[m.id.0[0] as usize]).copied().collect();
+            std::iter::once(self.me).chain(self.live()).filter(|m| want[m.id.0[0] as usize]).collect();
         for chunk in list.chunks(MAX_ITEMS_PER_PACKET) {
             self.out.push_back((to, OverlayMsg::Members { members: chunk.to_vec() }));
         }
@@ -355,8 +405,10 @@ impl Membership {
             let sample = (now_ms.saturating_sub(p.sent_ms)).clamp(1, 60_000) as u32;
             // Only direct answers measure the path.
             if !p.indirect_sent {
-                if let Some(e) = self.members.get_mut(&p.target) {
-                    e.srtt_ms = if e.srtt_ms == 0 { sample } else { (7 * e.srtt_ms + sample) / 8 };
+                if let Some(s) = self.table.get_mut(&p.target) {
+                    let old = u32::from(s.srtt_ms);
+                    let srtt = if old == 0 { sample } else { (7 * old + sample) / 8 };
+                    s.srtt_ms = srtt.min(u32::from(u16::MAX)) as u16;
                 }
             }
             return;
@@ -376,15 +428,15 @@ impl Membership {
     }
 
     fn apply(&mut self, m: Member, now_ms: u64) {
-        if let Some(m) = self.apply_quietly(m, now_ms) {
-            self.enqueue(m);
+        if let Some(slot) = self.apply_quietly(m, now_ms) {
+            self.enqueue(slot);
         }
     }
 
     /// Apply one piece of news about a member: newer incarnations win, and
-    /// at one incarnation dead beats suspect beats alive. Returns the update
-    /// to gossip if it changed our view.
-    fn apply_quietly(&mut self, m: Member, now_ms: u64) -> Option<Member> {
+    /// at one incarnation dead beats suspect beats alive. Returns the slot
+    /// (or [`ME`]) whose state is news to gossip, if it changed our view.
+    fn apply_quietly(&mut self, m: Member, now_ms: u64) -> Option<u32> {
         if m.id == self.me.id {
             if m.state != MemberState::Alive && m.incarnation >= self.me.incarnation {
                 // Refute: we are alive.
@@ -393,92 +445,99 @@ impl Membership {
                 self.me.incarnation = m.incarnation.saturating_add(1);
                 let me = self.me;
                 self.toggle_digest(&me);
-                return Some(self.me);
+                return Some(ME);
             }
             return None;
         }
-        match self.members.get_mut(&m.id) {
-            None => {
-                if m.state == MemberState::Dead || self.members.len() >= MAX_MEMBERS {
-                    return None;
-                }
-                self.members.insert(m.id, Entry { m, srtt_ms: 0 });
-                self.toggle_digest(&m);
-                self.index_addr(m.id, m.addr, None);
-                self.live += 1;
-                self.order.push(m.id);
-                if m.state == MemberState::Suspect {
-                    self.suspects.push_back((m.id, m.incarnation, now_ms + self.cfg.suspect_ms));
-                }
-                self.events.push_back(MemberEvent::Up(m));
-                Some(m)
+        let Some(i) = self.table.find(&m.id) else {
+            if m.state == MemberState::Dead || self.table.len() >= MAX_MEMBERS {
+                return None;
             }
-            Some(e) => {
-                let newer = m.incarnation > e.m.incarnation
-                    || (m.incarnation == e.m.incarnation && rank(m.state) > rank(e.m.state));
-                if !newer {
-                    return None;
-                }
-                let was_live = e.m.state != MemberState::Dead;
-                let old_addr = e.m.addr;
-                let old = e.m;
-                e.m = m;
-                let now_live = m.state != MemberState::Dead;
-                if was_live {
-                    self.toggle_digest(&old);
-                }
-                if now_live {
-                    self.toggle_digest(&m);
-                }
-                self.index_addr(m.id, m.addr, Some(old_addr));
-                match m.state {
-                    MemberState::Suspect => {
-                        self.suspects.push_back((m.id, m.incarnation, now_ms + self.cfg.suspect_ms))
-                    }
-                    MemberState::Dead => self.dead.push_back((m.id, m.incarnation, now_ms + self.cfg.dead_keep_ms)),
-                    MemberState::Alive => {}
-                }
-                if was_live && !now_live {
-                    self.live -= 1;
-                    self.events.push_back(MemberEvent::Down(m));
-                } else if !was_live && now_live {
-                    self.live += 1;
-                    self.order.push(m.id);
-                    self.events.push_back(MemberEvent::Up(m));
-                }
-                Some(m)
+            let i = self.table.insert(&m);
+            self.toggle_digest(&m);
+            self.live += 1;
+            self.ring.push((premix(member_seed(&m.id)), i));
+            self.order.push(i);
+            if m.state == MemberState::Suspect {
+                self.suspects.push_back((m.id, m.incarnation, now_ms + self.cfg.suspect_ms));
             }
+            self.events.push_back(MemberEvent::Up(m));
+            return Some(i);
+        };
+        let s = self.table.slot_mut(i)?;
+        let old = s.member();
+        let newer =
+            m.incarnation > old.incarnation || (m.incarnation == old.incarnation && rank(m.state) > rank(old.state));
+        if !newer {
+            return None;
         }
+        s.set(&m);
+        let was_live = old.state != MemberState::Dead;
+        let now_live = m.state != MemberState::Dead;
+        if was_live {
+            self.toggle_digest(&old);
+        }
+        if now_live {
+            self.toggle_digest(&m);
+        }
+        match m.state {
+            MemberState::Suspect => self.suspects.push_back((m.id, m.incarnation, now_ms + self.cfg.suspect_ms)),
+            MemberState::Dead => self.dead.push_back((m.id, m.incarnation, now_ms + self.cfg.dead_keep_ms)),
+            MemberState::Alive => {}
+        }
+        if was_live && !now_live {
+            self.live -= 1;
+            if let Some(at) = self.ring.iter().position(|r| r.1 == i) {
+                self.ring.swap_remove(at);
+            }
+            self.events.push_back(MemberEvent::Down(m));
+        } else if !was_live && now_live {
+            self.live += 1;
+            self.ring.push((premix(member_seed(&m.id)), i));
+            self.order.push(i);
+            self.events.push_back(MemberEvent::Up(m));
+        }
+        Some(i)
     }
 
-    fn index_addr(&mut self, id: UserId, addr: SocketAddr, old: Option<SocketAddr>) {
-        if let Some(old) = old.filter(|o| *o != addr) {
-            if self.by_addr.get(&old) == Some(&id) {
-                self.by_addr.remove(&old);
-            }
+    /// Transmissions left and stamp of a gossip place's slot.
+    fn gossip_of(&mut self, slot: u32) -> Option<(&mut u8, &mut u8)> {
+        if slot == ME {
+            let (left, stamp) = &mut self.me_gossip;
+            return Some((left, stamp));
         }
-        self.by_addr.insert(addr, id);
+        self.table.slot_mut(slot).map(|s| (&mut s.gossip_left, &mut s.gossip_stamp))
     }
 
-    /// Queue an update for piggybacking `4·⌈log10(N+1)⌉` times, as memberlist
-    /// does (an epidemic reaches everyone with high probability; 20 at 10 000
-    /// members), but at least 8 so small networks converge in seconds.
-    fn enqueue(&mut self, m: Member) {
+    /// Queue a slot's current state for piggybacking `4·⌈log10(N+1)⌉` times,
+    /// as memberlist does (an epidemic reaches everyone with high
+    /// probability; 20 at 10 000 members), but at least 8 so small networks
+    /// converge in seconds. Fresh news goes first.
+    fn enqueue(&mut self, slot: u32) {
         let mut n = self.live + 1;
         let mut digits = 0u8;
         while n > 0 {
             n /= 10;
             digits += 1;
         }
-        let left = (4 * digits).max(8);
-        if self.gossip.insert(m.id, (m, left)).is_none() || self.gossip_order.front() != Some(&m.id) {
-            self.gossip_order.push_front(m.id);
+        let times = (4 * digits).max(8);
+        let Some((left, stamp)) = self.gossip_of(slot) else { return };
+        let was_queued = *left > 0;
+        *left = times;
+        *stamp = stamp.wrapping_add(1);
+        let stamp = *stamp;
+        if !was_queued {
+            self.gossip_len += 1;
         }
-        // Bounded: the oldest (most sent) updates go first.
-        while self.gossip.len() > MAX_GOSSIP_QUEUE || self.gossip_order.len() > 2 * MAX_GOSSIP_QUEUE {
-            let Some(id) = self.gossip_order.pop_back() else { break };
-            if !self.gossip_order.contains(&id) {
-                self.gossip.remove(&id);
+        self.gossip_order.push_front((slot, stamp));
+        // Bounded: the most sent updates (at the back) go first.
+        while self.gossip_len > MAX_GOSSIP_QUEUE || self.gossip_order.len() > 2 * MAX_GOSSIP_QUEUE {
+            let Some((s, st)) = self.gossip_order.pop_back() else { break };
+            if let Some((left, stamp)) = self.gossip_of(s) {
+                if *left > 0 && *stamp == st {
+                    *left = 0;
+                    self.gossip_len -= 1;
+                }
             }
         }
     }
@@ -489,20 +548,20 @@ impl Membership {
         let mut out: Vec<Member> = Vec::new();
         let mut scanned = 0;
         while out.len() < MAX_UPDATES_PER_PACKET && scanned < self.gossip_order.len() {
-            let Some(id) = self.gossip_order.pop_front() else { break };
+            let Some((slot, st)) = self.gossip_order.pop_front() else { break };
             scanned += 1;
-            let Some((m, left)) = self.gossip.get_mut(&id) else {
-                continue; // stale: sent out already
-            };
-            if out.iter().any(|o| o.id == id) {
-                continue; // a duplicate id in the order
+            let m = if slot == ME { self.me } else { self.table.slot(slot).map(|s| s.member()).unwrap_or(self.me) };
+            let Some((left, stamp)) = self.gossip_of(slot) else { continue };
+            if *left == 0 || *stamp != st {
+                continue; // stale: queued again since, or sent out already
             }
-            out.push(*m);
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                self.gossip.remove(&id);
+            *left -= 1;
+            let done = *left == 0;
+            out.push(m);
+            if done {
+                self.gossip_len -= 1;
             } else {
-                self.gossip_order.push_back(id);
+                self.gossip_order.push_back((slot, st));
             }
         }
         out
@@ -521,7 +580,7 @@ impl Membership {
             if !p.acked && !p.indirect_sent && now_ms >= p.sent_ms + self.cfg.ack_timeout_ms {
                 p.indirect_sent = true;
                 let (target, seq) = (p.target, p.seq);
-                if let Some(t) = self.members.get(&target).map(|e| e.m) {
+                if let Some(t) = self.get(&target) {
                     let helpers = self.random_live(rng, self.cfg.indirect, &target);
                     for h in helpers {
                         let updates = self.take_updates();
@@ -557,7 +616,7 @@ impl Membership {
     }
 
     fn suspect(&mut self, id: UserId, now_ms: u64) {
-        if let Some(m) = self.members.get(&id).map(|e| e.m) {
+        if let Some(m) = self.get(&id) {
             if m.state == MemberState::Alive {
                 self.apply(Member { state: MemberState::Suspect, ..m }, now_ms);
             }
@@ -567,7 +626,7 @@ impl Membership {
     fn expire(&mut self, now_ms: u64) {
         while self.suspects.front().is_some_and(|s| s.2 <= now_ms) {
             let Some((id, inc, _)) = self.suspects.pop_front() else { break };
-            if let Some(m) = self.members.get(&id).map(|e| e.m) {
+            if let Some(m) = self.get(&id) {
                 if m.state == MemberState::Suspect && m.incarnation == inc {
                     self.apply(Member { state: MemberState::Dead, ..m }, now_ms);
                 }
@@ -575,12 +634,13 @@ impl Membership {
         }
         while self.dead.front().is_some_and(|s| s.2 <= now_ms) {
             let Some((id, inc, _)) = self.dead.pop_front() else { break };
-            if self.members.get(&id).is_some_and(|e| e.m.state == MemberState::Dead && e.m.incarnation == inc) {
-                if let Some(e) = self.members.remove(&id) {
-                    if self.by_addr.get(&e.m.addr) == Some(&id) {
-                        self.by_addr.remove(&e.m.addr);
-                    }
+            let Some(i) = self.table.find(&id) else { continue };
+            let Some(s) = self.table.slot(i) else { continue };
+            if s.state == Some(MemberState::Dead) && s.incarnation == inc {
+                if s.gossip_left > 0 {
+                    self.gossip_len -= 1;
                 }
+                self.table.remove(i);
             }
         }
         while self.relays.front().is_some_and(|r| r.until_ms <= now_ms) {
@@ -593,14 +653,14 @@ impl Membership {
     fn next_target(&mut self, rng: &mut StdRng) -> Option<Member> {
         for _ in 0..2 {
             while self.order_pos < self.order.len() {
-                let id = self.order[self.order_pos];
+                let i = self.order[self.order_pos];
                 self.order_pos += 1;
-                if let Some(e) = self.members.get(&id).filter(|e| e.m.state != MemberState::Dead) {
-                    return Some(e.m);
+                if let Some(s) = self.table.slot(i).filter(|s| s.is_live()) {
+                    return Some(s.member());
                 }
             }
-            let members = &self.members;
-            self.order.retain(|id| members.get(id).is_some_and(|e| e.m.state != MemberState::Dead));
+            let table = &self.table;
+            self.order.retain(|i| table.slot(*i).is_some_and(|s| s.is_live()));
             self.order.sort_unstable();
             self.order.dedup();
             self.order.shuffle(rng);
@@ -616,14 +676,13 @@ impl Membership {
             return out;
         }
         for _ in 0..4 * k {
-            let id = self.order[rng.gen_range(0..self.order.len())];
-            if &id == except {
+            let i = self.order[rng.gen_range(0..self.order.len())];
+            let Some(s) = self.table.slot(i).filter(|s| s.is_live() && s.id != *except) else {
                 continue;
-            }
-            if let Some(m) = self.members.get(&id).map(|e| e.m).filter(|m| m.state != MemberState::Dead) {
-                if !out.contains(&m.addr) {
-                    out.push(m.addr);
-                }
+            };
+            let addr = s.addr();
+            if !out.contains(&addr) {
+                out.push(addr);
             }
             if out.len() == k {
                 break;
@@ -719,5 +778,79 @@ mod tests {
         assert_eq!(m.live_count(), 1);
         let ev: Vec<MemberEvent> = std::iter::from_fn(|| m.poll_event()).collect();
         assert_eq!(ev.len(), 3, "{ev:?}");
+    }
+
+    fn member_n(n: u32) -> Member {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&n.to_le_bytes());
+        id[4] = 0xab;
+        Member {
+            id: UserId(id),
+            addr: SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 7000)),
+            incarnation: 1,
+            state: MemberState::Alive,
+            load: 0,
+        }
+    }
+
+    #[test]
+    fn the_rendezvous_ring_follows_the_live_set() {
+        use crate::overlay::rendezvous::{key_hash, top};
+        let mut m = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
+        for n in 0..300 {
+            m.apply(member_n(n), 0);
+        }
+        // Some die, some of those come back, some are only suspect (still holders).
+        for n in (0..300).step_by(3) {
+            m.apply(Member { state: MemberState::Dead, ..member_n(n) }, 10);
+        }
+        for n in (0..300).step_by(9) {
+            m.apply(Member { incarnation: 2, ..member_n(n) }, 20);
+        }
+        for n in (1..300).step_by(7) {
+            m.apply(Member { state: MemberState::Suspect, ..member_n(n) }, 30);
+        }
+        let live: Vec<Member> = std::iter::once(m.me()).chain(m.live()).collect();
+        assert_eq!(live.len(), 300 - 100 + 34 + 1);
+        for k in 0..500 {
+            let kh = key_hash(&format!("user{k}"));
+            let want: Vec<UserId> =
+                top(kh, live.iter().map(|x| (member_seed(&x.id), x.id)), 10).into_iter().map(|(_, id)| id).collect();
+            let got: Vec<UserId> = m.heaviest(kh, 10).into_iter().map(|(_, x)| x.id).collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn the_gossip_queue_is_bounded_and_sends_fresh_news_first() {
+        let mut m = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
+        for n in 0..(MAX_GOSSIP_QUEUE as u32 + 500) {
+            m.apply(member_n(n), 0);
+        }
+        assert_eq!(m.gossip_len, MAX_GOSSIP_QUEUE);
+        assert!(m.gossip_order.len() <= 2 * MAX_GOSSIP_QUEUE);
+        // The newest news goes out first, each member once per packet.
+        let first = m.take_updates();
+        assert_eq!(first.len(), MAX_UPDATES_PER_PACKET);
+        assert_eq!(first[0].id, member_n(MAX_GOSSIP_QUEUE as u32 + 499).id);
+        let mut ids: Vec<UserId> = first.iter().map(|x| x.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), MAX_UPDATES_PER_PACKET);
+        // Re-queued news (a member now suspect) is sent in its new state,
+        // not twice.
+        let x = member_n(7_000_000);
+        m.apply(x, 0);
+        m.apply(Member { state: MemberState::Suspect, ..x }, 1);
+        let next = m.take_updates();
+        assert_eq!(next[0], Member { state: MemberState::Suspect, ..x });
+        assert_eq!(next.iter().filter(|u| u.id == x.id).count(), 1);
+        // Every update is sent a bounded number of times, then the queue empties.
+        let mut sent = 0;
+        while !m.take_updates().is_empty() {
+            sent += 1;
+            assert!(sent < 100_000);
+        }
+        assert_eq!(m.gossip_len, 0);
     }
 }

@@ -55,6 +55,35 @@ pub fn top<T: Copy>(key_hash: u64, members: impl Iterator<Item = (u64, T)>, r: u
     best.into_iter().map(|(w, _, t)| (w, t)).collect()
 }
 
+/// `mix(member_seed)`: a member's share of [`weight`], computed once per
+/// member so that ranking N members costs one mix each.
+pub fn premix(member_seed: u64) -> u64 {
+    mix(member_seed)
+}
+
+/// [`top`] over members given as `(premix(seed), item)`: the same ranking,
+/// half the work. `seed_of` gives an item's seed, needed only to break a tie
+/// of weights.
+pub fn top_premixed<T: Copy>(
+    key_hash: u64,
+    members: impl Iterator<Item = (u64, T)>,
+    r: usize,
+    seed_of: impl Fn(&T) -> u64,
+) -> Vec<(u64, T)> {
+    let mut best: Vec<(u64, T)> = Vec::with_capacity(r + 1);
+    let heavier = |a: &(u64, T), b: &(u64, T)| a.0 > b.0 || (a.0 == b.0 && seed_of(&a.1) > seed_of(&b.1));
+    for (pm, item) in members {
+        let cand = (mix(key_hash ^ pm), item);
+        if best.len() == r && best.last().is_some_and(|l| !heavier(&cand, l)) {
+            continue;
+        }
+        let at = best.iter().position(|b| heavier(&cand, b)).unwrap_or(best.len());
+        best.insert(at, cand);
+        best.truncate(r);
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +125,10 @@ mod tests {
         }
         // Fewer members than R: all of them.
         assert_eq!(holders(&seeds[..2], keys[3]).len(), 2);
+        // Premixed seeds rank exactly as `top` does.
+        for k in &keys {
+            let pre = top_premixed(*k, seeds.iter().map(|s| (premix(*s), *s)), 3, |s| *s);
+            assert_eq!(pre, top(*k, seeds.iter().map(|s| (*s, *s)), 3));
+        }
     }
 }

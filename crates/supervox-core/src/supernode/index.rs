@@ -15,7 +15,7 @@
 use super::{better_answer, SnOutput, Supernode, LOOKUP_TIMEOUT_MS, MAX_LOOKUPS_PER_CONN};
 use crate::directory::ClaimOutcome;
 use crate::overlay::membership::MemberEvent;
-use crate::overlay::rendezvous::{key_hash, member_seed, top, weight};
+use crate::overlay::rendezvous::{key_hash, member_seed, weight};
 use crate::{ConnId, Map};
 use std::net::SocketAddr;
 use supervox_proto::overlay::{Member, OverlayMsg, MAX_ITEMS_PER_PACKET};
@@ -76,6 +76,11 @@ pub(super) enum Pending {
         client_req: u64,
         name: String,
         left: Vec<Holder>,
+        /// Holders asked in the first round: asked once more, at the hedge
+        /// times, if an answer is still missing (a lost datagram).
+        asked: Vec<Holder>,
+        /// The second round has begun.
+        retried: bool,
         outstanding: usize,
         best: LookupAnswer,
         hedge_at: u64,
@@ -100,12 +105,11 @@ impl Supernode {
     /// The claim holders of `name` in our view (us included), heaviest
     /// first; the first [`Self::presence_replicas`] also hold presence.
     pub(super) fn holders_of(&self, name: &str) -> Vec<Holder> {
-        let kh = key_hash(name);
-        let me = self.membership.me();
-        let all = std::iter::once(me)
-            .chain(self.membership.live().copied())
-            .map(|m| (member_seed(&m.id), Holder { weight: 0, id: m.id, addr: m.addr }));
-        top(kh, all, self.claim_replicas()).into_iter().map(|(w, h)| Holder { weight: w, ..h }).collect()
+        self.membership
+            .heaviest(key_hash(name), self.claim_replicas())
+            .into_iter()
+            .map(|(weight, m)| Holder { weight, id: m.id, addr: m.addr })
+            .collect()
     }
 
     /// R: copies of a presence record.
@@ -217,6 +221,8 @@ impl Supernode {
             client_req: req_id,
             name,
             left,
+            asked: Vec::new(),
+            retried: false,
             outstanding: 0,
             best: local,
             hedge_at: 0,
@@ -228,14 +234,23 @@ impl Supernode {
 
     /// Ask the next holder of a pending lookup.
     fn lookup_next(&mut self, req: u64, p: &mut Pending, now_ms: u64) {
-        let Pending::Lookup { left, outstanding, hedge_at, name, .. } = p else {
+        let Pending::Lookup { left, asked, retried, outstanding, hedge_at, name, .. } = p else {
             return;
         };
+        if left.is_empty() && !*retried {
+            // Every holder was asked and one is still silent (a datagram
+            // lost either way): ask them all once more.
+            *retried = true;
+            std::mem::swap(left, asked);
+        }
         if left.is_empty() {
             *hedge_at = u64::MAX;
             return;
         }
         let h = left.remove(0);
+        if !*retried {
+            asked.push(h);
+        }
         *outstanding += 1;
         *hedge_at = now_ms + self.hedge_delay(&h);
         self.stats.lookups_forwarded += 1;

@@ -189,7 +189,7 @@ impl Supernode {
         to: SocketAddr,
         padding: u16,
     ) -> bool {
-        if self.membership.by_addr(&peer).is_none() {
+        if !self.membership.is_live_addr(&peer) {
             return false;
         }
         self.send_overlay(peer, OverlayMsg::StunDialBack { transaction_id, mapped, to, padding });
