@@ -38,6 +38,8 @@ const MAX_SYNC_BUCKETS: usize = 64;
 /// Member lists sent to joiners per second, at most (a snapshot of 10 000
 /// members is ~600 datagrams).
 const JOINS_SERVED_PER_SEC: u32 = 50;
+/// Anti-entropy rounds are spaced out beyond this many members (see `tick`).
+const SYNC_SPACING_FROM: u64 = 2_000;
 /// Stands for us in the gossip queue (our own refutations).
 const ME: u32 = u32::MAX;
 
@@ -590,7 +592,13 @@ impl Membership {
             }
         }
         if now_ms >= self.next_sync_ms {
-            self.next_sync_ms = now_ms + self.cfg.sync_ms;
+            // A round with a peer whose view differs in a bucket sends that
+            // bucket whole (~N/256 members), and under churn some bucket
+            // always differs while news spreads: past 2 000 members rounds
+            // are spaced out in proportion, which keeps anti-entropy near
+            // ~0.3 KB/s per supernode at 10 000 (measured in the simulator).
+            let scale = (self.live as u64 + 1).div_ceil(SYNC_SPACING_FROM).max(1);
+            self.next_sync_ms = now_ms + self.cfg.sync_ms * scale;
             if let Some(peer) = self.random_live(rng, 1, &self.me.id).first().copied() {
                 let total = self.digest_total();
                 self.out.push_back((peer, OverlayMsg::SyncDigest { total }));
