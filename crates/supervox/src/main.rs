@@ -266,6 +266,9 @@ enum CtlCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Supernode(_) | Cmd::Node(_));
+    if matches!(cli.cmd, Cmd::Supernode(_)) {
+        supervox::sys::single_malloc_arena();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
