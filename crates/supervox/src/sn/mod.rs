@@ -277,7 +277,7 @@ impl BoundSupernode {
                             let _ = tx.send((conn, addr, ok)).await;
                         });
                     }
-                    // Claims are written at the next tick, batching bursts.
+                    // Claims are written at a later tick, batching bursts.
                     SnOutput::ClaimsChanged => claims_dirty = true,
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
                         udp.dial_back(supervox_stun::DialBack { transaction_id, mapped, to, padding })
