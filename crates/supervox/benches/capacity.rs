@@ -6,8 +6,9 @@
 //! `SUPERVOX_CAPACITY_CLIENTS=N cargo bench -p supervox --bench capacity`
 //! (default 5000). Clients connect from 127.0.0.2, 127.0.0.3, … (10 000 per
 //! source address, past one address's ephemeral ports); the bench raises its
-//! open-file limit (as root, the hard one too) and the supernode's
-//! `--max-connections` to fit N. `SUPERVOX_CAPACITY_WRAPPER="heaptrack -o F"`
+//! open-file limit (the hard one too where CAP_SYS_RESOURCE allows; the
+//! supernode child inherits it) and the supernode's `--max-connections` to
+//! fit N, and stops with the reason when the limit cannot fit N. `SUPERVOX_CAPACITY_WRAPPER="heaptrack -o F"`
 //! runs the supernode under that command (its memory figures then describe
 //! the wrapper, not the supernode).
 
