@@ -430,18 +430,18 @@ mod tests {
         let dialled = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         // Small kernel buffers (no autotuning): what follows cannot all fit in them.
-        socket2::SockRef::from(&accepted).set_send_buffer_size(8192).unwrap();
-        socket2::SockRef::from(&dialled).set_recv_buffer_size(8192).unwrap();
+        socket2::SockRef::from(&accepted).set_send_buffer_size(32 * 1024).unwrap();
+        socket2::SockRef::from(&dialled).set_recv_buffer_size(32 * 1024).unwrap();
         let ca = a.adopt(accepted, false, hello(&ida, Role::Supernode)).unwrap();
         b.adopt(dialled, true, hello(&idb, Role::Client)).unwrap();
         let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
         drive(&mut a, &mut b, &mut got_a, &mut got_b, |g| !g.is_empty()).await;
         assert!(matches!(got_b[0], Ok(LinkEvent::Established { role: Role::Supernode, .. })), "{got_b:?}");
         got_b.clear();
-        // 3 MB while b reads nothing: far more than the socket buffers take,
+        // 1 MB while b reads nothing: far more than the socket buffers take,
         // so nearly all of it waits in the link's outbox for writability, and
         // is still there when the connection is closed.
-        let n = 3000;
+        let n = 1000;
         for i in 0..n {
             let reason = format!("{i:05}{}", "x".repeat(1000));
             a.send(ca, &Message::Error { reason }).unwrap();
