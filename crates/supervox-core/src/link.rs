@@ -10,7 +10,7 @@ use crate::identity::{noise_public_key, Identity};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use supervox_proto::frame::encode_frame;
-use supervox_proto::{decode_message, encode_message, FrameDecoder, Message, Role, UserId, MAX_FRAME_LEN};
+use supervox_proto::{decode_message, encode_message, FrameDecoder, Message, Role, UserId};
 use thiserror::Error;
 
 /// Noise pattern for signalling links.
@@ -81,7 +81,9 @@ pub struct Link {
     decoder: FrameDecoder,
     outbox: VecDeque<Vec<u8>>,
     outbox_bytes: usize,
-    hello: Message,
+    /// Sent once the handshake completes, then dropped (an idle link holds
+    /// no copy).
+    hello: Option<Box<Message>>,
     peer: Option<UserId>,
     started_ms: u64,
     last_rx_ms: u64,
@@ -116,7 +118,7 @@ impl Link {
             decoder: FrameDecoder::new(),
             outbox: VecDeque::new(),
             outbox_bytes: 0,
-            hello,
+            hello: Some(Box::new(hello)),
             peer: None,
             started_ms: now_ms,
             last_rx_ms: now_ms,
@@ -147,11 +149,14 @@ impl Link {
                 return Err(e);
             }
         }
+        // Between messages an idle link keeps no receive buffer.
+        self.decoder.release();
         Ok(events)
     }
 
     fn handle_frame(&mut self, frame: &[u8], events: &mut Vec<LinkEvent>) -> Result<(), LinkError> {
-        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        // The plaintext is never longer than the frame (Noise adds a tag).
+        let mut buf = vec![0u8; frame.len()];
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Handshake(mut hs) => {
                 hs.read_message(frame, &mut buf).map_err(noise)?;
@@ -210,8 +215,9 @@ impl Link {
             };
             let ts = hs.into_transport_mode().map_err(noise)?;
             self.state = State::AwaitHello(Box::new(ts));
-            let hello = self.hello.clone();
-            self.send_raw(&hello)?;
+            if let Some(hello) = self.hello.take() {
+                self.send_raw(&hello)?;
+            }
         }
         Ok(())
     }
@@ -266,6 +272,10 @@ impl Link {
     pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Vec<u8>> {
         let b = self.outbox.pop_front()?;
         self.outbox_bytes -= b.len();
+        if self.outbox.is_empty() {
+            // Give back the queue's slots: most links are idle most of the time.
+            self.outbox = VecDeque::new();
+        }
         self.last_tx_ms = now_ms;
         Some(b)
     }

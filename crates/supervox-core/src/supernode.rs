@@ -307,6 +307,11 @@ impl Supernode {
         self.membership.live().map(|m| m.addr).collect()
     }
 
+    /// The name claims held, without copying them (persistence of many).
+    pub fn iter_claims(&self) -> impl Iterator<Item = &NameClaim> {
+        self.directory.claims()
+    }
+
     /// All name claims held (for persistence).
     pub fn claims(&self) -> Vec<NameClaim> {
         self.directory.claims().cloned().collect()

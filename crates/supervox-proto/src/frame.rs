@@ -47,6 +47,14 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Free the buffer if it holds nothing (it keeps the capacity of the
+    /// largest read otherwise): for owners of many mostly idle decoders.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()

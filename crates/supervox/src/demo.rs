@@ -38,6 +38,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             data_dir: dir.path().join(format!("sn{i}")),
             advertise: None,
             max_clients: 1000,
+            max_connections: crate::sn::DEFAULT_MAX_CONNECTIONS,
             metrics: None,
             relay_kbps: 512,
             max_allocations: 100,

@@ -10,5 +10,6 @@ pub mod node;
 pub mod relay_stream;
 pub mod sn;
 pub mod store;
+pub mod sys;
 pub mod tls;
 pub mod udp_send;

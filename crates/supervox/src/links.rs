@@ -1,24 +1,39 @@
-//! The async shell around [`supervox_core::link::Link`]: one reader and one
-//! writer task per TCP connection, all feeding a single actor through a
-//! bounded channel. The actor owns every `Link` and all protocol state, so
-//! no protocol logic runs concurrently and nothing needs a lock.
+//! The async shell around [`supervox_core::link::Link`]: every TCP connection
+//! of one actor, driven by that actor itself. No task and no channel per
+//! connection: each socket's readiness wakes a small per-connection waker
+//! that queues the connection's id; the actor then reads into one shared
+//! buffer and writes straight from each link's outbox. An idle connection
+//! so costs its `Link`, its socket and a waker — what lets one supernode
+//! hold 100 000 clients (BENCHMARKS.md). The actor owns every `Link` and all
+//! protocol state, so no protocol logic runs concurrently and nothing needs
+//! a lock but the ready queue.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use supervox_core::link::{Link, LinkError, LinkEvent};
 use supervox_core::{ConnId, Identity};
 use supervox_proto::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
-/// Frames queued per connection for its writer before it counts as stuck.
-const WRITE_QUEUE: usize = 1024;
 /// Time allowed for a TCP connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes read from a socket at once (into the one shared buffer).
+const READ_CHUNK: usize = 16 * 1024;
+/// Reads per connection per wake-up before others get their turn.
+const READS_PER_WAKE: usize = 4;
+/// Connections served per [`LinkSet::poll_ready`] call: bounds the bytes it
+/// returns at once (`READY_BATCH × READS_PER_WAKE × READ_CHUNK` = 4 MiB).
+const READY_BATCH: usize = 64;
+/// Time a closed connection gets to take what was queued for it (e.g. a
+/// `Redirect`) before it is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Wall-clock milliseconds: the core's notion of "now" (records carry
 /// wall-clock expiry, so a monotonic clock would not do).
@@ -26,7 +41,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// What connection tasks tell the actor.
+/// What the connections tell the actor.
 #[derive(Debug)]
 pub enum NetEvent {
     /// Bytes read from a connection.
@@ -37,11 +52,55 @@ pub enum NetEvent {
     Dialed(SocketAddr, Result<TcpStream, String>),
 }
 
+/// Connections whose socket became readable or writable, for the actor.
+#[derive(Debug, Default)]
+pub struct Ready {
+    queue: Mutex<Vec<ConnId>>,
+    notify: Notify,
+}
+
+impl Ready {
+    /// Wait until some connection is ready; then call [`LinkSet::poll_ready`].
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    fn push(&self, conn: ConnId) {
+        // A poisoned lock only means a waker panicked mid-push: the Vec is intact.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.notify.notify_one();
+    }
+}
+
+/// The waker a connection's socket registers: queues the connection once
+/// until the actor has served it.
+struct ConnWaker {
+    conn: ConnId,
+    queued: AtomicBool,
+    ready: Arc<Ready>,
+}
+
+impl Wake for ConnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.push(self.conn);
+        }
+    }
+}
+
 struct Entry {
     link: Link,
     remote: SocketAddr,
-    tx: mpsc::Sender<Vec<u8>>,
-    reader: JoinHandle<()>,
+    stream: TcpStream,
+    waker: Arc<ConnWaker>,
+    /// A frame the socket took only in part, and how much of it went out
+    /// (an empty Vec holds no memory).
+    partial: Vec<u8>,
+    sent: usize,
 }
 
 /// All connections of one actor.
@@ -50,12 +109,28 @@ pub struct LinkSet {
     conns: HashMap<ConnId, Entry>,
     next_id: ConnId,
     events: mpsc::Sender<NetEvent>,
+    ready: Arc<Ready>,
+    buf: Box<[u8]>,
 }
 
 impl LinkSet {
-    /// A set whose tasks report to `events`.
+    /// A set whose dials report to `events`; socket readiness is announced
+    /// through [`LinkSet::ready`].
     pub fn new(identity: Identity, events: mpsc::Sender<NetEvent>) -> Self {
-        Self { identity, conns: HashMap::new(), next_id: 1, events }
+        Self {
+            identity,
+            conns: HashMap::new(),
+            next_id: 1,
+            events,
+            ready: Arc::default(),
+            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// What the actor waits on (`ready.wait()`) before calling
+    /// [`LinkSet::poll_ready`].
+    pub fn ready(&self) -> Arc<Ready> {
+        Arc::clone(&self.ready)
     }
 
     /// Number of open connections.
@@ -87,8 +162,8 @@ impl LinkSet {
         });
     }
 
-    /// Adopt a connected stream: start its link (as initiator if we dialled)
-    /// and its reader and writer tasks.
+    /// Adopt a connected stream and start its link (as initiator if we
+    /// dialled). Its socket is polled at the next [`LinkSet::poll_ready`].
     pub fn adopt(&mut self, stream: TcpStream, initiator: bool, hello: Message) -> Result<ConnId, LinkError> {
         let now = now_ms();
         let link = if initiator {
@@ -100,43 +175,87 @@ impl LinkSet {
         let remote = stream.peer_addr().map_err(|e| LinkError::Protocol(e.to_string()))?;
         let conn = self.next_id;
         self.next_id += 1;
-        let (rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-        tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
-        let events = self.events.clone();
-        let reader = tokio::spawn(async move {
-            let reason = loop {
-                // Wait for data first and read into a buffer that lives only
-                // while the task runs: an idle connection then holds no read
-                // buffer (16 KiB each would dominate a supernode's memory).
-                if let Err(e) = rd.readable().await {
-                    break e.to_string();
-                }
-                let chunk = {
-                    let mut buf = [0u8; 16 * 1024];
-                    match rd.try_read(&mut buf) {
-                        Ok(0) => break "connection closed by peer".to_string(),
-                        Ok(n) => buf[..n].to_vec(),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => break e.to_string(),
-                    }
-                };
-                if events.send(NetEvent::Bytes(conn, chunk)).await.is_err() {
-                    return;
-                }
-            };
-            let _ = events.send(NetEvent::Closed(conn, reason)).await;
-        });
-        self.conns.insert(conn, Entry { link, remote, tx, reader });
+        // Queued from the start: the first poll registers the socket's interest.
+        let waker = Arc::new(ConnWaker { conn, queued: AtomicBool::new(true), ready: Arc::clone(&self.ready) });
+        self.ready.push(conn);
+        self.conns.insert(conn, Entry { link, remote, stream, waker, partial: Vec::new(), sent: 0 });
         self.flush(conn)?;
         Ok(conn)
+    }
+
+    /// Serve the connections whose sockets became ready: write what their
+    /// links queued, read what arrived. Returns what was read (and which
+    /// sockets closed) for the actor to handle like any [`NetEvent`].
+    pub fn poll_ready(&mut self) -> Vec<NetEvent> {
+        let batch: Vec<ConnId> = {
+            let mut q = self.ready.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() > READY_BATCH {
+                q.drain(..READY_BATCH).collect()
+            } else {
+                let all = std::mem::take(&mut *q);
+                // The queue grew to the largest wave of ready sockets: give that back.
+                *q = Vec::with_capacity(READY_BATCH);
+                all
+            }
+        };
+        if !self.ready.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            // More to serve: come back after the actor handled this batch.
+            self.ready.notify.notify_one();
+        }
+        let mut out = Vec::new();
+        for conn in batch {
+            let Some(e) = self.conns.get(&conn) else {
+                continue;
+            };
+            // Cleared before any I/O, so readiness from here on queues it again.
+            e.waker.queued.store(false, Ordering::Release);
+            if let Err(err) = self.flush(conn) {
+                out.push(NetEvent::Closed(conn, err.to_string()));
+                continue;
+            }
+            self.read(conn, &mut out);
+        }
+        out
+    }
+
+    /// Read what `conn`'s socket holds (at most [`READS_PER_WAKE`] chunks),
+    /// then leave its waker registered for more.
+    fn read(&mut self, conn: ConnId, out: &mut Vec<NetEvent>) {
+        let Some(e) = self.conns.get(&conn) else {
+            return;
+        };
+        let waker = Waker::from(Arc::clone(&e.waker));
+        let mut cx = Context::from_waker(&waker);
+        let mut reads = 0;
+        loop {
+            if reads == READS_PER_WAKE {
+                // Others' turn; this one stays queued.
+                waker.wake_by_ref();
+                return;
+            }
+            match e.stream.try_read(&mut self.buf) {
+                Ok(0) => {
+                    out.push(NetEvent::Closed(conn, "connection closed by peer".into()));
+                    return;
+                }
+                Ok(n) => {
+                    reads += 1;
+                    out.push(NetEvent::Bytes(conn, self.buf[..n].to_vec()));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => match e.stream.poll_read_ready(&mut cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(err)) => {
+                        out.push(NetEvent::Closed(conn, err.to_string()));
+                        return;
+                    }
+                },
+                Err(err) => {
+                    out.push(NetEvent::Closed(conn, err.to_string()));
+                    return;
+                }
+            }
+        }
     }
 
     /// Feed bytes read from `conn`; returns link events. On error the
@@ -170,28 +289,65 @@ impl LinkSet {
         self.flush(conn)
     }
 
+    /// Write what the link queued until the socket would block; then the
+    /// rest waits in the link's outbox (bounded by `MAX_OUTBOX_BYTES`) and the
+    /// socket's writability wakes the connection. On error the connection
+    /// is closed.
     fn flush(&mut self, conn: ConnId) -> Result<(), LinkError> {
         let Some(e) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
         let now = now_ms();
-        while let Some(bytes) = e.link.poll_transmit(now) {
-            if e.tx.try_send(bytes).is_err() {
-                let err = LinkError::SlowPeer(WRITE_QUEUE);
-                self.close(conn, &err.to_string());
-                return Err(err);
+        let failed = loop {
+            if e.sent == e.partial.len() {
+                e.partial = Vec::new();
+                e.sent = 0;
+                match e.link.poll_transmit(now) {
+                    Some(b) => e.partial = b,
+                    None => return Ok(()),
+                }
             }
-        }
-        Ok(())
+            match e.stream.try_write(&e.partial[e.sent..]) {
+                Ok(0) => break "socket took no bytes".to_string(),
+                Ok(n) => e.sent += n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    let waker = Waker::from(Arc::clone(&e.waker));
+                    match e.stream.poll_write_ready(&mut Context::from_waker(&waker)) {
+                        Poll::Pending => return Ok(()),
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(err)) => break err.to_string(),
+                    }
+                }
+                Err(err) => break err.to_string(),
+            }
+        };
+        let reason = format!("write failed: {failed}");
+        self.close(conn, &reason);
+        Err(LinkError::Protocol(reason))
     }
 
-    /// Close a connection (idempotent).
+    /// Close a connection (idempotent). What its link still had queued is
+    /// written in the background (for up to [`CLOSE_LINGER`]) before the
+    /// socket shuts down.
     pub fn close(&mut self, conn: ConnId, reason: &str) {
-        if let Some(e) = self.conns.remove(&conn) {
-            debug!(conn, remote = %e.remote, "closing connection: {reason}");
-            e.reader.abort();
-            // Dropping `tx` lets the writer flush what is queued and shut down.
+        let Some(mut e) = self.conns.remove(&conn) else {
+            return;
+        };
+        debug!(conn, remote = %e.remote, "closing connection: {reason}");
+        let mut rest = e.partial.split_off(e.sent.min(e.partial.len()));
+        while let Some(b) = e.link.poll_transmit(now_ms()) {
+            rest.extend_from_slice(&b);
         }
+        let mut stream = e.stream;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                if !rest.is_empty() {
+                    stream.write_all(&rest).await?;
+                }
+                stream.shutdown().await
+            })
+            .await;
+        });
     }
 
     /// Keepalive and liveness for every link; returns the connections that
@@ -199,22 +355,111 @@ impl LinkSet {
     pub fn tick(&mut self) -> Vec<(ConnId, String)> {
         let now = now_ms();
         let mut dead = Vec::new();
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in ids {
+        // Only the links that are due: a supernode has up to 100 000, most idle.
+        let due: Vec<ConnId> =
+            self.conns.iter().filter(|(_, e)| now >= e.link.poll_timeout()).map(|(c, _)| *c).collect();
+        for conn in due {
             let Some(e) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            if now >= e.link.poll_timeout() {
-                if let Err(err) = e.link.handle_timeout(now) {
-                    self.close(conn, &err.to_string());
-                    dead.push((conn, err.to_string()));
-                    continue;
-                }
+            if let Err(err) = e.link.handle_timeout(now) {
+                self.close(conn, &err.to_string());
+                dead.push((conn, err.to_string()));
+                continue;
             }
             if let Err(err) = self.flush(conn) {
                 dead.push((conn, err.to_string()));
             }
         }
         dead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use supervox_proto::Role;
+
+    fn hello(id: &Identity, role: Role) -> Message {
+        Message::Hello { role, identity: id.user_id(), advertise: None, agent: "t".into() }
+    }
+
+    /// Serve one side's ready sockets; its link events (and closes) go to `got`.
+    fn serve(links: &mut LinkSet, got: &mut Vec<Result<LinkEvent, String>>) {
+        for ev in links.poll_ready() {
+            match ev {
+                NetEvent::Bytes(conn, b) => match links.handle_bytes(conn, &b) {
+                    Ok(evs) => got.extend(evs.into_iter().map(Ok)),
+                    Err(e) => got.push(Err(e.to_string())),
+                },
+                NetEvent::Closed(conn, reason) => {
+                    links.close(conn, &reason);
+                    got.push(Err(reason));
+                }
+                NetEvent::Dialed(..) => {}
+            }
+        }
+    }
+
+    /// Both sides served until `done` holds for what `b` received (or 10 s).
+    async fn drive(
+        a: &mut LinkSet,
+        b: &mut LinkSet,
+        got_a: &mut Vec<Result<LinkEvent, String>>,
+        got_b: &mut Vec<Result<LinkEvent, String>>,
+        done: impl Fn(&[Result<LinkEvent, String>]) -> bool,
+    ) {
+        let (ra, rb) = (a.ready(), b.ready());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(got_b) {
+            tokio::select! {
+                _ = ra.wait() => serve(a, got_a),
+                _ = rb.wait() => serve(b, got_b),
+                _ = tokio::time::sleep_until(deadline) => panic!("timed out; b got {} events", got_b.len()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_still_gets_every_frame_in_order_and_queued_frames_outlive_close() {
+        let (ev_tx, _ev_rx) = mpsc::channel(4);
+        let (ida, idb) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let mut a = LinkSet::new(ida.clone(), ev_tx.clone());
+        let mut b = LinkSet::new(idb.clone(), ev_tx);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialled = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // Small kernel buffers (no autotuning): what follows cannot all fit in them.
+        socket2::SockRef::from(&accepted).set_send_buffer_size(32 * 1024).unwrap();
+        socket2::SockRef::from(&dialled).set_recv_buffer_size(32 * 1024).unwrap();
+        let ca = a.adopt(accepted, false, hello(&ida, Role::Supernode)).unwrap();
+        b.adopt(dialled, true, hello(&idb, Role::Client)).unwrap();
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        drive(&mut a, &mut b, &mut got_a, &mut got_b, |g| !g.is_empty()).await;
+        assert!(matches!(got_b[0], Ok(LinkEvent::Established { role: Role::Supernode, .. })), "{got_b:?}");
+        got_b.clear();
+        // 1 MB while b reads nothing: far more than the socket buffers take,
+        // so nearly all of it waits in the link's outbox for writability, and
+        // is still there when the connection is closed.
+        let n = 1000;
+        for i in 0..n {
+            let reason = format!("{i:05}{}", "x".repeat(1000));
+            a.send(ca, &Message::Error { reason }).unwrap();
+        }
+        a.send(ca, &Message::Error { reason: "bye".into() }).unwrap();
+        a.close(ca, "done");
+        assert_eq!(a.len(), 0);
+        drive(&mut a, &mut b, &mut got_a, &mut got_b, |g| g.iter().any(|e| e.is_err())).await;
+        let texts: Vec<String> = got_b
+            .iter()
+            .filter_map(|e| match e {
+                Ok(LinkEvent::Message(Message::Error { reason })) => Some(reason.chars().take(5).collect()),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<String> = (0..n).map(|i| format!("{i:05}")).chain(["bye".to_string()]).collect();
+        assert_eq!(texts, want);
+        // Then the close itself.
+        assert_eq!(got_b.last(), Some(&Err("connection closed by peer".to_string())));
     }
 }

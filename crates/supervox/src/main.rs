@@ -59,6 +59,10 @@ struct SupernodeArgs {
     /// Clients served before new ones are redirected to other supernodes.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_clients: usize,
+    /// TCP connections (clients and handshakes in progress) held at most;
+    /// further connections are dropped at accept.
+    #[arg(long, default_value_t = supervox::sn::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
     /// Serve Prometheus metrics over HTTP at this address (GET /metrics).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
@@ -262,6 +266,9 @@ enum CtlCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Supernode(_) | Cmd::Node(_));
+    if matches!(cli.cmd, Cmd::Supernode(_)) {
+        supervox::sys::single_malloc_arena();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -317,12 +324,20 @@ fn parse_network_key(s: &str) -> Result<[u8; 32], String> {
 async fn run(cmd: Cmd) -> Result<bool> {
     match cmd {
         Cmd::Supernode(a) => {
+            match supervox::sys::raise_nofile_limit() {
+                Ok(n) if (n as usize) < a.max_connections => {
+                    tracing::warn!("open-file limit {n} is below --max-connections {}", a.max_connections)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+            }
             let opts = SnOptions {
                 listen: a.listen,
                 seeds: a.seed,
                 data_dir: a.data_dir.unwrap_or_else(|| DataDir::default_path("supernode")),
                 advertise: a.advertise,
                 max_clients: a.max_clients,
+                max_connections: a.max_connections,
                 metrics: a.metrics,
                 relay_kbps: a.relay_kbps,
                 max_allocations: a.max_allocations,

@@ -163,6 +163,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
                 data_dir: opts.data_dir.join("supernode"),
                 advertise: None,
                 max_clients: p.max_clients,
+                max_connections: crate::sn::DEFAULT_MAX_CONNECTIONS,
                 metrics: None,
                 relay_kbps: 512,
                 max_allocations: 1_000,
@@ -195,6 +196,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     };
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
+    let ready = links.ready();
     let client = Client::new(identity, cfg, host_cache, rand::random());
     let (relay_events, mut relay_rx) = mpsc::channel(1024);
     let (spare_tx, mut spare_rx) = mpsc::channel(spares::QUEUE);
@@ -230,6 +232,11 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
                 Err(e) => warn!("media socket: {e}"),
             },
             Some(ev) = ev_rx.recv() => node.on_net(ev),
+            _ = ready.wait() => {
+                for ev in node.links.poll_ready() {
+                    node.on_net(ev);
+                }
+            }
             Some(ev) = relay_rx.recv() => node.on_relay_stream(ev),
             Some(d) = spare_rx.recv() => node.on_spare_datagram(d),
             Some(msg) = ctl_rx.recv() => node.on_control(msg),

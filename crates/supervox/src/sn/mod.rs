@@ -37,6 +37,9 @@ pub struct SnOptions {
     pub advertise: Option<SocketAddr>,
     /// Clients served before redirecting.
     pub max_clients: usize,
+    /// TCP connections held at most (clients and handshakes; TURN streams
+    /// have their own limit); further accepts are dropped.
+    pub max_connections: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Bandwidth each relay allocation may use, kbit/s (0: unlimited).
@@ -165,6 +168,7 @@ impl BoundSupernode {
         }
         let (ev_tx, mut ev_rx) = mpsc::channel(4096);
         let mut links = LinkSet::new(identity, ev_tx);
+        let ready = links.ready();
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
         for l in self.listeners {
             let tx = acc_tx.clone();
@@ -205,11 +209,12 @@ impl BoundSupernode {
         let mut link_errors: u64 = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut claims_dirty = false;
+        let mut next_claims_save = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some((stream, remote)) = acc_rx.recv() => {
-                    if links.len() >= DEFAULT_MAX_CONNECTIONS {
+                    if links.len() >= self.opts.max_connections {
                         warn!("connection limit reached, refusing {remote}");
                         continue;
                     }
@@ -218,23 +223,12 @@ impl BoundSupernode {
                         Err(e) => warn!("cannot start link with {remote}: {e}"),
                     }
                 }
-                Some(ev) = ev_rx.recv() => match ev {
-                    NetEvent::Bytes(conn, bytes) => match links.handle_bytes(conn, &bytes) {
-                        Ok(events) => for e in events { deliver(&mut sn, conn, e) },
-                        Err(e) => {
-                            link_errors += 1;
-                            warn!(conn, "link closed: {e}");
-                            sn.on_closed(conn, now_ms());
-                        }
-                    },
-                    NetEvent::Closed(conn, reason) => {
-                        info!(conn, "connection closed: {reason}");
-                        links.close(conn, &reason);
-                        sn.on_closed(conn, now_ms());
+                Some(ev) = ev_rx.recv() => on_net(&mut links, &mut sn, &mut link_errors, ev),
+                _ = ready.wait() => {
+                    for ev in links.poll_ready() {
+                        on_net(&mut links, &mut sn, &mut link_errors, ev);
                     }
-                    // Supernodes do not dial: they talk in overlay datagrams.
-                    NetEvent::Dialed(..) => {}
-                },
+                }
                 Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
                 Some((conn, addr, ok)) = reach_rx.recv() => sn.on_reachable(conn, addr, ok),
                 _ = tick.tick() => {
@@ -247,12 +241,16 @@ impl BoundSupernode {
                     if self.opts.metrics.is_some() {
                         let _ = metrics_tx.send(render_metrics(&sn, links.len(), link_errors, udp.allocations()));
                     }
-                    if claims_dirty {
+                    if claims_dirty && tokio::time::Instant::now() >= next_claims_save {
                         claims_dirty = false;
-                        if let Err(e) = data.save_claims(&sn.claims()) {
+                        let t = tokio::time::Instant::now();
+                        if let Err(e) = data.save_claims(sn.iter_claims()) {
                             warn!("cannot persist claims: {e:#}");
                             claims_dirty = true;
                         }
+                        // Writing blocks the actor (a 100 000-claim file takes ~0.1 s):
+                        // during a login wave, spend at most a tenth of the time on it.
+                        next_claims_save = tokio::time::Instant::now() + t.elapsed() * 9;
                     }
                 }
             }
@@ -279,7 +277,7 @@ impl BoundSupernode {
                             let _ = tx.send((conn, addr, ok)).await;
                         });
                     }
-                    // Claims are written at the next tick, batching bursts.
+                    // Claims are written at a later tick, batching bursts.
                     SnOutput::ClaimsChanged => claims_dirty = true,
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
                         udp.dial_back(supervox_stun::DialBack { transaction_id, mapped, to, padding })
@@ -287,7 +285,7 @@ impl BoundSupernode {
                 }
             }
         }
-        data.save_claims(&sn.claims())?;
+        data.save_claims(sn.iter_claims())?;
         info!("supernode stopped");
         Ok(())
     }
@@ -314,6 +312,31 @@ async fn sniff_turn(stream: &TcpStream) -> bool {
             // Fewer than 8 bytes so far: wait for more.
             Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
+    }
+}
+
+/// Bytes or a closed socket from a client connection.
+fn on_net(links: &mut LinkSet, sn: &mut Supernode, link_errors: &mut u64, ev: NetEvent) {
+    match ev {
+        NetEvent::Bytes(conn, bytes) => match links.handle_bytes(conn, &bytes) {
+            Ok(events) => {
+                for e in events {
+                    deliver(sn, conn, e)
+                }
+            }
+            Err(e) => {
+                *link_errors += 1;
+                warn!(conn, "link closed: {e}");
+                sn.on_closed(conn, now_ms());
+            }
+        },
+        NetEvent::Closed(conn, reason) => {
+            info!(conn, "connection closed: {reason}");
+            links.close(conn, &reason);
+            sn.on_closed(conn, now_ms());
+        }
+        // Supernodes do not dial: they talk in overlay datagrams.
+        NetEvent::Dialed(..) => {}
     }
 }
 

@@ -32,11 +32,25 @@ impl Raw {
         Self::connect_as(addr, Identity::from_seed(s))
     }
 
+    /// Like [`Raw::connect_seeded`], from source address `from` (port chosen
+    /// by the system): many loopback sources get past one address's ports.
+    pub fn connect_seeded_from(addr: SocketAddr, seed: u64, from: std::net::IpAddr) -> Raw {
+        let mut s = [0x5a; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(from, 0).into()).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        Self::with_stream(sock.into(), Identity::from_seed(s))
+    }
+
     fn connect_as(addr: SocketAddr, id: Identity) -> Raw {
+        Self::with_stream(TcpStream::connect(addr).unwrap(), id)
+    }
+
+    fn with_stream(sock: TcpStream, id: Identity) -> Raw {
         let hello =
             Message::Hello { role: Role::Client, identity: id.user_id(), advertise: None, agent: "test".into() };
         let link = Link::initiator(&id, hello, 0).unwrap();
-        let sock = TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut r = Raw { sock, link, id, sn: None, pending: Vec::new(), relay_tls: None };
         r.flush();
