@@ -24,9 +24,11 @@ mod predict;
 mod promotion;
 mod reach;
 mod relay;
+mod tcp;
 
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
+pub use tcp::{MAX_PENDING_INBOUND, PENDING_TIMEOUT_MS};
 #[cfg(test)]
 mod tests;
 
@@ -193,6 +195,20 @@ pub enum ClientOutput {
     RelayStream(Vec<u8>),
     /// Close the relay stream.
     RelayDisconnect,
+    /// Open TCP media stream `stream` to a peer's passive candidate (RFC 6544);
+    /// report with [`Client::on_tcp_connected`] or [`Client::on_tcp_closed`],
+    /// feed its frames to [`Client::on_tcp_frame`].
+    TcpConnect {
+        /// The id to report it under.
+        stream: u64,
+        /// The peer's passive candidate.
+        to: SocketAddr,
+    },
+    /// Write one media datagram on a TCP media stream, framed with a 2-byte
+    /// big-endian length (RFC 4571); dropped if the stream is not up.
+    TcpSend(u64, Vec<u8>),
+    /// Close a TCP media stream (no report back).
+    TcpClose(u64),
     /// Tell the user.
     Event(ClientEvent),
     /// The host cache changed: persist [`Client::host_cache`].
@@ -237,6 +253,8 @@ pub struct Client {
     out: VecDeque<ClientOutput>,
     /// The call that holds the spare sockets (port prediction), if any.
     spares_owner: Option<CallId>,
+    /// TCP media streams and our TCP media port.
+    tcp: tcp::TcpStreams,
 }
 
 impl Client {
@@ -268,6 +286,7 @@ impl Client {
             rng: StdRng::seed_from_u64(rng_seed),
             out: VecDeque::new(),
             spares_owner: None,
+            tcp: tcp::TcpStreams::default(),
         }
     }
 
@@ -363,6 +382,7 @@ impl Client {
             self.publish(now_ms);
         }
         self.tick_calls(now_ms);
+        self.tick_tcp(now_ms);
         self.tick_probe(now_ms);
         self.tick_relay(now_ms);
         self.tick_promotion(now_ms);

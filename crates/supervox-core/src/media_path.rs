@@ -8,6 +8,8 @@
 //! the pair in use stops answering consent checks the best other live pair
 //! takes over within [`FAILOVER_MS`] (failover). Both raise `path_changed`.
 //! Port prediction ([`predict`]) adds pairs where a NAT maps per destination.
+//! A TCP media stream (RFC 6544; opened by the client, see `client/tcp.rs`) is
+//! a base of its own with one pair, added once the stream is up.
 //!
 //! Wire format of every media datagram (see docs/PROTOCOL.md):
 //! `[kind u8][call tag 8][counter u64 BE][ChaCha20-Poly1305 ciphertext of
@@ -49,8 +51,11 @@ const ALIVE_MS: u64 = 2_500;
 /// start of the checks, so a direct pair answering a moment later wins
 /// without a path change (direct pairs need a round of triggered checks).
 pub const RELAY_GRACE_MS: u64 = 150;
-/// Pairs per call at most (remote candidates × local bases, plus learnt ones).
-pub const MAX_PAIRS: usize = 32;
+/// Pairs per call at most (remote candidates × local bases, plus learnt ones,
+/// plus TCP streams).
+pub const MAX_PAIRS: usize = 40;
+/// TCP media streams open per call at most; also the most pairs over TCP.
+pub const MAX_TCP_STREAMS: usize = 4;
 
 /// How media reaches the peer; the names are the JSON contract's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +108,8 @@ pub enum Via {
     Relay,
     /// Spare socket `n` of port prediction's hard side, straight to the peer.
     Spare(u16),
+    /// TCP media stream `n` (the client's stream id), straight to the peer.
+    Tcp(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +147,8 @@ pub struct MediaPath {
     out: VecDeque<(Via, SocketAddr, Vec<u8>)>,
     changed: Option<&'static str>,
     predict: predict::Predictor,
+    /// TCP media streams that are up and belong to this call (≤ [`MAX_TCP_STREAMS`]).
+    tcp_open: Vec<u64>,
 }
 
 impl std::fmt::Debug for MediaPath {
@@ -191,6 +200,7 @@ impl MediaPath {
             out: VecDeque::new(),
             changed: None,
             predict: predict::Predictor::default(),
+            tcp_open: Vec::new(),
         };
         p.add_remote_candidates(remote);
         p.handle_timeout(now_ms);
@@ -202,6 +212,7 @@ impl MediaPath {
             Via::Relay => self.relay.is_some(),
             Via::Direct => !self.no_udp && (!self.force_relay || remote_relayed),
             Via::Spare(i) => !self.no_udp && (!self.force_relay || remote_relayed) && self.spare_open(i),
+            Via::Tcp(s) => !self.force_relay && self.tcp_open.contains(&s),
         }
     }
 
@@ -246,9 +257,46 @@ impl MediaPath {
         }
     }
 
+    /// TCP stream `stream` to the peer at `remote` is up (we connected, or it
+    /// is an inbound stream about to be authenticated by its first frame):
+    /// frames on it count as this call's. An outbound one gets its pair and a
+    /// check at once; an inbound one gets its pair from its first authentic
+    /// check. False when the call has its [`MAX_TCP_STREAMS`] already.
+    pub fn tcp_up(&mut self, stream: u64, remote: SocketAddr, outbound: bool, now_ms: u64) -> bool {
+        if self.force_relay || (!self.tcp_open.contains(&stream) && self.tcp_open.len() >= MAX_TCP_STREAMS) {
+            return false;
+        }
+        if !self.tcp_open.contains(&stream) {
+            self.tcp_open.push(stream);
+        }
+        if outbound {
+            if let Some(i) = self.add_pair(Via::Tcp(stream), remote, false) {
+                self.send_check(i, now_ms);
+            }
+        }
+        true
+    }
+
+    /// TCP stream `stream` closed: its pair is never used again (a pair in use
+    /// fails over like any dead pair).
+    pub fn tcp_down(&mut self, stream: u64) {
+        self.tcp_open.retain(|s| *s != stream);
+    }
+
+    /// An authentic datagram has arrived on TCP stream `stream` (it has a pair).
+    pub fn tcp_authenticated(&self, stream: u64) -> bool {
+        self.pairs.iter().any(|p| p.via == Via::Tcp(stream))
+    }
+
+    /// The TCP streams this call holds.
+    pub fn tcp_streams(&self) -> &[u64] {
+        &self.tcp_open
+    }
+
     /// The remote addresses the relay must permit.
     pub fn remote_addrs(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = self.pairs.iter().map(|p| p.remote).collect();
+        let mut v: Vec<SocketAddr> =
+            self.pairs.iter().filter(|p| !matches!(p.via, Via::Tcp(_))).map(|p| p.remote).collect();
         v.dedup();
         v
     }
@@ -262,6 +310,7 @@ impl MediaPath {
         match (p.via, self.relay) {
             (Via::Relay, Some(true)) => PathKind::RelayTcp,
             (Via::Relay, _) => PathKind::RelayUdp,
+            (Via::Tcp(_), _) => PathKind::DirectTcp,
             (Via::Direct | Via::Spare(_), _) if p.remote_relayed => PathKind::RelayUdp,
             (Via::Direct | Via::Spare(_), _) => PathKind::DirectUdp,
         }
@@ -272,13 +321,15 @@ impl MediaPath {
         self.selected.map(|i| self.kind_of(&self.pairs[i])).unwrap_or(PathKind::DirectUdp)
     }
 
-    /// Better is smaller: direct UDP, relayed by one side, relayed by both.
+    /// Better is smaller: direct UDP, direct TCP, relayed by one side,
+    /// relayed by both.
     fn rank(&self, i: usize) -> u8 {
         let p = &self.pairs[i];
         match (p.via, p.remote_relayed) {
             (Via::Direct | Via::Spare(_), false) => 0,
-            (Via::Direct | Via::Spare(_), true) | (Via::Relay, false) => 1,
-            (Via::Relay, true) => 2,
+            (Via::Tcp(_), _) => 1,
+            (Via::Direct | Via::Spare(_), true) | (Via::Relay, false) => 2,
+            (Via::Relay, true) => 3,
         }
     }
 
@@ -307,6 +358,14 @@ impl MediaPath {
         }
         if matches!(via, Via::Spare(i) if !self.spare_open(i)) {
             return None; // a closed spare: nothing may be sent from it
+        }
+        if matches!(via, Via::Tcp(s) if !self.tcp_open.contains(&s)) {
+            return None; // a stream this call does not hold
+        }
+        if self.no_udp && matches!(via, Via::Direct | Via::Spare(_)) {
+            // Direct UDP is off here: answering it would lead the peer onto a
+            // path we never send media on.
+            return None;
         }
         let kind = bytes[0];
         let counter = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
@@ -393,6 +452,9 @@ impl MediaPath {
                     self.srtt_ms = None;
                     let after = self.kind_of(&self.pairs[best]);
                     if !cur_alive {
+                        // Its old answers must not make it a live standby again
+                        // (it would win back on rank and flap until ALIVE_MS).
+                        self.pairs[cur].last_ack_ms = None;
                         self.changed = Some("failover: the path in use stopped answering");
                     } else if before != after {
                         self.changed = Some("upgrade: a better path answers");

@@ -52,13 +52,28 @@ pub enum CandidateKind {
     Relay,
 }
 
-/// Transport of a candidate.
+/// Transport of a candidate: UDP, or one of RFC 6544's three TCP candidate
+/// types (the `tcptype` attribute folded in; variants only ever get appended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Transport {
     /// Datagrams.
     Udp,
-    /// A stream (RFC 6544 TCP candidate).
-    Tcp,
+    /// TCP, passive (`tcptype passive`): the owner listens at this address and
+    /// the peer connects to it.
+    TcpPassive,
+    /// TCP, active (`tcptype active`): the owner connects out; the port is the
+    /// discard port 9 and is never connected to.
+    TcpActive,
+    /// TCP, simultaneous open (`tcptype so`): both sides connect to each other
+    /// at once. Decoded, not gathered or used yet.
+    TcpSo,
+}
+
+impl Transport {
+    /// A TCP candidate of any type.
+    pub fn is_tcp(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
 }
 
 /// A transport address a peer may be reached at for media.
@@ -460,6 +475,25 @@ mod tests {
             assert!(matches!(decode_message(&m), Err(DecodeError::Malformed(_))));
         }
         assert!(matches!(decode_message(&b[..b.len() - 1]), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn tcp_candidates_carry_their_type_in_the_transport_byte_and_unknown_types_are_refused() {
+        let addr: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        let mut c = Candidate { kind: CandidateKind::Host, transport: Transport::TcpActive, addr, priority: 5 };
+        // kind, transport, SocketAddr (IPv4 tag, octets, port), priority.
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(bytes, [0, 2, 0, 10, 0, 0, 1, 9, 5]);
+        for (t, b) in
+            [(Transport::Udp, 0), (Transport::TcpPassive, 1), (Transport::TcpActive, 2), (Transport::TcpSo, 3)]
+        {
+            c.transport = t;
+            assert_eq!(postcard::to_allocvec(&c).unwrap()[1], b);
+            assert_eq!(t.is_tcp(), b != 0);
+        }
+        let mut bad = bytes.clone();
+        bad[1] = 4;
+        assert!(postcard::from_bytes::<Candidate>(&bad).is_err());
     }
 
     #[test]

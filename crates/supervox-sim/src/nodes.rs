@@ -265,7 +265,10 @@ impl Sim {
                 | ClientOutput::HostCacheChanged
                 | ClientOutput::RelayConnect { .. }
                 | ClientOutput::RelayStream(_)
-                | ClientOutput::RelayDisconnect => {}
+                | ClientOutput::RelayDisconnect
+                | ClientOutput::TcpConnect { .. }
+                | ClientOutput::TcpSend(..)
+                | ClientOutput::TcpClose(_) => {}
             }
         }
         let slot = &self.clients[c as usize];

@@ -146,3 +146,44 @@ fn interrupting_ctl_call_hangs_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `--relay-transport tcp` turns direct UDP off: with no relay in reach the call
+/// goes to the peer's passive TCP candidate, both ways round.
+#[test]
+fn a_node_without_udp_media_calls_over_direct_tcp() {
+    let root = tempfile::tempdir().unwrap();
+    let sn1 = start_sn(root.path(), "sn1", &[]);
+    let wav = root.path().join("bob.wav");
+    let alice = start_node(root.path(), "alice", &[sn1.addr], &["--auto-answer", "--relay-transport", "tcp"]);
+    let bob = start_node(
+        root.path(),
+        "bob",
+        &[sn1.addr],
+        &["--auto-answer", "--output", &format!("wav:{}", wav.display()), "--input", "tone:1000"],
+    );
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    for (caller, callee) in [(&alice, "bob"), (&bob, "alice")] {
+        let (ok, events) = call(caller, callee, &["--duration", "2", "--input", "tone:440", "--output", "null"]);
+        assert!(ok, "call to {callee} failed: {events:?}");
+        let c = event(&events, "call_connected").expect("connected");
+        assert_eq!(c["path"], "direct-tcp", "{events:?}");
+        assert!(event(&events, "path_changed").is_none(), "{events:?}");
+        let e = event(&events, "call_ended").expect("ended");
+        let (sent, recv) = (e["frames_sent"].as_u64().unwrap(), e["frames_received"].as_u64().unwrap());
+        assert!(sent >= 95, "2 s of 20 ms frames: {sent}");
+        assert!(recv as f64 >= 0.95 * sent as f64, "got {recv} of {sent} frames from {callee}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while [&alice, &bob].iter().any(|n| status(n).is_some_and(|s| !s["call"].is_null())) {
+            assert!(Instant::now() < deadline, "still in the call");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if callee == "bob" {
+            // Bob recorded alice's 440 Hz tone: audio went the other way too.
+            let pcm = read_wav(&wav);
+            assert!(pcm.len() > 48_000, "recorded only {} samples", pcm.len());
+            let hz = supervox_media::analysis::dominant_frequency(&pcm, 48_000).expect("silent recording");
+            assert!((hz - 440.0).abs() < 5.0, "bob heard {hz} Hz");
+        }
+    }
+}

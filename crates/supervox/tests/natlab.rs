@@ -82,11 +82,10 @@ struct Cell {
     path: &'static str,
 }
 
-// Cells still missing (they need TCP candidates, not built yet):
-//
-// | caller         | callee         | the issue wants             | today                 |
-// |----------------|----------------|-----------------------------|-----------------------|
-// | Public         | CaptivePortal  | direct-tcp                  | relay (cell below)    |
+// Public × CaptivePortal (either way) gets `direct-tcp`: the UDP-blocked side
+// connects to the public side's passive TCP candidate (RFC 6544). Behind a NAT
+// the passive candidate is a private address, so Home/Strict × CaptivePortal
+// stay relayed (no server-reflexive TCP or simultaneous open yet).
 //
 // Home (or home behind a CGNAT) × Strict gets `direct-udp` through port
 // prediction (docs/PROTOCOL.md §4.6): the Strict side checks from 256 spare
@@ -120,7 +119,8 @@ cells! {
     call_home_x_strict: Home x Strict, same_router: false => "direct-udp";
     call_strict_x_home: Strict x Home, same_router: false => "direct-udp";
     call_strict_x_strict: Strict x Strict, same_router: false => "relay-udp";
-    call_public_x_captive_portal: Public x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
+    call_public_x_captive_portal: Public x CaptivePortal, same_router: false => "direct-tcp";
+    call_captive_portal_x_public: CaptivePortal x Public, same_router: false => "direct-tcp";
     call_home_x_captive_portal: Home x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_strict_x_captive_portal: Strict x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_captive_portal_x_captive_portal: CaptivePortal x CaptivePortal, same_router: false => "relay-tcp";

@@ -279,7 +279,7 @@ impl Client {
     }
 
     /// End a call that never connected. `tell_peer` sends Cancel.
-    pub(super) fn fail_call(&mut self, id: CallId, reason: &str, _now_ms: u64, tell_peer: bool) {
+    pub(super) fn fail_call(&mut self, id: CallId, reason: &str, now_ms: u64, tell_peer: bool) {
         if tell_peer {
             self.signal(id, CallSignal::Cancel);
         }
@@ -288,6 +288,7 @@ impl Client {
             info!("call {id} failed: {reason}");
             self.event(ClientEvent::Failed { call_id: id, reason: reason.to_string() });
         }
+        self.close_call_streams(id, now_ms);
     }
 
     fn end_call(&mut self, id: CallId, reason: &str, now_ms: u64, tell_peer: bool) {
@@ -298,6 +299,7 @@ impl Client {
         let Some(c) = self.calls.remove(&id) else {
             return;
         };
+        self.close_call_streams(id, now_ms);
         match c.connected_ms {
             Some(t) => {
                 info!("call {id} ended: {reason}");
@@ -360,6 +362,7 @@ impl Client {
         let peers = path.remote_addrs();
         c.path = Some(path);
         self.permit_peers(&peers, now_ms);
+        self.connect_tcp(id, remote, now_ms);
         self.flush_path(id, now_ms);
         // The peer's NAT report may have come with its offer.
         self.maybe_predict(id, now_ms);
@@ -377,6 +380,7 @@ impl Client {
                 p.add_remote_candidates(&candidates);
                 let peers = p.remote_addrs();
                 self.permit_peers(&peers, now_ms);
+                self.connect_tcp(id, &candidates, now_ms);
                 self.flush_path(id, now_ms);
             }
             _ => {}
@@ -396,6 +400,7 @@ impl Client {
                 Via::Direct => self.out.push_back(ClientOutput::Datagram(to, bytes)),
                 Via::Spare(i) => self.out.push_back(ClientOutput::SpareDatagram(i, to, bytes)),
                 Via::Relay => relayed.push((to, bytes)),
+                Via::Tcp(s) => self.out.push_back(ClientOutput::TcpSend(s, bytes)),
             }
         }
         let release = p.take_spare_release();

@@ -10,7 +10,7 @@ use supervox_proto::{Candidate, CandidateKind, Transport};
 use supervox_stun::{NatProbe, ProbeConfig, Reachability};
 
 /// ICE type preferences (RFC 8445 §5.1.2.2): host above server-reflexive.
-const PREF_HOST: u32 = 126;
+pub(super) const PREF_HOST: u32 = 126;
 const PREF_SRFLX: u32 = 100;
 
 /// ICE priority of a candidate (component 1).
@@ -83,7 +83,8 @@ impl Client {
         }
     }
 
-    /// Host candidate, plus a server-reflexive one when a NAT maps us elsewhere.
+    /// Host candidate, plus a server-reflexive one when a NAT maps us elsewhere,
+    /// the TCP ones (passive when we listen, active), and the relay.
     pub(super) fn refresh_candidates(&mut self) {
         let Some(host) = self.media_addr else { return };
         let mut c = vec![Candidate {
@@ -100,6 +101,7 @@ impl Client {
                 priority: priority(PREF_SRFLX, 65535),
             });
         }
+        c.extend(self.tcp_candidates(host));
         if let Some(relayed) = self.relayed_addr() {
             c.push(super::relay::relay_candidate(relayed));
         }

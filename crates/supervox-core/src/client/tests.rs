@@ -34,6 +34,17 @@ struct Net {
     spare_sends: Vec<Vec<SocketAddr>>,
     /// Datagrams to addresses that are no client's, per sender.
     elsewhere: Vec<Vec<SocketAddr>>,
+    /// Clients listening for TCP media at `tcp_addr(i)`.
+    tcp_listen: Vec<bool>,
+    /// Connected TCP media streams: (client, its stream id) → the other end.
+    tcp_links: std::collections::HashMap<(usize, u64), (usize, u64)>,
+    /// Streams each client closed.
+    tcp_closes: Vec<Vec<u64>>,
+}
+
+/// Client `i`'s TCP media listener.
+fn tcp_addr(i: usize) -> SocketAddr {
+    addr(7000 + i as u16)
 }
 
 impl Net {
@@ -77,6 +88,9 @@ impl Net {
             spare_ops: vec![vec![]; n],
             spare_sends: vec![vec![]; n],
             elsewhere: vec![vec![]; n],
+            tcp_listen: vec![false; n],
+            tcp_links: Default::default(),
+            tcp_closes: vec![vec![]; n],
         }
     }
 
@@ -120,6 +134,35 @@ impl Net {
                         ClientOutput::SpareDatagram(_, to, _) => self.spare_sends[i].push(to),
                         o @ (ClientOutput::OpenSpares(_) | ClientOutput::CloseSpares { .. }) => {
                             self.spare_ops[i].push(o)
+                        }
+                        ClientOutput::TcpConnect { stream, to } => {
+                            let j = usize::from(to.port().wrapping_sub(7000));
+                            let accepted = match self.tcp_listen.get(j) {
+                                Some(true) => self.clients[j].on_tcp_accepted(addr(8000 + i as u16), self.now),
+                                _ => None,
+                            };
+                            match accepted {
+                                Some(js) => {
+                                    self.tcp_links.insert((i, stream), (j, js));
+                                    self.tcp_links.insert((j, js), (i, stream));
+                                    self.clients[i].on_tcp_connected(stream, self.now);
+                                }
+                                None => self.clients[i].on_tcp_closed(stream, self.now),
+                            }
+                        }
+                        ClientOutput::TcpSend(stream, bytes) => {
+                            if let Some(&(j, js)) = self.tcp_links.get(&(i, stream)) {
+                                if let Some((_, m)) = self.clients[j].on_tcp_frame(js, &bytes, self.now) {
+                                    self.media[j].push(m);
+                                }
+                            }
+                        }
+                        ClientOutput::TcpClose(stream) => {
+                            self.tcp_closes[i].push(stream);
+                            if let Some(far) = self.tcp_links.remove(&(i, stream)) {
+                                self.tcp_links.remove(&far);
+                                self.clients[far.0].on_tcp_closed(far.1, self.now);
+                            }
                         }
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
@@ -420,4 +463,102 @@ fn no_port_prediction_between_two_symmetric_nats() {
     net.run(1_000);
     assert!(net.spare_ops.iter().all(Vec::is_empty));
     assert!(net.elsewhere[0].is_empty() && net.elsewhere[1].is_empty());
+}
+
+/// Alice listens for TCP media (a public node); UDP between the clients is
+/// dropped when `udp_blocked`.
+fn tcp_net(udp_blocked: bool) -> Net {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.tcp_listen[0] = true;
+    let mut cands = net.clients[0].local_candidates.clone();
+    cands.push(Candidate {
+        kind: CandidateKind::Host,
+        transport: Transport::TcpPassive,
+        addr: tcp_addr(0),
+        priority: 50,
+    });
+    cands.push(Candidate { kind: CandidateKind::Host, transport: Transport::TcpActive, addr: addr(9), priority: 60 });
+    net.clients[0].set_local_candidates(cands);
+    net.direct_cut = udp_blocked;
+    net.run(100);
+    net
+}
+
+#[test]
+fn with_udp_blocked_the_call_goes_direct_tcp_and_hangup_closes_the_stream() {
+    for caller in [0, 1] {
+        let mut net = tcp_net(true);
+        let callee = if caller == 0 { "bob" } else { "alice" };
+        let id = net.clients[caller].place_call(callee, net.now).unwrap();
+        net.run(400);
+        for i in 0..2 {
+            assert!(
+                has(&net.events[i], |e| matches!(e, ClientEvent::Connected { path: PathKind::DirectTcp, .. })),
+                "client {i} (caller {caller}): {:?}",
+                net.events[i]
+            );
+        }
+        // Bob connected to alice's passive candidate (never to an active one): one stream each.
+        assert_eq!(net.tcp_links.len(), 2);
+        assert_eq!((net.clients[0].tcp_stream_count(), net.clients[1].tcp_stream_count()), (1, 1));
+        net.clients[0].send_media(id, b"over-tcp", net.now);
+        net.clients[1].send_media(id, b"back", net.now);
+        net.step();
+        assert_eq!(net.media[1], vec![b"over-tcp".to_vec()]);
+        assert_eq!(net.media[0], vec![b"back".to_vec()]);
+        net.clients[caller].hangup(id, "bye", net.now);
+        net.run(50);
+        assert_eq!((net.clients[0].tcp_stream_count(), net.clients[1].tcp_stream_count()), (0, 0));
+        assert!(net.tcp_links.is_empty());
+    }
+}
+
+#[test]
+fn direct_udp_is_preferred_to_direct_tcp() {
+    let mut net = tcp_net(false);
+    net.clients[1].place_call("alice", net.now).unwrap();
+    net.run(2_000);
+    for i in 0..2 {
+        assert!(has(&net.events[i], |e| matches!(e, ClientEvent::Connected { path: PathKind::DirectUdp, .. })));
+        assert!(!has(&net.events[i], |e| matches!(e, ClientEvent::PathChanged { .. })), "{:?}", net.events[i]);
+    }
+    assert_eq!(net.tcp_links.len(), 2, "the TCP stream stays up as a standby pair");
+}
+
+#[test]
+fn inbound_tcp_streams_must_authenticate_in_time_and_are_bounded() {
+    let mut net = tcp_net(false);
+    let from = addr(8001);
+    assert_eq!(net.clients[0].on_tcp_accepted(from, net.now), None, "no call: nothing to accept for");
+    let id = net.clients[1].place_call("alice", net.now).unwrap();
+    net.run(300);
+    let a = &mut net.clients[0];
+    while a.poll_output().is_some() {}
+    let streams: Vec<u64> = (0..MAX_PENDING_INBOUND).map(|_| a.on_tcp_accepted(from, net.now).unwrap()).collect();
+    assert_eq!(a.on_tcp_accepted(from, net.now), None, "pending streams are bounded");
+    let closes = |a: &mut Client| {
+        std::iter::from_fn(|| a.poll_output())
+            .filter_map(|o| match o {
+                ClientOutput::TcpClose(s) => Some(s),
+                _ => None,
+            })
+            .collect::<Vec<u64>>()
+    };
+    // Garbage, a frame for no call, a forged frame with the call's tag: closed.
+    assert!(a.on_tcp_frame(streams[0], b"GET / HTTP/1.1", net.now).is_none());
+    let mut forged = vec![crate::media_path::KIND_CHECK];
+    forged.extend_from_slice(&crate::media_path::call_tag(&id));
+    forged.extend_from_slice(&[0u8; 40]);
+    assert!(a.on_tcp_frame(streams[1], &forged, net.now).is_none());
+    forged[1] ^= 0xff;
+    assert!(a.on_tcp_frame(streams[2], &forged, net.now).is_none());
+    assert_eq!(closes(a), vec![streams[0], streams[1], streams[2]]);
+    // The silent ones are closed when their time is up; a fresh slot opens.
+    a.on_tick(net.now + PENDING_TIMEOUT_MS - 10);
+    assert!(closes(a).is_empty());
+    a.on_tick(net.now + PENDING_TIMEOUT_MS);
+    let mut late = closes(a);
+    late.sort_unstable();
+    assert_eq!(late, streams[3..].to_vec());
+    assert!(a.on_tcp_accepted(from, net.now + PENDING_TIMEOUT_MS).is_some());
 }

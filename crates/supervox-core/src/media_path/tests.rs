@@ -87,6 +87,8 @@ struct Net {
     direct_cut: bool,
     /// Relayed traffic is dropped (the relay died).
     relay_cut: bool,
+    /// TCP stream traffic is dropped (the stream is stuck).
+    tcp_cut: bool,
     media_at_b: Vec<u64>,
     seen_kinds: HashSet<(bool, Via)>,
 }
@@ -111,6 +113,7 @@ impl Net {
             b_relay,
             direct_cut: false,
             relay_cut: false,
+            tcp_cut: false,
             media_at_b: Vec::new(),
             seen_kinds: HashSet::new(),
         }
@@ -128,6 +131,16 @@ impl Net {
                 from_a.into_iter().map(|x| (true, x)).chain(from_b.into_iter().map(|x| (false, x)))
             {
                 self.seen_kinds.insert((from_is_a, via));
+                if let Via::Tcp(stream) = via {
+                    // One stream, the same id at both ends; its far end is the peer.
+                    let (peer, src) = if from_is_a { (&mut self.b, self.a_host) } else { (&mut self.a, self.b_host) };
+                    let media =
+                        if self.tcp_cut { None } else { peer.handle_datagram(Via::Tcp(stream), src, &bytes, now) };
+                    if media.is_some() && from_is_a {
+                        self.media_at_b.push(now);
+                    }
+                    continue;
+                }
                 let (my_host, my_relay) =
                     if from_is_a { (self.a_host, self.a_relay) } else { (self.b_host, self.b_relay) };
                 // Where the packet appears to come from.
@@ -227,4 +240,61 @@ fn force_relay_never_sends_host_to_host() {
     for (via, to, _) in std::iter::from_fn(|| n2.a.poll_transmit()) {
         assert!(via == Via::Relay || to == n2.b_relay, "{via:?} to {to}");
     }
+}
+
+#[test]
+fn direct_tcp_beats_relays_loses_to_direct_udp_and_takes_over_when_udp_dies() {
+    let mut n = Net::new(false);
+    n.direct_cut = true;
+    let now = n.run(0, 500);
+    assert_eq!(n.a.kind(), PathKind::RelayUdp);
+    // a connects a TCP stream to b's passive candidate; b accepts it.
+    assert!(n.a.tcp_up(1, n.b_host, true, now));
+    assert!(n.b.tcp_up(1, n.a_host, false, now));
+    assert!(!n.b.tcp_authenticated(1), "an inbound stream has no pair before an authentic frame");
+    let now = n.run(now, 1_500);
+    assert!(n.b.tcp_authenticated(1));
+    assert_eq!(n.a.kind(), PathKind::DirectTcp);
+    assert_eq!(n.b.kind(), PathKind::DirectTcp, "b learnt the pair from a's check on the stream");
+    assert_eq!(n.a.take_change(), Some("upgrade: a better path answers"));
+    assert!(n.seen_kinds.contains(&(true, Via::Tcp(1))));
+    let before = n.media_at_b.len();
+    let now = n.run(now, 400);
+    assert!(n.media_at_b.len() >= before + 18, "media flows on the stream");
+    // Direct UDP starts working: it beats TCP.
+    n.direct_cut = false;
+    let now = n.run(now, 2_500);
+    assert_eq!(n.a.kind(), PathKind::DirectUdp);
+    assert_eq!(n.a.take_change(), Some("upgrade: a better path answers"));
+    // UDP dies again: the standby TCP pair takes over, not the relay.
+    n.direct_cut = true;
+    let now = n.run(now, 2_000);
+    assert_eq!(n.a.kind(), PathKind::DirectTcp);
+    assert_eq!(n.a.take_change(), Some("failover: the path in use stopped answering"));
+    // The stream closes: the call falls back to the relay.
+    n.a.tcp_down(1);
+    n.b.tcp_down(1);
+    let cut_at = now;
+    n.run(now, 2_000);
+    assert_eq!(n.a.kind(), PathKind::RelayUdp);
+    assert!(n.media_at_b.iter().any(|&t| t > cut_at + 1_000), "media resumed over the relay");
+}
+
+#[test]
+fn tcp_streams_are_bounded_per_call_and_unknown_streams_are_ignored() {
+    let mut n = Net::new(false);
+    for s in 0..MAX_TCP_STREAMS as u64 {
+        assert!(n.a.tcp_up(s, n.b_host, true, 0));
+    }
+    assert!(n.a.tcp_up(0, n.b_host, true, 0), "a stream it holds is no new one");
+    assert!(!n.a.tcp_up(99, n.b_host, true, 0), "one stream over the limit");
+    assert_eq!(n.a.tcp_streams().len(), MAX_TCP_STREAMS);
+    // A check arriving on a stream b does not hold is dropped unanswered.
+    while n.b.poll_transmit().is_some() {}
+    let check = std::iter::from_fn(|| n.a.poll_transmit()).find(|(v, _, _)| *v == Via::Tcp(0)).unwrap().2;
+    assert!(n.b.handle_datagram(Via::Tcp(0), n.a_host, &check, 1).is_none());
+    assert!(n.b.poll_transmit().is_none() && !n.b.tcp_authenticated(0));
+    // With --force-relay no stream is taken.
+    let mut f = Net::new(true);
+    assert!(!f.a.tcp_up(1, f.b_host, true, 0));
 }

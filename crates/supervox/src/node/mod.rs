@@ -5,6 +5,7 @@
 mod control_server;
 pub mod media;
 mod spares;
+mod tcp_media;
 
 use crate::control::Request;
 use crate::links::{now_ms, LinkSet, NetEvent};
@@ -131,6 +132,8 @@ struct Node {
     shutdown: watch::Receiver<bool>,
     /// Port prediction's spare sockets.
     spares: spares::Spares,
+    /// TCP media streams and their listener.
+    tcp: tcp_media::TcpMedia,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -200,6 +203,9 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let client = Client::new(identity, cfg, host_cache, rand::random());
     let (relay_events, mut relay_rx) = mpsc::channel(1024);
     let (spare_tx, mut spare_rx) = mpsc::channel(spares::QUEUE);
+    let (tcp_tx, mut tcp_rx) = mpsc::channel(tcp_media::EVENT_QUEUE);
+    // TCP media listens where UDP media does (the same port when it is free).
+    let (tcp, tcp_port) = tcp_media::TcpMedia::listen(udp.local_addr()?, tcp_tx).await;
     let mut node = Node {
         opts,
         client,
@@ -215,7 +221,9 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         standby,
         shutdown: shutdown.clone(),
         spares: spares::Spares::new(spare_tx),
+        tcp,
     };
+    node.client.set_tcp_media_port(tcp_port);
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
     if let Some(first) = node.client.host_cache().entries().first().copied() {
         node.update_candidates(first);
@@ -239,6 +247,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
             }
             Some(ev) = relay_rx.recv() => node.on_relay_stream(ev),
             Some(d) = spare_rx.recv() => node.on_spare_datagram(d),
+            Some(ev) = tcp_rx.recv() => node.on_tcp_media(ev),
             Some(msg) = ctl_rx.recv() => node.on_control(msg),
         }
         node.drain().await;
@@ -320,6 +329,32 @@ impl Node {
             let now = now_ms();
             let got = self.client.handle_spare_datagram(d.index, d.from, &d.bytes, now);
             self.on_media(got, now);
+        }
+    }
+
+    fn on_tcp_media(&mut self, ev: tcp_media::TcpMediaEvent) {
+        use tcp_media::TcpMediaEvent as E;
+        let now = now_ms();
+        match ev {
+            E::Accepted(stream, from) => {
+                // Dropping the stream closes it: refused ones go at once.
+                if self.tcp.has_room() {
+                    if let Some(id) = self.client.on_tcp_accepted(from, now) {
+                        self.tcp.adopt(id, stream);
+                    }
+                }
+            }
+            E::Connected(id) => self.client.on_tcp_connected(id, now),
+            E::Frame(id, bytes) => {
+                let got = self.client.on_tcp_frame(id, &bytes, now);
+                self.on_media(got, now);
+            }
+            E::Closed(id, reason) => {
+                if self.tcp.forget(id) {
+                    tracing::debug!("TCP media stream {id}: {reason}");
+                    self.client.on_tcp_closed(id, now);
+                }
+            }
         }
     }
 
@@ -505,6 +540,14 @@ impl Node {
                     }
                 }
                 ClientOutput::RelayDisconnect => self.relay_stream = None,
+                ClientOutput::TcpConnect { stream, to } => {
+                    if !self.tcp.connect(stream, to) {
+                        warn!("too many TCP media streams: not connecting to {to}");
+                        self.client.on_tcp_closed(stream, now);
+                    }
+                }
+                ClientOutput::TcpSend(stream, bytes) => self.tcp.send(stream, bytes),
+                ClientOutput::TcpClose(stream) => self.tcp.close(stream),
                 ClientOutput::HostCacheChanged => {
                     if let Err(e) = self.data.save_host_cache(self.client.host_cache()) {
                         warn!("cannot save host cache: {e:#}");

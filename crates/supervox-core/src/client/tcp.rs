@@ -1,0 +1,272 @@
+//! TCP media streams (ICE TCP candidates, RFC 6544): for networks that let
+//! UDP nowhere out but TCP out, so a call can still go `direct-tcp` instead
+//! of through a relay.
+//!
+//! The node listens for media on TCP at its media socket's IP and offers that
+//! as a passive candidate, plus an active one (port 9) saying it connects out.
+//! When a call's keys are agreed, each side connects to the peer's passive
+//! candidates (at most [`MAX_TCP_STREAMS`] per call). A stream carries the
+//! call's ordinary media datagrams (checks, acks, media; docs/PROTOCOL.md §4.1)
+//! each framed with a 2-byte length (RFC 4571) by the driver. An outbound
+//! stream becomes a pair as soon as it connects; an inbound one stays pending
+//! until its first frame authenticates as a check of one of our calls, and is
+//! closed if that frame does not, or if none comes within
+//! [`PENDING_TIMEOUT_MS`]. The driver does the sockets
+//! ([`ClientOutput::TcpConnect`], [`ClientOutput::TcpSend`],
+//! [`ClientOutput::TcpClose`]) and reports back through the `on_tcp_*` methods.
+
+use super::{Client, ClientOutput};
+use crate::call::Phase;
+use crate::media_path::{call_tag, datagram_tag, MAX_TCP_STREAMS};
+use crate::Map;
+use std::net::SocketAddr;
+use supervox_proto::{CallId, Candidate, Transport};
+use tracing::{debug, info};
+
+/// Inbound streams waiting for their first authentic frame, at most.
+pub const MAX_PENDING_INBOUND: usize = 8;
+/// An inbound stream must authenticate within this long.
+pub const PENDING_TIMEOUT_MS: u64 = 5_000;
+/// An outbound stream must connect within this long (the driver's own
+/// timeout is shorter; this one also covers a driver that never reports).
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Discard port of active candidates (RFC 6544 §4.5): never connected to.
+pub const ACTIVE_PORT: u16 = 9;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// We asked the driver to connect.
+    Connecting { deadline_ms: u64 },
+    /// Accepted; no authentic frame yet.
+    Pending { deadline_ms: u64 },
+    /// Carries its call's datagrams.
+    Open,
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    remote: SocketAddr,
+    /// The call it belongs to (known from the start for outbound streams).
+    call: Option<CallId>,
+    state: State,
+}
+
+/// The TCP media streams of a client.
+#[derive(Debug, Default)]
+pub(super) struct TcpStreams {
+    next_id: u64,
+    streams: Map<u64, Stream>,
+    /// Our TCP media listener's port, if the driver has one.
+    pub(super) port: Option<u16>,
+}
+
+impl TcpStreams {
+    fn of_call(&self, id: CallId) -> impl Iterator<Item = (u64, &Stream)> + '_ {
+        self.streams.iter().filter(move |(_, s)| s.call == Some(id)).map(|(k, s)| (*k, s))
+    }
+
+    fn pending(&self) -> usize {
+        self.streams.values().filter(|s| matches!(s.state, State::Pending { .. })).count()
+    }
+}
+
+/// A peer address one could connect to (not a wildcard, multicast or port 0).
+fn connectable(a: &SocketAddr) -> bool {
+    a.port() != 0 && a.port() != ACTIVE_PORT && !a.ip().is_unspecified() && !a.ip().is_multicast()
+}
+
+impl Client {
+    /// Our TCP media listener (same IP as the media socket) is on `port`, or
+    /// gone: offered as a passive candidate in calls from now on.
+    pub fn set_tcp_media_port(&mut self, port: Option<u16>) {
+        self.tcp.port = port;
+        self.refresh_candidates();
+    }
+
+    /// The TCP candidates to offer (after the UDP ones): passive at the media
+    /// IP and our listener's port, and active.
+    pub(super) fn tcp_candidates(&self, host: SocketAddr) -> Vec<Candidate> {
+        // RFC 6544 §4.2: local preference = 2^13 × direction preference (host:
+        // active 6, passive 4) + other preference; below UDP host's 65535.
+        let pref = |dir: u32| super::reach::priority(super::reach::PREF_HOST, (dir << 13) | 8191);
+        let mut c = Vec::new();
+        if let Some(port) = self.tcp.port {
+            let addr = SocketAddr::new(host.ip(), port);
+            c.push(Candidate {
+                kind: supervox_proto::CandidateKind::Host,
+                transport: Transport::TcpPassive,
+                addr,
+                priority: pref(4),
+            });
+        }
+        let addr = SocketAddr::new(host.ip(), ACTIVE_PORT);
+        c.push(Candidate {
+            kind: supervox_proto::CandidateKind::Host,
+            transport: Transport::TcpActive,
+            addr,
+            priority: pref(6),
+        });
+        c
+    }
+
+    /// Connect to the peer's passive TCP candidates (the highest priority
+    /// first) while the call holds fewer than [`MAX_TCP_STREAMS`] streams.
+    pub(super) fn connect_tcp(&mut self, id: CallId, remote: &[Candidate], now_ms: u64) {
+        if self.cfg.force_relay {
+            return; // the peer must not learn our addresses
+        }
+        let mut passive: Vec<&Candidate> =
+            remote.iter().filter(|c| c.transport == Transport::TcpPassive && connectable(&c.addr)).collect();
+        passive.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        for c in passive {
+            if self.tcp.of_call(id).any(|(_, s)| s.remote == c.addr) {
+                continue;
+            }
+            if self.tcp.of_call(id).count() >= MAX_TCP_STREAMS {
+                break;
+            }
+            let stream = self.tcp.next_id;
+            self.tcp.next_id += 1;
+            let state = State::Connecting { deadline_ms: now_ms + CONNECT_TIMEOUT_MS };
+            self.tcp.streams.insert(stream, Stream { remote: c.addr, call: Some(id), state });
+            debug!("call {id}: TCP stream {stream} to {}", c.addr);
+            self.out.push_back(ClientOutput::TcpConnect { stream, to: c.addr });
+        }
+    }
+
+    /// The driver accepted a TCP connection from `from` on the media listener.
+    /// Returns the stream id to report its frames under, or `None`: refused
+    /// (no call that could use it, or too many pending), close it.
+    pub fn on_tcp_accepted(&mut self, from: SocketAddr, now_ms: u64) -> Option<u64> {
+        let wanted = self
+            .calls
+            .values()
+            .any(|c| matches!(c.phase, Phase::Inviting { .. } | Phase::Connecting | Phase::Connected));
+        if !wanted || self.tcp.pending() >= MAX_PENDING_INBOUND {
+            return None;
+        }
+        let stream = self.tcp.next_id;
+        self.tcp.next_id += 1;
+        let state = State::Pending { deadline_ms: now_ms + PENDING_TIMEOUT_MS };
+        self.tcp.streams.insert(stream, Stream { remote: from, call: None, state });
+        Some(stream)
+    }
+
+    /// A [`ClientOutput::TcpConnect`] stream is up.
+    pub fn on_tcp_connected(&mut self, stream: u64, now_ms: u64) {
+        let Some(s) = self.tcp.streams.get_mut(&stream) else {
+            return self.out.push_back(ClientOutput::TcpClose(stream));
+        };
+        let (Some(id), State::Connecting { .. }) = (s.call, s.state) else { return };
+        s.state = State::Open;
+        let remote = s.remote;
+        let taken = self
+            .calls
+            .get_mut(&id)
+            .and_then(|c| c.path.as_mut())
+            .is_some_and(|p| p.tcp_up(stream, remote, true, now_ms));
+        if taken {
+            info!("call {id}: TCP stream {stream} to {remote} connected");
+            self.flush_path(id, now_ms);
+        } else {
+            self.close_tcp(stream, now_ms);
+        }
+    }
+
+    /// One frame (a media datagram, length prefix removed) from stream
+    /// `stream`. Returns the media plaintext and its call, if it was media.
+    pub fn on_tcp_frame(&mut self, stream: u64, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
+        let s = self.tcp.streams.get(&stream)?.clone();
+        match s.state {
+            State::Open => self.call_datagram(crate::media_path::Via::Tcp(stream), s.remote, bytes, now_ms),
+            State::Connecting { .. } => None,
+            State::Pending { .. } => self.pending_frame(stream, s.remote, bytes, now_ms),
+        }
+    }
+
+    /// The first frames of an inbound stream: the stream joins the call whose
+    /// check it carries, or is closed.
+    fn pending_frame(&mut self, stream: u64, from: SocketAddr, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
+        let call = datagram_tag(bytes).and_then(|tag| self.calls.keys().find(|id| call_tag(id) == tag).copied());
+        let Some(id) = call else {
+            debug!("TCP stream {stream} from {from}: not one of our calls' datagrams; closed");
+            self.close_tcp(stream, now_ms);
+            return None;
+        };
+        // The peer may have its keys before we have ours (it answered our
+        // invite): wait for its next check.
+        let path = self.calls.get_mut(&id)?.path.as_mut()?;
+        if !path.tcp_up(stream, from, false, now_ms) {
+            self.close_tcp(stream, now_ms);
+            return None;
+        }
+        let got = self.call_datagram(crate::media_path::Via::Tcp(stream), from, bytes, now_ms);
+        let authentic = self.calls.get(&id).and_then(|c| c.path.as_ref()).is_some_and(|p| p.tcp_authenticated(stream));
+        if authentic {
+            info!("call {id}: TCP stream {stream} from {from} authenticated");
+            if let Some(s) = self.tcp.streams.get_mut(&stream) {
+                s.call = Some(id);
+                s.state = State::Open;
+            }
+            self.flush_path(id, now_ms);
+            got
+        } else {
+            debug!("TCP stream {stream} from {from}: first frame did not authenticate; closed");
+            if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
+                p.tcp_down(stream);
+            }
+            self.close_tcp(stream, now_ms);
+            None
+        }
+    }
+
+    /// Stream `stream` failed to connect, or closed.
+    pub fn on_tcp_closed(&mut self, stream: u64, now_ms: u64) {
+        if let Some(s) = self.tcp.streams.remove(&stream) {
+            if let Some(id) = s.call {
+                debug!("call {id}: TCP stream {stream} to {} closed", s.remote);
+                if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
+                    p.tcp_down(stream);
+                }
+                self.flush_path(id, now_ms);
+            }
+        }
+    }
+
+    /// Close stream `stream` ourselves (the driver reports nothing back).
+    fn close_tcp(&mut self, stream: u64, now_ms: u64) {
+        self.on_tcp_closed(stream, now_ms);
+        self.out.push_back(ClientOutput::TcpClose(stream));
+    }
+
+    /// A call is over: its streams close.
+    pub(super) fn close_call_streams(&mut self, id: CallId, now_ms: u64) {
+        let ids: Vec<u64> = self.tcp.of_call(id).map(|(k, _)| k).collect();
+        for k in ids {
+            self.close_tcp(k, now_ms);
+        }
+    }
+
+    /// Streams that did not connect or authenticate in time are closed.
+    pub(super) fn tick_tcp(&mut self, now_ms: u64) {
+        let late: Vec<u64> = self
+            .tcp
+            .streams
+            .iter()
+            .filter(|(_, s)| match s.state {
+                State::Connecting { deadline_ms } | State::Pending { deadline_ms } => now_ms >= deadline_ms,
+                State::Open => false,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            debug!("TCP stream {k}: timed out");
+            self.close_tcp(k, now_ms);
+        }
+    }
+
+    /// TCP media streams open or being opened (for status and tests).
+    pub fn tcp_stream_count(&self) -> usize {
+        self.tcp.streams.len()
+    }
+}
