@@ -116,7 +116,7 @@ impl Supernode {
             ));
         }
         let alive = self.membership.live().filter(|m| m.state == MemberState::Alive).count();
-        let mean = if others == 0 { 0 } else { sum / others };
+        let mean = sum.checked_div(others).unwrap_or(0);
         let low = u64::from(self.load()) < u64::from(cfg.low_water_pct)
             && mean < u64::from(cfg.low_water_pct)
             && alive >= cfg.min_others;
