@@ -20,15 +20,19 @@ use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
 use tracing::{info, warn};
 
 mod calls;
+mod connect;
 mod predict;
 mod promotion;
 mod reach;
 mod relay;
 mod tcp;
 
+pub use connect::{ATTEMPT_STAGGER_MS, ATTEMPT_TIMEOUT_MS, MAX_ATTEMPTS_IN_FLIGHT};
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
 pub use tcp::{MAX_PENDING_INBOUND, PENDING_TIMEOUT_MS};
+#[cfg(test)]
+mod connect_tests;
 #[cfg(test)]
 mod tests;
 
@@ -36,8 +40,6 @@ mod tests;
 pub const PRESENCE_TTL_MS: u64 = 120_000;
 /// Presence is refreshed this often.
 pub const PRESENCE_REFRESH_MS: u64 = 60_000;
-/// Pause between tries of different host cache entries.
-const NEXT_ENTRY_DELAY_MS: u64 = 50;
 
 /// TURN credentials our supernode gave us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,9 +219,17 @@ pub enum ClientOutput {
 
 #[derive(Debug)]
 enum SnLink {
-    Idle { next_try_ms: u64 },
-    Connecting { addr: SocketAddr, conn: Option<ConnId> },
-    Open { conn: ConnId, addr: SocketAddr, sn: Option<SocketAddr>, ready: bool },
+    Idle {
+        next_try_ms: u64,
+    },
+    /// Attempts in flight to several supernodes (see [`connect`]).
+    Connecting(connect::Round),
+    Open {
+        conn: ConnId,
+        addr: SocketAddr,
+        sn: Option<SocketAddr>,
+        ready: bool,
+    },
 }
 
 /// A client: see the module docs.
@@ -229,8 +239,6 @@ pub struct Client {
     cfg: ClientConfig,
     host_cache: HostCache,
     backoff: Backoff,
-    cursor: usize,
-    tries: usize,
     link: SnLink,
     presence: Option<Presence>,
     next_publish_ms: u64,
@@ -250,6 +258,8 @@ pub struct Client {
     next_req: u64,
     promotion: promotion::Promotion,
     rng: StdRng,
+    /// Spreads this client's host-cache order from other clients'.
+    spread_salt: u64,
     out: VecDeque<ClientOutput>,
     /// The call that holds the spare sockets (port prediction), if any.
     spares_owner: Option<CallId>,
@@ -266,8 +276,6 @@ impl Client {
             cfg,
             host_cache,
             backoff: Backoff::new(250, 10_000),
-            cursor: 0,
-            tries: 0,
             link: SnLink::Idle { next_try_ms: 0 },
             presence: None,
             next_publish_ms: u64::MAX,
@@ -284,6 +292,7 @@ impl Client {
             next_req: 1,
             promotion: promotion::Promotion::default(),
             rng: StdRng::seed_from_u64(rng_seed),
+            spread_salt: rng_seed | 1,
             out: VecDeque::new(),
             spares_owner: None,
             tcp: tcp::TcpStreams::default(),
@@ -337,12 +346,11 @@ impl Client {
         }
     }
 
-    /// The address the driver connected to for the current supernode.
+    /// The connection to the current supernode, once one admitted us.
     pub fn supernode_conn(&self) -> Option<ConnId> {
         match &self.link {
             SnLink::Open { conn, .. } => Some(*conn),
-            SnLink::Connecting { conn, .. } => *conn,
-            SnLink::Idle { .. } => None,
+            SnLink::Connecting(_) | SnLink::Idle { .. } => None,
         }
     }
 
@@ -373,10 +381,10 @@ impl Client {
 
     /// Timers: connecting, presence refresh, call deadlines, media checks.
     pub fn on_tick(&mut self, now_ms: u64) {
-        if let SnLink::Idle { next_try_ms } = self.link {
-            if now_ms >= next_try_ms {
-                self.try_next_supernode(now_ms);
-            }
+        match self.link {
+            SnLink::Idle { next_try_ms } if now_ms >= next_try_ms => self.start_round(now_ms),
+            SnLink::Connecting(_) => self.tick_connecting(now_ms),
+            _ => {}
         }
         if self.supernode().is_some() && now_ms >= self.next_publish_ms {
             self.publish(now_ms);
@@ -393,79 +401,17 @@ impl Client {
         self.rng.gen()
     }
 
-    fn try_next_supernode(&mut self, now_ms: u64) {
-        if self.host_cache.is_empty() {
-            self.link = SnLink::Idle { next_try_ms: now_ms + 1_000 };
-            return;
-        }
-        let entries = self.host_cache.entries();
-        let addr = entries[self.cursor % entries.len()];
-        self.cursor += 1;
-        self.tries += 1;
-        self.link = SnLink::Connecting { addr, conn: None };
-        self.out.push_back(ClientOutput::Connect(addr));
-    }
-
-    /// The TCP connection for a [`ClientOutput::Connect`] is up.
-    pub fn on_connected(&mut self, conn: ConnId, addr: SocketAddr) {
-        match &mut self.link {
-            SnLink::Connecting { addr: a, conn: c } if *a == addr => *c = Some(conn),
-            _ => self.out.push_back(ClientOutput::Close(conn, "not wanted any more".into())),
-        }
-    }
-
-    /// A [`ClientOutput::Connect`] failed.
-    pub fn on_connect_failed(&mut self, addr: SocketAddr, reason: &str, now_ms: u64) {
-        if matches!(self.link, SnLink::Connecting { addr: a, .. } if a == addr) {
-            info!("supernode {addr} unreachable: {reason}");
-            self.schedule_retry(now_ms);
-        }
-    }
-
-    fn schedule_retry(&mut self, now_ms: u64) {
-        // Walk the whole cache quickly; back off only after a full round failed.
-        let delay = if self.tries >= self.host_cache.len().max(1) {
-            self.tries = 0;
-            self.backoff.next_delay(&mut self.rng)
-        } else {
-            NEXT_ENTRY_DELAY_MS
-        };
-        self.link = SnLink::Idle { next_try_ms: now_ms + delay };
-    }
-
-    /// The link on `conn` finished its handshake.
-    pub fn on_established(&mut self, conn: ConnId, role: Role) {
-        let SnLink::Connecting { addr, conn: Some(c) } = self.link else {
-            return;
-        };
-        if c != conn {
-            return;
-        }
-        if role != Role::Supernode {
-            self.out.push_back(ClientOutput::Close(conn, "peer is not a supernode".into()));
-            return;
-        }
-        self.link = SnLink::Open { conn, addr, sn: None, ready: false };
-    }
-
     /// A connection closed.
     pub fn on_closed(&mut self, conn: ConnId, reason: &str, now_ms: u64) {
-        match self.link {
-            SnLink::Open { conn: c, addr, sn, .. } if c == conn => {
+        match &self.link {
+            SnLink::Open { conn: c, addr, sn, .. } if *c == conn => {
+                let (addr, sn) = (*addr, *sn);
                 warn!("lost supernode {addr}: {reason}");
-                self.host_cache.demote(addr);
-                self.out.push_back(ClientOutput::HostCacheChanged);
-                self.event(ClientEvent::LostSupernode { supernode: sn.unwrap_or(addr), reason: reason.to_string() });
-                self.cursor = 0;
-                self.tries = 1;
-                self.presence = None;
-                self.next_publish_ms = u64::MAX;
-                self.link = SnLink::Idle { next_try_ms: now_ms };
+                self.lost_link(addr, sn, reason, now_ms);
                 self.fail_signalling_calls("lost the supernode link", now_ms);
             }
-            SnLink::Connecting { addr, conn: Some(c) } if c == conn => {
-                info!("supernode {addr} closed during sign-in: {reason}");
-                self.schedule_retry(now_ms);
+            SnLink::Connecting(_) => {
+                self.attempt_closed(conn, reason, now_ms);
             }
             _ => {}
         }
@@ -473,40 +419,26 @@ impl Client {
 
     /// A message from the supernode.
     pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
-        let SnLink::Open { conn: c, addr, .. } = self.link else {
+        if self.attempt_message(conn, &msg, now_ms) {
+            return;
+        }
+        let SnLink::Open { conn: c, addr, sn, .. } = self.link else {
             return;
         };
         if c != conn {
             return;
         }
         match msg {
-            Message::Welcome { supernode, supernodes, .. } => {
-                if let SnLink::Open { sn, .. } = &mut self.link {
-                    *sn = Some(supernode);
+            Message::Welcome { .. } => warn!("a second Welcome from {addr}: ignored"),
+            Message::Redirect { supernodes, reason, loads } => {
+                // Our supernode is leaving (stepping back) or shedding load.
+                info!("supernode {addr} sends us elsewhere: {reason}");
+                for (i, s) in supernodes.iter().enumerate() {
+                    self.host_cache.heard_of(*s, loads.get(i).copied(), now_ms);
                 }
-                self.host_cache.promote(addr);
-                for s in supernodes {
-                    self.host_cache.add(s);
-                }
-                self.out.push_back(ClientOutput::HostCacheChanged);
-                match NameClaim::sign(self.identity.signing_key(), &self.cfg.name, now_ms) {
-                    Ok(claim) => {
-                        self.send_sn(Message::Claim { claim });
-                    }
-                    Err(e) => self.event(ClientEvent::NameRefused { reason: e.to_string() }),
-                }
-                self.publish_to(supernode, now_ms);
-            }
-            Message::Redirect { supernodes, reason } => {
-                info!("supernode {addr} redirects us: {reason}");
-                for s in supernodes.into_iter().rev() {
-                    self.host_cache.promote(s);
-                }
-                self.host_cache.demote(addr);
                 self.out.push_back(ClientOutput::Close(conn, format!("redirected: {reason}")));
-                self.cursor = 0;
-                self.tries = 0;
-                self.link = SnLink::Idle { next_try_ms: now_ms };
+                self.lost_link(addr, sn, &format!("redirected: {reason}"), now_ms);
+                self.fail_signalling_calls("our supernode redirected us", now_ms);
             }
             Message::ClaimResult { result: Err(reason), .. } => {
                 self.event(ClientEvent::NameRefused { reason });
@@ -519,7 +451,6 @@ impl Client {
                             *ready = true;
                             let sn = *sn;
                             self.backoff.reset();
-                            self.tries = 0;
                             info!("signed in as {:?} via {sn}", self.cfg.name);
                             self.event(ClientEvent::SignedIn { supernode: sn });
                             self.start_probe(sn, now_ms);
@@ -539,6 +470,17 @@ impl Client {
             Message::Promote { network_key, seeds } => self.on_promote(network_key, seeds),
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),
         }
+    }
+
+    /// Admitted by `supernode` (its `Welcome`): claim the name, publish presence.
+    fn signed_on(&mut self, supernode: SocketAddr, now_ms: u64) {
+        match NameClaim::sign(self.identity.signing_key(), &self.cfg.name, now_ms) {
+            Ok(claim) => {
+                self.send_sn(Message::Claim { claim });
+            }
+            Err(e) => self.event(ClientEvent::NameRefused { reason: e.to_string() }),
+        }
+        self.publish_to(supernode, now_ms);
     }
 
     fn publish(&mut self, now_ms: u64) {

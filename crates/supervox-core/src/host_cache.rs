@@ -1,16 +1,82 @@
 //! The host cache: supernode addresses a client knows, persisted between
-//! runs, at most [`MAX_ENTRIES`] (as Skype's did).
+//! runs, at most [`MAX_ENTRIES`] (as Skype's did), each with what the client
+//! measured or was told about it: the sign-in round trip, the advertised
+//! load, when it was last heard of, and recent failures.
+//!
+//! Order ([`HostCache::ordered`]): entries waiting out a failure backoff go
+//! last (soonest retry first); the others by [`Entry::score_ms`], lowest
+//! first, so fresh, lightly loaded, close supernodes are tried first.
 
 use std::net::SocketAddr;
 
+/// Per-client spread added to scores (see [`HostCache::ordered`]): about
+/// the RTT difference between neighbouring cities, or 25 load points.
+pub const SPREAD_MS: u32 = 100;
 /// Most entries kept.
 pub const MAX_ENTRIES: usize = 200;
+/// RTT assumed for an entry never measured (a typical Internet path).
+pub const UNMEASURED_RTT_MS: u32 = 200;
+/// Load assumed for an entry whose load was never advertised, percent.
+pub const UNKNOWN_LOAD_PCT: u8 = 50;
+/// Score cost of one percent of load: a supernode at 50 % costs as much as
+/// 200 ms more round trip.
+pub const MS_PER_LOAD_PCT: u32 = 4;
+/// Score cost of a full supernode (load ≥ 100 %): behind every other one.
+pub const FULL_PENALTY_MS: u32 = 10_000;
+/// Entries not heard of (listed by a supernode or signed in to) for this
+/// long are stale.
+pub const FRESH_MS: u64 = 30 * 60_000;
+/// Score cost of a stale entry.
+pub const STALE_PENALTY_MS: u32 = 300;
+/// First failure backoff of an entry; doubles per failure.
+pub const FAIL_BACKOFF_MS: u64 = 1_000;
+/// Longest failure backoff of an entry.
+pub const MAX_FAIL_BACKOFF_MS: u64 = 5 * 60_000;
 
-/// An ordered, bounded list of supernode addresses. Seeds and recently good
-/// supernodes go to the front; failures move an entry to the back.
+/// One known supernode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Where to dial it.
+    pub addr: SocketAddr,
+    /// Smoothed time from dialling to its `Welcome` (TCP + Noise handshake
+    /// and admission), ms; `None` until measured.
+    pub rtt_ms: Option<u32>,
+    /// Load it advertised (percent of capacity), as a supernode listed it.
+    pub load: Option<u8>,
+    /// Failures since it last worked.
+    pub fails: u32,
+    /// Not tried again before this time (unix ms) after a failure.
+    pub retry_at_ms: u64,
+    /// Last time a supernode listed it or we signed in to it (unix ms; 0: never).
+    pub seen_ms: u64,
+}
+
+impl Entry {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, rtt_ms: None, load: None, fails: 0, retry_at_ms: 0, seen_ms: 0 }
+    }
+
+    /// The ordering score at `now_ms`, lower is better:
+    /// `rtt + 4 ms × load% (+ 10 000 if full) (+ 300 if not heard of for 30 min)`,
+    /// with 200 ms and 50 % for what is unknown.
+    pub fn score_ms(&self, now_ms: u64) -> u32 {
+        let rtt = self.rtt_ms.unwrap_or(UNMEASURED_RTT_MS);
+        let load = self.load.unwrap_or(UNKNOWN_LOAD_PCT);
+        let full = if load >= 100 { FULL_PENALTY_MS } else { 0 };
+        let stale = if now_ms.saturating_sub(self.seen_ms) > FRESH_MS { STALE_PENALTY_MS } else { 0 };
+        rtt.saturating_add(MS_PER_LOAD_PCT * u32::from(load)).saturating_add(full).saturating_add(stale)
+    }
+
+    /// Whether it is waiting out a failure backoff at `now_ms`.
+    pub fn backing_off(&self, now_ms: u64) -> bool {
+        self.retry_at_ms > now_ms
+    }
+}
+
+/// A bounded set of supernodes with their measurements: see the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostCache {
-    entries: Vec<SocketAddr>,
+    entries: Vec<Entry>,
 }
 
 impl HostCache {
@@ -19,9 +85,20 @@ impl HostCache {
         Self::default()
     }
 
-    /// The entries, best first.
-    pub fn entries(&self) -> &[SocketAddr] {
+    /// The entries, in storage order (see [`HostCache::ordered`] for the
+    /// order to try them in).
+    pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// The addresses, in storage order.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.entries.iter().map(|e| e.addr)
+    }
+
+    /// One entry.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.addr == *addr)
     }
 
     /// Number of entries.
@@ -34,39 +111,155 @@ impl HostCache {
         self.entries.is_empty()
     }
 
-    /// Add an address at the back if it is new.
+    /// The addresses in the order to try them at `now_ms` (module docs).
+    /// A non-zero `salt` (drawn once per client) adds 0-[`SPREAD_MS`) ms to
+    /// each entry's score, different for every client: clients holding the
+    /// same advertised loads (every `Welcome` lists the least loaded
+    /// supernodes) would otherwise all pick the same ones after a crash and
+    /// fill them, one redirect after another.
+    pub fn ordered(&self, now_ms: u64, salt: u64) -> Vec<SocketAddr> {
+        let spread = |addr: &SocketAddr| -> u32 {
+            if salt == 0 {
+                return 0;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(addr, &mut h);
+            std::hash::Hash::hash(&salt, &mut h);
+            (std::hash::Hasher::finish(&h) % u64::from(SPREAD_MS)) as u32
+        };
+        let mut v: Vec<(bool, u64, u32, usize)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let off = e.backing_off(now_ms);
+                (off, if off { e.retry_at_ms } else { 0 }, e.score_ms(now_ms).saturating_add(spread(&e.addr)), i)
+            })
+            .collect();
+        // Ties keep storage order (seeds and older entries first).
+        v.sort_unstable();
+        v.into_iter().map(|(.., i)| self.entries[i].addr).collect()
+    }
+
+    fn entry_mut(&mut self, addr: SocketAddr) -> Option<&mut Entry> {
+        if let Some(i) = self.entries.iter().position(|e| e.addr == addr) {
+            return self.entries.get_mut(i);
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            // Full: make room only by forgetting the entry that failed most.
+            let (i, worst) = self.entries.iter().enumerate().max_by_key(|(_, e)| e.fails)?;
+            if worst.fails == 0 {
+                return None;
+            }
+            self.entries.remove(i);
+        }
+        self.entries.push(Entry::new(addr));
+        self.entries.last_mut()
+    }
+
+    /// Add an address if it is new (a seed, or one read from an old file).
     pub fn add(&mut self, addr: SocketAddr) {
-        if !self.entries.contains(&addr) && self.entries.len() < MAX_ENTRIES {
-            self.entries.push(addr);
-        }
+        self.entry_mut(addr);
     }
 
-    /// Move (or insert) an address to the front: it just worked.
+    /// Add an address and forget its failures: the user named it (a seed).
     pub fn promote(&mut self, addr: SocketAddr) {
-        self.entries.retain(|a| *a != addr);
-        self.entries.insert(0, addr);
-        self.entries.truncate(MAX_ENTRIES);
-    }
-
-    /// Move an address to the back: it just failed.
-    pub fn demote(&mut self, addr: SocketAddr) {
-        if let Some(pos) = self.entries.iter().position(|a| *a == addr) {
-            let a = self.entries.remove(pos);
-            self.entries.push(a);
+        if let Some(e) = self.entry_mut(addr) {
+            e.fails = 0;
+            e.retry_at_ms = 0;
         }
     }
 
-    /// Serialise as one address per line.
-    pub fn to_text(&self) -> String {
-        self.entries.iter().map(|a| format!("{a}\n")).collect()
+    /// A supernode listed this member with its load (`Welcome`, `Redirect`):
+    /// refreshes the entry, adding it if there is room.
+    pub fn heard_of(&mut self, addr: SocketAddr, load: Option<u8>, now_ms: u64) {
+        if let Some(e) = self.entry_mut(addr) {
+            if load.is_some() {
+                e.load = load;
+            }
+            e.seen_ms = e.seen_ms.max(now_ms);
+        }
     }
 
-    /// Parse the text form; bad lines are skipped (the cache is a hint).
+    /// We signed in there: `rtt_ms` from dialling to its `Welcome` (smoothed
+    /// 3:1 with earlier measurements), `load` as it advertised itself.
+    pub fn succeeded(&mut self, addr: SocketAddr, rtt_ms: u32, load: Option<u8>, now_ms: u64) {
+        if let Some(e) = self.entry_mut(addr) {
+            let rtt = rtt_ms.max(1);
+            e.rtt_ms = Some(e.rtt_ms.map_or(rtt, |old| ((3 * u64::from(old) + u64::from(rtt)) / 4) as u32));
+            if load.is_some() {
+                e.load = load;
+            }
+            e.fails = 0;
+            e.retry_at_ms = 0;
+            e.seen_ms = e.seen_ms.max(now_ms);
+        }
+    }
+
+    /// Dialling, the handshake or the link failed: back off from this entry
+    /// (1 s, doubling per failure, at most 5 min).
+    pub fn failed(&mut self, addr: SocketAddr, now_ms: u64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.addr == addr) {
+            e.fails = e.fails.saturating_add(1);
+            let backoff = FAIL_BACKOFF_MS.saturating_mul(1 << (e.fails - 1).min(20)).min(MAX_FAIL_BACKOFF_MS);
+            e.retry_at_ms = now_ms.saturating_add(backoff);
+        }
+    }
+
+    /// It answered but is full (it redirected us): order it behind the others.
+    pub fn full(&mut self, addr: SocketAddr, now_ms: u64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.addr == addr) {
+            e.load = Some(100);
+            e.seen_ms = e.seen_ms.max(now_ms);
+        }
+    }
+
+    /// Serialise: one entry per line, `ADDR [rtt=MS] [load=PCT] [fails=N]
+    /// [retry=UNIX_MS] [seen=UNIX_MS]`.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        for e in &self.entries {
+            let _ = write!(s, "{}", e.addr);
+            if let Some(r) = e.rtt_ms {
+                let _ = write!(s, " rtt={r}");
+            }
+            if let Some(l) = e.load {
+                let _ = write!(s, " load={l}");
+            }
+            if e.fails > 0 {
+                let _ = write!(s, " fails={} retry={}", e.fails, e.retry_at_ms);
+            }
+            if e.seen_ms > 0 {
+                let _ = write!(s, " seen={}", e.seen_ms);
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Parse the text form. Old files (one address per line) load too; bad
+    /// lines and unknown or malformed fields are skipped (the cache is a hint).
     pub fn from_text(text: &str) -> Self {
         let mut c = Self::new();
         for line in text.lines() {
-            if let Ok(a) = line.trim().parse() {
-                c.add(a);
+            let mut words = line.split_whitespace();
+            let Some(Ok(addr)) = words.next().map(str::parse::<SocketAddr>) else {
+                continue;
+            };
+            let Some(e) = c.entry_mut(addr) else {
+                continue;
+            };
+            for w in words {
+                let Some((k, v)) = w.split_once('=') else { continue };
+                match k {
+                    "rtt" => e.rtt_ms = v.parse().ok().or(e.rtt_ms),
+                    "load" => e.load = v.parse().ok().or(e.load),
+                    "fails" => e.fails = v.parse().unwrap_or(e.fails),
+                    "retry" => e.retry_at_ms = v.parse().unwrap_or(e.retry_at_ms),
+                    "seen" => e.seen_ms = v.parse().unwrap_or(e.seen_ms),
+                    _ => {}
+                }
             }
         }
         c
@@ -81,19 +274,69 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], p))
     }
 
+    const NOW: u64 = 1_700_000_000_000;
+
     #[test]
-    fn bounded_ordered_persistent() {
+    fn bounded_and_persistent_in_both_formats() {
         let mut c = HostCache::new();
         for p in 0..300 {
             c.add(a(p));
         }
         assert_eq!(c.len(), MAX_ENTRIES);
-        c.promote(a(250));
-        assert_eq!(c.entries()[0], a(250));
-        assert_eq!(c.len(), MAX_ENTRIES);
-        c.demote(a(250));
-        assert_eq!(*c.entries().last().unwrap(), a(250));
+        // Full of entries that never failed: a newcomer is not taken...
+        c.heard_of(a(250), Some(10), NOW);
+        assert!(c.get(&a(250)).is_none());
+        // ...but replaces the entry that failed most.
+        c.failed(a(7), NOW);
+        c.heard_of(a(250), Some(10), NOW);
+        assert!(c.get(&a(7)).is_none());
+        assert_eq!(c.get(&a(250)).unwrap().load, Some(10));
+        c.succeeded(a(3), 40, Some(20), NOW);
+        c.failed(a(4), NOW);
         let back = HostCache::from_text(&(c.to_text() + "garbage\n"));
         assert_eq!(back, c);
+        // An old file: one address per line.
+        let old = HostCache::from_text("127.0.0.1:1\n127.0.0.1:2\n\n127.0.0.1:1\nnot-an-addr\n");
+        assert_eq!(old.addrs().collect::<Vec<_>>(), vec![a(1), a(2)]);
+        assert_eq!(old.get(&a(1)).unwrap().rtt_ms, None);
+        // Unknown and malformed fields are skipped, the rest is kept.
+        let odd = HostCache::from_text("127.0.0.1:9 rtt=x load=30 colour=red junk\n");
+        assert_eq!(odd.get(&a(9)).map(|e| (e.rtt_ms, e.load)), Some((None, Some(30))));
+    }
+
+    #[test]
+    fn low_rtt_and_low_load_fresh_entries_first_failures_last() {
+        let mut c = HostCache::new();
+        for p in 1..=6 {
+            c.add(a(p));
+        }
+        c.succeeded(a(1), 300, Some(10), NOW); // far: 300 + 40
+        c.succeeded(a(2), 20, Some(90), NOW); // near but busy: 20 + 360
+        c.succeeded(a(3), 30, Some(10), NOW); // near and light: 30 + 40
+        c.heard_of(a(4), Some(0), NOW); // unmeasured, idle: 200 + 0
+        c.succeeded(a(5), 10, Some(0), NOW - FRESH_MS - 1); // stale: 10 + 300
+        c.succeeded(a(6), 5, Some(0), NOW);
+        c.full(a(6), NOW); // redirected us: behind every non-full one
+        assert_eq!(c.ordered(NOW, 0), vec![a(3), a(4), a(5), a(1), a(2), a(6)]);
+        // A failure moves the best one behind all, until its backoff ends.
+        c.failed(a(3), NOW);
+        assert_eq!(c.ordered(NOW, 0).last(), Some(&a(3)));
+        assert_eq!(c.ordered(NOW + FAIL_BACKOFF_MS, 0)[0], a(3));
+        // Backoff doubles per failure, capped.
+        c.failed(a(3), NOW);
+        assert_eq!(c.get(&a(3)).unwrap().retry_at_ms, NOW + 2 * FAIL_BACKOFF_MS);
+        for _ in 0..40 {
+            c.failed(a(3), NOW);
+        }
+        assert_eq!(c.get(&a(3)).unwrap().retry_at_ms, NOW + MAX_FAIL_BACKOFF_MS);
+        // Of two entries backing off, the one that may retry sooner goes first.
+        c.failed(a(4), NOW);
+        let o = c.ordered(NOW, 0);
+        assert_eq!(&o[o.len() - 2..], &[a(4), a(3)]);
+        // Success clears failures; RTT is smoothed.
+        c.succeeded(a(3), 70, None, NOW);
+        let e = c.get(&a(3)).unwrap();
+        assert_eq!((e.fails, e.retry_at_ms, e.rtt_ms, e.load), (0, 0, Some(40), Some(10)));
+        assert_eq!(c.ordered(NOW, 0)[0], a(3));
     }
 }

@@ -22,10 +22,12 @@ use tracing::{debug, info, warn};
 
 mod index;
 mod overlay_io;
+mod step_back;
 #[cfg(test)]
 mod tests;
 
 use index::{HolderCache, Pending};
+pub use step_back::{StepBackConfig, MAX_REFUTATIONS, REFUTATION_WINDOW_MS};
 
 /// Most lookups one client may have in flight.
 pub const MAX_LOOKUPS_PER_CONN: usize = 16;
@@ -62,6 +64,9 @@ pub struct SupernodeConfig {
     pub claim_replicas: usize,
     /// Membership timing.
     pub membership: MembershipConfig,
+    /// A promoted supernode steps back to the client role on these terms;
+    /// `None`: never (a supernode started as one).
+    pub step_back: Option<StepBackConfig>,
 }
 
 impl SupernodeConfig {
@@ -76,6 +81,7 @@ impl SupernodeConfig {
             replicas: DEFAULT_REPLICAS,
             claim_replicas: DEFAULT_CLAIM_REPLICAS,
             membership: MembershipConfig::default(),
+            step_back: None,
         }
     }
 }
@@ -119,6 +125,12 @@ pub enum SnOutput {
         to: SocketAddr,
         /// PADDING size to echo.
         padding: u16,
+    },
+    /// We stepped back ([`StepBackConfig`]): clients were redirected and the
+    /// leave gossiped (send the datagrams queued before this), stop serving.
+    SteppedBack {
+        /// Why, for the log.
+        reason: String,
     },
 }
 
@@ -207,6 +219,8 @@ pub struct Supernode {
     relay: Option<(Vec<u8>, u64)>,
     /// Our TURN-over-TLS listeners and certificate hash, handed out with the credentials.
     relay_tls: Option<RelayTls>,
+    /// Step-back decision state (promoted supernodes).
+    step: step_back::StepBackState,
 }
 
 impl Supernode {
@@ -241,6 +255,7 @@ impl Supernode {
             dial_backs: RateLimit::new(DIAL_BACKS_PER_SEC),
             relay: None,
             relay_tls: None,
+            step: step_back::StepBackState::default(),
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();
@@ -358,8 +373,9 @@ impl Supernode {
         u8::try_from(pct).unwrap_or(u8::MAX)
     }
 
-    /// Supernodes for a client's host cache: the least loaded first.
-    fn suggest_supernodes(&self, n: usize, include_me: bool) -> Vec<SocketAddr> {
+    /// Supernodes for a client's host cache, the least loaded first, with
+    /// their advertised loads (index by index).
+    fn suggest_supernodes(&self, n: usize, include_me: bool) -> (Vec<SocketAddr>, Vec<u8>) {
         let want = n.saturating_sub(usize::from(include_me));
         let mut members: Vec<(u8, SocketAddr)> = self
             .membership
@@ -374,18 +390,23 @@ impl Supernode {
         }
         members.sort_unstable();
         let mut out: Vec<SocketAddr> = Vec::with_capacity(n);
+        let mut loads: Vec<u8> = Vec::with_capacity(n);
         if include_me {
             out.push(self.cfg.advertise);
+            loads.push(self.load());
         }
         out.extend(members.iter().map(|m| m.1));
-        out
+        loads.extend(members.iter().map(|m| m.0));
+        (out, loads)
     }
 
     fn client_joined(&mut self, conn: ConnId, user: UserId, remote: SocketAddr) {
-        if self.clients.len() >= self.cfg.max_clients && !self.clients.contains_key(&user) {
+        let full = self.clients.len() >= self.cfg.max_clients && !self.clients.contains_key(&user);
+        if full || self.step.done {
             self.stats.redirects += 1;
-            let supernodes = self.suggest_supernodes(20, false);
-            self.send(conn, Message::Redirect { supernodes, reason: "supernode full".into() });
+            let (supernodes, loads) = self.suggest_supernodes(20, false);
+            let reason = if full { "supernode full" } else { "supernode stepping back" };
+            self.send(conn, Message::Redirect { supernodes, reason: reason.into(), loads });
             self.close(conn, "full: redirected client");
             return;
         }
@@ -398,8 +419,8 @@ impl Supernode {
             c.kind = PeerKind::Client(user);
         }
         self.membership.set_load(self.load());
-        let supernodes = self.suggest_supernodes(50, true);
-        self.send(conn, Message::Welcome { supernode: self.cfg.advertise, observed: remote, supernodes });
+        let (supernodes, loads) = self.suggest_supernodes(50, true);
+        self.send(conn, Message::Welcome { supernode: self.cfg.advertise, observed: remote, supernodes, loads });
         debug!(conn, "client {user:?} signed in");
     }
 
@@ -553,7 +574,7 @@ impl Supernode {
         self.stats.promotions += 1;
         info!(conn, "promoting the client at {addr} to supernode");
         let mut seeds = vec![self.cfg.advertise];
-        seeds.extend(self.suggest_supernodes(4, false));
+        seeds.extend(self.suggest_supernodes(4, false).0);
         let network_key = self.cfg.network_key.bytes();
         self.send(conn, Message::Promote { network_key, seeds });
     }
@@ -576,6 +597,13 @@ impl Supernode {
 
     /// Timers: membership, presence expiry, request deadlines and retries.
     pub fn on_tick(&mut self, now_ms: u64) {
+        if self.step.done {
+            return;
+        }
+        if let Some(reason) = self.step_back_reason(now_ms) {
+            self.step_back(&reason, now_ms);
+            return;
+        }
         self.directory.expire(now_ms);
         self.membership.tick(&mut self.rng, now_ms);
         self.flush_membership(now_ms);

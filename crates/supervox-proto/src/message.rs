@@ -230,6 +230,9 @@ pub enum Message {
         observed: SocketAddr,
         /// Other supernodes, for the client's host cache.
         supernodes: Vec<SocketAddr>,
+        /// Their advertised loads (percent of capacity), index by index with
+        /// `supernodes` (may be shorter). Added within version 2.
+        loads: Vec<u8>,
     },
     /// SN → client: full or leaving; try these instead.
     Redirect {
@@ -237,6 +240,9 @@ pub enum Message {
         supernodes: Vec<SocketAddr>,
         /// Why.
         reason: String,
+        /// Their advertised loads (percent), index by index with
+        /// `supernodes` (may be shorter). Added within version 2.
+        loads: Vec<u8>,
     },
     /// Keepalive probe.
     Ping {

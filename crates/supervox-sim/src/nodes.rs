@@ -154,8 +154,12 @@ impl Sim {
                 SnOutput::Datagram { to, bytes, kind } => self.send_datagram(i, to, bytes, kind, ctx),
                 // Claims are not persisted (a process that dies is gone for
                 // good); STUN over UDP is out of the simulator's scope.
-                // Simulated clients do not volunteer (promotion is tested with real processes).
-                SnOutput::ClaimsChanged | SnOutput::StunDialBack { .. } | SnOutput::CheckReachable { .. } => {}
+                // Simulated clients do not volunteer (promotion and step-back are
+                // tested with real processes).
+                SnOutput::ClaimsChanged
+                | SnOutput::StunDialBack { .. }
+                | SnOutput::CheckReachable { .. }
+                | SnOutput::SteppedBack { .. } => {}
             }
         }
         let slot = &mut self.sns[i as usize];
@@ -234,7 +238,8 @@ impl Sim {
     /// Carry out what client `c` asked for, then schedule its next tick: a
     /// signed-in client's only timer is its presence refresh; a client that
     /// waits to (re)connect is ticked like the daemon's clock would; one that
-    /// is connecting waits for events.
+    /// is connecting is ticked when its next staggered attempt or attempt
+    /// timeout is due (`Client::next_connect_ms`), else waits for events.
     fn drain_client(&mut self, c: u32) {
         let now = self.now;
         let gen = self.clients[c as usize].gen;
@@ -277,6 +282,8 @@ impl Sim {
         };
         let want = if client.supernode().is_some() {
             Some(slot.next_publish)
+        } else if !client.connect_attempts().is_empty() {
+            client.next_connect_ms().map(|t| t.max(now))
         } else if slot.dialing || client.supernode_conn().is_some() {
             None
         } else {

@@ -47,6 +47,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             relay_tls_listen: vec![],
             relay_tls_files: None,
             network_key: Some(network_key),
+            step_back: None,
         })
         .await?;
         let addr = sn.advertise();

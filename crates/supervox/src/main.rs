@@ -138,6 +138,11 @@ struct NodeArgs {
     /// With --supernode auto: clients served as a supernode before redirecting.
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     supernode_max_clients: usize,
+    /// With --supernode auto: once promoted, step back to the client role
+    /// after this many seconds with its own load and the members' mean load
+    /// below 20 % and at least 2 other supernodes alive.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    step_back_after: u64,
     /// Answer incoming calls automatically.
     #[arg(long)]
     auto_answer: bool,
@@ -346,6 +351,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 relay_tls_listen: a.relay_tls_listen,
                 relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
                 network_key: a.network_key,
+                step_back: None,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)
@@ -363,6 +369,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                     },
                     after_ms: a.promote_after * 1000,
                     max_clients: a.supernode_max_clients,
+                    step_back_after_ms: a.step_back_after.saturating_mul(1000),
                 }),
                 SupernodeMode::Never => None,
             };

@@ -1,7 +1,8 @@
 //! The supernode overlay with real processes: five supernodes, twenty
 //! clients, two supernodes killed; everyone is callable again, every name
 //! still belongs to its key. And an outsider without the network key cannot
-//! join.
+//! join. A client fails over past a blackholed host cache entry; a
+//! promoted volunteer steps back when it is not needed.
 
 mod common;
 #[path = "common/raw.rs"]
@@ -146,4 +147,155 @@ fn a_public_volunteer_is_promoted_when_the_supernodes_are_full() {
     let third = start_node(root.path(), "third", &[sn.addr], &[]);
     let via = wait_signed_in(&third, Duration::from_secs(15));
     assert_eq!(via, listen.to_string(), "signed in via {via}");
+}
+
+/// Wait until `name` is online through a live supernode other than `not`,
+/// asking through `via`; returns the supernode its presence names.
+fn wait_callable(via: SocketAddr, name: &str, not: SocketAddr, within: Duration, seed: &mut u8) -> SocketAddr {
+    let deadline = Instant::now() + within;
+    loop {
+        *seed = seed.wrapping_add(1).max(100);
+        if let LookupAnswer::Online { presence, .. } = lookup(via, *seed, name) {
+            if presence.supernode != not {
+                return presence.supernode;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} not callable again within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_whose_best_entry_is_blackholed_fails_over_in_well_under_its_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let metrics: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut sns = vec![start_member(root.path(), "sn0", &[], metrics[0])];
+    for (i, m) in metrics.iter().enumerate().skip(1) {
+        let seed = sns[0].addr;
+        sns.push(start_member(root.path(), &format!("sn{i}"), &[seed], *m));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for m in &metrics {
+        while metric_opt(*m, "supernode_peers") != Some(2) {
+            assert!(Instant::now() < deadline, "membership did not converge");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A listener that never accepts: TCP connects, the Noise handshake never
+    // answers (10 s until the link's own timeout).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    // The client's persisted host cache (the new format) ranks the black hole
+    // first (1 ms, idle), sn1 second, sn2 third.
+    let dir = root.path().join("alice-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = raw::now();
+    let cache = format!(
+        "{hole_addr} rtt=1 load=0 seen={now}\n{} rtt=5 load=0 seen={now}\n{} rtt=10 load=0 seen={now}\n",
+        sns[1].addr, sns[2].addr
+    );
+    std::fs::write(dir.join("hostcache"), cache).unwrap();
+    let alice = start_node_in(root.path(), "alice", &dir, &[sns[1].addr], &["--auto-answer"]);
+    // The black hole is dialled first; 250 ms later sn1 is, and wins.
+    let via = wait_signed_in(&alice, Duration::from_secs(10));
+    assert_eq!(via, sns[1].addr.to_string());
+    let mut seed = 100;
+    wait_callable(sns[0].addr, "alice", hole_addr, Duration::from_secs(5), &mut seed);
+    // Kill her supernode: the black hole is still her best entry, yet she
+    // is callable through another supernode well before the 5 s attempt
+    // timeout (let alone the 10 s handshake timeout) would let a one-at-a-time
+    // walk move on.
+    let killed = sns[1].addr;
+    sns.remove(1);
+    let t0 = Instant::now();
+    let now_at = wait_callable(sns[0].addr, "alice", killed, Duration::from_secs(4), &mut seed);
+    let took = t0.elapsed();
+    eprintln!("alice callable via {now_at} {} ms after her supernode died", took.as_millis());
+    assert!(now_at == sns[0].addr || now_at == sns[1].addr, "{now_at}");
+    let bob = start_node(root.path(), "bob", &[sns[0].addr], &[]);
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let (ok, events) = call(&bob, "alice", &["--duration", "1", "--input", "tone:440", "--output", "null"]);
+    assert!(ok, "{events:?}");
+    drop(hole);
+}
+
+#[test]
+fn a_promoted_volunteer_steps_back_when_not_needed_and_its_clients_move() {
+    let root = tempfile::tempdir().unwrap();
+    let (m0, m1) = (free_addr(), free_addr());
+    // sn0 holds 6: four quiet clients and the volunteer make it 83 % full.
+    let sn0 = start_sn_with(
+        root.path(),
+        "sn0",
+        free_addr(),
+        &[],
+        &["--network-key", KEY, "--metrics", &m0.to_string(), "--max-clients", "6"],
+    );
+    let sn1 = start_member(root.path(), "sn1", &[sn0.addr], m1);
+    let mut fillers: Vec<Raw> = (0..4)
+        .map(|i| {
+            let mut r = Raw::connect(sn0.addr, 40 + i);
+            r.sign_in(&format!("filler{i}"));
+            r
+        })
+        .collect();
+    let listen = free_addr();
+    let vol = start_node(
+        root.path(),
+        "vol",
+        &[sn0.addr],
+        &[
+            "--supernode",
+            "auto",
+            "--supernode-listen",
+            &listen.to_string(),
+            "--promote-after",
+            "1",
+            "--step-back-after",
+            "3",
+            "--auto-answer",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&vol).is_none_or(|s| s["role"] != "supernode") {
+        assert!(Instant::now() < deadline, "not promoted: {:?}", status(&vol));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while metric_opt(m1, "supernode_peers") != Some(2) {
+        assert!(Instant::now() < deadline, "the promoted supernode did not join");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A client of the new supernode.
+    let carol = start_node(root.path(), "carol", &[listen], &["--auto-answer"]);
+    assert_eq!(wait_signed_in(&carol, Duration::from_secs(10)), listen.to_string());
+    // While sn0 is busy the network needs the volunteer: it stays.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(status(&vol).unwrap()["role"], "supernode");
+    // The quiet clients leave: sn0 at 17 %, sn1 idle, the volunteer nearly
+    // so. After 3 s it steps back: carol is redirected, the others drop it.
+    for f in fillers.iter_mut() {
+        let _ = f.sock.shutdown(std::net::Shutdown::Both);
+    }
+    drop(fillers);
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(20);
+    while status(&vol).is_none_or(|s| s["role"] != "client") {
+        assert!(Instant::now() < deadline, "did not step back: {:?}", status(&vol));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stepped back {} ms after the load dropped", t0.elapsed().as_millis());
+    let mut seed = 100;
+    let now_at = wait_callable(sn1.addr, "carol", listen, Duration::from_secs(10), &mut seed);
+    assert!(now_at == sn0.addr || now_at == sn1.addr, "{now_at}");
+    // It left the overlay gracefully: both supernodes see one peer again.
+    for m in [m0, m1] {
+        while metric_opt(m, "supernode_peers") != Some(1) {
+            assert!(Instant::now() < deadline, "the volunteer is still a member");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The node itself is a client still signed in, and callable.
+    assert!(status(&vol).unwrap()["supernode"].is_string());
+    let (ok, events) = call(&carol, "vol", &["--duration", "1", "--input", "tone:440", "--output", "null"]);
+    assert!(ok, "{events:?}");
 }

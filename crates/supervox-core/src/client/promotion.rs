@@ -10,6 +10,8 @@ use tracing::info;
 
 /// How often a volunteer asks again.
 const VOLUNTEER_EVERY_MS: u64 = 10_000;
+/// A node that stepped back does not volunteer again for this long.
+pub const VOLUNTEER_AFTER_STEP_BACK_MS: u64 = 600_000;
 
 /// Settings of a client that may become a supernode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,19 @@ impl Client {
         self.promotion.next_try_ms = now_ms + VOLUNTEER_EVERY_MS;
         info!("volunteering as a supernode at {}", v.advertise);
         self.send_sn(Message::Volunteer { advertise: v.advertise });
+    }
+
+    /// Our supernode stepped back: the role is client again. `advertise`
+    /// is where a later supernode would listen (`None`: it cannot, so we
+    /// stop volunteering). No new offer for [`VOLUNTEER_AFTER_STEP_BACK_MS`].
+    pub fn on_stepped_back(&mut self, now_ms: u64, advertise: Option<SocketAddr>) {
+        self.promotion.promoted = false;
+        self.promotion.since_ms = None;
+        self.promotion.next_try_ms = now_ms + VOLUNTEER_AFTER_STEP_BACK_MS;
+        match (advertise, self.cfg.volunteer.as_mut()) {
+            (Some(a), Some(v)) => v.advertise = a,
+            _ => self.cfg.volunteer = None,
+        }
     }
 
     pub(super) fn on_promote(&mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>) {

@@ -35,8 +35,10 @@ impl Client {
     /// Start a probe against our supernode and another one from the cache.
     pub(super) fn start_probe(&mut self, sn: SocketAddr, now_ms: u64) {
         let Some(local) = self.media_addr else { return };
-        let other = self.host_cache.entries().iter().copied().find(|a| *a != sn && a.ip() != sn.ip());
-        let other = other.or_else(|| self.host_cache.entries().iter().copied().find(|a| *a != sn));
+        // The best-ordered other supernode, on another IP if there is one.
+        let order = self.host_cache.ordered(now_ms, self.spread_salt);
+        let other = order.iter().copied().find(|a| *a != sn && a.ip() != sn.ip());
+        let other = other.or_else(|| order.iter().copied().find(|a| *a != sn));
         let cfg = ProbeConfig::new(local, sn, other.unwrap_or(sn));
         self.probe = Some(NatProbe::new(cfg, now_ms));
         self.flush_probe(now_ms);

@@ -440,7 +440,11 @@ impl Membership {
     /// (or [`ME`]) whose state is news to gossip, if it changed our view.
     fn apply_quietly(&mut self, m: Member, now_ms: u64) -> Option<u32> {
         if m.id == self.me.id {
-            if m.state != MemberState::Alive && m.incarnation >= self.me.incarnation {
+            // After a leave we stay dead: no refutation.
+            if m.state != MemberState::Alive
+                && m.incarnation >= self.me.incarnation
+                && self.me.state == MemberState::Alive
+            {
                 // Refute: we are alive.
                 let me = self.me;
                 self.toggle_digest(&me);
@@ -567,6 +571,26 @@ impl Membership {
             }
         }
         out
+    }
+
+    /// Leave gracefully: declare ourselves `Dead` at our incarnation (which
+    /// out-ranks `Alive` there), tell up to `fanout` random members at once
+    /// in a `Ping` and piggyback it on whatever else we send, so the others
+    /// hand our records off without waiting for the failure detector. We
+    /// never refute after this; a new process rejoins with a higher
+    /// incarnation. Sealed like every overlay datagram, so only members can
+    /// say it, and a member saying it of another is refuted as before.
+    pub fn leave(&mut self, rng: &mut StdRng, fanout: usize) {
+        if self.me.state == MemberState::Dead {
+            return;
+        }
+        self.me.state = MemberState::Dead;
+        let me = self.me;
+        self.enqueue(ME);
+        for to in self.random_live(rng, fanout, &me.id) {
+            self.seq = self.seq.wrapping_add(1);
+            self.out.push_back((to, OverlayMsg::Ping { seq: self.seq, updates: vec![me] }));
+        }
     }
 
     /// Timers: the probe cycle, suspicion and tombstone expiry, joining.

@@ -56,9 +56,13 @@ impl Supernode {
         };
         let OverlayPacket { from: member, msg } = packet;
         debug!("overlay {} from {from}", overlay_kind(&msg));
-        if member.id == self.me {
+        if member.id == self.me || self.step.done {
             return;
         }
+        if matches!(msg, OverlayMsg::Ping { .. } | OverlayMsg::PingReq { .. }) {
+            self.probed(now_ms);
+        }
+        let incarnation = self.membership.me().incarnation;
         self.membership.observe(member, now_ms);
         if let OverlayMsg::Unpublish { user } = msg {
             self.directory.remove_presence_at(&user, member.addr);
@@ -66,6 +70,9 @@ impl Supernode {
             if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
                 self.on_peer_msg(from, member.id, msg, now_ms);
             }
+        }
+        if self.membership.me().incarnation > incarnation {
+            self.refuted(now_ms);
         }
         self.flush_membership(now_ms);
     }

@@ -45,6 +45,9 @@ struct Net {
     down: HashSet<usize>,
     /// Datagrams to these addresses are dropped (a silent holder).
     black_hole: HashSet<SocketAddr>,
+    /// Probes (`Ping`, `PingReq`) to these addresses are dropped, answers
+    /// to their own probes pass: a supernode behind a NAT.
+    unprobeable: HashSet<SocketAddr>,
     /// What the supernodes sent their clients: (sn index, output).
     client_out: Vec<(usize, SnOutput)>,
     /// Overlay datagrams delivered, by kind.
@@ -60,6 +63,7 @@ impl Net {
             sns,
             down: HashSet::new(),
             black_hole: HashSet::new(),
+            unprobeable: HashSet::new(),
             client_out: Vec::new(),
             delivered: Vec::new(),
             now: 0,
@@ -83,7 +87,9 @@ impl Net {
                     moved = true;
                     match o {
                         SnOutput::Datagram { to, bytes, kind } => {
-                            if self.black_hole.contains(&to) {
+                            if self.black_hole.contains(&to)
+                                || (self.unprobeable.contains(&to) && matches!(kind, "Ping" | "PingReq"))
+                            {
                                 continue;
                             }
                             if let Some(j) = self.index_of(to).filter(|j| !self.down.contains(j)) {
@@ -516,4 +522,107 @@ fn forged_records_from_a_member_are_not_stored() {
         net.sns[0].directory.lookup("alice", now),
         LookupAnswer::Online { presence, .. } if presence.user_id != alice.user_id()
     ));
+}
+
+/// A network of `n` whose last supernode was promoted: it steps back on these terms.
+fn net_with_volunteer(n: usize, cfg: StepBackConfig) -> Net {
+    let mut net = Net::new(n);
+    let last = net.sns.last_mut().unwrap();
+    last.cfg.step_back = Some(cfg);
+    last.cfg.max_clients = 10;
+    net.run(3_000);
+    net
+}
+
+fn stepped_back(net: &Net, i: usize) -> Option<String> {
+    net.client_out.iter().find_map(|(j, o)| match o {
+        SnOutput::SteppedBack { reason } if *j == i => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_unneeded_volunteer_steps_back_redirects_its_clients_and_leaves() {
+    let cfg = StepBackConfig { after_ms: 10_000, ..StepBackConfig::default() };
+    let mut net = net_with_volunteer(4, cfg);
+    let v = 3;
+    // Two clients: 20 %, not below the low-water mark.
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(v, 1, &alice, "alice");
+    net.sign_in(v, 2, &bob, "bob");
+    net.run(15_000);
+    assert_eq!(stepped_back(&net, v), None, "busy enough");
+    // Bob leaves: 10 %. Low load must last `after_ms` before it steps back.
+    let now = net.now;
+    net.sns[v].on_closed(2, now);
+    net.run(9_000);
+    assert_eq!(stepped_back(&net, v), None, "not low for long enough");
+    net.client_out.clear();
+    net.run(1_500);
+    let reason = stepped_back(&net, v).expect("stepped back");
+    assert!(reason.starts_with("not needed"), "{reason}");
+    assert!(net.sns[v].stepped_back());
+    // Alice was sent to the others, least loaded first, and her link closed.
+    let msgs = net.take_client_msgs(v, 1);
+    let Some(Message::Redirect { supernodes, loads, .. }) = msgs.first() else { panic!("{msgs:?}") };
+    assert_eq!(supernodes.len(), 3);
+    assert_eq!(loads.len(), 3);
+    assert!(!supernodes.contains(&addr(4003)));
+    assert!(net.client_out.iter().any(|(j, o)| *j == v && matches!(o, SnOutput::Close(1, _))));
+    // Every other supernode dropped it at once (the leave), and it stays
+    // dead: it does not refute.
+    for i in 0..3 {
+        assert!(!net.sns[i].peer_addrs().contains(&addr(4003)), "sn {i}");
+    }
+    net.down.insert(v);
+    net.run(5_000);
+    for i in 0..3 {
+        assert!(!net.sns[i].peer_addrs().contains(&addr(4003)), "sn {i}");
+    }
+    // Its records moved: alice's claim is still held by others and still hers.
+    assert!(!net.holding("alice").is_empty());
+}
+
+#[test]
+fn a_volunteer_does_not_step_back_while_others_are_busy_or_too_few() {
+    // Long enough for the others' loads to reach it before it would go.
+    let cfg = StepBackConfig { after_ms: 8_000, ..StepBackConfig::default() };
+    // Only one other supernode: it stays.
+    let mut net = net_with_volunteer(2, cfg);
+    net.run(20_000);
+    assert_eq!(stepped_back(&net, 1), None);
+    // Three others, but they are busy (the mean load is high): it stays.
+    let mut net = net_with_volunteer(4, cfg);
+    for (i, conn) in [(0, 1), (1, 2), (2, 3)] {
+        // Their capacity is 2: one client each is 50 %.
+        let id = Identity::from_seed([20 + conn as u8; 32]);
+        net.sign_in(i, conn, &id, &format!("user{conn}"));
+    }
+    net.run(20_000);
+    assert_eq!(stepped_back(&net, 3), None);
+    // They go quiet: now it steps back.
+    for (i, conn) in [(0, 1), (1, 2), (2, 3)] {
+        let now = net.now;
+        net.sns[i].on_closed(conn, now);
+    }
+    net.run(15_000);
+    assert!(stepped_back(&net, 3).is_some());
+}
+
+#[test]
+fn a_volunteer_the_others_cannot_reach_steps_back() {
+    // Never for low load; only reachability counts here.
+    let cfg = StepBackConfig { after_ms: u64::MAX / 2, ..StepBackConfig::default() };
+    let mut net = net_with_volunteer(4, cfg);
+    net.run(10_000);
+    assert_eq!(stepped_back(&net, 3), None, "reachable");
+    // From now on no probe gets to it; the answers to its own probes do.
+    net.unprobeable.insert(addr(4003));
+    let t0 = net.now;
+    while stepped_back(&net, 3).is_none() {
+        assert!(net.now < t0 + 20_000, "still serving after {} ms", net.now - t0);
+        net.run(500);
+    }
+    let reason = stepped_back(&net, 3).unwrap();
+    assert!(reason.starts_with("unreachable"), "{reason}");
 }

@@ -72,7 +72,38 @@ pub struct PromotionOptions {
     pub after_ms: u64,
     /// Clients its supernode serves before redirecting.
     pub max_clients: usize,
+    /// Once promoted, step back after this long not needed (`--step-back-after`).
+    pub step_back_after_ms: u64,
 }
+
+/// Bind the listeners of the supernode this node would run if promoted.
+async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Result<crate::sn::BoundSupernode> {
+    crate::sn::BoundSupernode::bind(crate::sn::SnOptions {
+        listen: vec![p.listen],
+        seeds: Vec::new(),
+        data_dir: data_dir.join("supernode"),
+        advertise: None,
+        max_clients: p.max_clients,
+        max_connections: crate::sn::DEFAULT_MAX_CONNECTIONS,
+        metrics: None,
+        relay_kbps: 512,
+        max_allocations: 1_000,
+        relay_secret: None,
+        relay_allow_loopback: false,
+        network_key: None,
+        relay_tls_listen: vec![],
+        relay_tls_files: None,
+        step_back: Some(supervox_core::supernode::StepBackConfig {
+            after_ms: p.step_back_after_ms,
+            ..Default::default()
+        }),
+    })
+    .await
+}
+
+/// The promoted supernode stepped back: why, and its listeners bound again
+/// for a later promotion (if that worked).
+type SteppedBack = (String, Option<crate::sn::BoundSupernode>);
 
 /// A `ctl call` waiting for its call's events.
 struct Watcher {
@@ -134,6 +165,8 @@ struct Node {
     spares: spares::Spares,
     /// TCP media streams and their listener.
     tcp: tcp_media::TcpMedia,
+    /// Where the promoted supernode's task reports that it stepped back.
+    stepped_back: mpsc::Sender<SteppedBack>,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -160,23 +193,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     );
     let standby = match &opts.supernode {
         Some(p) => {
-            let sn = crate::sn::BoundSupernode::bind(crate::sn::SnOptions {
-                listen: vec![p.listen],
-                seeds: Vec::new(),
-                data_dir: opts.data_dir.join("supernode"),
-                advertise: None,
-                max_clients: p.max_clients,
-                max_connections: crate::sn::DEFAULT_MAX_CONNECTIONS,
-                metrics: None,
-                relay_kbps: 512,
-                max_allocations: 1_000,
-                relay_secret: None,
-                relay_allow_loopback: false,
-                network_key: None,
-                relay_tls_listen: vec![],
-                relay_tls_files: None,
-            })
-            .await?;
+            let sn = bind_standby(p, &opts.data_dir).await?;
             info!("may become a supernode at {}", sn.advertise());
             Some(sn)
         }
@@ -206,6 +223,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let (tcp_tx, mut tcp_rx) = mpsc::channel(tcp_media::EVENT_QUEUE);
     // TCP media listens where UDP media does (the same port when it is free).
     let (tcp, tcp_port) = tcp_media::TcpMedia::listen(udp.local_addr()?, tcp_tx).await;
+    let (stepped_tx, mut stepped_rx) = mpsc::channel::<SteppedBack>(1);
     let mut node = Node {
         opts,
         client,
@@ -222,10 +240,11 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         shutdown: shutdown.clone(),
         spares: spares::Spares::new(spare_tx),
         tcp,
+        stepped_back: stepped_tx,
     };
     node.client.set_tcp_media_port(tcp_port);
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
-    if let Some(first) = node.client.host_cache().entries().first().copied() {
+    if let Some(first) = node.client.host_cache().ordered(now_ms(), 0).first().copied() {
         node.update_candidates(first);
     }
     let mut clock = tokio::time::interval(Duration::from_millis(supervox_media::FRAME_MS));
@@ -249,6 +268,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
             Some(d) = spare_rx.recv() => node.on_spare_datagram(d),
             Some(ev) = tcp_rx.recv() => node.on_tcp_media(ev),
             Some(msg) = ctl_rx.recv() => node.on_control(msg),
+            Some((reason, standby)) = stepped_rx.recv() => node.on_stepped_back(&reason, standby),
         }
         node.drain().await;
         if let Some(reason) = node.fatal.take() {
@@ -571,9 +591,19 @@ impl Node {
                 if let Some(sn) = self.standby.take() {
                     info!("promoted: serving as a supernode at {}", sn.advertise());
                     let stop = self.shutdown.clone();
+                    let done = self.stepped_back.clone();
+                    let (promotion, data_dir) = (self.opts.supernode.clone(), self.opts.data_dir.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = sn.joining(network_key, seeds).run(stop).await {
-                            warn!("supernode stopped: {e:#}");
+                        match sn.joining(network_key, seeds).run(stop).await {
+                            Ok(Some(reason)) => {
+                                let standby = match promotion {
+                                    Some(p) => rebind_standby(&p, &data_dir).await,
+                                    None => None,
+                                };
+                                let _ = done.send((reason, standby)).await;
+                            }
+                            Ok(None) => {}
+                            Err(e) => warn!("supernode stopped: {e:#}"),
                         }
                     });
                 }
@@ -652,6 +682,15 @@ impl Node {
         }
     }
 
+    /// Our supernode stepped back: we are a client again (signed in
+    /// elsewhere all along), and may volunteer later if the listeners were
+    /// bound again.
+    fn on_stepped_back(&mut self, reason: &str, standby: Option<crate::sn::BoundSupernode>) {
+        info!("stepped back to the client role ({reason})");
+        self.client.on_stepped_back(now_ms(), standby.as_ref().map(|s| s.advertise()));
+        self.standby = standby;
+    }
+
     fn notify(&self, id: CallId, v: Value) {
         if let Some(w) = self.watchers.get(&id) {
             let _ = w.tx.try_send(v.to_string());
@@ -667,6 +706,20 @@ impl Node {
             self.client.set_media_addr(SocketAddr::new(ip, local.port()));
         }
     }
+}
+
+/// Bind the standby listeners again after a step-back; the old ones are
+/// released as the supernode stops, so retry for a few seconds.
+async fn rebind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Option<crate::sn::BoundSupernode> {
+    for _ in 0..20 {
+        match bind_standby(p, data_dir).await {
+            Ok(sn) => return Some(sn),
+            Err(e) => tracing::debug!("binding the standby supernode again: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    warn!("cannot bind {} again: this node will not volunteer any more", p.listen);
+    None
 }
 
 /// The local address the kernel would use to reach `to`.

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use supervox_core::link::LinkEvent;
 use supervox_core::overlay::wire::NetworkKey;
-use supervox_core::supernode::{SnOutput, Supernode, SupernodeConfig};
+use supervox_core::supernode::{SnOutput, StepBackConfig, Supernode, SupernodeConfig};
 use supervox_core::ConnId;
 use supervox_turn::TurnConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -57,6 +57,8 @@ pub struct SnOptions {
     /// The overlay's network key (only its holders are members); the open
     /// test network's key if unset.
     pub network_key: Option<[u8; 32]>,
+    /// A promoted node's supernode steps back on these terms (`None`: never).
+    pub step_back: Option<StepBackConfig>,
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
@@ -114,8 +116,10 @@ impl BoundSupernode {
         self.advertise
     }
 
-    /// Serve until `shutdown` becomes true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    /// Serve until `shutdown` becomes true (`Ok(None)`), or until this
+    /// supernode steps back (`Ok(Some(reason))`, see [`StepBackConfig`]): its
+    /// clients are redirected, its leave gossiped, its ports released.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<Option<String>> {
         let data = DataDir::open(&self.opts.data_dir)?;
         let identity = data.identity()?;
         let claims = data.claims()?;
@@ -131,6 +135,7 @@ impl BoundSupernode {
             max_clients: self.opts.max_clients,
             agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
             network_key,
+            step_back: self.opts.step_back,
             ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
         let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
@@ -170,10 +175,13 @@ impl BoundSupernode {
         let mut links = LinkSet::new(identity, ev_tx);
         let ready = links.ready();
         let (acc_tx, mut acc_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(256);
+        // Aborted when we stop, so the ports are free again (a node that
+        // stepped back binds them again for a later promotion).
+        let mut accept_tasks = Vec::new();
         for l in self.listeners {
             let tx = acc_tx.clone();
             let turn_events = udp.tcp_events();
-            tokio::spawn(async move {
+            accept_tasks.push(tokio::spawn(async move {
                 loop {
                     match l.accept().await {
                         Ok((stream, remote)) => {
@@ -197,7 +205,7 @@ impl BoundSupernode {
                         }
                     }
                 }
-            });
+            }));
         }
         let (metrics_tx, metrics_rx) = watch::channel(String::new());
         if let Some(addr) = self.opts.metrics {
@@ -210,7 +218,8 @@ impl BoundSupernode {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut claims_dirty = false;
         let mut next_claims_save = tokio::time::Instant::now();
-        loop {
+        let mut stepped_back = None;
+        while stepped_back.is_none() {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some((stream, remote)) = acc_rx.recv() => {
@@ -282,12 +291,21 @@ impl BoundSupernode {
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
                         udp.dial_back(supervox_stun::DialBack { transaction_id, mapped, to, padding })
                     }
+                    SnOutput::SteppedBack { reason } => stepped_back = Some(reason),
                 }
             }
         }
+        for t in accept_tasks {
+            t.abort();
+        }
+        // Dropping the plane stops its thread after it sent what is queued (the leave).
+        drop(udp);
         data.save_claims(sn.iter_claims())?;
-        info!("supernode stopped");
-        Ok(())
+        match &stepped_back {
+            Some(reason) => info!("supernode stepped back: {reason}"),
+            None => info!("supernode stopped"),
+        }
+        Ok(stepped_back)
     }
 }
 

@@ -1,0 +1,268 @@
+//! Reaching a supernode, happy-eyeballs style (RFC 8305's idea applied to
+//! host cache entries): at the start, or when the supernode is lost, the
+//! client takes the host cache in its order ([`HostCache::ordered`]) and
+//! dials the first entry (entries backing off after a failure are left out
+//! unless all are); while no attempt has been admitted, the next one
+//! starts [`ATTEMPT_STAGGER_MS`] later (at once when an attempt fails), with
+//! at most [`MAX_ATTEMPTS_IN_FLIGHT`] open. The first supernode to finish the
+//! Noise handshake and admit us (`Welcome`) wins; the other attempts are
+//! closed, and the claim and presence go to the winner only, so the name is
+//! published on one supernode. Each attempt's time from dial to `Welcome` is
+//! the entry's measured RTT; failures back the entry off.
+
+use super::{Client, ClientEvent, ClientOutput, SnLink};
+use crate::host_cache::HostCache;
+use crate::ConnId;
+use std::net::SocketAddr;
+use supervox_proto::{Message, Role};
+use tracing::{debug, info};
+
+/// Connection attempts open at once, at most.
+pub const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
+/// The next attempt starts this long after the previous one while none has
+/// been admitted (RFC 8305's recommended connection attempt delay).
+pub const ATTEMPT_STAGGER_MS: u64 = 250;
+/// An attempt not admitted within this long is abandoned (a blackholed
+/// address must not hold a slot for the TCP or Noise timeouts).
+pub const ATTEMPT_TIMEOUT_MS: u64 = 5_000;
+
+/// One dial in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Attempt {
+    pub(super) addr: SocketAddr,
+    /// Set once the TCP connection is up.
+    pub(super) conn: Option<ConnId>,
+    pub(super) started_ms: u64,
+}
+
+/// The state of a round of attempts over the host cache.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Round {
+    /// Addresses still to try, best first.
+    pub(super) todo: Vec<SocketAddr>,
+    pub(super) attempts: Vec<Attempt>,
+    /// When the next attempt may start.
+    pub(super) next_start_ms: u64,
+}
+
+/// Each listed supernode with its load, if the list carried one.
+fn loads_of<'a>(supernodes: &'a [SocketAddr], loads: &'a [u8]) -> impl Iterator<Item = (SocketAddr, Option<u8>)> + 'a {
+    supernodes.iter().enumerate().map(move |(i, a)| (*a, loads.get(i).copied()))
+}
+
+fn remember(hc: &mut HostCache, supernodes: &[SocketAddr], loads: &[u8], now_ms: u64) {
+    for (a, load) in loads_of(supernodes, loads) {
+        hc.heard_of(a, load, now_ms);
+    }
+}
+
+impl Client {
+    /// The attempts in flight (address and start time), for tests and status.
+    pub fn connect_attempts(&self) -> Vec<SocketAddr> {
+        match &self.link {
+            SnLink::Connecting(r) => r.attempts.iter().map(|a| a.addr).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// When [`Client::on_tick`] next has connection work to do (start a
+    /// staggered attempt, abandon a slow one, retry after a backoff); `None`
+    /// while a link is open. Drivers that do not tick on a fixed clock (the
+    /// simulator) schedule a tick then.
+    pub fn next_connect_ms(&self) -> Option<u64> {
+        match &self.link {
+            SnLink::Idle { next_try_ms } => Some(*next_try_ms),
+            SnLink::Connecting(r) => {
+                let timeout = r.attempts.iter().map(|a| a.started_ms + ATTEMPT_TIMEOUT_MS).min();
+                let start =
+                    (!r.todo.is_empty() && r.attempts.len() < MAX_ATTEMPTS_IN_FLIGHT).then_some(r.next_start_ms);
+                match (timeout, start) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            SnLink::Open { .. } => None,
+        }
+    }
+
+    /// Start a round: every host cache entry, in order.
+    pub(super) fn start_round(&mut self, now_ms: u64) {
+        if self.host_cache.is_empty() {
+            self.link = SnLink::Idle { next_try_ms: now_ms + 1_000 };
+            return;
+        }
+        // Entries waiting out a failure backoff are left out of the round,
+        // unless all are: then all are tried (the round's backoff paces it).
+        let mut todo = self.host_cache.ordered(now_ms, self.spread_salt);
+        let usable = todo.iter().take_while(|a| self.host_cache.get(a).is_some_and(|e| !e.backing_off(now_ms))).count();
+        if usable > 0 {
+            todo.truncate(usable);
+        }
+        self.link = SnLink::Connecting(Round { todo, attempts: Vec::new(), next_start_ms: now_ms });
+        self.tick_connecting(now_ms);
+    }
+
+    /// Abandon slow attempts, start the next one when due, end a round that
+    /// has nothing left to try (backing off before the next).
+    pub(super) fn tick_connecting(&mut self, now_ms: u64) {
+        let SnLink::Connecting(r) = &mut self.link else {
+            return;
+        };
+        let mut failed = Vec::new();
+        r.attempts.retain(|a| {
+            let keep = now_ms < a.started_ms + ATTEMPT_TIMEOUT_MS;
+            if !keep {
+                failed.push(*a);
+            }
+            keep
+        });
+        if !failed.is_empty() {
+            r.next_start_ms = now_ms;
+        }
+        let mut start = None;
+        if now_ms >= r.next_start_ms && r.attempts.len() < MAX_ATTEMPTS_IN_FLIGHT {
+            while !r.todo.is_empty() {
+                let addr = r.todo.remove(0);
+                if r.attempts.iter().all(|a| a.addr != addr) {
+                    r.attempts.push(Attempt { addr, conn: None, started_ms: now_ms });
+                    r.next_start_ms = now_ms + ATTEMPT_STAGGER_MS;
+                    start = Some(addr);
+                    break;
+                }
+            }
+        }
+        let exhausted = r.attempts.is_empty() && r.todo.is_empty();
+        for a in failed {
+            info!("supernode {} did not admit us within {ATTEMPT_TIMEOUT_MS} ms", a.addr);
+            self.host_cache.failed(a.addr, now_ms);
+            if let Some(c) = a.conn {
+                self.out.push_back(ClientOutput::Close(c, "connection attempt timed out".into()));
+            }
+            self.out.push_back(ClientOutput::HostCacheChanged);
+        }
+        if let Some(addr) = start {
+            debug!("dialling supernode {addr}");
+            self.out.push_back(ClientOutput::Connect(addr));
+        }
+        if exhausted {
+            let delay = self.backoff.next_delay(&mut self.rng);
+            info!("no supernode answered; next round in {delay} ms");
+            self.link = SnLink::Idle { next_try_ms: now_ms + delay };
+        }
+    }
+
+    /// An attempt failed: back its entry off and move on at once.
+    fn attempt_failed(&mut self, addr: SocketAddr, now_ms: u64) {
+        let SnLink::Connecting(r) = &mut self.link else {
+            return;
+        };
+        r.attempts.retain(|a| a.addr != addr);
+        r.next_start_ms = now_ms;
+        self.host_cache.failed(addr, now_ms);
+        self.out.push_back(ClientOutput::HostCacheChanged);
+        self.tick_connecting(now_ms);
+    }
+
+    /// The TCP connection for a [`ClientOutput::Connect`] is up.
+    pub fn on_connected(&mut self, conn: ConnId, addr: SocketAddr) {
+        if let SnLink::Connecting(r) = &mut self.link {
+            if let Some(a) = r.attempts.iter_mut().find(|a| a.addr == addr && a.conn.is_none()) {
+                a.conn = Some(conn);
+                return;
+            }
+        }
+        self.out.push_back(ClientOutput::Close(conn, "not wanted any more".into()));
+    }
+
+    /// A [`ClientOutput::Connect`] failed.
+    pub fn on_connect_failed(&mut self, addr: SocketAddr, reason: &str, now_ms: u64) {
+        let SnLink::Connecting(r) = &self.link else {
+            return;
+        };
+        if r.attempts.iter().any(|a| a.addr == addr && a.conn.is_none()) {
+            info!("supernode {addr} unreachable: {reason}");
+            self.attempt_failed(addr, now_ms);
+        }
+    }
+
+    /// The link on `conn` finished its handshake.
+    pub fn on_established(&mut self, conn: ConnId, role: Role) {
+        let ours = matches!(&self.link, SnLink::Connecting(r) if r.attempts.iter().any(|a| a.conn == Some(conn)));
+        if ours && role != Role::Supernode {
+            // The driver reports the close back through on_closed: the attempt fails there.
+            self.out.push_back(ClientOutput::Close(conn, "peer is not a supernode".into()));
+        }
+    }
+
+    /// An attempt's connection closed before it was admitted.
+    pub(super) fn attempt_closed(&mut self, conn: ConnId, reason: &str, now_ms: u64) -> bool {
+        let SnLink::Connecting(r) = &self.link else {
+            return false;
+        };
+        let Some(a) = r.attempts.iter().find(|a| a.conn == Some(conn)) else {
+            return false;
+        };
+        let addr = a.addr;
+        info!("supernode {addr} closed during sign-in: {reason}");
+        self.attempt_failed(addr, now_ms);
+        true
+    }
+
+    /// A message on an attempt's connection: `Welcome` wins the race,
+    /// `Redirect` fails the attempt and puts the supernodes it names next.
+    /// Returns false if `conn` is not an attempt.
+    pub(super) fn attempt_message(&mut self, conn: ConnId, msg: &Message, now_ms: u64) -> bool {
+        let SnLink::Connecting(r) = &mut self.link else {
+            return false;
+        };
+        let Some(a) = r.attempts.iter().find(|a| a.conn == Some(conn)).copied() else {
+            return false;
+        };
+        match msg {
+            Message::Welcome { supernode, supernodes, loads, .. } => {
+                let others: Vec<Attempt> = r.attempts.iter().filter(|o| o.conn != Some(conn)).copied().collect();
+                remember(&mut self.host_cache, supernodes, loads, now_ms);
+                let own = loads_of(supernodes, loads).find(|(s, _)| s == supernode).and_then(|(_, l)| l);
+                let rtt = u32::try_from(now_ms.saturating_sub(a.started_ms)).unwrap_or(u32::MAX);
+                self.host_cache.succeeded(a.addr, rtt, own, now_ms);
+                self.out.push_back(ClientOutput::HostCacheChanged);
+                for o in others {
+                    // A dial still in progress is closed when it reports (on_connected).
+                    if let Some(c) = o.conn {
+                        self.out.push_back(ClientOutput::Close(c, "another supernode answered first".into()));
+                    }
+                }
+                info!("supernode {} admitted us in {rtt} ms", a.addr);
+                self.link = SnLink::Open { conn, addr: a.addr, sn: Some(*supernode), ready: false };
+                self.signed_on(*supernode, now_ms);
+            }
+            Message::Redirect { supernodes, reason, loads } => {
+                info!("supernode {} redirects us: {reason}", a.addr);
+                remember(&mut self.host_cache, supernodes, loads, now_ms);
+                self.host_cache.full(a.addr, now_ms);
+                self.out.push_back(ClientOutput::HostCacheChanged);
+                // Its suggestions (least loaded first) are tried next.
+                let mut next: Vec<SocketAddr> = supernodes.iter().copied().take(20).collect();
+                next.retain(|s| *s != a.addr);
+                r.todo.retain(|t| !next.contains(t));
+                r.todo.splice(0..0, next);
+                r.attempts.retain(|o| o.conn != Some(conn));
+                r.next_start_ms = now_ms;
+                self.out.push_back(ClientOutput::Close(conn, format!("redirected: {reason}")));
+                self.tick_connecting(now_ms);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Our supernode went away (or never came): a new round at once.
+    pub(super) fn lost_link(&mut self, addr: SocketAddr, sn: Option<SocketAddr>, reason: &str, now_ms: u64) {
+        self.host_cache.failed(addr, now_ms);
+        self.out.push_back(ClientOutput::HostCacheChanged);
+        self.event(ClientEvent::LostSupernode { supernode: sn.unwrap_or(addr), reason: reason.to_string() });
+        self.presence = None;
+        self.next_publish_ms = u64::MAX;
+        self.start_round(now_ms);
+    }
+}
