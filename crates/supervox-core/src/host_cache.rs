@@ -339,4 +339,20 @@ mod tests {
         assert_eq!((e.fails, e.retry_at_ms, e.rtt_ms, e.load), (0, 0, Some(40), Some(10)));
         assert_eq!(c.ordered(NOW, 0)[0], a(3));
     }
+
+    #[test]
+    fn clients_with_the_same_measurements_spread_over_equal_supernodes() {
+        let mut c = HostCache::new();
+        for p in 1..=20 {
+            c.succeeded(a(p), 50, Some(10), NOW);
+        }
+        // Without a salt: storage order among equals.
+        assert_eq!(c.ordered(NOW, 0)[0], a(1));
+        // Different clients put different supernodes first.
+        let firsts: std::collections::HashSet<SocketAddr> = (1..=50u64).map(|salt| c.ordered(NOW, salt)[0]).collect();
+        assert!(firsts.len() >= 8, "{firsts:?}");
+        // The spread never outweighs a large difference in load.
+        c.succeeded(a(99), 50, Some(90), NOW);
+        assert!((1..=50u64).all(|salt| c.ordered(NOW, salt).last() == Some(&a(99))));
+    }
 }
