@@ -17,6 +17,25 @@ use supervox_proto::{LookupAnswer, Message};
 
 const KEY: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
 
+/// `n` members seeded from the first, each with a metrics address; returns
+/// once every one sees the `n - 1` others (10 s at most).
+fn start_overlay(root: &std::path::Path, n: usize) -> Vec<Sn> {
+    let metrics: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let mut sns = vec![start_member(root, "sn0", &[], metrics[0])];
+    for (i, m) in metrics.iter().enumerate().skip(1) {
+        let seed = sns[0].addr;
+        sns.push(start_member(root, &format!("sn{i}"), &[seed], *m));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for m in &metrics {
+        while metric_opt(*m, "supernode_peers") != Some(n as u64 - 1) {
+            assert!(Instant::now() < deadline, "membership did not converge");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    sns
+}
+
 fn start_member(root: &std::path::Path, name: &str, seeds: &[SocketAddr], metrics: SocketAddr) -> Sn {
     start_sn_with(root, name, free_addr(), seeds, &["--network-key", KEY, "--metrics", &metrics.to_string()])
 }
@@ -36,20 +55,8 @@ fn lookup(via: SocketAddr, seed: u8, name: &str) -> LookupAnswer {
 #[test]
 fn five_supernodes_lose_two_and_every_client_is_callable_again() {
     let root = tempfile::tempdir().unwrap();
-    let metrics: Vec<SocketAddr> = (0..5).map(|_| free_addr()).collect();
-    let mut sns = vec![start_member(root.path(), "sn0", &[], metrics[0])];
-    for (i, m) in metrics.iter().enumerate().skip(1) {
-        let seed = sns[0].addr;
-        sns.push(start_member(root.path(), &format!("sn{i}"), &[seed], *m));
-    }
     // Every supernode sees the four others before clients arrive.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for m in &metrics {
-        while metric_opt(*m, "supernode_peers") != Some(4) {
-            assert!(Instant::now() < deadline, "membership did not converge");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let mut sns = start_overlay(root.path(), 5);
     let addrs: Vec<SocketAddr> = sns.iter().map(|s| s.addr).collect();
     let mut nodes = Vec::new();
     for i in 0..20 {
@@ -168,19 +175,7 @@ fn wait_callable(via: SocketAddr, name: &str, not: SocketAddr, within: Duration,
 #[test]
 fn a_client_whose_best_entry_is_blackholed_fails_over_in_well_under_its_timeout() {
     let root = tempfile::tempdir().unwrap();
-    let metrics: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut sns = vec![start_member(root.path(), "sn0", &[], metrics[0])];
-    for (i, m) in metrics.iter().enumerate().skip(1) {
-        let seed = sns[0].addr;
-        sns.push(start_member(root.path(), &format!("sn{i}"), &[seed], *m));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for m in &metrics {
-        while metric_opt(*m, "supernode_peers") != Some(2) {
-            assert!(Instant::now() < deadline, "membership did not converge");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let mut sns = start_overlay(root.path(), 3);
     // A listener that never accepts: TCP connects, the Noise handshake never
     // answers (10 s until the link's own timeout).
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -191,9 +186,11 @@ fn a_client_whose_best_entry_is_blackholed_fails_over_in_well_under_its_timeout(
     std::fs::create_dir_all(&dir).unwrap();
     let now = raw::now();
     let cache = format!(
-        "{hole_addr} rtt=1 load=0 seen={now}\n{} rtt=5 load=0 seen={now}\n{} rtt=10 load=0 seen={now}\n",
+        "{hole_addr} rtt=1 load=0 seen={now}\n{} rtt=150 load=0 seen={now}\n{} rtt=300 load=0 seen={now}\n",
         sns[1].addr, sns[2].addr
     );
+    // Scores 1, 150 and 300 ms stay in that order under any client's
+    // spread (0-100 ms, `host_cache::SPREAD_MS`).
     std::fs::write(dir.join("hostcache"), cache).unwrap();
     let alice = start_node_in(root.path(), "alice", &dir, &[sns[1].addr], &["--auto-answer"]);
     // The black hole is dialled first; 250 ms later sn1 is, and wins.
