@@ -219,12 +219,15 @@ fn a_call_survives_the_death_of_the_relay_it_runs_through() {
     let relay = ["--relay-allow-loopback"];
     let sn1 = start_sn_with(root.path(), "sn1", free_addr(), &[], &relay);
     let sn2 = start_sn_with(root.path(), "sn2", free_addr(), &[sn1.addr], &relay);
-    // Both force relays: alice's audio goes to bob's relay (sn2), bob's to alice's (sn1).
+    // Both force relays: alice's audio goes to bob's relay, bob's to alice's. Alice may sign
+    // in to either supernode (her host cache spreads clients); bob signs in to the other one.
     let alice = start_node(root.path(), "alice", &[sn1.addr, sn2.addr], &["--force-relay"]);
-    let bob = start_node(root.path(), "bob", &[sn2.addr], &["--auto-answer", "--force-relay"]);
     wait_signed_in(&alice, Duration::from_secs(10));
-    wait_signed_in(&bob, Duration::from_secs(10));
     wait_relay(&alice, Duration::from_secs(10));
+    let alice_sn = status(&alice).and_then(|s| s["supernode"].as_str().map(str::to_string)).expect("alice's supernode");
+    let (doomed, other) = if alice_sn == sn1.addr.to_string() { (sn1, sn2) } else { (sn2, sn1) };
+    let bob = start_node(root.path(), "bob", &[other.addr], &["--auto-answer", "--force-relay"]);
+    wait_signed_in(&bob, Duration::from_secs(10));
     wait_relay(&bob, Duration::from_secs(10));
     let control = alice.control.clone();
     let caller = std::thread::spawn(move || {
@@ -240,7 +243,8 @@ fn a_call_survives_the_death_of_the_relay_it_runs_through() {
     }
     std::thread::sleep(Duration::from_millis(1_500));
     // Alice's supernode, and the relay bob's audio runs through, dies mid-call.
-    drop(sn1);
+    drop(doomed);
+    let _survivor = other;
     let (ok, events) = caller.join().unwrap();
     assert!(ok, "the call did not survive: {events:?}");
     let e = event(&events, "call_ended").expect("ended");
@@ -249,7 +253,8 @@ fn a_call_survives_the_death_of_the_relay_it_runs_through() {
     // 5 s of audio from bob; at most 1 s of it (50 frames) may be lost to the failover.
     assert!(recv + 50 >= sent, "alice got {recv} of {sent} frames from bob: the gap exceeded 1 s");
     let log = std::fs::read_to_string(root.path().join("node-bob.log")).unwrap_or_default();
-    assert!(log.contains("failover"), "bob's call did not fail over:\n{log}");
+    let alice_log = std::fs::read_to_string(root.path().join("node-alice.log")).unwrap_or_default();
+    assert!(log.contains("failover"), "bob's call did not fail over:\n{log}\nalice:\n{alice_log}\n{events:?}");
     let moved = log.lines().find(|l| l.contains("failover")).unwrap_or_default();
     println!("alice got {recv} of {sent} frames from bob across the relay's death; bob: {moved}");
 }
