@@ -12,4 +12,5 @@ pub mod sn;
 pub mod store;
 pub mod sys;
 pub mod tls;
+pub mod udp_batch;
 pub mod udp_send;

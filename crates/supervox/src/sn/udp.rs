@@ -22,11 +22,10 @@
 //! it only for rare things (dial-back orders, the peer answering "change IP").
 
 use crate::links::now_ms;
-use crate::udp_send::send_now;
+use crate::udp_batch::{read_socket, recv_batch, send_from, ReadSocket, RecvBatch};
 use anyhow::{Context, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +35,6 @@ use supervox_core::supernode::Supernode;
 use supervox_stun::{BindingServer, DialBack, Reply, StunError};
 use supervox_turn::codec::{packet_kind, PacketKind, CHANNEL_HEADER_LEN};
 use supervox_turn::{AddressFamily, FiveTuple, Output, RelayError, Transport, TurnConfig, TurnServer};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
@@ -45,8 +43,10 @@ use tracing::{debug, warn};
 const MAX_DATAGRAM: usize = 65_536;
 /// Dial-back requests queued for the actor before new ones are dropped (UDP may drop).
 const QUEUE: usize = 1_024;
-/// Datagrams a reader handles before letting the other sockets' readers run.
-const BATCH: usize = 64;
+/// Datagrams one receive call takes (`recvmmsg`).
+const BATCH: usize = 32;
+/// Receive calls a reader makes before letting the other sockets' readers run.
+const ROUNDS: usize = 2;
 /// Receive buffer asked for on every socket, so bursts are absorbed rather than dropped.
 const SOCKET_BUFFER: usize = 1 << 20;
 /// How often TURN timers are checked.
@@ -253,17 +253,17 @@ fn grow_buffers(s: &std::net::UdpSocket) {
 /// The plane's state, shared by the socket readers of its thread.
 struct Plane {
     /// Listen sockets by local address, with the address clients reach them at.
-    listen: HashMap<SocketAddr, (Rc<UdpSocket>, SocketAddr)>,
+    listen: HashMap<SocketAddr, (Rc<ReadSocket>, SocketAddr)>,
     /// Listen socket by public address (TURN names its sockets by the public address).
     by_public: HashMap<SocketAddr, SocketAddr>,
     /// The first listen socket: the one whose address is advertised.
     main: SocketAddr,
     stun: BindingServer,
     turn: TurnServer,
-    relays: HashMap<SocketAddr, (Rc<UdpSocket>, Option<AbortHandle>)>,
+    relays: HashMap<SocketAddr, (Rc<ReadSocket>, Option<AbortHandle>)>,
     relay_ip: std::net::IpAddr,
     /// Relay sockets opened while handling a datagram, whose readers are still to start.
-    new_relays: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    new_relays: Vec<(SocketAddr, Rc<ReadSocket>)>,
     tx: mpsc::Sender<UdpEvent>,
     allocations: Arc<AtomicUsize>,
     /// TURN-over-TCP and -TLS clients.
@@ -292,7 +292,7 @@ async fn run(
     let mut listen = HashMap::new();
     let mut by_public = HashMap::new();
     for (local, public, s) in sockets {
-        match UdpSocket::from_std(s) {
+        match read_socket(s) {
             Ok(s) => {
                 listen.insert(local, (Rc::new(s), public));
                 by_public.insert(public, local);
@@ -314,9 +314,11 @@ async fn run(
         allocations,
         tcp: HashMap::new(),
     }));
+    let batch: SharedBatch = Rc::new(RefCell::new(RecvBatch::new(BATCH, CHANNEL_HEADER_LEN, MAX_DATAGRAM)));
     let mut tasks = Vec::new();
     for (local, sock, public) in readers {
-        tasks.push(tokio::task::spawn_local(listen_reader(Rc::clone(&plane), sock, local, public)));
+        let reader = listen_reader(Rc::clone(&plane), Rc::clone(&batch), sock, local, public);
+        tasks.push(tokio::task::spawn_local(reader));
     }
     let mut tick = tokio::time::interval(TIMER_TICK);
     loop {
@@ -341,7 +343,7 @@ async fn run(
                 p.close_idle_streams(now_ms());
             }
         }
-        start_relay_readers(&plane);
+        start_relay_readers(&plane, &batch);
     }
     for t in tasks {
         t.abort();
@@ -354,10 +356,10 @@ async fn run(
 }
 
 /// Start readers for relay sockets opened since the last call.
-fn start_relay_readers(plane: &Rc<RefCell<Plane>>) {
+fn start_relay_readers(plane: &Rc<RefCell<Plane>>, batch: &SharedBatch) {
     let new = std::mem::take(&mut plane.borrow_mut().new_relays);
     for (relay, sock) in new {
-        let task = tokio::task::spawn_local(relay_reader(Rc::clone(plane), sock, relay));
+        let task = tokio::task::spawn_local(relay_reader(Rc::clone(plane), Rc::clone(batch), sock, relay));
         match plane.borrow_mut().relays.get_mut(&relay) {
             Some(r) => r.1 = Some(task.abort_handle()),
             // Released before its reader started.
@@ -366,52 +368,63 @@ fn start_relay_readers(plane: &Rc<RefCell<Plane>>) {
     }
 }
 
-async fn listen_reader(plane: Rc<RefCell<Plane>>, sock: Rc<UdpSocket>, local: SocketAddr, public: SocketAddr) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        if let Err(e) = sock.readable().await {
-            warn!("UDP {local}: {e}");
-            return;
+/// The receive buffers every reader of the plane thread shares (readers never
+/// hold them across an `.await`).
+type SharedBatch = Rc<RefCell<RecvBatch>>;
+
+async fn listen_reader(
+    plane: Rc<RefCell<Plane>>,
+    batch: SharedBatch,
+    sock: Rc<ReadSocket>,
+    local: SocketAddr,
+    public: SocketAddr,
+) {
+    let on_datagram = |from: SocketAddr, slot: &mut [u8], n: usize| {
+        if let Some(bytes) = slot.get(CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + n) {
+            plane.borrow_mut().on_listen(local, public, from, bytes);
         }
-        let mut handled = 0;
-        while handled < BATCH {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    plane.borrow_mut().on_listen(local, public, from, &buf[..n]);
-                    handled += 1;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // ICMP errors surface as receive errors on some systems: keep serving.
-                Err(e) => debug!("UDP receive: {e}"),
-            }
-        }
-        start_relay_readers(&plane);
-        if handled == BATCH {
-            tokio::task::yield_now().await;
-        }
-    }
+    };
+    // Relay sockets opened by Allocate requests in this batch start reading now.
+    read_loop(&sock, &batch, on_datagram, || start_relay_readers(&plane, &batch)).await;
+    warn!("UDP {local}: reader stopped");
 }
 
-async fn relay_reader(plane: Rc<RefCell<Plane>>, sock: Rc<UdpSocket>, relay: SocketAddr) {
-    // Headroom in front of the datagram for the ChannelData header.
-    let mut buf = vec![0u8; CHANNEL_HEADER_LEN + MAX_DATAGRAM];
+async fn relay_reader(plane: Rc<RefCell<Plane>>, batch: SharedBatch, sock: Rc<ReadSocket>, relay: SocketAddr) {
+    let on_datagram = |from, slot: &mut [u8], n| plane.borrow_mut().on_relay(relay, from, slot, n);
+    read_loop(&sock, &batch, on_datagram, || {}).await;
+    warn!("relay socket {relay}: reader stopped");
+}
+
+/// Read `sock` until it fails: on each readiness up to [`ROUNDS`] batches, each datagram
+/// handed to `on_datagram` (sender, slot with headroom, length), then `after`; a
+/// socket still not drained yields to the other readers first.
+async fn read_loop(
+    sock: &ReadSocket,
+    batch: &SharedBatch,
+    mut on_datagram: impl FnMut(SocketAddr, &mut [u8], usize),
+    mut after: impl FnMut(),
+) {
     loop {
-        if let Err(e) = sock.readable().await {
-            warn!("relay socket {relay}: {e}");
-            return;
-        }
-        let mut handled = 0;
-        while handled < BATCH {
-            match sock.try_recv_from(&mut buf[CHANNEL_HEADER_LEN..]) {
-                Ok((n, from)) => {
-                    plane.borrow_mut().on_relay(relay, from, &mut buf, n);
-                    handled += 1;
+        let mut more = true;
+        for _ in 0..ROUNDS {
+            more = match recv_batch(sock, batch).await {
+                Ok(more) => more,
+                // ICMP errors surface as receive errors on some systems: keep serving.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+                Err(e) => return debug!("UDP receive: {e}"),
+            };
+            let mut b = batch.borrow_mut();
+            for i in 0..b.len() {
+                if let Some((from, slot, n)) = b.datagram(i) {
+                    on_datagram(from, slot, n);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => debug!("relay receive: {e}"),
+            }
+            if !more {
+                break;
             }
         }
-        if handled == BATCH {
+        after();
+        if more {
             tokio::task::yield_now().await;
         }
     }
@@ -432,7 +445,7 @@ impl Plane {
         if packet_kind(bytes) == PacketKind::ChannelData {
             if let Some((relay, peer, data)) = self.turn.route_client_channel_data(from, public, bytes, now) {
                 if let Some((sock, _)) = self.relays.get(&relay) {
-                    if let Err(e) = send_now(sock, data, peer) {
+                    if let Err(e) = send_from(sock, data, peer) {
                         debug!("relay send to {peer}: {e}");
                     }
                 }
@@ -530,7 +543,7 @@ impl Plane {
 
     fn send_from(&self, local: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         if let Some((s, _)) = self.listen.get(&local) {
-            if let Err(e) = send_now(s, bytes, to) {
+            if let Err(e) = send_from(s, bytes, to) {
                 debug!("UDP send to {to}: {e}");
             }
         }
@@ -551,7 +564,7 @@ impl Plane {
                 }
                 Output::ToPeer { relay_addr, peer, bytes } => {
                     if let Some((s, _)) = self.relays.get(&relay_addr) {
-                        if let Err(e) = send_now(s, &bytes, peer) {
+                        if let Err(e) = send_from(s, &bytes, peer) {
                             debug!("relay send to {peer}: {e}");
                         }
                     }
@@ -578,13 +591,13 @@ impl Plane {
         let opened = std::net::UdpSocket::bind(SocketAddr::new(self.relay_ip, 0)).and_then(|s| {
             s.set_nonblocking(true)?;
             grow_buffers(&s);
-            UdpSocket::from_std(s)
+            read_socket(s)
         });
         let sock = opened.map_err(|e| {
             warn!("cannot open a relay socket: {e}");
             RelayError::InsufficientCapacity
         })?;
-        let relay = sock.local_addr().map_err(|_| RelayError::InsufficientCapacity)?;
+        let relay = sock.get_ref().local_addr().map_err(|_| RelayError::InsufficientCapacity)?;
         let sock = Rc::new(sock);
         self.relays.insert(relay, (Rc::clone(&sock), None));
         self.new_relays.push((relay, sock));
