@@ -84,8 +84,10 @@ struct Cell {
 
 // Public × CaptivePortal (either way) gets `direct-tcp`: the UDP-blocked side
 // connects to the public side's passive TCP candidate (RFC 6544). Behind a NAT
-// the passive candidate is a private address, so Home/Strict × CaptivePortal
-// stay relayed (no server-reflexive TCP or simultaneous open yet).
+// the passive candidate is a private address, so FullCone/Home/Strict ×
+// CaptivePortal stay relayed (no server-reflexive TCP or simultaneous open yet;
+// the lab's captive portal is a hotel router, `Nat::Strict`, whose random TCP
+// ports no simultaneous open could aim at anyway).
 //
 // Home (or home behind a CGNAT) × Strict gets `direct-udp` through port
 // prediction (docs/PROTOCOL.md §4.6): the Strict side checks from 256 spare
@@ -107,6 +109,7 @@ macro_rules! cells {
 
 cells! {
     call_public_x_public: Public x Public, same_router: false => "direct-udp";
+    call_public_x_fullcone: Public x FullCone, same_router: false => "direct-udp";
     call_public_x_home: Public x Home, same_router: false => "direct-udp";
     call_fullcone_x_home: FullCone x Home, same_router: false => "direct-udp";
     call_home_x_home: Home x Home, same_router: false => "direct-udp";
@@ -121,10 +124,12 @@ cells! {
     call_strict_x_strict: Strict x Strict, same_router: false => "relay-udp";
     call_public_x_captive_portal: Public x CaptivePortal, same_router: false => "direct-tcp";
     call_captive_portal_x_public: CaptivePortal x Public, same_router: false => "direct-tcp";
+    call_fullcone_x_captive_portal: FullCone x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_home_x_captive_portal: Home x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_strict_x_captive_portal: Strict x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_captive_portal_x_captive_portal: CaptivePortal x CaptivePortal, same_router: false => "relay-tcp";
     call_public_x_corporate: Public x Corporate, same_router: false => "relay-udp|relay-tcp";
+    call_fullcone_x_corporate: FullCone x Corporate, same_router: false => "relay-udp|relay-tcp";
     call_home_x_corporate: Home x Corporate, same_router: false => "relay-udp|relay-tcp";
     call_strict_x_corporate: Strict x Corporate, same_router: false => "relay-udp|relay-tcp";
     call_captive_portal_x_corporate: CaptivePortal x Corporate, same_router: false => "relay-tcp";
