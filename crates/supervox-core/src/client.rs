@@ -30,7 +30,7 @@ mod tcp;
 pub use connect::{ATTEMPT_STAGGER_MS, ATTEMPT_TIMEOUT_MS, MAX_ATTEMPTS_IN_FLIGHT};
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
-pub use tcp::{MAX_PENDING_INBOUND, PENDING_TIMEOUT_MS};
+pub use tcp::{MAX_PENDING_INBOUND, PENDING_TIMEOUT_MS, REDIAL_ATTEMPTS, REDIAL_FIRST_MS, REDIAL_MAX_MS};
 #[cfg(test)]
 mod connect_tests;
 #[cfg(test)]

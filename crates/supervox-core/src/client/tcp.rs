@@ -11,7 +11,11 @@
 //! stream becomes a pair as soon as it connects; an inbound one stays pending
 //! until its first frame authenticates as a check of one of our calls, and is
 //! closed if that frame does not, or if none comes within
-//! [`PENDING_TIMEOUT_MS`]. The driver does the sockets
+//! [`PENDING_TIMEOUT_MS`]. An outbound stream that fails or drops while its
+//! call lasts is dialled again after [`REDIAL_FIRST_MS`], doubling up to
+//! [`REDIAL_MAX_MS`], for at most [`REDIAL_ATTEMPTS`] failures in a row (the
+//! call meanwhile runs on another pair, and moves back when the stream is up).
+//! The driver does the sockets
 //! ([`ClientOutput::TcpConnect`], [`ClientOutput::TcpSend`],
 //! [`ClientOutput::TcpClose`]) and reports back through the `on_tcp_*` methods.
 
@@ -32,6 +36,24 @@ pub const PENDING_TIMEOUT_MS: u64 = 5_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Discard port of active candidates (RFC 6544 §4.5): never connected to.
 pub const ACTIVE_PORT: u16 = 9;
+/// First wait before dialling a call's lost or failed TCP stream again.
+pub const REDIAL_FIRST_MS: u64 = 1_000;
+/// Longest wait between two dials.
+pub const REDIAL_MAX_MS: u64 = 30_000;
+/// Failed dials in a row after which a call stops dialling.
+pub const REDIAL_ATTEMPTS: u32 = 6;
+/// Passive candidates kept per call for dialling again.
+const MAX_REDIAL_TARGETS: usize = 8;
+
+/// What a call dials over TCP, and when it dials again.
+#[derive(Debug, Clone)]
+struct Redial {
+    /// The peer's passive candidates, best first.
+    targets: Vec<SocketAddr>,
+    due_ms: Option<u64>,
+    backoff_ms: u64,
+    failures: u32,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -58,6 +80,7 @@ pub(super) struct TcpStreams {
     streams: Map<u64, Stream>,
     /// Our TCP media listener's port, if the driver has one.
     pub(super) port: Option<u16>,
+    redial: Map<CallId, Redial>,
 }
 
 impl TcpStreams {
@@ -118,8 +141,25 @@ impl Client {
         let mut passive: Vec<&Candidate> =
             remote.iter().filter(|c| c.transport == Transport::TcpPassive && connectable(&c.addr)).collect();
         passive.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        let r = self.tcp.redial.entry(id).or_insert_with(|| Redial {
+            targets: Vec::new(),
+            due_ms: None,
+            backoff_ms: REDIAL_FIRST_MS,
+            failures: 0,
+        });
         for c in passive {
-            if self.tcp.of_call(id).any(|(_, s)| s.remote == c.addr) {
+            if !r.targets.contains(&c.addr) && r.targets.len() < MAX_REDIAL_TARGETS {
+                r.targets.push(c.addr);
+            }
+        }
+        self.dial_tcp(id, now_ms);
+    }
+
+    /// Dial the call's targets that have no stream yet.
+    fn dial_tcp(&mut self, id: CallId, now_ms: u64) {
+        let Some(targets) = self.tcp.redial.get(&id).map(|r| r.targets.clone()) else { return };
+        for to in targets {
+            if self.tcp.of_call(id).any(|(_, s)| s.remote == to) {
                 continue;
             }
             if self.tcp.of_call(id).count() >= MAX_TCP_STREAMS {
@@ -128,9 +168,9 @@ impl Client {
             let stream = self.tcp.next_id;
             self.tcp.next_id += 1;
             let state = State::Connecting { deadline_ms: now_ms + CONNECT_TIMEOUT_MS };
-            self.tcp.streams.insert(stream, Stream { remote: c.addr, call: Some(id), state });
-            debug!("call {id}: TCP stream {stream} to {}", c.addr);
-            self.out.push_back(ClientOutput::TcpConnect { stream, to: c.addr });
+            self.tcp.streams.insert(stream, Stream { remote: to, call: Some(id), state });
+            debug!("call {id}: TCP stream {stream} to {to}");
+            self.out.push_back(ClientOutput::TcpConnect { stream, to });
         }
     }
 
@@ -167,6 +207,9 @@ impl Client {
             .is_some_and(|p| p.tcp_up(stream, remote, true, now_ms));
         if taken {
             info!("call {id}: TCP stream {stream} to {remote} connected");
+            if let Some(r) = self.tcp.redial.get_mut(&id) {
+                (r.backoff_ms, r.failures) = (REDIAL_FIRST_MS, 0);
+            }
             self.flush_path(id, now_ms);
         } else {
             self.close_tcp(stream, now_ms);
@@ -225,6 +268,7 @@ impl Client {
         if let Some(s) = self.tcp.streams.remove(&stream) {
             if let Some(id) = s.call {
                 debug!("call {id}: TCP stream {stream} to {} closed", s.remote);
+                self.schedule_redial(id, s.remote, now_ms);
                 if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
                     p.tcp_down(stream);
                 }
@@ -239,8 +283,24 @@ impl Client {
         self.out.push_back(ClientOutput::TcpClose(stream));
     }
 
+    /// One of the call's outbound streams to `remote` failed or dropped: dial again later.
+    fn schedule_redial(&mut self, id: CallId, remote: SocketAddr, now_ms: u64) {
+        let Some(r) = self.tcp.redial.get_mut(&id) else { return };
+        if !r.targets.contains(&remote) || r.due_ms.is_some() {
+            return; // an inbound stream (the peer dials it), or a dial already planned
+        }
+        r.failures += 1;
+        if r.failures > REDIAL_ATTEMPTS {
+            debug!("call {id}: TCP to {remote} failed {REDIAL_ATTEMPTS} times in a row; not dialling again");
+            return;
+        }
+        r.due_ms = Some(now_ms + r.backoff_ms);
+        r.backoff_ms = (r.backoff_ms * 2).min(REDIAL_MAX_MS);
+    }
+
     /// A call is over: its streams close.
     pub(super) fn close_call_streams(&mut self, id: CallId, now_ms: u64) {
+        self.tcp.redial.remove(&id);
         let ids: Vec<u64> = self.tcp.of_call(id).map(|(k, _)| k).collect();
         for k in ids {
             self.close_tcp(k, now_ms);
@@ -262,6 +322,19 @@ impl Client {
         for k in late {
             debug!("TCP stream {k}: timed out");
             self.close_tcp(k, now_ms);
+        }
+        let due: Vec<CallId> = self
+            .tcp
+            .redial
+            .iter_mut()
+            .filter(|(_, r)| r.due_ms.is_some_and(|d| now_ms >= d))
+            .map(|(id, r)| {
+                r.due_ms = None;
+                *id
+            })
+            .collect();
+        for id in due {
+            self.dial_tcp(id, now_ms);
         }
     }
 

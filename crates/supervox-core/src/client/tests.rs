@@ -40,6 +40,8 @@ struct Net {
     tcp_links: std::collections::HashMap<(usize, u64), (usize, u64)>,
     /// Streams each client closed.
     tcp_closes: Vec<Vec<u64>>,
+    /// When each client dialled a TCP media stream.
+    tcp_dials: Vec<Vec<u64>>,
 }
 
 /// Client `i`'s TCP media listener.
@@ -91,6 +93,7 @@ impl Net {
             tcp_listen: vec![false; n],
             tcp_links: Default::default(),
             tcp_closes: vec![vec![]; n],
+            tcp_dials: vec![vec![]; n],
         }
     }
 
@@ -136,6 +139,7 @@ impl Net {
                             self.spare_ops[i].push(o)
                         }
                         ClientOutput::TcpConnect { stream, to } => {
+                            self.tcp_dials[i].push(self.now);
                             let j = usize::from(to.port().wrapping_sub(7000));
                             let accepted = match self.tcp_listen.get(j) {
                                 Some(true) => self.clients[j].on_tcp_accepted(addr(8000 + i as u16), self.now),
@@ -511,6 +515,60 @@ fn with_udp_blocked_the_call_goes_direct_tcp_and_hangup_closes_the_stream() {
         assert_eq!((net.clients[0].tcp_stream_count(), net.clients[1].tcp_stream_count()), (0, 0));
         assert!(net.tcp_links.is_empty());
     }
+}
+
+/// Both ends see every TCP media stream close (a NAT or firewall dropped them).
+fn cut_tcp_streams(net: &mut Net) {
+    let links: Vec<(usize, u64)> = net.tcp_links.drain().map(|(k, _)| k).collect();
+    for (i, s) in links {
+        net.clients[i].on_tcp_closed(s, net.now);
+    }
+}
+
+#[test]
+fn a_lost_tcp_stream_is_dialled_again_with_backoff_while_the_call_lasts() {
+    let mut net = tcp_net(true);
+    let id = net.clients[1].place_call("alice", net.now).unwrap();
+    net.run(400);
+    assert_eq!(net.tcp_links.len(), 2, "bob dialled alice's passive candidate");
+    assert_eq!(net.tcp_dials[1].len(), 1);
+    cut_tcp_streams(&mut net);
+    let cut = net.now;
+    net.run(REDIAL_FIRST_MS + 100);
+    assert_eq!(net.tcp_dials[1].len(), 2, "bob dials again");
+    let waited = net.tcp_dials[1][1] - cut;
+    assert!((REDIAL_FIRST_MS..REDIAL_FIRST_MS + 20).contains(&waited), "dialled {waited} ms after the loss");
+    assert_eq!(net.tcp_links.len(), 2);
+    net.clients[1].send_media(id, b"again", net.now);
+    net.step();
+    assert_eq!(net.media[0].last().map(Vec::as_slice), Some(&b"again"[..]), "media back over the new stream");
+    assert!(net.tcp_dials[0].is_empty(), "alice has no passive candidate of bob's to dial");
+    // Alice stops listening: each failed dial doubles the wait, and after
+    // REDIAL_ATTEMPTS failures in a row bob stops. (UDP gets through now, so the
+    // call lives on without TCP.)
+    net.direct_cut = false;
+    net.tcp_listen[0] = false;
+    cut_tcp_streams(&mut net);
+    net.run(REDIAL_MAX_MS * (REDIAL_ATTEMPTS as u64 + 2));
+    let dials = &net.tcp_dials[1][2..];
+    assert_eq!(dials.len(), REDIAL_ATTEMPTS as usize, "{dials:?}");
+    let gaps: Vec<u64> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+    let want: Vec<u64> = (1..REDIAL_ATTEMPTS).map(|k| (REDIAL_FIRST_MS << k).min(REDIAL_MAX_MS)).collect();
+    for (g, w) in gaps.iter().zip(&want) {
+        assert!((*w..*w + 20).contains(g), "gaps {gaps:?}, want {want:?}");
+    }
+    assert!(
+        !has(&net.events[1], |e| matches!(e, ClientEvent::Ended { .. } | ClientEvent::Failed { .. })),
+        "the call ended: {:?}",
+        net.events[1]
+    );
+    // A call that ends stops dialling.
+    net.clients[1].hangup(id, "bye", net.now);
+    net.run(50);
+    let n = net.tcp_dials[1].len();
+    net.tcp_listen[0] = true;
+    net.run(REDIAL_MAX_MS + 100);
+    assert_eq!(net.tcp_dials[1].len(), n);
 }
 
 #[test]
