@@ -28,13 +28,14 @@ const UNKNOWN: &str = "unknown";
 /// address-dependent from address-and-port-dependent behaviour and reports the
 /// stricter one, which is what patchbay's presets do: `Nat::Moderate` filters
 /// by address and port, `Nat::Strict` maps per destination with a random port.
-const REACHABILITY: [(Site, bool, bool, &str, &str); 7] = [
+const REACHABILITY: [(Site, bool, bool, &str, &str); 8] = [
     (Site::Public, true, true, EIM, EIM),
     (Site::FullCone, true, false, EIM, EIM),
     (Site::Home, true, false, EIM, APD),
     (Site::Strict, true, false, APD, APD),
     (Site::HomeBehindCgnat, true, false, EIM, APD),
     (Site::CaptivePortal, false, false, UNKNOWN, UNKNOWN),
+    (Site::HomeUdpBlocked, false, false, UNKNOWN, UNKNOWN),
     (Site::Corporate, false, false, UNKNOWN, UNKNOWN),
 ];
 
@@ -87,7 +88,12 @@ struct Cell {
 // the passive candidate is a private address, so FullCone/Home/Strict ×
 // CaptivePortal stay relayed (no server-reflexive TCP or simultaneous open yet;
 // the lab's captive portal is a hotel router, `Nat::Strict`, whose random TCP
-// ports no simultaneous open could aim at anyway).
+// ports no simultaneous open could aim at anyway). HomeUdpBlocked is a home
+// router (`Nat::Moderate`) that blocks UDP: also relayed from a home, direct
+// from a public node. A simultaneous-open attempt (branch `tcp-so`) did not
+// connect here: patchbay's routers answer an unsolicited SYN to their own
+// address with a reset and keep a closing conntrack entry for 10 s, which moves
+// the peer's own SYN to another port, so whichever side dials first spoils it.
 //
 // Home (or home behind a CGNAT) × Strict gets `direct-udp` through port
 // prediction (docs/PROTOCOL.md §4.6): the Strict side checks from 256 spare
@@ -126,6 +132,9 @@ cells! {
     call_captive_portal_x_public: CaptivePortal x Public, same_router: false => "direct-tcp";
     call_fullcone_x_captive_portal: FullCone x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_home_x_captive_portal: Home x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
+    call_home_x_home_udp_blocked: Home x HomeUdpBlocked, same_router: false => "relay-udp|relay-tcp";
+    call_home_udp_blocked_x_home: HomeUdpBlocked x Home, same_router: false => "relay-tcp";
+    call_public_x_home_udp_blocked: Public x HomeUdpBlocked, same_router: false => "direct-tcp";
     call_strict_x_captive_portal: Strict x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_captive_portal_x_captive_portal: CaptivePortal x CaptivePortal, same_router: false => "relay-tcp";
     call_public_x_corporate: Public x Corporate, same_router: false => "relay-udp|relay-tcp";
