@@ -386,18 +386,17 @@ async fn listen_reader(
     };
     // Relay sockets opened by Allocate requests in this batch start reading now.
     read_loop(&sock, &batch, on_datagram, || start_relay_readers(&plane, &batch)).await;
-    warn!("UDP {local}: reader stopped");
 }
 
 async fn relay_reader(plane: Rc<RefCell<Plane>>, batch: SharedBatch, sock: Rc<ReadSocket>, relay: SocketAddr) {
     let on_datagram = |from, slot: &mut [u8], n| plane.borrow_mut().on_relay(relay, from, slot, n);
     read_loop(&sock, &batch, on_datagram, || {}).await;
-    warn!("relay socket {relay}: reader stopped");
 }
 
-/// Read `sock` until it fails: on each readiness up to [`ROUNDS`] batches, each datagram
-/// handed to `on_datagram` (sender, slot with headroom, length), then `after`; a
-/// socket still not drained yields to the other readers first.
+/// Read `sock` for as long as the plane runs (its task is aborted when the
+/// socket goes): on each readiness up to [`ROUNDS`] batches, each datagram
+/// handed to `on_datagram` (sender, slot with headroom, length), then `after`;
+/// a socket still not drained yields to the other readers first.
 async fn read_loop(
     sock: &ReadSocket,
     batch: &SharedBatch,
@@ -411,7 +410,13 @@ async fn read_loop(
                 Ok(more) => more,
                 // ICMP errors surface as receive errors on some systems: keep serving.
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
-                Err(e) => return debug!("UDP receive: {e}"),
+                // Anything else (out of buffers, ...) must not leave the socket
+                // unread for good: pause briefly, so a lasting error does not spin.
+                Err(e) => {
+                    warn!("UDP receive: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    true
+                }
             };
             let mut b = batch.borrow_mut();
             for i in 0..b.len() {
