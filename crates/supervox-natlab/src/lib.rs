@@ -28,7 +28,7 @@
 //! kills every process it started when the handles are dropped.
 
 use anyhow::{anyhow, bail, Context, Result};
-use patchbay::{Device, IpSupport, Lab, Nat, Router, RouterPreset};
+use patchbay::{Device, Firewall, IpSupport, Lab, Nat, Router, RouterPreset};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -75,6 +75,9 @@ pub enum Site {
     /// `RouterPreset::Hotel`: `Nat::Strict` and `Firewall::CaptivePortal`: UDP out
     /// blocked (but DNS), TCP out on any port.
     CaptivePortal,
+    /// `RouterPreset::Home` (`Nat::Moderate`) with `Firewall::CaptivePortal`: a home
+    /// NAT, UDP out blocked, TCP out on any port.
+    HomeUdpBlocked,
     /// `RouterPreset::Corporate`: `Nat::Strict` and `Firewall::Corporate`: only
     /// TCP 80/443 (and UDP 53) out.
     Corporate,
@@ -82,13 +85,14 @@ pub enum Site {
 
 impl Site {
     /// Every site, in the order of the matrix.
-    pub const ALL: [Site; 7] = [
+    pub const ALL: [Site; 8] = [
         Site::Public,
         Site::FullCone,
         Site::Home,
         Site::Strict,
         Site::HomeBehindCgnat,
         Site::CaptivePortal,
+        Site::HomeUdpBlocked,
         Site::Corporate,
     ];
 
@@ -101,6 +105,7 @@ impl Site {
             Site::Strict => "strict",
             Site::HomeBehindCgnat => "cgnat-home",
             Site::CaptivePortal => "captive",
+            Site::HomeUdpBlocked => "home-noudp",
             Site::Corporate => "corporate",
         }
     }
@@ -290,6 +295,9 @@ impl NatLab {
             if let Some(p) = p {
                 b = b.preset(p);
             }
+            if site == Site::HomeUdpBlocked {
+                b = b.firewall(Firewall::CaptivePortal);
+            }
             if let Some(nat) = nat {
                 b = b.nat(nat);
             }
@@ -312,6 +320,7 @@ impl NatLab {
                 (r(name, Some(RouterPreset::Home), None, Some(&isp))?, Some(isp))
             }
             Site::CaptivePortal => (r(name, Some(RouterPreset::Hotel), None, None)?, None),
+            Site::HomeUdpBlocked => (r(name, Some(RouterPreset::Home), None, None)?, None),
             Site::Corporate => (r(name, Some(RouterPreset::Corporate), None, None)?, None),
         };
         Ok(SiteRouter { site, router, upstream })

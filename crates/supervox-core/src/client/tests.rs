@@ -138,7 +138,7 @@ impl Net {
                         o @ (ClientOutput::OpenSpares(_) | ClientOutput::CloseSpares { .. }) => {
                             self.spare_ops[i].push(o)
                         }
-                        ClientOutput::TcpConnect { stream, to } => {
+                        ClientOutput::TcpConnect { stream, to, .. } => {
                             self.tcp_dials[i].push(self.now);
                             let j = usize::from(to.port().wrapping_sub(7000));
                             let accepted = match self.tcp_listen.get(j) {
