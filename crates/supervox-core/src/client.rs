@@ -30,7 +30,9 @@ mod tcp;
 pub use connect::{ATTEMPT_STAGGER_MS, ATTEMPT_TIMEOUT_MS, MAX_ATTEMPTS_IN_FLIGHT};
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
-pub use tcp::{MAX_PENDING_INBOUND, PENDING_TIMEOUT_MS, REDIAL_ATTEMPTS, REDIAL_FIRST_MS, REDIAL_MAX_MS};
+pub use tcp::{
+    MAX_PENDING_INBOUND, PENDING_TIMEOUT_MS, REDIAL_ATTEMPTS, REDIAL_FIRST_MS, REDIAL_MAX_MS, SO_REFUSED_WAIT_MS,
+};
 #[cfg(test)]
 mod connect_tests;
 #[cfg(test)]
@@ -203,8 +205,13 @@ pub enum ClientOutput {
     TcpConnect {
         /// The id to report it under.
         stream: u64,
-        /// The peer's passive candidate.
+        /// The peer's passive or simultaneous-open candidate.
         to: SocketAddr,
+        /// Simultaneous open (RFC 6544 §4.5 `S-O`): connect from the TCP media
+        /// listener's own address, so the peer, dialling our S-O candidate at the
+        /// same time, meets this connection (its SYN opens our NAT's and
+        /// firewall's way in, ours opens its).
+        simultaneous: bool,
     },
     /// Write one media datagram on a TCP media stream, framed with a 2-byte
     /// big-endian length (RFC 4571); dropped if the stream is not up.
@@ -245,6 +252,10 @@ pub struct Client {
     calls: Map<CallId, Call>,
     local_candidates: Vec<Candidate>,
     media_addr: Option<SocketAddr>,
+    /// Our IP as the supernode saw our link (`Welcome.observed`): the public
+    /// side of our NAT even when UDP is blocked, for the server-reflexive
+    /// simultaneous-open TCP candidate.
+    observed_ip: Option<std::net::IpAddr>,
     probe: Option<supervox_stun::NatProbe>,
     reach: Option<supervox_stun::Reachability>,
     relay: Option<RelayCredentials>,
@@ -282,6 +293,7 @@ impl Client {
             calls: Map::default(),
             local_candidates: Vec::new(),
             media_addr: None,
+            observed_ip: None,
             probe: None,
             reach: None,
             relay: None,

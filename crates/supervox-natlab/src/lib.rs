@@ -308,6 +308,9 @@ impl NatLab {
             let router =
                 self.rt.block_on(b.ip_support(IpSupport::V4Only).build()).with_context(|| format!("router {n}"))?;
             pin_bridge_macs(n, |c| router.spawn_command_sync(c))?;
+            if !matches!(p, Some(RouterPreset::Public)) {
+                stealth(n, &router)?;
+            }
             anyhow::Ok(router)
         };
         let (router, upstream) = match site {
@@ -480,6 +483,38 @@ fn pin_bridge_macs(what: &str, run: impl Fn(Command) -> Result<Child>) -> Result
         let out = run(set)?.wait_with_output()?;
         if !out.status.success() {
             bail!("{what}: pin MAC of {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
+/// Make a NAT router drop connection attempts to its own WAN address instead of
+/// answering them with a reset, as home and office routers commonly do
+/// ("stealth"). patchbay's routers filter only what they forward, so their own
+/// TCP stack resets an unsolicited SYN and conntrack keeps a closing entry for
+/// the pair of addresses for 10 s — which would also move the router's next
+/// outgoing connection to that peer to another port and defeat TCP
+/// simultaneous open.
+fn stealth(what: &str, router: &Router) -> Result<()> {
+    let Some(wan) = router.uplink_ip() else { return Ok(()) };
+    let rule = format!("ip daddr {wan} tcp flags & (syn | ack) == syn drop");
+    for args in [
+        vec!["add", "table", "ip", "supervox_stealth"],
+        vec![
+            "add",
+            "chain",
+            "ip",
+            "supervox_stealth",
+            "input",
+            "{ type filter hook input priority -10 ; policy accept ; }",
+        ],
+        vec!["add", "rule", "ip", "supervox_stealth", "input", rule.as_str()],
+    ] {
+        let mut cmd = Command::new("nft");
+        cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
+        let out = router.spawn_command_sync(cmd)?.wait_with_output()?;
+        if !out.status.success() {
+            bail!("{what}: nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
     }
     Ok(())

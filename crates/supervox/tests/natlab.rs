@@ -84,16 +84,15 @@ struct Cell {
 }
 
 // Public × CaptivePortal (either way) gets `direct-tcp`: the UDP-blocked side
-// connects to the public side's passive TCP candidate (RFC 6544). Behind a NAT
-// the passive candidate is a private address, so FullCone/Home/Strict ×
-// CaptivePortal stay relayed (no server-reflexive TCP or simultaneous open yet;
-// the lab's captive portal is a hotel router, `Nat::Strict`, whose random TCP
-// ports no simultaneous open could aim at anyway). HomeUdpBlocked is a home
-// router (`Nat::Moderate`) that blocks UDP: also relayed from a home, direct
-// from a public node. A simultaneous-open attempt (branch `tcp-so`) did not
-// connect here: patchbay's routers answer an unsolicited SYN to their own
-// address with a reset and keep a closing conntrack entry for 10 s, which moves
-// the peer's own SYN to another port, so whichever side dials first spoils it.
+// connects to the public side's passive TCP candidate (RFC 6544). Home ×
+// HomeUdpBlocked (a home NAT that blocks UDP), either way, gets `direct-tcp` by
+// simultaneous open: both dial each other's server-reflexive S-O candidate from
+// their listener's port and the SYNs cross. FullCone/Home/Strict × CaptivePortal
+// stay relayed: the captive portal is a hotel router, `Nat::Strict`, whose random
+// TCP ports no simultaneous open can aim at. The lab's NAT routers drop SYNs to
+// their own address silently (`stealth` in supervox-natlab), as home routers
+// commonly do; patchbay's would answer with a reset and spoil the simultaneous
+// open for 10 s (PROTOCOL.md §4.7).
 //
 // Home (or home behind a CGNAT) × Strict gets `direct-udp` through port
 // prediction (docs/PROTOCOL.md §4.6): the Strict side checks from 256 spare
@@ -132,8 +131,8 @@ cells! {
     call_captive_portal_x_public: CaptivePortal x Public, same_router: false => "direct-tcp";
     call_fullcone_x_captive_portal: FullCone x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_home_x_captive_portal: Home x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
-    call_home_x_home_udp_blocked: Home x HomeUdpBlocked, same_router: false => "relay-udp|relay-tcp";
-    call_home_udp_blocked_x_home: HomeUdpBlocked x Home, same_router: false => "relay-tcp";
+    call_home_x_home_udp_blocked: Home x HomeUdpBlocked, same_router: false => "direct-tcp";
+    call_home_udp_blocked_x_home: HomeUdpBlocked x Home, same_router: false => "direct-tcp";
     call_public_x_home_udp_blocked: Public x HomeUdpBlocked, same_router: false => "direct-tcp";
     call_strict_x_captive_portal: Strict x CaptivePortal, same_router: false => "relay-udp|relay-tcp";
     call_captive_portal_x_captive_portal: CaptivePortal x CaptivePortal, same_router: false => "relay-tcp";

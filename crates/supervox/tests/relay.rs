@@ -49,18 +49,25 @@ fn coturn_stun_client_gets_its_reflexive_address_and_rfc5780_answers() {
     // The peer that answers "change IP" requests sits on another loopback IP.
     let peer_addr: std::net::SocketAddr = format!("127.0.0.2:{}", free_addr().port()).parse().unwrap();
     let _sn2 = start_sn_at(root.path(), "sn2", peer_addr, &[sn1.addr]);
-    std::thread::sleep(Duration::from_millis(700)); // the supernode link and OTHER-ADDRESS
     let mut c = tool("turnutils_stunclient");
     c.args(["-p", &sn1.addr.port().to_string(), "127.0.0.1"]);
     let (ok, out) = run(c, Duration::from_secs(20));
     assert!(ok, "{out}");
     assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
-    // RFC 5780 mode: change-IP requests are answered by the peer supernode.
-    let mut c = tool("turnutils_stunclient");
-    c.args(["-f", "-p", &sn1.addr.port().to_string(), "127.0.0.1"]);
-    let (ok, out) = run(c, Duration::from_secs(20));
-    assert!(ok, "{out}");
-    assert!(!out.to_lowercase().contains("error"), "{out}");
+    // RFC 5780 mode: change-IP requests are answered by the peer supernode, once the
+    // two supernodes are linked (sn1 then knows its OTHER-ADDRESS): asked until then.
+    // Before that the client waits for the change-IP answer for ever: 3 s per try.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = tool("turnutils_stunclient");
+        c.args(["-f", "-p", &sn1.addr.port().to_string(), "127.0.0.1"]);
+        let (ok, out) = run(c, Duration::from_secs(3));
+        if ok && !out.to_lowercase().contains("error") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no RFC 5780 answers 20 s after start: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -219,7 +219,7 @@ impl Client {
             return false;
         };
         match msg {
-            Message::Welcome { supernode, supernodes, loads, .. } => {
+            Message::Welcome { supernode, supernodes, loads, observed } => {
                 let others: Vec<Attempt> = r.attempts.iter().filter(|o| o.conn != Some(conn)).copied().collect();
                 remember(&mut self.host_cache, supernodes, loads, now_ms);
                 let own = loads_of(supernodes, loads).find(|(s, _)| s == supernode).and_then(|(_, l)| l);
@@ -234,6 +234,10 @@ impl Client {
                 }
                 info!("supernode {} admitted us in {rtt} ms", a.addr);
                 self.link = SnLink::Open { conn, addr: a.addr, sn: Some(*supernode), ready: false };
+                if self.observed_ip != Some(observed.ip()) {
+                    self.observed_ip = Some(observed.ip());
+                    self.refresh_candidates();
+                }
                 self.signed_on(*supernode, now_ms);
             }
             Message::Redirect { supernodes, reason, loads } => {

@@ -11,7 +11,7 @@ use supervox_stun::{NatProbe, ProbeConfig, Reachability};
 
 /// ICE type preferences (RFC 8445 §5.1.2.2): host above server-reflexive.
 pub(super) const PREF_HOST: u32 = 126;
-const PREF_SRFLX: u32 = 100;
+pub(super) const PREF_SRFLX: u32 = 100;
 
 /// ICE priority of a candidate (component 1).
 pub fn priority(type_pref: u32, local_pref: u32) -> u32 {

@@ -42,14 +42,21 @@ pub const REDIAL_FIRST_MS: u64 = 1_000;
 pub const REDIAL_MAX_MS: u64 = 30_000;
 /// Failed dials in a row after which a call stops dialling.
 pub const REDIAL_ATTEMPTS: u32 = 6;
+/// After a simultaneous-open dial is refused, the wait before dialling that
+/// target again. The reset came from the peer's NAT router itself (our SYN
+/// reached it before the peer's own SYN had opened it), and that router now
+/// holds a conntrack entry for the pair of addresses in its closing state for
+/// 10 s (Linux `nf_conntrack_tcp_timeout_close`), which makes it move the
+/// peer's own connection to another port; dialling again sooner only renews it.
+pub const SO_REFUSED_WAIT_MS: u64 = 12_000;
 /// Passive candidates kept per call for dialling again.
 const MAX_REDIAL_TARGETS: usize = 8;
 
 /// What a call dials over TCP, and when it dials again.
 #[derive(Debug, Clone)]
 struct Redial {
-    /// The peer's passive candidates, best first.
-    targets: Vec<SocketAddr>,
+    /// The peer's passive and simultaneous-open candidates, best first (`true`: S-O).
+    targets: Vec<(SocketAddr, bool)>,
     due_ms: Option<u64>,
     backoff_ms: u64,
     failures: u32,
@@ -107,39 +114,70 @@ impl Client {
     }
 
     /// The TCP candidates to offer (after the UDP ones): passive at the media
-    /// IP and our listener's port, and active.
+    /// IP and our listener's port, active, and simultaneous-open (S-O) at the
+    /// listener's address and at our public IP with the same port.
+    ///
+    /// The server-reflexive S-O candidate assumes the NAT keeps the port of a
+    /// TCP connection's source (Linux conntrack and most home routers do when
+    /// it is free): it is not learnt over TCP STUN. A NAT that changes it
+    /// makes the simultaneous open miss, and the call stays on another pair.
     pub(super) fn tcp_candidates(&self, host: SocketAddr) -> Vec<Candidate> {
-        // RFC 6544 §4.2: local preference = 2^13 × direction preference (host:
-        // active 6, passive 4) + other preference; below UDP host's 65535.
-        let pref = |dir: u32| super::reach::priority(super::reach::PREF_HOST, (dir << 13) | 8191);
+        // RFC 6544 §4.2: local preference = 2^13 × direction preference + other
+        // preference; direction for host: active 6, passive 4, S-O 2; for
+        // server-reflexive: S-O 6, active 4, passive 2. Below UDP host's 65535.
+        let pref = |ty: u32, dir: u32| super::reach::priority(ty, (dir << 13) | 8191);
+        let (host_kind, srflx_kind) =
+            (supervox_proto::CandidateKind::Host, supervox_proto::CandidateKind::ServerReflexive);
         let mut c = Vec::new();
         if let Some(port) = self.tcp.port {
             let addr = SocketAddr::new(host.ip(), port);
             c.push(Candidate {
-                kind: supervox_proto::CandidateKind::Host,
+                kind: host_kind,
                 transport: Transport::TcpPassive,
                 addr,
-                priority: pref(4),
+                priority: pref(super::reach::PREF_HOST, 4),
             });
+            c.push(Candidate {
+                kind: host_kind,
+                transport: Transport::TcpSo,
+                addr,
+                priority: pref(super::reach::PREF_HOST, 2),
+            });
+            let public = self.observed_ip.or_else(|| self.reach.as_ref().and_then(|r| r.mapped).map(|m| m.ip()));
+            if let Some(ip) = public.filter(|ip| *ip != host.ip()) {
+                let addr = SocketAddr::new(ip, port);
+                c.push(Candidate {
+                    kind: srflx_kind,
+                    transport: Transport::TcpSo,
+                    addr,
+                    priority: pref(super::reach::PREF_SRFLX, 6),
+                });
+            }
         }
         let addr = SocketAddr::new(host.ip(), ACTIVE_PORT);
         c.push(Candidate {
-            kind: supervox_proto::CandidateKind::Host,
+            kind: host_kind,
             transport: Transport::TcpActive,
             addr,
-            priority: pref(6),
+            priority: pref(super::reach::PREF_HOST, 6),
         });
         c
     }
 
-    /// Connect to the peer's passive TCP candidates (the highest priority
-    /// first) while the call holds fewer than [`MAX_TCP_STREAMS`] streams.
+    /// Connect to the peer's passive TCP candidates, and to its S-O ones
+    /// (simultaneous open, when we listen: the connection leaves from the
+    /// listener's port), the highest priority first, while the call holds
+    /// fewer than [`MAX_TCP_STREAMS`] streams.
     pub(super) fn connect_tcp(&mut self, id: CallId, remote: &[Candidate], now_ms: u64) {
         if self.cfg.force_relay {
             return; // the peer must not learn our addresses
         }
-        let mut passive: Vec<&Candidate> =
-            remote.iter().filter(|c| c.transport == Transport::TcpPassive && connectable(&c.addr)).collect();
+        let so = self.tcp.port.is_some();
+        let mut passive: Vec<&Candidate> = remote
+            .iter()
+            .filter(|c| c.transport == Transport::TcpPassive || (so && c.transport == Transport::TcpSo))
+            .filter(|c| connectable(&c.addr))
+            .collect();
         passive.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let r = self.tcp.redial.entry(id).or_insert_with(|| Redial {
             targets: Vec::new(),
@@ -148,8 +186,9 @@ impl Client {
             failures: 0,
         });
         for c in passive {
-            if !r.targets.contains(&c.addr) && r.targets.len() < MAX_REDIAL_TARGETS {
-                r.targets.push(c.addr);
+            let target = (c.addr, c.transport == Transport::TcpSo);
+            if !r.targets.contains(&target) && r.targets.len() < MAX_REDIAL_TARGETS {
+                r.targets.push(target);
             }
         }
         self.dial_tcp(id, now_ms);
@@ -158,7 +197,7 @@ impl Client {
     /// Dial the call's targets that have no stream yet.
     fn dial_tcp(&mut self, id: CallId, now_ms: u64) {
         let Some(targets) = self.tcp.redial.get(&id).map(|r| r.targets.clone()) else { return };
-        for to in targets {
+        for (to, simultaneous) in targets {
             if self.tcp.of_call(id).any(|(_, s)| s.remote == to) {
                 continue;
             }
@@ -170,7 +209,7 @@ impl Client {
             let state = State::Connecting { deadline_ms: now_ms + CONNECT_TIMEOUT_MS };
             self.tcp.streams.insert(stream, Stream { remote: to, call: Some(id), state });
             debug!("call {id}: TCP stream {stream} to {to}");
-            self.out.push_back(ClientOutput::TcpConnect { stream, to });
+            self.out.push_back(ClientOutput::TcpConnect { stream, to, simultaneous });
         }
     }
 
@@ -265,10 +304,19 @@ impl Client {
 
     /// Stream `stream` failed to connect, or closed.
     pub fn on_tcp_closed(&mut self, stream: u64, now_ms: u64) {
+        self.tcp_stream_ended(stream, false, now_ms);
+    }
+
+    /// A [`ClientOutput::TcpConnect`] stream's connect was refused (a reset).
+    pub fn on_tcp_refused(&mut self, stream: u64, now_ms: u64) {
+        self.tcp_stream_ended(stream, true, now_ms);
+    }
+
+    fn tcp_stream_ended(&mut self, stream: u64, refused: bool, now_ms: u64) {
         if let Some(s) = self.tcp.streams.remove(&stream) {
             if let Some(id) = s.call {
                 debug!("call {id}: TCP stream {stream} to {} closed", s.remote);
-                self.schedule_redial(id, s.remote, now_ms);
+                self.schedule_redial(id, s.remote, refused, now_ms);
                 if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
                     p.tcp_down(stream);
                 }
@@ -284,10 +332,19 @@ impl Client {
     }
 
     /// One of the call's outbound streams to `remote` failed or dropped: dial again later.
-    fn schedule_redial(&mut self, id: CallId, remote: SocketAddr, now_ms: u64) {
+    fn schedule_redial(&mut self, id: CallId, remote: SocketAddr, refused: bool, now_ms: u64) {
         let Some(r) = self.tcp.redial.get_mut(&id) else { return };
-        if !r.targets.contains(&remote) || r.due_ms.is_some() {
-            return; // an inbound stream (the peer dials it), or a dial already planned
+        let Some(&(_, so)) = r.targets.iter().find(|(a, _)| *a == remote) else {
+            return; // an inbound stream: the peer dials it
+        };
+        if so && refused {
+            // Also when a dial is planned: it must not come sooner.
+            r.failures += 1;
+            r.due_ms = (r.failures <= REDIAL_ATTEMPTS).then_some(now_ms + SO_REFUSED_WAIT_MS);
+            return;
+        }
+        if r.due_ms.is_some() {
+            return;
         }
         r.failures += 1;
         if r.failures > REDIAL_ATTEMPTS {

@@ -42,6 +42,12 @@ struct Net {
     tcp_closes: Vec<Vec<u64>>,
     /// When each client dialled a TCP media stream.
     tcp_dials: Vec<Vec<u64>>,
+    /// Simultaneous-open dials, per client: when, and to where.
+    tcp_so_dials: Vec<Vec<(u64, SocketAddr)>>,
+    /// The supernode sees client `i` at this IP (its NAT's public side).
+    observed_ip: Vec<std::net::IpAddr>,
+    /// A dial to a client that does not listen is refused (a reset) rather than silent.
+    tcp_refuse: bool,
 }
 
 /// Client `i`'s TCP media listener.
@@ -94,6 +100,9 @@ impl Net {
             tcp_links: Default::default(),
             tcp_closes: vec![vec![]; n],
             tcp_dials: vec![vec![]; n],
+            tcp_so_dials: vec![vec![]; n],
+            observed_ip: vec![addr(0).ip(); n],
+            tcp_refuse: false,
         }
     }
 
@@ -113,7 +122,7 @@ impl Net {
                             let conn = 10 + i as ConnId;
                             self.conns[i] = Some(conn);
                             self.clients[i].on_connected(conn, a);
-                            self.sn.on_connected(conn, addr(6000 + i as u16));
+                            self.sn.on_connected(conn, SocketAddr::new(self.observed_ip[i], 6000 + i as u16));
                             self.clients[i].on_established(conn, Role::Supernode);
                             let id = self.clients[i].identity().user_id();
                             self.sn.on_established(conn, Role::Client, id, self.now);
@@ -138,8 +147,11 @@ impl Net {
                         o @ (ClientOutput::OpenSpares(_) | ClientOutput::CloseSpares { .. }) => {
                             self.spare_ops[i].push(o)
                         }
-                        ClientOutput::TcpConnect { stream, to } => {
+                        ClientOutput::TcpConnect { stream, to, simultaneous } => {
                             self.tcp_dials[i].push(self.now);
+                            if simultaneous {
+                                self.tcp_so_dials[i].push((self.now, to));
+                            }
                             let j = usize::from(to.port().wrapping_sub(7000));
                             let accepted = match self.tcp_listen.get(j) {
                                 Some(true) => self.clients[j].on_tcp_accepted(addr(8000 + i as u16), self.now),
@@ -151,6 +163,7 @@ impl Net {
                                     self.tcp_links.insert((j, js), (i, stream));
                                     self.clients[i].on_tcp_connected(stream, self.now);
                                 }
+                                None if self.tcp_refuse => self.clients[i].on_tcp_refused(stream, self.now),
                                 None => self.clients[i].on_tcp_closed(stream, self.now),
                             }
                         }
@@ -569,6 +582,44 @@ fn a_lost_tcp_stream_is_dialled_again_with_backoff_while_the_call_lasts() {
     net.tcp_listen[0] = true;
     net.run(REDIAL_MAX_MS + 100);
     assert_eq!(net.tcp_dials[1].len(), n);
+}
+
+#[test]
+fn behind_nats_both_sides_dial_each_others_simultaneous_open_candidate() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    // Each behind a NAT whose public IP the supernode sees; both listen for TCP media.
+    net.observed_ip = vec!["198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap()];
+    for i in 0..2 {
+        net.clients[i].set_media_addr(addr(5000 + i as u16));
+        net.clients[i].set_tcp_media_port(Some(7000 + i as u16));
+    }
+    // UDP gets through (the call lives on it); TCP is dialled as a standby pair.
+    net.run(100);
+    let so = |c: &Client| -> Vec<(CandidateKind, SocketAddr)> {
+        c.local_candidates.iter().filter(|c| c.transport == Transport::TcpSo).map(|c| (c.kind, c.addr)).collect()
+    };
+    assert_eq!(
+        so(&net.clients[1]),
+        vec![
+            (CandidateKind::Host, tcp_addr(1)),
+            (CandidateKind::ServerReflexive, "198.51.100.2:7001".parse().unwrap())
+        ],
+        "S-O candidates at the listener and at the public IP with the listener's port"
+    );
+    net.tcp_refuse = true;
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(300);
+    // Each dials the other's public S-O address from its listener (the host ones
+    // are the passive candidates' addresses, dialled as such).
+    assert_eq!(net.tcp_so_dials[0].iter().map(|d| d.1).collect::<Vec<_>>(), vec!["198.51.100.2:7001".parse().unwrap()]);
+    assert_eq!(net.tcp_so_dials[1].iter().map(|d| d.1).collect::<Vec<_>>(), vec!["198.51.100.1:7000".parse().unwrap()]);
+    // Refused (the peer's router reset our SYN): not again before SO_REFUSED_WAIT_MS.
+    let first = net.tcp_so_dials[0][0].0;
+    net.run(SO_REFUSED_WAIT_MS + 200);
+    let again: Vec<u64> = net.tcp_so_dials[0].iter().map(|d| d.0 - first).collect();
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!((SO_REFUSED_WAIT_MS..SO_REFUSED_WAIT_MS + 20).contains(&again[1]), "{again:?}");
+    net.clients[0].hangup(id, "bye", net.now);
 }
 
 #[test]

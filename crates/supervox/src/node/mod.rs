@@ -369,10 +369,14 @@ impl Node {
                 let got = self.client.on_tcp_frame(id, &bytes, now);
                 self.on_media(got, now);
             }
-            E::Closed(id, reason) => {
+            E::Closed(id, reason, refused) => {
                 if self.tcp.forget(id) {
                     tracing::debug!("TCP media stream {id}: {reason}");
-                    self.client.on_tcp_closed(id, now);
+                    if refused {
+                        self.client.on_tcp_refused(id, now);
+                    } else {
+                        self.client.on_tcp_closed(id, now);
+                    }
                 }
             }
         }
@@ -560,8 +564,8 @@ impl Node {
                     }
                 }
                 ClientOutput::RelayDisconnect => self.relay_stream = None,
-                ClientOutput::TcpConnect { stream, to } => {
-                    if !self.tcp.connect(stream, to) {
+                ClientOutput::TcpConnect { stream, to, simultaneous } => {
+                    if !self.tcp.connect(stream, to, simultaneous) {
                         warn!("too many TCP media streams: not connecting to {to}");
                         self.client.on_tcp_closed(stream, now);
                     }

@@ -36,8 +36,9 @@ pub enum TcpMediaEvent {
     Connected(u64),
     /// One frame (length prefix removed) from stream `id`.
     Frame(u64, Vec<u8>),
-    /// Stream `id` failed to connect, failed, or was closed by the peer.
-    Closed(u64, String),
+    /// Stream `id` failed to connect, failed, or was closed by the peer; `true`
+    /// when the connect was refused (a reset answered the SYN).
+    Closed(u64, String, bool),
 }
 
 struct Handle {
@@ -56,27 +57,29 @@ pub struct TcpMedia {
     streams: HashMap<u64, Handle>,
     events: mpsc::Sender<TcpMediaEvent>,
     _listener: Option<JoinHandle<()>>,
+    /// The listener's address: simultaneous-open connections leave from it.
+    local: Option<SocketAddr>,
 }
 
 impl TcpMedia {
     /// Listen at `at` (the media socket's address; any port if that one is
     /// taken). Returns the streams and the listening port, if listening works.
     pub async fn listen(at: SocketAddr, events: mpsc::Sender<TcpMediaEvent>) -> (Self, Option<u16>) {
-        let listener = match TcpListener::bind(at).await {
+        let listener = match reusable(at).and_then(|s| s.listen(64)) {
             Ok(l) => Ok(l),
-            Err(_) => TcpListener::bind(SocketAddr::new(at.ip(), 0)).await,
+            Err(_) => reusable(SocketAddr::new(at.ip(), 0)).and_then(|s| s.listen(64)),
         };
-        let (task, port) = match listener {
+        let (task, local) = match listener {
             Ok(l) => {
-                let port = l.local_addr().ok().map(|a| a.port());
-                (Some(tokio::spawn(accept_loop(l, events.clone()))), port)
+                let local = l.local_addr().ok();
+                (Some(tokio::spawn(accept_loop(l, events.clone()))), local)
             }
             Err(e) => {
                 warn!("no TCP media listener at {}: {e}; no passive TCP candidate", at.ip());
                 (None, None)
             }
         };
-        (TcpMedia { streams: HashMap::new(), events, _listener: task }, port)
+        (TcpMedia { streams: HashMap::new(), events, _listener: task, local }, local.map(|a| a.port()))
     }
 
     /// True when another stream may be opened or accepted.
@@ -86,16 +89,29 @@ impl TcpMedia {
 
     /// Connect stream `id` to `to` in the background; false when there are
     /// too many streams already (nothing started).
-    pub fn connect(&mut self, id: u64, to: SocketAddr) -> bool {
+    /// `simultaneous`: connect from the listener's own address (simultaneous
+    /// open; the peer dials us at the same time).
+    pub fn connect(&mut self, id: u64, to: SocketAddr, simultaneous: bool) -> bool {
         if !self.has_room() {
             return false;
         }
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let events = self.events.clone();
+        let from = if simultaneous { self.local } else { None };
         let task = tokio::spawn(async move {
-            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+            let connect = async {
+                match from {
+                    Some(from) => reusable(from)?.connect(to).await,
+                    None => TcpStream::connect(to).await,
+                }
+            };
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return closed(&events, id, format!("connect to {to}: {e}")).await,
+                Ok(Err(e)) => {
+                    let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+                    let _ = events.send(TcpMediaEvent::Closed(id, format!("connect to {to}: {e}"), refused)).await;
+                    return;
+                }
                 Err(_) => return closed(&events, id, format!("connect to {to} timed out")).await,
             };
             if events.send(TcpMediaEvent::Connected(id)).await.is_ok() {
@@ -134,7 +150,19 @@ impl TcpMedia {
 }
 
 async fn closed(events: &mpsc::Sender<TcpMediaEvent>, id: u64, reason: String) {
-    let _ = events.send(TcpMediaEvent::Closed(id, reason)).await;
+    let _ = events.send(TcpMediaEvent::Closed(id, reason, false)).await;
+}
+
+/// A TCP socket bound to `at` that shares the address with the listener
+/// (`SO_REUSEADDR` + `SO_REUSEPORT`): the listener and simultaneous-open
+/// connections use the one port the peer was told about.
+fn reusable(at: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let s = if at.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    s.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    s.set_reuseport(true)?;
+    s.bind(at)?;
+    Ok(s)
 }
 
 async fn accept_loop(l: TcpListener, events: mpsc::Sender<TcpMediaEvent>) {
