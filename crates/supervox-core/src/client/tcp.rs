@@ -3,9 +3,11 @@
 //! of through a relay.
 //!
 //! The node listens for media on TCP at its media socket's IP and offers that
-//! as a passive candidate, plus an active one (port 9) saying it connects out.
-//! When a call's keys are agreed, each side connects to the peer's passive
-//! candidates (at most [`MAX_TCP_STREAMS`] per call). A stream carries the
+//! as a passive candidate, plus an active one (port 9) saying it connects out,
+//! and simultaneous-open (S-O) ones at the listener's address and at its
+//! public IP with the listener's port. When a call's keys are agreed, each
+//! side connects to the peer's passive candidates, and from its listener's
+//! address to the peer's S-O ones (at most [`MAX_TCP_STREAMS`] per call). A stream carries the
 //! call's ordinary media datagrams (checks, acks, media; docs/PROTOCOL.md §4.1)
 //! each framed with a 2-byte length (RFC 4571) by the driver. An outbound
 //! stream becomes a pair as soon as it connects; an inbound one stays pending
@@ -49,7 +51,7 @@ pub const REDIAL_ATTEMPTS: u32 = 6;
 /// 10 s (Linux `nf_conntrack_tcp_timeout_close`), which makes it move the
 /// peer's own connection to another port; dialling again sooner only renews it.
 pub const SO_REFUSED_WAIT_MS: u64 = 12_000;
-/// Passive candidates kept per call for dialling again.
+/// Passive and S-O candidates kept per call for dialling again.
 const MAX_REDIAL_TARGETS: usize = 8;
 
 /// What a call dials over TCP, and when it dials again.
@@ -173,19 +175,19 @@ impl Client {
             return; // the peer must not learn our addresses
         }
         let so = self.tcp.port.is_some();
-        let mut passive: Vec<&Candidate> = remote
+        let mut dialable: Vec<&Candidate> = remote
             .iter()
             .filter(|c| c.transport == Transport::TcpPassive || (so && c.transport == Transport::TcpSo))
             .filter(|c| connectable(&c.addr))
             .collect();
-        passive.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        dialable.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let r = self.tcp.redial.entry(id).or_insert_with(|| Redial {
             targets: Vec::new(),
             due_ms: None,
             backoff_ms: REDIAL_FIRST_MS,
             failures: 0,
         });
-        for c in passive {
+        for c in dialable {
             let target = (c.addr, c.transport == Transport::TcpSo);
             if !r.targets.contains(&target) && r.targets.len() < MAX_REDIAL_TARGETS {
                 r.targets.push(target);

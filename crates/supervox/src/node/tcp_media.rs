@@ -109,10 +109,9 @@ impl TcpMedia {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
-                    let _ = events.send(TcpMediaEvent::Closed(id, format!("connect to {to}: {e}"), refused)).await;
-                    return;
+                    return closed(&events, id, format!("connect to {to}: {e}"), refused).await;
                 }
-                Err(_) => return closed(&events, id, format!("connect to {to} timed out")).await,
+                Err(_) => return closed(&events, id, format!("connect to {to} timed out"), false).await,
             };
             if events.send(TcpMediaEvent::Connected(id)).await.is_ok() {
                 pump(id, stream, rx, events).await;
@@ -149,8 +148,8 @@ impl TcpMedia {
     }
 }
 
-async fn closed(events: &mpsc::Sender<TcpMediaEvent>, id: u64, reason: String) {
-    let _ = events.send(TcpMediaEvent::Closed(id, reason, false)).await;
+async fn closed(events: &mpsc::Sender<TcpMediaEvent>, id: u64, reason: String, refused: bool) {
+    let _ = events.send(TcpMediaEvent::Closed(id, reason, refused)).await;
 }
 
 /// A TCP socket bound to `at` that shares the address with the listener
@@ -239,7 +238,7 @@ async fn pump(id: u64, stream: TcpStream, mut rx: mpsc::Receiver<Vec<u8>>, event
             }
         }
     };
-    closed(&events, id, reason).await;
+    closed(&events, id, reason, false).await;
 }
 
 #[cfg(test)]

@@ -406,16 +406,18 @@ async fn read_loop(
     loop {
         let mut more = true;
         for _ in 0..ROUNDS {
+            // On an error nothing is handed on: the shared batch may still hold
+            // another socket's datagrams.
             more = match recv_batch(sock, batch).await {
                 Ok(more) => more,
                 // ICMP errors surface as receive errors on some systems: keep serving.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 // Anything else (out of buffers, ...) must not leave the socket
                 // unread for good: pause briefly, so a lasting error does not spin.
                 Err(e) => {
                     warn!("UDP receive: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    true
+                    continue;
                 }
             };
             let mut b = batch.borrow_mut();
