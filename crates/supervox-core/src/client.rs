@@ -391,8 +391,11 @@ impl Client {
         }
     }
 
-    /// Timers: connecting, presence refresh, call deadlines, media checks.
-    pub fn on_tick(&mut self, now_ms: u64) {
+    /// Timers: connecting, presence refresh, call deadlines, media checks,
+    /// the NAT probe, the relay allocation, promotion. Call it when
+    /// [`Client::poll_timeout`] is due (the contract is in [`crate::timer`]);
+    /// earlier or more often is harmless.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
         match self.link {
             SnLink::Idle { next_try_ms } if now_ms >= next_try_ms => self.start_round(now_ms),
             SnLink::Connecting(_) => self.tick_connecting(now_ms),
@@ -406,6 +409,22 @@ impl Client {
         self.tick_probe(now_ms);
         self.tick_relay(now_ms);
         self.tick_promotion(now_ms);
+    }
+
+    /// When [`Client::handle_timeout`] must next run (see [`crate::timer`]):
+    /// the earliest of the connection round, the presence refresh, every
+    /// call's deadlines and media path, TCP media streams, the NAT probe,
+    /// the relay and promotion. `None` when nothing is pending.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        crate::timer::earliest([
+            self.connect_timeout(),
+            self.supernode().is_some().then_some(self.next_publish_ms),
+            self.calls_timeout(),
+            self.tcp_timeout(),
+            self.probe.as_ref().and_then(|p| p.poll_timeout()),
+            self.relay_timeout(),
+            self.promotion_timeout(),
+        ])
     }
 
     fn rng_u64(&mut self) -> u64 {
@@ -510,7 +529,11 @@ impl Client {
                 self.send_sn(Message::Publish { presence: p });
                 self.next_publish_ms = now_ms + PRESENCE_REFRESH_MS;
             }
-            Err(e) => warn!("cannot sign presence: {e}"),
+            Err(e) => {
+                // Try again at the next refresh rather than at every timer.
+                self.next_publish_ms = now_ms + PRESENCE_REFRESH_MS;
+                warn!("cannot sign presence: {e}")
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod link;
 pub mod media_path;
 pub mod overlay;
 pub mod supernode;
+pub mod timer;
 
 pub use identity::Identity;
 

@@ -26,7 +26,7 @@ mod step_back;
 #[cfg(test)]
 mod tests;
 
-use index::{HolderCache, Pending};
+use index::{HolderCache, PendingTable};
 pub use step_back::{StepBackConfig, MAX_REFUTATIONS, REFUTATION_WINDOW_MS};
 
 /// Most lookups one client may have in flight.
@@ -206,7 +206,7 @@ pub struct Supernode {
     directory: Directory,
     membership: Membership,
     holders: HolderCache,
-    pending: Map<u64, Pending>,
+    pending: PendingTable,
     /// Signals recently delivered for peers: (sender, req), to drop retransmissions.
     seen_signals: VecDeque<(UserId, u64)>,
     next_req: u64,
@@ -221,6 +221,8 @@ pub struct Supernode {
     relay_tls: Option<RelayTls>,
     /// Step-back decision state (promoted supernodes).
     step: step_back::StepBackState,
+    /// Presence expiry and the step-back check run this often, not per event.
+    next_housekeeping_ms: u64,
 }
 
 impl Supernode {
@@ -246,7 +248,7 @@ impl Supernode {
             directory,
             membership,
             holders: HolderCache::default(),
-            pending: Map::default(),
+            pending: PendingTable::default(),
             seen_signals: VecDeque::new(),
             next_req: 1,
             out: VecDeque::new(),
@@ -256,6 +258,7 @@ impl Supernode {
             relay: None,
             relay_tls: None,
             step: step_back::StepBackState::default(),
+            next_housekeeping_ms: now_ms,
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();
@@ -595,19 +598,40 @@ impl Supernode {
         }
     }
 
-    /// Timers: membership, presence expiry, request deadlines and retries.
-    pub fn on_tick(&mut self, now_ms: u64) {
+    /// Timers: membership, presence expiry, request deadlines and retries,
+    /// the step-back decision. Call it when [`Supernode::poll_timeout`] is
+    /// due; calling it earlier or more often is harmless (it does what is
+    /// due and nothing else).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
         if self.step.done {
             return;
         }
-        if let Some(reason) = self.step_back_reason(now_ms) {
-            self.step_back(&reason, now_ms);
-            return;
+        if now_ms >= self.next_housekeeping_ms {
+            self.next_housekeeping_ms = now_ms + HOUSEKEEPING_MS;
+            if let Some(reason) = self.step_back_reason(now_ms) {
+                self.step_back(&reason, now_ms);
+                return;
+            }
+            self.directory.expire(now_ms);
         }
-        self.directory.expire(now_ms);
         self.membership.tick(&mut self.rng, now_ms);
         self.flush_membership(now_ms);
         self.expire_pending(now_ms);
+    }
+
+    /// When [`Supernode::handle_timeout`] must next run: the earliest of the
+    /// membership's timers, the requests in flight and the housekeeping
+    /// round. To be asked again after every input (any `handle_*`/`on_*`
+    /// call may move it earlier); `None` once the supernode has stepped back.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.step.done {
+            return None;
+        }
+        crate::timer::earliest([
+            self.membership.poll_timeout(),
+            self.pending.next_due_ms(),
+            Some(self.next_housekeeping_ms),
+        ])
     }
 
     fn send(&mut self, conn: ConnId, msg: Message) {
@@ -662,6 +686,10 @@ pub fn better_answer(a: LookupAnswer, b: LookupAnswer) -> LookupAnswer {
         (Unknown, Unknown) => Unknown,
     }
 }
+
+/// Presence garbage collection and the step-back check run once a second
+/// (lookups never serve an expired presence, whenever it is collected).
+pub const HOUSEKEEPING_MS: u64 = 1_000;
 
 /// Requests one client may make per second (lookups, claims, presence, call
 /// signals): far above what a person dialling needs, far below what would

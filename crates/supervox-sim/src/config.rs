@@ -125,8 +125,6 @@ pub struct SimConfig {
     /// its Join would fetch (see the crate README); otherwise they come up
     /// one by one over the first seconds and join through seeds.
     pub warm_start: bool,
-    /// Tick period of a client that waits to (re)connect, ms.
-    pub client_idle_tick_ms: u64,
     /// Print a progress line to stderr every this many virtual seconds.
     pub progress_s: Option<u64>,
     /// Stop (and report what was measured so far) after this much wall
@@ -164,7 +162,6 @@ impl SimConfig {
             sn_seeds: 3,
             sn_tick_ms: 250,
             warm_start: supernodes >= WARM_START_FROM,
-            client_idle_tick_ms: 20,
             progress_s: None,
             max_wall_s: None,
             max_rss_mib: None,
@@ -205,8 +202,8 @@ impl SimConfig {
         if !(self.churn_speedup.is_finite() && self.churn_speedup >= 0.0) {
             return Err("--churn-speedup must be a non-negative number".into());
         }
-        if self.max_clients == 0 || self.sn_tick_ms == 0 || self.client_idle_tick_ms == 0 {
-            return Err("--max-clients and tick periods must be positive".into());
+        if self.max_clients == 0 || self.sn_tick_ms == 0 {
+            return Err("--max-clients and the supernode tick period must be positive".into());
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 use crate::engine::{Ctx, Ev, Sim};
 use crate::net::{self, Location, Node};
 use std::net::SocketAddr;
-use supervox_core::client::{Client, ClientConfig, ClientEvent, ClientOutput, PRESENCE_REFRESH_MS};
+use supervox_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
 use supervox_core::host_cache::HostCache;
 use supervox_core::supernode::{SnOutput, SnStats, Supernode, SupernodeConfig};
 use supervox_core::{ConnId, Identity};
@@ -59,8 +59,6 @@ pub(crate) struct ClientSlot {
     pub sn: Option<u32>,
     /// A Connect is outstanding.
     pub dialing: bool,
-    /// When the client will publish its presence again.
-    pub next_publish: u64,
     /// The tick that is scheduled (later ones supersede it).
     pub tick_at: u64,
     /// Its claim was accepted at least once.
@@ -95,7 +93,7 @@ impl Sim {
         let Some(sn) = self.sns[i as usize].sn.as_mut() else {
             return;
         };
-        sn.on_tick(now);
+        sn.handle_timeout(now);
         self.drain_sn(i, None);
         self.after(self.cfg.sn_tick_ms, Ev::SnTick(i));
     }
@@ -190,7 +188,6 @@ impl Sim {
         slot.client = Some(Client::new(slot.identity.clone(), cfg, slot.host_cache.clone(), rng_seed));
         slot.links.clear();
         slot.dialing = false;
-        slot.next_publish = u64::MAX;
         slot.tick_at = u64::MAX;
         self.client_tick_at(c, self.now);
     }
@@ -222,7 +219,7 @@ impl Sim {
         let Some(client) = slot.client.as_mut() else {
             return;
         };
-        client.on_tick(now);
+        client.handle_timeout(now);
         self.drain_client(c);
     }
 
@@ -235,11 +232,9 @@ impl Sim {
         }
     }
 
-    /// Carry out what client `c` asked for, then schedule its next tick: a
-    /// signed-in client's only timer is its presence refresh; a client that
-    /// waits to (re)connect is ticked like the daemon's clock would; one that
-    /// is connecting is ticked when its next staggered attempt or attempt
-    /// timeout is due (`Client::next_connect_ms`), else waits for events.
+    /// Carry out what client `c` asked for, then schedule its next tick at
+    /// its `poll_timeout` (presence refresh, staggered attempts and their
+    /// timeouts, reconnection backoff), as the node daemon does.
     fn drain_client(&mut self, c: u32) {
         let now = self.now;
         let gen = self.clients[c as usize].gen;
@@ -251,9 +246,6 @@ impl Sim {
                     self.dial(me, addr);
                 }
                 ClientOutput::Send(conn, msg) => {
-                    if matches!(msg, Message::Publish { .. }) {
-                        self.clients[c as usize].next_publish = now + PRESENCE_REFRESH_MS;
-                    }
                     self.send(conn, me, msg, None);
                 }
                 ClientOutput::Close(conn, reason) => {
@@ -280,17 +272,9 @@ impl Sim {
         let Some(client) = slot.client.as_ref() else {
             return;
         };
-        let want = if client.supernode().is_some() {
-            Some(slot.next_publish)
-        } else if !client.connect_attempts().is_empty() {
-            client.next_connect_ms().map(|t| t.max(now))
-        } else if slot.dialing || client.supernode_conn().is_some() {
-            None
-        } else {
-            Some(now + self.cfg.client_idle_tick_ms)
-        };
-        if let Some(t) = want {
-            self.client_tick_at(c, t);
+        // The client's own timer contract (a deadline in the past means now).
+        if let Some(t) = client.poll_timeout() {
+            self.client_tick_at(c, t.max(now));
         }
     }
 

@@ -93,7 +93,6 @@ impl Sim {
                 links: Vec::new(),
                 sn: None,
                 dialing: false,
-                next_publish: u64::MAX,
                 tick_at: u64::MAX,
                 claimed: false,
             });

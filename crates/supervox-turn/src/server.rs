@@ -296,9 +296,12 @@ impl TurnServer {
         self.outputs.pop_front()
     }
 
-    /// When [`TurnServer::handle_timeout`] should next be called.
+    /// When [`TurnServer::handle_timeout`] should next be called: the next
+    /// sweep while allocations exist or are being made, else `None` (an idle
+    /// relay needs no timer). Ask again after every input: the first
+    /// allocation brings the sweep back (due at once if its time has passed).
     pub fn poll_timeout(&self) -> Option<u64> {
-        Some(self.next_sweep_ms)
+        (!self.allocations.is_empty() || !self.pending.is_empty()).then_some(self.next_sweep_ms)
     }
 
     /// Input: bytes from a client. For UDP, one datagram; for TCP/TLS, one frame from

@@ -41,6 +41,17 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Sleep until the wall-clock ms `at_ms` (a deadline from a machine's
+/// `poll_timeout`; one in the past returns at once); `None` never returns.
+/// The drivers' one timer: they sleep until their machines' earliest
+/// deadline or the next input, never on a fixed clock.
+pub async fn sleep_until_ms(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the connections tell the actor.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -111,7 +122,19 @@ pub struct LinkSet {
     events: mpsc::Sender<NetEvent>,
     ready: Arc<Ready>,
     buf: Box<[u8]>,
+    /// No link's timer is due before this (a bound: lowered when a link is
+    /// adopted, recomputed by every sweep; a link's deadline only moves later
+    /// as it sends and receives).
+    next_due_ms: u64,
+    /// When [`LinkSet::tick`] last swept the links.
+    last_sweep_ms: u64,
 }
+
+/// Keepalive sweeps are at least this far apart: every link's timers
+/// (25 s keepalive, 75 s liveness, 10 s handshake) tolerate a second's
+/// lateness, and a supernode with 10 000 idle clients then wakes for them
+/// at most once a second instead of once per client's deadline.
+pub const SWEEP_GAP_MS: u64 = 1_000;
 
 impl LinkSet {
     /// A set whose dials report to `events`; socket readiness is announced
@@ -124,7 +147,16 @@ impl LinkSet {
             events,
             ready: Arc::default(),
             buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            next_due_ms: u64::MAX,
+            last_sweep_ms: 0,
         }
+    }
+
+    /// When [`LinkSet::tick`] should next run (the timer contract of
+    /// `supervox_core::timer`): the earliest link deadline, but no sooner
+    /// than [`SWEEP_GAP_MS`] after the last sweep; `None` without links.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        (!self.conns.is_empty()).then(|| self.next_due_ms.max(self.last_sweep_ms + SWEEP_GAP_MS))
     }
 
     /// What the actor waits on (`ready.wait()`) before calling
@@ -178,6 +210,7 @@ impl LinkSet {
         // Queued from the start: the first poll registers the socket's interest.
         let waker = Arc::new(ConnWaker { conn, queued: AtomicBool::new(true), ready: Arc::clone(&self.ready) });
         self.ready.push(conn);
+        self.next_due_ms = self.next_due_ms.min(link.poll_timeout());
         self.conns.insert(conn, Entry { link, remote, stream, waker, partial: Vec::new(), sent: 0 });
         self.flush(conn)?;
         Ok(conn)
@@ -356,8 +389,17 @@ impl LinkSet {
         let now = now_ms();
         let mut dead = Vec::new();
         // Only the links that are due: a supernode has up to 100 000, most idle.
-        let due: Vec<ConnId> =
-            self.conns.iter().filter(|(_, e)| now >= e.link.poll_timeout()).map(|(c, _)| *c).collect();
+        // The same scan finds the next deadline of the others.
+        let mut next = u64::MAX;
+        let mut due = Vec::new();
+        for (c, e) in &self.conns {
+            let at = e.link.poll_timeout();
+            if now >= at {
+                due.push(*c);
+            } else {
+                next = next.min(at);
+            }
+        }
         for conn in due {
             let Some(e) = self.conns.get_mut(&conn) else {
                 continue;
@@ -370,7 +412,13 @@ impl LinkSet {
             if let Err(err) = self.flush(conn) {
                 dead.push((conn, err.to_string()));
             }
+            // After the flush: a ping written counts as sent.
+            if let Some(e) = self.conns.get(&conn) {
+                next = next.min(e.link.poll_timeout());
+            }
         }
+        self.next_due_ms = next;
+        self.last_sweep_ms = now;
         dead
     }
 }

@@ -1,6 +1,7 @@
 //! A minimal Prometheus text endpoint (`--metrics IP:PORT`): any HTTP GET gets
-//! the latest snapshot the actor published. Requests are bounded in size and
-//! time; at most a few are served at once.
+//! a snapshot the actor renders for that request (no periodic refresh: an
+//! idle supernode is not woken for metrics nobody reads). Requests are
+//! bounded in size and time; at most a few are served at once.
 
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -8,13 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 const MAX_REQUEST: usize = 8 * 1024;
 const MAX_CONCURRENT: usize = 8;
 
-/// Serve the text in `snapshot` on `addr`.
-pub async fn serve(addr: SocketAddr, snapshot: watch::Receiver<String>) -> Result<SocketAddr> {
+/// A request for the current metrics text, answered by the actor.
+pub type SnapshotRequest = oneshot::Sender<String>;
+
+/// Serve on `addr` the text the actor sends back for each request on `snapshots`.
+pub async fn serve(addr: SocketAddr, snapshots: mpsc::Sender<SnapshotRequest>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let local = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
@@ -22,7 +26,7 @@ pub async fn serve(addr: SocketAddr, snapshot: watch::Receiver<String>) -> Resul
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { continue };
             let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
-            let body = snapshot.borrow().clone();
+            let snapshots = snapshots.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let mut buf = vec![0u8; MAX_REQUEST];
@@ -41,6 +45,16 @@ pub async fn serve(addr: SocketAddr, snapshot: watch::Receiver<String>) -> Resul
                 })
                 .await;
                 let resp = if buf[..n].starts_with(b"GET ") {
+                    let (tx, rx) = oneshot::channel();
+                    let body = match snapshots.try_send(tx) {
+                        Ok(()) => tokio::time::timeout(Duration::from_secs(2), rx).await.ok().and_then(Result::ok),
+                        Err(_) => None,
+                    };
+                    let Some(body) = body else {
+                        let busy = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                        let _ = stream.write_all(busy.as_bytes()).await;
+                        return;
+                    };
                     format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()

@@ -321,6 +321,20 @@ impl Client {
         }
     }
 
+    /// The earliest deadline of any call: its phase's timeout (or, once
+    /// connected, the media-silence timeout) and its media path's checks.
+    pub(super) fn calls_timeout(&self) -> Option<u64> {
+        let per_call = self.calls.values().map(|c| {
+            let phase = match (&c.phase, c.path.as_ref()) {
+                (Phase::Connected, Some(p)) => Some(p.last_rx_ms() + MEDIA_TIMEOUT_MS),
+                (Phase::Connected, None) => None,
+                _ => Some(c.deadline_ms),
+            };
+            crate::timer::earliest([phase, c.path.as_ref().map(|p| p.poll_timeout())])
+        });
+        crate::timer::earliest(per_call)
+    }
+
     pub(super) fn tick_calls(&mut self, now_ms: u64) {
         let ids: Vec<CallId> = self.calls.keys().copied().collect();
         for id in ids {

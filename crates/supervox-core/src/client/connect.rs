@@ -65,17 +65,19 @@ impl Client {
         }
     }
 
-    /// When [`Client::on_tick`] next has connection work to do (start a
-    /// staggered attempt, abandon a slow one, retry after a backoff); `None`
-    /// while a link is open. Drivers that do not tick on a fixed clock (the
-    /// simulator) schedule a tick then.
-    pub fn next_connect_ms(&self) -> Option<u64> {
+    /// When [`Client::handle_timeout`] next has connection work to do (start
+    /// a staggered attempt, abandon a slow one, end an exhausted round, retry
+    /// after a backoff); `None` while a link is open. Part of
+    /// [`Client::poll_timeout`].
+    pub(super) fn connect_timeout(&self) -> Option<u64> {
         match &self.link {
             SnLink::Idle { next_try_ms } => Some(*next_try_ms),
             SnLink::Connecting(r) => {
                 let timeout = r.attempts.iter().map(|a| a.started_ms + ATTEMPT_TIMEOUT_MS).min();
-                let start =
-                    (!r.todo.is_empty() && r.attempts.len() < MAX_ATTEMPTS_IN_FLIGHT).then_some(r.next_start_ms);
+                // Nothing in flight and nothing left: the round ends (backoff) when due.
+                let exhausted = r.todo.is_empty() && r.attempts.is_empty();
+                let start = ((!r.todo.is_empty() && r.attempts.len() < MAX_ATTEMPTS_IN_FLIGHT) || exhausted)
+                    .then_some(r.next_start_ms);
                 match (timeout, start) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

@@ -49,18 +49,18 @@ fn welcome(sn: SocketAddr, others: &[(SocketAddr, u8)]) -> Message {
 #[test]
 fn attempts_are_staggered_bounded_and_the_first_admitted_wins() {
     let mut c = client(&[4001, 4002, 4003, 4004, 4005]);
-    c.on_tick(T0);
+    c.handle_timeout(T0);
     assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
-    assert_eq!(c.next_connect_ms(), Some(T0 + ATTEMPT_STAGGER_MS));
-    c.on_tick(T0 + ATTEMPT_STAGGER_MS - 1);
+    assert_eq!(c.poll_timeout(), Some(T0 + ATTEMPT_STAGGER_MS));
+    c.handle_timeout(T0 + ATTEMPT_STAGGER_MS - 1);
     assert!(connects(&drain(&mut c)).is_empty());
-    c.on_tick(T0 + ATTEMPT_STAGGER_MS);
+    c.handle_timeout(T0 + ATTEMPT_STAGGER_MS);
     assert_eq!(connects(&drain(&mut c)), vec![a(4002)]);
-    c.on_tick(T0 + 2 * ATTEMPT_STAGGER_MS);
+    c.handle_timeout(T0 + 2 * ATTEMPT_STAGGER_MS);
     assert_eq!(connects(&drain(&mut c)), vec![a(4003)]);
     // At most three in flight, however long they take (up to the timeout).
     for t in (3..19).map(|k| T0 + k * ATTEMPT_STAGGER_MS) {
-        c.on_tick(t);
+        c.handle_timeout(t);
         assert!(connects(&drain(&mut c)).is_empty(), "at {t}");
     }
     assert_eq!(c.connect_attempts(), vec![a(4001), a(4002), a(4003)]);
@@ -91,13 +91,14 @@ fn attempts_are_staggered_bounded_and_the_first_admitted_wins() {
     // Signed in on the winner's presence answer.
     c.on_message(12, Message::PublishResult { result: Ok(()) }, t + 10);
     assert_eq!(c.supernode(), Some(a(4002)));
-    assert_eq!(c.next_connect_ms(), None);
+    // No connection work left: the one timer is the presence refresh.
+    assert_eq!(c.poll_timeout(), Some(t + PRESENCE_REFRESH_MS));
 }
 
 #[test]
 fn failures_start_the_next_attempt_at_once_and_back_the_entry_off() {
     let mut c = client(&[4001, 4002, 4003]);
-    c.on_tick(T0);
+    c.handle_timeout(T0);
     assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
     // Refused: the next one starts without waiting for the stagger.
     c.on_connect_failed(a(4001), "refused", T0 + 5);
@@ -109,29 +110,29 @@ fn failures_start_the_next_attempt_at_once_and_back_the_entry_off() {
     assert_eq!(connects(&drain(&mut c)), vec![a(4003)]);
     // A blackholed entry is abandoned after the attempt timeout; with nothing
     // left this round, the client backs off before the next round.
-    c.on_tick(T0 + 20 + ATTEMPT_TIMEOUT_MS);
+    c.handle_timeout(T0 + 20 + ATTEMPT_TIMEOUT_MS);
     let out = drain(&mut c);
     assert!(connects(&out).is_empty() && closes(&out).is_empty(), "{out:?}");
-    let next = c.next_connect_ms().unwrap();
+    let next = c.poll_timeout().unwrap();
     assert!((T0 + 20 + ATTEMPT_TIMEOUT_MS + 125..=T0 + 20 + ATTEMPT_TIMEOUT_MS + 250).contains(&next), "{next}");
     assert!(c.host_cache().entries().iter().all(|e| e.fails == 1));
     // The next round leaves out 4003, still backing off.
-    c.on_tick(next);
+    c.handle_timeout(next);
     assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
     c.on_connect_failed(a(4001), "refused", next + 1);
     assert_eq!(connects(&drain(&mut c)), vec![a(4002)]);
     c.on_connect_failed(a(4002), "refused", next + 2);
     assert!(connects(&drain(&mut c)).is_empty());
     // When every entry is backing off, a round tries them all, soonest retry first.
-    let next = c.next_connect_ms().unwrap();
-    c.on_tick(next);
+    let next = c.poll_timeout().unwrap();
+    c.handle_timeout(next);
     assert_eq!(connects(&drain(&mut c)), vec![a(4003)]);
 }
 
 #[test]
 fn a_redirect_puts_its_suggestions_next_and_marks_the_supernode_full() {
     let mut c = client(&[4001, 4002]);
-    c.on_tick(T0);
+    c.handle_timeout(T0);
     drain(&mut c);
     c.on_connected(11, a(4001));
     c.on_established(11, Role::Supernode);
@@ -143,12 +144,12 @@ fn a_redirect_puts_its_suggestions_next_and_marks_the_supernode_full() {
     assert_eq!(connects(&out), vec![a(4007)], "the least loaded suggestion goes first: {out:?}");
     assert_eq!(c.host_cache().get(&a(4001)).unwrap().load, Some(100));
     assert_eq!(c.host_cache().get(&a(4008)).unwrap().load, Some(9));
-    c.on_tick(T0 + 100 + ATTEMPT_STAGGER_MS);
+    c.handle_timeout(T0 + 100 + ATTEMPT_STAGGER_MS);
     assert_eq!(connects(&drain(&mut c)), vec![a(4008)]);
 }
 
 fn signed_in(c: &mut Client, conn: ConnId, sn: SocketAddr, t: u64) {
-    c.on_tick(t);
+    c.handle_timeout(t);
     drain(c);
     c.on_connected(conn, sn);
     c.on_established(conn, Role::Supernode);
@@ -166,9 +167,9 @@ fn losing_the_supernode_starts_a_round_at_once_without_it() {
     let out = drain(&mut c);
     assert!(out.iter().any(|o| matches!(o, ClientOutput::Event(ClientEvent::LostSupernode { .. }))));
     assert_eq!(connects(&out), vec![a(4002)], "the lost one is backed off: {out:?}");
-    c.on_tick(T0 + 1_000 + ATTEMPT_STAGGER_MS);
+    c.handle_timeout(T0 + 1_000 + ATTEMPT_STAGGER_MS);
     assert_eq!(connects(&drain(&mut c)), vec![a(4003)]);
-    c.on_tick(T0 + 1_000 + 2 * ATTEMPT_STAGGER_MS);
+    c.handle_timeout(T0 + 1_000 + 2 * ATTEMPT_STAGGER_MS);
     assert!(connects(&drain(&mut c)).is_empty(), "4001 waits out its backoff");
 }
 
@@ -186,7 +187,7 @@ fn a_redirect_from_our_own_supernode_moves_us_to_its_suggestion() {
     // idle) still scores better than the unmeasured 4005.
     assert_eq!(connects(&out), vec![a(4002)], "{out:?}");
     assert_eq!(c.host_cache().get(&a(4005)).unwrap().load, Some(1));
-    c.on_tick(T0 + 1_000 + ATTEMPT_STAGGER_MS);
+    c.handle_timeout(T0 + 1_000 + ATTEMPT_STAGGER_MS);
     assert_eq!(connects(&drain(&mut c)), vec![a(4005)]);
     assert_eq!(c.supernode(), None);
     // The close the driver reports back is not a second loss.

@@ -37,6 +37,19 @@ impl Client {
         self.promotion.promoted
     }
 
+    /// A volunteer that is signed in starts counting at once, and offers
+    /// itself when it has been signed in long enough on a public address.
+    pub(super) fn promotion_timeout(&self) -> Option<u64> {
+        let v = self.cfg.volunteer?;
+        if self.promotion.promoted || self.supernode().is_none() {
+            return None;
+        }
+        let Some(since) = self.promotion.since_ms else { return Some(0) };
+        // Not public yet: the probe's result is an input, after which we are asked again.
+        let public = self.reach.as_ref().is_some_and(|r| r.udp && r.public);
+        public.then(|| (since + v.after_ms).max(self.promotion.next_try_ms))
+    }
+
     pub(super) fn tick_promotion(&mut self, now_ms: u64) {
         let Some(v) = self.cfg.volunteer else {
             return;

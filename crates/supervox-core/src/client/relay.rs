@@ -207,6 +207,17 @@ impl Client {
         }
     }
 
+    /// The allocation's own timers; a dead one is dropped at once; a missing
+    /// one (signed in, with somewhere to allocate) is retried when allowed.
+    pub(super) fn relay_timeout(&self) -> Option<u64> {
+        match self.turn.as_ref() {
+            Some(t) if t.is_dead() => Some(0),
+            Some(t) => t.poll_timeout(),
+            None if self.supernode().is_some() && self.relay_target().is_some() => Some(self.relay_retry_ms),
+            None => None,
+        }
+    }
+
     pub(super) fn tick_relay(&mut self, now_ms: u64) {
         if let Some(t) = self.turn.as_mut() {
             if t.poll_timeout().is_some_and(|at| now_ms >= at) {

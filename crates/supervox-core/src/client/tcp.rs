@@ -366,6 +366,15 @@ impl Client {
         }
     }
 
+    /// The earliest connect/authentication deadline of a stream or re-dial.
+    pub(super) fn tcp_timeout(&self) -> Option<u64> {
+        let streams = self.tcp.streams.values().map(|s| match s.state {
+            State::Connecting { deadline_ms } | State::Pending { deadline_ms } => Some(deadline_ms),
+            State::Open => None,
+        });
+        crate::timer::earliest(streams.chain(self.tcp.redial.values().map(|r| r.due_ms)))
+    }
+
     /// Streams that did not connect or authenticate in time are closed.
     pub(super) fn tick_tcp(&mut self, now_ms: u64) {
         let late: Vec<u64> = self

@@ -647,6 +647,36 @@ impl Membership {
         self.probe = Some(Probe { target: target.id, seq, sent_ms: now_ms, acked: false, indirect_sent: false });
     }
 
+    /// When [`Membership::tick`] next has work: the probe cycle and
+    /// anti-entropy while there are members, a pending probe's indirect
+    /// stage, suspicion, tombstone and relay expiry, join retries while
+    /// alone. `None`: nothing until an input arrives. Calling `tick`
+    /// earlier or more often is harmless.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut at = None::<u64>;
+        let mut at_least = |t: u64| at = Some(at.map_or(t, |a| a.min(t)));
+        if self.live > 0 || self.probe.is_some() {
+            at_least(self.next_probe_ms);
+        }
+        if self.live > 0 {
+            at_least(self.next_sync_ms);
+        }
+        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && !p.indirect_sent) {
+            at_least(p.sent_ms + self.cfg.ack_timeout_ms);
+        }
+        if self.live == 0 && !self.seeds.is_empty() {
+            at_least(self.next_join_ms);
+        }
+        // The expiry queues are in time order: their fronts are the next due.
+        for t in [self.suspects.front().map(|s| s.2), self.dead.front().map(|s| s.2)].into_iter().flatten() {
+            at_least(t);
+        }
+        if let Some(r) = self.relays.front() {
+            at_least(r.until_ms);
+        }
+        at
+    }
+
     fn suspect(&mut self, id: UserId, now_ms: u64) {
         if let Some(m) = self.get(&id) {
             if m.state == MemberState::Alive {

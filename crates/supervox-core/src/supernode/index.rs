@@ -54,6 +54,53 @@ impl HolderCache {
     }
 }
 
+/// The requests in flight, with the earliest time one of them needs
+/// [`Supernode::handle_timeout`]: kept as a bound (lowered on every insert,
+/// recomputed by the sweep in `expire_pending`), so the timer contract costs
+/// no scan of the table per event.
+#[derive(Debug, Default)]
+pub(super) struct PendingTable {
+    map: Map<u64, Pending>,
+    next_due_ms: Option<u64>,
+}
+
+impl PendingTable {
+    pub(super) fn insert(&mut self, req: u64, p: Pending) {
+        let due = p.due_ms();
+        self.next_due_ms = Some(self.next_due_ms.map_or(due, |d| d.min(due)));
+        self.map.insert(req, p);
+    }
+
+    pub(super) fn remove(&mut self, req: &u64) -> Option<Pending> {
+        self.map.remove(req)
+    }
+
+    pub(super) fn get(&self, req: &u64) -> Option<&Pending> {
+        self.map.get(req)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// No request in flight needs a timer before this (maybe earlier than
+    /// the true earliest: a removed request still counts until the next sweep).
+    pub(super) fn next_due_ms(&self) -> Option<u64> {
+        self.next_due_ms
+    }
+}
+
+impl Pending {
+    /// When this request next needs the timer: its deadline, hedge or retry.
+    fn due_ms(&self) -> u64 {
+        match self {
+            Pending::Claim { deadline, .. } | Pending::Publish { deadline, .. } => *deadline,
+            Pending::Lookup { deadline, hedge_at, .. } => (*deadline).min(*hedge_at),
+            Pending::Signal { next, .. } | Pending::Store { next, .. } => *next,
+        }
+    }
+}
+
 /// A request we wait on, by our request id.
 #[derive(Debug)]
 pub(super) enum Pending {
@@ -490,16 +537,22 @@ impl Supernode {
     // ---- deadlines and retries ----
 
     pub(super) fn expire_pending(&mut self, now_ms: u64) {
-        let due: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| match p {
-                Pending::Claim { deadline, .. } | Pending::Publish { deadline, .. } => *deadline <= now_ms,
-                Pending::Lookup { deadline, hedge_at, .. } => *deadline <= now_ms || *hedge_at <= now_ms,
-                Pending::Signal { next, .. } | Pending::Store { next, .. } => *next <= now_ms,
-            })
-            .map(|(k, _)| *k)
-            .collect();
+        if self.pending.next_due_ms.is_none_or(|d| d > now_ms) {
+            return;
+        }
+        // The sweep: what is due now, and the earliest of the rest (the
+        // handlers below insert again what they keep, lowering it as needed).
+        let mut due = Vec::new();
+        let mut next = None::<u64>;
+        for (k, p) in &self.pending.map {
+            let at = p.due_ms();
+            if at <= now_ms {
+                due.push(*k);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.pending.next_due_ms = next;
         for req in due {
             let Some(mut p) = self.pending.remove(&req) else {
                 continue;

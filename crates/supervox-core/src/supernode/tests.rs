@@ -116,7 +116,7 @@ impl Net {
             for i in 0..self.sns.len() {
                 if !self.down.contains(&i) {
                     let now = self.now;
-                    self.sns[i].on_tick(now);
+                    self.sns[i].handle_timeout(now);
                 }
             }
             self.pump();
@@ -396,7 +396,7 @@ fn datagrams_not_sealed_with_the_network_key_are_refused() {
     let mut outsider = sn(9, 4999, vec![addr(4000)]);
     outsider.cfg.network_key = NetworkKey::new([42; 32]);
     outsider.membership = Membership::new(outsider.membership.me(), vec![addr(4000)], MembershipConfig::default(), 0);
-    outsider.on_tick(net.now);
+    outsider.handle_timeout(net.now);
     let out = drain(&mut outsider);
     assert!(!out.is_empty());
     for o in out {

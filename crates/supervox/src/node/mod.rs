@@ -247,12 +247,23 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     if let Some(first) = node.client.host_cache().ordered(now_ms(), 0).first().copied() {
         node.update_candidates(first);
     }
+    // The media clock runs only while a call is up (or being placed from
+    // `ctl`); otherwise the node sleeps until its machines' next deadline.
     let mut clock = tokio::time::interval(Duration::from_millis(supervox_media::FRAME_MS));
+    let mut clock_running = false;
     let mut buf = vec![0u8; 2048];
     loop {
+        let in_call = node.in_call();
+        if in_call && !clock_running {
+            // No burst of the ticks missed while idle: the first frame is one period away.
+            clock.reset();
+        }
+        clock_running = in_call;
+        let deadline = node.poll_timeout();
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = clock.tick() => node.on_clock(),
+            _ = clock.tick(), if in_call => node.on_clock(),
+            _ = crate::links::sleep_until_ms(deadline) => node.on_timeout(),
             r = node.udp.recv_from(&mut buf) => match r {
                 Ok((n, from)) if n <= MAX_DATAGRAM => node.on_datagram(from, &buf[..n]),
                 Ok(_) => {}
@@ -286,6 +297,31 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
 }
 
 impl Node {
+    /// A call needs the 20 ms media clock: media flowing, or a `ctl call`
+    /// waiting on its call (whose going away ends the call).
+    fn in_call(&self) -> bool {
+        !self.media.is_empty() || !self.watchers.is_empty()
+    }
+
+    /// The earliest deadline of the client and of the links' keepalive.
+    fn poll_timeout(&self) -> Option<u64> {
+        supervox_core::timer::earliest([self.client.poll_timeout(), self.links.poll_timeout()])
+    }
+
+    /// Run the client's and the links' timers that are due.
+    fn on_timeout(&mut self) {
+        let now = now_ms();
+        if self.client.poll_timeout().is_some_and(|t| t <= now) {
+            self.client.handle_timeout(now);
+        }
+        if self.links.poll_timeout().is_some_and(|t| t <= now) {
+            for (conn, reason) in self.links.tick() {
+                self.client.on_closed(conn, &reason, now);
+            }
+        }
+    }
+
+    /// One 20 ms media frame for every call, then the timers.
     fn on_clock(&mut self) {
         let now = now_ms();
         // A `ctl call` that went away (Ctrl-C) takes its call with it.
@@ -332,9 +368,12 @@ impl Node {
                 }
             }
         }
-        self.client.on_tick(now);
-        for (conn, reason) in self.links.tick() {
-            self.client.on_closed(conn, &reason, now);
+        // During a call the client's checks and timeouts run at the media pace, as they always did.
+        self.client.handle_timeout(now);
+        if self.links.poll_timeout().is_some_and(|t| t <= now) {
+            for (conn, reason) in self.links.tick() {
+                self.client.on_closed(conn, &reason, now);
+            }
         }
     }
 

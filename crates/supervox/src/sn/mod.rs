@@ -207,19 +207,25 @@ impl BoundSupernode {
                 }
             }));
         }
-        let (metrics_tx, metrics_rx) = watch::channel(String::new());
+        let (metrics_tx, mut metrics_rx) = mpsc::channel::<crate::metrics::SnapshotRequest>(8);
         if let Some(addr) = self.opts.metrics {
-            let at = crate::metrics::serve(addr, metrics_rx).await?;
+            let at = crate::metrics::serve(addr, metrics_tx).await?;
             info!("metrics on http://{at}/metrics");
         }
         // Answers to promotion reachability checks: (conn, address, reachable).
         let (reach_tx, mut reach_rx) = mpsc::channel::<(ConnId, SocketAddr, bool)>(64);
         let mut link_errors: u64 = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut claims_dirty = false;
-        let mut next_claims_save = tokio::time::Instant::now();
+        let mut next_claims_save = now_ms();
         let mut stepped_back = None;
         while stepped_back.is_none() {
+            // One timer: the earliest of the supernode's deadlines, the links'
+            // keepalive sweep and a pending claims write.
+            let deadline = supervox_core::timer::earliest([
+                sn.poll_timeout(),
+                links.poll_timeout(),
+                claims_dirty.then_some(next_claims_save),
+            ]);
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some((stream, remote)) = acc_rx.recv() => {
@@ -240,26 +246,31 @@ impl BoundSupernode {
                 }
                 Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
                 Some((conn, addr, ok)) = reach_rx.recv() => sn.on_reachable(conn, addr, ok),
-                _ = tick.tick() => {
-                    sn.on_tick(now_ms());
-                    udp.set_other(sn.dial_back_partner());
-                    for (conn, reason) in links.tick() {
-                        info!(conn, "link failed: {reason}");
-                        sn.on_closed(conn, now_ms());
+                Some(reply) = metrics_rx.recv() => {
+                    let _ = reply.send(render_metrics(&sn, links.len(), link_errors, udp.allocations()));
+                }
+                _ = crate::links::sleep_until_ms(deadline) => {
+                    let now = now_ms();
+                    if sn.poll_timeout().is_some_and(|t| t <= now) {
+                        sn.handle_timeout(now);
+                        udp.set_other(sn.dial_back_partner());
                     }
-                    if self.opts.metrics.is_some() {
-                        let _ = metrics_tx.send(render_metrics(&sn, links.len(), link_errors, udp.allocations()));
+                    if links.poll_timeout().is_some_and(|t| t <= now) {
+                        for (conn, reason) in links.tick() {
+                            info!(conn, "link failed: {reason}");
+                            sn.on_closed(conn, now_ms());
+                        }
                     }
-                    if claims_dirty && tokio::time::Instant::now() >= next_claims_save {
+                    if claims_dirty && now >= next_claims_save {
                         claims_dirty = false;
-                        let t = tokio::time::Instant::now();
+                        let t = std::time::Instant::now();
                         if let Err(e) = data.save_claims(sn.iter_claims()) {
                             warn!("cannot persist claims: {e:#}");
                             claims_dirty = true;
                         }
                         // Writing blocks the actor (a 100 000-claim file takes ~0.1 s):
                         // during a login wave, spend at most a tenth of the time on it.
-                        next_claims_save = tokio::time::Instant::now() + t.elapsed() * 9;
+                        next_claims_save = now_ms() + 9 * t.elapsed().as_millis() as u64;
                     }
                 }
             }

@@ -49,8 +49,9 @@ const BATCH: usize = 32;
 const ROUNDS: usize = 2;
 /// Receive buffer asked for on every socket, so bursts are absorbed rather than dropped.
 const SOCKET_BUFFER: usize = 1 << 20;
-/// How often TURN timers are checked.
-const TIMER_TICK: Duration = Duration::from_millis(250);
+/// TURN stream clients without an allocation are looked at this often
+/// (they are closed after [`STREAM_IDLE_MS`]; a second late is fine).
+const IDLE_STREAM_CHECK_MS: u64 = 1_000;
 
 /// Something the UDP plane needs from the supernode actor.
 #[derive(Debug)]
@@ -268,6 +269,12 @@ struct Plane {
     allocations: Arc<AtomicUsize>,
     /// TURN-over-TCP and -TLS clients.
     tcp: HashMap<(Transport, SocketAddr), StreamClient>,
+    /// The wall-clock ms the plane's timer loop sleeps until (`u64::MAX`:
+    /// no timer). An input that moves the TURN server's deadline earlier
+    /// wakes the loop through `rearm` to sleep less (same thread: no
+    /// context switch, and only when the deadline really moved).
+    armed_ms: u64,
+    rearm: Rc<tokio::sync::Notify>,
 }
 
 /// A TURN stream client as the plane knows it.
@@ -313,15 +320,28 @@ async fn run(
         tx,
         allocations,
         tcp: HashMap::new(),
+        armed_ms: u64::MAX,
+        rearm: Rc::new(tokio::sync::Notify::new()),
     }));
+    let rearm = Rc::clone(&plane.borrow().rearm);
     let batch: SharedBatch = Rc::new(RefCell::new(RecvBatch::new(BATCH, CHANNEL_HEADER_LEN, MAX_DATAGRAM)));
     let mut tasks = Vec::new();
     for (local, sock, public) in readers {
         let reader = listen_reader(Rc::clone(&plane), Rc::clone(&batch), sock, local, public);
         tasks.push(tokio::task::spawn_local(reader));
     }
-    let mut tick = tokio::time::interval(TIMER_TICK);
+    let mut next_idle_check = 0u64;
     loop {
+        // Sleep until the TURN server's next sweep, or the idle-stream check
+        // while stream clients exist; no timer at all on an idle relay.
+        let deadline = {
+            let mut p = plane.borrow_mut();
+            let idle_check = (!p.tcp.is_empty()).then_some(next_idle_check);
+            let at = supervox_core::timer::earliest([p.turn.poll_timeout(), idle_check]);
+            p.armed_ms = at.unwrap_or(u64::MAX);
+            at
+        };
+        let sleep = crate::links::sleep_until_ms(deadline);
         tokio::select! {
             c = cmd.recv() => match c {
                 // The handle is gone: the supernode stopped.
@@ -334,13 +354,18 @@ async fn run(
                 }
             },
             Some(ev) = tcp.recv() => plane.borrow_mut().on_tcp(ev),
-            _ = tick.tick() => {
+            _ = rearm.notified() => {}
+            _ = sleep => {
                 let mut p = plane.borrow_mut();
-                if p.turn.poll_timeout().is_some_and(|t| t <= now_ms()) {
-                    p.turn.handle_timeout(now_ms());
+                let now = now_ms();
+                if p.turn.poll_timeout().is_some_and(|t| t <= now) {
+                    p.turn.handle_timeout(now);
                     p.flush();
                 }
-                p.close_idle_streams(now_ms());
+                if now >= next_idle_check {
+                    next_idle_check = now + IDLE_STREAM_CHECK_MS;
+                    p.close_idle_streams(now);
+                }
             }
         }
         start_relay_readers(&plane, &batch);
@@ -557,6 +582,15 @@ impl Plane {
     }
 
     fn flush(&mut self) {
+        self.flush_outputs();
+        // The input may have brought the TURN timer earlier (a first allocation).
+        if self.turn.poll_timeout().is_some_and(|t| t < self.armed_ms) {
+            self.armed_ms = 0;
+            self.rearm.notify_one();
+        }
+    }
+
+    fn flush_outputs(&mut self) {
         while let Some(out) = self.turn.poll_output() {
             match out {
                 Output::ToClient { transport: Transport::Udp, client, server, bytes } => {
