@@ -126,6 +126,10 @@ pub enum SnOutput {
         /// PADDING size to echo.
         padding: u16,
     },
+    /// The member that answers our clients' change-IP STUN requests
+    /// ([`Supernode::dial_back_partner`]) is now this one (`None`: no member
+    /// left): the STUN server's OTHER-ADDRESS.
+    DialBackPartner(Option<SocketAddr>),
     /// We stepped back ([`StepBackConfig`]): clients were redirected and the
     /// leave gossiped (send the datagrams queued before this), stop serving.
     SteppedBack {
@@ -223,6 +227,8 @@ pub struct Supernode {
     step: step_back::StepBackState,
     /// Presence expiry and the step-back check run this often, not per event.
     next_housekeeping_ms: u64,
+    /// The dial-back partner last reported ([`SnOutput::DialBackPartner`]).
+    partner: Option<SocketAddr>,
 }
 
 impl Supernode {
@@ -259,6 +265,7 @@ impl Supernode {
             relay_tls: None,
             step: step_back::StepBackState::default(),
             next_housekeeping_ms: now_ms,
+            partner: None,
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();

@@ -156,6 +156,7 @@ impl Sim {
                 // tested with real processes).
                 SnOutput::ClaimsChanged
                 | SnOutput::StunDialBack { .. }
+                | SnOutput::DialBackPartner(_)
                 | SnOutput::CheckReachable { .. }
                 | SnOutput::SteppedBack { .. } => {}
             }

@@ -12,6 +12,8 @@
 //! runs the supernode under that command (its memory figures then describe
 //! the wrapper, not the supernode).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/common/raw.rs"]
 mod raw;
 
@@ -145,6 +147,7 @@ fn main() {
     let wave = t0.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let (rss1, cpu1) = usage(pid);
+    let cost1 = common::ProcCost::of(pid);
     // Idle: the supernode pings every link that was quiet for 25 s; answer.
     let t1 = Instant::now();
     while t1.elapsed() < Duration::from_secs(IDLE_S) {
@@ -154,6 +157,7 @@ fn main() {
         std::thread::sleep(POLL_EVERY);
     }
     let (rss2, cpu2) = usage(pid);
+    let (wakeups, _) = cost1.rate(&common::ProcCost::of(pid), t1.elapsed().as_secs_f64());
     let ticks = 100.0; // USER_HZ on Linux
     let cpu_pct = (cpu2 - cpu1) as f64 / ticks / IDLE_S as f64 * 100.0;
     let alive = clients.iter_mut().map(|c| c.poll_idle()).filter(|ok| *ok).count();
@@ -177,6 +181,9 @@ fn main() {
     );
     println!("| memory per client | {:.0} bytes (target ≤ 4096) |", per_client);
     println!("| CPU while idle (keepalives) | {cpu_pct:.2} % of one core |");
+    println!(
+        "| supernode wakeups while idle (context switches, all threads) | {wakeups:.1} per s (target ≤ 20 at 10 000) |"
+    );
     println!("| clients still connected after the idle period | {alive} / {n} |");
     let _ = sn.kill();
     let _ = sn.wait();

@@ -135,12 +135,21 @@ impl Supernode {
             self.send_overlay(to, msg);
         }
         self.place_all(now_ms);
+        let mut partner_may_change = false;
         while let Some(ev) = self.membership.poll_event() {
             match ev {
                 MemberEvent::Up(m) => info!("supernode {} is a member (load {}%)", m.addr, m.load),
                 MemberEvent::Down(m) => info!("supernode {} is down", m.addr),
             }
+            partner_may_change = true;
             self.on_member_event(ev, now_ms);
+        }
+        if partner_may_change {
+            let partner = self.dial_back_partner();
+            if partner != self.partner {
+                self.partner = partner;
+                self.out.push_back(SnOutput::DialBackPartner(partner));
+            }
         }
     }
 

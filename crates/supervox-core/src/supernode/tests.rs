@@ -419,6 +419,10 @@ fn stun_dial_backs_are_relayed_and_rate_limited() {
     net.run(3_000);
     let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
     assert_eq!(net.sns[0].dial_back_partner(), Some(addr(4001)));
+    // The driver heard of the partner as soon as the member came up, not at a later timer.
+    let told: Vec<_> =
+        net.client_out.iter().filter(|(i, o)| *i == 0 && matches!(o, SnOutput::DialBackPartner(_))).collect();
+    assert_eq!(told, vec![&(0, SnOutput::DialBackPartner(Some(addr(4001))))], "{told:?}");
     assert!(net.sns[0].request_dial_back(addr(4001), [7; 12], client, client, 0));
     assert!(!net.sns[0].request_dial_back(addr(4999), [7; 12], client, client, 0), "not a member");
     let out = drain(&mut net.sns[0]);

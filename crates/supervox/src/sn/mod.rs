@@ -253,7 +253,6 @@ impl BoundSupernode {
                     let now = now_ms();
                     if sn.poll_timeout().is_some_and(|t| t <= now) {
                         sn.handle_timeout(now);
-                        udp.set_other(sn.dial_back_partner());
                     }
                     if links.poll_timeout().is_some_and(|t| t <= now) {
                         for (conn, reason) in links.tick() {
@@ -302,6 +301,7 @@ impl BoundSupernode {
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
                         udp.dial_back(supervox_stun::DialBack { transaction_id, mapped, to, padding })
                     }
+                    SnOutput::DialBackPartner(other) => udp.set_other(other),
                     SnOutput::SteppedBack { reason } => stepped_back = Some(reason),
                 }
             }

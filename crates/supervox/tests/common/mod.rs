@@ -150,3 +150,45 @@ pub fn metric_opt(addr: SocketAddr, name: &str) -> Option<u64> {
     let key = format!("supervox_{name} ");
     body.lines().find_map(|l| l.strip_prefix(&key))?.trim().parse().ok()
 }
+
+/// What a process has cost so far, from `/proc`: context switches summed
+/// over all its threads (each one a wakeup of a thread that slept or was
+/// preempted) and user+system CPU in clock ticks (USER_HZ = 100).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcCost {
+    pub switches: u64,
+    pub cpu_ticks: u64,
+}
+
+impl ProcCost {
+    pub fn of(pid: u32) -> ProcCost {
+        let mut switches = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                for l in status.lines() {
+                    if let Some(v) = l
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    {
+                        switches += v.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after ')';
+        // utime and stime are the 12th and 13th of those.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ProcCost { switches, cpu_ticks: tick(11) + tick(12) }
+    }
+
+    /// (wakeups per second, % of one core) from `self` to `later` over `secs`.
+    pub fn rate(&self, later: &ProcCost, secs: f64) -> (f64, f64) {
+        let w = later.switches.saturating_sub(self.switches) as f64 / secs;
+        let cpu = later.cpu_ticks.saturating_sub(self.cpu_ticks) as f64 / 100.0 / secs * 100.0;
+        (w, cpu)
+    }
+}
