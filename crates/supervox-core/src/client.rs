@@ -10,6 +10,7 @@ use crate::call::Call;
 use crate::host_cache::HostCache;
 use crate::identity::Identity;
 use crate::media_path::PathKind;
+use crate::reason::{CallEnd, CallFailure, LinkClose, PathChange, ReasonText, SignInRefusal};
 use crate::{ConnId, Map};
 pub use promotion::VolunteerConfig;
 use rand::rngs::StdRng;
@@ -92,12 +93,12 @@ pub enum ClientEvent {
         /// Which one.
         supernode: SocketAddr,
         /// Why.
-        reason: String,
+        reason: LinkClose,
     },
     /// The name belongs to someone else. Fatal for a daemon.
     NameRefused {
-        /// The supernode's reason.
-        reason: String,
+        /// Why.
+        reason: SignInRefusal,
     },
     /// Someone is calling.
     Incoming {
@@ -129,14 +130,14 @@ pub enum ClientEvent {
         /// New path.
         path: PathKind,
         /// Why.
-        reason: String,
+        reason: PathChange,
     },
     /// The call never connected.
     Failed {
         /// The call.
         call_id: CallId,
         /// Why.
-        reason: String,
+        reason: CallFailure,
     },
     /// Our supernode promoted us: start serving as a supernode.
     Promoted {
@@ -150,7 +151,7 @@ pub enum ClientEvent {
         /// The call.
         call_id: CallId,
         /// Why.
-        reason: String,
+        reason: CallEnd,
         /// Connected time.
         duration_ms: u64,
     },
@@ -438,8 +439,8 @@ impl Client {
             SnLink::Open { conn: c, addr, sn, .. } if *c == conn => {
                 let (addr, sn) = (*addr, *sn);
                 warn!("lost supernode {addr}: {reason}");
-                self.lost_link(addr, sn, reason, now_ms);
-                self.fail_signalling_calls("lost the supernode link", now_ms);
+                self.lost_link(addr, sn, LinkClose::Closed(reason.to_string()), now_ms);
+                self.fail_signalling_calls(CallFailure::LostSupernode, now_ms);
             }
             SnLink::Connecting(_) => {
                 self.attempt_closed(conn, reason, now_ms);
@@ -463,16 +464,17 @@ impl Client {
             Message::Welcome { .. } => warn!("a second Welcome from {addr}: ignored"),
             Message::Redirect { supernodes, reason, loads } => {
                 // Our supernode is leaving (stepping back) or shedding load.
+                let reason = LinkClose::Redirected(ReasonText::new(&reason));
                 info!("supernode {addr} sends us elsewhere: {reason}");
                 for (i, s) in supernodes.iter().enumerate() {
                     self.host_cache.heard_of(*s, loads.get(i).copied(), now_ms);
                 }
-                self.out.push_back(ClientOutput::Close(conn, format!("redirected: {reason}")));
-                self.lost_link(addr, sn, &format!("redirected: {reason}"), now_ms);
-                self.fail_signalling_calls("our supernode redirected us", now_ms);
+                self.out.push_back(ClientOutput::Close(conn, reason.to_string()));
+                self.lost_link(addr, sn, reason, now_ms);
+                self.fail_signalling_calls(CallFailure::Redirected, now_ms);
             }
             Message::ClaimResult { result: Err(reason), .. } => {
-                self.event(ClientEvent::NameRefused { reason });
+                self.event(ClientEvent::NameRefused { reason: SignInRefusal::Supernode(ReasonText::new(&reason)) });
             }
             Message::ClaimResult { result: Ok(()), .. } => {}
             Message::PublishResult { result } => match result {
@@ -492,7 +494,9 @@ impl Client {
             },
             Message::LookupResult { req_id, answer } => self.on_lookup_result(req_id, answer, now_ms),
             Message::Signal(env) => self.on_signal(env, now_ms),
-            Message::SignalFailed { call_id, reason } => self.fail_call(call_id, &reason, now_ms, false),
+            Message::SignalFailed { call_id, reason } => {
+                self.fail_call(call_id, CallFailure::signal_failed(&reason), now_ms, false)
+            }
             Message::Error { reason } => warn!("supernode says: {reason}"),
             Message::RelayCredentials { username, password, expires_ms, relays, tls } => {
                 let creds = RelayCredentials { username, password, expires_ms, relays, tls };
@@ -509,7 +513,7 @@ impl Client {
             Ok(claim) => {
                 self.send_sn(Message::Claim { claim });
             }
-            Err(e) => self.event(ClientEvent::NameRefused { reason: e.to_string() }),
+            Err(e) => self.event(ClientEvent::NameRefused { reason: SignInRefusal::InvalidClaim(e.to_string()) }),
         }
         self.publish_to(supernode, now_ms);
     }

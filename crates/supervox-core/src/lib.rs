@@ -14,6 +14,7 @@ pub mod identity;
 pub mod link;
 pub mod media_path;
 pub mod overlay;
+pub mod reason;
 pub mod supernode;
 pub mod timer;
 

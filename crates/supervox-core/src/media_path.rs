@@ -20,6 +20,7 @@
 
 pub mod predict;
 
+use crate::reason::PathChange;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use supervox_media::replay::ReplayWindow;
@@ -145,7 +146,7 @@ pub struct MediaPath {
     in_flight: VecDeque<(u64, u64, usize)>,
     srtt_ms: Option<f64>,
     out: VecDeque<(Via, SocketAddr, Vec<u8>)>,
-    changed: Option<&'static str>,
+    changed: Option<PathChange>,
     predict: predict::Predictor,
     /// TCP media streams that are up and belong to this call (≤ [`MAX_TCP_STREAMS`]).
     tcp_open: Vec<u64>,
@@ -344,7 +345,7 @@ impl MediaPath {
     }
 
     /// A change of path since the last call, with its reason.
-    pub fn take_change(&mut self) -> Option<&'static str> {
+    pub fn take_change(&mut self) -> Option<PathChange> {
         self.changed.take()
     }
 
@@ -455,9 +456,9 @@ impl MediaPath {
                         // Its old answers must not make it a live standby again
                         // (it would win back on rank and flap until ALIVE_MS).
                         self.pairs[cur].last_ack_ms = None;
-                        self.changed = Some("failover: the path in use stopped answering");
+                        self.changed = Some(PathChange::Failover);
                     } else if before != after {
-                        self.changed = Some("upgrade: a better path answers");
+                        self.changed = Some(PathChange::Upgrade);
                     }
                 }
             }

@@ -4,6 +4,7 @@ use crate::control::Request;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::Path;
+use supervox_core::reason::NORMAL_END_CODES;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -25,15 +26,14 @@ pub async fn request(control: &Path, req: &Request, mut on_line: impl FnMut(&Val
     Ok(out)
 }
 
-/// True if the events describe a call that connected and ended normally.
+/// True if the events describe a call that connected and ended normally:
+/// decided by the `call_ended` line's stable `code` (one of the core's
+/// [`NORMAL_END_CODES`]), never by its human `reason` text.
 pub fn call_succeeded(events: &[Value]) -> bool {
     let connected = events.iter().any(|e| e["event"] == "call_connected");
-    let ended_ok = events.iter().any(|e| {
-        e["event"] == "call_ended"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r == "call duration reached" || r == "local hangup" || r.starts_with("remote hangup"))
-    });
+    let ended_ok = events
+        .iter()
+        .any(|e| e["event"] == "call_ended" && e["code"].as_str().is_some_and(|c| NORMAL_END_CODES.contains(&c)));
     connected && ended_ok
 }
 
@@ -58,5 +58,45 @@ pub fn describe(v: &Value) -> String {
             Some(e) => format!("error: {}", e.as_str().unwrap_or("?")),
             None => serde_json::to_string_pretty(v).unwrap_or_default(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use supervox_core::reason::{CallEnd, CallFailure, Reason};
+
+    fn ended(reason: &str, code: &str) -> Vec<Value> {
+        vec![
+            json!({"event": "call_connected", "call_id": "x", "peer": "bob", "path": "direct-udp", "setup_ms": 1}),
+            json!({"event": "call_ended", "reason": reason, "code": code, "duration_ms": 5}),
+        ]
+    }
+
+    #[test]
+    fn success_follows_the_code_not_the_text() {
+        for end in [CallEnd::LocalHangup, CallEnd::remote_hangup("whatever"), CallEnd::DurationReached] {
+            assert!(call_succeeded(&ended(&end.to_string(), end.code())), "{end:?}");
+        }
+        for end in [CallEnd::MediaTimeout, CallEnd::ControlClientLeft, CallEnd::ShuttingDown] {
+            assert!(!call_succeeded(&ended(&end.to_string(), end.code())), "{end:?}");
+        }
+        // A normal-looking text with an abnormal code fails, and the reverse succeeds.
+        assert!(!call_succeeded(&ended("call duration reached", "media-timeout")));
+        assert!(call_succeeded(&ended("something reworded", "duration-reached")));
+        // No code (a node from before codes) is not taken as success.
+        let mut no_code = ended("local hangup", "x");
+        no_code[1].as_object_mut().unwrap().remove("code");
+        assert!(!call_succeeded(&no_code));
+    }
+
+    #[test]
+    fn a_call_that_never_connected_or_failed_is_no_success() {
+        let only_end = vec![ended("local hangup", "local-hangup").remove(1)];
+        assert!(!call_succeeded(&only_end));
+        let f = CallFailure::Ended(CallEnd::LocalHangup);
+        let failed = vec![json!({"event": "call_failed", "reason": f.to_string(), "code": f.code()})];
+        assert!(!call_succeeded(&failed));
     }
 }

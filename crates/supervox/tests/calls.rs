@@ -71,9 +71,13 @@ fn hangup_from_either_side_ends_both() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let (ok, events) = caller.join().unwrap();
         assert!(ok, "{events:?}");
-        let reason = event(&events, "call_ended").unwrap()["reason"].as_str().unwrap().to_string();
-        let expected = if hanger.name == "bob" { "remote hangup" } else { "local hangup" };
+        let ended = event(&events, "call_ended").unwrap();
+        let reason = ended["reason"].as_str().unwrap().to_string();
+        let (expected, code) =
+            if hanger.name == "bob" { ("remote hangup", "remote-hangup") } else { ("local hangup", "local-hangup") };
         assert!(reason.starts_with(expected), "{reason}");
+        assert_eq!(ended["code"], code, "{ended}");
+        assert_eq!(ended["normal"], true, "{ended}");
         let deadline = Instant::now() + Duration::from_secs(3);
         while status(other).is_none_or(|s| !s["call"].is_null()) {
             assert!(Instant::now() < deadline, "{} still in the call", other.name);
@@ -98,20 +102,26 @@ fn calls_to_unknown_or_offline_names_fail_fast_with_a_reason() {
     let t = Instant::now();
     let (ok, events) = call(&alice, "nobody", &[]);
     assert!(!ok);
-    let reason = event(&events, "call_failed").expect("call_failed")["reason"].as_str().unwrap().to_string();
+    let failed = event(&events, "call_failed").expect("call_failed");
+    let reason = failed["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("no user named"), "{reason}");
+    assert_eq!(failed["code"], "no-such-user", "{failed}");
     assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
     // carol (on the other supernode) goes offline: her name stays claimed.
     drop(carol);
     std::thread::sleep(Duration::from_millis(300));
     let (ok, events) = call(&alice, "carol", &[]);
     assert!(!ok);
-    let reason = event(&events, "call_failed").expect("call_failed")["reason"].as_str().unwrap().to_string();
+    let failed = event(&events, "call_failed").expect("call_failed");
+    let reason = failed["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("offline"), "{reason}");
+    assert_eq!(failed["code"], "offline", "{failed}");
     // Bad names and flags get clear errors, not crashes.
     let (ok, events) = call(&alice, "Not A Name", &[]);
     assert!(!ok);
-    assert!(event(&events, "call_failed").unwrap()["reason"].as_str().unwrap().contains("invalid name"));
+    let failed = event(&events, "call_failed").unwrap();
+    assert!(failed["reason"].as_str().unwrap().contains("invalid name"));
+    assert_eq!(failed["code"], "invalid-name", "{failed}");
     let out = ctl(&alice.control, &["call", "carol", "--input", "tone:abc"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tone"));

@@ -256,6 +256,7 @@ fn a_call_survives_the_death_of_the_relay_it_runs_through() {
     assert!(ok, "the call did not survive: {events:?}");
     let e = event(&events, "call_ended").expect("ended");
     assert_eq!(e["reason"], "call duration reached", "{events:?}");
+    assert_eq!(e["code"], "duration-reached", "{events:?}");
     let (sent, recv) = (e["frames_sent"].as_u64().unwrap(), e["frames_received"].as_u64().unwrap());
     // 5 s of audio from bob; at most 1 s of it (50 frames) may be lost to the failover.
     assert!(recv + 50 >= sent, "alice got {recv} of {sent} frames from bob: the gap exceeded 1 s");

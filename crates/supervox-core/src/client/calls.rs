@@ -6,6 +6,7 @@ use crate::call::{
     LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS,
 };
 use crate::media_path::{call_tag, datagram_tag, MediaPath, Via};
+use crate::reason::{CallEnd, CallFailure, ReasonText, Rejection};
 use rand::RngCore;
 use std::net::SocketAddr;
 use supervox_proto::{CallId, CallSignal, Candidate, LookupAnswer, Message, SignalEnvelope, UserId};
@@ -16,16 +17,17 @@ const MAX_CALLS: usize = 4;
 
 impl Client {
     /// Place a call to `name`. The outcome arrives as events.
-    pub fn place_call(&mut self, name: &str, now_ms: u64) -> Result<CallId, String> {
-        supervox_proto::record::validate_name(name).map_err(|e| e.to_string())?;
+    pub fn place_call(&mut self, name: &str, now_ms: u64) -> Result<CallId, CallFailure> {
+        supervox_proto::record::validate_name(name)
+            .map_err(|e| CallFailure::InvalidName(ReasonText::new(&e.to_string())))?;
         if name == self.cfg.name {
-            return Err("cannot call yourself".into());
+            return Err(CallFailure::CallingSelf);
         }
         if self.supernode().is_none() {
-            return Err("not signed in to a supernode yet".into());
+            return Err(CallFailure::NotSignedIn);
         }
         if self.calls.len() >= MAX_CALLS || self.active_call().is_some() {
-            return Err("already in a call".into());
+            return Err(CallFailure::AlreadyInCall);
         }
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
@@ -86,26 +88,28 @@ impl Client {
         };
         let (claim, presence) = match answer {
             LookupAnswer::Online { claim, presence } => (claim, presence),
-            LookupAnswer::Offline { claim } => {
-                return self.fail_call(id, &format!("{} is offline", claim.name), now_ms, false)
+            // The name we asked for (validated), not the supernode's unverified claim's.
+            LookupAnswer::Offline { .. } => {
+                let name = self.calls.get(&id).map(|c| c.peer_name.clone()).unwrap_or_default();
+                return self.fail_call(id, CallFailure::Offline(name), now_ms, false);
             }
             LookupAnswer::Unknown => {
                 let name = self.calls.get(&id).map(|c| c.peer_name.clone()).unwrap_or_default();
-                return self.fail_call(id, &format!("no user named {name:?}"), now_ms, false);
+                return self.fail_call(id, CallFailure::NoSuchUser(name), now_ms, false);
             }
         };
         // The supernode is not trusted: the records must verify here too.
         let name_ok = self.calls.get(&id).is_some_and(|c| c.peer_name == claim.name);
         if !name_ok || claim.verify().is_err() || presence.verify(now_ms).is_err() || presence.user_id != claim.user_id
         {
-            return self.fail_call(id, "lookup answer did not verify", now_ms, false);
+            return self.fail_call(id, CallFailure::LookupUnverified, now_ms, false);
         }
         let Some(me) = self.presence.clone() else {
-            return self.fail_call(id, "not signed in", now_ms, false);
+            return self.fail_call(id, CallFailure::NotSignedIn, now_ms, false);
         };
         let (hs, msg1) = match start_handshake(&self.identity, &claim.user_id) {
             Ok(x) => x,
-            Err(e) => return self.fail_call(id, &e.to_string(), now_ms, false),
+            Err(e) => return self.fail_call(id, CallFailure::Handshake(e), now_ms, false),
         };
         let candidates = self.local_candidates.clone();
         let from_name = self.cfg.name.clone();
@@ -173,12 +177,14 @@ impl Client {
                         c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
                         self.start_path(id, keys, &candidates, now_ms);
                     }
-                    Err(e) => self.fail_call(id, &e.to_string(), now_ms, true),
+                    Err(e) => self.fail_call(id, CallFailure::Handshake(e), now_ms, true),
                 }
             }
-            CallSignal::Reject { reason } => self.fail_call(id, &format!("rejected: {reason}"), now_ms, false),
-            CallSignal::Cancel => self.fail_call(id, "caller cancelled", now_ms, false),
-            CallSignal::Bye { reason } => self.end_call(id, &format!("remote hangup ({reason})"), now_ms, false),
+            CallSignal::Reject { reason } => {
+                self.fail_call(id, CallFailure::Rejected(Rejection::from_wire(&reason)), now_ms, false)
+            }
+            CallSignal::Cancel => self.fail_call(id, CallFailure::CallerCancelled, now_ms, false),
+            CallSignal::Bye { reason } => self.end_call(id, CallEnd::remote_hangup(&reason), now_ms, false),
             CallSignal::Candidates { candidates } => self.on_trickled(id, candidates, now_ms),
             CallSignal::Nat(report) => self.on_peer_nat(id, report, now_ms),
             CallSignal::Invite { .. } => {}
@@ -209,7 +215,7 @@ impl Client {
         }
         let sn = caller_presence.supernode;
         if self.active_call().is_some() || self.calls.len() >= super::calls::MAX_CALLS {
-            return self.signal_to(id, from, sn, CallSignal::Reject { reason: "busy".into() });
+            return self.signal_to(id, from, sn, CallSignal::Reject { reason: Rejection::Busy.wire().into() });
         }
         info!("incoming call from {from_name:?}");
         self.calls.insert(
@@ -259,39 +265,45 @@ impl Client {
                 self.start_path(id, keys, &candidates, now_ms);
             }
             Err(e) => {
-                self.signal(id, CallSignal::Reject { reason: "handshake failed".into() });
-                self.fail_call(id, &e.to_string(), now_ms, false);
+                self.signal(id, CallSignal::Reject { reason: Rejection::HandshakeFailed.wire().into() });
+                self.fail_call(id, CallFailure::Handshake(e), now_ms, false);
             }
         }
     }
 
-    /// Hang up, cancel or decline call `id`, telling the peer.
-    pub fn hangup(&mut self, id: CallId, reason: &str, now_ms: u64) {
+    /// Hang up, cancel or decline call `id`, telling the peer. A call that
+    /// had not connected reports [`CallFailure::Ended`] with `reason`.
+    pub fn hangup(&mut self, id: CallId, reason: CallEnd, now_ms: u64) {
         let Some(c) = self.calls.get(&id) else { return };
         match c.phase {
             Phase::Connected | Phase::Connecting => self.end_call(id, reason, now_ms, true),
             Phase::Alerting { .. } => {
-                self.signal(id, CallSignal::Reject { reason: "declined".into() });
-                self.fail_call(id, reason, now_ms, false);
+                self.signal(id, CallSignal::Reject { reason: Rejection::Declined.wire().into() });
+                self.fail_call(id, CallFailure::Ended(reason), now_ms, false);
             }
-            Phase::Inviting { .. } | Phase::Resolving { .. } => self.fail_call(id, reason, now_ms, true),
+            Phase::Inviting { .. } | Phase::Resolving { .. } => {
+                self.fail_call(id, CallFailure::Ended(reason), now_ms, true)
+            }
         }
     }
 
     /// End a call that never connected. `tell_peer` sends Cancel.
-    pub(super) fn fail_call(&mut self, id: CallId, reason: &str, now_ms: u64, tell_peer: bool) {
+    pub(super) fn fail_call(&mut self, id: CallId, reason: CallFailure, now_ms: u64, tell_peer: bool) {
         if tell_peer {
             self.signal(id, CallSignal::Cancel);
         }
         self.drop_call_spares(id);
         if self.calls.remove(&id).is_some() {
             info!("call {id} failed: {reason}");
-            self.event(ClientEvent::Failed { call_id: id, reason: reason.to_string() });
+            self.event(ClientEvent::Failed { call_id: id, reason });
         }
         self.close_call_streams(id, now_ms);
     }
 
-    fn end_call(&mut self, id: CallId, reason: &str, now_ms: u64, tell_peer: bool) {
+    /// End a call (connected or connecting). `tell_peer` sends Bye with the
+    /// reason's text. A call that never connected reports
+    /// [`CallFailure::Ended`].
+    fn end_call(&mut self, id: CallId, reason: CallEnd, now_ms: u64, tell_peer: bool) {
         if tell_peer {
             self.signal(id, CallSignal::Bye { reason: reason.to_string() });
         }
@@ -303,13 +315,13 @@ impl Client {
         match c.connected_ms {
             Some(t) => {
                 info!("call {id} ended: {reason}");
-                self.event(ClientEvent::Ended { call_id: id, reason: reason.to_string(), duration_ms: now_ms - t })
+                self.event(ClientEvent::Ended { call_id: id, reason, duration_ms: now_ms - t })
             }
-            None => self.event(ClientEvent::Failed { call_id: id, reason: reason.to_string() }),
+            None => self.event(ClientEvent::Failed { call_id: id, reason: CallFailure::Ended(reason) }),
         }
     }
 
-    pub(super) fn fail_signalling_calls(&mut self, reason: &str, now_ms: u64) {
+    pub(super) fn fail_signalling_calls(&mut self, reason: CallFailure, now_ms: u64) {
         let ids: Vec<CallId> = self
             .calls
             .values()
@@ -317,7 +329,7 @@ impl Client {
             .map(|c| c.id)
             .collect();
         for id in ids {
-            self.fail_call(id, reason, now_ms, false);
+            self.fail_call(id, reason.clone(), now_ms, false);
         }
     }
 
@@ -348,20 +360,25 @@ impl Client {
             let silent = matches!(c.phase, Phase::Connected)
                 && c.path.as_ref().is_some_and(|p| now_ms >= p.last_rx_ms() + MEDIA_TIMEOUT_MS);
             match (&c.phase, expired, silent) {
-                (Phase::Connected, _, true) => {
-                    self.end_call(id, "media timeout: no packets from the peer", now_ms, true)
-                }
+                (Phase::Connected, _, true) => self.end_call(id, CallEnd::MediaTimeout, now_ms, true),
                 (Phase::Connected, _, false) => {}
-                (Phase::Resolving { .. }, true, _) => self.fail_call(id, "lookup timed out", now_ms, false),
+                (Phase::Resolving { .. }, true, _) => self.fail_call(id, CallFailure::LookupTimedOut, now_ms, false),
                 (Phase::Inviting { ringing: false, .. }, true, _) => {
-                    self.fail_call(id, "callee did not respond", now_ms, true)
+                    self.fail_call(id, CallFailure::CalleeDidNotRespond, now_ms, true)
                 }
-                (Phase::Inviting { ringing: true, .. }, true, _) => self.fail_call(id, "no answer", now_ms, true),
+                (Phase::Inviting { ringing: true, .. }, true, _) => {
+                    self.fail_call(id, CallFailure::NoAnswer, now_ms, true)
+                }
                 (Phase::Alerting { .. }, true, _) => {
-                    self.signal(id, CallSignal::Reject { reason: "no answer".into() });
-                    self.fail_call(id, "missed call", now_ms, false)
+                    self.signal(id, CallSignal::Reject { reason: Rejection::NoAnswer.wire().into() });
+                    self.fail_call(id, CallFailure::Missed, now_ms, false)
                 }
-                (Phase::Connecting, true, _) => self.end_call(id, "no media path to the peer", now_ms, true),
+                (Phase::Connecting, true, _) => {
+                    // The peer hears it as a Bye with this text, as before.
+                    let reason = CallFailure::NoMediaPath;
+                    self.signal(id, CallSignal::Bye { reason: reason.to_string() });
+                    self.fail_call(id, reason, now_ms, false)
+                }
                 _ => {}
             }
             self.flush_path(id, now_ms);
@@ -422,7 +439,7 @@ impl Client {
         if let (Phase::Connected, Some(reason)) = (&c.phase, p.take_change()) {
             let kind = p.kind();
             c.reported_path = Some(kind);
-            self.event(ClientEvent::PathChanged { call_id: id, path: kind, reason: reason.to_string() });
+            self.event(ClientEvent::PathChanged { call_id: id, path: kind, reason });
         }
         for (to, bytes) in relayed {
             self.send_via_relay(to, &bytes, now_ms);

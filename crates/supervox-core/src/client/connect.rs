@@ -263,10 +263,16 @@ impl Client {
     }
 
     /// Our supernode went away (or never came): a new round at once.
-    pub(super) fn lost_link(&mut self, addr: SocketAddr, sn: Option<SocketAddr>, reason: &str, now_ms: u64) {
+    pub(super) fn lost_link(
+        &mut self,
+        addr: SocketAddr,
+        sn: Option<SocketAddr>,
+        reason: crate::reason::LinkClose,
+        now_ms: u64,
+    ) {
         self.host_cache.failed(addr, now_ms);
         self.out.push_back(ClientOutput::HostCacheChanged);
-        self.event(ClientEvent::LostSupernode { supernode: sn.unwrap_or(addr), reason: reason.to_string() });
+        self.event(ClientEvent::LostSupernode { supernode: sn.unwrap_or(addr), reason });
         self.presence = None;
         self.next_publish_ms = u64::MAX;
         self.start_round(now_ms);

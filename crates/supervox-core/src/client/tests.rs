@@ -3,9 +3,10 @@
 
 use super::*;
 use crate::media_path::predict::SPARE_SOCKETS;
+use crate::reason::{Reason, Rejection};
 use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
 use std::collections::HashSet;
-use supervox_proto::{CandidateKind, Transport};
+use supervox_proto::{CallSignal, CandidateKind, SignalEnvelope, Transport};
 use supervox_stun::{Behaviour, Reachability};
 
 const SN: u16 = 4000;
@@ -260,13 +261,13 @@ fn sign_in_call_media_and_hangup() {
     net.clients[0].send_media(id, b"frame-1", net.now);
     net.step();
     assert_eq!(net.media[1], vec![b"frame-1".to_vec()]);
-    net.clients[1].hangup(id, "bye", net.now);
+    net.clients[1].hangup(id, CallEnd::LocalHangup, net.now);
     net.run(50);
-    assert!(has(
-        &net.events[0],
-        |e| matches!(e, ClientEvent::Ended { reason, .. } if reason.contains("remote hangup"))
-    ));
-    assert!(has(&net.events[1], |e| matches!(e, ClientEvent::Ended { .. })));
+    // The peer's Bye carries our reason's text; both ends count it as normal.
+    let remote = CallEnd::remote_hangup("local hangup");
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ended { reason, .. } if *reason == remote)));
+    assert!(remote.is_normal());
+    assert!(has(&net.events[1], |e| matches!(e, ClientEvent::Ended { reason: CallEnd::LocalHangup, .. })));
     assert!(net.clients[0].active_call().is_none() && net.clients[1].active_call().is_none());
 }
 
@@ -278,7 +279,7 @@ fn unknown_and_offline_names_fail_fast() {
     net.run(20);
     assert!(has(
         &net.events[0],
-        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("no user named"))
+        |e| matches!(e, ClientEvent::Failed { reason: CallFailure::NoSuchUser(n), .. } if n == "nobody")
     ));
     net.drop_link(1);
     // bob's client is now reconnecting; stop it from succeeding by checking at once.
@@ -305,7 +306,10 @@ fn unknown_and_offline_names_fail_fast() {
             net.events[0].push(e);
         }
     }
-    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("offline"))));
+    assert!(has(
+        &net.events[0],
+        |e| matches!(e, ClientEvent::Failed { reason: CallFailure::Offline(n), .. } if n == "bob")
+    ));
 }
 
 #[test]
@@ -315,19 +319,56 @@ fn unanswered_call_can_be_declined_and_cancelled() {
     let id = net.clients[0].place_call("bob", net.now).unwrap();
     net.run(50);
     assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ringing { .. })));
-    net.clients[1].hangup(id, "declined", net.now);
+    net.clients[1].hangup(id, CallEnd::LocalHangup, net.now);
     net.run(50);
-    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("declined"))));
+    let declined = CallFailure::Rejected(Rejection::Declined);
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Failed { reason, .. } if *reason == declined)));
+    let hung_up = CallFailure::Ended(CallEnd::LocalHangup);
+    assert!(has(&net.events[1], |e| matches!(e, ClientEvent::Failed { reason, .. } if *reason == hung_up)));
     // Caller cancels while ringing: the callee stops ringing.
     let id = net.clients[0].place_call("bob", net.now).unwrap();
     net.run(50);
-    net.clients[0].hangup(id, "cancelled", net.now);
+    net.clients[0].hangup(id, CallEnd::LocalHangup, net.now);
     net.run(50);
-    assert!(has(
-        &net.events[1],
-        |e| matches!(e, ClientEvent::Failed { reason, .. } if reason.contains("caller cancelled"))
-    ));
+    assert!(has(&net.events[1], |e| matches!(e, ClientEvent::Failed { reason: CallFailure::CallerCancelled, .. })));
     assert!(net.clients[1].active_call().is_none());
+}
+
+#[test]
+fn a_hostile_reject_reason_is_sanitised_and_decides_nothing() {
+    let mut net = Net::new(&["alice", "bob"], false);
+    net.run(100);
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(50);
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ringing { .. })));
+    // A forged Reject (any supernode on the path could send one) whose reason
+    // tries to forge log lines and pass for a normal outcome, 60 KB long.
+    let reason = format!("call duration reached\n{}", "\u{202e}x".repeat(30_000));
+    let env = SignalEnvelope {
+        call_id: id,
+        from: net.clients[1].identity().user_id(),
+        to: net.clients[0].identity().user_id(),
+        to_supernode: addr(SN),
+        body: CallSignal::Reject { reason },
+    };
+    let conn = net.conns[0].unwrap();
+    net.clients[0].on_message(conn, Message::Signal(env), net.now);
+    while let Some(o) = net.clients[0].poll_output() {
+        if let ClientOutput::Event(e) = o {
+            net.events[0].push(e);
+        }
+    }
+    let failed = net.events[0].iter().find_map(|e| match e {
+        ClientEvent::Failed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    let failed = failed.expect("the call failed");
+    assert_eq!(failed.code(), "rejected");
+    assert!(!failed.is_normal());
+    let text = failed.to_string();
+    assert!(text.starts_with("rejected: call duration reached "), "{text:.80}");
+    assert!(text.chars().count() <= "rejected: ".len() + crate::reason::MAX_REASON_CHARS + 1);
+    assert!(!text.chars().any(|c| c.is_control() || c == '\u{202e}'));
 }
 
 #[test]
@@ -338,10 +379,7 @@ fn media_timeout_ends_a_call_whose_peer_vanished() {
     net.run(200);
     net.blackhole = Some(0);
     net.run(crate::call::MEDIA_TIMEOUT_MS + 100);
-    assert!(has(
-        &net.events[0],
-        |e| matches!(e, ClientEvent::Ended { reason, .. } if reason.contains("media timeout"))
-    ));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ended { reason: CallEnd::MediaTimeout, .. })));
 }
 
 #[test]
@@ -350,7 +388,7 @@ fn reconnects_after_losing_the_supernode() {
     net.run(100);
     net.drop_link(0);
     net.run(100);
-    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::LostSupernode { .. })));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::LostSupernode { reason: LinkClose::Closed(_), .. })));
     let signed_in = net.events[0].iter().filter(|e| matches!(e, ClientEvent::SignedIn { .. })).count();
     assert_eq!(signed_in, 2);
 }
@@ -479,7 +517,7 @@ fn port_prediction_is_negotiated_in_the_call_signalling() {
     assert!(sprayed.iter().all(|a| a.ip() == "198.51.100.7".parse::<std::net::IpAddr>().unwrap()));
     assert!((1_300..=1_600).contains(&sprayed.len()), "{} guesses in ~1 s", sprayed.len());
     // Hanging up closes bob's spares; spares that open after the call are closed at once.
-    net.clients[0].hangup(id, "bye", net.now);
+    net.clients[0].hangup(id, CallEnd::LocalHangup, net.now);
     net.run(50);
     assert_eq!(net.spare_ops[1].last(), Some(&ClientOutput::CloseSpares { keep: vec![] }));
     net.clients[1].on_spares_opened(SPARE_SOCKETS, net.now);
@@ -545,7 +583,7 @@ fn with_udp_blocked_the_call_goes_direct_tcp_and_hangup_closes_the_stream() {
         net.step();
         assert_eq!(net.media[1], vec![b"over-tcp".to_vec()]);
         assert_eq!(net.media[0], vec![b"back".to_vec()]);
-        net.clients[caller].hangup(id, "bye", net.now);
+        net.clients[caller].hangup(id, CallEnd::LocalHangup, net.now);
         net.run(50);
         assert_eq!((net.clients[0].tcp_stream_count(), net.clients[1].tcp_stream_count()), (0, 0));
         assert!(net.tcp_links.is_empty());
@@ -598,7 +636,7 @@ fn a_lost_tcp_stream_is_dialled_again_with_backoff_while_the_call_lasts() {
         net.events[1]
     );
     // A call that ends stops dialling.
-    net.clients[1].hangup(id, "bye", net.now);
+    net.clients[1].hangup(id, CallEnd::LocalHangup, net.now);
     net.run(50);
     let n = net.tcp_dials[1].len();
     net.tcp_listen[0] = true;
@@ -641,7 +679,7 @@ fn behind_nats_both_sides_dial_each_others_simultaneous_open_candidate() {
     let again: Vec<u64> = net.tcp_so_dials[0].iter().map(|d| d.0 - first).collect();
     assert_eq!(again.len(), 2, "{again:?}");
     assert!((SO_REFUSED_WAIT_MS..SO_REFUSED_WAIT_MS + 20).contains(&again[1]), "{again:?}");
-    net.clients[0].hangup(id, "bye", net.now);
+    net.clients[0].hangup(id, CallEnd::LocalHangup, net.now);
 }
 
 #[test]

@@ -198,7 +198,7 @@ fn relay_carries_the_call_when_direct_is_blocked_then_direct_takes_over() {
     n.direct_cut = false;
     let now = n.run(now, 2_500);
     assert_eq!(n.a.kind(), PathKind::DirectUdp);
-    assert_eq!(n.a.take_change(), Some("upgrade: a better path answers"));
+    assert_eq!(n.a.take_change(), Some(PathChange::Upgrade));
     let before = n.media_at_b.len();
     n.run(now, 400);
     assert!(n.media_at_b.len() >= before + 18, "media keeps flowing after the upgrade");
@@ -214,7 +214,7 @@ fn a_dead_path_fails_over_within_a_second_of_audio() {
     let cut_at = now;
     let now = n.run(now, 3_000);
     assert_eq!(n.a.kind(), PathKind::RelayUdp);
-    assert_eq!(n.a.take_change(), Some("failover: the path in use stopped answering"));
+    assert_eq!(n.a.take_change(), Some(PathChange::Failover));
     let resumed = n.media_at_b.iter().find(|&&t| t > cut_at).copied().expect("media resumed");
     assert!(resumed - cut_at <= 1_000, "audio gap {} ms", resumed - cut_at);
     // And when the relay dies too but direct is back, the call moves again.
@@ -256,7 +256,7 @@ fn direct_tcp_beats_relays_loses_to_direct_udp_and_takes_over_when_udp_dies() {
     assert!(n.b.tcp_authenticated(1));
     assert_eq!(n.a.kind(), PathKind::DirectTcp);
     assert_eq!(n.b.kind(), PathKind::DirectTcp, "b learnt the pair from a's check on the stream");
-    assert_eq!(n.a.take_change(), Some("upgrade: a better path answers"));
+    assert_eq!(n.a.take_change(), Some(PathChange::Upgrade));
     assert!(n.seen_kinds.contains(&(true, Via::Tcp(1))));
     let before = n.media_at_b.len();
     let now = n.run(now, 400);
@@ -265,12 +265,12 @@ fn direct_tcp_beats_relays_loses_to_direct_udp_and_takes_over_when_udp_dies() {
     n.direct_cut = false;
     let now = n.run(now, 2_500);
     assert_eq!(n.a.kind(), PathKind::DirectUdp);
-    assert_eq!(n.a.take_change(), Some("upgrade: a better path answers"));
+    assert_eq!(n.a.take_change(), Some(PathChange::Upgrade));
     // UDP dies again: the standby TCP pair takes over, not the relay.
     n.direct_cut = true;
     let now = n.run(now, 2_000);
     assert_eq!(n.a.kind(), PathKind::DirectTcp);
-    assert_eq!(n.a.take_change(), Some("failover: the path in use stopped answering"));
+    assert_eq!(n.a.take_change(), Some(PathChange::Failover));
     // The stream closes: the call falls back to the relay.
     n.a.tcp_down(1);
     n.b.tcp_down(1);

@@ -22,6 +22,7 @@ use supervox_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
 use supervox_core::identity::fingerprint;
 use supervox_core::link::LinkEvent;
 use supervox_core::media_path::MAX_DATAGRAM;
+use supervox_core::reason::{CallEnd, CallFailure, Reason};
 use supervox_media::sink::SinkSpec;
 use supervox_media::source::SourceSpec;
 use supervox_proto::CallId;
@@ -143,6 +144,11 @@ fn figures_json(f: &CallFigures, rtt: Option<f64>, mos: Option<f64>) -> Value {
         "playout_delay_ms": round2(f.mean_playout_delay_ms), "target_delay_ms": round2(f.target_delay_ms),
         "fec_expected_loss_pct": f.fec_expected_loss_pct,
     })
+}
+
+/// The `call_failed` line: the reason's text and its stable code.
+fn call_failed_json(reason: &CallFailure) -> Value {
+    json!({"event": "call_failed", "reason": reason.to_string(), "code": reason.code(), "normal": false})
 }
 
 struct Node {
@@ -289,7 +295,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     }
     let ids: Vec<CallId> = node.media.keys().copied().collect();
     for id in ids {
-        node.client.hangup(id, "node shutting down", now_ms());
+        node.client.hangup(id, CallEnd::ShuttingDown, now_ms());
     }
     node.drain().await;
     let _ = std::fs::remove_file(&node.opts.control);
@@ -328,7 +334,7 @@ impl Node {
         let orphaned: Vec<CallId> = self.watchers.iter().filter(|(_, w)| w.tx.is_closed()).map(|(id, _)| *id).collect();
         for id in orphaned {
             self.watchers.remove(&id);
-            self.client.hangup(id, "local hangup (control client left)", now);
+            self.client.hangup(id, CallEnd::ControlClientLeft, now);
         }
         let ids: Vec<CallId> = self.media.keys().copied().collect();
         for id in ids {
@@ -337,7 +343,7 @@ impl Node {
             };
             if m.end_at_ms.is_some_and(|t| now >= t) {
                 m.end_at_ms = None;
-                self.client.hangup(id, "call duration reached", now);
+                self.client.hangup(id, CallEnd::DurationReached, now);
                 continue;
             }
             let pkt = m.media.next_packet();
@@ -482,7 +488,7 @@ impl Node {
             Request::Status => reply(&msg.reply, self.status()),
             Request::Hangup => match self.client.active_call() {
                 Some(id) => {
-                    self.client.hangup(id, "local hangup", now);
+                    self.client.hangup(id, CallEnd::LocalHangup, now);
                     reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
                 }
                 None => reply(&msg.reply, json!({"ok": false, "error": "no call in progress"})),
@@ -495,18 +501,19 @@ impl Node {
                 _ => reply(&msg.reply, json!({"ok": false, "error": "no incoming call is ringing"})),
             },
             Request::Call { name, duration, input, output } => {
-                let fail = |reason: String| json!({"event": "call_failed", "reason": reason});
+                let fail = |reason: CallFailure| call_failed_json(&reason);
+                let bad = |text: String| fail(CallFailure::BadRequest(text));
                 let input = match input.map(|s| s.parse::<SourceSpec>()).transpose() {
                     Ok(i) => i.unwrap_or_else(|| self.opts.input.clone()),
-                    Err(e) => return reply(&msg.reply, fail(format!("bad --input: {e}"))),
+                    Err(e) => return reply(&msg.reply, bad(format!("bad --input: {e}"))),
                 };
                 let output = match output.map(|s| s.parse::<SinkSpec>()).transpose() {
                     Ok(o) => o.unwrap_or_else(|| self.opts.output.clone()),
-                    Err(e) => return reply(&msg.reply, fail(format!("bad --output: {e}"))),
+                    Err(e) => return reply(&msg.reply, bad(format!("bad --output: {e}"))),
                 };
                 let duration_ms = match duration {
                     Some(d) if !(d.is_finite() && d > 0.0) => {
-                        return reply(&msg.reply, fail("--duration must be a positive number of seconds".into()))
+                        return reply(&msg.reply, bad("--duration must be a positive number of seconds".into()))
                     }
                     d => d.map(|d| (d * 1000.0) as u64),
                 };
@@ -686,18 +693,22 @@ impl Node {
                     }
                     Err(err) => {
                         warn!("call {call_id}: {err:#}");
-                        self.client.hangup(call_id, &format!("audio device error: {err:#}"), now);
+                        self.client.hangup(call_id, CallEnd::AudioDevice(format!("{err:#}")), now);
                     }
                 }
             }
             ClientEvent::PathChanged { call_id, path, reason } => {
                 info!("call {call_id} moved to {} ({reason})", path.as_str());
-                self.notify(call_id, json!({"event": "path_changed", "path": path.as_str(), "reason": reason}))
+                self.notify(
+                    call_id,
+                    json!({"event": "path_changed", "path": path.as_str(), "reason": reason.to_string(),
+                           "code": reason.code()}),
+                )
             }
             ClientEvent::Failed { call_id, reason } => {
                 info!("call {call_id} failed: {reason}");
                 self.media.remove(&call_id);
-                self.notify(call_id, json!({"event": "call_failed", "reason": reason}));
+                self.notify(call_id, call_failed_json(&reason));
                 self.watchers.remove(&call_id);
             }
             ClientEvent::Ended { call_id, reason, duration_ms } => {
@@ -714,7 +725,8 @@ impl Node {
                     f.frames_sent, f.frames_received, f.loss_pct
                 );
                 self.notify(call_id, {
-                    let mut v = json!({"event": "call_ended", "reason": reason, "duration_ms": duration_ms});
+                    let mut v = json!({"event": "call_ended", "reason": reason.to_string(), "code": reason.code(),
+                                       "normal": reason.is_normal(), "duration_ms": duration_ms});
                     if let (Value::Object(v), Value::Object(fig)) = (&mut v, figures_json(&f, rtt, mos)) {
                         v.extend(fig);
                     }
