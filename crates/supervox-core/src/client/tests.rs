@@ -123,7 +123,12 @@ impl Net {
                             self.conns[i] = Some(conn);
                             self.clients[i].on_connected(conn, a);
                             self.sn.on_connected(conn, SocketAddr::new(self.observed_ip[i], 6000 + i as u16));
-                            self.clients[i].on_established(conn, Role::Supernode);
+                            self.clients[i].on_established(
+                                conn,
+                                Role::Supernode,
+                                Identity::from_seed([99; 32]).user_id(),
+                                self.now,
+                            );
                             let id = self.clients[i].identity().user_id();
                             self.sn.on_established(conn, Role::Client, id, self.now);
                         }
