@@ -54,7 +54,7 @@ fn builder_params() -> Result<snow::params::NoiseParams, CallCryptoError> {
 pub fn start_handshake(me: &Identity, callee: &UserId) -> Result<(snow::HandshakeState, Vec<u8>), CallCryptoError> {
     let remote = noise_public_key(callee).map_err(|_| CallCryptoError::BadKey)?;
     let key = me.noise_private_key();
-    let mut hs = snow::Builder::new(builder_params()?)
+    let mut hs = crate::noise::builder(builder_params()?)
         .local_private_key(&key)
         .remote_public_key(&remote)
         .prologue(PROLOGUE)
@@ -75,7 +75,7 @@ pub fn answer_handshake(
 ) -> Result<(snow::StatelessTransportState, Vec<u8>), CallCryptoError> {
     let expected = noise_public_key(caller).map_err(|_| CallCryptoError::BadKey)?;
     let key = me.noise_private_key();
-    let mut hs = snow::Builder::new(builder_params()?)
+    let mut hs = crate::noise::builder(builder_params()?)
         .local_private_key(&key)
         .prologue(PROLOGUE)
         .build_responder()
@@ -204,5 +204,64 @@ pub(crate) mod tests {
         let (_, m1) = start_handshake(&a, &m.user_id()).unwrap();
         assert!(matches!(answer_handshake(&b, &a.user_id(), &m1), Err(CallCryptoError::Noise(_))));
         assert!(answer_handshake(&b, &a.user_id(), b"garbage").is_err());
+    }
+
+    #[test]
+    fn callee_refuses_a_low_order_key_in_message_1() {
+        use crate::noise::{EvilResolver, LOW_ORDER_POINTS};
+        let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let remote = noise_public_key(&b.user_id()).unwrap();
+        for point in LOW_ORDER_POINTS {
+            // (static, ephemeral): a low-order ephemeral zeroes `es`, a
+            // low-order static zeroes `ss`.
+            for (s, e) in [(false, true), (true, false)] {
+                let params = builder_params().unwrap();
+                let key = a.noise_private_key();
+                let mut hs = snow::Builder::with_resolver(params, Box::new(EvilResolver::new(point, s, e)))
+                    .local_private_key(&key)
+                    .remote_public_key(&remote)
+                    .prologue(PROLOGUE)
+                    .build_initiator()
+                    .unwrap();
+                let mut m1 = vec![0u8; 256];
+                let n = hs.write_message(&[], &mut m1).unwrap();
+                m1.truncate(n);
+                let err = answer_handshake(&b, &a.user_id(), &m1).err();
+                assert!(matches!(err, Some(CallCryptoError::Noise(_))), "{point:02x?} s={s} e={e}: {err:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn caller_refuses_a_low_order_ephemeral_in_message_2() {
+        use crate::noise::{EvilResolver, LOW_ORDER_POINTS};
+        let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        for point in LOW_ORDER_POINTS {
+            let (hs, m1) = start_handshake(&a, &b.user_id()).unwrap();
+            let key = b.noise_private_key();
+            let mut evil = snow::Builder::with_resolver(
+                builder_params().unwrap(),
+                Box::new(EvilResolver::new(point, false, true)),
+            )
+            .local_private_key(&key)
+            .prologue(PROLOGUE)
+            .build_responder()
+            .unwrap();
+            let mut buf = vec![0u8; 256];
+            evil.read_message(&m1, &mut buf).unwrap();
+            let n = evil.write_message(&[], &mut buf).unwrap();
+            let err = finish_handshake(hs, &buf[..n]).err();
+            assert!(matches!(err, Some(CallCryptoError::Noise(_))), "{point:02x?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn weak_caller_or_callee_ids_are_refused() {
+        let b = Identity::from_seed([2; 32]);
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        assert_eq!(start_handshake(&b, &UserId(weak)).err(), Some(CallCryptoError::BadKey));
+        let (_, m1) = start_handshake(&Identity::from_seed([1; 32]), &b.user_id()).unwrap();
+        assert_eq!(answer_handshake(&b, &UserId(weak), &m1).err(), Some(CallCryptoError::BadKey));
     }
 }

@@ -1,13 +1,23 @@
 //! The host cache: supernode addresses a client knows, persisted between
 //! runs, at most [`MAX_ENTRIES`] (as Skype's did), each with what the client
 //! measured or was told about it: the sign-in round trip, the advertised
-//! load, when it was last heard of, and recent failures.
+//! load, when it was last heard of, recent failures, and the supernode's
+//! identity key once known.
+//!
+//! Keys are pinned: a seed given as `KEY@IP:PORT` carries its key from the
+//! start; any other entry learns the key its supernode proved in the link
+//! handshake at the first successful sign-in (trust on first use). A
+//! supernode that later answers at that address with another key is refused
+//! by the client ([`HostCache::key`]).
 //!
 //! Order ([`HostCache::ordered`]): entries waiting out a failure backoff go
 //! last (soonest retry first); the others by [`Entry::score_ms`], lowest
 //! first, so fresh, lightly loaded, close supernodes are tried first.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
+use supervox_proto::UserId;
 
 /// Per-client spread added to scores (see [`HostCache::ordered`]): about
 /// the RTT difference between neighbouring cities, or 25 load points.
@@ -49,11 +59,14 @@ pub struct Entry {
     pub retry_at_ms: u64,
     /// Last time a supernode listed it or we signed in to it (unix ms; 0: never).
     pub seen_ms: u64,
+    /// The supernode's identity (the key it proved in the link handshake),
+    /// pinned: from a `KEY@IP:PORT` seed or learnt at the first sign-in.
+    pub key: Option<UserId>,
 }
 
 impl Entry {
     fn new(addr: SocketAddr) -> Self {
-        Self { addr, rtt_ms: None, load: None, fails: 0, retry_at_ms: 0, seen_ms: 0 }
+        Self { addr, rtt_ms: None, load: None, fails: 0, retry_at_ms: 0, seen_ms: 0, key: None }
     }
 
     /// The ordering score at `now_ms`, lower is better:
@@ -70,6 +83,50 @@ impl Entry {
     /// Whether it is waiting out a failure backoff at `now_ms`.
     pub fn backing_off(&self, now_ms: u64) -> bool {
         self.retry_at_ms > now_ms
+    }
+}
+
+/// A supernode named on the command line: `IP:PORT` (its key is trusted on
+/// first use) or `KEY@IP:PORT`, KEY being the 64 hex digits of its user id
+/// (as `ctl status --json` prints `user_id`), pinned from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed {
+    /// Where to dial it.
+    pub addr: SocketAddr,
+    /// The identity it must prove, if given.
+    pub key: Option<UserId>,
+}
+
+impl From<SocketAddr> for Seed {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, key: None }
+    }
+}
+
+impl FromStr for Seed {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, addr) = match s.split_once('@') {
+            Some((k, a)) => {
+                let key = UserId::from_hex(k)
+                    .filter(UserId::is_strong)
+                    .ok_or_else(|| format!("{k:?} is not a supernode key (64 hex digits of its user id)"))?;
+                (Some(key), a)
+            }
+            None => (None, s),
+        };
+        let addr = addr.parse().map_err(|_| format!("{addr:?} is not an IP:PORT address"))?;
+        Ok(Self { addr, key })
+    }
+}
+
+impl fmt::Display for Seed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.key {
+            Some(k) => write!(f, "{k}@{}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
     }
 }
 
@@ -170,6 +227,32 @@ impl HostCache {
         }
     }
 
+    /// Add a seed ([`HostCache::promote`]); a key it carries replaces the
+    /// pinned one (the user's word beats what was learnt).
+    pub fn add_seed(&mut self, seed: &Seed) {
+        self.promote(seed.addr);
+        if let (Some(key), Some(e)) = (seed.key, self.entries.iter_mut().find(|e| e.addr == seed.addr)) {
+            e.key = Some(key);
+        }
+    }
+
+    /// The key pinned for `addr`, if any.
+    pub fn key(&self, addr: &SocketAddr) -> Option<UserId> {
+        self.get(addr).and_then(|e| e.key)
+    }
+
+    /// Trust on first use: pin `key` for `addr` unless a key is pinned
+    /// already. Returns true if it was pinned now.
+    pub fn learn_key(&mut self, addr: SocketAddr, key: UserId) -> bool {
+        match self.entries.iter_mut().find(|e| e.addr == addr) {
+            Some(e) if e.key.is_none() => {
+                e.key = Some(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A supernode listed this member with its load (`Welcome`, `Redirect`):
     /// refreshes the entry, adding it if there is room.
     pub fn heard_of(&mut self, addr: SocketAddr, load: Option<u8>, now_ms: u64) {
@@ -214,8 +297,8 @@ impl HostCache {
         }
     }
 
-    /// Serialise: one entry per line, `ADDR [rtt=MS] [load=PCT] [fails=N]
-    /// [retry=UNIX_MS] [seen=UNIX_MS]`.
+    /// Serialise: one entry per line, `ADDR [rtt=MS] [load=PCT] [fails=N
+    /// retry=UNIX_MS] [seen=UNIX_MS] [key=HEX64]`.
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
@@ -232,6 +315,9 @@ impl HostCache {
             }
             if e.seen_ms > 0 {
                 let _ = write!(s, " seen={}", e.seen_ms);
+            }
+            if let Some(k) = e.key {
+                let _ = write!(s, " key={k}");
             }
             s.push('\n');
         }
@@ -258,6 +344,9 @@ impl HostCache {
                     "fails" => e.fails = v.parse().unwrap_or(e.fails),
                     "retry" => e.retry_at_ms = v.parse().unwrap_or(e.retry_at_ms),
                     "seen" => e.seen_ms = v.parse().unwrap_or(e.seen_ms),
+                    // A damaged key is dropped: the entry is then trusted on
+                    // first use again, as one without a key.
+                    "key" => e.key = UserId::from_hex(v).filter(UserId::is_strong).or(e.key),
                     _ => {}
                 }
             }
@@ -302,6 +391,65 @@ mod tests {
         // Unknown and malformed fields are skipped, the rest is kept.
         let odd = HostCache::from_text("127.0.0.1:9 rtt=x load=30 colour=red junk\n");
         assert_eq!(odd.get(&a(9)).map(|e| (e.rtt_ms, e.load)), Some((None, Some(30))));
+    }
+
+    #[test]
+    fn keys_are_pinned_persisted_and_old_files_load() {
+        let k1 = crate::Identity::from_seed([1; 32]).user_id();
+        let k2 = crate::Identity::from_seed([2; 32]).user_id();
+        let mut c = HostCache::new();
+        c.add(a(1));
+        assert_eq!(c.key(&a(1)), None);
+        // First use pins; a second key does not replace it.
+        assert!(c.learn_key(a(1), k1));
+        assert!(!c.learn_key(a(1), k2));
+        assert_eq!(c.key(&a(1)), Some(k1));
+        // Unknown addresses are not added by learning.
+        assert!(!c.learn_key(a(5), k1) && c.get(&a(5)).is_none());
+        // A seed with a key overrides; a bare seed keeps the pinned key.
+        c.add_seed(&Seed { addr: a(1), key: Some(k2) });
+        assert_eq!(c.key(&a(1)), Some(k2));
+        c.add_seed(&Seed::from(a(1)));
+        assert_eq!(c.key(&a(1)), Some(k2));
+        c.add_seed(&format!("{k1}@127.0.0.1:2").parse().unwrap());
+        assert_eq!(c.key(&a(2)), Some(k1));
+        c.succeeded(a(2), 30, Some(5), NOW);
+        let text = c.to_text();
+        assert!(text.contains(&format!("127.0.0.1:2 rtt=30 load=5 seen={NOW} key={k1}\n")), "{text}");
+        assert_eq!(HostCache::from_text(&text), c);
+        // Files from before keys load, and their entries are then TOFU.
+        let old = HostCache::from_text("127.0.0.1:1 rtt=20 load=10 seen=5\n127.0.0.1:2\n");
+        assert_eq!(old.len(), 2);
+        assert!(old.entries().iter().all(|e| e.key.is_none()));
+        // A damaged or weak key is dropped, the entry kept.
+        let weak = format!("01{}", "00".repeat(31));
+        let bad = HostCache::from_text(&format!("127.0.0.1:1 key=zz\n127.0.0.1:2 key={weak} rtt=7\n"));
+        assert_eq!(bad.key(&a(1)), None);
+        assert_eq!(bad.get(&a(2)).map(|e| (e.key, e.rtt_ms)), Some((None, Some(7))));
+    }
+
+    #[test]
+    fn seed_syntax() {
+        let k = crate::Identity::from_seed([3; 32]).user_id();
+        let s: Seed = format!("{k}@[::1]:443").parse().unwrap();
+        assert_eq!(s, Seed { addr: "[::1]:443".parse().unwrap(), key: Some(k) });
+        assert_eq!(s.to_string().parse::<Seed>().unwrap(), s);
+        assert_eq!(
+            "10.0.0.1:7000".parse::<Seed>().unwrap(),
+            Seed::from("10.0.0.1:7000".parse::<SocketAddr>().unwrap())
+        );
+        let weak = format!("01{}", "00".repeat(31));
+        for bad in [
+            "",
+            "@1.2.3.4:5",
+            "abc@1.2.3.4:5",
+            &format!("{k}@"),
+            &format!("{k}1.2.3.4:5"),
+            &format!("{weak}@1.2.3.4:5"),
+            "1.2.3.4",
+        ] {
+            assert!(bad.parse::<Seed>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub enum IdentityError {
     /// The file is not an identity file of ours, or is damaged.
     #[error("identity file is corrupt: {0}")]
     Corrupt(&'static str),
-    /// The user id is not a valid Ed25519 point.
+    /// The user id is not a strong Ed25519 key (not a point, not canonical, or of small order).
     #[error("user id is not a valid Ed25519 public key")]
     BadPublicKey,
 }

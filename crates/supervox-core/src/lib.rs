@@ -13,6 +13,7 @@ pub mod host_cache;
 pub mod identity;
 pub mod link;
 pub mod media_path;
+pub mod noise;
 pub mod overlay;
 pub mod reason;
 pub mod supernode;

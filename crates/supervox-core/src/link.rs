@@ -316,7 +316,7 @@ impl Link {
 fn handshake(identity: &Identity, initiator: bool) -> Result<snow::HandshakeState, LinkError> {
     let params = LINK_NOISE_PARAMS.parse().map_err(noise)?;
     let key = identity.noise_private_key();
-    let b = snow::Builder::new(params).local_private_key(&key);
+    let b = crate::noise::builder(params).local_private_key(&key);
     if initiator { b.build_initiator() } else { b.build_responder() }.map_err(noise)
 }
 

@@ -371,6 +371,11 @@ impl Supernode {
             return;
         };
         let remote = c.remote;
+        // The link refuses a weak key already (its DH would be zero); this
+        // keeps the rule where the identity is used, whatever link fed it.
+        if !identity.is_strong() {
+            return self.close(conn, "identity is a weak or non-canonical key");
+        }
         match role {
             Role::Client => self.client_joined(conn, identity, remote),
             Role::Supernode => self.close(conn, "supernodes talk in overlay datagrams, not on links"),

@@ -358,7 +358,7 @@ impl Sim {
             }
             Node::Client(c, _) if self.alive(n) => {
                 if let Some(cl) = self.clients[c as usize].client.as_mut() {
-                    cl.on_established(conn, role);
+                    cl.on_established(conn, role, identity, now);
                 }
                 self.drain_client(c);
             }

@@ -61,7 +61,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
         let control = dir.path().join(format!("{name}.sock"));
         let opts = NodeOptions {
             name: name.to_string(),
-            seeds: vec![sns[i]],
+            seeds: vec![sns[i].into()],
             data_dir: dir.path().join(name),
             control: control.clone(),
             auto_answer: true,

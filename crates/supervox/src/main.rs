@@ -115,8 +115,11 @@ struct NodeArgs {
     #[arg(long)]
     name: String,
     /// A supernode to sign in through (repeatable; more are learnt later).
-    #[arg(long, required = true, value_name = "IP:PORT")]
-    seed: Vec<SocketAddr>,
+    /// `KEY@IP:PORT` pins its key (KEY = the 64 hex digits of its user id):
+    /// a supernode there with another key is refused. A bare `IP:PORT` is
+    /// trusted on first use.
+    #[arg(long, required = true, value_name = "[KEY@]IP:PORT")]
+    seed: Vec<supervox_core::host_cache::Seed>,
     /// Directory for the identity key and host cache
     /// [default: <user data dir>/supervox/node-NAME].
     #[arg(long, value_name = "DIR")]
@@ -365,7 +368,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 SupernodeMode::Auto => Some(node::PromotionOptions {
                     listen: match a.supernode_listen {
                         Some(l) => l,
-                        None => route_to(a.seed.first().copied())?,
+                        None => route_to(a.seed.first().map(|s| s.addr))?,
                     },
                     after_ms: a.promote_after * 1000,
                     max_clients: a.supernode_max_clients,

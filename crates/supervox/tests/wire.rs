@@ -100,3 +100,43 @@ fn garbage_and_oversized_frames_do_not_disturb_other_clients() {
     assert!(metric(metrics, "link_errors_total") >= 5, "hostile connections not counted");
     assert_eq!(metric(metrics, "clients"), 2, "alice and bob; the garbage-sending client was dropped");
 }
+
+/// Poll `path` until it contains `needle` (within `within`).
+fn wait_for_log(path: &std::path::Path, needle: &str, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{needle:?} not in {}:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_seed_pinned_to_another_key_is_not_signed_in_to() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let sn_key = Identity::from_file_bytes(&std::fs::read(sn.dir.join("identity")).unwrap()).unwrap().user_id();
+    // Pinned to a key the supernode at that address does not hold.
+    let wrong = Identity::from_seed([42; 32]).user_id();
+    let seed = format!("{wrong}@{}", sn.addr);
+    let alice = start_node(root.path(), "alice", &[], &["--seed", &seed]);
+    let log = wait_for_log(&root.path().join("node-alice.log"), "possible attack", Duration::from_secs(10));
+    assert!(log.contains(&sn_key.to_string()) && log.contains(&wrong.to_string()), "{log}");
+    // Still not signed in a while (and a few refused rounds) later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = status(&alice).expect("status");
+    assert!(st["supernode"].is_null(), "signed in through an impostor: {st}");
+    let hc = std::fs::read_to_string(alice.dir.join("hostcache")).unwrap_or_default();
+    assert!(!hc.contains(&sn_key.to_string()), "the impostor's key is never pinned: {hc}");
+    // The right key signs in; so does a bare seed, which then pins the key.
+    let bob = start_node(root.path(), "bob", &[], &["--seed", &format!("{sn_key}@{}", sn.addr)]);
+    let carol = start_node(root.path(), "carol", &[sn.addr], &[]);
+    for n in [&bob, &carol] {
+        assert_eq!(wait_signed_in(n, Duration::from_secs(10)), sn.addr.to_string());
+    }
+    let hc = std::fs::read_to_string(carol.dir.join("hostcache")).unwrap();
+    assert!(hc.contains(&format!("key={sn_key}")), "{hc}");
+}

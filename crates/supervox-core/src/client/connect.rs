@@ -9,13 +9,20 @@
 //! closed, and the claim and presence go to the winner only, so the name is
 //! published on one supernode. Each attempt's time from dial to `Welcome` is
 //! the entry's measured RTT; failures back the entry off.
+//!
+//! Supernode keys are pinned in the host cache: the identity a supernode
+//! proves in the link handshake must be the one pinned for its address (from
+//! a `KEY@IP:PORT` seed, or learnt at the first `Welcome` there, trust on
+//! first use). A different key closes the attempt at once — before any
+//! `Welcome` on it can count — backs the entry off, is logged as a possible
+//! attack, and the next entry is tried.
 
 use super::{Client, ClientEvent, ClientOutput, SnLink};
 use crate::host_cache::HostCache;
 use crate::ConnId;
 use std::net::SocketAddr;
-use supervox_proto::{Message, Role};
-use tracing::{debug, info};
+use supervox_proto::{Message, Role, UserId};
+use tracing::{debug, info, warn};
 
 /// Connection attempts open at once, at most.
 pub const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
@@ -33,6 +40,8 @@ pub(super) struct Attempt {
     /// Set once the TCP connection is up.
     pub(super) conn: Option<ConnId>,
     pub(super) started_ms: u64,
+    /// The identity the supernode proved in the link handshake, once done.
+    pub(super) key: Option<UserId>,
 }
 
 /// The state of a round of attempts over the host cache.
@@ -126,7 +135,7 @@ impl Client {
             while !r.todo.is_empty() {
                 let addr = r.todo.remove(0);
                 if r.attempts.iter().all(|a| a.addr != addr) {
-                    r.attempts.push(Attempt { addr, conn: None, started_ms: now_ms });
+                    r.attempts.push(Attempt { addr, conn: None, started_ms: now_ms, key: None });
                     r.next_start_ms = now_ms + ATTEMPT_STAGGER_MS;
                     start = Some(addr);
                     break;
@@ -187,12 +196,33 @@ impl Client {
         }
     }
 
-    /// The link on `conn` finished its handshake.
-    pub fn on_established(&mut self, conn: ConnId, role: Role) {
-        let ours = matches!(&self.link, SnLink::Connecting(r) if r.attempts.iter().any(|a| a.conn == Some(conn)));
-        if ours && role != Role::Supernode {
+    /// The link on `conn` finished its handshake; `identity` is the key the
+    /// peer proved in it. A key other than the one pinned for the attempt's
+    /// address fails the attempt here (module docs).
+    pub fn on_established(&mut self, conn: ConnId, role: Role, identity: UserId, now_ms: u64) {
+        let SnLink::Connecting(r) = &mut self.link else {
+            return;
+        };
+        let Some(a) = r.attempts.iter_mut().find(|a| a.conn == Some(conn)) else {
+            return;
+        };
+        if role != Role::Supernode {
             // The driver reports the close back through on_closed: the attempt fails there.
             self.out.push_back(ClientOutput::Close(conn, "peer is not a supernode".into()));
+            return;
+        }
+        a.key = Some(identity);
+        let addr = a.addr;
+        if let Some(pinned) = self.host_cache.key(&addr) {
+            if pinned != identity {
+                warn!(
+                    "supernode {addr} proved key {identity}, not the key {pinned} pinned for it: \
+                     possible attack (or a supernode that changed its key), not signing in there"
+                );
+                self.out.push_back(ClientOutput::Close(conn, "supernode key mismatch".into()));
+                // Failed now, so a Welcome already on its way does not count.
+                self.attempt_failed(addr, now_ms);
+            }
         }
     }
 
@@ -227,6 +257,11 @@ impl Client {
                 let own = loads_of(supernodes, loads).find(|(s, _)| s == supernode).and_then(|(_, l)| l);
                 let rtt = u32::try_from(now_ms.saturating_sub(a.started_ms)).unwrap_or(u32::MAX);
                 self.host_cache.succeeded(a.addr, rtt, own, now_ms);
+                if let Some(key) = a.key {
+                    if self.host_cache.learn_key(a.addr, key) {
+                        info!("supernode {} key {key} pinned (first sign-in there)", a.addr);
+                    }
+                }
                 self.out.push_back(ClientOutput::HostCacheChanged);
                 for o in others {
                     // A dial still in progress is closed when it reports (on_connected).

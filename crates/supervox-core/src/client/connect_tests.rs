@@ -2,7 +2,8 @@
 //! who wins, what is closed, what the host cache learns.
 
 use super::*;
-use crate::host_cache::FAIL_BACKOFF_MS;
+use crate::host_cache::{Seed, FAIL_BACKOFF_MS};
+use supervox_proto::UserId;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -22,6 +23,11 @@ fn client(ports: &[u16]) -> Client {
     // tested in host_cache.
     c.spread_salt = 0;
     c
+}
+
+/// The identity of the supernode at port `p`.
+fn sn_id(p: u16) -> UserId {
+    Identity::from_seed([(p % 200) as u8 + 1; 32]).user_id()
 }
 
 fn drain(c: &mut Client) -> Vec<ClientOutput> {
@@ -67,7 +73,7 @@ fn attempts_are_staggered_bounded_and_the_first_admitted_wins() {
     // 4001 and 4002 connect; 4002 finishes its handshake and admits us first.
     c.on_connected(11, a(4001));
     c.on_connected(12, a(4002));
-    c.on_established(12, Role::Supernode);
+    c.on_established(12, Role::Supernode, sn_id(4002), T0 + 800);
     let t = T0 + 900;
     c.on_message(12, welcome(a(4002), &[(a(4009), 5)]), t);
     let out = drain(&mut c);
@@ -135,7 +141,7 @@ fn a_redirect_puts_its_suggestions_next_and_marks_the_supernode_full() {
     c.handle_timeout(T0);
     drain(&mut c);
     c.on_connected(11, a(4001));
-    c.on_established(11, Role::Supernode);
+    c.on_established(11, Role::Supernode, sn_id(4001), T0 + 50);
     let redirect =
         Message::Redirect { supernodes: vec![a(4007), a(4008)], reason: "supernode full".into(), loads: vec![3, 9] };
     c.on_message(11, redirect, T0 + 100);
@@ -152,7 +158,7 @@ fn signed_in(c: &mut Client, conn: ConnId, sn: SocketAddr, t: u64) {
     c.handle_timeout(t);
     drain(c);
     c.on_connected(conn, sn);
-    c.on_established(conn, Role::Supernode);
+    c.on_established(conn, Role::Supernode, sn_id(sn.port()), t + 5);
     c.on_message(conn, welcome(sn, &[]), t + 10);
     c.on_message(conn, Message::PublishResult { result: Ok(()) }, t + 20);
     drain(c);
@@ -193,4 +199,116 @@ fn a_redirect_from_our_own_supernode_moves_us_to_its_suggestion() {
     // The close the driver reports back is not a second loss.
     c.on_closed(11, "redirected", T0 + 1_001);
     assert!(drain(&mut c).iter().all(|o| !matches!(o, ClientOutput::Event(ClientEvent::LostSupernode { .. }))));
+}
+
+fn sent_on(out: &[ClientOutput], conn: ConnId) -> usize {
+    out.iter().filter(|o| matches!(o, ClientOutput::Send(c, _) if *c == conn)).count()
+}
+
+#[test]
+fn the_supernode_key_is_learnt_on_the_first_sign_in_and_persisted() {
+    let mut c = client(&[4001, 4002]);
+    assert!(c.host_cache().entries().iter().all(|e| e.key.is_none()));
+    signed_in(&mut c, 11, a(4001), T0);
+    assert_eq!(c.host_cache().key(&a(4001)), Some(sn_id(4001)));
+    assert_eq!(c.host_cache().key(&a(4002)), None, "only where we signed in");
+    let text = c.host_cache().to_text();
+    assert!(text.contains(&format!("key={}", sn_id(4001))), "{text}");
+    // Next run (from the file), the same supernode with the same key is fine.
+    let cfg = ClientConfig { name: "alice".into(), agent: "t".into(), ..Default::default() };
+    let mut hc = HostCache::from_text(&text);
+    // (Its Welcome advertised load 30: make it first again.)
+    hc.succeeded(a(4001), 1, Some(0), T0);
+    let mut c = Client::new(Identity::from_seed([1; 32]), cfg, hc, 7);
+    c.spread_salt = 0;
+    signed_in(&mut c, 21, a(4001), T0 + 60_000);
+}
+
+#[test]
+fn a_different_key_at_a_pinned_address_is_refused_and_the_next_entry_tried() {
+    let mut c = client(&[4001, 4002, 4003]);
+    signed_in(&mut c, 11, a(4001), T0);
+    // Next run, from the same cache: someone else answers at 4001.
+    let cfg = ClientConfig { name: "alice".into(), agent: "t".into(), ..Default::default() };
+    let mut hc = c.host_cache().clone();
+    hc.succeeded(a(4001), 1, Some(0), T0);
+    let mut c = Client::new(Identity::from_seed([1; 32]), cfg, hc, 7);
+    c.spread_salt = 0;
+    let t = T0 + 60_000;
+    c.on_tick(t);
+    assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
+    c.on_connected(31, a(4001));
+    let mallory = Identity::from_seed([66; 32]).user_id();
+    c.on_established(31, Role::Supernode, mallory, t + 5);
+    let out = drain(&mut c);
+    assert_eq!(closes(&out), vec![31], "{out:?}");
+    assert_eq!(connects(&out), vec![a(4002)], "the next entry at once: {out:?}");
+    let e = c.host_cache().get(&a(4001)).unwrap();
+    assert_eq!((e.key, e.fails), (Some(sn_id(4001)), 1), "the pinned key stays; the entry backs off");
+    assert!(e.backing_off(t + 5));
+    // Its Welcome, sent along with its Hello, does not sign us in there.
+    c.on_message(31, welcome(a(4001), &[]), t + 6);
+    let out = drain(&mut c);
+    assert_eq!(sent_on(&out, 31), 0, "no claim or presence to the impostor: {out:?}");
+    assert_eq!(c.supernode_conn(), None);
+    c.on_closed(31, "closed", t + 7);
+    assert!(connects(&drain(&mut c)).is_empty(), "the close is not a second failure");
+    assert_eq!(c.host_cache().get(&a(4001)).unwrap().fails, 1);
+    // The next entry, unpinned, is trusted on first use.
+    c.on_connected(32, a(4002));
+    c.on_established(32, Role::Supernode, sn_id(4002), t + 20);
+    c.on_message(32, welcome(a(4002), &[]), t + 30);
+    let out = drain(&mut c);
+    assert!(sent_on(&out, 32) >= 2, "claim and presence: {out:?}");
+    assert_eq!(c.supernode_conn(), Some(32));
+    assert_eq!(c.host_cache().key(&a(4002)), Some(sn_id(4002)));
+}
+
+#[test]
+fn a_seed_with_a_key_is_pinned_from_the_start() {
+    let genuine = sn_id(4001);
+    let seed: Seed = format!("{genuine}@127.0.0.1:4001").parse().unwrap();
+    let cfg = || ClientConfig { name: "alice".into(), agent: "t".into(), ..Default::default() };
+    let mut hc = HostCache::new();
+    hc.add_seed(&seed);
+    assert_eq!(hc.key(&a(4001)), Some(genuine));
+    // On first contact an impostor there is refused (a bare seed would
+    // have trusted it).
+    let mut c = Client::new(Identity::from_seed([1; 32]), cfg(), hc.clone(), 7);
+    c.on_tick(T0);
+    assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
+    c.on_connected(11, a(4001));
+    c.on_established(11, Role::Supernode, Identity::from_seed([66; 32]).user_id(), T0 + 5);
+    c.on_message(11, welcome(a(4001), &[]), T0 + 6);
+    let out = drain(&mut c);
+    assert_eq!(closes(&out), vec![11]);
+    assert_eq!(sent_on(&out, 11), 0);
+    assert_eq!(c.host_cache().key(&a(4001)), Some(genuine));
+    // The genuine supernode signs us in.
+    let mut c = Client::new(Identity::from_seed([1; 32]), cfg(), hc, 7);
+    signed_in(&mut c, 12, a(4001), T0);
+    // The same impostor at a bare seed is trusted on first use.
+    let mut hc = HostCache::new();
+    hc.add_seed(&"127.0.0.1:4001".parse().unwrap());
+    let mut c = Client::new(Identity::from_seed([1; 32]), cfg(), hc, 7);
+    c.on_tick(T0);
+    drain(&mut c);
+    c.on_connected(13, a(4001));
+    let mallory = Identity::from_seed([66; 32]).user_id();
+    c.on_established(13, Role::Supernode, mallory, T0 + 5);
+    c.on_message(13, welcome(a(4001), &[]), T0 + 6);
+    assert_eq!(c.supernode_conn(), Some(13));
+    assert_eq!(c.host_cache().key(&a(4001)), Some(mallory));
+}
+
+#[test]
+fn a_host_cache_file_without_keys_loads_and_learns_them() {
+    let old = "127.0.0.1:4001 rtt=10 load=0 seen=1700000000000\n127.0.0.1:4002\n";
+    let hc = HostCache::from_text(old);
+    assert_eq!(hc.addrs().collect::<Vec<_>>(), vec![a(4001), a(4002)]);
+    let cfg = ClientConfig { name: "alice".into(), agent: "t".into(), ..Default::default() };
+    let mut c = Client::new(Identity::from_seed([1; 32]), cfg, hc, 7);
+    c.spread_salt = 0;
+    signed_in(&mut c, 11, a(4001), T0);
+    assert_eq!(c.host_cache().key(&a(4001)), Some(sn_id(4001)));
 }

@@ -136,7 +136,12 @@ impl Net {
                             self.conns[i] = Some(conn);
                             self.clients[i].on_connected(conn, a);
                             self.sn.on_connected(conn, SocketAddr::new(self.observed_ip[i], 6000 + i as u16));
-                            self.clients[i].on_established(conn, Role::Supernode);
+                            self.clients[i].on_established(
+                                conn,
+                                Role::Supernode,
+                                Identity::from_seed([99; 32]).user_id(),
+                                self.now,
+                            );
                             let id = self.clients[i].identity().user_id();
                             self.sn.on_established(conn, Role::Client, id, self.now);
                         }
@@ -730,4 +735,55 @@ fn inbound_tcp_streams_must_authenticate_in_time_and_are_bounded() {
     late.sort_unstable();
     assert_eq!(late, streams[3..].to_vec());
     assert!(a.on_tcp_accepted(from, net.now + PENDING_TIMEOUT_MS).is_some());
+}
+
+#[test]
+fn an_invite_from_a_small_order_caller_key_is_dropped() {
+    use supervox_proto::{CallId, CallSignal, Presence, SignalEnvelope, UserId};
+    let mut net = Net::new(&["bob"], true);
+    net.run(100);
+    let conn = net.conns[0].unwrap();
+    let bob = net.clients[0].identity().user_id();
+    let sn = addr(SN);
+    let exp = net.now + 60_000;
+    // The identity point as the caller's key: with it, R = [s]B and s
+    // "verify" over any payload (lax `verify`); `verify_strict` and the key
+    // check refuse it. [s]B for s = a genuine key's scalar is that key.
+    let k = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&k.verifying_key().to_bytes());
+    sig[32..].copy_from_slice(&k.to_scalar().to_bytes());
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let forged = Presence {
+        user_id: UserId(weak),
+        name: "alice".into(),
+        supernode: sn,
+        seq: 1,
+        expires_ms: exp,
+        signature: ed25519_dalek::Signature::from_bytes(&sig),
+    };
+    let genuine = Identity::from_seed([8; 32]);
+    let honest = Presence::sign(genuine.signing_key(), "carol", sn, 1, exp).unwrap();
+    let invite = |from: UserId, p: Presence, n: u8| {
+        Message::Signal(SignalEnvelope {
+            call_id: CallId([n; 16]),
+            from,
+            to: bob,
+            to_supernode: sn,
+            body: CallSignal::Invite {
+                from_name: p.name.clone(),
+                caller_presence: p,
+                handshake: vec![9; 96],
+                candidates: vec![],
+            },
+        })
+    };
+    net.clients[0].on_message(conn, invite(UserId(weak), forged, 1), net.now);
+    net.step();
+    assert!(!has(&net.events[0], |e| matches!(e, ClientEvent::Incoming { .. })), "{:?}", net.events[0]);
+    // The same invite from a genuine key rings (the control).
+    net.clients[0].on_message(conn, invite(genuine.user_id(), honest, 2), net.now);
+    net.step();
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Incoming { from, .. } if from == "carol")));
 }

@@ -117,3 +117,77 @@ fn random_bytes_never_panic() {
         let _ = b.handle_bytes(&bytes, 0);
     }
 }
+
+mod low_order {
+    //! A peer that offers a low-order X25519 key (ephemeral or static) makes
+    //! every DH with it zero, a "secret" everyone knows: the link refuses.
+    use super::*;
+    use crate::noise::{EvilResolver, LOW_ORDER_POINTS};
+
+    fn evil(
+        point: [u8; 32],
+        evil_static: bool,
+        evil_ephemeral: bool,
+        id: &Identity,
+        initiator: bool,
+    ) -> snow::HandshakeState {
+        let params = LINK_NOISE_PARAMS.parse().unwrap();
+        let b = snow::Builder::with_resolver(params, Box::new(EvilResolver::new(point, evil_static, evil_ephemeral)));
+        let key = id.noise_private_key();
+        let b = b.local_private_key(&key);
+        if initiator { b.build_initiator() } else { b.build_responder() }.unwrap()
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        encode_frame(body, &mut f);
+        f
+    }
+
+    #[test]
+    fn responder_refuses_a_low_order_ephemeral() {
+        for point in LOW_ORDER_POINTS {
+            let ib = Identity::from_seed([2; 32]);
+            let mut b = Link::responder(&ib, hello(&ib, Role::Supernode), 0).unwrap();
+            // XX message 1 is the bare ephemeral key.
+            let err = b.handle_bytes(&frame(&point), 0).unwrap_err();
+            assert!(matches!(err, LinkError::Noise(_)), "{err}");
+            assert!(b.poll_transmit(0).is_none(), "no message 2 for {point:02x?}");
+        }
+    }
+
+    #[test]
+    fn initiator_refuses_a_low_order_ephemeral_in_message_2() {
+        for point in LOW_ORDER_POINTS {
+            let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+            let mut a = Link::initiator(&ia, hello(&ia, Role::Client), 0).unwrap();
+            let mut m = evil(point, false, true, &ib, false);
+            let m1 = a.poll_transmit(0).unwrap();
+            let mut buf = [0u8; 1024];
+            m.read_message(&m1[4..], &mut buf).unwrap();
+            let n = m.write_message(&[], &mut buf).unwrap();
+            let err = a.handle_bytes(&frame(&buf[..n]), 0).unwrap_err();
+            assert!(matches!(err, LinkError::Noise(_)), "{err}");
+            assert!(a.poll_transmit(0).is_none(), "no message 3 for {point:02x?}");
+        }
+    }
+
+    #[test]
+    fn responder_refuses_a_low_order_static_key() {
+        for point in LOW_ORDER_POINTS {
+            let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+            let mut m = evil(point, true, false, &ia, true);
+            let mut b = Link::responder(&ib, hello(&ib, Role::Supernode), 0).unwrap();
+            let mut buf = [0u8; 1024];
+            let n = m.write_message(&[], &mut buf).unwrap();
+            b.handle_bytes(&frame(&buf[..n]), 0).unwrap();
+            let m2 = b.poll_transmit(0).unwrap();
+            m.read_message(&m2[4..], &mut buf).unwrap();
+            // Message 3 carries the low-order static key; `se` is zero.
+            let n = m.write_message(&[], &mut buf).unwrap();
+            let err = b.handle_bytes(&frame(&buf[..n]), 0).unwrap_err();
+            assert!(matches!(err, LinkError::Noise(_)), "{err}");
+            assert!(!b.is_open() && b.peer().is_none());
+        }
+    }
+}

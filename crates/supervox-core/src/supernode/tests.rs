@@ -630,3 +630,38 @@ fn a_volunteer_the_others_cannot_reach_steps_back() {
     let reason = stepped_back(&net, 3).unwrap();
     assert!(reason.starts_with("unreachable"), "{reason}");
 }
+
+#[test]
+fn sign_in_with_a_weak_identity_is_refused() {
+    let mut s = sn(1, 4000, vec![]);
+    // The identity point and a point of order 2 (y = -1): small order, and
+    // y + p: a second encoding of a genuine key.
+    let mut order2 = [0xffu8; 32];
+    order2[0] = 0xec;
+    order2[31] = 0x7f;
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let genuine = Identity::from_seed([9; 32]).user_id();
+    let mut alias = None;
+    for y in 2u8..19 {
+        let mut c = [0u8; 32];
+        c[0] = y;
+        if UserId(c).is_strong() {
+            let mut a = [0xffu8; 32];
+            a[0] = 0xed + y;
+            a[31] = 0x7f;
+            alias = Some(a);
+            break;
+        }
+    }
+    let alias = alias.expect("some small y is on the curve");
+    for (conn, weak) in [(1, identity), (2, order2), (3, alias)] {
+        s.on_connected(conn, addr(9000 + conn as u16));
+        s.on_established(conn, Role::Client, UserId(weak), 0);
+        let out = drain(&mut s);
+        assert!(out.iter().any(|o| matches!(o, SnOutput::Close(c, _) if *c == conn)), "{weak:02x?}: {out:?}");
+        assert!(sent_to(&out, conn).iter().all(|m| !matches!(m, Message::Welcome { .. })), "no Welcome");
+    }
+    let out = join_client(&mut s, 4, &Identity::from_seed([9; 32]));
+    assert!(sent_to(&out, 4).iter().any(|m| matches!(m, Message::Welcome { .. })), "{genuine:?} still signs in");
+}

@@ -37,8 +37,9 @@ pub use control_server::ControlMsg;
 pub struct NodeOptions {
     /// Name to claim.
     pub name: String,
-    /// Supernodes to start from (added to the host cache).
-    pub seeds: Vec<SocketAddr>,
+    /// Supernodes to start from (added to the host cache, with their keys
+    /// pinned when given).
+    pub seeds: Vec<supervox_core::host_cache::Seed>,
     /// Identity, host cache.
     pub data_dir: PathBuf,
     /// Control socket path.
@@ -182,7 +183,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let identity = data.identity()?;
     let mut host_cache = data.host_cache();
     for s in opts.seeds.iter().rev() {
-        host_cache.promote(*s);
+        host_cache.add_seed(s);
     }
     if host_cache.is_empty() {
         bail!("no supernode to connect to: give --seed IP:PORT");
@@ -460,7 +461,9 @@ impl Node {
                 Ok(events) => {
                     for e in events {
                         match e {
-                            LinkEvent::Established { role, .. } => self.client.on_established(conn, role),
+                            LinkEvent::Established { role, identity, .. } => {
+                                self.client.on_established(conn, role, identity, now)
+                            }
                             LinkEvent::Message(m) => self.client.on_message(conn, m, now),
                         }
                     }

@@ -123,7 +123,14 @@ impl BoundSupernode {
         let data = DataDir::open(&self.opts.data_dir)?;
         let identity = data.identity()?;
         let claims = data.claims()?;
-        info!("supernode {} at {} ({} stored claims)", identity.fingerprint(), self.advertise, claims.len());
+        info!(
+            "supernode {} at {} ({} stored claims); pinned seed for clients: --seed {}@{}",
+            identity.fingerprint(),
+            self.advertise,
+            claims.len(),
+            identity.user_id(),
+            self.advertise
+        );
         let network_key = match self.opts.network_key {
             Some(k) => NetworkKey::new(k),
             None => {
