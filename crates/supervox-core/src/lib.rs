@@ -14,6 +14,7 @@ pub mod identity;
 pub mod link;
 pub mod media_path;
 pub mod overlay;
+pub mod replay;
 pub mod supernode;
 
 pub use identity::Identity;

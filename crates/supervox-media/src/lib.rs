@@ -8,7 +8,6 @@
 //! * [`codec`] — Opus encoder/decoder wrappers (PLC and FEC recovery); [`fec`] detects
 //!   packets carrying in-band FEC.
 //! * [`packet`] — the RTP-like plaintext media payload format.
-//! * [`replay`] — anti-replay window for per-packet AEAD counters.
 //! * [`jitter`] — jitter buffer ordering packets for playout, with adaptive target delay
 //!   ([`jitter::policy`]) and click-free time stretching ([`jitter::stretch`]).
 //! * [`playout`] — playout engine steering the delay to the target, with concealment and
@@ -30,7 +29,6 @@ pub mod packet;
 pub mod playout;
 pub mod quality;
 pub mod receiver;
-pub mod replay;
 pub mod report;
 pub mod sender;
 pub mod sink;
