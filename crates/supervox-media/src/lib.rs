@@ -4,7 +4,9 @@
 //! Nothing in this crate opens sockets, spawns threads or reads clocks: callers pass the
 //! current time as `now_ms` and move bytes themselves.
 //!
-//! * [`source`] / [`sink`] — audio inputs (tone, WAV, silence) and outputs (WAV, null).
+//! * [`source`] / [`sink`] — audio inputs (tone, WAV, silence) and outputs (WAV, null);
+//!   microphones and loudspeakers come from an [`device::AudioDevices`] the caller passes
+//!   (the `supervox-audio` crate's cpal devices).
 //! * [`codec`] — Opus encoder/decoder wrappers (PLC and FEC recovery); [`fec`] detects
 //!   packets carrying in-band FEC.
 //! * [`packet`] — the RTP-like plaintext media payload format.
