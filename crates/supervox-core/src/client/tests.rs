@@ -5,8 +5,9 @@ use super::*;
 use crate::media_path::predict::SPARE_SOCKETS;
 use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
 use std::collections::HashSet;
+use supervox_proto::NatBehaviour as Behaviour;
 use supervox_proto::{CandidateKind, Transport};
-use supervox_stun::{Behaviour, Reachability};
+use supervox_stun::Reachability;
 
 const SN: u16 = 4000;
 
