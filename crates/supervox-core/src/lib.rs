@@ -16,6 +16,7 @@ pub mod media_path;
 pub mod noise;
 pub mod overlay;
 pub mod reason;
+pub mod replay;
 pub mod supernode;
 pub mod timer;
 

@@ -21,9 +21,9 @@
 pub mod predict;
 
 use crate::reason::PathChange;
+use crate::replay::ReplayWindow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use supervox_media::replay::ReplayWindow;
 use supervox_proto::{CallId, Candidate};
 
 /// Connectivity check (payload: 8-byte nonce).

@@ -1,51 +1,70 @@
-//! Microphone and loudspeaker access (the `mic` and `speaker` specs).
+//! The seam to audio devices (the `mic` and `speaker` specs).
 //!
-//! With the `audio-devices` cargo feature (on by default) devices are opened through
-//! [cpal](https://docs.rs/cpal) (ALSA on Linux): the default device or a named one, in the
-//! configuration closest to 48 kHz mono i16/f32 the device offers, converted to and from
-//! the pipeline's 48 kHz mono ([`convert`]) and bridged to the 20 ms media clock through a
-//! bounded [`ring::SampleRing`] of about [`RING_MS`] ms.
-//!
-//! Failures never panic or hang: a machine without sound hardware gets
-//! [`MediaError::NoAudioDevice`] saying so (`no audio input device found (ALSA reports
-//! none); use tone:HZ, wav:PATH or silence`), and a build without the feature says it has
-//! no audio device support.
-//!
-//! The conversion and ring modules are plain sample processing and are always built.
-
-pub mod convert;
-pub mod ring;
-
-#[cfg(feature = "audio-devices")]
-mod backend;
+//! This crate opens no device: a microphone or loudspeaker needs a thread and an audio
+//! host, which the sans-IO pipeline must not own. [`open_source`](crate::source::open_source)
+//! and [`open_sink`](crate::sink::open_sink) hand `mic` and `speaker` specs to an
+//! [`AudioDevices`] given by the caller: the `supervox-audio` crate implements it with
+//! cpal; [`NoDevices`] is for programs and builds without device support and fails with a
+//! clear error.
 
 use crate::sink::FrameSink;
 use crate::source::FrameSource;
 use crate::MediaError;
 
-/// Capacity of the ring between a device callback and the media clock, in milliseconds.
-pub const RING_MS: u32 = 200;
+/// Opens live audio devices as 48 kHz mono frame sources and sinks.
+pub trait AudioDevices: Sync {
+    /// Opens the default microphone (`None`) or the input device called `name`.
+    ///
+    /// Fails with [`MediaError::NoAudioDevice`] (ending in [`Direction::alternatives`])
+    /// when there is no such device or it cannot be opened.
+    fn open_input(&self, name: Option<&str>) -> Result<Box<dyn FrameSource>, MediaError>;
+
+    /// Opens the default loudspeaker (`None`) or the output device called `name`; fails as
+    /// [`AudioDevices::open_input`] does.
+    fn open_output(&self, name: Option<&str>) -> Result<Box<dyn FrameSink>, MediaError>;
+}
+
+/// No audio device support: every open fails with "this build has no audio device support".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDevices;
+
+impl NoDevices {
+    /// The error every open returns for `dir`.
+    pub fn error(dir: Direction) -> MediaError {
+        dir.error(format!("no audio {} device: this build has no audio device support", dir.noun()))
+    }
+}
+
+impl AudioDevices for NoDevices {
+    fn open_input(&self, _name: Option<&str>) -> Result<Box<dyn FrameSource>, MediaError> {
+        Err(Self::error(Direction::Input))
+    }
+
+    fn open_output(&self, _name: Option<&str>) -> Result<Box<dyn FrameSink>, MediaError> {
+        Err(Self::error(Direction::Output))
+    }
+}
 
 /// Which way audio flows through a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(feature = "audio-devices"), allow(dead_code))]
-enum Direction {
+pub enum Direction {
     /// Capture (microphone).
     Input,
     /// Playback (loudspeaker).
     Output,
 }
 
-#[cfg_attr(not(feature = "audio-devices"), allow(dead_code))]
 impl Direction {
-    fn noun(self) -> &'static str {
+    /// `input` or `output`, as error messages say it.
+    pub fn noun(self) -> &'static str {
         match self {
             Direction::Input => "input",
             Direction::Output => "output",
         }
     }
 
-    fn short(self) -> &'static str {
+    /// The spec's name: `mic` or `speaker`.
+    pub fn short(self) -> &'static str {
         match self {
             Direction::Input => "mic",
             Direction::Output => "speaker",
@@ -53,7 +72,7 @@ impl Direction {
     }
 
     /// What to use instead of a missing device.
-    fn alternatives(self) -> &'static str {
+    pub fn alternatives(self) -> &'static str {
         match self {
             Direction::Input => "use tone:HZ, wav:PATH or silence",
             Direction::Output => "use wav:PATH or null",
@@ -61,131 +80,64 @@ impl Direction {
     }
 
     /// A [`MediaError::NoAudioDevice`] with `msg` followed by the alternatives.
-    fn error(self, msg: String) -> MediaError {
+    pub fn error(self, msg: String) -> MediaError {
         MediaError::NoAudioDevice(format!("{msg}; {}", self.alternatives()))
     }
 }
 
-/// Whether this build can open audio devices (the `audio-devices` feature).
-pub const SUPPORTED: bool = cfg!(feature = "audio-devices");
-
-/// Opens the default microphone, or the input device called `name` (its identifier, e.g.
-/// the ALSA PCM name `hw:CARD=0,DEV=0`, its description, or a unique part of either).
-pub fn open_input(name: Option<&str>) -> Result<Box<dyn FrameSource>, MediaError> {
-    #[cfg(feature = "audio-devices")]
-    {
-        Ok(Box::new(backend::DeviceSource::open(name)?))
-    }
-    #[cfg(not(feature = "audio-devices"))]
-    {
-        let _ = name;
-        Err(unsupported(Direction::Input))
-    }
-}
-
-/// Opens the default loudspeaker, or the output device called `name` (matched as in
-/// [`open_input`]).
-pub fn open_output(name: Option<&str>) -> Result<Box<dyn FrameSink>, MediaError> {
-    #[cfg(feature = "audio-devices")]
-    {
-        Ok(Box::new(backend::DeviceSink::open(name)?))
-    }
-    #[cfg(not(feature = "audio-devices"))]
-    {
-        let _ = name;
-        Err(unsupported(Direction::Output))
-    }
-}
-
-/// Identifiers of the input devices the audio host lists (ALSA's `null` device
-/// excluded); empty on a machine without sound hardware or a build without device support.
-pub fn input_devices() -> Vec<String> {
-    #[cfg(feature = "audio-devices")]
-    {
-        backend::device_ids(Direction::Input)
-    }
-    #[cfg(not(feature = "audio-devices"))]
-    {
-        Vec::new()
-    }
-}
-
-/// Identifiers of the output devices the audio host lists (ALSA's `null` device
-/// excluded); empty on a machine without sound hardware or a build without device support.
-pub fn output_devices() -> Vec<String> {
-    #[cfg(feature = "audio-devices")]
-    {
-        backend::device_ids(Direction::Output)
-    }
-    #[cfg(not(feature = "audio-devices"))]
-    {
-        Vec::new()
-    }
-}
-
-#[cfg(not(feature = "audio-devices"))]
-fn unsupported(dir: Direction) -> MediaError {
-    dir.error(format!("no audio {} device: this build has no audio device support", dir.noun()))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::FRAME_SAMPLES;
+    use std::sync::Mutex;
 
-    const NO_INPUT: &str = "no audio input device found (ALSA reports none); use tone:HZ, wav:PATH or silence";
-    const NO_OUTPUT: &str = "no audio output device found (ALSA reports none); use wav:PATH or null";
+    /// Devices that open a constant source and a null sink and remember what was asked.
+    #[derive(Default)]
+    pub(crate) struct Recording(Mutex<Vec<String>>);
 
-    /// On a machine without sound hardware (like CI) the default devices fail with the
-    /// clear message; where devices exist they open and run.
-    #[test]
-    fn default_devices_open_or_fail_clearly() {
-        if !SUPPORTED {
-            let err = open_input(None).err().map(|e| e.to_string());
-            assert_eq!(
-                err.as_deref(),
-                Some("no audio input device: this build has no audio device support; use tone:HZ, wav:PATH or silence")
-            );
-            let err = open_output(None).err().map(|e| e.to_string());
-            assert_eq!(
-                err.as_deref(),
-                Some("no audio output device: this build has no audio device support; use wav:PATH or null")
-            );
-            return;
+    impl Recording {
+        /// `"input NAME"` / `"output NAME"` (`default` for no name) per open, in order.
+        pub(crate) fn opened(&self) -> Vec<String> {
+            self.0.lock().map(|v| v.clone()).unwrap_or_default()
         }
-        let headless = std::fs::read_to_string("/proc/asound/cards").map_or(true, |c| c.contains("no soundcards"))
-            && input_devices().is_empty()
-            && output_devices().is_empty();
-        match open_input(None) {
-            Err(err) if headless => {
-                assert!(matches!(err, MediaError::NoAudioDevice(_)));
-                assert_eq!(err.to_string(), NO_INPUT);
-            }
-            Err(err) => assert!(matches!(err, MediaError::NoAudioDevice(_)), "{err}"),
-            Ok(mut mic) => {
-                assert!(!headless, "a headless machine opened a microphone");
-                assert_eq!(mic.next_frame().len(), FRAME_SAMPLES);
-            }
-        }
-        match open_output(None) {
-            Err(err) if headless => assert_eq!(err.to_string(), NO_OUTPUT),
-            Err(err) => assert!(matches!(err, MediaError::NoAudioDevice(_)), "{err}"),
-            Ok(mut speaker) => {
-                assert!(!headless, "a headless machine opened a speaker");
-                speaker.write_frame(&[0; FRAME_SAMPLES]).unwrap();
-                speaker.finish().unwrap();
+
+        fn note(&self, dir: Direction, name: Option<&str>) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(format!("{} {}", dir.noun(), name.unwrap_or("default")));
             }
         }
     }
 
-    #[cfg(feature = "audio-devices")]
+    struct Constant;
+
+    impl FrameSource for Constant {
+        fn next_frame(&mut self) -> Vec<i16> {
+            vec![7; crate::FRAME_SAMPLES]
+        }
+    }
+
+    impl AudioDevices for Recording {
+        fn open_input(&self, name: Option<&str>) -> Result<Box<dyn FrameSource>, MediaError> {
+            self.note(Direction::Input, name);
+            Ok(Box::new(Constant))
+        }
+
+        fn open_output(&self, name: Option<&str>) -> Result<Box<dyn FrameSink>, MediaError> {
+            self.note(Direction::Output, name);
+            Ok(Box::new(crate::sink::NullSink))
+        }
+    }
+
     #[test]
-    fn unknown_device_names_are_clear_errors() {
-        let err = open_input(Some("no-such-card-xyz")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("no audio input device named \"no-such-card-xyz\" (available: "), "{err}");
-        assert!(err.ends_with("; use tone:HZ, wav:PATH or silence"), "{err}");
-        let err = open_output(Some("no-such-card-xyz")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("no audio output device named \"no-such-card-xyz\""), "{err}");
-        assert!(err.ends_with("; use wav:PATH or null"), "{err}");
+    fn no_devices_fails_clearly() {
+        let err = NoDevices.open_input(None).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("no audio input device: this build has no audio device support; use tone:HZ, wav:PATH or silence")
+        );
+        let err = NoDevices.open_output(Some("hw:0")).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("no audio output device: this build has no audio device support; use wav:PATH or null")
+        );
     }
 }

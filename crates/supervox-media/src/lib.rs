@@ -4,11 +4,12 @@
 //! Nothing in this crate opens sockets, spawns threads or reads clocks: callers pass the
 //! current time as `now_ms` and move bytes themselves.
 //!
-//! * [`source`] / [`sink`] — audio inputs (tone, WAV, silence) and outputs (WAV, null).
+//! * [`source`] / [`sink`] — audio inputs (tone, WAV, silence) and outputs (WAV, null);
+//!   microphones and loudspeakers come from an [`device::AudioDevices`] the caller passes
+//!   (the `supervox-audio` crate's cpal devices).
 //! * [`codec`] — Opus encoder/decoder wrappers (PLC and FEC recovery); [`fec`] detects
 //!   packets carrying in-band FEC.
 //! * [`packet`] — the RTP-like plaintext media payload format.
-//! * [`replay`] — anti-replay window for per-packet AEAD counters.
 //! * [`jitter`] — jitter buffer ordering packets for playout, with adaptive target delay
 //!   ([`jitter::policy`]) and click-free time stretching ([`jitter::stretch`]).
 //! * [`playout`] — playout engine steering the delay to the target, with concealment and
@@ -30,7 +31,6 @@ pub mod packet;
 pub mod playout;
 pub mod quality;
 pub mod receiver;
-pub mod replay;
 pub mod report;
 pub mod sender;
 pub mod sink;

@@ -3,6 +3,7 @@
 use rand::{Rng, SeedableRng};
 
 use crate::analysis::{dominant_frequency, rms};
+use crate::device::NoDevices;
 use crate::receiver::{MediaReceiver, ReceiveStats};
 use crate::sender::MediaSender;
 use crate::source::{open_source, SourceSpec};
@@ -11,7 +12,7 @@ use crate::{FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
 /// Sends `frames` frames of a 440 Hz tone, dropping packets with probability `loss` and
 /// delaying each by 0..`jitter_ms`; returns everything played and the final stats.
 fn run_call(frames: usize, loss: f64, jitter_ms: u64, seed: u64) -> (Vec<i16>, ReceiveStats) {
-    let mut source = open_source(&SourceSpec::Tone(440.0)).unwrap();
+    let mut source = open_source(&SourceSpec::Tone(440.0), &NoDevices).unwrap();
     let input: Vec<Vec<i16>> = (0..frames).map(|_| source.next_frame()).collect();
     run_frames(&input, loss, jitter_ms, seed)
 }

@@ -6,13 +6,14 @@ use std::io::BufWriter;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::device::AudioDevices;
 use crate::{MediaError, SAMPLE_RATE};
 
 const SINK_FORMS: &str = "expected wav:PATH, null, speaker or speaker:NAME";
 
 /// Which audio output to use. Parses from and displays as `wav:/path/x.wav`, `null`,
 /// `speaker` (the default output device) or `speaker:NAME` (a named one; see
-/// [`crate::device::open_output`]).
+/// [`AudioDevices::open_output`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkSpec {
     /// Write a 48 kHz mono 16-bit WAV file.
@@ -67,16 +68,16 @@ pub trait FrameSink: Send {
     fn finish(&mut self) -> Result<(), MediaError>;
 }
 
-/// Opens the audio output described by `spec`.
+/// Opens the audio output described by `spec`; a loudspeaker through `devices`.
 ///
-/// Fails if the WAV file cannot be created, and for [`SinkSpec::Speaker`] when the device
-/// does not exist or cannot be opened (always so in a build without the `audio-devices`
-/// feature), with [`MediaError::NoAudioDevice`].
-pub fn open_sink(spec: &SinkSpec) -> Result<Box<dyn FrameSink>, MediaError> {
+/// Fails if the WAV file cannot be created, and for [`SinkSpec::Speaker`] when `devices`
+/// cannot open it (always so with [`NoDevices`](crate::device::NoDevices)), with
+/// [`MediaError::NoAudioDevice`].
+pub fn open_sink(spec: &SinkSpec, devices: &dyn AudioDevices) -> Result<Box<dyn FrameSink>, MediaError> {
     match spec {
         SinkSpec::Wav(path) => Ok(Box::new(WavSink::create(path.clone())?)),
         SinkSpec::Null => Ok(Box::new(NullSink)),
-        SinkSpec::Speaker(name) => crate::device::open_output(name.as_deref()),
+        SinkSpec::Speaker(name) => devices.open_output(name.as_deref()),
     }
 }
 
@@ -155,6 +156,7 @@ impl FrameSink for WavSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::NoDevices;
     use crate::source::{open_source, SourceSpec};
     use crate::FRAME_SAMPLES;
 
@@ -182,21 +184,24 @@ mod tests {
             assert!(err.contains(needle), "{input:?} -> {err}");
             assert!(err.starts_with("invalid audio sink"), "{input:?} -> {err}");
         }
-        // On this project's headless build and CI machines (no sound card) `speaker` fails
-        // with the clear message; see `device::tests` for machines with sound hardware.
-        if crate::device::output_devices().is_empty() {
-            let err = open_sink(&SinkSpec::Speaker(None)).err().unwrap();
-            assert!(matches!(err, MediaError::NoAudioDevice(_)));
-            let expected = if crate::device::SUPPORTED {
-                "no audio output device found (ALSA reports none); use wav:PATH or null"
-            } else {
-                "no audio output device: this build has no audio device support; use wav:PATH or null"
-            };
-            assert_eq!(err.to_string(), expected);
-        }
-        let err = open_sink(&SinkSpec::Speaker(Some("no-such-device-xyz".into()))).err().unwrap();
-        assert!(matches!(err, MediaError::NoAudioDevice(_)), "{err}");
-        assert!(err.to_string().starts_with("no audio output device"), "{err}");
+    }
+
+    /// `speaker` specs go to the devices given, with their name; others never do.
+    #[test]
+    fn speaker_goes_to_the_devices() {
+        let devices = crate::device::tests::Recording::default();
+        let mut speaker = open_sink(&SinkSpec::Speaker(None), &devices).unwrap();
+        speaker.write_frame(&[0; FRAME_SAMPLES]).unwrap();
+        assert!(open_sink(&SinkSpec::Speaker(Some("HDMI 1".into())), &devices).is_ok());
+        assert!(open_sink(&SinkSpec::Null, &devices).is_ok());
+        assert_eq!(devices.opened(), vec!["output default".to_owned(), "output HDMI 1".to_owned()]);
+
+        let err = open_sink(&SinkSpec::Speaker(None), &NoDevices).err().unwrap();
+        assert!(matches!(err, MediaError::NoAudioDevice(_)));
+        assert_eq!(
+            err.to_string(),
+            "no audio output device: this build has no audio device support; use wav:PATH or null"
+        );
     }
 
     #[test]
@@ -204,8 +209,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rt.wav");
         let spec = SinkSpec::Wav(path.clone());
-        let mut sink = open_sink(&spec).unwrap();
-        let mut tone = open_source(&SourceSpec::Tone(523.25)).unwrap();
+        let mut sink = open_sink(&spec, &NoDevices).unwrap();
+        let mut tone = open_source(&SourceSpec::Tone(523.25), &NoDevices).unwrap();
         let mut written = Vec::new();
         for _ in 0..25 {
             let f = tone.next_frame();
@@ -221,7 +226,7 @@ mod tests {
         assert_eq!(reader.spec().channels, 1);
         assert_eq!(reader.len() as usize, written.len());
 
-        let mut src = open_source(&SourceSpec::Wav(path)).unwrap();
+        let mut src = open_source(&SourceSpec::Wav(path), &NoDevices).unwrap();
         let mut read = Vec::new();
         for _ in 0..26 {
             read.extend(src.next_frame());
@@ -233,7 +238,7 @@ mod tests {
 
     #[test]
     fn unwritable_path_is_an_error() {
-        let err = open_sink(&SinkSpec::Wav("/nonexistent-dir/x.wav".into())).err().unwrap();
+        let err = open_sink(&SinkSpec::Wav("/nonexistent-dir/x.wav".into()), &NoDevices).err().unwrap();
         assert!(err.to_string().contains("/nonexistent-dir/x.wav"), "{err}");
     }
 }

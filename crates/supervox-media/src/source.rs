@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::device::AudioDevices;
 use crate::wav_reader::WavSource;
 use crate::{MediaError, FRAME_SAMPLES, SAMPLE_RATE};
 
@@ -14,7 +15,7 @@ const SOURCE_FORMS: &str = "expected tone:HZ, wav:PATH, silence, mic or mic:NAME
 
 /// Which audio input to use. Parses from and displays as `tone:440`, `wav:/path/x.wav`,
 /// `silence`, `mic` (the default input device) or `mic:NAME` (a named one, e.g.
-/// `mic:hw:CARD=1,DEV=0`; see [`crate::device::open_input`]).
+/// `mic:hw:CARD=1,DEV=0`; see [`AudioDevices::open_input`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     /// A continuous sine tone at the given frequency in Hz.
@@ -86,12 +87,12 @@ pub trait FrameSource: Send {
     fn next_frame(&mut self) -> Vec<i16>;
 }
 
-/// Opens the audio input described by `spec`.
+/// Opens the audio input described by `spec`; a microphone through `devices`.
 ///
 /// Fails for an unreadable or unsupported WAV file, an invalid tone frequency, and for
-/// [`SourceSpec::Mic`] when the device does not exist or cannot be opened (always so in a
-/// build without the `audio-devices` feature), with [`MediaError::NoAudioDevice`].
-pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, MediaError> {
+/// [`SourceSpec::Mic`] when `devices` cannot open it (always so with
+/// [`NoDevices`](crate::device::NoDevices)), with [`MediaError::NoAudioDevice`].
+pub fn open_source(spec: &SourceSpec, devices: &dyn AudioDevices) -> Result<Box<dyn FrameSource>, MediaError> {
     match spec {
         SourceSpec::Tone(hz) => {
             check_tone(*hz).map_err(|r| invalid(&spec.to_string(), r))?;
@@ -99,7 +100,7 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, MediaError
         }
         SourceSpec::Wav(path) => Ok(Box::new(WavSource::open(path)?)),
         SourceSpec::Silence => Ok(Box::new(SilenceSource)),
-        SourceSpec::Mic(name) => crate::device::open_input(name.as_deref()),
+        SourceSpec::Mic(name) => devices.open_input(name.as_deref()),
     }
 }
 
@@ -145,6 +146,7 @@ impl FrameSource for SilenceSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::NoDevices;
 
     #[test]
     fn parse_and_display_round_trip() {
@@ -188,30 +190,30 @@ mod tests {
         }
     }
 
-    /// On this project's headless build and CI machines (no sound card) `mic` fails with the
-    /// clear message; see `device::tests` for machines with sound hardware.
+    /// `mic` specs go to the devices given, with their name; everything else never does.
     #[test]
-    fn mic_without_a_device_is_a_clear_error() {
-        if crate::device::input_devices().is_empty() {
-            let err = open_source(&SourceSpec::Mic(None)).err().unwrap();
-            assert!(matches!(err, MediaError::NoAudioDevice(_)));
-            let expected = if crate::device::SUPPORTED {
-                "no audio input device found (ALSA reports none); use tone:HZ, wav:PATH or silence"
-            } else {
-                "no audio input device: this build has no audio device support; use tone:HZ, wav:PATH or silence"
-            };
-            assert_eq!(err.to_string(), expected);
-        }
-        let err = open_source(&SourceSpec::Mic(Some("no-such-device-xyz".into()))).err().unwrap();
-        assert!(matches!(err, MediaError::NoAudioDevice(_)), "{err}");
-        assert!(err.to_string().ends_with("use tone:HZ, wav:PATH or silence"), "{err}");
-        assert!(open_source(&SourceSpec::Tone(f32::INFINITY)).is_err());
-        assert!(open_source(&SourceSpec::Wav("/nonexistent/x.wav".into())).is_err());
+    fn mic_goes_to_the_devices() {
+        let devices = crate::device::tests::Recording::default();
+        let mut mic = open_source(&SourceSpec::Mic(None), &devices).unwrap();
+        assert_eq!(mic.next_frame(), vec![7; FRAME_SAMPLES], "the devices' source");
+        assert!(open_source(&SourceSpec::Mic(Some("hw:CARD=1".into())), &devices).is_ok());
+        assert!(open_source(&SourceSpec::Silence, &devices).is_ok());
+        assert!(open_source(&SourceSpec::Tone(440.0), &devices).is_ok());
+        assert_eq!(devices.opened(), vec!["input default".to_owned(), "input hw:CARD=1".to_owned()]);
+
+        let err = open_source(&SourceSpec::Mic(None), &NoDevices).err().unwrap();
+        assert!(matches!(err, MediaError::NoAudioDevice(_)));
+        assert_eq!(
+            err.to_string(),
+            "no audio input device: this build has no audio device support; use tone:HZ, wav:PATH or silence"
+        );
+        assert!(open_source(&SourceSpec::Tone(f32::INFINITY), &NoDevices).is_err());
+        assert!(open_source(&SourceSpec::Wav("/nonexistent/x.wav".into()), &NoDevices).is_err());
     }
 
     #[test]
     fn tone_is_continuous_and_scaled() {
-        let mut src = open_source(&SourceSpec::Tone(440.0)).unwrap();
+        let mut src = open_source(&SourceSpec::Tone(440.0), &NoDevices).unwrap();
         let mut all = Vec::new();
         for _ in 0..50 {
             let f = src.next_frame();
@@ -225,7 +227,7 @@ mod tests {
         assert!(max_step <= 567, "max step {max_step}");
         let freq = crate::analysis::dominant_frequency(&all, SAMPLE_RATE).unwrap();
         assert!((freq - 440.0).abs() < 0.5, "{freq}");
-        let mut silence = open_source(&SourceSpec::Silence).unwrap();
+        let mut silence = open_source(&SourceSpec::Silence, &NoDevices).unwrap();
         assert_eq!(silence.next_frame(), vec![0; FRAME_SAMPLES]);
     }
 }

@@ -91,8 +91,12 @@ pub struct Candidate {
 
 /// A NAT behaviour as a client's probe found it (RFC 4787 terms): for
 /// mapping, whether the public address depends on the destination; for
-/// filtering, which sources may send in.
+/// filtering, which sources may send in. The one definition: `supervox-stun`'s
+/// probe reports it too. On the wire (postcard) it is the variant index, so
+/// variants keep their order; serde's names (JSON) are the kebab-case ones
+/// [`NatBehaviour::as_str`] gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NatBehaviour {
     /// Not determined (no probe yet, or UDP blocked).
     Unknown,
@@ -103,6 +107,25 @@ pub enum NatBehaviour {
     /// Depends on the remote IP address and port ("symmetric" mapping,
     /// "port-restricted" filter).
     AddressAndPortDependent,
+}
+
+impl NatBehaviour {
+    /// The JSON name: `endpoint-independent`, `address-dependent`,
+    /// `address-and-port-dependent` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatBehaviour::EndpointIndependent => "endpoint-independent",
+            NatBehaviour::AddressDependent => "address-dependent",
+            NatBehaviour::AddressAndPortDependent => "address-and-port-dependent",
+            NatBehaviour::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for NatBehaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the sender's NAT does to UDP, for port prediction when one side
@@ -395,6 +418,26 @@ mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
     use rand::{Rng, SeedableRng};
+
+    /// The wire form of a NAT behaviour is its variant index, as before the stun probe
+    /// shared this enum (its own had another order): a reordering would break `Nat` signals
+    /// between versions. The names are the status JSON's.
+    #[test]
+    fn nat_behaviour_encoding_is_pinned() {
+        use NatBehaviour::*;
+        for (b, index, name) in [
+            (Unknown, 0u8, "unknown"),
+            (EndpointIndependent, 1, "endpoint-independent"),
+            (AddressDependent, 2, "address-dependent"),
+            (AddressAndPortDependent, 3, "address-and-port-dependent"),
+        ] {
+            assert_eq!(postcard::to_allocvec(&b).unwrap(), vec![index], "{b:?}");
+            assert_eq!(postcard::from_bytes::<NatBehaviour>(&[index]).unwrap(), b);
+            assert_eq!(b.as_str(), name);
+            assert_eq!(b.to_string(), name);
+        }
+        assert!(postcard::from_bytes::<NatBehaviour>(&[4]).is_err());
+    }
 
     #[test]
     fn roundtrip() {

@@ -14,7 +14,7 @@ pub mod probe;
 pub mod server;
 
 pub use codec::{is_stun, Class, Message, TransactionId, MAGIC_COOKIE};
-pub use probe::{Behaviour, NatProbe, ProbeConfig, Reachability};
+pub use probe::{NatBehaviour, NatProbe, ProbeConfig, Reachability};
 pub use server::{build_binding_success, handle_binding, BindingServer, DialBack, Reply};
 
 /// Why a datagram was not accepted.

@@ -20,45 +20,15 @@
 //! all), the transaction failing Rm·RTO after the last send.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{attr, is_stun, Class, Message, TransactionId, CHANGE_IP, CHANGE_PORT, METHOD_BINDING};
 
-/// A NAT mapping or filtering behaviour (RFC 4787 terms).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Behaviour {
-    /// Same mapping / accepts packets from any remote address ("full cone").
-    EndpointIndependent,
-    /// Depends on the remote IP address only.
-    AddressDependent,
-    /// Depends on the remote IP address and port ("symmetric" mapping, "port-restricted" filter).
-    AddressAndPortDependent,
-    /// Not determined.
-    Unknown,
-}
-
-impl Behaviour {
-    /// The JSON name: `endpoint-independent`, `address-dependent`,
-    /// `address-and-port-dependent` or `unknown`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Behaviour::EndpointIndependent => "endpoint-independent",
-            Behaviour::AddressDependent => "address-dependent",
-            Behaviour::AddressAndPortDependent => "address-and-port-dependent",
-            Behaviour::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for Behaviour {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A NAT mapping or filtering behaviour (RFC 4787 terms); defined once, in `supervox-proto`,
+/// because calls carry it to the peer.
+pub use supervox_proto::NatBehaviour;
 
 /// What the probe concluded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,9 +40,9 @@ pub struct Reachability {
     /// The mapped address is our local address: no NAT.
     pub public: bool,
     /// NAT mapping behaviour.
-    pub mapping: Behaviour,
+    pub mapping: NatBehaviour,
     /// NAT/firewall filtering behaviour.
-    pub filtering: Behaviour,
+    pub filtering: NatBehaviour,
     /// Our address as SN2 saw it in the mapping test, if it answered. With an
     /// endpoint-dependent mapping its port minus [`Reachability::mapped`]'s is
     /// the NAT's allocation step (port prediction for sequential NATs).
@@ -152,7 +122,7 @@ pub struct NatProbe {
     sent_ids: Vec<TransactionId>,
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     m1: Option<SocketAddr>,
-    filtering: Behaviour,
+    filtering: NatBehaviour,
     udp: bool,
     result: Option<Reachability>,
 }
@@ -166,7 +136,7 @@ impl NatProbe {
             sent_ids: Vec::new(),
             queue: VecDeque::new(),
             m1: None,
-            filtering: Behaviour::Unknown,
+            filtering: NatBehaviour::Unknown,
             udp: false,
             result: None,
         };
@@ -264,7 +234,7 @@ impl NatProbe {
         self.txs.iter().find(|t| t.test == test).and_then(|t| t.outcome)
     }
 
-    fn finish(&mut self, mapped: Option<SocketAddr>, mapping: Behaviour, filtering: Behaviour) {
+    fn finish(&mut self, mapped: Option<SocketAddr>, mapping: NatBehaviour, filtering: NatBehaviour) {
         self.finish_with(mapped, None, mapping, filtering);
     }
 
@@ -272,8 +242,8 @@ impl NatProbe {
         &mut self,
         mapped: Option<SocketAddr>,
         mapped_sn2: Option<SocketAddr>,
-        mapping: Behaviour,
-        filtering: Behaviour,
+        mapping: NatBehaviour,
+        filtering: NatBehaviour,
     ) {
         let public = mapped == Some(self.cfg.local);
         self.result = Some(Reachability { udp: self.udp, mapped, public, mapping, filtering, mapped_sn2 });
@@ -309,17 +279,17 @@ impl NatProbe {
                     Some(Outcome::Mapped(m)) => Some(m),
                     _ => None,
                 };
-                self.finish(mapped, Behaviour::Unknown, Behaviour::Unknown);
+                self.finish(mapped, NatBehaviour::Unknown, NatBehaviour::Unknown);
             }
             Some(Test::FilterIp) => {
                 let ip = self.outcome(Test::FilterIp);
                 let port = self.outcome(Test::FilterPort);
                 let filtering = match (ip, port) {
-                    (Some(Outcome::Mapped(_)), _) => Behaviour::EndpointIndependent,
+                    (Some(Outcome::Mapped(_)), _) => NatBehaviour::EndpointIndependent,
                     _ if !all_done => return,
-                    (Some(Outcome::Unusable), _) => Behaviour::Unknown,
-                    (_, Some(Outcome::Mapped(_))) => Behaviour::AddressDependent,
-                    _ => Behaviour::AddressAndPortDependent,
+                    (Some(Outcome::Unusable), _) => NatBehaviour::Unknown,
+                    (_, Some(Outcome::Mapped(_))) => NatBehaviour::AddressDependent,
+                    _ => NatBehaviour::AddressAndPortDependent,
                 };
                 self.filtering = filtering;
                 self.txs.clear();
@@ -337,11 +307,11 @@ impl NatProbe {
                 };
                 let (m2, m3) = (mapped(self.outcome(Test::MapSn2)), mapped(self.outcome(Test::MapAlt)));
                 let mapping = match (m2, m3) {
-                    (_, Some(m3)) if Some(m3) != m1 => Behaviour::AddressAndPortDependent,
-                    (Some(m2), _) if Some(m2) == m1 => Behaviour::EndpointIndependent,
-                    (Some(_), Some(_)) => Behaviour::AddressDependent,
-                    (Some(_), None) => Behaviour::AddressAndPortDependent,
-                    (None, _) => Behaviour::Unknown,
+                    (_, Some(m3)) if Some(m3) != m1 => NatBehaviour::AddressAndPortDependent,
+                    (Some(m2), _) if Some(m2) == m1 => NatBehaviour::EndpointIndependent,
+                    (Some(_), Some(_)) => NatBehaviour::AddressDependent,
+                    (Some(_), None) => NatBehaviour::AddressAndPortDependent,
+                    (None, _) => NatBehaviour::Unknown,
                 };
                 let filtering = self.filtering;
                 self.finish_with(m1, m2, mapping, filtering);

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
-use supervox_stun::{Behaviour, BindingServer, NatProbe, ProbeConfig, Reachability, Reply};
+use supervox_stun::{BindingServer, NatBehaviour, NatProbe, ProbeConfig, Reachability, Reply};
 
 fn a(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -20,7 +20,7 @@ enum Net {
     /// No NAT, no firewall.
     Public,
     /// A NAT with this mapping and filtering.
-    Nat(Behaviour, Behaviour),
+    Nat(NatBehaviour, NatBehaviour),
     /// All UDP dropped.
     Blocked,
 }
@@ -56,8 +56,8 @@ impl Sim {
     fn map(&mut self, to: SocketAddr) -> SocketAddr {
         let Net::Nat(mapping, _) = self.net else { return a(LOCAL) };
         let key = match mapping {
-            Behaviour::EndpointIndependent => (None, None),
-            Behaviour::AddressDependent => (Some(to.ip()), None),
+            NatBehaviour::EndpointIndependent => (None, None),
+            NatBehaviour::AddressDependent => (Some(to.ip()), None),
             _ => (Some(to.ip()), Some(to.port())),
         };
         let next = 40000 + self.mappings.len() as u16;
@@ -71,8 +71,8 @@ impl Sim {
             Net::Public => true,
             Net::Blocked => false,
             Net::Nat(_, filtering) => match filtering {
-                Behaviour::EndpointIndependent => true,
-                Behaviour::AddressDependent => self.contacted.iter().any(|c| c.ip() == from.ip()),
+                NatBehaviour::EndpointIndependent => true,
+                NatBehaviour::AddressDependent => self.contacted.iter().any(|c| c.ip() == from.ip()),
                 _ => self.contacted.contains(&from),
             },
         }
@@ -132,9 +132,9 @@ fn cfg(alt: bool) -> ProbeConfig {
     c
 }
 
-use Behaviour::*;
+use NatBehaviour::*;
 
-fn check(net: Net, alt: bool, mapping: Behaviour, filtering: Behaviour) -> Sim {
+fn check(net: Net, alt: bool, mapping: NatBehaviour, filtering: NatBehaviour) -> Sim {
     let mut sim = Sim::new(net);
     let (r, _) = sim.run(cfg(alt));
     assert!(r.udp);

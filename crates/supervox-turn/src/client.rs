@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use supervox_stun::codec::{self as stun, long_term_key, Class, Message, TransactionId};
 
 use crate::codec::{attr, encode_channel_data, method, ChannelData, PacketKind};
+use crate::Transport;
 
 /// First retransmission timeout of a request over UDP (RFC 8489 §6.2.1 uses 500 ms; calls
 /// want a relay candidate fast, and the server is our own supernode a few ms away).
@@ -39,15 +40,6 @@ const CHANNEL_REFRESH_MS: u64 = 480_000;
 pub const MAX_PEERS: usize = 64;
 /// Transactions in flight at most.
 const MAX_IN_FLIGHT: usize = 32;
-
-/// How the client reaches the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientTransport {
-    /// Datagrams; requests are retransmitted.
-    Udp,
-    /// A TCP (or TLS) stream; no retransmissions, ChannelData padded to 4 bytes.
-    Tcp,
-}
 
 /// What the client reports to its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +96,7 @@ struct Peer {
 /// One TURN allocation, client side.
 pub struct TurnClient {
     server: SocketAddr,
-    transport: ClientTransport,
+    transport: Transport,
     username: String,
     password: String,
     realm: Option<String>,
@@ -131,7 +123,7 @@ impl TurnClient {
     /// Start allocating on `server` with the given long-term credential.
     pub fn new(
         server: SocketAddr,
-        transport: ClientTransport,
+        transport: Transport,
         username: &str,
         password: &str,
         rng_seed: u64,
@@ -165,7 +157,7 @@ impl TurnClient {
     }
 
     /// How the server is reached.
-    pub fn transport(&self) -> ClientTransport {
+    pub fn transport(&self) -> Transport {
         self.transport
     }
 
@@ -222,7 +214,7 @@ impl TurnClient {
             self.peers.get(&peer.ip()).is_some_and(|p| p.channel == Some(*ch) && p.channel_bound_until.is_some())
         });
         if let Some(ch) = bound {
-            if let Some(frame) = encode_channel_data(ch, data, self.transport == ClientTransport::Tcp) {
+            if let Some(frame) = encode_channel_data(ch, data, self.transport.is_stream()) {
                 self.out.push_back(frame);
             }
             return;
@@ -437,7 +429,7 @@ impl TurnClient {
         let bytes = msg.encode(key.as_deref(), true);
         self.out.push_back(bytes.clone());
         // Over TCP nothing is retransmitted: the one transmission gets the whole timeout.
-        let wait = if self.transport == ClientTransport::Tcp { TCP_TIMEOUT_MS } else { RTO_MS };
+        let wait = if self.transport.is_stream() { TCP_TIMEOUT_MS } else { RTO_MS };
         self.tx.insert(tid, Transaction { purpose, bytes, next_ms: now_ms + wait, sent: 1, reauthed });
     }
 
@@ -448,7 +440,7 @@ impl TurnClient {
             if now_ms < t.next_ms {
                 continue;
             }
-            let give_up = self.transport == ClientTransport::Tcp || t.sent >= MAX_TRANSMISSIONS;
+            let give_up = self.transport.is_stream() || t.sent >= MAX_TRANSMISSIONS;
             if give_up {
                 expired.push(*tid);
             } else {

@@ -43,9 +43,41 @@ mod server;
 pub mod tcp_framing;
 
 pub use auth::{mint_credentials, parse_username, RestUsername};
-pub use client::{ClientTransport, TurnClient, TurnEvent};
-pub use server::{AddressFamily, FiveTuple, Output, RelayError, RelayToken, Stats, Transport, TurnConfig, TurnServer};
+pub use client::{TurnClient, TurnEvent};
+pub use server::{AddressFamily, FiveTuple, Output, RelayError, RelayToken, Stats, TurnConfig, TurnServer};
 pub use tcp_framing::{FramingError, TcpFramer};
+
+/// How a TURN client and its server are connected, seen from either end (the client's
+/// `TurnClient`, the server's sessions, and `supervox-core`'s relay choice, which calls it
+/// `RelayTransport`). TCP and TLS are stream transports: the driver frames them with
+/// [`TcpFramer`] (and terminates TLS, passing plaintext), ChannelData on them is padded to
+/// 4 bytes and requests are not retransmitted. Ordered from the lightest: a client that
+/// cannot get through moves only up (UDP, then TCP, then TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    /// UDP datagrams.
+    Udp,
+    /// Plain TCP stream.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// Whether this is a byte-stream transport (TCP or TLS).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// `udp`, `tcp` or `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

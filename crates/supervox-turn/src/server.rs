@@ -12,24 +12,7 @@ use crate::codec::{
     self, attr, method, packet_kind, ChannelData, Class, Message, MessageBuilder, PacketKind, ParseError,
 };
 
-/// Client-facing transport of a TURN session. TCP and TLS are stream transports: the driver
-/// frames them with [`crate::TcpFramer`] and ChannelData towards them is padded to 4 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP datagrams.
-    Udp,
-    /// Plain TCP stream.
-    Tcp,
-    /// TLS over TCP (the driver terminates TLS and passes plaintext).
-    Tls,
-}
-
-impl Transport {
-    /// Whether this is a byte-stream transport (TCP or TLS).
-    pub fn is_stream(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-}
+use crate::Transport;
 
 /// The client 5-tuple an allocation is bound to (RFC 8656 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -147,8 +147,9 @@ fn judge(events: &[Value], recording: &Path) -> Result<Value> {
 }
 
 fn read_wav(path: &Path) -> Result<Vec<i16>> {
-    let mut src = supervox_media::source::open_source(&SourceSpec::Wav(path.to_path_buf()))
-        .with_context(|| format!("cannot read bob's recording {}", path.display()))?;
+    let mut src =
+        supervox_media::source::open_source(&SourceSpec::Wav(path.to_path_buf()), &supervox_media::device::NoDevices)
+            .with_context(|| format!("cannot read bob's recording {}", path.display()))?;
     // The source pads with silence after the end: read the file's length.
     let len = std::fs::metadata(path)?.len().saturating_sub(44) / 2;
     let frames = len.div_ceil(supervox_media::FRAME_SAMPLES as u64);

@@ -14,21 +14,11 @@ use super::{Client, ClientOutput};
 use crate::call::Phase;
 use crate::media_path::predict::{role, spray_plan, Role, SPARE_SOCKETS, SPRAY_BUDGET};
 use crate::media_path::PathKind;
-use supervox_proto::{CallId, CallSignal, NatBehaviour, NatReport};
-use supervox_stun::Behaviour;
+use supervox_proto::{CallId, CallSignal, NatReport};
 use tracing::{debug, info};
 
 /// Addresses of a peer's report that are used (its two supernodes' views).
 const MAX_REPORTED: usize = 2;
-
-fn behaviour(b: Behaviour) -> NatBehaviour {
-    match b {
-        Behaviour::EndpointIndependent => NatBehaviour::EndpointIndependent,
-        Behaviour::AddressDependent => NatBehaviour::AddressDependent,
-        Behaviour::AddressAndPortDependent => NatBehaviour::AddressAndPortDependent,
-        Behaviour::Unknown => NatBehaviour::Unknown,
-    }
-}
 
 /// Where a call stands in port prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,7 +42,7 @@ impl Client {
             .as_ref()
             .filter(|r| r.udp && !self.cfg.force_relay && self.relay_transport == RelayTransport::Udp)?;
         let mapped: Vec<_> = r.mapped.into_iter().chain(r.mapped_sn2).collect();
-        Some(NatReport { mapping: behaviour(r.mapping), filtering: behaviour(r.filtering), mapped, spare_sockets })
+        Some(NatReport { mapping: r.mapping, filtering: r.filtering, mapped, spare_sockets })
     }
 
     /// Tell the peer of call `id` what our NAT does (after Invite / Accept).

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, Transport, MAX_TLS_RELAYS};
-use supervox_turn::{ClientTransport, TurnClient, TurnEvent};
+use supervox_turn::{TurnClient, TurnEvent};
 use tracing::{info, warn};
 
 use super::{Client, ClientOutput, RelayCredentials};
@@ -36,27 +36,9 @@ pub struct ExternalRelay {
     pub tls: Option<[u8; 32]>,
 }
 
-/// How a client reaches its TURN relay. Ordered: auto mode only moves up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RelayTransport {
-    /// Datagrams to the relay's UDP port, from the media socket.
-    Udp,
-    /// TURN over TCP (RFC 8656 §3.1) to the address we reached the supernode at.
-    Tcp,
-    /// TURN over TLS over TCP to the supernode's TLS listener, its certificate pinned.
-    Tls,
-}
-
-impl RelayTransport {
-    /// `udp`, `tcp` or `tls`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayTransport::Udp => "udp",
-            RelayTransport::Tcp => "tcp",
-            RelayTransport::Tls => "tls",
-        }
-    }
-}
+/// How a client reaches its TURN relay: the TURN crate's one transport enum. Ordered:
+/// auto mode only moves up.
+pub use supervox_turn::Transport as RelayTransport;
 
 /// Where and how to allocate.
 struct Target {
@@ -105,11 +87,10 @@ impl Client {
         }
         let seed = self.rng_u64();
         info!("allocating a relay on {server} over {}", via.as_str());
-        let transport = if via == RelayTransport::Udp { ClientTransport::Udp } else { ClientTransport::Tcp };
-        if transport == ClientTransport::Tcp {
+        if via.is_stream() {
             self.out.push_back(ClientOutput::RelayConnect { server, tls: pin });
         }
-        self.turn = Some(TurnClient::new(server, transport, &username, &password, seed, now_ms));
+        self.turn = Some(TurnClient::new(server, via, &username, &password, seed, now_ms));
         self.turn_via = via;
         self.flush_relay(now_ms);
     }
@@ -144,7 +125,7 @@ impl Client {
     /// from pairs through it by themselves.
     fn drop_relay(&mut self, now_ms: u64) {
         if let Some(t) = self.turn.take() {
-            if t.transport() == ClientTransport::Tcp {
+            if t.transport().is_stream() {
                 self.out.push_back(ClientOutput::RelayDisconnect);
             }
             self.relay_retry_ms = now_ms + RETRY_MS;
@@ -191,13 +172,13 @@ impl Client {
 
     /// A frame from the relay's stream (TCP or TLS).
     pub fn on_relay_frame(&mut self, bytes: &[u8], now_ms: u64) -> Option<(CallId, Vec<u8>)> {
-        self.turn.as_ref().filter(|t| t.transport() == ClientTransport::Tcp)?;
+        self.turn.as_ref().filter(|t| t.transport().is_stream())?;
         self.relay_message(bytes, now_ms)
     }
 
     /// The relay's stream failed or closed: the allocation is gone with it.
     pub fn on_relay_stream_closed(&mut self, now_ms: u64) {
-        let Some(t) = self.turn.as_ref().filter(|t| t.transport() == ClientTransport::Tcp) else { return };
+        let Some(t) = self.turn.as_ref().filter(|t| t.transport().is_stream()) else { return };
         // Plain TCP that never carried an allocation: maybe only TLS gets out.
         let never_up = t.relayed().is_none() && self.turn_via == RelayTransport::Tcp;
         warn!("relay stream closed");
@@ -284,7 +265,7 @@ impl Client {
 
     /// What a new call's media path may use.
     pub(super) fn local_bases(&self) -> LocalBases {
-        let relay = self.turn.as_ref().filter(|t| t.relayed().is_some()).map(|t| t.transport() == ClientTransport::Tcp);
+        let relay = self.turn.as_ref().filter(|t| t.relayed().is_some()).map(|t| t.transport().is_stream());
         LocalBases { relay, force_relay: self.cfg.force_relay, no_udp: self.relay_transport != RelayTransport::Udp }
     }
 
@@ -306,7 +287,7 @@ impl Client {
     fn flush_relay(&mut self, now_ms: u64) {
         let Some(t) = self.turn.as_mut() else { return };
         let server = t.server();
-        let tcp = t.transport() == ClientTransport::Tcp;
+        let tcp = t.transport().is_stream();
         while let Some(b) = t.poll_transmit() {
             self.out.push_back(if tcp { ClientOutput::RelayStream(b) } else { ClientOutput::Datagram(server, b) });
         }

@@ -6,8 +6,9 @@ use crate::media_path::predict::SPARE_SOCKETS;
 use crate::reason::{Reason, Rejection};
 use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
 use std::collections::HashSet;
+use supervox_proto::NatBehaviour as Behaviour;
 use supervox_proto::{CallSignal, CandidateKind, SignalEnvelope, Transport};
-use supervox_stun::{Behaviour, Reachability};
+use supervox_stun::Reachability;
 
 const SN: u16 = 4000;
 

@@ -2,7 +2,8 @@
 //! permissions, channel binding, data both ways, refresh and failure.
 
 use super::*;
-use crate::client::{ClientTransport, TurnClient, TurnEvent};
+use crate::client::{TurnClient, TurnEvent};
+use crate::Transport;
 
 const CLIENT: &str = "10.0.0.2:40000";
 const SERVER: &str = "10.0.0.1:3478";
@@ -34,7 +35,7 @@ fn exchange(h: &mut Harness, c: &mut TurnClient, now: u64) -> Vec<(SocketAddr, V
 fn allocated(user: &str, secret: &[u8]) -> (Harness, TurnClient, SocketAddr) {
     let mut h = Harness::new();
     let (u, p) = mint_credentials(secret, user.as_bytes(), T0 / 1000, 600);
-    let mut c = TurnClient::new(addr(SERVER), ClientTransport::Udp, &u, &p, 1, T0);
+    let mut c = TurnClient::new(addr(SERVER), Transport::Udp, &u, &p, 1, T0);
     exchange(&mut h, &mut c, T0);
     let relayed = match c.poll_event() {
         Some(TurnEvent::Allocated { relayed, mapped }) => {
@@ -104,12 +105,12 @@ fn client_keeps_the_allocation_alive_and_releases_it() {
 fn client_reports_refusal_and_timeout() {
     let mut h = Harness::new();
     let (u, _) = mint_credentials(SECRET, b"carol", T0 / 1000, 600);
-    let mut c = TurnClient::new(addr(SERVER), ClientTransport::Udp, &u, "not-the-password", 1, T0);
+    let mut c = TurnClient::new(addr(SERVER), Transport::Udp, &u, "not-the-password", 1, T0);
     exchange(&mut h, &mut c, T0);
     assert!(matches!(c.poll_event(), Some(TurnEvent::Failed { code: 401, .. })));
     assert!(c.is_dead());
     // Nobody answers: retransmissions, then a 408.
-    let mut c = TurnClient::new(addr(SERVER), ClientTransport::Udp, &u, "x", 2, T0);
+    let mut c = TurnClient::new(addr(SERVER), Transport::Udp, &u, "x", 2, T0);
     let mut now = T0;
     let mut sent = 0;
     while c.poll_event().is_none() && now < T0 + 60_000 {

@@ -3,6 +3,7 @@
 //! RTCP-like receiver reports once a second drive the sender's FEC.
 
 use anyhow::{Context, Result};
+use supervox_audio::Devices;
 use supervox_media::receiver::MediaReceiver;
 use supervox_media::sender::MediaSender;
 use supervox_media::sink::{open_sink, FrameSink, SinkSpec};
@@ -84,7 +85,7 @@ pub struct CallFigures {
 }
 
 impl CallMedia {
-    /// Open the source and sink of a call.
+    /// Open the source and sink of a call (`mic` and `speaker` through `supervox-audio`).
     pub fn open(input: &SourceSpec, output: &SinkSpec, cfg: MediaConfig, now_ms: u64) -> Result<Self> {
         let receiver = match cfg.jitter_buffer {
             JitterBufferMode::Adaptive => MediaReceiver::new(INITIAL_DELAY_MS)?,
@@ -95,8 +96,8 @@ impl CallMedia {
             sender.set_expected_loss(0)?;
         }
         Ok(Self {
-            source: open_source(input).with_context(|| format!("input {input}"))?,
-            sink: open_sink(output).with_context(|| format!("output {output}"))?,
+            source: open_source(input, &Devices).with_context(|| format!("input {input}"))?,
+            sink: open_sink(output, &Devices).with_context(|| format!("output {output}"))?,
             sender,
             receiver,
             cfg,

@@ -21,12 +21,14 @@ use cpal::{
     SupportedStreamConfig, SupportedStreamConfigRange,
 };
 
-use super::convert::{downmix, f32_to_i16, i16_to_f32, upmix, Resampler};
-use super::ring::{RingStats, SampleRing};
-use super::{Direction, RING_MS};
-use crate::sink::FrameSink;
-use crate::source::FrameSource;
-use crate::{MediaError, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
+use supervox_media::device::Direction;
+use supervox_media::sink::FrameSink;
+use supervox_media::source::FrameSource;
+use supervox_media::{MediaError, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
+
+use crate::convert::{downmix, f32_to_i16, i16_to_f32, upmix, Resampler};
+use crate::ring::{RingStats, SampleRing};
+use crate::RING_MS;
 
 /// How long opening a device may take before we give up on it.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,7 +87,7 @@ fn supports(device: &Device, dir: Direction) -> bool {
 }
 
 /// Identifiers of the devices the host lists for `dir`, excluding ALSA's `null` device.
-pub(super) fn device_ids(dir: Direction) -> Vec<String> {
+pub(crate) fn device_ids(dir: Direction) -> Vec<String> {
     let host = cpal::default_host();
     list(&host, dir).iter().filter_map(device_id).filter(|id| id != NULL_DEVICE).collect()
 }
@@ -393,7 +395,7 @@ fn log_stats(dir: Direction, label: &str, stats: RingStats) {
 }
 
 /// Microphone capture as 48 kHz mono frames.
-pub(super) struct DeviceSource {
+pub(crate) struct DeviceSource {
     ring: Arc<SampleRing>,
     label: String,
     // Dropped after the fields above; stops the stream.
@@ -402,7 +404,7 @@ pub(super) struct DeviceSource {
 
 impl DeviceSource {
     /// Opens the default input device, or the one called `name`.
-    pub(super) fn open(name: Option<&str>) -> Result<Self, MediaError> {
+    pub(crate) fn open(name: Option<&str>) -> Result<Self, MediaError> {
         let (thread, opened) = spawn(Direction::Input, name)?;
         Ok(DeviceSource { ring: opened.ring, label: opened.label, _thread: thread })
     }
@@ -429,7 +431,7 @@ impl Drop for DeviceSource {
 }
 
 /// Loudspeaker playback of 48 kHz mono frames.
-pub(super) struct DeviceSink {
+pub(crate) struct DeviceSink {
     ring: Arc<SampleRing>,
     label: String,
     resampler: Resampler,
@@ -442,7 +444,7 @@ pub(super) struct DeviceSink {
 
 impl DeviceSink {
     /// Opens the default output device, or the one called `name`.
-    pub(super) fn open(name: Option<&str>) -> Result<Self, MediaError> {
+    pub(crate) fn open(name: Option<&str>) -> Result<Self, MediaError> {
         let (thread, opened) = spawn(Direction::Output, name)?;
         let resampler = Resampler::new(SAMPLE_RATE, opened.rate).ok_or_else(|| {
             Direction::Output.error(format!("audio output device {}: unusable sample rate", opened.label))

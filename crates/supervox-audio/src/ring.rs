@@ -165,7 +165,7 @@ impl SampleRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::FRAME_SAMPLES;
+    use supervox_media::FRAME_SAMPLES;
 
     /// 200 ms at 48 kHz.
     const CAP: usize = 9_600;

@@ -216,7 +216,7 @@ impl Resampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{dominant_frequency, rms};
+    use supervox_media::analysis::{dominant_frequency, rms};
 
     fn sine(hz: f64, rate: u32, secs: f64, amp: f32) -> Vec<f32> {
         let n = (f64::from(rate) * secs) as usize;
