@@ -235,7 +235,7 @@ fn a_different_key_at_a_pinned_address_is_refused_and_the_next_entry_tried() {
     let mut c = Client::new(Identity::from_seed([1; 32]), cfg, hc, 7);
     c.spread_salt = 0;
     let t = T0 + 60_000;
-    c.on_tick(t);
+    c.handle_timeout(t);
     assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
     c.on_connected(31, a(4001));
     let mallory = Identity::from_seed([66; 32]).user_id();
@@ -275,7 +275,7 @@ fn a_seed_with_a_key_is_pinned_from_the_start() {
     // On first contact an impostor there is refused (a bare seed would
     // have trusted it).
     let mut c = Client::new(Identity::from_seed([1; 32]), cfg(), hc.clone(), 7);
-    c.on_tick(T0);
+    c.handle_timeout(T0);
     assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
     c.on_connected(11, a(4001));
     c.on_established(11, Role::Supernode, Identity::from_seed([66; 32]).user_id(), T0 + 5);
@@ -291,7 +291,7 @@ fn a_seed_with_a_key_is_pinned_from_the_start() {
     let mut hc = HostCache::new();
     hc.add_seed(&"127.0.0.1:4001".parse().unwrap());
     let mut c = Client::new(Identity::from_seed([1; 32]), cfg(), hc, 7);
-    c.on_tick(T0);
+    c.handle_timeout(T0);
     drain(&mut c);
     c.on_connected(13, a(4001));
     let mallory = Identity::from_seed([66; 32]).user_id();
