@@ -64,7 +64,8 @@ pub struct RelayCredentials {
 pub struct ClientConfig {
     /// The name to claim.
     pub name: String,
-    /// Answer incoming calls at once.
+    /// Answer incoming calls as soon as the directory has confirmed the
+    /// caller's name (an unverified caller only rings).
     pub auto_answer: bool,
     /// Agent string for Hello.
     pub agent: String,

@@ -146,7 +146,7 @@ struct NodeArgs {
     /// below 20 % and at least 2 other supernodes alive.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     step_back_after: u64,
-    /// Answer incoming calls automatically.
+    /// Answer incoming calls automatically (only callers whose name the directory confirmed).
     #[arg(long)]
     auto_answer: bool,
     /// Audio source: tone:HZ, wav:PATH, silence or mic.
