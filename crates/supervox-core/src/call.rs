@@ -26,6 +26,41 @@ pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const MEDIA_TIMEOUT_MS: u64 = 10_000;
 /// Time to resolve the callee's name.
 pub const LOOKUP_TIMEOUT_MS: u64 = 4_000;
+/// Time the callee waits for the directory to confirm the caller's name
+/// before ringing as [`Verified::Unverified`]: less than the caller's
+/// [`INVITE_TIMEOUT_MS`], since `Ringing` goes out only after it.
+pub const VERIFY_TIMEOUT_MS: u64 = 3_000;
+
+/// How far we know who the peer of a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The directory's answer for the peer's name names the peer's key: the
+    /// callee's name for an outgoing call (we looked it up), the caller's
+    /// for an incoming one (looked up before ringing).
+    Directory,
+    /// The directory did not answer in time (or its answer did not verify):
+    /// the name is only what the caller says. Never shown as the bare name.
+    Unverified,
+}
+
+impl Verified {
+    /// The stable text in JSON (`"verified"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Directory => "directory",
+            Self::Unverified => "unverified",
+        }
+    }
+
+    /// `name` as it may be shown: quoted, with an "(unverified)" mark unless
+    /// the directory confirmed it.
+    pub fn label(self, name: &str) -> String {
+        match self {
+            Self::Directory => format!("{name:?}"),
+            Self::Unverified => format!("{name:?} (unverified)"),
+        }
+    }
+}
 
 /// Why a handshake step failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -125,6 +160,16 @@ pub enum Phase {
         /// True once the callee rings.
         ringing: bool,
     },
+    /// Incoming, not ringing yet: asking the directory whether the caller's
+    /// name belongs to the caller's key (never answered in this phase).
+    Verifying {
+        /// The lookup's request id.
+        req_id: u64,
+        /// The caller's handshake message 1.
+        msg1: Vec<u8>,
+        /// The caller's candidates.
+        candidates: Vec<Candidate>,
+    },
     /// Ringing here, waiting for the local user (incoming).
     Alerting {
         /// The caller's handshake message 1.
@@ -151,6 +196,8 @@ pub struct Call {
     pub peer_id: Option<UserId>,
     /// The other party's supernode, once known.
     pub peer_sn: Option<SocketAddr>,
+    /// Whether the directory confirmed the peer's name, once known.
+    pub verified: Option<Verified>,
     /// Where the call is.
     pub phase: Phase,
     /// The media path, once keys are agreed.

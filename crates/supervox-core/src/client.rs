@@ -6,7 +6,7 @@
 //! [`calls`]; media datagrams pass through [`Client::handle_datagram`].
 
 use crate::backoff::Backoff;
-use crate::call::Call;
+use crate::call::{Call, Verified};
 use crate::host_cache::HostCache;
 use crate::identity::Identity;
 use crate::media_path::PathKind;
@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role};
+use supervox_proto::{CallId, Candidate, Message, NameClaim, Presence, Role, UserId};
 use tracing::{info, warn};
 
 mod calls;
@@ -64,7 +64,8 @@ pub struct RelayCredentials {
 pub struct ClientConfig {
     /// The name to claim.
     pub name: String,
-    /// Answer incoming calls at once.
+    /// Answer incoming calls as soon as the directory has confirmed the
+    /// caller's name (an unverified caller only rings).
     pub auto_answer: bool,
     /// Agent string for Hello.
     pub agent: String,
@@ -100,12 +101,19 @@ pub enum ClientEvent {
         /// Why.
         reason: SignInRefusal,
     },
-    /// Someone is calling.
+    /// Someone is calling (it rings now: the directory has been asked who
+    /// owns the caller's name first).
     Incoming {
         /// The call.
         call_id: CallId,
-        /// Caller's name.
+        /// Caller's name, as the caller says: show it with
+        /// [`Verified::label`], never bare when `verified` is
+        /// [`Verified::Unverified`].
         from: String,
+        /// Caller's key.
+        user_id: UserId,
+        /// Whether the directory confirmed that `from` is `user_id`'s.
+        verified: Verified,
     },
     /// The callee's phone rings.
     Ringing {
@@ -118,6 +126,10 @@ pub enum ClientEvent {
         call_id: CallId,
         /// Peer's name.
         peer: String,
+        /// Peer's key.
+        user_id: UserId,
+        /// Whether the directory confirmed that `peer` is `user_id`'s.
+        verified: Verified,
         /// The path in use.
         path: PathKind,
         /// Invite sent (or received) until the path worked.

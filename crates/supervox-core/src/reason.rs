@@ -137,6 +137,8 @@ pub enum Rejection {
     NoAnswer,
     /// The callee could not complete the end-to-end handshake.
     HandshakeFailed,
+    /// The callee's directory lookup says our name belongs to another key.
+    CallerNotVerified,
     /// Some other reason (untrusted text).
     Other(ReasonText),
 }
@@ -149,6 +151,7 @@ impl Rejection {
             "declined" => Self::Declined,
             "no answer" => Self::NoAnswer,
             "handshake failed" => Self::HandshakeFailed,
+            "caller not verified" => Self::CallerNotVerified,
             other => Self::Other(ReasonText::new(other)),
         }
     }
@@ -160,6 +163,7 @@ impl Rejection {
             Self::Declined => "declined",
             Self::NoAnswer => "no answer",
             Self::HandshakeFailed => "handshake failed",
+            Self::CallerNotVerified => "caller not verified",
             Self::Other(t) => t.as_str(),
         }
     }
@@ -198,6 +202,10 @@ pub enum CallFailure {
     Rejected(Rejection),
     /// The caller cancelled before we answered.
     CallerCancelled,
+    /// An incoming call refused before it rang: the directory says the
+    /// caller's name belongs to another key (a spoofed caller id). The
+    /// caller hears [`Rejection::CallerNotVerified`].
+    CallerNameMismatch(String),
     /// Connectivity checks found no working pair within 10 s of the answer.
     NoMediaPath,
     /// Our supernode link went away while the call was being set up.
@@ -238,8 +246,10 @@ impl Reason for CallFailure {
             Self::Rejected(Rejection::Declined) => "declined",
             Self::Rejected(Rejection::NoAnswer) => "callee-no-answer",
             Self::Rejected(Rejection::HandshakeFailed) => "callee-handshake-failed",
+            Self::Rejected(Rejection::CallerNotVerified) => "caller-not-verified",
             Self::Rejected(Rejection::Other(_)) => "rejected",
             Self::CallerCancelled => "caller-cancelled",
+            Self::CallerNameMismatch(_) => "caller-name-mismatch",
             Self::NoMediaPath => "no-media-path",
             Self::LostSupernode => "lost-supernode",
             Self::Redirected => "redirected",
@@ -267,6 +277,9 @@ impl fmt::Display for CallFailure {
             Self::Missed => f.write_str("missed call"),
             Self::Rejected(r) => write!(f, "rejected: {}", r.wire()),
             Self::CallerCancelled => f.write_str("caller cancelled"),
+            Self::CallerNameMismatch(name) => {
+                write!(f, "refused a caller claiming {name:?}: the directory says that name belongs to another key")
+            }
             Self::NoMediaPath => f.write_str("no media path to the peer"),
             Self::LostSupernode => f.write_str("lost the supernode link"),
             Self::Redirected => f.write_str("our supernode redirected us"),

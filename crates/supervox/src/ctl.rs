@@ -42,7 +42,15 @@ pub fn describe(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
     let n = |k: &str| v[k].as_f64().map(|x| format!("{x}")).unwrap_or_else(|| "?".into());
     match v["event"].as_str() {
-        Some("call_connected") => format!("connected to {} over {} in {} ms", s("peer"), s("path"), n("setup_ms")),
+        Some("call_connected") => format!(
+            "connected to {}{} [fingerprint {}] over {} in {} ms",
+            s("peer"),
+            // Anything but a directory-confirmed name is marked (older nodes send no field).
+            if v["verified"] == "directory" { "" } else { " (unverified)" },
+            s("fingerprint"),
+            s("path"),
+            n("setup_ms")
+        ),
         Some("path_changed") => format!("path changed to {} ({})", s("path"), s("reason")),
         Some("call_ended") => format!(
             "call ended ({}) after {} ms: sent {} frames, received {} (loss {}%, jitter {} ms)",
@@ -98,5 +106,16 @@ mod tests {
         let f = CallFailure::Ended(CallEnd::LocalHangup);
         let failed = vec![json!({"event": "call_failed", "reason": f.to_string(), "code": f.code()})];
         assert!(!call_succeeded(&failed));
+    }
+
+    #[test]
+    fn a_peer_the_directory_did_not_confirm_is_marked() {
+        let mut c = json!({"event": "call_connected", "peer": "alice", "verified": "directory",
+                           "fingerprint": "ab12-cd34-ef56-7890", "path": "direct-udp", "setup_ms": 3});
+        assert_eq!(describe(&c), "connected to alice [fingerprint ab12-cd34-ef56-7890] over direct-udp in 3 ms");
+        c["verified"] = json!("unverified");
+        assert!(describe(&c).starts_with("connected to alice (unverified) ["), "{}", describe(&c));
+        c.as_object_mut().unwrap().remove("verified");
+        assert!(describe(&c).contains("(unverified)"));
     }
 }

@@ -146,7 +146,7 @@ struct NodeArgs {
     /// below 20 % and at least 2 other supernodes alive.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     step_back_after: u64,
-    /// Answer incoming calls automatically.
+    /// Answer incoming calls automatically (only callers whose name the directory confirmed).
     #[arg(long)]
     auto_answer: bool,
     /// Audio source: tone:HZ, wav:PATH, silence or mic.
@@ -449,7 +449,11 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
                 println!("role:        {}", v["role"].as_str().unwrap_or("?"));
                 println!("supernode:   {}", v["supernode"].as_str().unwrap_or("(not signed in)"));
                 if let Some(call) = v["call"].as_object() {
-                    println!("call:        {} with {}", call["state"], call["peer"]);
+                    let mark = if call["verified"] == "directory" { "" } else { " (unverified)" };
+                    println!("call:        {} with {}{mark}", call["state"], call["peer"]);
+                    if let Some(fp) = call["fingerprint"].as_str() {
+                        println!("peer fingerprint: {fp}");
+                    }
                 }
             }
             Ok(true)

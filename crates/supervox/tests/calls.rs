@@ -197,3 +197,53 @@ fn a_node_without_udp_media_calls_over_direct_tcp() {
         }
     }
 }
+
+#[test]
+fn an_honest_call_shows_the_directory_verified_peer_key_and_fingerprint() {
+    let root = tempfile::tempdir().unwrap();
+    let sn1 = start_sn(root.path(), "sn1", &[]);
+    let sn2 = start_sn(root.path(), "sn2", &[sn1.addr]);
+    let alice = start_node(root.path(), "alice", &[sn1.addr], &[]);
+    let bob = start_node(root.path(), "bob", &[sn2.addr], &["--auto-answer"]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let (a, b) = (status(&alice).unwrap(), status(&bob).unwrap());
+    let control = alice.control.clone();
+    let caller = std::thread::spawn(move || {
+        let out =
+            ctl(&control, &["call", "bob", "--json", "--duration", "2", "--input", "tone:440", "--output", "null"]);
+        let events: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (out.status.success(), events)
+    });
+    // The callee's status names the caller by key and fingerprint, confirmed by the directory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let call = loop {
+        if let Some(c) = status(&bob).map(|s| s["call"].clone()).filter(|c| c["state"] == "connected") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "bob's call did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(call["peer"], "alice");
+    assert_eq!(call["verified"], "directory", "{call}");
+    assert_eq!(call["user_id"], a["user_id"], "{call}");
+    assert_eq!(call["fingerprint"], a["fingerprint"], "{call}");
+    let (ok, events) = caller.join().unwrap();
+    assert!(ok, "call failed: {events:?}");
+    let c = event(&events, "call_connected").expect("connected");
+    assert_eq!(c["peer"], "bob");
+    assert_eq!(c["verified"], "directory", "{c}");
+    assert_eq!(c["user_id"], b["user_id"], "{c}");
+    assert_eq!(c["fingerprint"], b["fingerprint"], "{c}");
+    // bob's log shows the caller with its key and verification, auto-answered.
+    let log = std::fs::read_to_string(root.path().join("node-bob.log")).unwrap();
+    let fp = a["fingerprint"].as_str().unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("incoming call")
+            && l.contains(&format!("fingerprint {fp}, verified directory"))
+            && l.contains("(auto-answer)")),
+        "{log}"
+    );
+    assert!(!log.contains("(unverified)"), "{log}");
+}

@@ -2,8 +2,8 @@
 
 use super::{Client, ClientEvent, ClientOutput};
 use crate::call::{
-    answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase, CONNECT_TIMEOUT_MS, INVITE_TIMEOUT_MS,
-    LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS,
+    answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase, Verified, CONNECT_TIMEOUT_MS,
+    INVITE_TIMEOUT_MS, LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS, VERIFY_TIMEOUT_MS,
 };
 use crate::media_path::{call_tag, datagram_tag, MediaPath, Via};
 use crate::reason::{CallEnd, CallFailure, ReasonText, Rejection};
@@ -43,6 +43,7 @@ impl Client {
                 peer_name: name.to_string(),
                 peer_id: None,
                 peer_sn: None,
+                verified: None,
                 phase: Phase::Resolving { req_id },
                 path: None,
                 created_ms: now_ms,
@@ -67,6 +68,7 @@ impl Client {
         self.calls.get(id).map(|c| {
             let phase = match c.phase {
                 Phase::Resolving { .. } => "resolving",
+                Phase::Verifying { .. } => "verifying",
                 Phase::Inviting { ringing: false, .. } => "inviting",
                 Phase::Inviting { ringing: true, .. } => "ringing",
                 Phase::Alerting { .. } => "incoming",
@@ -77,7 +79,20 @@ impl Client {
         })
     }
 
+    /// A call's peer key and how far its name is verified, once known.
+    pub fn call_peer(&self, id: &CallId) -> Option<(UserId, Option<Verified>)> {
+        self.calls.get(id).and_then(|c| Some((c.peer_id?, c.verified)))
+    }
+
     pub(super) fn on_lookup_result(&mut self, req_id: u64, answer: LookupAnswer, now_ms: u64) {
+        if let Some(id) = self
+            .calls
+            .values()
+            .find(|c| matches!(c.phase, Phase::Verifying { req_id: r, .. } if r == req_id))
+            .map(|c| c.id)
+        {
+            return self.on_caller_lookup(id, answer, now_ms);
+        }
         let Some(id) = self
             .calls
             .values()
@@ -116,6 +131,8 @@ impl Client {
         if let Some(c) = self.calls.get_mut(&id) {
             c.peer_id = Some(claim.user_id);
             c.peer_sn = Some(presence.supernode);
+            // The key comes from the directory's (verified) claim for the name.
+            c.verified = Some(Verified::Directory);
             c.phase = Phase::Inviting { hs: Box::new(hs), ringing: false };
             c.invite_ms = Some(now_ms);
             c.deadline_ms = now_ms + INVITE_TIMEOUT_MS;
@@ -217,19 +234,24 @@ impl Client {
         if self.active_call().is_some() || self.calls.len() >= super::calls::MAX_CALLS {
             return self.signal_to(id, from, sn, CallSignal::Reject { reason: Rejection::Busy.wire().into() });
         }
-        info!("incoming call from {from_name:?}");
+        // A presence signed for a name proves only that the key signed it:
+        // ask the directory who owns the name before it rings.
+        let req_id = self.next_req;
+        self.next_req += 1;
+        self.send_sn(Message::Lookup { req_id, name: from_name.clone() });
         self.calls.insert(
             id,
             Call {
                 id,
                 direction: Direction::Incoming,
-                peer_name: from_name.clone(),
+                peer_name: from_name,
                 peer_id: Some(from),
                 peer_sn: Some(sn),
-                phase: Phase::Alerting { msg1, candidates },
+                verified: None,
+                phase: Phase::Verifying { req_id, msg1, candidates },
                 path: None,
                 created_ms: now_ms,
-                deadline_ms: now_ms + RING_TIMEOUT_MS,
+                deadline_ms: now_ms + VERIFY_TIMEOUT_MS,
                 invite_ms: Some(now_ms),
                 connected_ms: None,
                 reported_path: None,
@@ -237,9 +259,49 @@ impl Client {
                 prediction: Default::default(),
             },
         );
+    }
+
+    /// The directory's answer for an incoming call's caller name.
+    fn on_caller_lookup(&mut self, id: CallId, answer: LookupAnswer, now_ms: u64) {
+        let Some(c) = self.calls.get(&id) else { return };
+        let (name, from) = (c.peer_name.clone(), c.peer_id);
+        let claim = match answer {
+            LookupAnswer::Online { claim, .. } | LookupAnswer::Offline { claim } => Some(claim),
+            LookupAnswer::Unknown => None,
+        };
+        // A claim that does not verify, or is for another name, is the
+        // supernode's fault, not proof against the caller: unverified.
+        let owner = claim.filter(|k| k.name == name && k.verify().is_ok()).map(|k| k.user_id);
+        match owner {
+            Some(owner) if Some(owner) == from => self.ring(id, Verified::Directory, now_ms),
+            Some(_) => {
+                warn!("refused an incoming call claiming {name:?}: the directory says another key owns that name");
+                self.signal(id, CallSignal::Reject { reason: Rejection::CallerNotVerified.wire().into() });
+                self.fail_call(id, CallFailure::CallerNameMismatch(name), now_ms, false);
+            }
+            None => self.ring(id, Verified::Unverified, now_ms),
+        }
+    }
+
+    /// Verification of an incoming call is over: ring, and answer at once
+    /// if told to, but only a caller the directory confirmed.
+    fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        let Phase::Verifying { .. } = c.phase else { return };
+        let Phase::Verifying { msg1, candidates, .. } =
+            std::mem::replace(&mut c.phase, Phase::Alerting { msg1: Vec::new(), candidates: Vec::new() })
+        else {
+            return;
+        };
+        c.phase = Phase::Alerting { msg1, candidates };
+        c.verified = Some(verified);
+        c.deadline_ms = now_ms + RING_TIMEOUT_MS;
+        let (from, user_id) = (c.peer_name.clone(), c.peer_id);
+        let Some(user_id) = user_id else { return };
+        info!("incoming call from {}", verified.label(&from));
         self.signal(id, CallSignal::Ringing);
-        self.event(ClientEvent::Incoming { call_id: id, from: from_name });
-        if self.cfg.auto_answer {
+        self.event(ClientEvent::Incoming { call_id: id, from, user_id, verified });
+        if self.cfg.auto_answer && verified == Verified::Directory {
             self.answer(id, now_ms);
         }
     }
@@ -277,7 +339,7 @@ impl Client {
         let Some(c) = self.calls.get(&id) else { return };
         match c.phase {
             Phase::Connected | Phase::Connecting => self.end_call(id, reason, now_ms, true),
-            Phase::Alerting { .. } => {
+            Phase::Alerting { .. } | Phase::Verifying { .. } => {
                 self.signal(id, CallSignal::Reject { reason: Rejection::Declined.wire().into() });
                 self.fail_call(id, CallFailure::Ended(reason), now_ms, false);
             }
@@ -325,7 +387,12 @@ impl Client {
         let ids: Vec<CallId> = self
             .calls
             .values()
-            .filter(|c| matches!(c.phase, Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Alerting { .. }))
+            .filter(|c| {
+                matches!(
+                    c.phase,
+                    Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Verifying { .. } | Phase::Alerting { .. }
+                )
+            })
             .map(|c| c.id)
             .collect();
         for id in ids {
@@ -363,6 +430,8 @@ impl Client {
                 (Phase::Connected, _, true) => self.end_call(id, CallEnd::MediaTimeout, now_ms, true),
                 (Phase::Connected, _, false) => {}
                 (Phase::Resolving { .. }, true, _) => self.fail_call(id, CallFailure::LookupTimedOut, now_ms, false),
+                // No word from the directory: it may ring, marked as such.
+                (Phase::Verifying { .. }, true, _) => self.ring(id, Verified::Unverified, now_ms),
                 (Phase::Inviting { ringing: false, .. }, true, _) => {
                     self.fail_call(id, CallFailure::CalleeDidNotRespond, now_ms, true)
                 }
@@ -403,7 +472,7 @@ impl Client {
     fn on_trickled(&mut self, id: CallId, candidates: Vec<Candidate>, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else { return };
         match (&mut c.phase, c.path.as_mut()) {
-            (Phase::Alerting { candidates: known, .. }, _) => {
+            (Phase::Alerting { candidates: known, .. } | Phase::Verifying { candidates: known, .. }, _) => {
                 known.extend(candidates.into_iter().take(16));
                 known.truncate(32);
             }
@@ -459,7 +528,9 @@ impl Client {
             c.connected_ms = Some(now);
             let setup_ms = now.saturating_sub(c.invite_ms.unwrap_or(c.created_ms));
             let peer = c.peer_name.clone();
-            self.event(ClientEvent::Connected { call_id: id, peer, path: kind, setup_ms });
+            let verified = c.verified.unwrap_or(Verified::Unverified);
+            let Some(user_id) = c.peer_id else { return };
+            self.event(ClientEvent::Connected { call_id: id, peer, user_id, verified, path: kind, setup_ms });
         }
     }
 

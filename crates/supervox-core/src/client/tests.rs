@@ -2,12 +2,13 @@
 //! replaced by direct message delivery, datagrams delivered by address.
 
 use super::*;
+use crate::call::Verified;
 use crate::media_path::predict::SPARE_SOCKETS;
 use crate::reason::{Reason, Rejection};
 use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
 use std::collections::HashSet;
 use supervox_proto::NatBehaviour as Behaviour;
-use supervox_proto::{CallSignal, CandidateKind, SignalEnvelope, Transport};
+use supervox_proto::{CallId, CallSignal, CandidateKind, Presence, SignalEnvelope, Transport};
 use supervox_stun::Reachability;
 
 const SN: u16 = 4000;
@@ -50,6 +51,10 @@ struct Net {
     observed_ip: Vec<std::net::IpAddr>,
     /// A dial to a client that does not listen is refused (a reset) rather than silent.
     tcp_refuse: bool,
+    /// Call signals each client sent.
+    signals: Vec<Vec<SignalEnvelope>>,
+    /// The supernode never sees this client's lookups (a directory that does not answer).
+    lost_lookups: Option<usize>,
 }
 
 /// Client `i`'s TCP media listener.
@@ -105,6 +110,8 @@ impl Net {
             tcp_so_dials: vec![vec![]; n],
             observed_ip: vec![addr(0).ip(); n],
             tcp_refuse: false,
+            signals: vec![vec![]; n],
+            lost_lookups: None,
         }
     }
 
@@ -146,7 +153,13 @@ impl Net {
                             let id = self.clients[i].identity().user_id();
                             self.sn.on_established(conn, Role::Client, id, self.now);
                         }
-                        ClientOutput::Send(c, m) => self.sn.on_message(c, m, self.now),
+                        ClientOutput::Send(_, Message::Lookup { .. }) if self.lost_lookups == Some(i) => {}
+                        ClientOutput::Send(c, m) => {
+                            if let Message::Signal(env) = &m {
+                                self.signals[i].push(env.clone());
+                            }
+                            self.sn.on_message(c, m, self.now)
+                        }
                         // To the supernode's UDP port (STUN, TURN): lost, as if UDP were blocked.
                         ClientOutput::Datagram(to, _) if to.port() < 5000 => {}
                         ClientOutput::Datagram(to, bytes) => {
@@ -787,4 +800,92 @@ fn an_invite_from_a_small_order_caller_key_is_dropped() {
     net.clients[0].on_message(conn, invite(genuine.user_id(), honest, 2), net.now);
     net.step();
     assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Incoming { from, .. } if from == "carol")));
+}
+
+#[test]
+fn an_honest_call_is_directory_verified_at_both_ends() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    let (alice, bob) = (net.clients[0].identity().user_id(), net.clients[1].identity().user_id());
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(200);
+    assert!(has(&net.events[1], |e| matches!(e,
+        ClientEvent::Incoming { from, user_id, verified: Verified::Directory, .. } if from == "alice" && *user_id == alice)));
+    assert!(has(&net.events[1], |e| matches!(e,
+        ClientEvent::Connected { peer, user_id, verified: Verified::Directory, .. } if peer == "alice" && *user_id == alice)));
+    assert!(has(&net.events[0], |e| matches!(e,
+        ClientEvent::Connected { peer, user_id, verified: Verified::Directory, .. } if peer == "bob" && *user_id == bob)));
+    assert_eq!(net.clients[1].call_peer(&id), Some((alice, Some(Verified::Directory))));
+}
+
+#[test]
+fn a_caller_spoofing_a_claimed_name_is_refused_and_never_rings() {
+    // alice holds the claim for "alice"; mallory (a fresh key, signed in as
+    // "mallory") signs a presence for "alice" and rings bob, who auto-answers.
+    let mut net = Net::new(&["alice", "bob", "mallory"], true);
+    net.run(100);
+    let bob = net.clients[1].identity().user_id();
+    let mallory = Identity::from_seed([3; 32]);
+    assert_eq!(mallory.user_id(), net.clients[2].identity().user_id());
+    let presence = Presence::sign(mallory.signing_key(), "alice", addr(SN), 1, net.now + 60_000).unwrap();
+    let (_hs, msg1) = crate::call::start_handshake(&mallory, &bob).unwrap();
+    let call_id = CallId([7; 16]);
+    let env = SignalEnvelope {
+        call_id,
+        from: mallory.user_id(),
+        to: bob,
+        to_supernode: addr(SN),
+        body: CallSignal::Invite {
+            from_name: "alice".into(),
+            caller_presence: presence,
+            handshake: msg1,
+            candidates: vec![],
+        },
+    };
+    net.sn.on_message(net.conns[2].unwrap(), Message::Signal(env), net.now);
+    net.run(crate::call::VERIFY_TIMEOUT_MS + 1_000);
+    // bob never rang, answered or connected; the attempt is reported as what it is.
+    assert!(
+        !has(&net.events[1], |e| matches!(e, ClientEvent::Incoming { .. } | ClientEvent::Connected { .. })),
+        "{:?}",
+        net.events[1]
+    );
+    assert!(has(&net.events[1], |e| matches!(e,
+        ClientEvent::Failed { call_id: c, reason: CallFailure::CallerNameMismatch(n) } if *c == call_id && n == "alice")));
+    assert!(net.clients[1].active_call().is_none());
+    // The caller got a typed refusal, and no Ringing or Accept.
+    let to_mallory: Vec<_> = net.signals[1].iter().filter(|e| e.to == mallory.user_id()).map(|e| &e.body).collect();
+    assert_eq!(to_mallory, vec![&CallSignal::Reject { reason: "caller not verified".into() }]);
+    assert_eq!(Rejection::from_wire("caller not verified"), Rejection::CallerNotVerified);
+    // The real alice saw nothing of it.
+    assert!(net.events[0].iter().all(|e| matches!(e, ClientEvent::SignedIn { .. })), "{:?}", net.events[0]);
+}
+
+#[test]
+fn a_caller_the_directory_does_not_confirm_rings_unverified_and_is_not_auto_answered() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.lost_lookups = Some(1);
+    net.run(100);
+    let alice = net.clients[0].identity().user_id();
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(crate::call::VERIFY_TIMEOUT_MS - 100);
+    // Still verifying: nothing shown, nothing answered, no Ringing sent.
+    assert!(!has(&net.events[1], |e| matches!(e, ClientEvent::Incoming { .. })));
+    assert_eq!(net.clients[1].call_info(&id).map(|i| i.1), Some("verifying"));
+    assert!(!has(&net.events[0], |e| matches!(e, ClientEvent::Ringing { .. })));
+    net.clients[1].answer(id, net.now);
+    net.run(50);
+    assert_eq!(net.clients[1].call_info(&id).map(|i| i.1), Some("verifying"), "answered while verifying");
+    net.run(200);
+    assert!(has(&net.events[1], |e| matches!(e,
+        ClientEvent::Incoming { from, user_id, verified: Verified::Unverified, .. } if from == "alice" && *user_id == alice)));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ringing { .. })));
+    // --auto-answer does not pick up a caller nobody vouched for; the user may.
+    assert_eq!(net.clients[1].call_info(&id).map(|i| i.1), Some("incoming"));
+    assert_eq!(Verified::Unverified.label("alice"), "\"alice\" (unverified)");
+    net.clients[1].answer(id, net.now);
+    net.run(200);
+    assert!(has(&net.events[1], |e| matches!(e,
+        ClientEvent::Connected { verified: Verified::Unverified, user_id, .. } if *user_id == alice)));
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Connected { verified: Verified::Directory, .. })));
 }

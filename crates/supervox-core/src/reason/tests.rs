@@ -48,8 +48,10 @@ fn all_own_failures() -> Vec<CallFailure> {
         CallFailure::Rejected(Rejection::Declined),
         CallFailure::Rejected(Rejection::NoAnswer),
         CallFailure::Rejected(Rejection::HandshakeFailed),
+        CallFailure::Rejected(Rejection::CallerNotVerified),
         CallFailure::Rejected(Rejection::from_wire("on holiday")),
         CallFailure::CallerCancelled,
+        CallFailure::CallerNameMismatch("alice".into()),
         CallFailure::NoMediaPath,
         CallFailure::LostSupernode,
         CallFailure::Redirected,
@@ -71,6 +73,7 @@ fn all_own_failures() -> Vec<CallFailure> {
             | CallFailure::NoAnswer
             | CallFailure::Missed
             | CallFailure::CallerCancelled
+            | CallFailure::CallerNameMismatch(_)
             | CallFailure::NoMediaPath
             | CallFailure::LostSupernode
             | CallFailure::Redirected
@@ -81,6 +84,7 @@ fn all_own_failures() -> Vec<CallFailure> {
                 | Rejection::Declined
                 | Rejection::NoAnswer
                 | Rejection::HandshakeFailed
+                | Rejection::CallerNotVerified
                 | Rejection::Other(_) => {}
             },
         }
@@ -155,6 +159,8 @@ fn codes_are_stable() {
     assert_eq!(CallFailure::Offline("x".into()).code(), "offline");
     assert_eq!(CallFailure::Rejected(Rejection::Busy).code(), "busy");
     assert_eq!(CallFailure::Rejected(Rejection::Declined).code(), "declined");
+    assert_eq!(CallFailure::Rejected(Rejection::CallerNotVerified).code(), "caller-not-verified");
+    assert_eq!(CallFailure::CallerNameMismatch("x".into()).code(), "caller-name-mismatch");
     assert_eq!(PathChange::Failover.code(), "failover");
 }
 
@@ -197,7 +203,13 @@ fn texts_read_as_before() {
 
 #[test]
 fn rejections_round_trip_through_the_wire_text() {
-    for r in [Rejection::Busy, Rejection::Declined, Rejection::NoAnswer, Rejection::HandshakeFailed] {
+    for r in [
+        Rejection::Busy,
+        Rejection::Declined,
+        Rejection::NoAnswer,
+        Rejection::HandshakeFailed,
+        Rejection::CallerNotVerified,
+    ] {
         assert_eq!(Rejection::from_wire(r.wire()), r);
     }
     assert!(matches!(Rejection::from_wire("Busy"), Rejection::Other(_)));

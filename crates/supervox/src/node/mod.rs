@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+use supervox_core::call::Verified;
 use supervox_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
 use supervox_core::identity::fingerprint;
 use supervox_core::link::LinkEvent;
@@ -535,6 +536,12 @@ impl Node {
         let call = self.client.active_call().and_then(|c| {
             let (peer, phase) = self.client.call_info(&c)?;
             let mut v = json!({"call_id": c.to_string(), "peer": peer, "state": phase});
+            if let (Value::Object(v), Some((user_id, verified))) = (&mut v, self.client.call_peer(&c)) {
+                v.insert("user_id".into(), json!(user_id.to_string()));
+                v.insert("fingerprint".into(), json!(fingerprint(&user_id)));
+                // Still being checked (an incoming call before it rings): null.
+                v.insert("verified".into(), json!(verified.map(|x| x.as_str())));
+            }
             if let Some(m) = self.media.get(&c) {
                 let f = m.media.figures();
                 let rtt = m.rtt_ms(&f);
@@ -664,15 +671,25 @@ impl Node {
             ClientEvent::NameRefused { reason } => {
                 self.fatal = Some(format!("cannot sign in as {:?}: {reason}", self.client.name()));
             }
-            ClientEvent::Incoming { call_id, from } => {
+            ClientEvent::Incoming { call_id, from, user_id, verified } => {
+                // Only a directory-confirmed caller is auto-answered.
+                let auto = self.opts.auto_answer && verified == Verified::Directory;
                 info!(
-                    "incoming call {call_id} from {from:?}{}",
-                    if self.opts.auto_answer { " (auto-answer)" } else { "" }
+                    "incoming call {call_id} from {} [user_id {user_id}, fingerprint {}, verified {}]{}",
+                    verified.label(&from),
+                    fingerprint(&user_id),
+                    verified.as_str(),
+                    if auto { " (auto-answer)" } else { "" }
                 )
             }
             ClientEvent::Ringing { call_id } => info!("call {call_id}: ringing"),
-            ClientEvent::Connected { call_id, peer, path, setup_ms } => {
-                info!("call {call_id} with {peer:?} connected over {} in {setup_ms} ms", path.as_str());
+            ClientEvent::Connected { call_id, peer, user_id, verified, path, setup_ms } => {
+                info!(
+                    "call {call_id} with {} [fingerprint {}] connected over {} in {setup_ms} ms",
+                    verified.label(&peer),
+                    fingerprint(&user_id),
+                    path.as_str()
+                );
                 let (input, output, dur) = match self.watchers.get(&call_id) {
                     Some(w) => (w.input.clone(), w.output.clone(), w.duration_ms),
                     None => (self.opts.input.clone(), self.opts.output.clone(), None),
@@ -691,6 +708,8 @@ impl Node {
                         self.notify(
                             call_id,
                             json!({"event": "call_connected", "call_id": call_id.to_string(), "peer": peer,
+                                   "user_id": user_id.to_string(), "verified": verified.as_str(),
+                                   "fingerprint": fingerprint(&user_id),
                                    "path": path.as_str(), "setup_ms": setup_ms}),
                         );
                     }
