@@ -21,6 +21,12 @@ pub const KEEPALIVE_MS: u64 = 25_000;
 pub const DEAD_AFTER_MS: u64 = 3 * KEEPALIVE_MS;
 /// The handshake and hello must finish within this time.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Our own keepalive on a link whose transport keeps itself alive (TCP
+/// keepalive in the kernel, see [`Link::set_transport_keepalive`]): the
+/// kernel's probes find a dead peer in the same time as [`DEAD_AFTER_MS`]
+/// without waking the process; this slower ping still finds a peer whose
+/// kernel answers but whose process hangs.
+pub const TRANSPORT_KEEPALIVE_PING_MS: u64 = 300_000;
 /// Most bytes queued for writing before the peer counts as too slow.
 pub const MAX_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 
@@ -89,6 +95,8 @@ pub struct Link {
     last_rx_ms: u64,
     last_tx_ms: u64,
     ping_nonce: u64,
+    /// Ping after this long without sending; the peer is dead after three times it.
+    keepalive_ms: u32,
 }
 
 impl std::fmt::Debug for Link {
@@ -124,7 +132,21 @@ impl Link {
             last_rx_ms: now_ms,
             last_tx_ms: now_ms,
             ping_nonce: 0,
+            keepalive_ms: KEEPALIVE_MS as u32,
         }
+    }
+
+    /// The transport keeps the connection alive and reports a dead peer
+    /// itself (the driver enabled TCP keepalive with the same detection
+    /// time): ping only every [`TRANSPORT_KEEPALIVE_PING_MS`], so an idle
+    /// link costs no wakeups. Without this, [`KEEPALIVE_MS`] and
+    /// [`DEAD_AFTER_MS`] apply.
+    pub fn set_transport_keepalive(&mut self) {
+        self.keepalive_ms = TRANSPORT_KEEPALIVE_PING_MS as u32;
+    }
+
+    fn keepalive(&self) -> u64 {
+        u64::from(self.keepalive_ms)
     }
 
     /// The peer's identity once established.
@@ -283,7 +305,7 @@ impl Link {
     /// When [`Link::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> u64 {
         if self.is_open() {
-            (self.last_tx_ms + KEEPALIVE_MS).min(self.last_rx_ms + DEAD_AFTER_MS)
+            (self.last_tx_ms + self.keepalive()).min(self.last_rx_ms + 3 * self.keepalive())
         } else {
             self.started_ms + HANDSHAKE_TIMEOUT_MS
         }
@@ -300,11 +322,11 @@ impl Link {
             }
             return Ok(());
         }
-        if now_ms >= self.last_rx_ms + DEAD_AFTER_MS {
+        if now_ms >= self.last_rx_ms + 3 * self.keepalive() {
             self.state = State::Closed;
             return Err(LinkError::Timeout(now_ms - self.last_rx_ms));
         }
-        if now_ms >= self.last_tx_ms + KEEPALIVE_MS {
+        if now_ms >= self.last_tx_ms + self.keepalive() {
             self.ping_nonce += 1;
             self.send(&Message::Ping { nonce: self.ping_nonce })?;
             self.last_tx_ms = now_ms;

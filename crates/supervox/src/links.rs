@@ -41,6 +41,23 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// TCP keepalive on a link's socket with the detection time of the link's
+/// own liveness rule (`supervox_core::link::DEAD_AFTER_MS`, 75 s): first
+/// probe after 25 s idle, then every 10 s, dead after 5 unanswered — and the
+/// same bound on data left unacknowledged (`TCP_USER_TIMEOUT`), so a peer
+/// that vanishes mid-send is found as fast. The probes keep NAT mappings
+/// alive as our pings did; the kernel answers them without waking us.
+pub fn transport_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    use supervox_core::link::{DEAD_AFTER_MS, KEEPALIVE_MS};
+    let idle = Duration::from_millis(KEEPALIVE_MS);
+    let interval = Duration::from_secs(10);
+    let retries = ((DEAD_AFTER_MS - KEEPALIVE_MS) / 10_000) as u32;
+    let ka = socket2::TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(retries);
+    let s = socket2::SockRef::from(stream);
+    s.set_tcp_keepalive(&ka)?;
+    s.set_tcp_user_timeout(Some(Duration::from_millis(DEAD_AFTER_MS)))
+}
+
 /// Sleep until the wall-clock ms `at_ms` (a deadline from a machine's
 /// `poll_timeout`; one in the past returns at once); `None` never returns.
 /// The drivers' one timer: they sleep until their machines' earliest
@@ -198,12 +215,20 @@ impl LinkSet {
     /// dialled). Its socket is polled at the next [`LinkSet::poll_ready`].
     pub fn adopt(&mut self, stream: TcpStream, initiator: bool, hello: Message) -> Result<ConnId, LinkError> {
         let now = now_ms();
-        let link = if initiator {
+        let mut link = if initiator {
             Link::initiator(&self.identity, hello, now)?
         } else {
             Link::responder(&self.identity, hello, now)?
         };
         let _ = stream.set_nodelay(true);
+        // The kernel keeps the link alive and finds a dead peer; our own
+        // pings then go out rarely, so idle links wake nobody.
+        match transport_keepalive(&stream) {
+            Ok(()) => link.set_transport_keepalive(),
+            Err(e) => {
+                debug!("no TCP keepalive ({e}): the link pings every {} s", supervox_core::link::KEEPALIVE_MS / 1000)
+            }
+        }
         let remote = stream.peer_addr().map_err(|e| LinkError::Protocol(e.to_string()))?;
         let conn = self.next_id;
         self.next_id += 1;
@@ -466,6 +491,28 @@ mod tests {
                 _ = tokio::time::sleep_until(deadline) => panic!("timed out; b got {} events", got_b.len()),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn adopted_sockets_keep_alive_in_the_kernel_and_the_set_sleeps_until_the_slow_ping() {
+        let (ev_tx, _ev_rx) = mpsc::channel(4);
+        let id = Identity::from_seed([1; 32]);
+        let mut set = LinkSet::new(id.clone(), ev_tx);
+        assert_eq!(set.poll_timeout(), None, "no links, no timer");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialled = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        let before = now_ms();
+        let conn = set.adopt(dialled, true, hello(&id, Role::Client)).unwrap();
+        let sock = socket2::SockRef::from(&set.conns[&conn].stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(25));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 5);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(Duration::from_secs(75)));
+        // The handshake's 10 s limit is the first deadline.
+        let due = set.poll_timeout().unwrap();
+        assert!(due >= before + supervox_core::link::HANDSHAKE_TIMEOUT_MS, "{due}");
     }
 
     #[tokio::test]

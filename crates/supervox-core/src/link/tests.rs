@@ -82,6 +82,21 @@ fn garbage_and_oversized_frames_close_the_link() {
 }
 
 #[test]
+fn a_link_kept_alive_by_its_transport_pings_rarely() {
+    let (mut a, mut b, _, _) = pair();
+    pump(&mut a, &mut b, 0);
+    a.set_transport_keepalive();
+    assert_eq!(a.poll_timeout(), TRANSPORT_KEEPALIVE_PING_MS);
+    // Nothing to do at the ordinary keepalive or liveness times.
+    a.handle_timeout(DEAD_AFTER_MS).unwrap();
+    assert!(a.poll_transmit(DEAD_AFTER_MS).is_none(), "no ping at 25 s or 75 s");
+    a.handle_timeout(TRANSPORT_KEEPALIVE_PING_MS).unwrap();
+    assert!(a.poll_transmit(TRANSPORT_KEEPALIVE_PING_MS).is_some(), "the slow ping");
+    // A peer whose process hangs is still given up, after three slow intervals.
+    assert!(matches!(a.handle_timeout(3 * TRANSPORT_KEEPALIVE_PING_MS), Err(LinkError::Timeout(_))));
+}
+
+#[test]
 fn keepalive_then_dead_peer() {
     let (mut a, mut b, _, _) = pair();
     pump(&mut a, &mut b, 0);

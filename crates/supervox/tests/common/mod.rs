@@ -45,8 +45,13 @@ pub fn start_sn_at(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAdd
 
 /// Start a supernode with extra flags.
 pub fn start_sn_with(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr], extra: &[&str]) -> Sn {
+    start_sn_bin(BIN, root, name, addr, seeds, extra)
+}
+
+/// Start a supernode of another build of `supervox` (a bench's anchor).
+pub fn start_sn_bin(bin: &str, root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr], extra: &[&str]) -> Sn {
     let dir = root.join(name);
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin);
     cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir).args(extra);
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
@@ -77,8 +82,13 @@ pub fn start_node(root: &Path, name: &str, seeds: &[SocketAddr], extra: &[&str])
 }
 
 pub fn start_node_in(root: &Path, name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Node {
+    start_node_bin(BIN, root, name, dir, seeds, extra)
+}
+
+/// Start a node of another build of `supervox` (a bench's anchor).
+pub fn start_node_bin(bin: &str, root: &Path, name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Node {
     let control = dir.join("control.sock");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin);
     cmd.args(["node", "--name", name, "--media", "127.0.0.1:0", "--data-dir"]).arg(dir).arg("--control").arg(&control);
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
