@@ -270,9 +270,9 @@ struct Plane {
     /// TURN-over-TCP and -TLS clients.
     tcp: HashMap<(Transport, SocketAddr), StreamClient>,
     /// The wall-clock ms the plane's timer loop sleeps until (`u64::MAX`:
-    /// no timer). An input that moves the TURN server's deadline earlier
-    /// wakes the loop through `rearm` to sleep less (same thread: no
-    /// context switch, and only when the deadline really moved).
+    /// no timer). An input that moves the TURN server's deadline earlier,
+    /// or opens a relay socket whose reader the loop must start, wakes the
+    /// loop through `rearm` (same thread: no context switch).
     armed_ms: u64,
     rearm: Rc<tokio::sync::Notify>,
 }
@@ -642,6 +642,9 @@ impl Plane {
         let sock = Rc::new(sock);
         self.relays.insert(relay, (Rc::clone(&sock), None));
         self.new_relays.push((relay, sock));
+        // Its reader is started by the plane loop: wake it now (an allocation
+        // made while handling a listen socket's datagram is not the loop's own input).
+        self.rearm.notify_one();
         Ok(relay)
     }
 }
