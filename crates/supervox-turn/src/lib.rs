@@ -38,6 +38,7 @@ pub mod auth;
 mod builder;
 pub mod client;
 pub mod codec;
+pub mod defaults;
 mod handlers;
 mod server;
 pub mod tcp_framing;

@@ -21,9 +21,6 @@ use tracing::{info, warn};
 /// Lifetime of the TURN credentials handed to signed-in clients.
 const RELAY_CREDENTIAL_TTL_S: u64 = 3_600;
 
-/// Connections a supernode holds at most (clients, peers and handshakes).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
-
 /// Supernode settings from the command line.
 #[derive(Debug, Clone)]
 pub struct SnOptions {
