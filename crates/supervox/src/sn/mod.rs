@@ -59,6 +59,7 @@ pub struct SnOptions {
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
+#[derive(Debug)]
 pub struct BoundSupernode {
     listeners: Vec<TcpListener>,
     /// STUN/TURN sockets on the same addresses as `listeners`.
@@ -169,7 +170,7 @@ impl BoundSupernode {
             sn.enable_relay_tls(supervox_proto::RelayTls { fingerprint: cert.fingerprint, relays });
             Some(tokio_rustls::TlsAcceptor::from(cert.server_config()?))
         };
-        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(self.udp, self.advertise, turn).await?;
+        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(self.udp, self.advertise, turn)?;
         if let Some(acceptor) = relay_tls {
             for l in self.tls {
                 tls::spawn_listener(l, acceptor.clone(), udp.tcp_events());
