@@ -20,7 +20,6 @@
 //! The conversion and ring modules are plain sample processing and are always built.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod convert;
 pub mod ring;

@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod call;
 pub mod client;
+pub mod defaults;
 pub mod directory;
 pub mod host_cache;
 pub mod identity;

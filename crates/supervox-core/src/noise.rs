@@ -16,6 +16,13 @@ use snow::types::{Cipher, Dh, Hash, Random};
 #[derive(Default)]
 pub struct StrictResolver(DefaultResolver);
 
+// snow's resolver is not Debug and holds no state worth showing.
+impl std::fmt::Debug for StrictResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StrictResolver")
+    }
+}
+
 impl CryptoResolver for StrictResolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
         self.0.resolve_rng()

@@ -75,7 +75,7 @@ impl SupernodeConfig {
         Self {
             advertise,
             seeds,
-            max_clients: 10_000,
+            max_clients: crate::defaults::MAX_CLIENTS,
             agent: "supervox".into(),
             network_key: NetworkKey::open_network(),
             replicas: DEFAULT_REPLICAS,

@@ -19,7 +19,6 @@
 //! * [`analysis`] — RMS and dominant-frequency measurement for tests and benches.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod analysis;
 pub mod codec;

@@ -112,7 +112,7 @@ impl Site {
 }
 
 /// A built site: the router clients attach to (the innermost one).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SiteRouter {
     /// Which site this is.
     pub site: Site,
@@ -123,6 +123,7 @@ pub struct SiteRouter {
 }
 
 /// A child process, killed when dropped.
+#[derive(Debug)]
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -133,6 +134,7 @@ impl Drop for Proc {
 }
 
 /// A supernode process in its own namespace on the internet router.
+#[derive(Debug)]
 pub struct LabSupernode {
     _proc: Proc,
     /// Its namespace.
@@ -154,6 +156,17 @@ pub struct NatLab {
     internet: Router,
     bin: PathBuf,
     dir: tempfile::TempDir,
+}
+
+// patchbay's `Lab` is not Debug; the supernodes and the lab directory say which lab this is.
+impl std::fmt::Debug for NatLab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatLab")
+            .field("sns", &self.sns)
+            .field("internet", &self.internet)
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatLab {
@@ -369,6 +382,7 @@ impl NatLab {
 }
 
 /// A `supervox node` process in its own namespace behind a site router.
+#[derive(Debug)]
 pub struct LabNode {
     proc: Proc,
     /// Its name on the network.

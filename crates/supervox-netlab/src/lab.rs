@@ -119,6 +119,13 @@ pub struct Lab {
     inner: Arc<LabInner>,
 }
 
+// The prefix names the lab's namespaces; the rest is mutex-guarded bookkeeping.
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("prefix", &self.inner.prefix).finish_non_exhaustive()
+    }
+}
+
 impl Lab {
     /// Creates an empty lab.
     ///
@@ -369,6 +376,7 @@ impl Namespace {
 ///
 /// Dropping the handle does not kill the process; the lab does when it is dropped, or call
 /// [`NsProcess::kill`].
+#[derive(Debug)]
 pub struct NsProcess {
     child: Arc<Mutex<Child>>,
     command: String,

@@ -31,8 +31,6 @@
 //! # Ok::<(), supervox_netlab::Error>(())
 //! ```
 
-#![warn(missing_docs)]
-
 mod error;
 mod impairment;
 mod lab;

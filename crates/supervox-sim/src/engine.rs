@@ -154,6 +154,19 @@ pub struct Sim {
     pub(crate) stopped: Option<&'static str>,
 }
 
+// The tables hold hundreds of thousands of nodes: show where the run is, not its state.
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now)
+            .field("sns", &self.sns.len())
+            .field("clients", &self.clients.len())
+            .field("events", &self.events)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Sim {
     /// The start time, in virtual unix ms.
     pub fn start_ms() -> u64 {

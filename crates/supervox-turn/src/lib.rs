@@ -31,13 +31,13 @@
 //! accepts the same), and the server checks them against the shared secret.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod allocation;
 pub mod auth;
 mod builder;
 pub mod client;
 pub mod codec;
+pub mod defaults;
 mod handlers;
 mod server;
 pub mod tcp_framing;

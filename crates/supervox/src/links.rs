@@ -147,6 +147,17 @@ pub struct LinkSet {
     last_sweep_ms: u64,
 }
 
+// Links hold Noise state and sockets: show how many, not their contents.
+impl std::fmt::Debug for LinkSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSet")
+            .field("conns", &self.conns.len())
+            .field("next_id", &self.next_id)
+            .field("next_due_ms", &self.next_due_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keepalive sweeps are at least this far apart: every link's timers
 /// (25 s keepalive, 75 s liveness, 10 s handshake) tolerate a second's
 /// lateness, and a supernode with 10 000 idle clients then wakes for them

@@ -57,20 +57,20 @@ struct SupernodeArgs {
     #[arg(long, value_name = "IP:PORT")]
     advertise: Option<SocketAddr>,
     /// Clients served before new ones are redirected to other supernodes.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = supervox_core::defaults::MAX_CLIENTS, value_name = "N")]
     max_clients: usize,
     /// TCP connections (clients and handshakes in progress) held at most;
     /// further connections are dropped at accept.
-    #[arg(long, default_value_t = supervox::sn::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    #[arg(long, default_value_t = supervox::defaults::MAX_CONNECTIONS, value_name = "N")]
     max_connections: usize,
     /// Serve Prometheus metrics over HTTP at this address (GET /metrics).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
     /// Bandwidth each TURN relay allocation may use, in kbit/s (0: unlimited).
-    #[arg(long, default_value_t = 512, value_name = "N")]
+    #[arg(long, default_value_t = supervox_turn::defaults::RELAY_KBPS, value_name = "N")]
     relay_kbps: u32,
     /// TURN relay allocations this supernode serves at most.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, default_value_t = supervox_turn::defaults::MAX_ALLOCATIONS, value_name = "N")]
     max_allocations: usize,
     /// Shared secret for TURN REST-API-style credentials (default: random per run,
     /// so only this supernode can mint them).
@@ -136,15 +136,15 @@ struct NodeArgs {
     #[arg(long, value_name = "IP:PORT")]
     supernode_listen: Option<SocketAddr>,
     /// With --supernode auto: seconds signed in before volunteering.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = supervox::defaults::PROMOTE_AFTER_S)]
     promote_after: u64,
     /// With --supernode auto: clients served as a supernode before redirecting.
-    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    #[arg(long, value_name = "N", default_value_t = supervox::defaults::PROMOTED_MAX_CLIENTS)]
     supernode_max_clients: usize,
     /// With --supernode auto: once promoted, step back to the client role
     /// after this many seconds with its own load and the members' mean load
     /// below 20 % and at least 2 other supernodes alive.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = supervox::defaults::STEP_BACK_AFTER_S)]
     step_back_after: u64,
     /// Answer incoming calls automatically (only callers whose name the directory confirmed).
     #[arg(long)]

@@ -63,6 +63,16 @@ pub struct RelayCert {
     pub fingerprint: [u8; 32],
 }
 
+// Written by hand so that the private key never reaches a log.
+impl std::fmt::Debug for RelayCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayCert")
+            .field("chain_len", &self.chain.len())
+            .field("fingerprint", &hex::encode(self.fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
 impl RelayCert {
     /// Load the certificate from `dir` ([`CERT_FILE`], [`KEY_FILE`]), or make and store a
     /// self-signed one on first start. A key file others can read is refused, as is one

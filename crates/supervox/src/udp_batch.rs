@@ -30,6 +30,18 @@ pub struct RecvBatch {
     sys: linux::Headers,
 }
 
+// The buffers and the kernel headers are scratch space: show the shape and what is held.
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("capacity", &self.got.len())
+            .field("headroom", &self.headroom)
+            .field("slot", &self.slot)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RecvBatch {
     /// Buffers for `capacity` datagrams of up to `max_datagram` bytes each, each with
     /// `headroom` bytes free in front.

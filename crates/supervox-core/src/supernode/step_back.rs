@@ -49,7 +49,7 @@ pub struct StepBackConfig {
 
 impl Default for StepBackConfig {
     fn default() -> Self {
-        Self { after_ms: 600_000, low_water_pct: 20, min_others: 2, unreachable_ms: 15_000 }
+        Self { after_ms: crate::defaults::STEP_BACK_AFTER_MS, low_water_pct: 20, min_others: 2, unreachable_ms: 15_000 }
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 const MAX_CONTROL_CONNS: usize = 32;
 
 /// A parsed request and where its answer lines go.
+#[derive(Debug)]
 pub struct ControlMsg {
     /// The request.
     pub req: Request,

@@ -49,6 +49,17 @@ pub struct CallMedia {
     sink_error: Option<String>,
 }
 
+// Sources and sinks are trait objects without Debug.
+impl std::fmt::Debug for CallMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallMedia")
+            .field("cfg", &self.cfg)
+            .field("next_report_ms", &self.next_report_ms)
+            .field("sink_error", &self.sink_error)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Figures for `call_ended` and the live status.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallFigures {

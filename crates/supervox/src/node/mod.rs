@@ -87,10 +87,10 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
         data_dir: data_dir.join("supernode"),
         advertise: None,
         max_clients: p.max_clients,
-        max_connections: crate::sn::DEFAULT_MAX_CONNECTIONS,
+        max_connections: crate::defaults::MAX_CONNECTIONS,
         metrics: None,
-        relay_kbps: 512,
-        max_allocations: 1_000,
+        relay_kbps: supervox_turn::defaults::RELAY_KBPS,
+        max_allocations: supervox_turn::defaults::MAX_ALLOCATIONS,
         relay_secret: None,
         relay_allow_loopback: false,
         network_key: None,
@@ -230,7 +230,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let (spare_tx, mut spare_rx) = mpsc::channel(spares::QUEUE);
     let (tcp_tx, mut tcp_rx) = mpsc::channel(tcp_media::EVENT_QUEUE);
     // TCP media listens where UDP media does (the same port when it is free).
-    let (tcp, tcp_port) = tcp_media::TcpMedia::listen(udp.local_addr()?, tcp_tx).await;
+    let (tcp, tcp_port) = tcp_media::TcpMedia::listen(udp.local_addr()?, tcp_tx);
     let (stepped_tx, mut stepped_rx) = mpsc::channel::<SteppedBack>(1);
     let mut node = Node {
         opts,
@@ -289,7 +289,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
             Some(msg) = ctl_rx.recv() => node.on_control(msg),
             Some((reason, standby)) = stepped_rx.recv() => node.on_stepped_back(&reason, standby),
         }
-        node.drain().await;
+        node.drain();
         if let Some(reason) = node.fatal.take() {
             let _ = std::fs::remove_file(&node.opts.control);
             bail!("{reason}");
@@ -299,7 +299,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     for id in ids {
         node.client.hangup(id, CallEnd::ShuttingDown, now_ms());
     }
-    node.drain().await;
+    node.drain();
     let _ = std::fs::remove_file(&node.opts.control);
     Ok(())
 }
@@ -580,7 +580,7 @@ impl Node {
     }
 
     /// Carry out everything the client asked for.
-    async fn drain(&mut self) {
+    fn drain(&mut self) {
         while let Some(out) = self.client.poll_output() {
             let now = now_ms();
             match out {

@@ -64,7 +64,8 @@ pub struct TcpMedia {
 impl TcpMedia {
     /// Listen at `at` (the media socket's address; any port if that one is
     /// taken). Returns the streams and the listening port, if listening works.
-    pub async fn listen(at: SocketAddr, events: mpsc::Sender<TcpMediaEvent>) -> (Self, Option<u16>) {
+    /// Call inside a tokio runtime: the accept task is spawned at once.
+    pub fn listen(at: SocketAddr, events: mpsc::Sender<TcpMediaEvent>) -> (Self, Option<u16>) {
         let listener = match reusable(at).and_then(|s| s.listen(64)) {
             Ok(l) => Ok(l),
             Err(_) => reusable(SocketAddr::new(at.ip(), 0)).and_then(|s| s.listen(64)),

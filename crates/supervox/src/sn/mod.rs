@@ -21,9 +21,6 @@ use tracing::{info, warn};
 /// Lifetime of the TURN credentials handed to signed-in clients.
 const RELAY_CREDENTIAL_TTL_S: u64 = 3_600;
 
-/// Connections a supernode holds at most (clients, peers and handshakes).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
-
 /// Supernode settings from the command line.
 #[derive(Debug, Clone)]
 pub struct SnOptions {
@@ -62,6 +59,7 @@ pub struct SnOptions {
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
+#[derive(Debug)]
 pub struct BoundSupernode {
     listeners: Vec<TcpListener>,
     /// STUN/TURN sockets on the same addresses as `listeners`.
@@ -172,7 +170,7 @@ impl BoundSupernode {
             sn.enable_relay_tls(supervox_proto::RelayTls { fingerprint: cert.fingerprint, relays });
             Some(tokio_rustls::TlsAcceptor::from(cert.server_config()?))
         };
-        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(self.udp, self.advertise, turn).await?;
+        let (mut udp, mut udp_rx) = udp::UdpPlane::bind(self.udp, self.advertise, turn)?;
         if let Some(acceptor) = relay_tls {
             for l in self.tls {
                 tls::spawn_listener(l, acceptor.clone(), udp.tcp_events());

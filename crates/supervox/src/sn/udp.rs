@@ -154,8 +154,8 @@ pub struct UdpPlane {
 }
 
 impl UdpPlane {
-    /// Start the plane on the sockets of [`bind_sockets`].
-    pub async fn bind(
+    /// Start the plane on the sockets of [`bind_sockets`] (inside a tokio runtime: it spawns its tasks).
+    pub fn bind(
         bound: Vec<std::net::UdpSocket>,
         advertise: SocketAddr,
         turn: TurnConfig,
