@@ -322,6 +322,11 @@ impl Node {
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
         }
+        self.tick_links(now);
+    }
+
+    /// The links' keepalive sweep, when due; failed links are reported to the client.
+    fn tick_links(&mut self, now: u64) {
         if self.links.poll_timeout().is_some_and(|t| t <= now) {
             for (conn, reason) in self.links.tick() {
                 self.client.on_closed(conn, &reason, now);
@@ -378,11 +383,7 @@ impl Node {
         }
         // During a call the client's checks and timeouts run at the media pace, as they always did.
         self.client.handle_timeout(now);
-        if self.links.poll_timeout().is_some_and(|t| t <= now) {
-            for (conn, reason) in self.links.tick() {
-                self.client.on_closed(conn, &reason, now);
-            }
-        }
+        self.tick_links(now);
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
