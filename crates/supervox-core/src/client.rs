@@ -79,6 +79,11 @@ pub struct ClientConfig {
     pub relay_transport: Option<RelayTransport>,
     /// Offer to serve as a supernode (`--supernode auto`).
     pub volunteer: Option<VolunteerConfig>,
+    /// Offer every candidate to every peer at once (`--privacy relaxed`).
+    /// By default a stranger (a peer that is not a contact) is offered our
+    /// relays only until the call is up, so calling someone, or ringing
+    /// them, does not tell where they are.
+    pub relaxed_privacy: bool,
 }
 
 /// Something the user (or the control API) should hear about.
@@ -289,6 +294,8 @@ pub struct Client {
     spares_owner: Option<CallId>,
     /// TCP media streams and our TCP media port.
     tcp: tcp::TcpStreams,
+    /// Call ids of recent invites: replays are refused.
+    recent_invites: crate::call::RecentInvites,
 }
 
 impl Client {
@@ -321,6 +328,7 @@ impl Client {
             out: VecDeque::new(),
             spares_owner: None,
             tcp: tcp::TcpStreams::default(),
+            recent_invites: Default::default(),
         }
     }
 
@@ -506,9 +514,7 @@ impl Client {
             },
             Message::LookupResult { req_id, answer } => self.on_lookup_result(req_id, answer, now_ms),
             Message::Signal(env) => self.on_signal(env, now_ms),
-            Message::SignalFailed { call_id, reason } => {
-                self.fail_call(call_id, CallFailure::signal_failed(&reason), now_ms, false)
-            }
+            Message::SignalFailed { call_id, reason } => self.on_signal_failed(call_id, &reason, now_ms),
             Message::Error { reason } => warn!("supernode says: {reason}"),
             Message::RelayCredentials { username, password, expires_ms, relays, tls } => {
                 let creds = RelayCredentials { username, password, expires_ms, relays, tls };

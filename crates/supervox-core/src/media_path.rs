@@ -44,6 +44,8 @@ pub const CONSENT_INTERVAL_MS: u64 = 200;
 /// Interval of checks on the other pairs once a path works (upgrade and
 /// standby for failover).
 pub const STANDBY_INTERVAL_MS: u64 = 1_000;
+/// How long new pairs are checked at full pace after candidates arrive.
+pub const SEARCH_MS: u64 = 3_000;
 /// The pair in use is dead when no check was answered for this long.
 pub const FAILOVER_MS: u64 = 700;
 /// A standby pair counts as live when it answered within this window.
@@ -125,7 +127,7 @@ struct Pair {
 /// Media path state for one call.
 pub struct MediaPath {
     tag: [u8; 8],
-    crypto: snow::StatelessTransportState,
+    crypto: std::sync::Arc<snow::StatelessTransportState>,
     tx_counter: u64,
     replay: ReplayWindow,
     pairs: Vec<Pair>,
@@ -133,6 +135,11 @@ pub struct MediaPath {
     relay: Option<bool>,
     force_relay: bool,
     no_udp: bool,
+    /// Only our relay may be used (the peer is a stranger and the call is
+    /// not up yet): nothing leaves from our own addresses.
+    private: bool,
+    /// The peer's UDP candidates so far, for pairs that become usable later.
+    remote_cands: Vec<Candidate>,
     selected: Option<usize>,
     /// When the pair in use was chosen (its consent window starts no earlier).
     selected_since_ms: u64,
@@ -140,6 +147,9 @@ pub struct MediaPath {
     started_ms: u64,
     next_check_ms: u64,
     next_standby_ms: u64,
+    /// Until then, pairs other than the one in use are checked at full pace
+    /// (new candidates arrived: an upgrade is likely).
+    fast_until_ms: u64,
     check_nonce: u64,
     last_rx_ms: u64,
     /// Checks awaiting an ack: (nonce, sent at, pair), oldest first, bounded.
@@ -167,6 +177,8 @@ pub struct LocalBases {
     pub force_relay: bool,
     /// UDP does not get out of here (we reach our relay over TCP): no direct pairs.
     pub no_udp: bool,
+    /// Until [`MediaPath::reveal`]: only our relay (the peer is a stranger).
+    pub private: bool,
 }
 
 impl MediaPath {
@@ -174,7 +186,7 @@ impl MediaPath {
     /// candidates (UDP ones) and our local bases.
     pub fn new(
         id: &CallId,
-        crypto: snow::StatelessTransportState,
+        crypto: std::sync::Arc<snow::StatelessTransportState>,
         remote: &[Candidate],
         local: LocalBases,
         now_ms: u64,
@@ -188,12 +200,15 @@ impl MediaPath {
             relay: local.relay,
             force_relay: local.force_relay,
             no_udp: local.no_udp,
+            private: local.private,
+            remote_cands: Vec::new(),
             selected: None,
             selected_since_ms: now_ms,
             confirmed: false,
             started_ms: now_ms,
             next_check_ms: now_ms,
             next_standby_ms: now_ms,
+            fast_until_ms: 0,
             check_nonce: 0,
             last_rx_ms: now_ms,
             in_flight: VecDeque::new(),
@@ -209,6 +224,9 @@ impl MediaPath {
     }
 
     fn usable(&self, via: Via, remote_relayed: bool) -> bool {
+        if self.private && via != Via::Relay {
+            return false;
+        }
         match via {
             Via::Relay => self.relay.is_some(),
             Via::Direct => !self.no_udp && (!self.force_relay || remote_relayed),
@@ -233,6 +251,31 @@ impl MediaPath {
         Some(self.pairs.len() - 1)
     }
 
+    /// Our own addresses may be used from now on (the call is up, or its
+    /// relay pairs failed): pair every base with the peer's candidates.
+    pub fn reveal(&mut self, now_ms: u64) {
+        if !self.private {
+            return;
+        }
+        self.private = false;
+        let known = std::mem::take(&mut self.remote_cands);
+        self.add_remote_candidates(&known);
+        self.search(now_ms);
+    }
+
+    /// New pairs may work (candidates were trickled or revealed): check
+    /// them at full pace for a few seconds instead of at standby pace.
+    pub fn search(&mut self, now_ms: u64) {
+        self.fast_until_ms = now_ms + SEARCH_MS;
+        self.next_check_ms = self.next_check_ms.min(now_ms);
+        self.next_standby_ms = self.next_standby_ms.min(now_ms);
+    }
+
+    /// True while only our relay may be used.
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
     /// The local relay came up (or went away) after the call started.
     pub fn set_relay(&mut self, relay: Option<bool>) {
         self.relay = relay;
@@ -248,6 +291,11 @@ impl MediaPath {
     /// Remote candidates (offered, or trickled later): their UDP ones, at most
     /// 16, highest priority first, each paired with every local base.
     pub fn add_remote_candidates(&mut self, remote: &[Candidate]) {
+        for c in remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp) {
+            if self.remote_cands.len() < supervox_proto::call::MAX_CALL_CANDIDATES && !self.remote_cands.contains(c) {
+                self.remote_cands.push(*c);
+            }
+        }
         let mut remotes: Vec<&Candidate> =
             remote.iter().filter(|c| c.transport == supervox_proto::Transport::Udp).collect();
         remotes.sort_by_key(|c| std::cmp::Reverse(c.priority));
@@ -370,6 +418,9 @@ impl MediaPath {
         }
         let kind = bytes[0];
         let counter = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
+        if counter >= supervox_proto::call::SEALED_NONCE_BASE {
+            return None; // the signals' half of the nonce space
+        }
         let mut plain = vec![0u8; bytes.len()];
         let n = self.crypto.read_message(counter, &bytes[HEADER_LEN..], &mut plain).ok()?;
         plain.truncate(n);
@@ -576,7 +627,8 @@ impl MediaPath {
                     self.send_check(i, now_ms);
                 }
             }
-            self.next_standby_ms = now_ms + if searching { 2 * CHECK_INTERVAL_MS } else { STANDBY_INTERVAL_MS };
+            let fast = searching || now_ms < self.fast_until_ms;
+            self.next_standby_ms = now_ms + if fast { 2 * CHECK_INTERVAL_MS } else { STANDBY_INTERVAL_MS };
         }
         self.tick_prediction(now_ms);
     }

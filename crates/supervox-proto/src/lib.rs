@@ -5,6 +5,7 @@
 //! transport messages, the signed directory records and the call signalling
 //! bodies. Decoding never panics and never trusts a length it has not checked.
 
+pub mod call;
 pub mod frame;
 pub mod message;
 pub mod overlay;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use thiserror::Error;
 
 /// Version byte that prefixes every message.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest plaintext message: one Noise message minus its 16-byte tag.
 pub const MAX_MESSAGE_LEN: usize = 65_535 - 16;
@@ -183,50 +183,42 @@ pub struct SignalEnvelope {
 }
 
 /// Call signalling bodies; see the call state machine in `supervox-core`.
+/// Only [`CallSignal::Invite`]'s presence and name are readable by the
+/// supernodes; everything else is end-to-end: inside the Noise handshake,
+/// sealed under the call keys, or signed by the sender (crate::call).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallSignal {
-    /// Caller → callee: please ring. Carries Noise IK message 1.
+    /// Caller → callee: please ring. Carries Noise IK message 1, whose
+    /// prologue binds the call id, both user ids and `sent_ms`, and whose
+    /// payload is the caller's [`crate::call::CallOffer`].
     Invite {
         /// Caller's name (also inside `caller_presence`).
         from_name: String,
         /// Caller's signed presence, so the callee can route answers back.
         caller_presence: Presence,
+        /// The caller's clock when it sent this (unix ms): a message 1 older
+        /// than 30 s is refused.
+        sent_ms: u64,
         /// Noise IK handshake message 1.
         handshake: Vec<u8>,
-        /// Caller's media candidates.
-        candidates: Vec<Candidate>,
     },
-    /// Callee → caller: the phone is ringing.
-    Ringing,
-    /// Callee → caller: answered. Carries Noise IK message 2.
-    Accept {
+    /// Callee → caller: Noise IK message 2 (both sides now hold the call
+    /// keys) with the callee's first sealed signal (ringing, or a refusal).
+    Respond {
         /// Noise IK handshake message 2.
         handshake: Vec<u8>,
-        /// Callee's media candidates.
-        candidates: Vec<Candidate>,
+        /// Sealed under the new keys.
+        first: crate::call::SealedSignal,
     },
-    /// Callee → caller: declined.
-    Reject {
-        /// Why.
-        reason: String,
+    /// Either side, once it holds the call keys.
+    Sealed(crate::call::SealedSignal),
+    /// Either side, before it holds the call keys: signed by its identity key.
+    Signed {
+        /// What is said.
+        body: crate::call::SignedSignal,
+        /// Ed25519 over [`crate::call::signed_signal_payload`].
+        signature: ed25519_dalek::Signature,
     },
-    /// Caller → callee: gave up before an answer.
-    Cancel,
-    /// Either side: the call is over.
-    Bye {
-        /// Why.
-        reason: String,
-    },
-    /// Either side: more candidates gathered after the offer (trickle).
-    Candidates {
-        /// New candidates.
-        candidates: Vec<Candidate>,
-    },
-    /// Either side: what its NAT does to UDP (after `Invite`/`Accept`), and
-    /// again from the side that opened spare sockets for port prediction
-    /// once they are probing. Added after the others, so older variants keep
-    /// their indices.
-    Nat(NatReport),
 }
 
 /// Every message on a signalling link (client ↔ SN; supernodes talk to
@@ -454,13 +446,8 @@ mod tests {
                 body: CallSignal::Invite {
                     from_name: "bob".into(),
                     caller_presence: Presence::sign(&key, "bob", sn, 1, 5).unwrap(),
+                    sent_ms: 77,
                     handshake: vec![9; 96],
-                    candidates: vec![Candidate {
-                        kind: CandidateKind::Host,
-                        transport: Transport::Udp,
-                        addr: sn,
-                        priority: 1,
-                    }],
                 },
             }),
             Message::ClaimResult { name: "x".into(), result: Err("taken".into()) },
@@ -483,12 +470,7 @@ mod tests {
                 from: UserId([2; 32]),
                 to: UserId([3; 32]),
                 to_supernode: sn,
-                body: CallSignal::Nat(NatReport {
-                    mapping: NatBehaviour::AddressAndPortDependent,
-                    filtering: NatBehaviour::EndpointIndependent,
-                    mapped: vec![sn, "127.0.0.1:11".parse().unwrap()],
-                    spare_sockets: 256,
-                }),
+                body: CallSignal::Sealed(crate::call::SealedSignal { seq: 3, ciphertext: vec![1, 2, 3] }),
             }),
         ];
         for m in msgs {
@@ -497,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn nat_signal_has_the_next_variant_index_and_bad_bodies_are_refused() {
+    fn signal_bodies_have_their_variant_indices_and_bad_bodies_are_refused() {
         let env = |body| {
             Message::Signal(SignalEnvelope {
                 call_id: CallId([1; 16]),
@@ -507,19 +489,14 @@ mod tests {
                 body,
             })
         };
-        let report = NatReport {
-            mapping: NatBehaviour::EndpointIndependent,
-            filtering: NatBehaviour::AddressAndPortDependent,
-            mapped: vec![],
-            spare_sockets: 0,
-        };
-        let b = encode_message(&env(CallSignal::Nat(report))).unwrap();
+        let b =
+            encode_message(&env(CallSignal::Sealed(crate::call::SealedSignal { seq: 1, ciphertext: vec![] }))).unwrap();
         // version, Signal = 13, call id, from, to, to_supernode (00 + 4 + varint 9), body.
         let body = &b[1 + 1 + 16 + 32 + 32 + 6..];
-        assert_eq!(body, [7, 1, 3, 0, 0], "Nat = 7, EI = 1, APD = 3, no addresses, 0 spare sockets");
-        // An unknown behaviour or signal index, or a cut body, is malformed (never a panic).
-        for bad in [[7, 4, 3, 0, 0], [8, 1, 3, 0, 0]] {
-            let mut m = b[..b.len() - 5].to_vec();
+        assert_eq!(body, [2, 1, 0], "Sealed = 2, seq 1, no ciphertext");
+        // An unknown signal index, or a cut body, is malformed (never a panic).
+        for bad in [[4, 1, 0], [9, 1, 0]] {
+            let mut m = b[..b.len() - 3].to_vec();
             m.extend_from_slice(&bad);
             assert!(matches!(decode_message(&m), Err(DecodeError::Malformed(_))));
         }

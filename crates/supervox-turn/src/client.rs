@@ -58,6 +58,14 @@ pub enum TurnEvent {
         /// Why.
         reason: String,
     },
+    /// The server refused a permission towards `peer` (it does not relay
+    /// there, e.g. 403 for an address it forbids): no datagram will pass.
+    PermissionRefused {
+        /// The peer's address.
+        peer: IpAddr,
+        /// STUN error code.
+        code: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +374,10 @@ impl TurnClient {
             Purpose::Permission(ip) => {
                 if let Some(p) = self.peers.get_mut(&ip) {
                     p.permission_pending = false;
+                }
+                // 401/438 are retried before this; a timeout may pass next time.
+                if code != 408 {
+                    self.events.push_back(TurnEvent::PermissionRefused { peer: ip, code });
                 }
             }
             Purpose::Channel(peer, ch) => {

@@ -4,7 +4,12 @@
 //! `b`; alice calls bob N times per path and we report the setup time
 //! distribution for each path:
 //!
-//! * `direct-udp`: both nodes as they come;
+//! * `direct-udp, contact`: both nodes with `--privacy relaxed`, which offers
+//!   every candidate at once as a node does to a contact;
+//! * `stranger`: both nodes as they come (default privacy, PROTOCOL.md §3.6):
+//!   the call connects over the relays, then each side offers its own
+//!   addresses and the call upgrades; the row also gives "direct after", the
+//!   time from invite to the `path_changed` to `direct-udp`;
 //! * `relay-tcp`: alice reaches her relay over TCP only and uses relays only
 //!   (`--force-relay --relay-transport tcp`), as a client behind a firewall
 //!   that passes only TCP would.
@@ -28,25 +33,78 @@ const LINK: &str = "delay=25ms";
 /// One-way delay of the link, added to the caller's setup for "callee hears".
 const ONE_WAY_MS: f64 = 25.0;
 
+/// One row: what to run and what to expect.
+struct Row {
+    label: &'static str,
+    /// The path `call_connected` must report.
+    connects: &'static str,
+    /// The path a `path_changed` must then move to, if any.
+    upgrades: Option<&'static str>,
+    alice: &'static [&'static str],
+    bob: &'static [&'static str],
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        label: "direct-udp, contact (--privacy relaxed)",
+        connects: "direct-udp",
+        upgrades: None,
+        alice: &["--privacy", "relaxed"],
+        bob: &["--privacy", "relaxed"],
+    },
+    Row {
+        label: "stranger: relay-udp, then direct-udp",
+        connects: "relay-udp",
+        upgrades: Some("direct-udp"),
+        alice: &[],
+        bob: &[],
+    },
+    Row {
+        label: "relay-tcp (--force-relay --relay-transport tcp)",
+        connects: "relay-tcp",
+        upgrades: None,
+        alice: &["--force-relay", "--relay-transport", "tcp"],
+        bob: &[],
+    },
+];
+
+/// Setup figures of one row.
+#[derive(Default)]
+struct Figures {
+    ok: usize,
+    setup: Vec<f64>,
+    hears: Vec<f64>,
+    /// Invite → `path_changed` to the upgrade path.
+    upgraded: Vec<f64>,
+}
+
 fn main() {
     let calls: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
     let tmp = tempfile::tempdir().expect("tempdir");
     println!("Call setup over a 50 ms RTT link, {calls} calls per path (median / p90 / max, ms)\n");
     println!(
-        "| path | calls connected | setup median | setup p90 | setup max | callee hears median | callee hears p90 |"
+        "| path | calls connected | setup median | setup p90 | setup max | callee hears median | callee hears p90 | direct after median | direct after p90 |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (want, flags) in [("direct-udp", &[][..]), ("relay-tcp", &["--force-relay", "--relay-transport", "tcp"][..])] {
-        match run_path(tmp.path(), want, flags, calls) {
-            Ok((ok, setup, hears)) => println!(
-                "| {want} | {ok}/{calls} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                pct(&setup, 50.0),
-                pct(&setup, 90.0),
-                pct(&setup, 100.0),
-                pct(&hears, 50.0),
-                pct(&hears, 90.0)
-            ),
-            Err(e) => println!("| {want} | failed: {e} | | | | | |"),
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (i, row) in ROWS.iter().enumerate() {
+        match run_path(&tmp.path().join(i.to_string()), row, calls) {
+            Ok(f) => {
+                let up =
+                    |p: f64| if row.upgrades.is_some() { format!("{:.0}", pct(&f.upgraded, p)) } else { "—".into() };
+                println!(
+                    "| {} | {}/{calls} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                    row.label,
+                    f.ok,
+                    pct(&f.setup, 50.0),
+                    pct(&f.setup, 90.0),
+                    pct(&f.setup, 100.0),
+                    pct(&f.hears, 50.0),
+                    pct(&f.hears, 90.0),
+                    up(50.0),
+                    up(90.0),
+                )
+            }
+            Err(e) => println!("| {} | failed: {e} | | | | | | | |", row.label),
         }
     }
 }
@@ -72,6 +130,28 @@ fn ctl(control: &Path, args: &[&str]) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// Run `ctl` and time each JSON line it prints (from the start).
+fn ctl_timed(control: &Path, args: &[&str]) -> Vec<(f64, Value)> {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("ctl")
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ctl");
+    let out = child.stdout.take().expect("stdout");
+    let lines: Vec<(f64, Value)> = std::io::BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok().map(|v| (start.elapsed().as_secs_f64() * 1000.0, v)))
+        .collect();
+    let _ = child.wait();
+    lines
+}
+
 /// Wait until `check` holds for the node's status.
 fn wait_status(control: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -84,10 +164,8 @@ fn wait_status(control: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Re
     Err(format!("node never {what}"))
 }
 
-#[allow(clippy::type_complexity)]
-fn run_path(root: &Path, want: &str, flags: &[&str], calls: usize) -> Result<(usize, Vec<f64>, Vec<f64>), String> {
-    let dir = root.join(want);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+fn run_path(dir: &Path, row: &Row, calls: usize) -> Result<Figures, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let lab = Lab::new().map_err(|e| e.to_string())?;
     let (a, b) = (lab.namespace("a").map_err(|e| e.to_string())?, lab.namespace("b").map_err(|e| e.to_string())?);
     let imp = Impairment::from_str(LINK).map_err(|e| e.to_string())?;
@@ -103,9 +181,10 @@ fn run_path(root: &Path, want: &str, flags: &[&str], calls: usize) -> Result<(us
     let media_b = format!("{}:0", link.addr_b());
     let mut alice = vec!["node", "--name", "alice", "--seed", &sn, "--media", &media_a, "--data-dir", &da];
     alice.extend(["--control", &ca_s]);
-    alice.extend_from_slice(flags);
+    alice.extend_from_slice(row.alice);
     let bob = ["node", "--name", "bob", "--seed", &sn, "--media", &media_b, "--data-dir", &db, "--control", &cb_s];
-    let bob: Vec<&str> = bob.iter().copied().chain(["--auto-answer", "--input", "tone:440"]).collect();
+    let bob: Vec<&str> =
+        bob.iter().copied().chain(["--auto-answer", "--input", "tone:440"]).chain(row.bob.iter().copied()).collect();
     let _alice = spawn(&a, &alice, &dir.join("alice.log"));
     let _bob = spawn(&b, &bob, &dir.join("bob.log"));
     wait_status(&ca, "signed in", |s| s["supernode"].is_string())?;
@@ -114,7 +193,9 @@ fn run_path(root: &Path, want: &str, flags: &[&str], calls: usize) -> Result<(us
     // who has been online for a moment.
     wait_status(&ca, "got a relay", |s| s["relay"]["allocated"].is_string())?;
     wait_status(&cb, "got a relay", |s| s["relay"]["allocated"].is_string())?;
-    let (mut ok, mut setup, mut hears) = (0, Vec::new(), Vec::new());
+    wait_status(&ca, "probed its NAT", |s| s["reachability"]["udp"].is_boolean())?;
+    wait_status(&cb, "probed its NAT", |s| s["reachability"]["udp"].is_boolean())?;
+    let mut f = Figures::default();
     for _ in 0..calls {
         let cb2 = cb.clone();
         // Bob's playout delay once his side is connected: the start-up part of "callee hears".
@@ -130,21 +211,26 @@ fn run_path(root: &Path, want: &str, flags: &[&str], calls: usize) -> Result<(us
             }
             None
         });
-        let events = ctl(&ca, &["call", "bob", "--duration", "1", "--json"]);
+        let events = ctl_timed(&ca, &["call", "bob", "--duration", "2", "--json"]);
         let bob_playout = watcher.join().ok().flatten();
-        let Some(c) = events.iter().find(|e| e["event"] == "call_connected") else { continue };
-        if c["path"] != want {
-            return Err(format!("path {} instead of {want}", c["path"]));
+        let Some((t_conn, c)) = events.iter().find(|(_, e)| e["event"] == "call_connected") else { continue };
+        if c["path"] != row.connects {
+            return Err(format!("connected over {} instead of {}", c["path"], row.connects));
         }
-        if let Some(ms) = c["setup_ms"].as_f64() {
-            ok += 1;
-            setup.push(ms);
-            if let Some(p) = bob_playout {
-                hears.push(ms + ONE_WAY_MS + p);
-            }
+        let Some(ms) = c["setup_ms"].as_f64() else { continue };
+        if let Some(up) = row.upgrades {
+            let Some((t_up, _)) = events.iter().find(|(_, e)| e["event"] == "path_changed" && e["path"] == up) else {
+                return Err(format!("never moved to {up}: {events:?}"));
+            };
+            f.upgraded.push(ms + (t_up - t_conn));
+        }
+        f.ok += 1;
+        f.setup.push(ms);
+        if let Some(p) = bob_playout {
+            f.hears.push(ms + ONE_WAY_MS + p);
         }
         // Both sides back to idle before the next call.
         wait_status(&cb, "left the call", |s| s["call"].is_null())?;
     }
-    Ok((ok, setup, hears))
+    Ok(f)
 }

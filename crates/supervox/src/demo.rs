@@ -70,6 +70,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
             media_bind: "127.0.0.1:0".parse()?,
             media: node::media::MediaConfig::default(),
             force_relay: false,
+            relaxed_privacy: false,
             external_relay: None,
             relay_transport: None,
             supernode: None,

@@ -169,6 +169,12 @@ struct NodeArgs {
     /// never learns this machine's addresses. Costs relay bandwidth and a little delay.
     #[arg(long)]
     force_relay: bool,
+    /// `strict` (default): a peer that is not a contact is offered only our relay
+    /// addresses until the call is up, so a stranger who calls (or is called) cannot
+    /// learn where this machine is without an answer; the call then moves to a direct
+    /// path. `relaxed`: offer every address at once (a little faster call setup).
+    #[arg(long, value_enum, default_value = "strict")]
+    privacy: Privacy,
     /// A TURN server (e.g. coturn) to take the relay candidate from instead of the
     /// supernode's relay: `IP:PORT` or `turn:IP:PORT` (UDP, or TCP when UDP is blocked),
     /// `turns:IP:PORT` (TURN over TLS; needs --turn-tls-fingerprint). Needs
@@ -192,6 +198,12 @@ struct NodeArgs {
     /// Password on --turn-server.
     #[arg(long, value_name = "PASS")]
     turn_password: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Privacy {
+    Strict,
+    Relaxed,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -388,6 +400,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 media_bind: a.media,
                 media: MediaConfig { jitter_buffer: a.jitter_buffer, fec: matches!(a.fec, OnOff::On) },
                 force_relay: a.force_relay,
+                relaxed_privacy: a.privacy == Privacy::Relaxed,
                 relay_transport,
                 external_relay,
             };

@@ -2,15 +2,21 @@
 
 use super::{Client, ClientEvent, ClientOutput};
 use crate::call::{
-    answer_handshake, finish_handshake, start_handshake, Call, Direction, Phase, Verified, CONNECT_TIMEOUT_MS,
-    INVITE_TIMEOUT_MS, LOOKUP_TIMEOUT_MS, MEDIA_TIMEOUT_MS, RING_TIMEOUT_MS, VERIFY_TIMEOUT_MS,
+    answer_handshake, finish_handshake, start_handshake, Binding, Call, Direction, Phase, SignalChannel, Verified,
+    CONNECT_TIMEOUT_MS, INVITE_TIMEOUT_MS, LOOKUP_TIMEOUT_MS, MAX_INVITE_AGE_MS, MEDIA_TIMEOUT_MS, REVEAL_FALLBACK_MS,
+    RING_TIMEOUT_MS, VERIFY_TIMEOUT_MS,
 };
 use crate::media_path::{call_tag, datagram_tag, MediaPath, Via};
 use crate::reason::{CallEnd, CallFailure, ReasonText, Rejection};
+use ed25519_dalek::Signer;
 use rand::RngCore;
 use std::net::SocketAddr;
-use supervox_proto::{CallId, CallSignal, Candidate, LookupAnswer, Message, SignalEnvelope, UserId};
-use tracing::{info, warn};
+use supervox_proto::call::{signed_signal_payload, CallMessage, CallOffer, SealedSignal, SignedSignal};
+use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, LookupAnswer, Message, SignalEnvelope, UserId};
+use tracing::{debug, info, warn};
+
+/// Signals a caller keeps for the callee until its keys exist.
+const MAX_QUEUED_SIGNALS: usize = 16;
 
 /// At most this many calls at once (one active plus ones being declined).
 const MAX_CALLS: usize = 4;
@@ -35,26 +41,9 @@ impl Client {
         let req_id = self.next_req;
         self.next_req += 1;
         self.send_sn(Message::Lookup { req_id, name: name.to_string() });
-        self.calls.insert(
-            id,
-            Call {
-                id,
-                direction: Direction::Outgoing,
-                peer_name: name.to_string(),
-                peer_id: None,
-                peer_sn: None,
-                verified: None,
-                phase: Phase::Resolving { req_id },
-                path: None,
-                created_ms: now_ms,
-                deadline_ms: now_ms + LOOKUP_TIMEOUT_MS,
-                invite_ms: None,
-                connected_ms: None,
-                reported_path: None,
-                peer_nat: None,
-                prediction: Default::default(),
-            },
-        );
+        let mut call = Call::new(id, Direction::Outgoing, name.to_string(), Phase::Resolving { req_id }, now_ms);
+        call.deadline_ms = now_ms + LOOKUP_TIMEOUT_MS;
+        self.calls.insert(id, call);
         Ok(id)
     }
 
@@ -71,7 +60,7 @@ impl Client {
                 Phase::Verifying { .. } => "verifying",
                 Phase::Inviting { ringing: false, .. } => "inviting",
                 Phase::Inviting { ringing: true, .. } => "ringing",
-                Phase::Alerting { .. } => "incoming",
+                Phase::Alerting => "incoming",
                 Phase::Connecting => "connecting",
                 Phase::Connected => "connected",
             };
@@ -122,23 +111,51 @@ impl Client {
         let Some(me) = self.presence.clone() else {
             return self.fail_call(id, CallFailure::NotSignedIn, now_ms, false);
         };
-        let (hs, msg1) = match start_handshake(&self.identity, &claim.user_id) {
+        // To a stranger: our relays only, and no NAT report, until the call is up.
+        let private = self.is_private_to(&claim.user_id);
+        let offer = CallOffer {
+            candidates: self.offered_candidates(private),
+            nat: if private { None } else { self.nat_report(0) },
+        };
+        let binding = Binding { call_id: id, caller: self.identity.user_id(), callee: claim.user_id, sent_ms: now_ms };
+        let (hs, msg1) = match start_handshake(&self.identity, &binding, &offer) {
             Ok(x) => x,
             Err(e) => return self.fail_call(id, CallFailure::Handshake(e), now_ms, false),
         };
-        let candidates = self.local_candidates.clone();
         let from_name = self.cfg.name.clone();
         if let Some(c) = self.calls.get_mut(&id) {
             c.peer_id = Some(claim.user_id);
             c.peer_sn = Some(presence.supernode);
             // The key comes from the directory's (verified) claim for the name.
             c.verified = Some(Verified::Directory);
-            c.phase = Phase::Inviting { hs: Box::new(hs), ringing: false };
+            c.private = private;
+            c.phase = Phase::Inviting { hs: Some(Box::new(hs)), ringing: false };
             c.invite_ms = Some(now_ms);
             c.deadline_ms = now_ms + INVITE_TIMEOUT_MS;
         }
-        self.signal(id, CallSignal::Invite { from_name, caller_presence: me, handshake: msg1, candidates });
-        self.send_nat_report(id);
+        self.signal(id, CallSignal::Invite { from_name, caller_presence: me, sent_ms: now_ms, handshake: msg1 });
+    }
+
+    /// True when `peer` gets our relays only until the call is up: it is
+    /// not a contact and privacy is not relaxed.
+    fn is_private_to(&self, peer: &UserId) -> bool {
+        !self.cfg.relaxed_privacy && !self.is_contact(peer)
+    }
+
+    /// TEMP: the trust store (pinned keys) provides this; until then
+    /// nobody is a contact.
+    pub fn is_contact(&self, _id: &UserId) -> bool {
+        false
+    }
+
+    /// The candidates we offer: all, or (private) the relay ones.
+    fn offered_candidates(&self, private: bool) -> Vec<Candidate> {
+        let mut c = self.local_candidates.clone();
+        if private {
+            c.retain(|c| c.kind == CandidateKind::Relay);
+        }
+        c.truncate(supervox_proto::call::MAX_CALL_CANDIDATES);
+        c
     }
 
     /// Send a signal to the peer of call `id` through our supernode.
@@ -156,55 +173,149 @@ impl Client {
         self.send_sn(Message::Signal(env));
     }
 
+    /// Say `msg` to the peer of call `id`, sealed under the call keys; a
+    /// caller without keys yet (no `Respond`) keeps it until they exist.
+    pub(super) fn send_call(&mut self, id: CallId, msg: CallMessage) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        match c.signals.seal(&msg) {
+            Some(sealed) => self.signal(id, CallSignal::Sealed(sealed)),
+            None if c.queued.len() < MAX_QUEUED_SIGNALS => c.queued.push(msg),
+            None => debug!("call {id}: signal dropped, too many waiting for the keys"),
+        }
+    }
+
+    /// Say `body` before we hold the call keys, signed by our identity key.
+    fn send_signed(&mut self, id: CallId, to: UserId, to_supernode: SocketAddr, body: SignedSignal) {
+        let payload = signed_signal_payload(&id, &self.identity.user_id(), &to, &body);
+        let signature = self.identity.signing_key().sign(&payload);
+        self.signal_to(id, to, to_supernode, CallSignal::Signed { body, signature });
+    }
+
+    /// Callee: send message 2 with its first sealed signal (ringing, or a
+    /// refusal), once.
+    fn respond(&mut self, id: CallId, first: CallMessage) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        let Phase::Verifying { msg2, .. } = &mut c.phase else { return };
+        let handshake = std::mem::take(msg2);
+        if let Some(first) = c.signals.seal(&first) {
+            self.signal(id, CallSignal::Respond { handshake, first });
+        }
+    }
+
     pub(super) fn on_signal(&mut self, env: SignalEnvelope, now_ms: u64) {
         if env.to != self.identity.user_id() {
             return;
         }
         let id = env.call_id;
-        if let CallSignal::Invite { from_name, caller_presence, handshake, candidates } = env.body {
-            return self.on_invite(id, env.from, from_name, caller_presence, handshake, candidates, now_ms);
+        if let CallSignal::Invite { from_name, caller_presence, sent_ms, handshake } = env.body {
+            return self.on_invite(id, env.from, from_name, caller_presence, sent_ms, handshake, now_ms);
         }
-        // Everything else must come from the peer of a call we have.
+        // Everything else must come from the peer of a call we have, and is
+        // authenticated end to end below: whoever routes it cannot forge it.
         if self.calls.get(&id).and_then(|c| c.peer_id) != Some(env.from) {
             return;
         }
         match env.body {
-            CallSignal::Ringing => {
-                if let Some(Call { phase: Phase::Inviting { ringing, .. }, deadline_ms, .. }) = self.calls.get_mut(&id)
-                {
+            CallSignal::Respond { handshake, first } => self.on_respond(id, &handshake, first, now_ms),
+            CallSignal::Sealed(sealed) => match self.calls.get_mut(&id).and_then(|c| c.signals.open(&sealed)) {
+                Some(msg) => self.on_call_message(id, msg, now_ms),
+                None => debug!("call {id}: a sealed signal that does not open (forged or replayed) dropped"),
+            },
+            CallSignal::Signed { body, signature } => {
+                let payload = signed_signal_payload(&id, &env.from, &env.to, &body);
+                let authentic = env.from.verifying_key().is_ok_and(|k| k.verify_strict(&payload, &signature).is_ok());
+                if authentic {
+                    self.on_signed(id, body, now_ms);
+                } else {
+                    warn!("call {id}: a signed signal with a bad signature dropped");
+                }
+            }
+            CallSignal::Invite { .. } => {}
+        }
+    }
+
+    /// Caller: the callee's message 2 and first signal.
+    fn on_respond(&mut self, id: CallId, msg2: &[u8], first: SealedSignal, now_ms: u64) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        let Phase::Inviting { hs, .. } = &mut c.phase else { return };
+        let Some(hs) = hs.take() else { return };
+        let keys = match finish_handshake(*hs, msg2) {
+            Ok(k) => k,
+            Err(e) => return self.fail_call(id, CallFailure::Handshake(e), now_ms, true),
+        };
+        c.signals.keys = Some(keys);
+        let Some(first) = c.signals.open(&first) else {
+            return self.fail_call(id, CallFailure::Handshake(crate::call::CallCryptoError::Malformed), now_ms, true);
+        };
+        for msg in std::mem::take(&mut c.queued) {
+            self.send_call(id, msg);
+        }
+        self.on_call_message(id, first, now_ms);
+    }
+
+    /// An authenticated signal from the peer of call `id`.
+    fn on_call_message(&mut self, id: CallId, msg: CallMessage, now_ms: u64) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        let outgoing = c.direction == Direction::Outgoing;
+        match msg {
+            CallMessage::Ringing if outgoing => {
+                if let Phase::Inviting { ringing, .. } = &mut c.phase {
                     if !*ringing {
                         *ringing = true;
-                        *deadline_ms = now_ms + RING_TIMEOUT_MS;
+                        c.deadline_ms = now_ms + RING_TIMEOUT_MS;
                         self.event(ClientEvent::Ringing { call_id: id });
                     }
                 }
             }
-            CallSignal::Accept { handshake, candidates } => {
-                let Some(c) = self.calls.get_mut(&id) else {
+            CallMessage::Accept { candidates, nat } if outgoing => {
+                if !matches!(c.phase, Phase::Inviting { .. }) {
                     return;
-                };
-                let Phase::Inviting { .. } = c.phase else {
-                    return;
-                };
-                let Phase::Inviting { hs, .. } = std::mem::replace(&mut c.phase, Phase::Connecting) else {
-                    return;
-                };
-                match finish_handshake(*hs, &handshake) {
-                    Ok(keys) => {
-                        c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
-                        self.start_path(id, keys, &candidates, now_ms);
-                    }
-                    Err(e) => self.fail_call(id, CallFailure::Handshake(e), now_ms, true),
+                }
+                c.phase = Phase::Connecting;
+                c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
+                c.learn_candidates(&candidates);
+                if let Some(report) = nat {
+                    self.on_peer_nat(id, report, now_ms);
+                }
+                self.start_path(id, now_ms);
+            }
+            CallMessage::Reject { reason } if outgoing => {
+                if matches!(c.phase, Phase::Inviting { .. }) {
+                    self.fail_call(id, CallFailure::Rejected(Rejection::from_wire(&reason)), now_ms, false)
                 }
             }
-            CallSignal::Reject { reason } => {
+            CallMessage::Cancel if !outgoing => {
+                if !matches!(c.phase, Phase::Connected) {
+                    self.fail_call(id, CallFailure::CallerCancelled, now_ms, false)
+                }
+            }
+            CallMessage::Bye { reason } => self.end_call(id, CallEnd::remote_hangup(&reason), now_ms, false),
+            CallMessage::Candidates { candidates } => self.on_trickled(id, candidates, now_ms),
+            CallMessage::Nat(report) => self.on_peer_nat(id, report, now_ms),
+            other => debug!("call {id}: {other:?} from the wrong side ignored"),
+        }
+    }
+
+    /// A signed signal from the peer of call `id` (said before it had keys).
+    fn on_signed(&mut self, id: CallId, body: SignedSignal, now_ms: u64) {
+        let Some(c) = self.calls.get(&id) else { return };
+        match (body, c.direction, &c.phase) {
+            (SignedSignal::Cancel, Direction::Incoming, Phase::Verifying { .. } | Phase::Alerting) => {
+                self.fail_call(id, CallFailure::CallerCancelled, now_ms, false)
+            }
+            (SignedSignal::Reject { reason }, Direction::Outgoing, Phase::Inviting { hs: Some(_), .. }) => {
                 self.fail_call(id, CallFailure::Rejected(Rejection::from_wire(&reason)), now_ms, false)
             }
-            CallSignal::Cancel => self.fail_call(id, CallFailure::CallerCancelled, now_ms, false),
-            CallSignal::Bye { reason } => self.end_call(id, CallEnd::remote_hangup(&reason), now_ms, false),
-            CallSignal::Candidates { candidates } => self.on_trickled(id, candidates, now_ms),
-            CallSignal::Nat(report) => self.on_peer_nat(id, report, now_ms),
-            CallSignal::Invite { .. } => {}
+            (body, ..) => debug!("call {id}: signed {body:?} out of place ignored"),
+        }
+    }
+
+    /// Our supernode could not deliver a signal of call `id`. Only an invite
+    /// not yet answered fails on it: later, the callee's own sealed signals
+    /// say how the call stands (and a supernode cannot end it by saying so).
+    pub(super) fn on_signal_failed(&mut self, id: CallId, reason: &str, now_ms: u64) {
+        if matches!(self.calls.get(&id), Some(Call { phase: Phase::Inviting { hs: Some(_), .. }, .. })) {
+            self.fail_call(id, CallFailure::signal_failed(reason), now_ms, false)
         }
     }
 
@@ -215,8 +326,8 @@ impl Client {
         from: UserId,
         from_name: String,
         caller_presence: supervox_proto::Presence,
+        sent_ms: u64,
         msg1: Vec<u8>,
-        candidates: Vec<supervox_proto::Candidate>,
         now_ms: u64,
     ) {
         if self.calls.contains_key(&id) {
@@ -230,35 +341,51 @@ impl Client {
             warn!("invite with an invalid caller presence dropped");
             return;
         }
+        if sent_ms.abs_diff(now_ms) > MAX_INVITE_AGE_MS {
+            warn!(
+                "invite {id} refused: sent {} s from our clock (a replay, or a clock far off)",
+                sent_ms.abs_diff(now_ms) / 1000
+            );
+            return;
+        }
         let sn = caller_presence.supernode;
-        if self.active_call().is_some() || self.calls.len() >= super::calls::MAX_CALLS {
-            return self.signal_to(id, from, sn, CallSignal::Reject { reason: Rejection::Busy.wire().into() });
+        let binding = Binding { call_id: id, caller: from, callee: self.identity.user_id(), sent_ms };
+        let (keys, msg2, offer) = match answer_handshake(&self.identity, &binding, &msg1) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("invite {id} refused: {e}");
+                let reason = Rejection::HandshakeFailed.wire().into();
+                return self.send_signed(id, from, sn, SignedSignal::Reject { reason });
+            }
+        };
+        // An authentic message 1 seen before is a replay: never ring twice.
+        if let Err(r) = self.recent_invites.admit(id, sent_ms, now_ms) {
+            warn!("invite {id} refused: {r:?} (a replayed or flooding invite)");
+            return;
+        }
+        let mut call = Call::new(id, Direction::Incoming, from_name.clone(), Phase::Alerting, now_ms);
+        call.peer_id = Some(from);
+        call.peer_sn = Some(sn);
+        call.signals = SignalChannel::with_keys(keys);
+        if self.active_call().is_some() || self.calls.len() >= MAX_CALLS {
+            let busy = CallMessage::Reject { reason: Rejection::Busy.wire().into() };
+            if let Some(first) = call.signals.seal(&busy) {
+                self.signal_to(id, from, sn, CallSignal::Respond { handshake: msg2, first });
+            }
+            return;
         }
         // A presence signed for a name proves only that the key signed it:
         // ask the directory who owns the name before it rings.
         let req_id = self.next_req;
         self.next_req += 1;
-        self.send_sn(Message::Lookup { req_id, name: from_name.clone() });
-        self.calls.insert(
-            id,
-            Call {
-                id,
-                direction: Direction::Incoming,
-                peer_name: from_name,
-                peer_id: Some(from),
-                peer_sn: Some(sn),
-                verified: None,
-                phase: Phase::Verifying { req_id, msg1, candidates },
-                path: None,
-                created_ms: now_ms,
-                deadline_ms: now_ms + VERIFY_TIMEOUT_MS,
-                invite_ms: Some(now_ms),
-                connected_ms: None,
-                reported_path: None,
-                peer_nat: None,
-                prediction: Default::default(),
-            },
-        );
+        self.send_sn(Message::Lookup { req_id, name: from_name });
+        call.phase = Phase::Verifying { req_id, msg2 };
+        call.learn_candidates(&offer.candidates);
+        call.peer_nat = offer.nat;
+        call.private = self.is_private_to(&from);
+        call.deadline_ms = now_ms + VERIFY_TIMEOUT_MS;
+        call.invite_ms = Some(now_ms);
+        self.calls.insert(id, call);
     }
 
     /// The directory's answer for an incoming call's caller name.
@@ -276,7 +403,7 @@ impl Client {
             Some(owner) if Some(owner) == from => self.ring(id, Verified::Directory, now_ms),
             Some(_) => {
                 warn!("refused an incoming call claiming {name:?}: the directory says another key owns that name");
-                self.signal(id, CallSignal::Reject { reason: Rejection::CallerNotVerified.wire().into() });
+                self.respond(id, CallMessage::Reject { reason: Rejection::CallerNotVerified.wire().into() });
                 self.fail_call(id, CallFailure::CallerNameMismatch(name), now_ms, false);
             }
             None => self.ring(id, Verified::Unverified, now_ms),
@@ -286,20 +413,15 @@ impl Client {
     /// Verification of an incoming call is over: ring, and answer at once
     /// if told to, but only a caller the directory confirmed.
     fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
+        self.respond(id, CallMessage::Ringing);
         let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { .. } = c.phase else { return };
-        let Phase::Verifying { msg1, candidates, .. } =
-            std::mem::replace(&mut c.phase, Phase::Alerting { msg1: Vec::new(), candidates: Vec::new() })
-        else {
-            return;
-        };
-        c.phase = Phase::Alerting { msg1, candidates };
+        c.phase = Phase::Alerting;
         c.verified = Some(verified);
         c.deadline_ms = now_ms + RING_TIMEOUT_MS;
         let (from, user_id) = (c.peer_name.clone(), c.peer_id);
         let Some(user_id) = user_id else { return };
         info!("incoming call from {}", verified.label(&from));
-        self.signal(id, CallSignal::Ringing);
         self.event(ClientEvent::Incoming { call_id: id, from, user_id, verified });
         if self.cfg.auto_answer && verified == Verified::Directory {
             self.answer(id, now_ms);
@@ -311,26 +433,18 @@ impl Client {
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
-        let Phase::Alerting { .. } = c.phase else {
+        let Phase::Alerting = c.phase else {
             return;
         };
-        let Phase::Alerting { msg1, candidates } = std::mem::replace(&mut c.phase, Phase::Connecting) else {
-            return;
+        c.phase = Phase::Connecting;
+        c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
+        let private = c.private;
+        let accept = CallMessage::Accept {
+            candidates: self.offered_candidates(private),
+            nat: if private { None } else { self.nat_report(0) },
         };
-        let Some(peer) = c.peer_id else { return };
-        match answer_handshake(&self.identity, &peer, &msg1) {
-            Ok((keys, msg2)) => {
-                c.deadline_ms = now_ms + CONNECT_TIMEOUT_MS;
-                let ours = self.local_candidates.clone();
-                self.signal(id, CallSignal::Accept { handshake: msg2, candidates: ours });
-                self.send_nat_report(id);
-                self.start_path(id, keys, &candidates, now_ms);
-            }
-            Err(e) => {
-                self.signal(id, CallSignal::Reject { reason: Rejection::HandshakeFailed.wire().into() });
-                self.fail_call(id, CallFailure::Handshake(e), now_ms, false);
-            }
-        }
+        self.send_call(id, accept);
+        self.start_path(id, now_ms);
     }
 
     /// Hang up, cancel or decline call `id`, telling the peer. A call that
@@ -339,8 +453,12 @@ impl Client {
         let Some(c) = self.calls.get(&id) else { return };
         match c.phase {
             Phase::Connected | Phase::Connecting => self.end_call(id, reason, now_ms, true),
-            Phase::Alerting { .. } | Phase::Verifying { .. } => {
-                self.signal(id, CallSignal::Reject { reason: Rejection::Declined.wire().into() });
+            Phase::Alerting => {
+                self.send_call(id, CallMessage::Reject { reason: Rejection::Declined.wire().into() });
+                self.fail_call(id, CallFailure::Ended(reason), now_ms, false);
+            }
+            Phase::Verifying { .. } => {
+                self.respond(id, CallMessage::Reject { reason: Rejection::Declined.wire().into() });
                 self.fail_call(id, CallFailure::Ended(reason), now_ms, false);
             }
             Phase::Inviting { .. } | Phase::Resolving { .. } => {
@@ -352,7 +470,7 @@ impl Client {
     /// End a call that never connected. `tell_peer` sends Cancel.
     pub(super) fn fail_call(&mut self, id: CallId, reason: CallFailure, now_ms: u64, tell_peer: bool) {
         if tell_peer {
-            self.signal(id, CallSignal::Cancel);
+            self.cancel(id);
         }
         self.drop_call_spares(id);
         if self.calls.remove(&id).is_some() {
@@ -362,12 +480,23 @@ impl Client {
         self.close_call_streams(id, now_ms);
     }
 
+    /// Tell the peer we give up: sealed once we hold the keys, else signed.
+    fn cancel(&mut self, id: CallId) {
+        let Some(c) = self.calls.get(&id) else { return };
+        if c.signals.keys.is_some() {
+            return self.send_call(id, CallMessage::Cancel);
+        }
+        if let (Some(to), Some(sn), Phase::Inviting { .. }) = (c.peer_id, c.peer_sn, &c.phase) {
+            self.send_signed(id, to, sn, SignedSignal::Cancel);
+        }
+    }
+
     /// End a call (connected or connecting). `tell_peer` sends Bye with the
     /// reason's text. A call that never connected reports
     /// [`CallFailure::Ended`].
     fn end_call(&mut self, id: CallId, reason: CallEnd, now_ms: u64, tell_peer: bool) {
         if tell_peer {
-            self.signal(id, CallSignal::Bye { reason: reason.to_string() });
+            self.send_call(id, CallMessage::Bye { reason: reason.to_string() });
         }
         self.drop_call_spares(id);
         let Some(c) = self.calls.remove(&id) else {
@@ -390,7 +519,7 @@ impl Client {
             .filter(|c| {
                 matches!(
                     c.phase,
-                    Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Verifying { .. } | Phase::Alerting { .. }
+                    Phase::Resolving { .. } | Phase::Inviting { .. } | Phase::Verifying { .. } | Phase::Alerting
                 )
             })
             .map(|c| c.id)
@@ -409,7 +538,7 @@ impl Client {
                 (Phase::Connected, None) => None,
                 _ => Some(c.deadline_ms),
             };
-            crate::timer::earliest([phase, c.path.as_ref().map(|p| p.poll_timeout())])
+            crate::timer::earliest([phase, c.path.as_ref().map(|p| p.poll_timeout()), c.reveal_by_ms])
         });
         crate::timer::earliest(per_call)
     }
@@ -423,6 +552,13 @@ impl Client {
             if let Some(p) = c.path.as_mut() {
                 p.handle_timeout(now_ms);
             }
+            if c.reveal_by_ms.is_some_and(|t| now_ms >= t) {
+                info!("call {id}: no relay pair after {REVEAL_FALLBACK_MS} ms: offering our direct candidates");
+                self.reveal(id, now_ms);
+            }
+            let Some(c) = self.calls.get_mut(&id) else {
+                continue;
+            };
             let expired = now_ms >= c.deadline_ms;
             let silent = matches!(c.phase, Phase::Connected)
                 && c.path.as_ref().is_some_and(|p| now_ms >= p.last_rx_ms() + MEDIA_TIMEOUT_MS);
@@ -438,14 +574,14 @@ impl Client {
                 (Phase::Inviting { ringing: true, .. }, true, _) => {
                     self.fail_call(id, CallFailure::NoAnswer, now_ms, true)
                 }
-                (Phase::Alerting { .. }, true, _) => {
-                    self.signal(id, CallSignal::Reject { reason: Rejection::NoAnswer.wire().into() });
+                (Phase::Alerting, true, _) => {
+                    self.send_call(id, CallMessage::Reject { reason: Rejection::NoAnswer.wire().into() });
                     self.fail_call(id, CallFailure::Missed, now_ms, false)
                 }
                 (Phase::Connecting, true, _) => {
                     // The peer hears it as a Bye with this text, as before.
                     let reason = CallFailure::NoMediaPath;
-                    self.signal(id, CallSignal::Bye { reason: reason.to_string() });
+                    self.send_call(id, CallMessage::Bye { reason: reason.to_string() });
                     self.fail_call(id, reason, now_ms, false)
                 }
                 _ => {}
@@ -454,37 +590,88 @@ impl Client {
         }
     }
 
-    /// Keys agreed: start checking pairs towards the peer's candidates.
-    fn start_path(&mut self, id: CallId, keys: snow::StatelessTransportState, remote: &[Candidate], now_ms: u64) {
-        let bases = self.local_bases();
+    /// Keys agreed and the call answered: start checking pairs towards the
+    /// peer's candidates. A private call uses our relay only, until it is up
+    /// (or, without a relay, reveals at once: the user has answered).
+    fn start_path(&mut self, id: CallId, now_ms: u64) {
+        let mut bases = self.local_bases();
         let Some(c) = self.calls.get_mut(&id) else { return };
-        let path = MediaPath::new(&id, keys, remote, bases, now_ms);
+        let Some(keys) = c.signals.keys.clone() else { return };
+        bases.private = c.private;
+        let remote = c.peer_candidates.clone();
+        let path = MediaPath::new(&id, keys.transport(), &remote, bases, now_ms);
         let peers = path.remote_addrs();
         c.path = Some(path);
+        if c.private {
+            let wait = if bases.relay.is_some() { REVEAL_FALLBACK_MS } else { 0 };
+            c.reveal_by_ms = Some(now_ms + wait);
+        }
         self.permit_peers(&peers, now_ms);
-        self.connect_tcp(id, remote, now_ms);
+        self.connect_tcp(id, &remote, now_ms);
+        self.send_nat_report(id);
         self.flush_path(id, now_ms);
         // The peer's NAT report may have come with its offer.
         self.maybe_predict(id, now_ms);
+        if bases.relay.is_none() {
+            self.reveal(id, now_ms);
+        }
+    }
+
+    /// A private call offers the rest of our candidates and NAT report now,
+    /// and may use our own addresses: it is up (or its relay failed).
+    fn reveal(&mut self, id: CallId, now_ms: u64) {
+        let Some(c) = self.calls.get_mut(&id) else { return };
+        if !c.private {
+            return;
+        }
+        c.private = false;
+        c.reveal_by_ms = None;
+        let remote = c.peer_candidates.clone();
+        let mut peers = Vec::new();
+        if let Some(p) = c.path.as_mut() {
+            p.reveal(now_ms);
+            peers = p.remote_addrs();
+        }
+        let direct: Vec<Candidate> =
+            self.local_candidates.iter().filter(|c| c.kind != CandidateKind::Relay).copied().collect();
+        if !direct.is_empty() {
+            self.send_call(id, CallMessage::Candidates { candidates: direct });
+        }
+        self.send_nat_report(id);
+        self.permit_peers(&peers, now_ms);
+        self.connect_tcp(id, &remote, now_ms);
+        self.flush_path(id, now_ms);
+        self.maybe_predict(id, now_ms);
+    }
+
+    /// Our relay will not relay to these peers: a private call towards one
+    /// of them cannot start over our relay, so it reveals now rather than
+    /// after [`REVEAL_FALLBACK_MS`].
+    pub(super) fn relay_refused(&mut self, peers: &[std::net::IpAddr], now_ms: u64) {
+        let ids: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.private && c.path.is_some())
+            .filter(|c| c.peer_candidates.iter().any(|p| peers.contains(&p.addr.ip())))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            info!("call {id}: our relay refuses the peer: offering our direct candidates");
+            self.reveal(id, now_ms);
+        }
     }
 
     /// Candidates the peer gathered after its offer or answer.
     fn on_trickled(&mut self, id: CallId, candidates: Vec<Candidate>, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else { return };
-        match (&mut c.phase, c.path.as_mut()) {
-            (Phase::Alerting { candidates: known, .. } | Phase::Verifying { candidates: known, .. }, _) => {
-                known.extend(candidates.into_iter().take(16));
-                known.truncate(32);
-            }
-            (_, Some(p)) => {
-                p.add_remote_candidates(&candidates);
-                let peers = p.remote_addrs();
-                self.permit_peers(&peers, now_ms);
-                self.connect_tcp(id, &candidates, now_ms);
-                self.flush_path(id, now_ms);
-            }
-            _ => {}
-        }
+        c.learn_candidates(&candidates);
+        let Some(p) = c.path.as_mut() else { return };
+        p.add_remote_candidates(&candidates);
+        p.search(now_ms);
+        let peers = p.remote_addrs();
+        self.permit_peers(&peers, now_ms);
+        self.connect_tcp(id, &candidates, now_ms);
+        self.flush_path(id, now_ms);
     }
 
     /// Move queued datagrams of a call's path to the outputs, and notice a
@@ -531,6 +718,8 @@ impl Client {
             let verified = c.verified.unwrap_or(Verified::Unverified);
             let Some(user_id) = c.peer_id else { return };
             self.event(ClientEvent::Connected { call_id: id, peer, user_id, verified, path: kind, setup_ms });
+            // Up over our relay: now the peer may learn where we are.
+            self.reveal(id, now_ms);
         }
     }
 

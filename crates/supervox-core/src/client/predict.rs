@@ -14,7 +14,8 @@ use super::{Client, ClientOutput};
 use crate::call::Phase;
 use crate::media_path::predict::{role, spray_plan, Role, SPARE_SOCKETS, SPRAY_BUDGET};
 use crate::media_path::PathKind;
-use supervox_proto::{CallId, CallSignal, NatReport};
+use supervox_proto::call::CallMessage;
+use supervox_proto::{CallId, NatReport};
 use tracing::{debug, info};
 
 /// Addresses of a peer's report that are used (its two supernodes' views).
@@ -47,8 +48,11 @@ impl Client {
 
     /// Tell the peer of call `id` what our NAT does (after Invite / Accept).
     pub(super) fn send_nat_report(&mut self, id: CallId) {
+        if self.calls.get(&id).is_some_and(|c| c.private) {
+            return; // it names our public addresses: not to a stranger yet
+        }
         if let Some(report) = self.nat_report(0) {
-            self.signal(id, CallSignal::Nat(report));
+            self.send_call(id, CallMessage::Nat(report));
         }
     }
 
@@ -69,7 +73,7 @@ impl Client {
         let (Some(peer), Some(path)) = (c.peer_nat.as_ref(), c.path.as_mut()) else {
             return;
         };
-        if c.prediction != Prediction::Idle || !matches!(c.phase, Phase::Connecting | Phase::Connected) {
+        if c.private || c.prediction != Prediction::Idle || !matches!(c.phase, Phase::Connecting | Phase::Connected) {
             return;
         }
         // A direct pair already works (say host candidates on one LAN): no
@@ -121,7 +125,7 @@ impl Client {
         // peer sprays, our NAT holds their mappings.
         if count > 0 {
             if let Some(report) = self.nat_report(count) {
-                self.signal(id, CallSignal::Nat(report));
+                self.send_call(id, CallMessage::Nat(report));
             }
         }
     }

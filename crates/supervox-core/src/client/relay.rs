@@ -15,9 +15,10 @@
 
 use std::net::SocketAddr;
 
-use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, Transport, MAX_TLS_RELAYS};
+use supervox_proto::call::CallMessage;
+use supervox_proto::{CallId, Candidate, CandidateKind, Transport, MAX_TLS_RELAYS};
 use supervox_turn::{TurnClient, TurnEvent};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Client, ClientOutput, RelayCredentials};
 use crate::call::Phase;
@@ -266,7 +267,12 @@ impl Client {
     /// What a new call's media path may use.
     pub(super) fn local_bases(&self) -> LocalBases {
         let relay = self.turn.as_ref().filter(|t| t.relayed().is_some()).map(|t| t.transport().is_stream());
-        LocalBases { relay, force_relay: self.cfg.force_relay, no_udp: self.relay_transport != RelayTransport::Udp }
+        LocalBases {
+            relay,
+            force_relay: self.cfg.force_relay,
+            no_udp: self.relay_transport != RelayTransport::Udp,
+            private: false,
+        }
     }
 
     /// How the relay is reached: the allocation's transport, or (without one) the one the
@@ -294,6 +300,7 @@ impl Client {
         let mut came_up = None;
         let mut udp_timed_out = false;
         let mut tcp_timed_out = false;
+        let mut refused = Vec::new();
         while let Some(ev) = t.poll_event() {
             match ev {
                 TurnEvent::Allocated { relayed, mapped } => {
@@ -305,7 +312,14 @@ impl Client {
                     udp_timed_out |= code == 408 && !tcp && t.relayed().is_none();
                     tcp_timed_out |= code == 408 && self.turn_via == RelayTransport::Tcp && t.relayed().is_none();
                 }
+                TurnEvent::PermissionRefused { peer, code } => {
+                    debug!("relay refuses to relay to {peer} ({code})");
+                    refused.push(peer);
+                }
             }
+        }
+        if !refused.is_empty() {
+            self.relay_refused(&refused, now_ms);
         }
         if udp_timed_out {
             // The server is up (we are signed in to it over TCP) but UDP to it got no answer.
@@ -341,7 +355,7 @@ impl Client {
                 peers = p.remote_addrs();
             }
             self.permit_peers(&peers, now_ms);
-            self.signal(id, CallSignal::Candidates { candidates: vec![cand] });
+            self.send_call(id, CallMessage::Candidates { candidates: vec![cand] });
         }
     }
 }

@@ -171,8 +171,8 @@ impl Client {
     /// listener's port), the highest priority first, while the call holds
     /// fewer than [`MAX_TCP_STREAMS`] streams.
     pub(super) fn connect_tcp(&mut self, id: CallId, remote: &[Candidate], now_ms: u64) {
-        if self.cfg.force_relay {
-            return; // the peer must not learn our addresses
+        if self.cfg.force_relay || self.calls.get(&id).is_some_and(|c| c.private) {
+            return; // the peer must not learn our addresses (now)
         }
         let so = self.tcp.port.is_some();
         let mut dialable: Vec<&Candidate> = remote

@@ -354,34 +354,78 @@ fn unanswered_call_can_be_declined_and_cancelled() {
 }
 
 #[test]
-fn a_hostile_reject_reason_is_sanitised_and_decides_nothing() {
+fn forged_and_replayed_signals_from_whoever_routes_them_change_nothing() {
     let mut net = Net::new(&["alice", "bob"], false);
     net.run(100);
     let id = net.clients[0].place_call("bob", net.now).unwrap();
     net.run(50);
     assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Ringing { .. })));
-    // A forged Reject (any supernode on the path could send one) whose reason
-    // tries to forge log lines and pass for a normal outcome, 60 KB long.
-    let reason = format!("call duration reached\n{}", "\u{202e}x".repeat(30_000));
+    let (alice, bob) = (net.clients[0].identity().user_id(), net.clients[1].identity().user_id());
+    // What a supernode on the path could send alice as bob: a Reject signed
+    // by another key, a Reject whose signature is bob's for another call, a
+    // sealed signal it made up, and bob's own Ringing again (a replay).
+    let mallory = Identity::from_seed([66; 32]);
+    let body = supervox_proto::call::SignedSignal::Reject { reason: "declined".into() };
+    let sig_by = |key: &Identity, call: CallId| {
+        let payload = supervox_proto::call::signed_signal_payload(&call, &bob, &alice, &body);
+        ed25519_dalek::Signer::sign(key.signing_key(), &payload)
+    };
+    let ringing = net.signals[1]
+        .iter()
+        .find_map(|e| match &e.body {
+            CallSignal::Respond { first, .. } => Some(CallSignal::Sealed(first.clone())),
+            _ => None,
+        })
+        .expect("bob responded");
+    let forged = [
+        CallSignal::Signed { body: body.clone(), signature: sig_by(&mallory, id) },
+        CallSignal::Signed {
+            body: body.clone(),
+            signature: sig_by(&net.clients[1].identity().clone(), CallId([0; 16])),
+        },
+        CallSignal::Sealed(supervox_proto::call::SealedSignal { seq: 1, ciphertext: vec![0x55; 40] }),
+        ringing,
+        // An unauthenticated Respond: alice's handshake is already finished.
+        CallSignal::Respond {
+            handshake: vec![1; 48],
+            first: supervox_proto::call::SealedSignal { seq: 0, ciphertext: vec![2; 32] },
+        },
+    ];
+    let conn = net.conns[0].unwrap();
+    let before = net.events[0].len();
+    for body in forged {
+        let env = SignalEnvelope { call_id: id, from: bob, to: alice, to_supernode: addr(SN), body };
+        net.clients[0].on_message(conn, Message::Signal(env), net.now);
+    }
+    net.step();
+    assert_eq!(net.events[0].len(), before, "{:?}", &net.events[0][before..]);
+    assert_eq!(net.clients[0].call_info(&id).map(|i| i.1), Some("ringing"));
+    // The call still works: bob answers and it connects.
+    net.clients[1].answer(id, net.now);
+    net.run(300);
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Connected { .. })));
+    // A forged Bye does not end it either; bob's real one does.
     let env = SignalEnvelope {
         call_id: id,
-        from: net.clients[1].identity().user_id(),
-        to: net.clients[0].identity().user_id(),
+        from: bob,
+        to: alice,
         to_supernode: addr(SN),
-        body: CallSignal::Reject { reason },
+        body: CallSignal::Sealed(supervox_proto::call::SealedSignal { seq: 9, ciphertext: vec![7; 48] }),
     };
-    let conn = net.conns[0].unwrap();
     net.clients[0].on_message(conn, Message::Signal(env), net.now);
-    while let Some(o) = net.clients[0].poll_output() {
-        if let ClientOutput::Event(e) = o {
-            net.events[0].push(e);
-        }
-    }
-    let failed = net.events[0].iter().find_map(|e| match e {
-        ClientEvent::Failed { reason, .. } => Some(reason.clone()),
-        _ => None,
-    });
-    let failed = failed.expect("the call failed");
+    net.step();
+    assert!(net.clients[0].is_connected(&id));
+    net.clients[1].hangup(id, CallEnd::LocalHangup, net.now);
+    net.run(50);
+    assert!(!net.clients[0].is_connected(&id));
+}
+
+#[test]
+fn a_hostile_reject_reason_from_the_callee_is_sanitised_and_decides_nothing() {
+    // The callee itself may be hostile: its (authentic) reason text tries to
+    // forge log lines and pass for a normal outcome, 60 KB long.
+    let reason = format!("call duration reached\n{}", "\u{202e}x".repeat(30_000));
+    let failed = CallFailure::Rejected(Rejection::from_wire(&reason));
     assert_eq!(failed.code(), "rejected");
     assert!(!failed.is_normal());
     let text = failed.to_string();
@@ -779,25 +823,25 @@ fn an_invite_from_a_small_order_caller_key_is_dropped() {
     };
     let genuine = Identity::from_seed([8; 32]);
     let honest = Presence::sign(genuine.signing_key(), "carol", sn, 1, exp).unwrap();
-    let invite = |from: UserId, p: Presence, n: u8| {
+    let now = net.now;
+    let invite = |from: UserId, p: Presence, n: u8, msg1: Vec<u8>| {
         Message::Signal(SignalEnvelope {
             call_id: CallId([n; 16]),
             from,
             to: bob,
             to_supernode: sn,
-            body: CallSignal::Invite {
-                from_name: p.name.clone(),
-                caller_presence: p,
-                handshake: vec![9; 96],
-                candidates: vec![],
-            },
+            body: CallSignal::Invite { from_name: p.name.clone(), caller_presence: p, sent_ms: now, handshake: msg1 },
         })
     };
-    net.clients[0].on_message(conn, invite(UserId(weak), forged, 1), net.now);
+    let binding =
+        crate::call::Binding { call_id: CallId([2; 16]), caller: genuine.user_id(), callee: bob, sent_ms: now };
+    let offer = supervox_proto::call::CallOffer { candidates: vec![], nat: None };
+    let (_hs, msg1) = crate::call::start_handshake(&genuine, &binding, &offer).unwrap();
+    net.clients[0].on_message(conn, invite(UserId(weak), forged, 1, vec![9; 96]), net.now);
     net.step();
     assert!(!has(&net.events[0], |e| matches!(e, ClientEvent::Incoming { .. })), "{:?}", net.events[0]);
     // The same invite from a genuine key rings (the control).
-    net.clients[0].on_message(conn, invite(genuine.user_id(), honest, 2), net.now);
+    net.clients[0].on_message(conn, invite(genuine.user_id(), honest, 2, msg1), net.now);
     net.step();
     assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Incoming { from, .. } if from == "carol")));
 }
@@ -828,8 +872,10 @@ fn a_caller_spoofing_a_claimed_name_is_refused_and_never_rings() {
     let mallory = Identity::from_seed([3; 32]);
     assert_eq!(mallory.user_id(), net.clients[2].identity().user_id());
     let presence = Presence::sign(mallory.signing_key(), "alice", addr(SN), 1, net.now + 60_000).unwrap();
-    let (_hs, msg1) = crate::call::start_handshake(&mallory, &bob).unwrap();
     let call_id = CallId([7; 16]);
+    let binding = crate::call::Binding { call_id, caller: mallory.user_id(), callee: bob, sent_ms: net.now };
+    let offer = supervox_proto::call::CallOffer { candidates: vec![], nat: None };
+    let (hs, msg1) = crate::call::start_handshake(&mallory, &binding, &offer).unwrap();
     let env = SignalEnvelope {
         call_id,
         from: mallory.user_id(),
@@ -838,8 +884,8 @@ fn a_caller_spoofing_a_claimed_name_is_refused_and_never_rings() {
         body: CallSignal::Invite {
             from_name: "alice".into(),
             caller_presence: presence,
+            sent_ms: net.now,
             handshake: msg1,
-            candidates: vec![],
         },
     };
     net.sn.on_message(net.conns[2].unwrap(), Message::Signal(env), net.now);
@@ -855,7 +901,12 @@ fn a_caller_spoofing_a_claimed_name_is_refused_and_never_rings() {
     assert!(net.clients[1].active_call().is_none());
     // The caller got a typed refusal, and no Ringing or Accept.
     let to_mallory: Vec<_> = net.signals[1].iter().filter(|e| e.to == mallory.user_id()).map(|e| &e.body).collect();
-    assert_eq!(to_mallory, vec![&CallSignal::Reject { reason: "caller not verified".into() }]);
+    let [CallSignal::Respond { handshake, first }] = to_mallory[..] else { panic!("{to_mallory:?}") };
+    let keys = crate::call::finish_handshake(hs, handshake).unwrap();
+    assert_eq!(
+        keys.open(first),
+        Some(supervox_proto::call::CallMessage::Reject { reason: "caller not verified".into() })
+    );
     assert_eq!(Rejection::from_wire("caller not verified"), Rejection::CallerNotVerified);
     // The real alice saw nothing of it.
     assert!(net.events[0].iter().all(|e| matches!(e, ClientEvent::SignedIn { .. })), "{:?}", net.events[0]);
@@ -888,4 +939,75 @@ fn a_caller_the_directory_does_not_confirm_rings_unverified_and_is_not_auto_answ
     assert!(has(&net.events[1], |e| matches!(e,
         ClientEvent::Connected { verified: Verified::Unverified, user_id, .. } if *user_id == alice)));
     assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Connected { verified: Verified::Directory, .. })));
+}
+
+#[test]
+fn a_replayed_or_stale_invite_never_rings() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(300);
+    assert!(net.clients[1].is_connected(&id));
+    net.clients[0].hangup(id, CallEnd::LocalHangup, net.now);
+    net.run(50);
+    let invite = net.signals[0].iter().find(|e| matches!(e.body, CallSignal::Invite { .. })).unwrap().clone();
+    let incoming = |net: &Net| net.events[1].iter().filter(|e| matches!(e, ClientEvent::Incoming { .. })).count();
+    assert_eq!(incoming(&net), 1);
+    // The captured invite, replayed 5 s later through bob's supernode.
+    net.run(5_000);
+    net.sn.on_message(net.conns[0].unwrap(), Message::Signal(invite.clone()), net.now);
+    net.run(crate::call::VERIFY_TIMEOUT_MS + 500);
+    assert_eq!(incoming(&net), 1, "a replay rang: {:?}", net.events[1]);
+    assert!(net.clients[1].active_call().is_none());
+    // Given a newer send time, message 1 no longer decrypts (the time is in the prologue).
+    let mut retimed = invite.clone();
+    if let CallSignal::Invite { sent_ms, .. } = &mut retimed.body {
+        *sent_ms = net.now;
+    }
+    retimed.call_id = CallId([0x42; 16]);
+    net.sn.on_message(net.conns[0].unwrap(), Message::Signal(retimed), net.now);
+    net.run(crate::call::VERIFY_TIMEOUT_MS + 500);
+    assert_eq!(incoming(&net), 1);
+    // An authentic invite whose time is 31 s off is refused too.
+    let (alice, bob) = (Identity::from_seed([1; 32]), net.clients[1].identity().user_id());
+    let sent_ms = net.now - crate::call::MAX_INVITE_AGE_MS - 1_000;
+    let binding = crate::call::Binding { call_id: CallId([0x43; 16]), caller: alice.user_id(), callee: bob, sent_ms };
+    let offer = supervox_proto::call::CallOffer { candidates: vec![], nat: None };
+    let (_hs, msg1) = crate::call::start_handshake(&alice, &binding, &offer).unwrap();
+    let CallSignal::Invite { from_name, caller_presence, .. } = invite.body.clone() else { unreachable!() };
+    let old = SignalEnvelope {
+        call_id: binding.call_id,
+        body: CallSignal::Invite { from_name, caller_presence, sent_ms, handshake: msg1 },
+        ..invite
+    };
+    net.sn.on_message(net.conns[0].unwrap(), Message::Signal(old), net.now);
+    net.run(crate::call::VERIFY_TIMEOUT_MS + 500);
+    assert_eq!(incoming(&net), 1);
+    // A fresh call still rings.
+    net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(300);
+    assert_eq!(incoming(&net), 2);
+}
+
+#[test]
+fn a_stranger_learns_no_address_before_the_answer() {
+    for relaxed in [false, true] {
+        let mut net = Net::new_with(&["alice", "bob"], false, |c| c.relaxed_privacy = relaxed);
+        net.run(100);
+        let id = net.clients[0].place_call("bob", net.now).unwrap();
+        net.run(200);
+        assert_eq!(net.clients[1].call_info(&id).map(|i| i.1), Some("incoming"));
+        // What bob has of alice's addresses while it rings, and alice of bob's.
+        let offered = net.clients[1].calls[&id].peer_candidates.clone();
+        assert_eq!(offered.is_empty(), !relaxed, "relaxed={relaxed}: {offered:?}");
+        assert!(net.clients[0].calls[&id].peer_candidates.is_empty());
+        // Nothing went to a peer address before the answer either.
+        assert!(net.media[0].is_empty() && net.media[1].is_empty());
+        net.clients[1].answer(id, net.now);
+        net.run(300);
+        // No relay here: the answer reveals both sides, and the call goes direct.
+        assert!(has(&net.events[0], |e| matches!(e, ClientEvent::Connected { path: PathKind::DirectUdp, .. })));
+        assert!(net.clients[1].calls[&id].peer_candidates.iter().any(|c| c.addr == addr(5000)));
+        assert!(net.clients[0].calls[&id].peer_candidates.iter().any(|c| c.addr == addr(5001)));
+    }
 }

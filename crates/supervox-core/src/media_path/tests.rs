@@ -1,5 +1,5 @@
 use super::*;
-use crate::call::tests::handshake_pair;
+use crate::call::tests::transport_pair;
 use std::collections::HashSet;
 use supervox_proto::{CandidateKind, Transport};
 
@@ -14,7 +14,7 @@ fn host(p: u16) -> Candidate {
 #[test]
 fn checks_select_a_path_then_media_flows_once() {
     let id = CallId([4; 16]);
-    let (ka, kb) = handshake_pair();
+    let (ka, kb) = transport_pair();
     let (aa, ab) = (host(1000).addr, host(2000).addr);
     let mut a = MediaPath::new(&id, ka, &[host(2000), host(2001)], LocalBases::default(), 0);
     let mut b = MediaPath::new(&id, kb, &[host(1000)], LocalBases::default(), 0);
@@ -59,7 +59,7 @@ fn checks_select_a_path_then_media_flows_once() {
 fn garbage_datagrams_are_ignored() {
     use rand::{Rng, SeedableRng};
     let id = CallId([4; 16]);
-    let (ka, _) = handshake_pair();
+    let (ka, _) = transport_pair();
     let mut a = MediaPath::new(&id, ka, &[host(2000)], LocalBases::default(), 0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let from = host(9).addr;
@@ -96,12 +96,12 @@ struct Net {
 impl Net {
     fn new(force_relay: bool) -> Net {
         let id = CallId([7; 16]);
-        let (ka, kb) = handshake_pair();
+        let (ka, kb) = transport_pair();
         let a_host: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let b_host: SocketAddr = "10.0.1.1:5000".parse().unwrap();
         let a_relay: SocketAddr = "192.0.2.1:50000".parse().unwrap();
         let b_relay: SocketAddr = "192.0.2.1:50002".parse().unwrap();
-        let bases = LocalBases { relay: Some(false), force_relay, no_udp: false };
+        let bases = LocalBases { relay: Some(false), force_relay, no_udp: false, private: false };
         let a_cands = [cand(CandidateKind::Host, a_host), cand(CandidateKind::Relay, a_relay)];
         let b_cands = [cand(CandidateKind::Host, b_host), cand(CandidateKind::Relay, b_relay)];
         Net {

@@ -366,7 +366,7 @@ fn invites_go_to_the_callees_supernode_and_failures_come_back() {
         from: bob.user_id(),
         to: alice.user_id(),
         to_supernode: addr(4000),
-        body: CallSignal::Ringing,
+        body: CallSignal::Sealed(supervox_proto::call::SealedSignal { seq: 0, ciphertext: vec![1, 2, 3] }),
     };
     net.sns[3].on_message(1, Message::Signal(env.clone()), net.now);
     net.pump();

@@ -57,6 +57,8 @@ pub struct NodeOptions {
     pub media: media::MediaConfig,
     /// Media through relays only.
     pub force_relay: bool,
+    /// Offer every candidate to strangers at once (`--privacy relaxed`).
+    pub relaxed_privacy: bool,
     /// A TURN server to use instead of the supernode's relay.
     pub external_relay: Option<supervox_core::client::ExternalRelay>,
     /// Reach the relay only this way (`None`: auto, UDP then TCP then TLS as needed).
@@ -219,6 +221,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         auto_answer: opts.auto_answer,
         agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
         force_relay: opts.force_relay,
+        relaxed_privacy: opts.relaxed_privacy,
         external_relay: opts.external_relay.clone(),
         relay_transport: opts.relay_transport,
     };

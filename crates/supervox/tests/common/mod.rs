@@ -56,9 +56,15 @@ pub fn start_sn_bin(bin: &str, root: &Path, name: &str, addr: SocketAddr, seeds:
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
     }
-    let child = cmd.stdout(Stdio::null()).stderr(log_file(root, name)).spawn().unwrap();
+    let mut child = cmd.stdout(Stdio::null()).stderr(log_file(root, name)).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
+    // Ours is listening once its identity exists and the port answers: a
+    // port that answers while ours has exited (or not yet written its key)
+    // is another test's process that took the free port first.
+    while TcpStream::connect(addr).is_err() || !dir.join("identity").exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("supernode {name} exited at start ({st}): port {addr} taken?");
+        }
         assert!(Instant::now() < deadline, "supernode {name} did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -5,7 +5,7 @@
 //! in; every run is deterministic.
 
 use super::*;
-use crate::call::tests::handshake_pair;
+use crate::call::tests::transport_pair;
 use crate::media_path::{LocalBases, PathKind};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -53,7 +53,7 @@ impl Lab {
     /// The hard side's supernodes saw it at `sn_ports`; those mappings exist.
     fn new(alloc: Alloc, sn_ports: [u16; 2]) -> Lab {
         let id = CallId([9; 16]);
-        let (ke, kh) = handshake_pair();
+        let (ke, kh) = transport_pair();
         let srflx =
             |addr| Candidate { kind: CandidateKind::ServerReflexive, transport: Transport::Udp, addr, priority: 1 };
         let mut lab = Lab {
@@ -350,8 +350,8 @@ fn unused_spares_close_after_the_window_and_stay_silent() {
 
 #[test]
 fn forced_relay_and_udp_less_paths_never_predict() {
-    let (ka, _) = handshake_pair();
-    let bases = LocalBases { relay: Some(false), force_relay: true, no_udp: false };
+    let (ka, _) = transport_pair();
+    let bases = LocalBases { relay: Some(false), force_relay: true, no_udp: false, private: false };
     let mut p = MediaPath::new(&CallId([1; 16]), ka, &[], bases, 0);
     p.start_spares(4, sa(EASY_PUB), 0);
     p.start_spray(IpAddr::from(HARD_IP), vec![5_000, 5_001], 0);
