@@ -147,3 +147,81 @@ fn a_stranger_gets_relay_candidates_only_until_the_call_is_up() {
     let (_, dave_cands, _) = &offered[1];
     assert!(dave_cands.iter().any(|c| c.kind == CandidateKind::Host), "{dave_cands:?}");
 }
+
+#[test]
+fn records_under_a_small_order_key_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let mut eve = Raw::connect(sn.addr, 71);
+    eve.sign_in("eve");
+    // The identity point as the "key" and (R = identity, s = 0) as the
+    // signature: it verifies for every message under a non-strict check.
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let signature = ed25519_dalek::Signature::from_bytes(&sig);
+    let claim = supervox_proto::NameClaim {
+        name: "victim".into(),
+        user_id: supervox_proto::UserId(weak),
+        created_ms: raw::now(),
+        signature,
+    };
+    eve.send(supervox_proto::Message::Claim { claim });
+    match eve.recv() {
+        supervox_proto::Message::ClaimResult { result: Err(e), .. } => assert!(!e.is_empty()),
+        m => panic!("a claim under a small-order key was accepted: {m:?}"),
+    }
+    let presence = supervox_proto::Presence {
+        user_id: supervox_proto::UserId(weak),
+        name: "victim".into(),
+        supernode: eve.supernode(),
+        seq: 1,
+        expires_ms: raw::now() + 60_000,
+        signature,
+    };
+    eve.send(supervox_proto::Message::Publish { presence });
+    assert!(matches!(eve.recv(), supervox_proto::Message::PublishResult { result: Err(_) }));
+    // Nobody answers for "victim".
+    eve.send(supervox_proto::Message::Lookup { req_id: 5, name: "victim".into() });
+    loop {
+        if let supervox_proto::Message::LookupResult { answer, .. } = eve.recv() {
+            assert_eq!(answer, supervox_proto::LookupAnswer::Unknown);
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_caller_offers_a_stranger_its_relays_only() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    let strict = start_node(root.path(), "alice", &[sn.addr], &[]);
+    let relaxed = start_node(root.path(), "frank", &[sn.addr], &["--privacy", "relaxed"]);
+    let mut bob = Raw::connect(sn.addr, 72);
+    bob.sign_in("bob");
+    for (node, relays_only) in [(&strict, true), (&relaxed, false)] {
+        wait_signed_in(node, Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status(node).is_some_and(|s| s["relay"]["allocated"].is_null() || s["reachability"]["udp"].is_null()) {
+            assert!(Instant::now() < deadline, "no relay or probe");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let control = node.control.clone();
+        let caller = std::thread::spawn(move || ctl(&control, &["call", "bob", "--json"]));
+        let env = bob.next_signal(Duration::from_secs(5)).expect("an invite");
+        let CallSignal::Invite { sent_ms, handshake, .. } = env.body else { panic!("{env:?}") };
+        let binding =
+            supervox_core::call::Binding { call_id: env.call_id, caller: env.from, callee: bob.id.user_id(), sent_ms };
+        let (_, _, offer) = supervox_core::call::answer_handshake(&bob.id, &binding, &handshake).unwrap();
+        assert!(!offer.candidates.is_empty(), "{}: no candidates at all", node.name);
+        let only_relays = offer.candidates.iter().all(|c| c.kind == CandidateKind::Relay);
+        assert_eq!(only_relays, relays_only, "{}: {:?}", node.name, offer.candidates);
+        assert_eq!(offer.nat.is_none(), relays_only, "{}: {:?}", node.name, offer.nat);
+        // Never answered: the caller gives up on its own (5 s) and says so, signed.
+        let cancel = bob.next_signal(Duration::from_secs(8)).expect("a cancel");
+        assert!(matches!(cancel.body, CallSignal::Signed { body: SignedSignal::Cancel, .. }), "{cancel:?}");
+        let out = caller.join().unwrap();
+        assert!(!out.status.success());
+    }
+}
