@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 mod calls;
 mod connect;
+mod mail;
 mod predict;
 mod promotion;
 mod reach;
@@ -29,6 +30,7 @@ mod relay;
 mod tcp;
 
 pub use connect::{ATTEMPT_STAGGER_MS, ATTEMPT_TIMEOUT_MS, MAX_ATTEMPTS_IN_FLIGHT};
+pub use mail::MAIL_FETCH_EVERY_MS;
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
 pub use tcp::{
@@ -163,6 +165,19 @@ pub enum ClientEvent {
         /// Members to join through.
         seeds: Vec<SocketAddr>,
     },
+    /// Items from our mailbox, verified: store them, then call
+    /// [`Client::mail_saved`] so the holders delete them.
+    Mail {
+        /// Each sent to us and signed by its sender.
+        items: Vec<supervox_proto::mail::MailItem>,
+    },
+    /// The outcome of [`Client::leave_mail`].
+    MailStored {
+        /// The item.
+        id: supervox_proto::mail::MailId,
+        /// `Ok`: a majority of the mailbox's holders has it.
+        result: Result<(), String>,
+    },
     /// A connected call ended.
     Ended {
         /// The call.
@@ -296,6 +311,10 @@ pub struct Client {
     tcp: tcp::TcpStreams,
     /// Call ids of recent invites: replays are refused.
     recent_invites: crate::call::RecentInvites,
+    /// When our mailbox is fetched next (while signed in).
+    next_mail_fetch_ms: u64,
+    /// A holder had more mail than one page: fetch again after acking.
+    mail_more: bool,
 }
 
 impl Client {
@@ -329,6 +348,8 @@ impl Client {
             spares_owner: None,
             tcp: tcp::TcpStreams::default(),
             recent_invites: Default::default(),
+            next_mail_fetch_ms: u64::MAX,
+            mail_more: false,
         }
     }
 
@@ -430,6 +451,7 @@ impl Client {
         self.tick_probe(now_ms);
         self.tick_relay(now_ms);
         self.tick_promotion(now_ms);
+        self.tick_mail(now_ms);
     }
 
     /// When [`Client::handle_timeout`] must next run (see [`crate::timer`]):
@@ -445,6 +467,7 @@ impl Client {
             self.probe.as_ref().and_then(|p| p.poll_timeout()),
             self.relay_timeout(),
             self.promotion_timeout(),
+            self.mail_timeout(),
         ])
     }
 
@@ -507,6 +530,7 @@ impl Client {
                             info!("signed in as {:?} via {sn}", self.cfg.name);
                             self.event(ClientEvent::SignedIn { supernode: sn });
                             self.start_probe(sn, now_ms);
+                            self.fetch_mail(now_ms);
                         }
                     }
                 }
@@ -521,6 +545,8 @@ impl Client {
                 self.on_relay_credentials(creds, now_ms);
             }
             Message::Promote { network_key, seeds } => self.on_promote(network_key, seeds),
+            Message::MailPutResult { id, result } => self.event(ClientEvent::MailStored { id, result }),
+            Message::Mail { items, done, more } => self.on_mail(items, done, more, now_ms),
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),
         }
     }

@@ -21,6 +21,7 @@ use supervox_proto::{LookupAnswer, Message, NameClaim, RelayTls, Role, UserId};
 use tracing::{debug, info, warn};
 
 mod index;
+pub mod mailbox;
 mod overlay_io;
 mod step_back;
 #[cfg(test)]
@@ -182,6 +183,8 @@ struct Conn {
     lookups: usize,
     /// A client's requests (lookups, claims, presence, signals) per second.
     requests: RateLimit,
+    /// A client's mail puts per minute.
+    mail_puts: RateLimit,
     /// The client's claim, sent along with its presence to the index.
     claim: Option<NameClaim>,
     /// The name it published presence under (unpublished when it leaves).
@@ -229,6 +232,12 @@ pub struct Supernode {
     next_housekeeping_ms: u64,
     /// The dial-back partner last reported ([`SnOutput::DialBackPartner`]).
     partner: Option<SocketAddr>,
+    /// The mailboxes we hold (mailbox.rs).
+    mail: mailbox::MailStore,
+    /// Clients' puts and fetches waiting on holders, with their deadlines.
+    mail_pending: Map<u64, (mailbox::MailPending, u64)>,
+    /// The live set changed since mailboxes were last handed off.
+    mail_dirty: bool,
 }
 
 impl Supernode {
@@ -266,6 +275,9 @@ impl Supernode {
             step: step_back::StepBackState::default(),
             next_housekeeping_ms: now_ms,
             partner: None,
+            mail: Default::default(),
+            mail_pending: Map::default(),
+            mail_dirty: false,
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();
@@ -358,6 +370,7 @@ impl Supernode {
                 kind: PeerKind::Pending,
                 lookups: 0,
                 requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
+                mail_puts: RateLimit::per_window(mailbox::MAIL_PUTS_PER_MINUTE as u32, 60_000),
                 claim: None,
                 published: None,
                 next_volunteer_ms: 0,
@@ -504,6 +517,9 @@ impl Supernode {
                 }
             }
             Message::Lookup { req_id, name } => self.client_lookup(conn, req_id, name, now_ms),
+            Message::MailPut { item } => self.client_mail_put(conn, user, item, now_ms),
+            Message::MailFetch { fetch } => self.client_mail_fetch(conn, user, fetch, now_ms),
+            Message::MailAck { ack } => self.client_mail_ack(conn, user, ack, now_ms),
             Message::Volunteer { advertise } => self.volunteer(conn, advertise, now_ms),
             Message::Signal(env) => {
                 if env.from != user {
@@ -625,10 +641,19 @@ impl Supernode {
                 return;
             }
             self.directory.expire(now_ms);
+            self.expire_mail(now_ms);
+            if std::mem::take(&mut self.mail_dirty) {
+                self.hand_off_mail(now_ms);
+            }
         }
         self.membership.tick(&mut self.rng, now_ms);
         self.flush_membership(now_ms);
         self.expire_pending(now_ms);
+    }
+
+    /// The mailboxes this supernode holds (for metrics and tests).
+    pub fn mail(&self) -> &mailbox::MailStore {
+        &self.mail
     }
 
     /// When [`Supernode::handle_timeout`] must next run: the earliest of the
@@ -681,6 +706,11 @@ pub fn kind(msg: &Message) -> &'static str {
         Message::RelayCredentials { .. } => "RelayCredentials",
         Message::Volunteer { .. } => "Volunteer",
         Message::Promote { .. } => "Promote",
+        Message::MailPut { .. } => "MailPut",
+        Message::MailPutResult { .. } => "MailPutResult",
+        Message::MailFetch { .. } => "MailFetch",
+        Message::Mail { .. } => "Mail",
+        Message::MailAck { .. } => "MailAck",
     }
 }
 
@@ -712,23 +742,28 @@ pub const CLIENT_REQUESTS_PER_SEC: u32 = 50;
 /// peer can make us do.
 #[derive(Debug)]
 struct RateLimit {
-    per_sec: u32,
+    per_window: u32,
+    window_ms: u64,
     window_start_ms: u64,
     used: u32,
 }
 
 impl RateLimit {
     fn new(per_sec: u32) -> Self {
-        Self { per_sec, window_start_ms: 0, used: 0 }
+        Self::per_window(per_sec, 1_000)
+    }
+
+    fn per_window(n: u32, window_ms: u64) -> Self {
+        Self { per_window: n, window_ms, window_start_ms: 0, used: 0 }
     }
 
     /// Spend one unit if the budget allows.
     fn take(&mut self, now_ms: u64) -> bool {
-        if now_ms >= self.window_start_ms + 1_000 {
+        if now_ms >= self.window_start_ms + self.window_ms {
             self.window_start_ms = now_ms;
             self.used = 0;
         }
-        if self.used < self.per_sec {
+        if self.used < self.per_window {
             self.used += 1;
             true
         } else {

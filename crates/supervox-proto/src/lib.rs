@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod frame;
+pub mod mail;
 pub mod message;
 pub mod overlay;
 pub mod record;

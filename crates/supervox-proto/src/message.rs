@@ -347,6 +347,38 @@ pub enum Message {
         /// Members to join through.
         seeds: Vec<SocketAddr>,
     },
+    /// Client → SN: leave this item in its recipient's mailbox (§8).
+    MailPut {
+        /// Signed by the client.
+        item: crate::mail::MailItem,
+    },
+    /// SN → client: the outcome of a [`Message::MailPut`].
+    MailPutResult {
+        /// The item.
+        id: crate::mail::MailId,
+        /// `Ok`: a majority of the mailbox's holders stored it.
+        result: Result<(), String>,
+    },
+    /// Client → SN: send me my mail (signed by me).
+    MailFetch {
+        /// The signed request.
+        fetch: crate::mail::MailFetch,
+    },
+    /// SN → client: items from the mailbox (several messages per fetch; the
+    /// last one has `done`).
+    Mail {
+        /// Verified items, each sent once per fetch.
+        items: Vec<crate::mail::MailItem>,
+        /// The fetch is over.
+        done: bool,
+        /// A holder had more than one page: fetch again after acking.
+        more: bool,
+    },
+    /// Client → SN: I have these items; delete them.
+    MailAck {
+        /// Signed by the client.
+        ack: crate::mail::MailAck,
+    },
 }
 
 /// Where a supernode serves TURN over TLS (`--relay-tls-listen`), and how a client knows it

@@ -197,6 +197,50 @@ pub enum OverlayMsg {
         /// PADDING size to echo.
         padding: u16,
     },
+    /// Store a mail item as one of its mailbox's holders; answered by
+    /// `MailPutAns`.
+    MailPut {
+        /// Matches the answer.
+        req: u64,
+        /// The item (verified by the receiver).
+        item: crate::mail::MailItem,
+    },
+    /// Outcome of a [`OverlayMsg::MailPut`].
+    MailPutAns {
+        /// From the put.
+        req: u64,
+        /// `Err(reason)` when refused.
+        result: Result<(), String>,
+    },
+    /// The recipient's fetch, forwarded by its supernode; answered by
+    /// `MailItems` with the oldest page.
+    MailFetch {
+        /// Matches the answer.
+        req: u64,
+        /// Signed by the recipient.
+        fetch: crate::mail::MailFetch,
+    },
+    /// A holder's page of a mailbox.
+    MailItems {
+        /// From the fetch.
+        req: u64,
+        /// Oldest first, one datagram's worth.
+        items: Vec<crate::mail::MailItem>,
+        /// More remain.
+        more: bool,
+    },
+    /// The recipient's signed ack, forwarded: delete these items. Not answered.
+    MailAck {
+        /// Signed by the recipient.
+        ack: crate::mail::MailAck,
+    },
+    /// A holder hands a mailbox's items to another (membership changed). Not
+    /// answered: it is offered again at the next change, and the receiver
+    /// deduplicates.
+    MailCopy {
+        /// Items, each verified by the receiver.
+        items: Vec<crate::mail::MailItem>,
+    },
 }
 
 /// One overlay datagram's plaintext: who sends it and what it says.

@@ -1011,3 +1011,35 @@ fn a_stranger_learns_no_address_before_the_answer() {
         assert!(net.clients[0].calls[&id].peer_candidates.iter().any(|c| c.addr == addr(5001)));
     }
 }
+
+#[test]
+fn mail_left_for_a_user_arrives_at_its_next_fetch_and_goes_once_acknowledged() {
+    let mut net = Net::new(&["alice", "bob"], false);
+    net.run(100);
+    let bob = net.clients[1].identity().user_id();
+    let id = net.clients[0].leave_mail(bob, b"sealed for bob".to_vec(), net.now).unwrap();
+    net.run(100);
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::MailStored { id: i, result: Ok(()) } if *i == id)));
+    assert!(net.clients[0].leave_mail(bob, vec![0; supervox_proto::mail::MAX_MAIL_BODY + 1], net.now).is_none());
+    let mail = |net: &Net| {
+        net.events[1]
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Mail { items } => Some(items.iter().map(|i| (i.id, i.body.clone())).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect::<Vec<_>>()
+    };
+    assert!(mail(&net).is_empty(), "bob fetched at sign-in, before it was left");
+    net.run(MAIL_FETCH_EVERY_MS);
+    assert_eq!(mail(&net), vec![(id, b"sealed for bob".to_vec())]);
+    // Not acknowledged: it comes again. Acknowledged: it is gone.
+    net.run(MAIL_FETCH_EVERY_MS);
+    assert_eq!(mail(&net).len(), 2);
+    net.clients[1].mail_saved(&[id], net.now);
+    net.run(100);
+    assert!(net.sn.mail().is_empty());
+    net.run(MAIL_FETCH_EVERY_MS);
+    assert_eq!(mail(&net).len(), 2);
+}

@@ -591,6 +591,7 @@ impl Supernode {
 
     /// The live set changed: hand records to their new holders.
     pub(super) fn on_member_event(&mut self, ev: MemberEvent, now_ms: u64) {
+        self.mail_dirty = true;
         if self.holders.dirty_all {
             return;
         }

@@ -36,6 +36,12 @@ pub fn overlay_kind(msg: &OverlayMsg) -> &'static str {
         OverlayMsg::Signal { .. } => "Signal",
         OverlayMsg::SignalAck { .. } => "SignalAck",
         OverlayMsg::StunDialBack { .. } => "StunDialBack",
+        OverlayMsg::MailPut { .. } => "MailPut",
+        OverlayMsg::MailPutAns { .. } => "MailPutAns",
+        OverlayMsg::MailFetch { .. } => "MailFetch",
+        OverlayMsg::MailItems { .. } => "MailItems",
+        OverlayMsg::MailAck { .. } => "MailAck",
+        OverlayMsg::MailCopy { .. } => "MailCopy",
     }
 }
 
@@ -68,7 +74,9 @@ impl Supernode {
             self.directory.remove_presence_at(&user, member.addr);
         } else if !self.membership.on_msg(from, &member, &msg, now_ms) {
             if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
-                self.on_peer_msg(from, member.id, msg, now_ms);
+                if let Some(msg) = self.on_mail_msg(from, msg, now_ms) {
+                    self.on_peer_msg(from, member.id, msg, now_ms);
+                }
             }
         }
         if self.membership.me().incarnation > incarnation {

@@ -665,3 +665,76 @@ fn sign_in_with_a_weak_identity_is_refused() {
     let out = join_client(&mut s, 4, &Identity::from_seed([9; 32]));
     assert!(sent_to(&out, 4).iter().any(|m| matches!(m, Message::Welcome { .. })), "{genuine:?} still signs in");
 }
+
+#[test]
+fn offline_mail_survives_two_holder_crashes_and_only_the_recipient_deletes_it() {
+    use supervox_proto::mail::{MailAck, MailFetch, MailItem};
+    let mut net = Net::new(7);
+    net.run(3_000);
+    let (alice, bob, mallory) =
+        (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]), Identity::from_seed([12; 32]));
+    net.sign_in(0, 1, &alice, "alice");
+    net.sign_in(0, 3, &mallory, "mallory");
+    let now = net.now;
+    let items: Vec<MailItem> = (0..3u8)
+        .map(|n| {
+            MailItem::sign(alice.signing_key(), [n; 16], bob.user_id(), now + u64::from(n), 3_600_000, vec![n; 100])
+        })
+        .collect();
+    for it in &items {
+        net.sns[0].on_message(1, Message::MailPut { item: it.clone() }, now);
+    }
+    // Mallory cannot leave mail in alice's name.
+    net.sns[0].on_message(3, Message::MailPut { item: items[0].clone() }, now);
+    net.pump();
+    let msgs = net.take_client_msgs(0, 1);
+    let stored = msgs.iter().filter(|m| matches!(m, Message::MailPutResult { result: Ok(()), .. })).count();
+    assert_eq!(stored, 3, "{msgs:?}");
+    assert!(net.take_client_msgs(0, 3).iter().any(|m| matches!(m, Message::MailPutResult { result: Err(_), .. })));
+    let holders: Vec<usize> = (0..7).filter(|i| net.sns[*i].mail.len() == 3).collect();
+    assert_eq!(holders.len(), 3, "R = 3 copies");
+    // Two of the three holders crash, one after the other: each time the
+    // survivors hand the mailbox to its new holders.
+    for h in &holders[..2] {
+        net.down.insert(*h);
+        net.run(20_000);
+    }
+    let live_copies = (0..7).filter(|i| !net.down.contains(i) && net.sns[*i].mail.len() == 3).count();
+    assert!(live_copies >= 3, "hand-off restored the copies: {live_copies}");
+    // Bob signs in somewhere and fetches: all three, oldest first, once each.
+    let bob_sn = (1..7).find(|i| !net.down.contains(i)).unwrap();
+    net.sign_in(bob_sn, 2, &bob, "bob");
+    // Mallory's fetch of bob's mailbox is refused (not signed by bob).
+    let mut theirs = MailFetch::sign(mallory.signing_key(), net.now);
+    theirs.to = bob.user_id();
+    net.sns[0].on_message(3, Message::MailFetch { fetch: theirs }, net.now);
+    net.sns[bob_sn].on_message(2, Message::MailFetch { fetch: MailFetch::sign(bob.signing_key(), net.now) }, net.now);
+    net.pump();
+    net.run(3_000);
+    let mut got = Vec::new();
+    let mut done = false;
+    for m in net.take_client_msgs(bob_sn, 2) {
+        if let Message::Mail { items, done: d, .. } = m {
+            got.extend(items.into_iter().map(|i| i.id[0]));
+            done |= d;
+        }
+    }
+    assert_eq!(got, vec![0, 1, 2]);
+    assert!(done);
+    assert!(!net.take_client_msgs(0, 3).iter().any(|m| matches!(m, Message::Mail { items, .. } if !items.is_empty())));
+    // Mallory's ack for bob's mail deletes nothing; bob's deletes it everywhere.
+    let mut forged = MailAck::sign(mallory.signing_key(), vec![[0; 16]], net.now);
+    forged.to = bob.user_id();
+    net.sns[0].on_message(3, Message::MailAck { ack: forged }, net.now);
+    net.pump();
+    assert!(live_copies == (0..7).filter(|i| !net.down.contains(i) && net.sns[*i].mail.len() == 3).count());
+    let ids = items.iter().map(|i| i.id).collect();
+    net.sns[bob_sn].on_message(2, Message::MailAck { ack: MailAck::sign(bob.signing_key(), ids, net.now) }, net.now);
+    net.pump();
+    let holders_left: Vec<usize> = (0..7).filter(|i| !net.down.contains(i) && !net.sns[*i].mail.is_empty()).collect();
+    // Only supernodes that are no longer holders may keep a stale copy (until it expires).
+    for i in holders_left {
+        let h = net.sns[i].mail_holders(&bob.user_id());
+        assert!(!h.iter().any(|(_, a)| *a == net.sns[i].advertise()), "holder {i} kept acked mail");
+    }
+}

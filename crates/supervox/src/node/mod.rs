@@ -737,6 +737,18 @@ impl Node {
                 self.notify(call_id, call_failed_json(&reason));
                 self.watchers.remove(&call_id);
             }
+            // Offline messages reach the node here; until the social layer
+            // stores them (issue 13) they are not acknowledged, so the
+            // holders keep them and the next fetch brings them again.
+            ClientEvent::Mail { items } => {
+                for i in &items {
+                    info!("mail {} from {} ({} bytes), kept in the mailbox", hex::encode(i.id), i.from, i.body.len());
+                }
+            }
+            ClientEvent::MailStored { id, result } => match result {
+                Ok(()) => info!("mail {} stored in the recipient's mailbox", hex::encode(id)),
+                Err(e) => warn!("mail {} not stored: {e}", hex::encode(id)),
+            },
             ClientEvent::Ended { call_id, reason, duration_ms } => {
                 let (f, rtt, mos) = match self.media.remove(&call_id) {
                     Some(mut m) => {
