@@ -22,13 +22,16 @@ use tracing::{info, warn};
 
 mod calls;
 mod connect;
+mod crosscheck;
 mod predict;
 mod promotion;
 mod reach;
 mod relay;
 mod tcp;
+mod trust;
 
 pub use connect::{ATTEMPT_STAGGER_MS, ATTEMPT_TIMEOUT_MS, MAX_ATTEMPTS_IN_FLIGHT};
+pub use crosscheck::{CHECK_ATTEMPT_MS, CROSS_CHECK_TIMEOUT_MS, MAX_CHECK_TRIES};
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
 pub use tcp::{
@@ -144,6 +147,19 @@ pub enum ClientEvent {
         /// Why.
         reason: PathChange,
     },
+    /// The peer's name is pinned to another key than this call came with
+    /// (possible attack): the call is refused (a [`ClientEvent::Failed`]
+    /// with [`CallFailure::KeyChanged`] follows).
+    KeyChanged {
+        /// The call.
+        call_id: CallId,
+        /// The peer's name.
+        name: String,
+        /// The key pinned for it.
+        old: UserId,
+        /// The key this call came with.
+        new: UserId,
+    },
     /// The call never connected.
     Failed {
         /// The call.
@@ -235,6 +251,9 @@ pub enum ClientOutput {
     Event(ClientEvent),
     /// The host cache changed: persist [`Client::host_cache`].
     HostCacheChanged,
+    /// A pinned peer key changed: persist it (before acting on any later
+    /// output: a `Connected` event that follows has pinned its peer).
+    Trust(crate::trust::TrustChange),
 }
 
 #[derive(Debug)]
@@ -289,6 +308,10 @@ pub struct Client {
     spares_owner: Option<CallId>,
     /// TCP media streams and our TCP media port.
     tcp: tcp::TcpStreams,
+    /// Pinned peer keys.
+    trust: crate::trust::TrustStore,
+    /// Lookups being cross-checked through a second supernode, per call.
+    checks: Map<CallId, crosscheck::Check>,
 }
 
 impl Client {
@@ -321,6 +344,8 @@ impl Client {
             out: VecDeque::new(),
             spares_owner: None,
             tcp: tcp::TcpStreams::default(),
+            trust: crate::trust::TrustStore::new(),
+            checks: Map::default(),
         }
     }
 
@@ -417,6 +442,7 @@ impl Client {
         if self.supernode().is_some() && now_ms >= self.next_publish_ms {
             self.publish(now_ms);
         }
+        self.tick_checks(now_ms);
         self.tick_calls(now_ms);
         self.tick_tcp(now_ms);
         self.tick_probe(now_ms);
@@ -433,6 +459,7 @@ impl Client {
             self.connect_timeout(),
             self.supernode().is_some().then_some(self.next_publish_ms),
             self.calls_timeout(),
+            self.checks_timeout(),
             self.tcp_timeout(),
             self.probe.as_ref().and_then(|p| p.poll_timeout()),
             self.relay_timeout(),
@@ -447,6 +474,9 @@ impl Client {
 
     /// A connection closed.
     pub fn on_closed(&mut self, conn: ConnId, reason: &str, now_ms: u64) {
+        if self.check_closed(conn, now_ms) {
+            return;
+        }
         match &self.link {
             SnLink::Open { conn: c, addr, sn, .. } if *c == conn => {
                 let (addr, sn) = (*addr, *sn);
@@ -463,6 +493,9 @@ impl Client {
 
     /// A message from the supernode.
     pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
+        let Some(msg) = self.check_message(conn, msg, now_ms) else {
+            return;
+        };
         if self.attempt_message(conn, &msg, now_ms) {
             return;
         }

@@ -7,9 +7,12 @@ use crate::call::{
 };
 use crate::media_path::{call_tag, datagram_tag, MediaPath, Via};
 use crate::reason::{CallEnd, CallFailure, ReasonText, Rejection};
+use crate::trust::PinCheck;
 use rand::RngCore;
 use std::net::SocketAddr;
-use supervox_proto::{CallId, CallSignal, Candidate, LookupAnswer, Message, SignalEnvelope, UserId};
+use supervox_proto::{
+    CallId, CallSignal, Candidate, LookupAnswer, Message, NameClaim, Presence, SignalEnvelope, UserId,
+};
 use tracing::{info, warn};
 
 /// At most this many calls at once (one active plus ones being declined).
@@ -55,6 +58,10 @@ impl Client {
                 prediction: Default::default(),
             },
         );
+        // A name not pinned is asked of a second supernode at the same time.
+        if self.trust.get(name).is_none() {
+            self.cross_check_start(id, name, now_ms);
+        }
         Ok(id)
     }
 
@@ -119,6 +126,26 @@ impl Client {
         {
             return self.fail_call(id, CallFailure::LookupUnverified, now_ms, false);
         }
+        // A pinned name needs no second opinion: the pin decides.
+        match self.trust.check(&claim.name, &claim.user_id) {
+            PinCheck::Matches => {
+                self.cross_check_drop(id);
+                self.invite(id, claim, presence, Verified::Contact, now_ms)
+            }
+            PinCheck::Changed { pinned } => {
+                self.cross_check_drop(id);
+                let name = claim.name;
+                self.key_changed(id, &name, pinned, claim.user_id, true);
+                self.fail_call(id, CallFailure::KeyChanged(name), now_ms, false)
+            }
+            // Invites once a second supernode agrees (crosscheck.rs).
+            PinCheck::Unpinned => self.cross_check_outgoing(id, claim, presence, now_ms),
+        }
+    }
+
+    /// Send the invite of outgoing call `id` to the callee the lookup found,
+    /// whose name is `verified`.
+    pub(super) fn invite(&mut self, id: CallId, claim: NameClaim, presence: Presence, verified: Verified, now_ms: u64) {
         let Some(me) = self.presence.clone() else {
             return self.fail_call(id, CallFailure::NotSignedIn, now_ms, false);
         };
@@ -131,8 +158,8 @@ impl Client {
         if let Some(c) = self.calls.get_mut(&id) {
             c.peer_id = Some(claim.user_id);
             c.peer_sn = Some(presence.supernode);
-            // The key comes from the directory's (verified) claim for the name.
-            c.verified = Some(Verified::Directory);
+            // The key comes from the directory's (verified, cross-checked) claim, or the pin.
+            c.verified = Some(verified);
             c.phase = Phase::Inviting { hs: Box::new(hs), ringing: false };
             c.invite_ms = Some(now_ms);
             c.deadline_ms = now_ms + INVITE_TIMEOUT_MS;
@@ -265,6 +292,10 @@ impl Client {
     fn on_caller_lookup(&mut self, id: CallId, answer: LookupAnswer, now_ms: u64) {
         let Some(c) = self.calls.get(&id) else { return };
         let (name, from) = (c.peer_name.clone(), c.peer_id);
+        let Some(from) = from else { return };
+        if self.checks.contains_key(&id) {
+            return; // a second answer while the first is being cross-checked
+        }
         let claim = match answer {
             LookupAnswer::Online { claim, .. } | LookupAnswer::Offline { claim } => Some(claim),
             LookupAnswer::Unknown => None,
@@ -272,8 +303,21 @@ impl Client {
         // A claim that does not verify, or is for another name, is the
         // supernode's fault, not proof against the caller: unverified.
         let owner = claim.filter(|k| k.name == name && k.verify().is_ok()).map(|k| k.user_id);
+        // A pinned name: the pin decides, whatever the directory says.
+        match self.trust.check(&name, &from) {
+            PinCheck::Matches => return self.ring(id, Verified::Contact, now_ms),
+            PinCheck::Changed { pinned } => {
+                // The new key is kept for `ctl trust` only if the directory backs it.
+                self.key_changed(id, &name, pinned, from, owner == Some(from));
+                // Not "key changed": a stranger must not learn whom we have pinned.
+                self.signal(id, CallSignal::Reject { reason: Rejection::CallerNotVerified.wire().into() });
+                return self.fail_call(id, CallFailure::KeyChanged(name), now_ms, false);
+            }
+            PinCheck::Unpinned => {}
+        }
         match owner {
-            Some(owner) if Some(owner) == from => self.ring(id, Verified::Directory, now_ms),
+            // Rings once a second supernode agrees (crosscheck.rs).
+            Some(owner) if owner == from => self.cross_check_caller(id, &name, owner, now_ms),
             Some(_) => {
                 warn!("refused an incoming call claiming {name:?}: the directory says another key owns that name");
                 self.signal(id, CallSignal::Reject { reason: Rejection::CallerNotVerified.wire().into() });
@@ -284,10 +328,14 @@ impl Client {
     }
 
     /// Verification of an incoming call is over: ring, and answer at once
-    /// if told to, but only a caller the directory confirmed.
-    fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
+    /// if told to, but only a caller who is a contact or whom the directory
+    /// confirmed.
+    pub(super) fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { .. } = c.phase else { return };
+        // A cross-check still running (timed out here) is moot now.
+        self.cross_check_drop(id);
+        let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { msg1, candidates, .. } =
             std::mem::replace(&mut c.phase, Phase::Alerting { msg1: Vec::new(), candidates: Vec::new() })
         else {
@@ -301,7 +349,7 @@ impl Client {
         info!("incoming call from {}", verified.label(&from));
         self.signal(id, CallSignal::Ringing);
         self.event(ClientEvent::Incoming { call_id: id, from, user_id, verified });
-        if self.cfg.auto_answer && verified == Verified::Directory {
+        if self.cfg.auto_answer && verified.is_confirmed() {
             self.answer(id, now_ms);
         }
     }
@@ -530,6 +578,8 @@ impl Client {
             let peer = c.peer_name.clone();
             let verified = c.verified.unwrap_or(Verified::Unverified);
             let Some(user_id) = c.peer_id else { return };
+            // Pinned (and persisted by the driver) before the call is reported connected.
+            self.pin_connected(&peer, user_id, verified, now);
             self.event(ClientEvent::Connected { call_id: id, peer, user_id, verified, path: kind, setup_ms });
         }
     }

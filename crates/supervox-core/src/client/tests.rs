@@ -215,6 +215,7 @@ impl Net {
                         }
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
+                        | ClientOutput::Trust(_)
                         | ClientOutput::RelayStream(_)
                         | ClientOutput::RelayDisconnect => {}
                     }
