@@ -333,8 +333,25 @@ impl Client {
     pub(super) fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { .. } = c.phase else { return };
+        // No word from the directory: the pin, if any, still decides.
+        let pin = match (verified, c.peer_id) {
+            (Verified::Unverified, Some(from)) => Some((c.peer_name.clone(), from)),
+            _ => None,
+        };
         // A cross-check still running (timed out here) is moot now.
         self.cross_check_drop(id);
+        let mut verified = verified;
+        if let Some((name, from)) = pin {
+            match self.trust.check(&name, &from) {
+                PinCheck::Matches => verified = Verified::Contact,
+                PinCheck::Changed { pinned } => {
+                    self.key_changed(id, &name, pinned, from, false);
+                    self.signal(id, CallSignal::Reject { reason: Rejection::CallerNotVerified.wire().into() });
+                    return self.fail_call(id, CallFailure::KeyChanged(name), now_ms, false);
+                }
+                PinCheck::Unpinned => {}
+            }
+        }
         let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { msg1, candidates, .. } =
             std::mem::replace(&mut c.phase, Phase::Alerting { msg1: Vec::new(), candidates: Vec::new() })

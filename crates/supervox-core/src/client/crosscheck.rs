@@ -59,7 +59,8 @@ enum Outcome {
 #[derive(Debug)]
 enum Waiting {
     Nothing,
-    Outgoing { claim: NameClaim, presence: Presence },
+    // Boxed: the records are large, the other states small.
+    Outgoing { claim: Box<NameClaim>, presence: Box<Presence> },
     Incoming { owner: UserId },
 }
 
@@ -256,7 +257,7 @@ impl Client {
             Message::Welcome { .. } => {
                 let req_id = self.next_req;
                 self.next_req += 1;
-                let Some(c) = self.checks.get_mut(&id) else { return None };
+                let c = self.checks.get_mut(&id)?;
                 let name = c.name.clone();
                 if let Some(l) = c.link.as_mut() {
                     l.req_id = Some(req_id);
@@ -264,7 +265,7 @@ impl Client {
                 self.out.push_back(ClientOutput::Send(conn, Message::Lookup { req_id, name }));
             }
             Message::LookupResult { req_id, answer } => {
-                let Some(c) = self.checks.get(&id) else { return None };
+                let c = self.checks.get(&id)?;
                 if c.link.as_ref().and_then(|l| l.req_id) != Some(req_id) {
                     return None;
                 }
@@ -348,7 +349,7 @@ impl Client {
             self.cross_check_start(id, &name, now_ms);
         }
         if let Some(c) = self.checks.get_mut(&id) {
-            c.waiting = Waiting::Outgoing { claim, presence };
+            c.waiting = Waiting::Outgoing { claim: Box::new(claim), presence: Box::new(presence) };
         }
         self.check_settle(id, now_ms);
     }
@@ -387,7 +388,7 @@ impl Client {
         match c.waiting {
             Waiting::Nothing => {}
             Waiting::Outgoing { claim, presence } => match verdict {
-                Verdict::Agrees | Verdict::NoSecond => self.invite(id, claim, presence, Verified::Directory, now_ms),
+                Verdict::Agrees | Verdict::NoSecond => self.invite(id, *claim, *presence, Verified::Directory, now_ms),
                 Verdict::Differs(_) => self.fail_call(id, CallFailure::LookupMismatch(name), now_ms, false),
                 Verdict::NoAnswer | Verdict::Pending => {
                     self.fail_call(id, CallFailure::LookupUnconfirmed(name), now_ms, false)
