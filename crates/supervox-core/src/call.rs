@@ -57,6 +57,10 @@ pub const REVEAL_FALLBACK_MS: u64 = 2_000;
 /// How far we know who the peer of a call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verified {
+    /// The peer's key is the one pinned for its name (a contact: an earlier
+    /// call connected with this key, see [`crate::trust`]). The directory
+    /// is not needed (nor asked a second time) for it.
+    Contact,
     /// The directory's answer for the peer's name names the peer's key: the
     /// callee's name for an outgoing call (we looked it up), the caller's
     /// for an incoming one (looked up before ringing).
@@ -70,16 +74,23 @@ impl Verified {
     /// The stable text in JSON (`"verified"`).
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Contact => "contact",
             Self::Directory => "directory",
             Self::Unverified => "unverified",
         }
     }
 
+    /// True when the peer's name is confirmed (pinned or by the directory):
+    /// only such a caller may be answered automatically.
+    pub fn is_confirmed(self) -> bool {
+        matches!(self, Self::Contact | Self::Directory)
+    }
+
     /// `name` as it may be shown: quoted, with an "(unverified)" mark unless
-    /// the directory confirmed it.
+    /// it is pinned or the directory confirmed it.
     pub fn label(self, name: &str) -> String {
         match self {
-            Self::Directory => format!("{name:?}"),
+            Self::Contact | Self::Directory => format!("{name:?}"),
             Self::Unverified => format!("{name:?} (unverified)"),
         }
     }

@@ -22,14 +22,17 @@ use tracing::{info, warn};
 
 mod calls;
 mod connect;
+mod crosscheck;
 mod mail;
 mod predict;
 mod promotion;
 mod reach;
 mod relay;
 mod tcp;
+mod trust;
 
 pub use connect::{ATTEMPT_STAGGER_MS, ATTEMPT_TIMEOUT_MS, MAX_ATTEMPTS_IN_FLIGHT};
+pub use crosscheck::{CHECK_ATTEMPT_MS, CROSS_CHECK_TIMEOUT_MS, MAX_CHECK_TRIES};
 pub use mail::MAIL_FETCH_EVERY_MS;
 pub use predict::Prediction;
 pub use relay::{ExternalRelay, RelayTransport};
@@ -151,6 +154,19 @@ pub enum ClientEvent {
         /// Why.
         reason: PathChange,
     },
+    /// The peer's name is pinned to another key than this call came with
+    /// (possible attack): the call is refused (a [`ClientEvent::Failed`]
+    /// with [`CallFailure::KeyChanged`] follows).
+    KeyChanged {
+        /// The call.
+        call_id: CallId,
+        /// The peer's name.
+        name: String,
+        /// The key pinned for it.
+        old: UserId,
+        /// The key this call came with.
+        new: UserId,
+    },
     /// The call never connected.
     Failed {
         /// The call.
@@ -255,6 +271,9 @@ pub enum ClientOutput {
     Event(ClientEvent),
     /// The host cache changed: persist [`Client::host_cache`].
     HostCacheChanged,
+    /// A pinned peer key changed: persist it (before acting on any later
+    /// output: a `Connected` event that follows has pinned its peer).
+    Trust(crate::trust::TrustChange),
 }
 
 #[derive(Debug)]
@@ -315,6 +334,10 @@ pub struct Client {
     next_mail_fetch_ms: u64,
     /// A holder had more mail than one page: fetch again after acking.
     mail_more: bool,
+    /// Pinned peer keys.
+    trust: crate::trust::TrustStore,
+    /// Lookups being cross-checked through a second supernode, per call.
+    checks: Map<CallId, crosscheck::Check>,
 }
 
 impl Client {
@@ -350,6 +373,8 @@ impl Client {
             recent_invites: Default::default(),
             next_mail_fetch_ms: u64::MAX,
             mail_more: false,
+            trust: crate::trust::TrustStore::new(),
+            checks: Map::default(),
         }
     }
 
@@ -446,6 +471,7 @@ impl Client {
         if self.supernode().is_some() && now_ms >= self.next_publish_ms {
             self.publish(now_ms);
         }
+        self.tick_checks(now_ms);
         self.tick_calls(now_ms);
         self.tick_tcp(now_ms);
         self.tick_probe(now_ms);
@@ -463,6 +489,7 @@ impl Client {
             self.connect_timeout(),
             self.supernode().is_some().then_some(self.next_publish_ms),
             self.calls_timeout(),
+            self.checks_timeout(),
             self.tcp_timeout(),
             self.probe.as_ref().and_then(|p| p.poll_timeout()),
             self.relay_timeout(),
@@ -478,6 +505,9 @@ impl Client {
 
     /// A connection closed.
     pub fn on_closed(&mut self, conn: ConnId, reason: &str, now_ms: u64) {
+        if self.check_closed(conn, now_ms) {
+            return;
+        }
         match &self.link {
             SnLink::Open { conn: c, addr, sn, .. } if *c == conn => {
                 let (addr, sn) = (*addr, *sn);
@@ -494,6 +524,9 @@ impl Client {
 
     /// A message from the supernode.
     pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
+        let Some(msg) = self.check_message(conn, msg, now_ms) else {
+            return;
+        };
         if self.attempt_message(conn, &msg, now_ms) {
             return;
         }

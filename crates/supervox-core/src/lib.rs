@@ -20,6 +20,7 @@ pub mod reason;
 pub mod replay;
 pub mod supernode;
 pub mod timer;
+pub mod trust;
 
 pub use identity::Identity;
 

@@ -206,6 +206,17 @@ pub enum CallFailure {
     /// caller's name belongs to another key (a spoofed caller id). The
     /// caller hears [`Rejection::CallerNotVerified`].
     CallerNameMismatch(String),
+    /// The peer's name is pinned to another key than the one this call came
+    /// with (the directory's answer for a callee, the caller's own key for an
+    /// incoming call): possibly an attack, or the peer has a new identity.
+    /// The new key waits for the user's `ctl trust NAME`.
+    KeyChanged(String),
+    /// Two supernodes answered the lookup of this name differently (another
+    /// key, or one knows no owner): one of them lies. Possibly an attack.
+    LookupMismatch(String),
+    /// No second supernode confirmed the lookup of this name in time, so the
+    /// key could not be cross-checked (outgoing calls only).
+    LookupUnconfirmed(String),
     /// Connectivity checks found no working pair within 10 s of the answer.
     NoMediaPath,
     /// Our supernode link went away while the call was being set up.
@@ -250,6 +261,9 @@ impl Reason for CallFailure {
             Self::Rejected(Rejection::Other(_)) => "rejected",
             Self::CallerCancelled => "caller-cancelled",
             Self::CallerNameMismatch(_) => "caller-name-mismatch",
+            Self::KeyChanged(_) => "key-changed",
+            Self::LookupMismatch(_) => "lookup-mismatch",
+            Self::LookupUnconfirmed(_) => "lookup-unconfirmed",
             Self::NoMediaPath => "no-media-path",
             Self::LostSupernode => "lost-supernode",
             Self::Redirected => "redirected",
@@ -279,6 +293,16 @@ impl fmt::Display for CallFailure {
             Self::CallerCancelled => f.write_str("caller cancelled"),
             Self::CallerNameMismatch(name) => {
                 write!(f, "refused a caller claiming {name:?}: the directory says that name belongs to another key")
+            }
+            Self::KeyChanged(name) => write!(
+                f,
+                "the key of {name:?} is not the one pinned for it: possible attack (accept a new key with `ctl trust {name}`)"
+            ),
+            Self::LookupMismatch(name) => {
+                write!(f, "two supernodes disagree about who owns {name:?}: possible attack")
+            }
+            Self::LookupUnconfirmed(name) => {
+                write!(f, "no second supernode confirmed the lookup of {name:?} in time")
             }
             Self::NoMediaPath => f.write_str("no media path to the peer"),
             Self::LostSupernode => f.write_str("lost the supernode link"),

@@ -261,6 +261,7 @@ impl Sim {
                 | ClientOutput::SpareDatagram(..)
                 | ClientOutput::CloseSpares { .. }
                 | ClientOutput::HostCacheChanged
+                | ClientOutput::Trust(_)
                 | ClientOutput::RelayConnect { .. }
                 | ClientOutput::RelayStream(_)
                 | ClientOutput::RelayDisconnect

@@ -17,8 +17,17 @@
 //! Setup is measured two ways: `setup_ms` of `call_connected` (invite sent →
 //! media path confirmed at the caller), and "callee hears" = that plus the
 //! callee's first playout (one-way delay + its jitter buffer's start-up delay,
-//! taken from the callee's live status: `playout_delay_ms`). Needs root and
-//! `ip`. Run: `cargo bench -p supervox --bench setup [-- CALLS]`.
+//! taken from the callee's live status: `playout_delay_ms`).
+//!
+//! A second table measures what the trust checks cost (PROTOCOL.md §3.5,
+//! §3.6), direct-udp only, "dial" = `ctl call` started → `call_connected`
+//! printed (so the caller's lookup and its cross-check count too), for:
+//! strangers on a one-supernode network (one opinion: the anchor), strangers
+//! with a second supernode (both lookups cross-checked), and contacts (pinned:
+//! no second opinion). Strangers are fresh nodes per call (new keys, new
+//! names), since a connected call pins them. All with `--privacy relaxed`,
+//! so the rows differ in their lookups only. Needs root and `ip`.
+//! Run: `cargo bench -p supervox --bench setup [-- CALLS] [trust]`.
 
 use serde_json::Value;
 use std::path::Path;
@@ -81,6 +90,9 @@ struct Figures {
 fn main() {
     let calls: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
     let tmp = tempfile::tempdir().expect("tempdir");
+    if std::env::args().any(|a| a == "trust") {
+        return trust_table(tmp.path(), calls);
+    }
     println!("Call setup over a 50 ms RTT link, {calls} calls per path (median / p90 / max, ms)\n");
     println!(
         "| path | calls connected | setup median | setup p90 | setup max | callee hears median | callee hears p90 | direct after median | direct after p90 |"
@@ -107,6 +119,186 @@ fn main() {
             Err(e) => println!("| {} | failed: {e} | | | | | | | |", row.label),
         }
     }
+    println!();
+    trust_table(tmp.path(), calls);
+}
+
+/// The trust checks' cost (module docs).
+fn trust_table(root: &Path, calls: usize) {
+    println!("Trust checks over the 50 ms RTT link, direct-udp, {calls} calls per row (ms)\n");
+    match run_trust(root, calls) {
+        Ok(rows) => {
+            println!("| case | verified | calls connected | setup min | setup median | setup p90 | dial min | dial median | dial p90 | dial median / anchor |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            let anchor = rows.first().map(|r| pct(&r.dial, 50.0)).unwrap_or(f64::NAN);
+            for r in &rows {
+                println!(
+                    "| {} | {} | {}/{calls} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                    r.case,
+                    r.verified,
+                    r.setup.len(),
+                    pct(&r.setup, 0.0),
+                    pct(&r.setup, 50.0),
+                    pct(&r.setup, 90.0),
+                    pct(&r.dial, 0.0),
+                    pct(&r.dial, 50.0),
+                    pct(&r.dial, 90.0),
+                    pct(&r.dial, 50.0) / anchor
+                );
+            }
+        }
+        Err(e) => println!("trust rows failed: {e}"),
+    }
+}
+
+struct TrustRow {
+    case: &'static str,
+    verified: String,
+    setup: Vec<f64>,
+    dial: Vec<f64>,
+}
+
+/// A node in namespace `ns` named `name`, seeded with `sn`; returns its control socket.
+fn trust_node(
+    ns: &Namespace,
+    dir: &Path,
+    name: &str,
+    sn: &str,
+    media_ip: &str,
+    extra: &[&str],
+) -> (NsProcess, std::path::PathBuf) {
+    let control = dir.join(format!("{name}.sock"));
+    let (data, ctl_s) = (dir.join(name).to_string_lossy().to_string(), control.to_string_lossy().to_string());
+    let media = format!("{media_ip}:0");
+    // Privacy relaxed: this table isolates the lookups' cost; the first table
+    // measures what relay-first costs a stranger.
+    let mut args = vec![
+        "node",
+        "--name",
+        name,
+        "--seed",
+        sn,
+        "--media",
+        &media,
+        "--data-dir",
+        &data,
+        "--control",
+        &ctl_s,
+        "--privacy",
+        "relaxed",
+    ];
+    args.extend_from_slice(extra);
+    (spawn(ns, &args, &dir.join(format!("{name}.log"))), control)
+}
+
+/// One call from `ca` to `callee`: (setup_ms, dial ms, verified) when it connected on direct-udp.
+fn timed_call(ca: &Path, callee: &str) -> Option<(f64, f64, String)> {
+    use std::io::BufRead;
+    let t = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("ctl")
+        .arg("--control")
+        .arg(ca)
+        .args(["call", callee, "--duration", "0.3", "--output", "null", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let out = child.stdout.take()?;
+    let mut found = None;
+    // `ctl` prints each event as it happens: time the call_connected line.
+    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        if v["event"] == "call_connected" && found.is_none() {
+            found = Some((v, t.elapsed().as_secs_f64() * 1000.0));
+        }
+    }
+    let _ = child.wait();
+    let (c, dial) = found?;
+    (c["path"] == "direct-udp")
+        .then(|| (c["setup_ms"].as_f64().unwrap_or(f64::NAN), dial, c["verified"].as_str().unwrap_or("?").to_string()))
+}
+
+fn run_trust(root: &Path, calls: usize) -> Result<Vec<TrustRow>, String> {
+    let dir = root.join("trust");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let lab = Lab::new().map_err(|e| e.to_string())?;
+    let (a, b) = (lab.namespace("a").map_err(|e| e.to_string())?, lab.namespace("b").map_err(|e| e.to_string())?);
+    let imp = Impairment::from_str(LINK).map_err(|e| e.to_string())?;
+    let link = lab.link(&a, &b, LinkConfig::symmetric(imp).with_seed(7)).map_err(|e| e.to_string())?;
+    let (ip_a, ip_b) = (link.addr_a().to_string(), link.addr_b().to_string());
+    let sn1 = format!("{ip_a}:7000");
+    let sn2 = format!("{ip_a}:7001");
+    let d1 = dir.join("sn1").to_string_lossy().to_string();
+    let _sn1 = spawn(&a, &["supernode", "--listen", &sn1, "--data-dir", &d1], &dir.join("sn1.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rows = Vec::new();
+    // Strangers: a fresh pair per call, so nothing is pinned yet. `known` supernodes each must list.
+    let strangers = |tag: &str, known: u64| -> Result<TrustRow, String> {
+        let mut row = TrustRow { case: "", verified: String::new(), setup: vec![], dial: vec![] };
+        for i in 0..calls {
+            let (an, bn) = (format!("a{tag}{i}"), format!("b{tag}{i}"));
+            let (pa, ca) = trust_node(&a, &dir, &an, &sn1, &ip_a, &[]);
+            let (pb, cb) = trust_node(&b, &dir, &bn, &sn1, &ip_b, &["--auto-answer"]);
+            for c in [&ca, &cb] {
+                wait_status(c, "signed in", |s| s["supernode"].is_string())?;
+                wait_status(c, "knew the supernodes", |s| s["host_cache"].as_u64().is_some_and(|n| n >= known))?;
+            }
+            if let Some((setup, dial, v)) = timed_call(&ca, &bn) {
+                row.setup.push(setup);
+                row.dial.push(dial);
+                row.verified = v;
+            }
+            wait_status(&cb, "left the call", |s| s["call"].is_null())?;
+            // Dropping a handle does not stop its process: end this pair now.
+            let _ = (pa.kill(), pb.kill());
+        }
+        Ok(row)
+    };
+    let mut anchor = strangers("x", 1)?;
+    anchor.case = "strangers, 1 supernode (one opinion: anchor)";
+    rows.push(anchor);
+    let d2 = dir.join("sn2").to_string_lossy().to_string();
+    let sn2_proc = spawn(&a, &["supernode", "--listen", &sn2, "--data-dir", &d2, "--seed", &sn1], &dir.join("sn2.log"));
+    // sn1 lists sn2 in its Welcome once the membership has it.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut checked = strangers("y", 2)?;
+    checked.case = "strangers, 2nd supernode on the caller's side (callee's check crosses the link)";
+    rows.push(checked);
+    // Contacts: one pair, pinned by a first call, then called again and again.
+    let (_pa, ca) = trust_node(&a, &dir, "alice", &sn1, &ip_a, &[]);
+    let (_pb, cb) = trust_node(&b, &dir, "bob", &sn1, &ip_b, &["--auto-answer"]);
+    for c in [&ca, &cb] {
+        wait_status(c, "signed in", |s| s["supernode"].is_string())?;
+        wait_status(c, "knew the supernodes", |s| s["host_cache"].as_u64().is_some_and(|n| n >= 2))?;
+    }
+    timed_call(&ca, "bob").ok_or("the first call between alice and bob failed")?;
+    wait_status(&cb, "left the call", |s| s["call"].is_null())?;
+    let mut row = TrustRow {
+        case: "contacts, 2 supernodes (pinned: no second opinion)",
+        verified: String::new(),
+        setup: vec![],
+        dial: vec![],
+    };
+    for _ in 0..calls {
+        if let Some((setup, dial, v)) = timed_call(&ca, "bob") {
+            row.setup.push(setup);
+            row.dial.push(dial);
+            row.verified = v;
+        }
+        wait_status(&cb, "left the call", |s| s["call"].is_null())?;
+    }
+    rows.push(row);
+    // The second supernode moves to the callee's side: now the caller's check crosses the link.
+    let _ = sn2_proc.kill();
+    let sn3 = format!("{ip_b}:7001");
+    let d3 = dir.join("sn3").to_string_lossy().to_string();
+    let _sn3 = spawn(&b, &["supernode", "--listen", &sn3, "--data-dir", &d3, "--seed", &sn1], &dir.join("sn3.log"));
+    // Long enough for the membership to declare sn2 gone and list sn3.
+    std::thread::sleep(Duration::from_secs(8));
+    let mut far = strangers("z", 2)?;
+    far.case = "strangers, 2nd supernode on the callee's side (caller's check crosses the link)";
+    rows.push(far);
+    Ok(rows)
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {

@@ -29,4 +29,12 @@ pub enum Request {
     Hangup,
     /// Answer a ringing incoming call.
     Answer,
+    /// Accept the changed key of a pinned peer (after a `key_changed`): it
+    /// is pinned from now on.
+    Trust {
+        /// The peer's name.
+        name: String,
+    },
+    /// List the pinned peer keys.
+    Pins,
 }

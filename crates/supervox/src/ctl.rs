@@ -45,8 +45,8 @@ pub fn describe(v: &Value) -> String {
         Some("call_connected") => format!(
             "connected to {}{} [fingerprint {}] over {} in {} ms",
             s("peer"),
-            // Anything but a directory-confirmed name is marked (older nodes send no field).
-            if v["verified"] == "directory" { "" } else { " (unverified)" },
+            // Anything but a pinned or directory-confirmed name is marked (older nodes send no field).
+            if v["verified"] == "directory" || v["verified"] == "contact" { "" } else { " (unverified)" },
             s("fingerprint"),
             s("path"),
             n("setup_ms")
@@ -60,6 +60,14 @@ pub fn describe(v: &Value) -> String {
             n("frames_received"),
             n("loss_pct"),
             n("jitter_ms")
+        ),
+        Some("key_changed") => format!(
+            "WARNING: the key of {} changed (pinned {}, now {}): possible attack; compare fingerprints, then \
+             `ctl trust {}` to accept it",
+            s("peer"),
+            s("old_fingerprint"),
+            s("new_fingerprint"),
+            s("peer")
         ),
         Some("call_failed") => format!("call failed: {}", s("reason")),
         _ => match v.get("error") {
@@ -115,6 +123,8 @@ mod tests {
         assert_eq!(describe(&c), "connected to alice [fingerprint ab12-cd34-ef56-7890] over direct-udp in 3 ms");
         c["verified"] = json!("unverified");
         assert!(describe(&c).starts_with("connected to alice (unverified) ["), "{}", describe(&c));
+        c["verified"] = json!("contact");
+        assert!(describe(&c).starts_with("connected to alice ["), "{}", describe(&c));
         c.as_object_mut().unwrap().remove("verified");
         assert!(describe(&c).contains("(unverified)"));
     }

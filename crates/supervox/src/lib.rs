@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod ctl;
+pub mod db;
 pub mod defaults;
 pub mod demo;
 pub mod links;

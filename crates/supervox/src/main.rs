@@ -281,6 +281,15 @@ enum CtlCmd {
     Hangup,
     /// Answer the ringing incoming call.
     Answer,
+    /// Accept NAME's new key after a `key_changed` (compare fingerprints first); without NAME,
+    /// list the pinned peer keys.
+    Trust {
+        /// The pinned peer whose pending new key to accept.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -462,7 +471,8 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
                 println!("role:        {}", v["role"].as_str().unwrap_or("?"));
                 println!("supernode:   {}", v["supernode"].as_str().unwrap_or("(not signed in)"));
                 if let Some(call) = v["call"].as_object() {
-                    let mark = if call["verified"] == "directory" { "" } else { " (unverified)" };
+                    let confirmed = call["verified"] == "directory" || call["verified"] == "contact";
+                    let mark = if confirmed { "" } else { " (unverified)" };
                     println!("call:        {} with {}{mark}", call["state"], call["peer"]);
                     if let Some(fp) = call["fingerprint"].as_str() {
                         println!("peer fingerprint: {fp}");
@@ -487,6 +497,38 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
             })
             .await?;
             Ok(ctl::call_succeeded(&events))
+        }
+        CtlCmd::Trust { name, json } => {
+            let req = match name {
+                Some(name) => Request::Trust { name },
+                None => Request::Pins,
+            };
+            let lines = ctl::request(&c.control, &req, |_| {}).await?;
+            let v = lines.first().cloned().unwrap_or_default();
+            if json {
+                println!("{v}");
+            } else if let Some(pins) = v["pins"].as_array() {
+                for p in pins {
+                    let pending = p["pending_fingerprint"].as_str().map(|f| format!(" (changed key pending: {f})"));
+                    println!(
+                        "{:<24} {}{}",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["fingerprint"].as_str().unwrap_or("?"),
+                        pending.unwrap_or_default()
+                    );
+                }
+            } else if v["ok"] == true {
+                println!(
+                    "{} is now pinned to {} (was {})",
+                    v["peer"].as_str().unwrap_or("?"),
+                    v["fingerprint"].as_str().unwrap_or("?"),
+                    v["old_fingerprint"].as_str().unwrap_or("?")
+                );
+            }
+            if v["ok"] == false {
+                eprintln!("error: {}", v["error"].as_str().unwrap_or("no answer from node"));
+            }
+            Ok(v["ok"] == true)
         }
         CtlCmd::Hangup | CtlCmd::Answer => {
             let req = if matches!(c.cmd, CtlCmd::Hangup) { Request::Hangup } else { Request::Answer };

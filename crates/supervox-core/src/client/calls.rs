@@ -8,11 +8,14 @@ use crate::call::{
 };
 use crate::media_path::{call_tag, datagram_tag, MediaPath, Via};
 use crate::reason::{CallEnd, CallFailure, ReasonText, Rejection};
+use crate::trust::PinCheck;
 use ed25519_dalek::Signer;
 use rand::RngCore;
 use std::net::SocketAddr;
 use supervox_proto::call::{signed_signal_payload, CallMessage, CallOffer, SealedSignal, SignedSignal};
-use supervox_proto::{CallId, CallSignal, Candidate, CandidateKind, LookupAnswer, Message, SignalEnvelope, UserId};
+use supervox_proto::{
+    CallId, CallSignal, Candidate, CandidateKind, LookupAnswer, Message, NameClaim, Presence, SignalEnvelope, UserId,
+};
 use tracing::{debug, info, warn};
 
 /// Signals a caller keeps for the callee until its keys exist.
@@ -44,6 +47,10 @@ impl Client {
         let mut call = Call::new(id, Direction::Outgoing, name.to_string(), Phase::Resolving { req_id }, now_ms);
         call.deadline_ms = now_ms + LOOKUP_TIMEOUT_MS;
         self.calls.insert(id, call);
+        // A name not pinned is asked of a second supernode at the same time.
+        if self.trust.get(name).is_none() {
+            self.cross_check_start(id, name, now_ms);
+        }
         Ok(id)
     }
 
@@ -108,6 +115,26 @@ impl Client {
         {
             return self.fail_call(id, CallFailure::LookupUnverified, now_ms, false);
         }
+        // A pinned name needs no second opinion: the pin decides.
+        match self.trust.check(&claim.name, &claim.user_id) {
+            PinCheck::Matches => {
+                self.cross_check_drop(id);
+                self.invite(id, claim, presence, Verified::Contact, now_ms)
+            }
+            PinCheck::Changed { pinned } => {
+                self.cross_check_drop(id);
+                let name = claim.name;
+                self.key_changed(id, &name, pinned, claim.user_id, true);
+                self.fail_call(id, CallFailure::KeyChanged(name), now_ms, false)
+            }
+            // Invites once a second supernode agrees (crosscheck.rs).
+            PinCheck::Unpinned => self.cross_check_outgoing(id, claim, presence, now_ms),
+        }
+    }
+
+    /// Send the invite of outgoing call `id` to the callee the lookup found,
+    /// whose name is `verified`.
+    pub(super) fn invite(&mut self, id: CallId, claim: NameClaim, presence: Presence, verified: Verified, now_ms: u64) {
         let Some(me) = self.presence.clone() else {
             return self.fail_call(id, CallFailure::NotSignedIn, now_ms, false);
         };
@@ -126,8 +153,8 @@ impl Client {
         if let Some(c) = self.calls.get_mut(&id) {
             c.peer_id = Some(claim.user_id);
             c.peer_sn = Some(presence.supernode);
-            // The key comes from the directory's (verified) claim for the name.
-            c.verified = Some(Verified::Directory);
+            // The key comes from the directory's (verified, cross-checked) claim, or the pin.
+            c.verified = Some(verified);
             c.private = private;
             c.phase = Phase::Inviting { hs: Some(Box::new(hs)), ringing: false };
             c.invite_ms = Some(now_ms);
@@ -140,12 +167,6 @@ impl Client {
     /// not a contact and privacy is not relaxed.
     fn is_private_to(&self, peer: &UserId) -> bool {
         !self.cfg.relaxed_privacy && !self.is_contact(peer)
-    }
-
-    /// TEMP: the trust store (pinned keys) provides this; until then
-    /// nobody is a contact.
-    pub fn is_contact(&self, _id: &UserId) -> bool {
-        false
     }
 
     /// The candidates we offer: all, or (private) the relay ones.
@@ -193,7 +214,7 @@ impl Client {
 
     /// Callee: send message 2 with its first sealed signal (ringing, or a
     /// refusal), once.
-    fn respond(&mut self, id: CallId, first: CallMessage) {
+    pub(super) fn respond(&mut self, id: CallId, first: CallMessage) {
         let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { msg2, .. } = &mut c.phase else { return };
         let handshake = std::mem::take(msg2);
@@ -392,6 +413,9 @@ impl Client {
     fn on_caller_lookup(&mut self, id: CallId, answer: LookupAnswer, now_ms: u64) {
         let Some(c) = self.calls.get(&id) else { return };
         let (name, from) = (c.peer_name.clone(), c.peer_id);
+        if self.checks.contains_key(&id) {
+            return; // a second answer while the first is being cross-checked
+        }
         let claim = match answer {
             LookupAnswer::Online { claim, .. } | LookupAnswer::Offline { claim } => Some(claim),
             LookupAnswer::Unknown => None,
@@ -399,8 +423,22 @@ impl Client {
         // A claim that does not verify, or is for another name, is the
         // supernode's fault, not proof against the caller: unverified.
         let owner = claim.filter(|k| k.name == name && k.verify().is_ok()).map(|k| k.user_id);
+        let Some(from) = from else { return };
+        // A pinned name: the pin decides, whatever the directory says.
+        match self.trust.check(&name, &from) {
+            PinCheck::Matches => return self.ring(id, Verified::Contact, now_ms),
+            PinCheck::Changed { pinned } => {
+                // The new key is kept for `ctl trust` only if the directory backs it.
+                self.key_changed(id, &name, pinned, from, owner == Some(from));
+                // Not "key changed": a stranger must not learn whom we have pinned.
+                self.respond(id, CallMessage::Reject { reason: Rejection::CallerNotVerified.wire().into() });
+                return self.fail_call(id, CallFailure::KeyChanged(name), now_ms, false);
+            }
+            PinCheck::Unpinned => {}
+        }
         match owner {
-            Some(owner) if Some(owner) == from => self.ring(id, Verified::Directory, now_ms),
+            // Rings once a second supernode agrees (crosscheck.rs).
+            Some(owner) if owner == from => self.cross_check_caller(id, &name, owner, now_ms),
             Some(_) => {
                 warn!("refused an incoming call claiming {name:?}: the directory says another key owns that name");
                 self.respond(id, CallMessage::Reject { reason: Rejection::CallerNotVerified.wire().into() });
@@ -411,11 +449,32 @@ impl Client {
     }
 
     /// Verification of an incoming call is over: ring, and answer at once
-    /// if told to, but only a caller the directory confirmed.
-    fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
-        self.respond(id, CallMessage::Ringing);
+    /// if told to, but only a caller who is a contact or whom the directory
+    /// confirmed.
+    pub(super) fn ring(&mut self, id: CallId, verified: Verified, now_ms: u64) {
         let Some(c) = self.calls.get_mut(&id) else { return };
         let Phase::Verifying { .. } = c.phase else { return };
+        // No word from the directory: the pin, if any, still decides.
+        let pin = match (verified, c.peer_id) {
+            (Verified::Unverified, Some(from)) => Some((c.peer_name.clone(), from)),
+            _ => None,
+        };
+        // A cross-check still running (timed out here) is moot now.
+        self.cross_check_drop(id);
+        let mut verified = verified;
+        if let Some((name, from)) = pin {
+            match self.trust.check(&name, &from) {
+                PinCheck::Matches => verified = Verified::Contact,
+                PinCheck::Changed { pinned } => {
+                    self.key_changed(id, &name, pinned, from, false);
+                    self.respond(id, CallMessage::Reject { reason: Rejection::CallerNotVerified.wire().into() });
+                    return self.fail_call(id, CallFailure::KeyChanged(name), now_ms, false);
+                }
+                PinCheck::Unpinned => {}
+            }
+        }
+        self.respond(id, CallMessage::Ringing);
+        let Some(c) = self.calls.get_mut(&id) else { return };
         c.phase = Phase::Alerting;
         c.verified = Some(verified);
         c.deadline_ms = now_ms + RING_TIMEOUT_MS;
@@ -423,7 +482,7 @@ impl Client {
         let Some(user_id) = user_id else { return };
         info!("incoming call from {}", verified.label(&from));
         self.event(ClientEvent::Incoming { call_id: id, from, user_id, verified });
-        if self.cfg.auto_answer && verified == Verified::Directory {
+        if self.cfg.auto_answer && verified.is_confirmed() {
             self.answer(id, now_ms);
         }
     }
@@ -717,6 +776,8 @@ impl Client {
             let peer = c.peer_name.clone();
             let verified = c.verified.unwrap_or(Verified::Unverified);
             let Some(user_id) = c.peer_id else { return };
+            // Pinned (and persisted by the driver) before the call is reported connected.
+            self.pin_connected(&peer, user_id, verified, now);
             self.event(ClientEvent::Connected { call_id: id, peer, user_id, verified, path: kind, setup_ms });
             // Up over our relay: now the peer may learn where we are.
             self.reveal(id, now_ms);

@@ -176,6 +176,9 @@ impl Client {
 
     /// The TCP connection for a [`ClientOutput::Connect`] is up.
     pub fn on_connected(&mut self, conn: ConnId, addr: SocketAddr) {
+        if self.check_connected(conn, addr) {
+            return;
+        }
         if let SnLink::Connecting(r) = &mut self.link {
             if let Some(a) = r.attempts.iter_mut().find(|a| a.addr == addr && a.conn.is_none()) {
                 a.conn = Some(conn);
@@ -187,6 +190,9 @@ impl Client {
 
     /// A [`ClientOutput::Connect`] failed.
     pub fn on_connect_failed(&mut self, addr: SocketAddr, reason: &str, now_ms: u64) {
+        if self.check_connect_failed(addr, now_ms) {
+            return;
+        }
         let SnLink::Connecting(r) = &self.link else {
             return;
         };
@@ -200,6 +206,9 @@ impl Client {
     /// peer proved in it. A key other than the one pinned for the attempt's
     /// address fails the attempt here (module docs).
     pub fn on_established(&mut self, conn: ConnId, role: Role, identity: UserId, now_ms: u64) {
+        if self.check_established(conn, role, identity, now_ms) {
+            return;
+        }
         let SnLink::Connecting(r) = &mut self.link else {
             return;
         };

@@ -55,6 +55,37 @@ struct Net {
     signals: Vec<Vec<SignalEnvelope>>,
     /// The supernode never sees this client's lookups (a directory that does not answer).
     lost_lookups: Option<usize>,
+    /// How the second supernode at `addr(SN2)` (a fake: links and lookups only) behaves.
+    second: Second,
+    /// Lookups the second supernode forwarded to the real one: its req id → (client, conn, client's req id).
+    spied: std::collections::HashMap<u64, (usize, ConnId, u64)>,
+    /// Clients that dialled the second supernode.
+    second_dials: Vec<usize>,
+    /// Messages each client sent on its second-supernode link.
+    second_sent: Vec<Vec<Message>>,
+    /// Record this client's outputs into `recorded` (see [`Net::step_collecting`]).
+    record: Option<usize>,
+    recorded: Vec<ClientOutput>,
+}
+
+/// The second supernode's port.
+const SN2: u16 = 4001;
+/// Its conn ids: `SECOND_CONN + client`.
+const SECOND_CONN: ConnId = 100;
+/// The conn the second supernode asks the real one's directory on.
+const SPY_CONN: ConnId = 500;
+
+/// How the fake second supernode answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Second {
+    /// What the real supernode's directory says.
+    Honest,
+    /// A claim and presence signed by this seed's key for whatever name is asked.
+    Forge(u8),
+    /// Admits, then never answers the lookup.
+    Silent,
+    /// Its address refuses connections.
+    Down,
 }
 
 /// Client `i`'s TCP media listener.
@@ -112,6 +143,66 @@ impl Net {
             tcp_refuse: false,
             signals: vec![vec![]; n],
             lost_lookups: None,
+            second: Second::Honest,
+            spied: Default::default(),
+            second_dials: vec![],
+            second_sent: vec![vec![]; n],
+            record: None,
+            recorded: vec![],
+        }
+    }
+
+    /// Sign in, then let every client know the second supernode too.
+    fn with_second(mut self, second: Second) -> Self {
+        self.second = second;
+        self.run(100);
+        for c in &mut self.clients {
+            c.host_cache.add(addr(SN2));
+        }
+        let spy = Identity::from_seed([77; 32]).user_id();
+        self.sn.on_connected(SPY_CONN, addr(6999));
+        self.sn.on_established(SPY_CONN, Role::Client, spy, self.now);
+        while self.sn.poll_output().is_some() {}
+        self
+    }
+
+    /// Client `i` talks to the fake second supernode.
+    fn second_output(&mut self, i: usize, o: ClientOutput) {
+        let conn = SECOND_CONN + i as ConnId;
+        match o {
+            ClientOutput::Connect(_) => {
+                self.second_dials.push(i);
+                if self.second == Second::Down {
+                    return self.clients[i].on_connect_failed(addr(SN2), "refused", self.now);
+                }
+                self.clients[i].on_connected(conn, addr(SN2));
+                let key = Identity::from_seed([98; 32]).user_id();
+                self.clients[i].on_established(conn, Role::Supernode, key, self.now);
+                let welcome =
+                    Message::Welcome { supernode: addr(SN2), supernodes: vec![], loads: vec![], observed: addr(6000) };
+                self.clients[i].on_message(conn, welcome, self.now);
+            }
+            ClientOutput::Send(_, m) => {
+                self.second_sent[i].push(m.clone());
+                let Message::Lookup { req_id, name } = m else { return };
+                match self.second {
+                    Second::Honest => {
+                        let spy_req = 1_000 + self.spied.len() as u64;
+                        self.spied.insert(spy_req, (i, conn, req_id));
+                        self.sn.on_message(SPY_CONN, Message::Lookup { req_id: spy_req, name }, self.now);
+                    }
+                    Second::Forge(seed) => {
+                        let evil = Identity::from_seed([seed; 32]);
+                        let claim = supervox_proto::NameClaim::sign(evil.signing_key(), &name, 1).unwrap();
+                        let presence =
+                            Presence::sign(evil.signing_key(), &name, addr(SN2), 1, self.now + 60_000).unwrap();
+                        let answer = supervox_proto::LookupAnswer::Online { claim, presence };
+                        self.clients[i].on_message(conn, Message::LookupResult { req_id, answer }, self.now);
+                    }
+                    Second::Silent | Second::Down => {}
+                }
+            }
+            _ => {}
         }
     }
 
@@ -137,6 +228,18 @@ impl Net {
             for i in 0..self.clients.len() {
                 while let Some(o) = self.clients[i].poll_output() {
                     moved = true;
+                    if self.record == Some(i) {
+                        self.recorded.push(o.clone());
+                    }
+                    let to_second = match &o {
+                        ClientOutput::Connect(a) => *a == addr(SN2),
+                        ClientOutput::Send(c, _) => *c == SECOND_CONN + i as ConnId,
+                        _ => false,
+                    };
+                    if to_second {
+                        self.second_output(i, o);
+                        continue;
+                    }
                     match o {
                         ClientOutput::Connect(a) => {
                             assert_eq!(a, addr(SN));
@@ -215,6 +318,7 @@ impl Net {
                         }
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
+                        | ClientOutput::Trust(_)
                         | ClientOutput::RelayStream(_)
                         | ClientOutput::RelayDisconnect => {}
                     }
@@ -222,7 +326,11 @@ impl Net {
             }
             while let Some(o) = self.sn.poll_output() {
                 moved = true;
-                if let SnOutput::Send(c, m) = o {
+                if let SnOutput::Send(SPY_CONN, Message::LookupResult { req_id, answer }) = o {
+                    if let Some((i, conn, req_id)) = self.spied.remove(&req_id) {
+                        self.clients[i].on_message(conn, Message::LookupResult { req_id, answer }, self.now);
+                    }
+                } else if let SnOutput::Send(c, m) = o {
                     if let Some(i) = self.conns.iter().position(|x| *x == Some(c)) {
                         self.clients[i].on_message(c, m, self.now);
                     }
@@ -232,6 +340,14 @@ impl Net {
                 break;
             }
         }
+    }
+
+    /// One [`Net::step`], recording client `i`'s outputs in order as they go.
+    fn step_collecting(&mut self, i: usize, into: &mut Vec<ClientOutput>) {
+        self.record = Some(i);
+        self.step();
+        self.record = None;
+        into.append(&mut self.recorded);
     }
 
     /// Advance `ms` of virtual time event by event: the clock jumps to the
@@ -1043,3 +1159,5 @@ fn mail_left_for_a_user_arrives_at_its_next_fetch_and_goes_once_acknowledged() {
     net.run(MAIL_FETCH_EVERY_MS);
     assert_eq!(mail(&net).len(), 2);
 }
+/// Pinned keys and cross-checked lookups.
+mod trust;

@@ -52,6 +52,9 @@ fn all_own_failures() -> Vec<CallFailure> {
         CallFailure::Rejected(Rejection::from_wire("on holiday")),
         CallFailure::CallerCancelled,
         CallFailure::CallerNameMismatch("alice".into()),
+        CallFailure::KeyChanged("bob".into()),
+        CallFailure::LookupMismatch("bob".into()),
+        CallFailure::LookupUnconfirmed("bob".into()),
         CallFailure::NoMediaPath,
         CallFailure::LostSupernode,
         CallFailure::Redirected,
@@ -74,6 +77,9 @@ fn all_own_failures() -> Vec<CallFailure> {
             | CallFailure::Missed
             | CallFailure::CallerCancelled
             | CallFailure::CallerNameMismatch(_)
+            | CallFailure::KeyChanged(_)
+            | CallFailure::LookupMismatch(_)
+            | CallFailure::LookupUnconfirmed(_)
             | CallFailure::NoMediaPath
             | CallFailure::LostSupernode
             | CallFailure::Redirected

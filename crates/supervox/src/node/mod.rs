@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
-use supervox_core::call::Verified;
 use supervox_core::client::{Client, ClientConfig, ClientEvent, ClientOutput};
 use supervox_core::identity::fingerprint;
 use supervox_core::link::LinkEvent;
@@ -161,6 +160,8 @@ struct Node {
     links: LinkSet,
     udp: UdpSocket,
     data: DataDir,
+    /// The database: pinned peer keys.
+    db: crate::db::Db,
     watchers: HashMap<CallId, Watcher>,
     media: HashMap<CallId, ActiveMedia>,
     fatal: Option<String>,
@@ -184,6 +185,8 @@ struct Node {
 pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let data = DataDir::open(&opts.data_dir)?;
     let identity = data.identity()?;
+    let db = crate::db::Db::open(&data.path(crate::db::DB_FILE))?;
+    let pins = db.pins()?;
     let mut host_cache = data.host_cache();
     for s in opts.seeds.iter().rev() {
         host_cache.add_seed(s);
@@ -228,7 +231,11 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
     let ready = links.ready();
-    let client = Client::new(identity, cfg, host_cache, rand::random());
+    let mut client = Client::new(identity, cfg, host_cache, rand::random());
+    if !pins.is_empty() {
+        info!("{} pinned peer keys loaded", pins.len());
+    }
+    client.set_trust_store(supervox_core::trust::TrustStore::from_pins(pins));
     let (relay_events, mut relay_rx) = mpsc::channel(1024);
     let (spare_tx, mut spare_rx) = mpsc::channel(spares::QUEUE);
     let (tcp_tx, mut tcp_rx) = mpsc::channel(tcp_media::EVENT_QUEUE);
@@ -241,6 +248,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         links,
         udp,
         data,
+        db,
         watchers: HashMap::new(),
         media: HashMap::new(),
         fatal: None,
@@ -508,6 +516,29 @@ impl Node {
                 }
                 _ => reply(&msg.reply, json!({"ok": false, "error": "no incoming call is ringing"})),
             },
+            Request::Trust { name } => match self.client.trust_accept(&name, now) {
+                Ok((old, new)) => reply(
+                    &msg.reply,
+                    json!({"ok": true, "peer": name, "user_id": new.to_string(), "fingerprint": fingerprint(&new),
+                           "old_user_id": old.to_string(), "old_fingerprint": fingerprint(&old)}),
+                ),
+                Err(e) => reply(&msg.reply, json!({"ok": false, "error": e.to_string()})),
+            },
+            Request::Pins => {
+                let pins: Vec<Value> = self
+                    .client
+                    .trust_store()
+                    .pins()
+                    .into_iter()
+                    .map(|p| {
+                        json!({"name": p.name, "user_id": p.user_id.to_string(), "fingerprint": fingerprint(&p.user_id),
+                               "first_seen_ms": p.first_seen_ms, "last_seen_ms": p.last_seen_ms,
+                               "pending_user_id": p.pending.map(|k| k.to_string()),
+                               "pending_fingerprint": p.pending.map(|k| fingerprint(&k))})
+                    })
+                    .collect();
+                reply(&msg.reply, json!({"ok": true, "pins": pins}))
+            }
             Request::Call { name, duration, input, output } => {
                 let fail = |reason: CallFailure| call_failed_json(&reason);
                 let bad = |text: String| fail(CallFailure::BadRequest(text));
@@ -637,6 +668,12 @@ impl Node {
                         warn!("cannot save host cache: {e:#}");
                     }
                 }
+                ClientOutput::Trust(change) => {
+                    // Committed before the outputs after it (a Connected event) are acted on.
+                    if let Err(e) = self.db.apply(&change) {
+                        warn!("cannot save a pinned key: {e:#}");
+                    }
+                }
                 ClientOutput::Event(e) => self.on_event(e, now),
             }
         }
@@ -676,8 +713,8 @@ impl Node {
                 self.fatal = Some(format!("cannot sign in as {:?}: {reason}", self.client.name()));
             }
             ClientEvent::Incoming { call_id, from, user_id, verified } => {
-                // Only a directory-confirmed caller is auto-answered.
-                let auto = self.opts.auto_answer && verified == Verified::Directory;
+                // Only a contact or a directory-confirmed caller is auto-answered.
+                let auto = self.opts.auto_answer && verified.is_confirmed();
                 info!(
                     "incoming call {call_id} from {} [user_id {user_id}, fingerprint {}, verified {}]{}",
                     verified.label(&from),
@@ -730,6 +767,22 @@ impl Node {
                     json!({"event": "path_changed", "path": path.as_str(), "reason": reason.to_string(),
                            "code": reason.code()}),
                 )
+            }
+            ClientEvent::KeyChanged { call_id, name, old, new } => {
+                warn!(
+                    "call {call_id}: KEY CHANGED for {name:?}: pinned {} [fingerprint {}], now {} [fingerprint {}]: \
+                     possible attack; `ctl trust {name}` accepts the new key",
+                    old,
+                    fingerprint(&old),
+                    new,
+                    fingerprint(&new)
+                );
+                self.notify(
+                    call_id,
+                    json!({"event": "key_changed", "call_id": call_id.to_string(), "peer": name,
+                           "old_user_id": old.to_string(), "new_user_id": new.to_string(),
+                           "old_fingerprint": fingerprint(&old), "new_fingerprint": fingerprint(&new)}),
+                );
             }
             ClientEvent::Failed { call_id, reason } => {
                 info!("call {call_id} failed: {reason}");

@@ -1,0 +1,210 @@
+//! The node's database: one SQLite file per daemon, `supervox.db` in the
+//! data directory (mode 0600), for state that must survive a crash — today
+//! the pinned peer keys ([`supervox_core::trust`]), tomorrow the contact
+//! list built on them.
+//!
+//! Schema changes are migrations: [`MIGRATIONS`]`[i]` takes the schema from
+//! version `i` to `i + 1`, each in its own transaction together with the new
+//! version number in `schema_version`. A database from a newer build (a
+//! version this one does not know) is refused rather than guessed at.
+//! Every write is a transaction committed (WAL, `synchronous=FULL`) before
+//! the call returns, so a pin the driver stored before reporting a call
+//! connected survives `kill -9` and power loss.
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use supervox_core::trust::{Pin, TrustChange};
+use supervox_proto::UserId;
+
+/// The database file's name in the data directory.
+pub const DB_FILE: &str = "supervox.db";
+
+/// Schema migrations, in order: entry `i` moves version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: pinned peer keys (trust on first use).
+    "CREATE TABLE pinned_keys (
+        name TEXT PRIMARY KEY NOT NULL,
+        user_id BLOB NOT NULL CHECK (length(user_id) = 32),
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        pending_user_id BLOB CHECK (pending_user_id IS NULL OR length(pending_user_id) = 32)
+    );",
+];
+
+/// An open node database.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+fn user_id(bytes: Vec<u8>) -> rusqlite::Result<UserId> {
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| rusqlite::Error::InvalidQuery)?;
+    Ok(UserId(arr))
+}
+
+impl Db {
+    /// Open (creating, mode 0600) the database at `path` and bring its
+    /// schema up to date. Refused when others may read it, or when it comes
+    /// from a newer build.
+    pub fn open(path: &Path) -> Result<Self> {
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "database {} is readable by others (mode {mode:o}); fix it with: chmod 600 {}",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Created empty with the right mode first: SQLite would use the umask.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        let conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+        // WAL: a reader never blocks the writer; FULL: a commit is on disk when it returns.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        let mut db = Self { conn };
+        db.migrate().with_context(|| format!("database {}", path.display()))?;
+        Ok(db)
+    }
+
+    /// The schema version (the number of migrations applied).
+    pub fn version(&self) -> Result<usize> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()
+            .context("schema_version unreadable")?;
+        Ok(usize::try_from(v.unwrap_or(0)).unwrap_or(usize::MAX))
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        self.conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
+        let mut v = self.version()?;
+        if v > MIGRATIONS.len() {
+            bail!("schema version {v} is newer than this build knows ({}): refusing to touch it", MIGRATIONS.len());
+        }
+        while v < MIGRATIONS.len() {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(MIGRATIONS[v]).with_context(|| format!("migration to version {}", v + 1))?;
+            tx.execute("DELETE FROM schema_version", [])?;
+            tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![(v + 1) as i64])?;
+            tx.commit()?;
+            v += 1;
+        }
+        Ok(())
+    }
+
+    /// Every pinned key.
+    pub fn pins(&self) -> Result<Vec<Pin>> {
+        let mut st =
+            self.conn.prepare("SELECT name, user_id, first_seen_ms, last_seen_ms, pending_user_id FROM pinned_keys")?;
+        let rows = st.query_map([], |r| {
+            let pending: Option<Vec<u8>> = r.get(4)?;
+            Ok(Pin {
+                name: r.get(0)?,
+                user_id: user_id(r.get(1)?)?,
+                first_seen_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                last_seen_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                pending: pending.map(user_id).transpose()?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<Pin>>>().context("pinned_keys unreadable")
+    }
+
+    /// Persist one change of the trust store (committed when this returns).
+    pub fn apply(&mut self, change: &TrustChange) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        match change {
+            TrustChange::Upsert(p) => {
+                tx.execute(
+                    "INSERT INTO pinned_keys (name, user_id, first_seen_ms, last_seen_ms, pending_user_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET user_id = ?2, first_seen_ms = ?3, last_seen_ms = ?4,
+                                                     pending_user_id = ?5",
+                    params![
+                        p.name,
+                        &p.user_id.0[..],
+                        p.first_seen_ms.min(i64::MAX as u64) as i64,
+                        p.last_seen_ms.min(i64::MAX as u64) as i64,
+                        p.pending.as_ref().map(|k| k.0.to_vec())
+                    ],
+                )?;
+            }
+            TrustChange::Remove(name) => {
+                tx.execute("DELETE FROM pinned_keys WHERE name = ?1", params![name])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(name: &str, k: u8) -> Pin {
+        Pin { name: name.into(), user_id: UserId([k; 32]), first_seen_ms: 5, last_seen_ms: 7, pending: None }
+    }
+
+    #[test]
+    fn pins_persist_across_reopen_and_the_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut db = Db::open(&path).unwrap();
+        assert_eq!(db.version().unwrap(), MIGRATIONS.len());
+        db.apply(&TrustChange::Upsert(pin("bob", 1))).unwrap();
+        db.apply(&TrustChange::Upsert(pin("carol", 2))).unwrap();
+        let mut changed = pin("bob", 1);
+        changed.pending = Some(UserId([9; 32]));
+        changed.last_seen_ms = 70;
+        db.apply(&TrustChange::Upsert(changed.clone())).unwrap();
+        db.apply(&TrustChange::Remove("carol".into())).unwrap();
+        drop(db);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.pins().unwrap(), vec![changed]);
+    }
+
+    #[test]
+    fn readable_or_newer_databases_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        drop(Db::open(&path).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Db::open(&path).unwrap_err().to_string();
+        assert!(e.contains("readable by others"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE schema_version SET version = 99", []).unwrap();
+        drop(c);
+        let e = format!("{:#}", Db::open(&path).unwrap_err());
+        assert!(e.contains("newer than this build"), "{e}");
+    }
+
+    #[test]
+    fn a_version_0_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+        // An empty SQLite file (as a crash right after creating it would leave) is version 0.
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.version().unwrap(), MIGRATIONS.len());
+        assert!(db.pins().unwrap().is_empty());
+    }
+}
