@@ -63,7 +63,8 @@ pub enum Verified {
     Contact,
     /// The directory's answer for the peer's name names the peer's key: the
     /// callee's name for an outgoing call (we looked it up), the caller's
-    /// for an incoming one (looked up before ringing).
+    /// for an incoming one (looked up before ringing); a second supernode
+    /// agreed where one could be asked (PROTOCOL.md §3.6).
     Directory,
     /// The directory did not answer in time (or its answer did not verify):
     /// the name is only what the caller says. Never shown as the bare name.

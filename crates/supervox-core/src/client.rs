@@ -122,7 +122,7 @@ pub enum ClientEvent {
         from: String,
         /// Caller's key.
         user_id: UserId,
-        /// Whether the directory confirmed that `from` is `user_id`'s.
+        /// Whether `from` is `user_id`'s: pinned (a contact), confirmed by the directory, or neither.
         verified: Verified,
     },
     /// The callee's phone rings.
@@ -138,7 +138,7 @@ pub enum ClientEvent {
         peer: String,
         /// Peer's key.
         user_id: UserId,
-        /// Whether the directory confirmed that `peer` is `user_id`'s.
+        /// Whether `peer` is `user_id`'s: pinned (a contact), confirmed by the directory, or neither.
         verified: Verified,
         /// The path in use.
         path: PathKind,

@@ -110,3 +110,54 @@ fn a_supernode_forging_lookup_answers_is_caught_by_the_second_opinion() {
     assert!(l.contains("possible attack") && l.contains(&evil.mallory.user_id().to_string()), "{l}");
     assert!(!log(root.path(), "node-bob").contains("incoming call"));
 }
+
+#[test]
+fn a_callee_whose_own_supernode_vouches_for_a_spoofed_caller_is_saved_by_the_second_opinion() {
+    use supervox_proto::{CallId, CallSignal, Message, Presence, SignalEnvelope, UserId};
+    let root = tempfile::tempdir().unwrap();
+    // The real alice owns "alice" on an honest supernode.
+    let sn = start_sn(root.path(), "sn", &[]);
+    let alice = start_node(root.path(), "alice", &[sn.addr], &[]);
+    wait_signed_in(&alice, Duration::from_secs(10));
+    // bob's own supernode is evil, and he auto-answers.
+    let evil = EvilSn::start(vec![sn.addr]);
+    let bob = start_node(root.path(), "bob", &[evil.addr], &["--auto-answer"]);
+    assert_eq!(wait_signed_in(&bob, Duration::from_secs(10)), evil.addr.to_string());
+    let bob_id = UserId::from_hex(&user_id_of(&bob)).unwrap();
+    // The evil supernode rings bob as "alice" on mallory's key (finding 1 with an
+    // accomplice supernode): the presence is mallory's, and its lookups will say
+    // "alice" is mallory's too.
+    let m = &evil.mallory;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let presence = Presence::sign(m.signing_key(), "alice", evil.addr, now, now + 60_000).unwrap();
+    let binding =
+        supervox_core::call::Binding { call_id: CallId([7; 16]), caller: m.user_id(), callee: bob_id, sent_ms: now };
+    let offer = supervox_proto::call::CallOffer { candidates: vec![], nat: None };
+    let (_hs, msg1) = supervox_core::call::start_handshake(m, &binding, &offer).unwrap();
+    evil.inject(Message::Signal(SignalEnvelope {
+        call_id: CallId([7; 16]),
+        from: m.user_id(),
+        to: bob_id,
+        to_supernode: evil.addr,
+        body: CallSignal::Invite {
+            from_name: "alice".into(),
+            caller_presence: presence,
+            sent_ms: now,
+            handshake: msg1,
+        },
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while !log(root.path(), "node-bob").contains("call 07070707070707070707070707070707 failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", log(root.path(), "node-bob"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let l = log(root.path(), "node-bob");
+    assert!(l.contains("possible attack"), "{l}");
+    assert!(l.contains("two supernodes disagree"), "{l}");
+    assert!(!l.contains("incoming call"), "bob rang for a spoofed caller: {l}");
+    assert!(status(&bob).unwrap()["call"].is_null());
+    assert!(evil.counts.lookups.load(Ordering::Relaxed) >= 1);
+    // bob refused it (a Reject went back through the evil supernode); the real alice saw nothing.
+    assert!(evil.counts.signals.load(Ordering::Relaxed) >= 1);
+    assert!(!log(root.path(), "node-alice").contains("call 0707"));
+}

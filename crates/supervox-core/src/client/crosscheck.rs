@@ -4,8 +4,8 @@
 //! self-signed claim for a name verifies as well as the real one. So the
 //! owner of a name that is not pinned is asked a second time, by us,
 //! through another supernode from the host cache (keys pinned there are
-//! preferred, our own supernode and any supernode proving its key are left
-//! out), over a short-lived link: dial, link handshake (its key checked
+//! preferred, entries backing off after a failure come last, our own
+//! supernode and any supernode proving its key are left out), over a short-lived link: dial, link handshake (its key checked
 //! against the host cache's pin), `Welcome`, one `Lookup`, close. Both
 //! answers must name the same key:
 //!
@@ -13,14 +13,18 @@
 //! * another key, no owner, or a claim that does not verify: one of the
 //!   two lies — the call fails with [`CallFailure::LookupMismatch`] and
 //!   the log says "possible attack";
-//! * no second answer in [`CROSS_CHECK_TIMEOUT_MS`] (up to
-//!   [`MAX_CHECK_TRIES`] supernodes tried, each for [`CHECK_ATTEMPT_MS`]): an
-//!   outgoing call fails ([`CallFailure::LookupUnconfirmed`]: sending our
-//!   invite to a key only one supernode vouches for is what the attack
-//!   needs); an incoming one rings as [`Verified::Unverified`] (shown as
-//!   such, never auto-answered);
-//! * no other supernode known at all (a one-supernode network): the one
-//!   answer stands, as before cross-checks (logged).
+//! * a second supernode came up (its link handshake done) but no answer
+//!   arrived in [`CROSS_CHECK_TIMEOUT_MS`] (up to [`MAX_CHECK_TRIES`]
+//!   supernodes tried, each for [`CHECK_ATTEMPT_MS`]): an outgoing call fails
+//!   ([`CallFailure::LookupUnconfirmed`]: sending our invite to a key only
+//!   one supernode vouches for is what the attack needs); an incoming one
+//!   rings as [`Verified::Unverified`] (shown as such, never auto-answered);
+//! * no other supernode known at all (a one-supernode network), or none
+//!   reachable from here (every dial failed or timed out before a link
+//!   handshake: a firewall that passes only our own supernode's port): the
+//!   one answer stands, as before cross-checks (logged). Exploiting that
+//!   takes both our supernode lying and the network blocking every other
+//!   supernode; refusing would cut such clients off from every new peer.
 //!
 //! For outgoing calls the second lookup starts with the first (from
 //! [`Client::place_call`]), so it costs only what it takes longer; for an
@@ -50,8 +54,11 @@ enum Outcome {
     Owner(UserId),
     /// It knows no owner, or its answer did not verify.
     NoOwner,
-    /// None answered in time.
+    /// A supernode came up (link handshake done) but none answered in time.
     NoAnswer,
+    /// None could even be reached (every dial failed or timed out before its
+    /// link handshake): as if there were no other supernode.
+    Unreachable,
     /// There is no other supernode to ask.
     NoSecond,
 }
@@ -79,6 +86,8 @@ struct CheckLink {
 pub(super) struct Check {
     name: String,
     tried: Vec<SocketAddr>,
+    /// Some second supernode completed the link handshake.
+    reached: bool,
     link: Option<CheckLink>,
     deadline_ms: u64,
     outcome: Option<Outcome>,
@@ -103,7 +112,7 @@ impl Check {
             Some(Outcome::Owner(k)) => Verdict::Differs(Some(k)),
             Some(Outcome::NoOwner) => Verdict::Differs(None),
             Some(Outcome::NoAnswer) => Verdict::NoAnswer,
-            Some(Outcome::NoSecond) => Verdict::NoSecond,
+            Some(Outcome::NoSecond | Outcome::Unreachable) => Verdict::NoSecond,
         }
     }
 }
@@ -117,6 +126,7 @@ impl Client {
         let check = Check {
             name: name.to_string(),
             tried: Vec::new(),
+            reached: false,
             link: None,
             deadline_ms: now_ms + CROSS_CHECK_TIMEOUT_MS,
             outcome: None,
@@ -143,19 +153,21 @@ impl Client {
     fn check_candidates(&self, tried: &[SocketAddr], now_ms: u64) -> Vec<SocketAddr> {
         let own = [self.supernode_dialed(), self.supernode()];
         let own_key = self.supernode_dialed().and_then(|a| self.host_cache.key(&a));
-        let mut v: Vec<(bool, SocketAddr)> = self
+        let mut v: Vec<(bool, bool, SocketAddr)> = self
             .host_cache
             .ordered(now_ms, self.spread_salt)
             .into_iter()
             .filter(|a| !own.contains(&Some(*a)) && !tried.contains(a))
             .filter_map(|a| {
                 let e = self.host_cache.get(&a)?;
-                (!e.backing_off(now_ms) && (e.key.is_none() || e.key != own_key)).then_some((e.key.is_none(), a))
+                (e.key.is_none() || e.key != own_key).then_some((e.backing_off(now_ms), e.key.is_none(), a))
             })
             .collect();
-        // Pinned keys first (a `KEY@IP:PORT` seed or a supernode signed in to before).
-        v.sort_by_key(|(unpinned, _)| *unpinned);
-        v.into_iter().map(|(_, a)| a).collect()
+        // Pinned keys first (a `KEY@IP:PORT` seed or a supernode signed in to before); entries
+        // backing off after a failure last but still tried: if they were left out, an
+        // attacker who made the others fail would leave us with our own supernode's word.
+        v.sort_by_key(|(off, unpinned, _)| (*off, *unpinned));
+        v.into_iter().map(|(.., a)| a).collect()
     }
 
     /// Dial the next second supernode for `id`, or settle without one.
@@ -179,11 +191,21 @@ impl Client {
                 self.out.push_back(ClientOutput::Connect(addr));
             }
             _ => {
-                let outcome = if c.tried.is_empty() { Outcome::NoSecond } else { Outcome::NoAnswer };
-                if outcome == Outcome::NoSecond {
-                    info!("no second supernode known: the owner of {name:?} rests on our supernode's word alone");
-                } else {
-                    warn!("no second supernode answered who owns {name:?}");
+                let outcome = match (c.tried.is_empty(), c.reached) {
+                    (true, _) => Outcome::NoSecond,
+                    (false, false) => Outcome::Unreachable,
+                    (false, true) => Outcome::NoAnswer,
+                };
+                match outcome {
+                    Outcome::NoSecond => {
+                        info!("no second supernode known: the owner of {name:?} rests on our supernode's word alone")
+                    }
+                    Outcome::Unreachable => warn!(
+                        "no second supernode reachable from here (tried {}): the owner of {name:?} rests on our \
+                         supernode's word alone",
+                        c.tried.len()
+                    ),
+                    _ => warn!("no second supernode answered who owns {name:?}"),
                 }
                 self.check_outcome(id, outcome, now_ms);
             }
@@ -241,8 +263,13 @@ impl Client {
         if let Some(why) = bad {
             debug!("cross-check at {addr}: {why}");
             self.next_after_failure(id, now_ms);
-        } else if self.host_cache.learn_key(addr, identity) {
-            self.out.push_back(ClientOutput::HostCacheChanged);
+        } else {
+            if let Some(c) = self.checks.get_mut(&id) {
+                c.reached = true;
+            }
+            if self.host_cache.learn_key(addr, identity) {
+                self.out.push_back(ClientOutput::HostCacheChanged);
+            }
         }
         true
     }

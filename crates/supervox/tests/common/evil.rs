@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use supervox_core::link::{Link, LinkEvent};
 use supervox_core::Identity;
@@ -30,6 +30,8 @@ pub struct EvilSn {
     pub mallory: Identity,
     pub counts: Arc<EvilCounts>,
     stop: Arc<AtomicBool>,
+    /// Each client link's queue of messages to push at it.
+    inject: Arc<Mutex<Vec<mpsc::Sender<Message>>>>,
 }
 
 impl Drop for EvilSn {
@@ -53,19 +55,30 @@ impl EvilSn {
         let counts = Arc::new(EvilCounts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (m, c, s) = (mallory.clone(), counts.clone(), stop.clone());
+        let inject: Arc<Mutex<Vec<mpsc::Sender<Message>>>> = Arc::default();
+        let inj = inject.clone();
         std::thread::spawn(move || {
             let me = Identity::from_seed([0x67; 32]);
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((sock, remote)) => {
                         let (me, m, c, s, others) = (me.clone(), m.clone(), c.clone(), s.clone(), others.clone());
-                        std::thread::spawn(move || serve(sock, remote, addr, me, m, c, s, others));
+                        let (tx, rx) = mpsc::channel();
+                        inj.lock().unwrap().push(tx);
+                        std::thread::spawn(move || serve(sock, remote, addr, me, m, c, s, others, rx));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        EvilSn { addr, mallory, counts, stop }
+        EvilSn { addr, mallory, counts, stop, inject }
+    }
+
+    /// Push `msg` at every client linked to it (e.g. a forged invite).
+    pub fn inject(&self, msg: Message) {
+        for tx in self.inject.lock().unwrap().iter() {
+            let _ = tx.send(msg.clone());
+        }
     }
 }
 
@@ -79,6 +92,7 @@ fn serve(
     counts: Arc<EvilCounts>,
     stop: Arc<AtomicBool>,
     others: Vec<SocketAddr>,
+    inject: mpsc::Receiver<Message>,
 ) {
     sock.set_nonblocking(false).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
@@ -100,6 +114,13 @@ fn serve(
             }
             Err(_) => return,
         };
+        if link.is_open() {
+            while let Ok(m) = inject.try_recv() {
+                if link.send(&m).is_err() {
+                    return;
+                }
+            }
+        }
         for e in events {
             let reply = match e {
                 LinkEvent::Established { .. } => Some(Message::Welcome {
