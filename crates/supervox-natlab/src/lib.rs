@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!                        "internet" router (no NAT)
-//!                 sn1 IP1:7000        sn2 IP2:7000 + IP2:443
+//!             sn1 IP1:7000 + IP1:443  sn2 IP2:7000 + IP2:443
 //!                               |
 //!             IX bridge (198.18.0.0/24) — every site router's uplink
 //!        /        |         |          |            |            \
@@ -16,8 +16,11 @@
 //! ```
 //!
 //! Both supernodes know each other, so a client's STUN probe has the second
-//! supernode (on another IP) for RFC 5780 "change IP" answers. `sn2` also
-//! listens on TCP 443, the only port a [`Site::Corporate`] client may reach.
+//! supernode (on another IP) for RFC 5780 "change IP" answers. Both also
+//! listen on TCP 443, the only port a [`Site::Corporate`] client may reach: it
+//! signs in through `sn2`'s and asks `sn1`'s for the second opinion on a
+//! lookup (PROTOCOL.md §3.6), as a network that publishes its seeds on 443
+//! lets a client behind such a firewall do.
 //!
 //! The lab needs `nft` and `ip` and either real root or an unprivileged user
 //! namespace: call [`enter_user_namespace`] before the process starts any
@@ -207,7 +210,7 @@ impl NatLab {
             eprintln!("NAT lab files kept in {}", dir.path().display());
         }
         let mut this = NatLab { sns: Vec::new(), lab, rt, internet, bin: bin.to_path_buf(), dir };
-        let sn1 = this.start_sn("sn1", &[SN_PORT], None)?;
+        let sn1 = this.start_sn("sn1", &[SN_PORT, SN_WEB_PORT], None)?;
         let sn1_addr = this.sns[sn1].addr;
         let sn2 = this.start_sn("sn2", &[SN_PORT, SN_WEB_PORT], Some(sn1_addr))?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -351,6 +354,17 @@ impl NatLab {
         }
     }
 
+    /// All the seeds a client at `site` is given: [`NatLab::seed_for`] first,
+    /// and behind a corporate firewall `sn1`'s port 443 too (the supernodes'
+    /// advertised port is closed to it, so it learns no other reachable one).
+    pub fn seeds_for(&self, site: Site) -> Vec<SocketAddr> {
+        let mut v = vec![self.seed_for(site)];
+        if site == Site::Corporate {
+            v.push(SocketAddr::new(self.sns[0].addr.ip(), SN_WEB_PORT));
+        }
+        v
+    }
+
     /// Starts `supervox node --name NAME` in a new device behind `site`, with
     /// `extra` flags (e.g. `--auto-answer`).
     pub fn node(&self, name: &str, site: &SiteRouter, extra: &[&str]) -> Result<LabNode> {
@@ -363,7 +377,11 @@ impl NatLab {
         let control = data.join("control.sock");
         let log = self.dir.path().join(format!("node-{name}.log"));
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["node", "--name", name, "--seed", &self.seed_for(site.site).to_string(), "--data-dir"])
+        cmd.arg("node").args(["--name", name]);
+        for s in self.seeds_for(site.site) {
+            cmd.args(["--seed", &s.to_string()]);
+        }
+        cmd.arg("--data-dir")
             .arg(&data)
             .arg("--control")
             .arg(&control)
