@@ -381,11 +381,7 @@ impl NatLab {
         for s in self.seeds_for(site.site) {
             cmd.args(["--seed", &s.to_string()]);
         }
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .arg("--control")
-            .arg(&control)
-            .args(extra);
+        cmd.arg("--data-dir").arg(&data).arg("--control").arg(&control).args(extra);
         let child = spawn_in(&device, cmd, &log)?;
         Ok(LabNode {
             proc: Proc(child),

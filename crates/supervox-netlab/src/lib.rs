@@ -44,5 +44,5 @@ pub use impairment::{
     JitterDistribution, DEFAULT_QUEUE_BYTES,
 };
 pub use lab::{list_namespaces, Lab, Namespace, NsProcess, NAMESPACE_PREFIX};
-pub use link::{Direction, DirectionStats, ImpairedLink, LinkConfig, LinkStats};
+pub use link::{Captured, Direction, DirectionStats, ImpairedLink, LinkConfig, LinkStats};
 pub use shaper::{DropReason, Shaper, Verdict};

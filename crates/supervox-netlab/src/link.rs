@@ -90,6 +90,43 @@ pub struct LinkConfig {
     /// the thread keeps normal priority (see [`ImpairedLink::is_realtime`]). Default: on.
     /// The kernel's real-time throttling (95% of each second by default) still applies.
     pub realtime: bool,
+    /// Record the first this-many packets' addresses (a packet capture for tests:
+    /// [`ImpairedLink::captured`]); 0 (the default) records nothing.
+    pub capture: usize,
+}
+
+/// One packet the link received, as [`LinkConfig::capture`] records it: when, which way,
+/// and its IPv4 addresses, protocol and (for UDP and TCP) ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Captured {
+    /// When the forwarder read it.
+    pub at: std::time::SystemTime,
+    /// Its direction.
+    pub direction: Direction,
+    /// IP protocol number (17 UDP, 6 TCP).
+    pub protocol: u8,
+    /// Source address and port (port 0 for other protocols).
+    pub src: std::net::SocketAddrV4,
+    /// Destination address and port.
+    pub dst: std::net::SocketAddrV4,
+    /// Length of the IP packet.
+    pub len: usize,
+}
+
+/// The addresses of an IPv4 packet, `None` for anything else or a cut header.
+fn parse_ipv4(p: &[u8]) -> Option<(u8, std::net::SocketAddrV4, std::net::SocketAddrV4)> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let protocol = p[9];
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let ports = match (protocol, p.get(ihl..ihl + 4)) {
+        (6 | 17, Some(h)) => (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]])),
+        _ => (0, 0),
+    };
+    Some((protocol, std::net::SocketAddrV4::new(src, ports.0), std::net::SocketAddrV4::new(dst, ports.1)))
 }
 
 impl Default for LinkConfig {
@@ -106,7 +143,7 @@ impl LinkConfig {
 
     /// Different impairments per direction, seed 1.
     pub fn new(a_to_b: Impairment, b_to_a: Impairment) -> Self {
-        LinkConfig { a_to_b, b_to_a, seed: 1, subnet: None, mtu: None, realtime: true }
+        LinkConfig { a_to_b, b_to_a, seed: 1, subnet: None, mtu: None, realtime: true, capture: 0 }
     }
 
     /// Sets the random seed.
@@ -124,6 +161,12 @@ impl LinkConfig {
     /// Sets the MTU of the TUN devices.
     pub fn with_mtu(mut self, mtu: u32) -> Self {
         self.mtu = Some(mtu);
+        self
+    }
+
+    /// Records the addresses of the first `max_packets` packets (see [`Captured`]).
+    pub fn with_capture(mut self, max_packets: usize) -> Self {
+        self.capture = max_packets;
         self
     }
 
@@ -243,6 +286,8 @@ pub(crate) struct LinkShared {
     stats: Mutex<LinkStats>,
     error: Mutex<Option<String>>,
     realtime: AtomicBool,
+    /// Packets recorded so far, and how many may be.
+    capture: Mutex<(Vec<Captured>, usize)>,
 }
 
 impl LinkShared {
@@ -330,6 +375,7 @@ impl ImpairedLink {
             stats: Mutex::new(LinkStats::default()),
             error: Mutex::new(None),
             realtime: AtomicBool::new(false),
+            capture: Mutex::new((Vec::new(), config.capture)),
         });
         let shapers =
             [Shaper::new(config.a_to_b, config.seed), Shaper::new(config.b_to_a, config.seed ^ 0x9e37_79b9_7f4a_7c15)];
@@ -409,6 +455,11 @@ impl ImpairedLink {
     /// The impairment currently set for a direction.
     pub fn impairment(&self, direction: Direction) -> Impairment {
         lock(&self.shared.config)[direction.index()].clone()
+    }
+
+    /// The packets recorded so far ([`LinkConfig::with_capture`]).
+    pub fn captured(&self) -> Vec<Captured> {
+        lock(&self.shared.capture).0.clone()
     }
 
     /// A snapshot of the counters.
@@ -577,6 +628,16 @@ impl Forwarder {
                 continue;
             }
             let now = Instant::now();
+            {
+                let mut cap = lock(&self.shared.capture);
+                let (list, max) = &mut *cap;
+                if list.len() < *max {
+                    if let Some((protocol, src, dst)) = parse_ipv4(&buf[..len]) {
+                        let direction = if dir == 0 { Direction::AtoB } else { Direction::BtoA };
+                        list.push(Captured { at: std::time::SystemTime::now(), direction, protocol, src, dst, len });
+                    }
+                }
+            }
             let verdict = if self.heaps[dir].len() >= MAX_IN_FLIGHT {
                 Verdict::Drop(DropReason::Queue)
             } else {
