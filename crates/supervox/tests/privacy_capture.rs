@@ -102,8 +102,8 @@ fn strangers_exchange_no_datagram_between_their_own_addresses_before_the_call_is
     };
     let alice_args = node("alice", &ca, alice_media.to_string(), &[]);
     let bob_args = node("bob", &cb, format!("{ip_b}:0"), &["--auto-answer", "--input", "tone:440"]);
-    let _alice = spawn(&a, &&alice_args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.join("alice.log"));
-    let _bob = spawn(&b, &&bob_args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.join("bob.log"));
+    let _alice = spawn(&a, &alice_args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.join("alice.log"));
+    let _bob = spawn(&b, &bob_args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.join("bob.log"));
     wait_ready(&ca);
     wait_ready(&cb);
     let events = call(&ca, "bob");
