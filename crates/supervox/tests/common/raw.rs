@@ -43,6 +43,11 @@ impl Raw {
         Self::with_stream(sock.into(), Identity::from_seed(s))
     }
 
+    /// A client with the given identity.
+    pub fn connect_as_identity(addr: SocketAddr, id: Identity) -> Raw {
+        Self::connect_as(addr, id)
+    }
+
     fn connect_as(addr: SocketAddr, id: Identity) -> Raw {
         Self::with_stream(TcpStream::connect(addr).unwrap(), id)
     }
