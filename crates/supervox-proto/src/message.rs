@@ -219,6 +219,12 @@ pub enum CallSignal {
         /// Ed25519 over [`crate::call::signed_signal_payload`].
         signature: ed25519_dalek::Signature,
     },
+    /// Not a call: a peer message (chat, receipts, contact requests),
+    /// routed exactly like call signals (the envelope's `call_id` is the
+    /// message's random 128-bit wire id, `SignalFailed` answers it when it
+    /// cannot be delivered). The bytes are end-to-end sealed to the
+    /// recipient (HPKE, see `supervox_core::social`): opaque to supernodes.
+    Peer(Vec<u8>),
 }
 
 /// Every message on a signalling link (client ↔ SN; supernodes talk to
