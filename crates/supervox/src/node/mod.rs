@@ -798,6 +798,14 @@ impl Node {
                     info!("mail {} from {} ({} bytes), kept in the mailbox", hex::encode(i.id), i.from, i.body.len());
                 }
             }
+            // Peer messages (chat, receipts) are sealed for the social layer
+            // (supervox_core::social), which the node does not drive yet
+            // (issue 13): logged and dropped; a sender falls back to the mailbox
+            // only on PeerUndeliverable, so nothing is acknowledged here either.
+            ClientEvent::Peer { id, from, body } => {
+                info!("peer message {id} from {from} ({} bytes) dropped: no chat in this node yet", body.len())
+            }
+            ClientEvent::PeerUndeliverable { id, reason } => info!("peer message {id} not delivered: {reason}"),
             ClientEvent::MailStored { id, result } => match result {
                 Ok(()) => info!("mail {} stored in the recipient's mailbox", hex::encode(id)),
                 Err(e) => warn!("mail {} not stored: {e}", hex::encode(id)),
