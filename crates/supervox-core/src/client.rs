@@ -25,6 +25,7 @@ mod connect;
 mod crosscheck;
 mod mail;
 mod peer;
+pub use peer::{PeerAt, PeerLookupError};
 mod predict;
 mod promotion;
 mod reach;
@@ -199,6 +200,15 @@ pub enum ClientEvent {
         /// Sealed to us.
         body: Vec<u8>,
     },
+    /// The answer to [`Client::lookup_peer`].
+    PeerFound {
+        /// The request.
+        req_id: u64,
+        /// The name asked for.
+        name: String,
+        /// Where it is, verified here.
+        result: Result<peer::PeerAt, peer::PeerLookupError>,
+    },
     /// A peer message we sent could not be delivered (the recipient is not
     /// at that supernode any more): leave it in the mailbox instead.
     PeerUndeliverable {
@@ -357,6 +367,8 @@ pub struct Client {
     /// Wire ids of peer messages in flight, oldest first (bounded), so a
     /// `SignalFailed` for one is told apart from a call's.
     peer_sent: std::collections::VecDeque<CallId>,
+    /// Outstanding [`Client::lookup_peer`] requests: (req id, name), bounded.
+    peer_lookups: std::collections::VecDeque<(u64, String)>,
     /// Pinned peer keys.
     trust: crate::trust::TrustStore,
     /// Lookups being cross-checked through a second supernode, per call.
@@ -397,6 +409,7 @@ impl Client {
             next_mail_fetch_ms: u64::MAX,
             mail_more: false,
             peer_sent: std::collections::VecDeque::new(),
+            peer_lookups: std::collections::VecDeque::new(),
             trust: crate::trust::TrustStore::new(),
             checks: Map::default(),
         }
@@ -593,7 +606,11 @@ impl Client {
                 }
                 Err(reason) => warn!("presence refused: {reason}"),
             },
-            Message::LookupResult { req_id, answer } => self.on_lookup_result(req_id, answer, now_ms),
+            Message::LookupResult { req_id, answer } => {
+                if !self.on_peer_lookup(req_id, &answer, now_ms) {
+                    self.on_lookup_result(req_id, answer, now_ms)
+                }
+            }
             Message::Signal(env) => match env.body {
                 supervox_proto::CallSignal::Peer(body) => self.on_peer(env.call_id, env.from, env.to, body),
                 _ => self.on_signal(env, now_ms),

@@ -1261,3 +1261,24 @@ fn chat_goes_online_as_sealed_peer_messages_and_to_the_mailbox_when_undeliverabl
     let texts: Vec<_> = bob.conversation(&ua).iter().map(|m| m.text.clone()).collect();
     assert_eq!(texts, ["hello bob", "while you were out"]);
 }
+
+#[test]
+fn peer_lookups_verify_the_answer_and_say_online_offline_or_unknown() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    let ub = net.clients[1].identity().user_id();
+    let found = |net: &Net, req: u64| {
+        net.events[0].iter().find_map(|e| match e {
+            ClientEvent::PeerFound { req_id, result, .. } if *req_id == req => Some(result.clone()),
+            _ => None,
+        })
+    };
+    let r = net.clients[0].lookup_peer("bob").unwrap();
+    net.run(50);
+    assert_eq!(found(&net, r), Some(Ok(PeerAt { user_id: ub, supernode: Some(addr(SN)) })));
+    let r = net.clients[0].lookup_peer("nobody").unwrap();
+    net.run(50);
+    assert_eq!(found(&net, r), Some(Err(PeerLookupError::Unknown)));
+    // No call was started by either lookup.
+    assert!(net.clients[0].active_call().is_none());
+}

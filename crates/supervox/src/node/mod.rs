@@ -820,6 +820,7 @@ impl Node {
                 }
             }
             ClientEvent::PeerUndeliverable { id, reason } => info!("peer message {id} not delivered: {reason}"),
+            ClientEvent::PeerFound { name, result, .. } => info!("peer lookup of {name:?}: {result:?}"),
             ClientEvent::MailStored { id, result } => match result {
                 Ok(()) => info!("mail {} stored in the recipient's mailbox", hex::encode(id)),
                 Err(e) => warn!("mail {} not stored: {e}", hex::encode(id)),
