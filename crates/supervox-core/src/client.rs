@@ -24,6 +24,8 @@ mod calls;
 mod connect;
 mod crosscheck;
 mod mail;
+mod peer;
+pub use peer::{PeerAt, PeerLookupError};
 mod predict;
 mod promotion;
 mod reach;
@@ -187,6 +189,34 @@ pub enum ClientEvent {
         /// Each sent to us and signed by its sender.
         items: Vec<supervox_proto::mail::MailItem>,
     },
+    /// A peer message (end-to-end sealed, see [`crate::social`]) arrived
+    /// through our supernode; `from` is the identity the sender's link
+    /// authenticated.
+    Peer {
+        /// Its wire id.
+        id: supervox_proto::CallId,
+        /// The sender.
+        from: UserId,
+        /// Sealed to us.
+        body: Vec<u8>,
+    },
+    /// The answer to [`Client::lookup_peer`].
+    PeerFound {
+        /// The request.
+        req_id: u64,
+        /// The name asked for.
+        name: String,
+        /// Where it is, verified here.
+        result: Result<peer::PeerAt, peer::PeerLookupError>,
+    },
+    /// A peer message we sent could not be delivered (the recipient is not
+    /// at that supernode any more): leave it in the mailbox instead.
+    PeerUndeliverable {
+        /// Its wire id.
+        id: supervox_proto::CallId,
+        /// Why, as the supernode said.
+        reason: String,
+    },
     /// The outcome of [`Client::leave_mail`].
     MailStored {
         /// The item.
@@ -334,6 +364,11 @@ pub struct Client {
     next_mail_fetch_ms: u64,
     /// A holder had more mail than one page: fetch again after acking.
     mail_more: bool,
+    /// Wire ids of peer messages in flight, oldest first (bounded), so a
+    /// `SignalFailed` for one is told apart from a call's.
+    peer_sent: std::collections::VecDeque<CallId>,
+    /// Outstanding [`Client::lookup_peer`] requests: (req id, name), bounded.
+    peer_lookups: std::collections::VecDeque<(u64, String)>,
     /// Pinned peer keys.
     trust: crate::trust::TrustStore,
     /// Lookups being cross-checked through a second supernode, per call.
@@ -373,6 +408,8 @@ impl Client {
             recent_invites: Default::default(),
             next_mail_fetch_ms: u64::MAX,
             mail_more: false,
+            peer_sent: std::collections::VecDeque::new(),
+            peer_lookups: std::collections::VecDeque::new(),
             trust: crate::trust::TrustStore::new(),
             checks: Map::default(),
         }
@@ -569,9 +606,20 @@ impl Client {
                 }
                 Err(reason) => warn!("presence refused: {reason}"),
             },
-            Message::LookupResult { req_id, answer } => self.on_lookup_result(req_id, answer, now_ms),
-            Message::Signal(env) => self.on_signal(env, now_ms),
-            Message::SignalFailed { call_id, reason } => self.on_signal_failed(call_id, &reason, now_ms),
+            Message::LookupResult { req_id, answer } => {
+                if !self.on_peer_lookup(req_id, &answer, now_ms) {
+                    self.on_lookup_result(req_id, answer, now_ms)
+                }
+            }
+            Message::Signal(env) => match env.body {
+                supervox_proto::CallSignal::Peer(body) => self.on_peer(env.call_id, env.from, env.to, body),
+                _ => self.on_signal(env, now_ms),
+            },
+            Message::SignalFailed { call_id, reason } => {
+                if !self.on_peer_failed(call_id, &reason) {
+                    self.on_signal_failed(call_id, &reason, now_ms)
+                }
+            }
             Message::Error { reason } => warn!("supernode says: {reason}"),
             Message::RelayCredentials { username, password, expires_ms, relays, tls } => {
                 let creds = RelayCredentials { username, password, expires_ms, relays, tls };

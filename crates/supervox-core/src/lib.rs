@@ -18,6 +18,7 @@ pub mod noise;
 pub mod overlay;
 pub mod reason;
 pub mod replay;
+pub mod social;
 pub mod supernode;
 pub mod timer;
 pub mod trust;

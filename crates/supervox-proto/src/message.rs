@@ -219,6 +219,12 @@ pub enum CallSignal {
         /// Ed25519 over [`crate::call::signed_signal_payload`].
         signature: ed25519_dalek::Signature,
     },
+    /// Not a call: a peer message (chat, receipts, contact requests),
+    /// routed exactly like call signals (the envelope's `call_id` is the
+    /// message's random 128-bit wire id, `SignalFailed` answers it when it
+    /// cannot be delivered). The bytes are end-to-end sealed to the
+    /// recipient (HPKE, see `supervox_core::social`): opaque to supernodes.
+    Peer(Vec<u8>),
 }
 
 /// Every message on a signalling link (client ↔ SN; supernodes talk to
@@ -526,8 +532,14 @@ mod tests {
         // version, Signal = 13, call id, from, to, to_supernode (00 + 4 + varint 9), body.
         let body = &b[1 + 1 + 16 + 32 + 32 + 6..];
         assert_eq!(body, [2, 1, 0], "Sealed = 2, seq 1, no ciphertext");
+        // Peer = 4 (appended within version 2): length 1, byte 0.
+        let mut m = b[..b.len() - 3].to_vec();
+        m.extend_from_slice(&[4, 1, 0]);
+        assert!(
+            matches!(decode_message(&m), Ok(Message::Signal(SignalEnvelope { body: CallSignal::Peer(p), .. })) if p == [0])
+        );
         // An unknown signal index, or a cut body, is malformed (never a panic).
-        for bad in [[4, 1, 0], [9, 1, 0]] {
+        for bad in [[5, 1, 0], [9, 1, 0]] {
             let mut m = b[..b.len() - 3].to_vec();
             m.extend_from_slice(&bad);
             assert!(matches!(decode_message(&m), Err(DecodeError::Malformed(_))));

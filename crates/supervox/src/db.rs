@@ -1,7 +1,8 @@
 //! The node's database: one SQLite file per daemon, `supervox.db` in the
 //! data directory (mode 0600), for state that must survive a crash — today
-//! the pinned peer keys ([`supervox_core::trust`]), tomorrow the contact
-//! list built on them.
+//! the pinned peer keys ([`supervox_core::trust`]) and the sealed peer
+//! units received ([`InboxUnit`]: stored before the mailbox is
+//! acknowledged); tomorrow the contact list and conversations built on them.
 //!
 //! Schema changes are migrations: [`MIGRATIONS`]`[i]` takes the schema from
 //! version `i` to `i + 1`, each in its own transaction together with the new
@@ -31,7 +32,32 @@ pub const MIGRATIONS: &[&str] = &[
         last_seen_ms INTEGER NOT NULL,
         pending_user_id BLOB CHECK (pending_user_id IS NULL OR length(pending_user_id) = 32)
     );",
+    // 2: sealed peer units received (mail items and online peer messages),
+    // stored before the mailbox is acknowledged, for the social layer to open.
+    "CREATE TABLE inbox_units (
+        wire_id BLOB PRIMARY KEY NOT NULL CHECK (length(wire_id) = 16),
+        from_user BLOB NOT NULL CHECK (length(from_user) = 32),
+        sent_ms INTEGER NOT NULL,
+        sealed BLOB NOT NULL
+    );",
 ];
+
+/// Most sealed units kept in `inbox_units`: past it mail is not
+/// acknowledged (its holders keep it) and online units are dropped.
+pub const MAX_INBOX_UNITS: usize = 100_000;
+
+/// One sealed unit received: its wire id, sender, sender's clock, bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxUnit {
+    /// The unit's wire id (mail id or peer message id).
+    pub wire_id: [u8; 16],
+    /// Its sender (as its signature or link authenticated it).
+    pub from: UserId,
+    /// The sender's clock at sending (unix ms; 0 for online units).
+    pub sent_ms: u64,
+    /// Sealed to us (supervox_core::social::seal).
+    pub sealed: Vec<u8>,
+}
 
 /// An open node database.
 #[derive(Debug)]
@@ -125,6 +151,52 @@ impl Db {
         rows.collect::<rusqlite::Result<Vec<Pin>>>().context("pinned_keys unreadable")
     }
 
+    /// Store sealed units in one transaction (committed when this returns,
+    /// so the mailbox may be acknowledged after it); ids already stored are
+    /// skipped. The ids now stored (new or not); units past
+    /// [`MAX_INBOX_UNITS`] are left out.
+    pub fn store_units(&mut self, units: &[InboxUnit]) -> Result<Vec<[u8; 16]>> {
+        let tx = self.conn.transaction()?;
+        let mut held: i64 = tx.query_row("SELECT count(*) FROM inbox_units", [], |r| r.get(0))?;
+        let mut stored = Vec::with_capacity(units.len());
+        for u in units {
+            let known: bool =
+                tx.query_row("SELECT count(*) FROM inbox_units WHERE wire_id = ?1", params![&u.wire_id[..]], |r| {
+                    r.get::<_, i64>(0)
+                })? > 0;
+            if !known {
+                if held >= MAX_INBOX_UNITS as i64 {
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO inbox_units (wire_id, from_user, sent_ms, sealed) VALUES (?1, ?2, ?3, ?4)",
+                    params![&u.wire_id[..], &u.from.0[..], u.sent_ms.min(i64::MAX as u64) as i64, &u.sealed],
+                )?;
+                held += 1;
+            }
+            stored.push(u.wire_id);
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Every stored unit, oldest first (by the sender's clock, then id).
+    pub fn inbox_units(&self) -> Result<Vec<InboxUnit>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT wire_id, from_user, sent_ms, sealed FROM inbox_units ORDER BY sent_ms, wire_id")?;
+        let rows = st.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok(InboxUnit {
+                wire_id: id.try_into().map_err(|_| rusqlite::Error::InvalidQuery)?,
+                from: user_id(r.get(1)?)?,
+                sent_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                sealed: r.get(3)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().context("inbox_units unreadable")
+    }
+
     /// Persist one change of the trust store (committed when this returns).
     pub fn apply(&mut self, change: &TrustChange) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -195,6 +267,30 @@ mod tests {
         drop(c);
         let e = format!("{:#}", Db::open(&path).unwrap_err());
         assert!(e.contains("newer than this build"), "{e}");
+    }
+
+    #[test]
+    fn inbox_units_are_stored_once_survive_reopen_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut db = Db::open(&path).unwrap();
+        let unit = |k: u8, sent_ms| InboxUnit { wire_id: [k; 16], from: UserId([k; 32]), sent_ms, sealed: vec![k; 9] };
+        assert_eq!(db.store_units(&[unit(2, 20), unit(1, 10)]).unwrap(), vec![[2; 16], [1; 16]]);
+        // A second fetch (an ack was lost) brings one again: stored once, still reported stored.
+        assert_eq!(db.store_units(&[unit(1, 10), unit(3, 5)]).unwrap(), vec![[1; 16], [3; 16]]);
+        drop(db);
+        let mut db = Db::open(&path).unwrap();
+        assert_eq!(db.inbox_units().unwrap(), vec![unit(3, 5), unit(1, 10), unit(2, 20)]);
+        // Full: a new unit is left out (so its mail is not acknowledged).
+        db.conn
+            .execute(
+                "INSERT INTO inbox_units (wire_id, from_user, sent_ms, sealed)
+                 WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                 SELECT randomblob(16), zeroblob(32), 0, x'00' FROM n",
+                params![(100 + MAX_INBOX_UNITS - 4) as i64],
+            )
+            .unwrap();
+        assert_eq!(db.store_units(&[unit(4, 1), unit(1, 10)]).unwrap(), vec![[1; 16]]);
     }
 
     #[test]

@@ -251,7 +251,8 @@ impl Client {
                     warn!("call {id}: a signed signal with a bad signature dropped");
                 }
             }
-            CallSignal::Invite { .. } => {}
+            // Peer messages never reach here (client/peer.rs takes them).
+            CallSignal::Invite { .. } | CallSignal::Peer(_) => {}
         }
     }
 

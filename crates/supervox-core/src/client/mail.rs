@@ -23,6 +23,16 @@ impl Client {
         }
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
+        self.leave_mail_as(id, to, body, now_ms)
+    }
+
+    /// [`Client::leave_mail`] under an id the caller chose (random, 128
+    /// bits): sealed peer messages bind their id, so a part that could not
+    /// be delivered online goes to the mailbox under the same one.
+    pub fn leave_mail_as(&mut self, id: MailId, to: UserId, body: Vec<u8>, now_ms: u64) -> Option<MailId> {
+        if self.supernode().is_none() || body.len() > MAX_MAIL_BODY {
+            return None;
+        }
         let item = MailItem::sign(self.identity.signing_key(), id, to, now_ms, MAX_MAIL_LIFETIME_MS, body);
         self.send_sn(Message::MailPut { item }).then_some(id)
     }

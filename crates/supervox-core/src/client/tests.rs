@@ -1161,3 +1161,124 @@ fn mail_left_for_a_user_arrives_at_its_next_fetch_and_goes_once_acknowledged() {
 }
 /// Pinned keys and cross-checked lookups.
 mod trust;
+
+/// Move what a chat wants sent through client `i`: online as a peer
+/// message to `to` at our supernode, or into the mailbox.
+fn pump_chat(net: &mut Net, i: usize, chat: &mut crate::social::chat::Chat) -> Vec<crate::social::chat::ChatOutput> {
+    use crate::social::chat::ChatOutput;
+    let mut rest = Vec::new();
+    while let Some(o) = chat.poll_output() {
+        match o {
+            ChatOutput::Deliver { to, wire_id, sealed } => {
+                assert!(net.clients[i].send_peer(wire_id, to, addr(SN), sealed))
+            }
+            ChatOutput::Mail { to, wire_id, sealed } => {
+                assert!(net.clients[i].leave_mail_as(wire_id, to, sealed, net.now).is_some())
+            }
+            o => rest.push(o),
+        }
+    }
+    rest
+}
+
+/// Feed client `i`'s social events since `from` into its chat.
+fn feed_chat(net: &mut Net, i: usize, from: usize, chat: &mut crate::social::chat::Chat) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+    let mut saved = Vec::new();
+    for e in net.events[i][from..].iter().cloned() {
+        match e {
+            ClientEvent::Peer { id, from, body } => chat.receive(from, &id.0, &body, &mut rng).unwrap(),
+            ClientEvent::PeerUndeliverable { id, .. } => chat.undeliverable(&id.0),
+            ClientEvent::MailStored { id, result: Ok(()) } => chat.stored(&id),
+            ClientEvent::Mail { items } => {
+                for item in items {
+                    chat.receive(item.from, &item.id, &item.body, &mut rng).unwrap();
+                    saved.push(item.id);
+                }
+            }
+            _ => {}
+        }
+    }
+    net.clients[i].mail_saved(&saved, net.now);
+}
+
+#[test]
+fn chat_goes_online_as_sealed_peer_messages_and_to_the_mailbox_when_undeliverable() {
+    use crate::social::chat::{Chat, ChatOutput, Status};
+    use rand::SeedableRng;
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    let (ua, ub) = (net.clients[0].identity().user_id(), net.clients[1].identity().user_id());
+    let mut alice = Chat::new(Identity::from_seed([1; 32]), true);
+    let mut bob = Chat::new(Identity::from_seed([2; 32]), true);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    // Online: straight through the supernode, which sees only ciphertext.
+    let id = alice.send(ub, "hello bob", net.now, &mut rng).unwrap();
+    pump_chat(&mut net, 0, &mut alice);
+    let seen = net.signals[0].len();
+    let (ea, eb) = (net.events[0].len(), net.events[1].len());
+    net.run(50);
+    let sent = &net.signals[0][seen..];
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(&sent[0].body, CallSignal::Peer(b) if !b.windows(5).any(|w| w == b"hello")));
+    feed_chat(&mut net, 1, eb, &mut bob);
+    let got = pump_chat(&mut net, 1, &mut bob);
+    assert!(matches!(&got[..], [ChatOutput::Received(m)] if m.text == "hello bob" && m.from == ua));
+    net.run(50);
+    feed_chat(&mut net, 0, ea, &mut alice);
+    assert_eq!(alice.message(&id).unwrap().status, Status::Delivered);
+
+    // Bob's link drops: the peer message is answered undeliverable and goes to his mailbox.
+    net.drop_link(1);
+    let id2 = alice.send(ub, "while you were out", net.now, &mut rng).unwrap();
+    pump_chat(&mut net, 0, &mut alice);
+    let ea = net.events[0].len();
+    net.run(50);
+    feed_chat(&mut net, 0, ea, &mut alice);
+    assert!(has(&net.events[0][ea..], |e| matches!(e, ClientEvent::PeerUndeliverable { .. })));
+    pump_chat(&mut net, 0, &mut alice);
+    let ea = net.events[0].len();
+    net.run(50);
+    feed_chat(&mut net, 0, ea, &mut alice);
+    assert_eq!(alice.message(&id2).unwrap().status, Status::Stored);
+    // Bob's client reconnected by itself before the item was put; his next
+    // sign-in fetches it (a new session: drop the link once more).
+    let eb = net.events[1].len();
+    net.drop_link(1);
+    net.run(1_000);
+    assert!(net.clients[1].supernode().is_some());
+    feed_chat(&mut net, 1, eb, &mut bob);
+    let got = pump_chat(&mut net, 1, &mut bob);
+    assert!(
+        matches!(&got[..], [ChatOutput::Received(m)] if m.text == "while you were out"),
+        "{got:?} {:?}",
+        &net.events[1][eb..]
+    );
+    let ea = net.events[0].len();
+    net.run(50);
+    feed_chat(&mut net, 0, ea, &mut alice);
+    assert_eq!(alice.message(&id2).unwrap().status, Status::Delivered);
+    let texts: Vec<_> = bob.conversation(&ua).iter().map(|m| m.text.clone()).collect();
+    assert_eq!(texts, ["hello bob", "while you were out"]);
+}
+
+#[test]
+fn peer_lookups_verify_the_answer_and_say_online_offline_or_unknown() {
+    let mut net = Net::new(&["alice", "bob"], true);
+    net.run(100);
+    let ub = net.clients[1].identity().user_id();
+    let found = |net: &Net, req: u64| {
+        net.events[0].iter().find_map(|e| match e {
+            ClientEvent::PeerFound { req_id, result, .. } if *req_id == req => Some(result.clone()),
+            _ => None,
+        })
+    };
+    let r = net.clients[0].lookup_peer("bob").unwrap();
+    net.run(50);
+    assert_eq!(found(&net, r), Some(Ok(PeerAt { user_id: ub, supernode: Some(addr(SN)) })));
+    let r = net.clients[0].lookup_peer("nobody").unwrap();
+    net.run(50);
+    assert_eq!(found(&net, r), Some(Err(PeerLookupError::Unknown)));
+    // No call was started by either lookup.
+    assert!(net.clients[0].active_call().is_none());
+}

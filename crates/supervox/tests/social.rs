@@ -1,0 +1,102 @@
+//! The social layer with real processes: offline chat parts left in a
+//! mailbox are stored in the recipient node's database before it
+//! acknowledges them (issue 13; PROTOCOL.md §8, §9).
+
+mod common;
+#[path = "common/raw.rs"]
+mod raw;
+
+use common::*;
+use raw::{now, Raw};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+use supervox::db::{Db, DB_FILE};
+use supervox_core::social::chat::{Chat, ChatOutput};
+use supervox_core::Identity;
+use supervox_proto::mail::{MailFetch, MailItem, MAX_MAIL_LIFETIME_MS};
+use supervox_proto::Message;
+
+#[test]
+fn offline_chat_is_stored_by_the_node_then_acknowledged_and_opens_only_for_bob() {
+    let root = tempfile::tempdir().unwrap();
+    let sn = start_sn(root.path(), "sn", &[]);
+    // Bob's node runs with a known identity, so alice can write to him before it starts.
+    let bob_id = Identity::from_seed([7; 32]);
+    let bob_dir = root.path().join("bob-data");
+    std::fs::create_dir_all(&bob_dir).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(bob_dir.join("identity"))
+        .unwrap()
+        .write_all(&bob_id.to_file_bytes())
+        .unwrap();
+
+    let mut alice = Raw::connect(sn.addr, 1);
+    alice.sign_in("alice");
+    let mut chat = Chat::new(Identity::from_seed([1; 32]), true);
+    let mut rng = rand::thread_rng();
+    let text = "x".repeat(9_000); // two parts
+    let id = chat.send(bob_id.user_id(), &text, now(), &mut rng).unwrap();
+    let mut units = Vec::new();
+    while let Some(o) = chat.poll_output() {
+        if let ChatOutput::Deliver { wire_id, sealed, .. } = o {
+            let item = MailItem::sign(
+                alice.id.signing_key(),
+                wire_id,
+                bob_id.user_id(),
+                now(),
+                MAX_MAIL_LIFETIME_MS,
+                sealed.clone(),
+            );
+            alice.send(Message::MailPut { item });
+            units.push(wire_id);
+        }
+    }
+    assert_eq!(units.len(), 2);
+    for _ in 0..2 {
+        match alice.recv() {
+            Message::MailPutResult { result: Ok(()), id } => chat.stored(&id),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    let bob = start_node_in(root.path(), "bob", &bob_dir, &[sn.addr], &[]);
+    wait_signed_in(&bob, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let got = Db::open(&bob_dir.join(DB_FILE)).unwrap().inbox_units().unwrap();
+        if got.len() == 2 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "bob stored {} of 2 units", got.len());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(bob);
+    // Stored ciphertext only: it opens for bob, as from alice, and whole again.
+    let mut bob_chat = Chat::new(bob_id.clone(), true);
+    for u in &stored {
+        assert!(!u.sealed.windows(16).any(|w| w == &text.as_bytes()[..16]));
+        bob_chat.receive(u.from, &u.wire_id, &u.sealed, &mut rng).unwrap();
+    }
+    let got: Vec<_> = std::iter::from_fn(|| bob_chat.poll_output()).collect();
+    assert!(got.iter().any(|o| matches!(o, ChatOutput::Received(m) if m.id == id && m.text == text)), "{got:?}");
+
+    // The node acknowledged them: a fetch as bob now finds the mailbox empty.
+    let mut raw_bob = Raw::connect(sn.addr, 7);
+    raw_bob.sign_in("bob");
+    raw_bob.send(Message::MailFetch { fetch: MailFetch::sign(bob_id.signing_key(), now()) });
+    loop {
+        match raw_bob.recv() {
+            Message::Mail { items, done, .. } => {
+                assert!(items.is_empty(), "acknowledged mail came back: {items:?}");
+                if done {
+                    break;
+                }
+            }
+            _ => continue,
+        }
+    }
+}
