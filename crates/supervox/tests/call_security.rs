@@ -32,10 +32,6 @@ fn wait_phase(node: &Node, want: Option<&str>, within: Duration) {
     }
 }
 
-fn log_of(root: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(root.join(format!("node-{name}.log"))).unwrap_or_default()
-}
-
 #[test]
 fn a_spoofed_caller_name_is_refused_and_never_rings() {
     let root = tempfile::tempdir().unwrap();
@@ -51,7 +47,7 @@ fn a_spoofed_caller_name_is_refused_and_never_rings() {
     let first = mallory.respond(&mut call, Duration::from_secs(5)).expect("bob answers the invite");
     assert_eq!(first, CallMessage::Reject { reason: "caller not verified".into() });
     std::thread::sleep(Duration::from_millis(300));
-    let log = log_of(root.path(), "bob");
+    let log = node_log(root.path(), "bob");
     assert!(!log.contains("incoming call from \"alice\""), "{log}");
     assert!(log.contains("another key owns that name"), "{log}");
     assert!(status(&bob).unwrap()["call"].is_null());
@@ -74,7 +70,7 @@ fn a_replayed_invite_never_rings_twice() {
     carol.send(supervox_proto::Message::Signal(call.invite.clone()));
     assert!(carol.next_signal(Duration::from_secs(2)).is_none(), "bob answered a replay");
     assert!(status(&bob).unwrap()["call"].is_null());
-    let log = log_of(root.path(), "bob");
+    let log = node_log(root.path(), "bob");
     assert!(log.contains("Replayed"), "{log}");
     assert_eq!(log.matches("incoming call from").count(), 1, "{log}");
 }
@@ -105,7 +101,7 @@ fn forged_signals_change_nothing_and_the_callers_own_do() {
     // carol's own (sealed) Cancel ends it.
     carol.say(&mut call, &CallMessage::Cancel);
     wait_phase(&bob, None, Duration::from_secs(5));
-    assert!(log_of(root.path(), "bob").contains("caller cancelled"));
+    assert!(node_log(root.path(), "bob").contains("caller cancelled"));
 }
 
 #[test]

@@ -16,10 +16,6 @@ fn wait_exit(node: &mut Node, within: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn log(root: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(root.join(format!("node-{name}.log"))).unwrap_or_default()
-}
-
 #[test]
 fn a_second_key_claiming_a_name_is_refused_on_every_supernode() {
     let root = tempfile::tempdir().unwrap();
@@ -33,7 +29,7 @@ fn a_second_key_claiming_a_name_is_refused_on_every_supernode() {
         let mut mallory = start_node_in(root.path(), "alice", &dir, &[*sn], &[]);
         let st = wait_exit(&mut mallory, Duration::from_secs(10));
         assert!(!st.success());
-        let log = log(root.path(), "alice");
+        let log = node_log(root.path(), "alice");
         assert!(log.contains("taken by another key"), "{log}");
     }
     // The owner still signs in again with its own key.

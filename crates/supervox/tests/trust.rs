@@ -21,10 +21,6 @@ fn pins(node: &Node) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn log(root: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default()
-}
-
 #[test]
 fn a_pinned_peer_with_a_new_key_is_refused_until_trusted_and_the_pin_survives_kill_9() {
     let root = tempfile::tempdir().unwrap();
@@ -66,9 +62,9 @@ fn a_pinned_peer_with_a_new_key_is_refused_until_trusted_and_the_pin_survives_ki
     assert_eq!(events[kc]["new_user_id"], new_bob.as_str());
     assert_eq!(events[failed]["code"], "key-changed", "{events:?}");
     assert!(event(&events, "call_connected").is_none());
-    assert!(log(root.path(), "node-alice2").contains("possible attack"));
+    assert!(node_log(root.path(), "alice2").contains("possible attack"));
     // bob2 never rang.
-    assert!(!log(root.path(), "node-bob").contains("incoming call"), "{}", log(root.path(), "node-bob"));
+    assert!(!node_log(root.path(), "bob").contains("incoming call"), "{}", node_log(root.path(), "bob"));
     // The user accepts the new key; the next call connects, between contacts.
     let out = ctl(&alice.control, &["trust", "bob"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -106,9 +102,9 @@ fn a_supernode_forging_lookup_answers_is_caught_by_the_second_opinion() {
     assert!(evil.counts.lookups.load(Ordering::Relaxed) >= 1, "the evil supernode was asked");
     // No invite ever went towards mallory.
     assert_eq!(evil.counts.signals.load(Ordering::Relaxed), 0);
-    let l = log(root.path(), "node-alice");
+    let l = node_log(root.path(), "alice");
     assert!(l.contains("possible attack") && l.contains(&evil.mallory.user_id().to_string()), "{l}");
-    assert!(!log(root.path(), "node-bob").contains("incoming call"));
+    assert!(!node_log(root.path(), "bob").contains("incoming call"));
 }
 
 #[test]
@@ -147,11 +143,11 @@ fn a_callee_whose_own_supernode_vouches_for_a_spoofed_caller_is_saved_by_the_sec
         },
     }));
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
-    while !log(root.path(), "node-bob").contains("call 07070707070707070707070707070707 failed") {
-        assert!(std::time::Instant::now() < deadline, "{}", log(root.path(), "node-bob"));
+    while !node_log(root.path(), "bob").contains("call 07070707070707070707070707070707 failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", node_log(root.path(), "bob"));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let l = log(root.path(), "node-bob");
+    let l = node_log(root.path(), "bob");
     assert!(l.contains("possible attack"), "{l}");
     assert!(l.contains("two supernodes disagree"), "{l}");
     assert!(!l.contains("incoming call"), "bob rang for a spoofed caller: {l}");
@@ -159,5 +155,5 @@ fn a_callee_whose_own_supernode_vouches_for_a_spoofed_caller_is_saved_by_the_sec
     assert!(evil.counts.lookups.load(Ordering::Relaxed) >= 1);
     // bob refused it (a Reject went back through the evil supernode); the real alice saw nothing.
     assert!(evil.counts.signals.load(Ordering::Relaxed) >= 1);
-    assert!(!log(root.path(), "node-alice").contains("call 0707"));
+    assert!(!node_log(root.path(), "alice").contains("call 0707"));
 }

@@ -71,6 +71,11 @@ pub fn start_sn_bin(bin: &str, root: &Path, name: &str, addr: SocketAddr, seeds:
     Sn { proc: Proc { child, name: name.into() }, addr, dir }
 }
 
+/// The log of node `name` started under `root` (empty if there is none yet).
+pub fn node_log(root: &Path, name: &str) -> String {
+    std::fs::read_to_string(root.join(format!("node-{name}.log"))).unwrap_or_default()
+}
+
 fn log_file(root: &Path, name: &str) -> Stdio {
     std::fs::File::create(root.join(format!("{name}.log"))).unwrap().into()
 }
