@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use supervox_core::trust::{Pin, TrustChange};
 use supervox_proto::UserId;
@@ -76,16 +76,7 @@ impl Db {
     /// from a newer build.
     pub fn open(path: &Path) -> Result<Self> {
         match std::fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    bail!(
-                        "database {} is readable by others (mode {mode:o}); fix it with: chmod 600 {}",
-                        path.display(),
-                        path.display()
-                    );
-                }
-            }
+            Ok(meta) => crate::store::refuse_if_readable_by_others("database", path, &meta)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Created empty with the right mode first: SQLite would use the umask.
                 std::fs::OpenOptions::new()
@@ -228,6 +219,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn pin(name: &str, k: u8) -> Pin {
         Pin { name: name.into(), user_id: UserId([k; 32]), first_seen_ms: 5, last_seen_ms: 7, pending: None }

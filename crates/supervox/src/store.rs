@@ -12,6 +12,19 @@ use supervox_core::host_cache::HostCache;
 use supervox_core::Identity;
 use supervox_proto::NameClaim;
 
+/// Refuse a secret file (`what`, at `path`) that group or others may read.
+pub(crate) fn refuse_if_readable_by_others(what: &str, path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{what} {} is readable by others (mode {mode:o}); fix it with: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The data directory of one node or supernode.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -41,15 +54,7 @@ impl DataDir {
         let path = self.path("identity");
         match fs::metadata(&path) {
             Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    bail!(
-                        "identity file {} is readable by others (mode {:o}); fix it with: chmod 600 {}",
-                        path.display(),
-                        mode,
-                        path.display()
-                    );
-                }
+                refuse_if_readable_by_others("identity file", &path, &meta)?;
                 let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 Identity::from_file_bytes(&bytes).with_context(|| format!("{}", path.display()))
             }

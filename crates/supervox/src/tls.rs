@@ -18,7 +18,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -112,16 +112,8 @@ impl RelayCert {
 
     /// Load a PEM certificate chain and its PEM private key (e.g. one a CA issued).
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
-        let mode =
-            fs::metadata(key_path).with_context(|| format!("cannot read {}", key_path.display()))?.permissions().mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "relay TLS key {} is readable by others (mode {:o}); fix it with: chmod 600 {}",
-                key_path.display(),
-                mode & 0o777,
-                key_path.display()
-            );
-        }
+        let meta = fs::metadata(key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+        crate::store::refuse_if_readable_by_others("relay TLS key", key_path, &meta)?;
         let chain = CertificateDer::pem_file_iter(cert_path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .with_context(|| format!("cannot read certificates from {}", cert_path.display()))?;
@@ -219,6 +211,7 @@ impl ServerCertVerifier for Pinned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
