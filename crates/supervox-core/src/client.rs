@@ -51,6 +51,30 @@ pub const PRESENCE_TTL_MS: u64 = 120_000;
 /// Presence is refreshed this often.
 pub const PRESENCE_REFRESH_MS: u64 = 60_000;
 
+/// Lookup answers come from a supernode, which is not trusted: a claim
+/// counts for `name` only if it is for that name and its signature
+/// verifies here.
+pub(crate) fn claims_name(claim: &NameClaim, name: &str) -> bool {
+    claim.name == name && claim.verify().is_ok()
+}
+
+/// The key an (untrusted) lookup answer says owns `name`, if its claim
+/// holds up ([`claims_name`]).
+pub(crate) fn answer_owner(answer: &supervox_proto::LookupAnswer, name: &str) -> Option<UserId> {
+    match answer {
+        supervox_proto::LookupAnswer::Online { claim, .. } | supervox_proto::LookupAnswer::Offline { claim } => {
+            claims_name(claim, name).then_some(claim.user_id)
+        }
+        supervox_proto::LookupAnswer::Unknown => None,
+    }
+}
+
+/// An `Online` answer for `name` holds up: its claim does, and its presence
+/// is live and signed by the claim's owner.
+pub(crate) fn online_holds(claim: &NameClaim, presence: &Presence, name: &str, now_ms: u64) -> bool {
+    claims_name(claim, name) && presence.verify(now_ms).is_ok() && presence.user_id == claim.user_id
+}
+
 /// TURN credentials our supernode gave us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayCredentials {

@@ -110,9 +110,8 @@ impl Client {
             }
         };
         // The supernode is not trusted: the records must verify here too.
-        let name_ok = self.calls.get(&id).is_some_and(|c| c.peer_name == claim.name);
-        if !name_ok || claim.verify().is_err() || presence.verify(now_ms).is_err() || presence.user_id != claim.user_id
-        {
+        let name = self.calls.get(&id).map(|c| c.peer_name.clone()).unwrap_or_default();
+        if !super::online_holds(&claim, &presence, &name, now_ms) {
             return self.fail_call(id, CallFailure::LookupUnverified, now_ms, false);
         }
         // A pinned name needs no second opinion: the pin decides.
@@ -417,13 +416,9 @@ impl Client {
         if self.checks.contains_key(&id) {
             return; // a second answer while the first is being cross-checked
         }
-        let claim = match answer {
-            LookupAnswer::Online { claim, .. } | LookupAnswer::Offline { claim } => Some(claim),
-            LookupAnswer::Unknown => None,
-        };
         // A claim that does not verify, or is for another name, is the
         // supernode's fault, not proof against the caller: unverified.
-        let owner = claim.filter(|k| k.name == name && k.verify().is_ok()).map(|k| k.user_id);
+        let owner = super::answer_owner(&answer, &name);
         let Some(from) = from else { return };
         // A pinned name: the pin decides, whatever the directory says.
         match self.trust.check(&name, &from) {

@@ -36,7 +36,7 @@ use crate::reason::{CallFailure, Rejection};
 use crate::ConnId;
 use std::net::SocketAddr;
 use supervox_proto::call::CallMessage;
-use supervox_proto::{CallId, LookupAnswer, Message, NameClaim, Presence, Role, UserId};
+use supervox_proto::{CallId, Message, NameClaim, Presence, Role, UserId};
 use tracing::{debug, info, warn};
 
 /// A cross-check gives up after this long (less than the caller's lookup
@@ -298,12 +298,7 @@ impl Client {
                     return None;
                 }
                 let name = c.name.clone();
-                let owner = match answer {
-                    LookupAnswer::Online { claim, .. } | LookupAnswer::Offline { claim } => Some(claim),
-                    LookupAnswer::Unknown => None,
-                }
-                .filter(|k| k.name == name && k.verify().is_ok())
-                .map(|k| k.user_id);
+                let owner = super::answer_owner(&answer, &name);
                 let link = self.checks.get_mut(&id).and_then(|c| c.link.take());
                 self.close_check_link(link);
                 self.check_outcome(id, owner.map_or(Outcome::NoOwner, Outcome::Owner), now_ms);

@@ -100,15 +100,10 @@ impl Client {
         // The supernode is not trusted: the records must verify here, for the name we asked.
         let found = match answer {
             LookupAnswer::Unknown => Err(PeerLookupError::Unknown),
-            LookupAnswer::Offline { claim } if claim.name == name && claim.verify().is_ok() => {
+            LookupAnswer::Offline { claim } if super::claims_name(claim, &name) => {
                 Ok(PeerAt { user_id: claim.user_id, supernode: None })
             }
-            LookupAnswer::Online { claim, presence }
-                if claim.name == name
-                    && claim.verify().is_ok()
-                    && presence.verify(now_ms).is_ok()
-                    && presence.user_id == claim.user_id =>
-            {
+            LookupAnswer::Online { claim, presence } if super::online_holds(claim, presence, &name, now_ms) => {
                 Ok(PeerAt { user_id: claim.user_id, supernode: Some(presence.supernode) })
             }
             _ => Err(PeerLookupError::Unverified),
