@@ -362,6 +362,8 @@ impl Client {
             warn!("invite with an invalid caller presence dropped");
             return;
         }
+        // A stale invite is refused before the handshake's DH work;
+        // `RecentInvites::admit` checks the time again with the replay cache.
         if sent_ms.abs_diff(now_ms) > MAX_INVITE_AGE_MS {
             warn!(
                 "invite {id} refused: sent {} s from our clock (a replay, or a clock far off)",
