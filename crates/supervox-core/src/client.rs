@@ -115,6 +115,8 @@ pub struct ClientConfig {
     /// relays only until the call is up, so calling someone, or ringing
     /// them, does not tell where they are.
     pub relaxed_privacy: bool,
+    /// Refuse calls from anyone whose key is not pinned (`--strangers refuse`).
+    pub refuse_strangers: bool,
 }
 
 /// Something the user (or the control API) should hear about.
@@ -395,6 +397,8 @@ pub struct Client {
     peer_lookups: std::collections::VecDeque<(u64, String)>,
     /// Pinned peer keys.
     trust: crate::trust::TrustStore,
+    /// Keys whose calls and peer messages are dropped without a word (client/trust.rs).
+    blocked: std::collections::HashSet<UserId>,
     /// Lookups being cross-checked through a second supernode, per call.
     checks: Map<CallId, crosscheck::Check>,
 }
@@ -435,6 +439,7 @@ impl Client {
             peer_sent: std::collections::VecDeque::new(),
             peer_lookups: std::collections::VecDeque::new(),
             trust: crate::trust::TrustStore::new(),
+            blocked: std::collections::HashSet::new(),
             checks: Map::default(),
         }
     }

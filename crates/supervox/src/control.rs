@@ -1,7 +1,9 @@
 //! The control API: JSON lines over a Unix socket between `supervox ctl` and
 //! a running `supervox node`. One request per connection; the daemon answers
-//! with one line (status, hangup, answer) or a stream of event lines that
-//! ends when the call ends (call).
+//! with one line (status, hangup, answer, presence, read, contact actions),
+//! a list of lines (contacts, messages, history), or a stream of event lines
+//! that ends when the call ends (call), the message is stored or delivered
+//! (send), or the client goes away (events).
 
 use serde::{Deserialize, Serialize};
 
@@ -37,4 +39,57 @@ pub enum Request {
     },
     /// List the pinned peer keys.
     Pins,
+    /// The contact list (one line per entry), or a change to it.
+    Contacts {
+        /// `None`: list. Else add, accept, decline, remove or block.
+        action: Option<ContactAction>,
+        /// The contact's name (for an action).
+        name: Option<String>,
+        /// The request's note (add).
+        message: Option<String>,
+    },
+    /// Set our presence.
+    Presence {
+        /// online, away, busy or invisible.
+        state: String,
+        /// Status text.
+        text: Option<String>,
+    },
+    /// Send a chat message; answers once it is stored or delivered.
+    Send {
+        /// Recipient.
+        name: String,
+        /// The text.
+        text: String,
+    },
+    /// A conversation's messages, one per line.
+    Messages {
+        /// The peer.
+        name: String,
+    },
+    /// Mark a conversation read.
+    Read {
+        /// The peer.
+        name: String,
+    },
+    /// The call history, one call per line, newest first.
+    History,
+    /// A live stream of events (until the client goes away).
+    Events,
+}
+
+/// A change to the contact list.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactAction {
+    /// Ask NAME to be a contact.
+    Add,
+    /// Accept NAME's request.
+    Accept,
+    /// Decline NAME's request.
+    Decline,
+    /// Remove NAME (or unblock).
+    Remove,
+    /// Block NAME.
+    Block,
 }

@@ -1,8 +1,10 @@
 //! The node's database: one SQLite file per daemon, `supervox.db` in the
 //! data directory (mode 0600), for state that must survive a crash — today
-//! the pinned peer keys ([`supervox_core::trust`]) and the sealed peer
+//! the pinned peer keys ([`supervox_core::trust`]), the sealed peer
 //! units received ([`InboxUnit`]: stored before the mailbox is
-//! acknowledged); tomorrow the contact list and conversations built on them.
+//! acknowledged, deleted once what they say is stored), and the social
+//! layer's contacts, conversations, call history and settings
+//! ([`StoreChange`]).
 //!
 //! Schema changes are migrations: [`MIGRATIONS`]`[i]` takes the schema from
 //! version `i` to `i + 1`, each in its own transaction together with the new
@@ -16,6 +18,9 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use supervox_core::social::chat::{ChatMessage, Status};
+use supervox_core::social::contacts::{Contact, ContactState};
+use supervox_core::social::{CallRecord, PresenceState, StoreChange};
 use supervox_core::trust::{Pin, TrustChange};
 use supervox_proto::UserId;
 
@@ -40,7 +45,39 @@ pub const MIGRATIONS: &[&str] = &[
         sent_ms INTEGER NOT NULL,
         sealed BLOB NOT NULL
     );",
+    // 3: the social layer: contacts, conversations, call history, settings.
+    "CREATE TABLE contacts (
+        user_id BLOB PRIMARY KEY NOT NULL CHECK (length(user_id) = 32),
+        name TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL CHECK (state IN ('outgoing', 'incoming', 'accepted', 'blocked')),
+        message TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        id BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+        from_user BLOB NOT NULL CHECK (length(from_user) = 32),
+        to_user BLOB NOT NULL CHECK (length(to_user) = 32),
+        text TEXT NOT NULL,
+        sent_ms INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('sent', 'stored', 'delivered', 'read'))
+    );
+    CREATE INDEX messages_by_peer ON messages (from_user, to_user, sent_ms);
+    CREATE TABLE calls (
+        call_id BLOB PRIMARY KEY NOT NULL CHECK (length(call_id) = 16),
+        outgoing INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        user_id BLOB CHECK (user_id IS NULL OR length(user_id) = 32),
+        start_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        path TEXT,
+        mos REAL,
+        missed INTEGER NOT NULL
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
 ];
+
+/// Most calls kept in the history (the oldest go).
+pub const MAX_CALLS: usize = 10_000;
 
 /// Most sealed units kept in `inbox_units`: past it mail is not
 /// acknowledged (its holders keep it) and online units are dropped.
@@ -63,6 +100,10 @@ pub struct InboxUnit {
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+}
+
+fn ms(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
 }
 
 fn user_id(bytes: Vec<u8>) -> rusqlite::Result<UserId> {
@@ -186,6 +227,146 @@ impl Db {
             })
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>().context("inbox_units unreadable")
+    }
+
+    /// Persist one change of the social layer (committed when this returns).
+    pub fn apply_social(&mut self, change: &StoreChange) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        match change {
+            StoreChange::ContactPut(c) => {
+                // A name moves with its entry: an old entry of the same name (another key) goes.
+                tx.execute(
+                    "DELETE FROM contacts WHERE name = ?1 AND user_id != ?2",
+                    params![c.name, &c.user_id.0[..]],
+                )?;
+                tx.execute(
+                    "INSERT INTO contacts (user_id, name, state, message, since_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(user_id) DO UPDATE SET name = ?2, state = ?3, message = ?4, since_ms = ?5",
+                    params![&c.user_id.0[..], c.name, c.state.as_str(), c.message, ms(c.since_ms)],
+                )?;
+            }
+            StoreChange::ContactGone(k) => {
+                tx.execute("DELETE FROM contacts WHERE user_id = ?1", params![&k.0[..]])?;
+            }
+            StoreChange::Message(m) => {
+                tx.execute(
+                    "INSERT INTO messages (id, from_user, to_user, text, sent_ms, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(id) DO UPDATE SET status = ?6",
+                    params![&m.id[..], &m.from.0[..], &m.to.0[..], m.text, ms(m.sent_ms), m.status.as_str()],
+                )?;
+            }
+            StoreChange::Call(r) => {
+                tx.execute(
+                    "INSERT OR IGNORE INTO calls (call_id, outgoing, peer, user_id, start_ms, duration_ms, path, mos, missed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        &r.call_id[..],
+                        r.outgoing,
+                        r.peer,
+                        r.user_id.map(|k| k.0.to_vec()),
+                        ms(r.start_ms),
+                        ms(r.duration_ms),
+                        r.path,
+                        r.mos,
+                        r.missed
+                    ],
+                )?;
+                tx.execute(
+                    "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls ORDER BY start_ms DESC LIMIT -1 OFFSET ?1)",
+                    params![MAX_CALLS as i64],
+                )?;
+            }
+            StoreChange::MyPresence { state, text } => {
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES ('presence', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+                    params![state.as_str()],
+                )?;
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES ('status_text', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+                    params![text],
+                )?;
+            }
+            StoreChange::UnitDone(id) => {
+                tx.execute("DELETE FROM inbox_units WHERE wire_id = ?1", params![&id[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The contact list (presence is live, not stored).
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let mut st = self.conn.prepare("SELECT user_id, name, state, message, since_ms FROM contacts")?;
+        let rows = st.query_map([], |r| {
+            let state: String = r.get(2)?;
+            Ok(Contact {
+                user_id: user_id(r.get(0)?)?,
+                name: r.get(1)?,
+                state: ContactState::parse(&state).ok_or(rusqlite::Error::InvalidQuery)?,
+                message: r.get(3)?,
+                since_ms: r.get::<_, i64>(4)?.max(0) as u64,
+                presence: None,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().context("contacts unreadable")
+    }
+
+    /// Every message, oldest first.
+    pub fn messages(&self) -> Result<Vec<ChatMessage>> {
+        let mut st =
+            self.conn.prepare("SELECT id, from_user, to_user, text, sent_ms, status FROM messages ORDER BY sent_ms")?;
+        let rows = st.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let status: String = r.get(5)?;
+            Ok(ChatMessage {
+                id: id.try_into().map_err(|_| rusqlite::Error::InvalidQuery)?,
+                from: user_id(r.get(1)?)?,
+                to: user_id(r.get(2)?)?,
+                text: r.get(3)?,
+                sent_ms: r.get::<_, i64>(4)?.max(0) as u64,
+                status: match status.as_str() {
+                    "sent" => Status::Sent,
+                    "stored" => Status::Stored,
+                    "delivered" => Status::Delivered,
+                    "read" => Status::Read,
+                    _ => return Err(rusqlite::Error::InvalidQuery),
+                },
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().context("messages unreadable")
+    }
+
+    /// The call history, newest first.
+    pub fn calls(&self) -> Result<Vec<CallRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT call_id, outgoing, peer, user_id, start_ms, duration_ms, path, mos, missed FROM calls
+             ORDER BY start_ms DESC",
+        )?;
+        let rows = st.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let key: Option<Vec<u8>> = r.get(3)?;
+            Ok(CallRecord {
+                call_id: id.try_into().map_err(|_| rusqlite::Error::InvalidQuery)?,
+                outgoing: r.get(1)?,
+                peer: r.get(2)?,
+                user_id: key.map(user_id).transpose()?,
+                start_ms: r.get::<_, i64>(4)?.max(0) as u64,
+                duration_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                path: r.get(6)?,
+                mos: r.get(7)?,
+                missed: r.get(8)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().context("calls unreadable")
+    }
+
+    /// Our presence setting, if one was stored.
+    pub fn my_presence(&self) -> Result<Option<(PresenceState, String)>> {
+        let get = |k: &str| -> Result<Option<String>> {
+            Ok(self.conn.query_row("SELECT value FROM settings WHERE key = ?1", params![k], |r| r.get(0)).optional()?)
+        };
+        let state = get("presence")?.and_then(|s| PresenceState::parse(&s));
+        Ok(state.map(|s| (s, get("status_text").ok().flatten().unwrap_or_default())))
     }
 
     /// Persist one change of the trust store (committed when this returns).

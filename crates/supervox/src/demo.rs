@@ -71,6 +71,8 @@ pub async fn run(json_out: bool) -> Result<bool> {
             media: node::media::MediaConfig::default(),
             force_relay: false,
             relaxed_privacy: false,
+            read_receipts: true,
+            refuse_strangers: false,
             external_relay: None,
             relay_transport: None,
             supernode: None,

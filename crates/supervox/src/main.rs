@@ -175,6 +175,13 @@ struct NodeArgs {
     /// path. `relaxed`: offer every address at once (a little faster call setup).
     #[arg(long, value_enum, default_value = "strict")]
     privacy: Privacy,
+    /// `allow` (default): calls and messages from people not on the contact list come
+    /// through, marked; `refuse`: they are declined (contact requests still arrive).
+    #[arg(long, value_enum, default_value = "allow")]
+    strangers: Strangers,
+    /// Tell senders when their messages have been read.
+    #[arg(long, value_enum, default_value = "on")]
+    read_receipts: OnOff,
     /// A TURN server (e.g. coturn) to take the relay candidate from instead of the
     /// supernode's relay: `IP:PORT` or `turn:IP:PORT` (UDP, or TCP when UDP is blocked),
     /// `turns:IP:PORT` (TURN over TLS; needs --turn-tls-fingerprint). Needs
@@ -198,6 +205,12 @@ struct NodeArgs {
     /// Password on --turn-server.
     #[arg(long, value_name = "PASS")]
     turn_password: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Strangers {
+    Allow,
+    Refuse,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -281,6 +294,64 @@ enum CtlCmd {
     Hangup,
     /// Answer the ringing incoming call.
     Answer,
+    /// The contact list, or `add NAME [--message TEXT]`, `accept NAME`, `decline NAME`,
+    /// `remove NAME` (also unblocks), `block NAME`.
+    Contacts {
+        /// What to do (none: list).
+        #[arg(value_enum)]
+        action: Option<supervox::control::ContactAction>,
+        /// Whom.
+        name: Option<String>,
+        /// A note with the request (add).
+        #[arg(long)]
+        message: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set your presence as your contacts see it: online, away, busy or invisible.
+    Presence {
+        /// The state.
+        state: String,
+        /// A status text.
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Send NAME a message; exits 0 once it is delivered or stored in NAME's mailbox.
+    Send {
+        /// Recipient.
+        name: String,
+        /// The text (up to 16 KiB).
+        text: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The conversation with NAME, oldest first.
+    Messages {
+        /// The peer.
+        name: String,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark the conversation with NAME read (sends read receipts unless they are off).
+    Read {
+        /// The peer.
+        name: String,
+    },
+    /// Calls made, received and missed, newest first.
+    History {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print events as they happen (contact requests, presence, messages, calls) until interrupted.
+    Events {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Accept NAME's new key after a `key_changed` (compare fingerprints first); without NAME,
     /// list the pinned peer keys.
     Trust {
@@ -410,6 +481,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 media: MediaConfig { jitter_buffer: a.jitter_buffer, fec: matches!(a.fec, OnOff::On) },
                 force_relay: a.force_relay,
                 relaxed_privacy: a.privacy == Privacy::Relaxed,
+                read_receipts: matches!(a.read_receipts, OnOff::On),
+                refuse_strangers: a.strangers == Strangers::Refuse,
                 relay_transport,
                 external_relay,
             };
@@ -530,6 +603,83 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
             }
             Ok(v["ok"] == true)
         }
+        CtlCmd::Contacts { action, name, message, json } => {
+            let listing = action.is_none();
+            let lines = ctl::request(&c.control, &Request::Contacts { action, name, message }, |_| {}).await?;
+            Ok(print_lines(&lines, json, listing, |v| {
+                format!(
+                    "{:<24} {:<9} {:<8} {}{}",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["state"].as_str().unwrap_or("?"),
+                    v["presence"].as_str().unwrap_or("?"),
+                    v["fingerprint"].as_str().unwrap_or("?"),
+                    v["status_text"]
+                        .as_str()
+                        .filter(|t| !t.is_empty())
+                        .map(|t| format!("  \"{t}\""))
+                        .unwrap_or_default()
+                )
+            }))
+        }
+        CtlCmd::Presence { state, text } => {
+            let lines = ctl::request(&c.control, &Request::Presence { state, text }, |_| {}).await?;
+            Ok(print_lines(&lines, false, false, |_| String::new()))
+        }
+        CtlCmd::Read { name } => {
+            let lines = ctl::request(&c.control, &Request::Read { name }, |_| {}).await?;
+            Ok(print_lines(&lines, false, false, |_| String::new()))
+        }
+        CtlCmd::Send { name, text, json } => {
+            let lines = ctl::request(&c.control, &Request::Send { name, text }, |_| {}).await?;
+            let v = lines.first().cloned().unwrap_or_default();
+            let ok = v["event"] == "message";
+            if json {
+                println!("{v}");
+            } else if ok {
+                println!("message {} {}", v["id"].as_str().unwrap_or("?"), v["status"].as_str().unwrap_or("?"));
+            } else {
+                eprintln!("error: {}", v["error"].as_str().unwrap_or("no answer from node"));
+            }
+            Ok(ok)
+        }
+        CtlCmd::Messages { name, json } => {
+            let lines = ctl::request(&c.control, &Request::Messages { name }, |_| {}).await?;
+            Ok(print_lines(&lines, json, true, |v| {
+                format!(
+                    "[{}] {}: {} ({})",
+                    v["sent_ms"],
+                    v["from"].as_str().unwrap_or("?"),
+                    v["text"].as_str().unwrap_or(""),
+                    v["status"].as_str().unwrap_or("?")
+                )
+            }))
+        }
+        CtlCmd::History { json } => {
+            let lines = ctl::request(&c.control, &Request::History, |_| {}).await?;
+            Ok(print_lines(&lines, json, true, |v| {
+                format!(
+                    "[{}] {} {} {} ms over {} (MOS {}){}",
+                    v["start_ms"],
+                    v["direction"].as_str().unwrap_or("?"),
+                    v["peer"].as_str().unwrap_or("?"),
+                    v["duration_ms"],
+                    v["path"].as_str().unwrap_or("-"),
+                    v["mos"],
+                    if v["missed"] == true { " MISSED" } else { "" }
+                )
+            }))
+        }
+        CtlCmd::Events { json } => {
+            ctl::request(&c.control, &Request::Events, |v| {
+                if json {
+                    println!("{v}");
+                } else {
+                    println!("{}", ctl::describe(v));
+                }
+            })
+            .await?;
+            Ok(true)
+        }
         CtlCmd::Hangup | CtlCmd::Answer => {
             let req = if matches!(c.cmd, CtlCmd::Hangup) { Request::Hangup } else { Request::Answer };
             let lines = ctl::request(&c.control, &req, |_| {}).await?;
@@ -543,4 +693,30 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
             }
         }
     }
+}
+
+/// Print a control answer: an error line fails; a listing prints each line
+/// (`human` renders one), an action prints "ok".
+fn print_lines(
+    lines: &[serde_json::Value],
+    json: bool,
+    listing: bool,
+    human: impl Fn(&serde_json::Value) -> String,
+) -> bool {
+    if let Some(e) = lines.iter().find(|v| v["ok"] == false) {
+        if json {
+            println!("{e}");
+        } else {
+            eprintln!("error: {}", e["error"].as_str().unwrap_or("?"));
+        }
+        return false;
+    }
+    for v in lines {
+        match (json, listing) {
+            (true, _) => println!("{v}"),
+            (false, true) => println!("{}", human(v)),
+            (false, false) => println!("ok"),
+        }
+    }
+    true
 }

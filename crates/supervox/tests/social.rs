@@ -36,7 +36,7 @@ fn offline_chat_is_stored_by_the_node_then_acknowledged_and_opens_only_for_bob()
 
     let mut alice = Raw::connect(sn.addr, 1);
     alice.sign_in("alice");
-    let mut chat = Chat::new(Identity::from_seed([1; 32]), true);
+    let mut chat = Chat::new(Identity::from_seed([1; 32]), "alice", true);
     let mut rng = rand::thread_rng();
     let text = "x".repeat(9_000); // two parts
     let id = chat.send(bob_id.user_id(), &text, now(), &mut rng).unwrap();
@@ -76,7 +76,7 @@ fn offline_chat_is_stored_by_the_node_then_acknowledged_and_opens_only_for_bob()
     };
     drop(bob);
     // Stored ciphertext only: it opens for bob, as from alice, and whole again.
-    let mut bob_chat = Chat::new(bob_id.clone(), true);
+    let mut bob_chat = Chat::new(bob_id.clone(), "bob", true);
     for u in &stored {
         assert!(!u.sealed.windows(16).any(|w| w == &text.as_bytes()[..16]));
         bob_chat.receive(u.from, &u.wire_id, &u.sealed, &mut rng).unwrap();

@@ -354,6 +354,9 @@ impl Client {
         if self.calls.contains_key(&id) {
             return; // a duplicate
         }
+        if self.blocked.contains(&from) {
+            return debug!("invite {id} from a blocked key dropped");
+        }
         // The caller's presence tells us where to send answers; it must be theirs.
         if caller_presence.verify(now_ms).is_err()
             || caller_presence.user_id != from
@@ -390,8 +393,13 @@ impl Client {
         call.peer_id = Some(from);
         call.peer_sn = Some(sn);
         call.signals = SignalChannel::with_keys(keys);
-        if self.active_call().is_some() || self.calls.len() >= MAX_CALLS {
-            let busy = CallMessage::Reject { reason: Rejection::Busy.wire().into() };
+        let stranger_refused = self.cfg.refuse_strangers && !self.is_contact(&from);
+        if stranger_refused {
+            info!("invite {id} from {from_name:?}, not a contact, declined (--strangers refuse)");
+        }
+        if stranger_refused || self.active_call().is_some() || self.calls.len() >= MAX_CALLS {
+            let why = if stranger_refused { Rejection::Declined } else { Rejection::Busy };
+            let busy = CallMessage::Reject { reason: why.wire().into() };
             if let Some(first) = call.signals.seal(&busy) {
                 self.signal_to(id, from, sn, CallSignal::Respond { handshake: msg2, first });
             }

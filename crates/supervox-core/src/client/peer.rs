@@ -66,6 +66,9 @@ impl Client {
         if to != self.identity.user_id() {
             return debug!("a peer message for someone else dropped");
         }
+        if self.blocked.contains(&from) {
+            return debug!("a peer message from a blocked key dropped");
+        }
         self.event(ClientEvent::Peer { id, from, body });
     }
 

@@ -1209,8 +1209,8 @@ fn chat_goes_online_as_sealed_peer_messages_and_to_the_mailbox_when_undeliverabl
     let mut net = Net::new(&["alice", "bob"], true);
     net.run(100);
     let (ua, ub) = (net.clients[0].identity().user_id(), net.clients[1].identity().user_id());
-    let mut alice = Chat::new(Identity::from_seed([1; 32]), true);
-    let mut bob = Chat::new(Identity::from_seed([2; 32]), true);
+    let mut alice = Chat::new(Identity::from_seed([1; 32]), "alice", true);
+    let mut bob = Chat::new(Identity::from_seed([2; 32]), "bob", true);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     // Online: straight through the supernode, which sees only ciphertext.
     let id = alice.send(ub, "hello bob", net.now, &mut rng).unwrap();

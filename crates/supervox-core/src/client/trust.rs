@@ -25,6 +25,37 @@ impl Client {
         self.trust.is_pinned_key(id)
     }
 
+    /// Drop (`blocked`) or stop dropping every call and peer message from
+    /// `key`, without telling its sender (a blocked contact, social layer).
+    pub fn set_blocked(&mut self, key: UserId, blocked: bool) {
+        if blocked {
+            // Bounded by the contact list that drives it (MAX_CONTACTS).
+            if self.blocked.len() < crate::social::contacts::MAX_CONTACTS {
+                self.blocked.insert(key);
+            }
+        } else {
+            self.blocked.remove(&key);
+        }
+    }
+
+    /// True when `key` is blocked.
+    pub fn is_blocked(&self, key: &UserId) -> bool {
+        self.blocked.contains(key)
+    }
+
+    /// Pin `key` for `name`: an accepted contact (social layer). Refused
+    /// when the name is pinned to another key (see `ctl trust`).
+    pub fn pin_contact(&mut self, name: &str, key: UserId, now_ms: u64) -> Result<(), TrustError> {
+        if let crate::trust::PinCheck::Changed { pinned } = self.trust.check(name, &key) {
+            warn!("{name:?} accepted as a contact with key {key}, but it is pinned to {pinned}: pin kept");
+            return Err(TrustError::NothingPending(name.to_string()));
+        }
+        for change in self.trust.seen(name, key, now_ms) {
+            self.out.push_back(ClientOutput::Trust(change));
+        }
+        Ok(())
+    }
+
     /// The user accepts the key that last came with `name` instead of its
     /// pinned one (`ctl trust NAME`): it is pinned from now on. Returns (old,
     /// new); the change is handed out as [`ClientOutput::Trust`].

@@ -10,7 +10,8 @@
 //! straight away); [`Chat::stored`] reports a mailbox put. The sender keeps
 //! each message until it is delivered ([`Chat::undelivered`]).
 
-use super::seal::{open, seal, SealError, SEAL_OVERHEAD};
+use super::payload::{open_envelope, seal_envelope, Envelope, PayloadError, PeerPayload};
+use super::seal::{SealError, SEAL_OVERHEAD};
 use crate::{Identity, Map};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ impl Status {
     }
 }
 
-/// What one sealed unit says (postcard inside the seal).
+/// What one chat unit says (inside a [`PeerPayload::Chat`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChatPayload {
     /// Part `part` of `parts` of message `id`.
@@ -169,6 +170,8 @@ struct Partial {
 #[derive(Debug)]
 pub struct Chat {
     me: Identity,
+    /// Our name, carried in every unit (receipts find their way back by it).
+    name: String,
     read_receipts: bool,
     /// Every message by id.
     messages: Map<MsgId, ChatMessage>,
@@ -183,10 +186,12 @@ pub struct Chat {
 }
 
 impl Chat {
-    /// A chat for `me`; `read_receipts` false never tells senders we read.
-    pub fn new(me: Identity, read_receipts: bool) -> Self {
+    /// A chat for `me`, called `name`; `read_receipts` false never tells
+    /// senders we read.
+    pub fn new(me: Identity, name: &str, read_receipts: bool) -> Self {
         Self {
             me,
+            name: name.to_string(),
             read_receipts,
             messages: Map::default(),
             order: BTreeMap::new(),
@@ -252,8 +257,24 @@ impl Chat {
         sealed: &[u8],
         rng: &mut R,
     ) -> Result<(), ChatError> {
-        let plain = open(&self.me, &from, wire_id, sealed)?;
-        let payload: ChatPayload = postcard::from_bytes(&plain).map_err(|_| ChatError::Malformed)?;
+        let env = open_envelope(&self.me, &from, wire_id, sealed).map_err(|e| match e {
+            PayloadError::Seal(s) => ChatError::Seal(s),
+            PayloadError::Malformed => ChatError::Malformed,
+        })?;
+        match env.body {
+            PeerPayload::Chat(p) => self.on_payload(from, p, rng),
+            _ => Err(ChatError::Malformed),
+        }
+    }
+
+    /// A chat payload from `from`, already opened (the social layer opens
+    /// every unit once and hands the chat ones here).
+    pub fn on_payload<R: RngCore + CryptoRng>(
+        &mut self,
+        from: UserId,
+        payload: ChatPayload,
+        rng: &mut R,
+    ) -> Result<(), ChatError> {
         match payload {
             ChatPayload::Text { id, sent_ms, part, parts, text } => {
                 if parts == 0 || part >= parts || usize::from(parts) > MAX_TEXT.div_ceil(PART_TEXT) {
@@ -372,6 +393,43 @@ impl Chat {
         self.messages.get(id)
     }
 
+    /// Put back a message the driver stored (at start). Ours not yet
+    /// delivered count as undelivered again; [`Chat::resend`] sends them.
+    pub fn restore(&mut self, msg: ChatMessage) {
+        if self.messages.len() >= MAX_MESSAGES || self.messages.contains_key(&msg.id) {
+            return;
+        }
+        let me = self.me.user_id();
+        let peer = if msg.from == me { msg.to } else { msg.from };
+        self.insert(peer, msg);
+    }
+
+    /// Send every part of our undelivered message `id` again, under new
+    /// wire ids (the recipient deduplicates by message id): after a restart,
+    /// or to store it again when its mailbox holders may have changed.
+    pub fn resend<R: RngCore + CryptoRng>(&mut self, id: &MsgId, rng: &mut R) -> Result<(), ChatError> {
+        let me = self.me.user_id();
+        let Some(m) = self.messages.get(id).filter(|m| m.from == me && m.status < Status::Delivered).cloned() else {
+            return Ok(());
+        };
+        // Units still in flight for it are superseded.
+        self.units.retain(|_, u| u.msg != Some(m.id));
+        let parts = split(&m.text);
+        let total = parts.len() as u16;
+        for (i, part) in parts.into_iter().enumerate() {
+            let payload = ChatPayload::Text {
+                id: m.id,
+                sent_ms: m.sent_ms,
+                part: i as u16,
+                parts: total,
+                text: part.to_string(),
+            };
+            self.queue(m.to, payload, Some(m.id), rng)?;
+        }
+        self.unstored.insert(m.id, total);
+        Ok(())
+    }
+
     fn insert(&mut self, peer: UserId, msg: ChatMessage) {
         self.order.insert((peer, msg.sent_ms, msg.id), ());
         self.messages.insert(msg.id, msg);
@@ -388,10 +446,13 @@ impl Chat {
         msg: Option<MsgId>,
         rng: &mut R,
     ) -> Result<(), ChatError> {
-        let plain = postcard::to_allocvec(&payload).map_err(|_| ChatError::Malformed)?;
         let mut wire_id = [0u8; 16];
         rng.fill_bytes(&mut wire_id);
-        let sealed = seal(&self.me, &to, &wire_id, &plain, rng)?;
+        let env = Envelope { from_name: self.name.clone(), body: PeerPayload::Chat(payload) };
+        let sealed = seal_envelope(&self.me, &to, &wire_id, &env, rng).map_err(|e| match e {
+            PayloadError::Seal(s) => ChatError::Seal(s),
+            PayloadError::Malformed => ChatError::Malformed,
+        })?;
         debug_assert!(sealed.len() <= MAX_MAIL_BODY);
         self.units.insert(wire_id, Unit { to, sealed: sealed.clone(), msg });
         self.out.push_back(ChatOutput::Deliver { to, wire_id, sealed });

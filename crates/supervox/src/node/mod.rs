@@ -4,11 +4,11 @@
 
 mod control_server;
 pub mod media;
+mod social;
 mod spares;
 mod tcp_media;
 
 use crate::control::Request;
-use crate::db::InboxUnit;
 use crate::links::{now_ms, LinkSet, NetEvent};
 use crate::relay_stream::{self, RelayStreamEvent};
 use crate::store::DataDir;
@@ -65,6 +65,10 @@ pub struct NodeOptions {
     pub relay_transport: Option<supervox_core::client::RelayTransport>,
     /// May become a supernode (`--supernode auto`).
     pub supernode: Option<PromotionOptions>,
+    /// Send read receipts (`--read-receipts off` turns them off).
+    pub read_receipts: bool,
+    /// Refuse calls and messages from non-contacts (`--strangers refuse`).
+    pub refuse_strangers: bool,
 }
 
 /// How a node may become a supernode.
@@ -179,6 +183,10 @@ struct Node {
     tcp: tcp_media::TcpMedia,
     /// Where the promoted supernode's task reports that it stepped back.
     stepped_back: mpsc::Sender<SteppedBack>,
+    /// Contacts, presence, chat, missed calls (sans-IO).
+    social: supervox_core::social::Social,
+    /// The node's side of it: event streams, waiting sends, call history.
+    glue: social::SocialGlue,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -228,7 +236,14 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         relaxed_privacy: opts.relaxed_privacy,
         external_relay: opts.external_relay.clone(),
         relay_transport: opts.relay_transport,
+        refuse_strangers: opts.refuse_strangers,
     };
+    let social_cfg = supervox_core::social::SocialConfig {
+        read_receipts: opts.read_receipts,
+        refuse_strangers: opts.refuse_strangers,
+    };
+    let mut social_layer = supervox_core::social::Social::new(identity.clone(), &opts.name, social_cfg, rand::random());
+    social::restore(&mut social_layer, &db)?;
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let links = LinkSet::new(identity.clone(), ev_tx);
     let ready = links.ready();
@@ -261,6 +276,8 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         spares: spares::Spares::new(spare_tx),
         tcp,
         stepped_back: stepped_tx,
+        social: social_layer,
+        glue: social::SocialGlue::default(),
     };
     node.client.set_tcp_media_port(tcp_port);
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
@@ -311,7 +328,10 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     for id in ids {
         node.client.hangup(id, CallEnd::ShuttingDown, now_ms());
     }
+    // A clean sign-out shows offline to contacts at once; give the link a moment to carry it.
+    node.social.sign_out(now_ms());
     node.drain();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = std::fs::remove_file(&node.opts.control);
     Ok(())
 }
@@ -325,7 +345,12 @@ impl Node {
 
     /// The earliest deadline of the client and of the links' keepalive.
     fn poll_timeout(&self) -> Option<u64> {
-        supervox_core::timer::earliest([self.client.poll_timeout(), self.links.poll_timeout()])
+        supervox_core::timer::earliest([
+            self.client.poll_timeout(),
+            self.links.poll_timeout(),
+            self.social.poll_timeout(),
+            self.sends_timeout(),
+        ])
     }
 
     /// Run the client's and the links' timers that are due.
@@ -334,6 +359,10 @@ impl Node {
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
         }
+        if self.social.poll_timeout().is_some_and(|t| t <= now) {
+            self.social.handle_timeout(now);
+        }
+        self.expire_sends(now);
         self.tick_links(now);
     }
 
@@ -501,7 +530,11 @@ impl Node {
         let reply = |tx: &mpsc::Sender<String>, v: Value| {
             let _ = tx.try_send(v.to_string());
         };
-        match msg.req {
+        let req = match self.social_control(msg.req, msg.reply.clone(), now) {
+            Ok(()) => return,
+            Err(req) => req,
+        };
+        match req {
             Request::Status => reply(&msg.reply, self.status()),
             Request::Hangup => match self.client.active_call() {
                 Some(id) => {
@@ -559,11 +592,14 @@ impl Node {
                 };
                 match self.client.place_call(&name, now) {
                     Ok(id) => {
+                        self.log_outgoing(id, &name, now);
                         self.watchers.insert(id, Watcher { tx: msg.reply, duration_ms, input, output });
                     }
                     Err(e) => reply(&msg.reply, fail(e)),
                 }
             }
+            // The social requests were answered by social_control.
+            other => reply(&msg.reply, json!({"ok": false, "error": format!("unhandled request {other:?}")})),
         }
     }
 
@@ -615,8 +651,19 @@ impl Node {
         })
     }
 
-    /// Carry out everything the client asked for.
+    /// Carry out everything the client and the social layer asked for
+    /// (each may give the other more to do).
     fn drain(&mut self) {
+        loop {
+            self.drain_client();
+            if !self.drain_social() {
+                break;
+            }
+        }
+    }
+
+    /// Carry out everything the client asked for.
+    fn drain_client(&mut self) {
         while let Some(out) = self.client.poll_output() {
             let now = now_ms();
             match out {
@@ -681,6 +728,8 @@ impl Node {
     }
 
     fn on_event(&mut self, e: ClientEvent, now: u64) {
+        self.log_call(&e, now);
+        let Some(e) = self.social_client_event(e, now) else { return };
         match e {
             ClientEvent::SignedIn { supernode } => {
                 info!("signed in via {supernode}; callable as {:?}", self.client.name());
@@ -791,40 +840,12 @@ impl Node {
                 self.notify(call_id, call_failed_json(&reason));
                 self.watchers.remove(&call_id);
             }
-            // Offline messages: stored (committed) before the holders are told
-            // to delete them, so a crash in between loses nothing and the next
-            // fetch's duplicates are absorbed by wire id. Opening them is the
-            // social layer's (supervox_core::social; not driven here yet, issue 13).
-            ClientEvent::Mail { items } => {
-                let units: Vec<InboxUnit> = items
-                    .into_iter()
-                    .map(|i| InboxUnit { wire_id: i.id, from: i.from, sent_ms: i.sent_ms, sealed: i.body })
-                    .collect();
-                match self.db.store_units(&units) {
-                    Ok(stored) => {
-                        if stored.len() < units.len() {
-                            warn!("inbox full: {} mail items left in the mailbox", units.len() - stored.len());
-                        }
-                        info!("{} mail items stored", stored.len());
-                        self.client.mail_saved(&stored, now);
-                    }
-                    Err(e) => warn!("cannot store mail (left in the mailbox): {e:#}"),
-                }
-            }
-            ClientEvent::Peer { id, from, body } => {
-                let unit = InboxUnit { wire_id: id.0, from, sent_ms: 0, sealed: body };
-                match self.db.store_units(std::slice::from_ref(&unit)) {
-                    Ok(s) if !s.is_empty() => info!("peer message {id} from {from} stored"),
-                    Ok(_) => warn!("inbox full: peer message {id} from {from} dropped"),
-                    Err(e) => warn!("cannot store peer message {id}: {e:#}"),
-                }
-            }
-            ClientEvent::PeerUndeliverable { id, reason } => info!("peer message {id} not delivered: {reason}"),
-            ClientEvent::PeerFound { name, result, .. } => info!("peer lookup of {name:?}: {result:?}"),
-            ClientEvent::MailStored { id, result } => match result {
-                Ok(()) => info!("mail {} stored in the recipient's mailbox", hex::encode(id)),
-                Err(e) => warn!("mail {} not stored: {e}", hex::encode(id)),
-            },
+            // Taken by the social layer (node/social.rs).
+            ClientEvent::Mail { .. }
+            | ClientEvent::Peer { .. }
+            | ClientEvent::PeerUndeliverable { .. }
+            | ClientEvent::PeerFound { .. }
+            | ClientEvent::MailStored { .. } => {}
             ClientEvent::Ended { call_id, reason, duration_ms } => {
                 let (f, rtt, mos) = match self.media.remove(&call_id) {
                     Some(mut m) => {
@@ -838,6 +859,7 @@ impl Node {
                     "call {call_id} ended ({reason}) after {duration_ms} ms: sent {} frames, received {}, loss {:.1}%",
                     f.frames_sent, f.frames_received, f.loss_pct
                 );
+                self.log_ended(call_id, duration_ms, mos.map(round2));
                 self.notify(call_id, {
                     let mut v = json!({"event": "call_ended", "reason": reason.to_string(), "code": reason.code(),
                                        "normal": reason.is_normal(), "duration_ms": duration_ms});
@@ -860,10 +882,15 @@ impl Node {
         self.standby = standby;
     }
 
-    fn notify(&self, id: CallId, v: Value) {
+    /// A call's event line to its `ctl call` and to every `ctl events` stream.
+    fn notify(&mut self, id: CallId, mut v: Value) {
         if let Some(w) = self.watchers.get(&id) {
             let _ = w.tx.try_send(v.to_string());
         }
+        if let Value::Object(o) = &mut v {
+            o.entry("call_id").or_insert_with(|| json!(id.to_string()));
+        }
+        self.broadcast(v);
     }
 
     /// Tell the client the media socket's address on the interface that

@@ -6,7 +6,7 @@ fn pair() -> (Chat, Chat, UserId, UserId) {
     let a = Identity::from_seed([1; 32]);
     let b = Identity::from_seed([2; 32]);
     let (ua, ub) = (a.user_id(), b.user_id());
-    (Chat::new(a, true), Chat::new(b, true), ua, ub)
+    (Chat::new(a, "alice", true), Chat::new(b, "bob", true), ua, ub)
 }
 
 type Units = Vec<(UserId, MsgId, Vec<u8>, bool)>;
@@ -99,7 +99,7 @@ fn offline_long_messages_go_stored_then_arrive_in_order_once() {
 #[test]
 fn read_receipts_off_tells_nothing() {
     let (mut alice, _, ua, ub) = pair();
-    let mut bob = Chat::new(Identity::from_seed([2; 32]), false);
+    let mut bob = Chat::new(Identity::from_seed([2; 32]), "bob", false);
     let mut rng = StdRng::seed_from_u64(3);
     alice.send(ub, "x", 1, &mut rng).unwrap();
     let (units, _) = drain(&mut alice);
@@ -125,7 +125,7 @@ fn limits_and_forgeries_are_refused_with_reasons() {
     assert!(matches!(bob.receive(carol, &units[0].1, &units[0].2, &mut rng), Err(ChatError::Seal(_))));
     assert!(matches!(bob.receive(ua, &[0; 16], &units[0].2, &mut rng), Err(ChatError::Seal(_))));
     // A receipt from a third party for alice's message changes nothing.
-    let mut mallory = Chat::new(Identity::from_seed([3; 32]), true);
+    let mut mallory = Chat::new(Identity::from_seed([3; 32]), "mallory", true);
     mallory.receipt(ua, ChatPayload::Read(vec![id]), &mut rng).unwrap();
     let (forged, _) = drain(&mut mallory);
     alice.receive(carol, &forged[0].1, &forged[0].2, &mut rng).unwrap();
