@@ -356,12 +356,7 @@ impl Supernode {
         self.membership.live().map(|m| m.addr).collect()
     }
 
-    /// The name claims held, without copying them (persistence of many).
-    pub fn iter_claims(&self) -> impl Iterator<Item = &NameClaim> {
-        self.directory.claims()
-    }
-
-    /// All name claims held (for persistence).
+    /// All name claims held.
     pub fn claims(&self) -> Vec<NameClaim> {
         self.directory.claims().cloned().collect()
     }

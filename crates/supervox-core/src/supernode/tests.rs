@@ -802,7 +802,8 @@ fn a_stored_item_and_claim_are_output_before_the_answers_that_depend_on_them() {
     s.on_message(1, Message::MailPut { item: item.clone() }, 10);
     let out = drain(&mut s);
     let stored = out.iter().position(|o| *o == SnOutput::Mail(mailbox::MailChange::Stored(item.clone())));
-    let answered = out.iter().position(|o| matches!(o, SnOutput::Send(1, Message::MailPutResult { result: Ok(()), .. })));
+    let answered =
+        out.iter().position(|o| matches!(o, SnOutput::Send(1, Message::MailPutResult { result: Ok(()), .. })));
     assert!(stored.unwrap() < answered.unwrap(), "{out:?}");
     // Restored into a new incarnation, bob's mail is there and his ack is output.
     let mut again = sn(1, 4000, vec![]);
