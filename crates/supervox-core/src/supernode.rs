@@ -106,8 +106,13 @@ pub enum SnOutput {
         /// The message's kind, for metrics and the simulator.
         kind: &'static str,
     },
-    /// The set of name claims changed: persist [`Supernode::claims`].
-    ClaimsChanged,
+    /// A name claim was stored, new or replacing the one held for its name
+    /// (claims are never deleted): persist it before sending the outputs
+    /// that follow, which may acknowledge it.
+    ClaimStored(NameClaim),
+    /// The mailboxes changed: persist this before sending the outputs that
+    /// follow (a `stored` answer about a put comes after its change).
+    Mail(mailbox::MailChange),
     /// Check that a volunteer accepts TCP connections at `addr`; report with
     /// [`Supernode::on_reachable`].
     CheckReachable {
@@ -181,6 +186,8 @@ struct Conn {
     remote: SocketAddr,
     kind: PeerKind,
     lookups: usize,
+    /// Mail fetches in flight for this client.
+    mail_fetches: usize,
     /// A client's requests (lookups, claims, presence, signals) per second.
     requests: RateLimit,
     /// A client's mail puts per minute.
@@ -238,6 +245,10 @@ pub struct Supernode {
     mail_pending: Map<u64, (mailbox::MailPending, u64)>,
     /// The live set changed since mailboxes were last handed off.
     mail_dirty: bool,
+    /// Each held mailbox's holders when it was last handed off (or first
+    /// stored): a hand-off sends a box only to holders not in its set.
+    /// Bounded by the boxes held.
+    mail_holder_sets: Map<UserId, Vec<(UserId, SocketAddr)>>,
 }
 
 impl Supernode {
@@ -278,6 +289,7 @@ impl Supernode {
             mail: Default::default(),
             mail_pending: Map::default(),
             mail_dirty: false,
+            mail_holder_sets: Map::default(),
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();
@@ -344,12 +356,7 @@ impl Supernode {
         self.membership.live().map(|m| m.addr).collect()
     }
 
-    /// The name claims held, without copying them (persistence of many).
-    pub fn iter_claims(&self) -> impl Iterator<Item = &NameClaim> {
-        self.directory.claims()
-    }
-
-    /// All name claims held (for persistence).
+    /// All name claims held.
     pub fn claims(&self) -> Vec<NameClaim> {
         self.directory.claims().cloned().collect()
     }
@@ -369,6 +376,7 @@ impl Supernode {
                 remote,
                 kind: PeerKind::Pending,
                 lookups: 0,
+                mail_fetches: 0,
                 requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
                 mail_puts: RateLimit::per_window(mailbox::MAIL_PUTS_PER_MINUTE as u32, 60_000),
                 claim: None,

@@ -150,11 +150,12 @@ impl Sim {
                     }
                 }
                 SnOutput::Datagram { to, bytes, kind } => self.send_datagram(i, to, bytes, kind, ctx),
-                // Claims are not persisted (a process that dies is gone for
+                // Claims and mail are not persisted (a process that dies is gone for
                 // good); STUN over UDP is out of the simulator's scope.
                 // Simulated clients do not volunteer (promotion and step-back are
                 // tested with real processes).
-                SnOutput::ClaimsChanged
+                SnOutput::ClaimStored(_)
+                | SnOutput::Mail(_)
                 | SnOutput::StunDialBack { .. }
                 | SnOutput::DialBackPartner(_)
                 | SnOutput::CheckReachable { .. }

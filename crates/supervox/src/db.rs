@@ -27,6 +27,98 @@ use supervox_proto::UserId;
 /// The database file's name in the data directory.
 pub const DB_FILE: &str = "supervox.db";
 
+/// The node database's schema (application id 0: files from before the
+/// id was checked carry none).
+const NODE_SCHEMA: Schema = Schema { what: "database", application_id: 0, migrations: MIGRATIONS };
+
+/// One kind of database file: what the errors call it, the SQLite
+/// `application_id` stamped in its header (so one daemon's file is not taken
+/// for another's), and its migrations (entry `i` moves version `i` to `i + 1`).
+pub(crate) struct Schema {
+    pub what: &'static str,
+    pub application_id: i32,
+    pub migrations: &'static [&'static str],
+}
+
+/// Open (creating, mode 0600) the database at `path` and bring its schema
+/// up to date, each migration in one transaction with the new version.
+/// Refused when others may read it, when it is not a SQLite file, when it is
+/// another program's database (another application id, or tables without
+/// our `schema_version`), or when it comes from a newer build. WAL and
+/// `synchronous=FULL`: a commit is on disk when it returns.
+pub(crate) fn open_versioned(path: &Path, schema: &Schema) -> Result<Connection> {
+    let what = schema.what;
+    match std::fs::metadata(path) {
+        Ok(meta) => crate::store::refuse_if_readable_by_others(what, path, &meta)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Created empty with the right mode first: SQLite would use the umask.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut conn = Connection::open(path).with_context(|| format!("cannot open {what} {}", path.display()))?;
+    // The first read of the header: a damaged or foreign file fails here.
+    let app: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .with_context(|| format!("{what} {} is not a SQLite database (damaged?)", path.display()))?;
+    // WAL: a reader never blocks the writer; FULL: a commit is on disk when it returns.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    migrate(&mut conn, schema, app).with_context(|| format!("{what} {}", path.display()))?;
+    Ok(conn)
+}
+
+/// The schema version (the number of migrations applied).
+pub(crate) fn schema_version(conn: &Connection) -> Result<usize> {
+    let v: Option<i64> = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .context("schema_version unreadable")?;
+    Ok(usize::try_from(v.unwrap_or(0)).unwrap_or(usize::MAX))
+}
+
+/// `app`: the file's application id (stamped with the first migration, so
+/// a new or empty file has none yet).
+fn migrate(conn: &mut Connection, schema: &Schema, app: i32) -> Result<()> {
+    let versioned: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+    if !versioned && tables > 0 {
+        bail!("tables but no schema_version: another program's database, refusing to touch it");
+    }
+    let fresh = tables == 0 || (versioned && schema_version(conn)? == 0);
+    if app != schema.application_id && !(fresh && app == 0) {
+        bail!("not a supervox {} (application_id {app:#x}): refusing to touch it", schema.what);
+    }
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
+    let mut v = schema_version(conn)?;
+    let known = schema.migrations.len();
+    if v > known {
+        bail!("schema version {v} is newer than this build knows ({known}): refusing to touch it");
+    }
+    while v < known {
+        let tx = conn.transaction()?;
+        if v == 0 {
+            tx.pragma_update(None, "application_id", schema.application_id)?;
+        }
+        tx.execute_batch(schema.migrations[v]).with_context(|| format!("migration to version {}", v + 1))?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![(v + 1) as i64])?;
+        tx.commit()?;
+        v += 1;
+    }
+    Ok(())
+}
+
 /// Schema migrations, in order: entry `i` moves version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
     // 1: pinned peer keys (trust on first use).
@@ -116,54 +208,12 @@ impl Db {
     /// schema up to date. Refused when others may read it, or when it comes
     /// from a newer build.
     pub fn open(path: &Path) -> Result<Self> {
-        match std::fs::metadata(path) {
-            Ok(meta) => crate::store::refuse_if_readable_by_others("database", path, &meta)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Created empty with the right mode first: SQLite would use the umask.
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
-        let conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
-        // WAL: a reader never blocks the writer; FULL: a commit is on disk when it returns.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(2))?;
-        let mut db = Self { conn };
-        db.migrate().with_context(|| format!("database {}", path.display()))?;
-        Ok(db)
+        Ok(Self { conn: open_versioned(path, &NODE_SCHEMA)? })
     }
 
     /// The schema version (the number of migrations applied).
     pub fn version(&self) -> Result<usize> {
-        let v: Option<i64> = self
-            .conn
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .optional()
-            .context("schema_version unreadable")?;
-        Ok(usize::try_from(v.unwrap_or(0)).unwrap_or(usize::MAX))
-    }
-
-    fn migrate(&mut self) -> Result<()> {
-        self.conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
-        let mut v = self.version()?;
-        if v > MIGRATIONS.len() {
-            bail!("schema version {v} is newer than this build knows ({}): refusing to touch it", MIGRATIONS.len());
-        }
-        while v < MIGRATIONS.len() {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(MIGRATIONS[v]).with_context(|| format!("migration to version {}", v + 1))?;
-            tx.execute("DELETE FROM schema_version", [])?;
-            tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![(v + 1) as i64])?;
-            tx.commit()?;
-            v += 1;
-        }
-        Ok(())
+        schema_version(&self.conn)
     }
 
     /// Every pinned key.
@@ -440,6 +490,15 @@ mod tests {
         drop(c);
         let e = format!("{:#}", Db::open(&path).unwrap_err());
         assert!(e.contains("newer than this build"), "{e}");
+        // Another program's database (tables, no schema_version) and garbage are refused too.
+        let other = dir.path().join("other.db");
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&other).unwrap();
+        Connection::open(&other).unwrap().execute_batch("CREATE TABLE t (x INTEGER);").unwrap();
+        let e = format!("{:#}", Db::open(&other).unwrap_err());
+        assert!(e.contains("another program's database"), "{e}");
+        std::fs::write(&other, vec![0x5a; 4096]).unwrap();
+        let e = format!("{:#}", Db::open(&other).unwrap_err());
+        assert!(e.contains("not a SQLite database"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Files in the data directory: the identity key (mode 0600, refused when
-//! others can read it or it is damaged), the supernode's name claims and the
-//! client's host cache. Writes go to a temporary file renamed into place, so
-//! a crash never leaves half a file.
+//! others can read it or it is damaged), the client's host cache, and the
+//! `claims.json` of a supernode from before its database (imported once,
+//! `sn::db`). Writes go to a temporary file renamed into place, so a crash
+//! never leaves half a file.
 
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -24,6 +25,9 @@ pub(crate) fn refuse_if_readable_by_others(what: &str, path: &Path, meta: &fs::M
     }
     Ok(())
 }
+
+/// Where a supernode kept its claims before its database.
+const LEGACY_CLAIMS: &str = "claims.json";
 
 /// The data directory of one node or supernode.
 #[derive(Debug, Clone)]
@@ -75,29 +79,25 @@ impl DataDir {
         }
     }
 
-    /// Name claims a supernode stored. A damaged file is an error, not an
+    /// The name claims in `claims.json`, where a supernode kept them before
+    /// its database; `None` without one. A damaged file is an error, not an
     /// empty directory: losing claims silently would hand names to others.
-    pub fn claims(&self) -> Result<Vec<NameClaim>> {
-        let path = self.path("claims.json");
+    pub fn legacy_claims(&self) -> Result<Option<Vec<NameClaim>>> {
+        let path = self.path(LEGACY_CLAIMS);
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("claims file {} is corrupt", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .with_context(|| format!("claims file {} is corrupt", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
     }
 
-    /// Store the supernode's claims.
-    pub fn save_claims<'a>(&self, claims: impl IntoIterator<Item = &'a NameClaim>) -> Result<()> {
-        // Streamed to the file: 100 000 claims would be a 25 MB buffer.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.root)?;
-        {
-            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-            serde::Serializer::collect_seq(&mut serde_json::Serializer::new(&mut w), claims)?;
-            w.flush()?;
-        }
-        tmp.as_file().sync_all()?;
-        tmp.persist(self.path("claims.json")).context("cannot write claims.json")?;
-        Ok(())
+    /// `claims.json` is imported: rename it `claims.json.migrated` (kept for
+    /// the operator, no longer read).
+    pub fn retire_legacy_claims(&self) -> Result<()> {
+        let (from, to) = (self.path(LEGACY_CLAIMS), self.path(&format!("{LEGACY_CLAIMS}.migrated")));
+        fs::rename(&from, &to).with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
     }
 
     /// The client's host cache (a hint: unreadable lines are skipped).
@@ -148,15 +148,18 @@ mod tests {
     }
 
     #[test]
-    fn claims_persist_and_corruption_is_an_error() {
+    fn legacy_claims_are_read_retired_and_corruption_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let d = DataDir::open(dir.path()).unwrap();
-        assert!(d.claims().unwrap().is_empty());
+        assert_eq!(d.legacy_claims().unwrap(), None);
         let id = Identity::from_seed([1; 32]);
         let c = NameClaim::sign(id.signing_key(), "alice", 1).unwrap();
-        d.save_claims([&c]).unwrap();
-        assert_eq!(d.claims().unwrap(), vec![c]);
+        fs::write(d.path("claims.json"), serde_json::to_vec(&[&c]).unwrap()).unwrap();
+        assert_eq!(d.legacy_claims().unwrap(), Some(vec![c]));
+        d.retire_legacy_claims().unwrap();
+        assert_eq!(d.legacy_claims().unwrap(), None);
+        assert!(d.path("claims.json.migrated").exists());
         fs::write(d.path("claims.json"), b"{").unwrap();
-        assert!(d.claims().is_err());
+        assert!(d.legacy_claims().is_err());
     }
 }

@@ -2,7 +2,8 @@
 //! processes: mail left for a user who is offline survives one of its
 //! mailbox's holders being killed, arrives oldest first at the user's
 //! sign-in on another supernode, cannot be fetched or deleted by anyone else,
-//! and is gone once its owner acknowledges it.
+//! and is gone once its owner acknowledges it; mail and claims a supernode
+//! acknowledged survive its `kill -9` (its database, `sn/db.rs`).
 
 mod common;
 #[path = "common/raw.rs"]
@@ -13,7 +14,7 @@ use raw::{now, Raw};
 use std::time::{Duration, Instant};
 use supervox_core::Identity;
 use supervox_proto::mail::{MailAck, MailFetch, MailItem, MAX_MAIL_LIFETIME_MS};
-use supervox_proto::Message;
+use supervox_proto::{Message, NameClaim};
 
 /// Fetch `raw`'s mailbox: the ids of the items, in the order they came.
 fn fetch(raw: &mut Raw, fetch: MailFetch) -> Vec<[u8; 16]> {
@@ -104,4 +105,85 @@ fn mail_for_an_offline_user_survives_a_holder_and_only_its_owner_reads_or_delete
     std::thread::sleep(Duration::from_millis(300));
     assert!(fetch(&mut bob_raw, MailFetch::sign(bob.signing_key(), now())).is_empty());
     drop(sn1);
+}
+
+#[test]
+fn mail_and_a_claim_acknowledged_before_a_kill_9_are_there_after_the_restart() {
+    let root = tempfile::tempdir().unwrap();
+    // One supernode: the only holder of every mailbox and claim, so after
+    // its kill the mail and the claim exist on its disk or nowhere.
+    let sn = start_sn(root.path(), "sn1", &[]);
+    let addr = sn.addr;
+    let mut alice = Raw::connect(addr, 81);
+    alice.sign_in("alice");
+    let bob = Identity::from_seed([82; 32]);
+    let t = now();
+    let ids: Vec<[u8; 16]> = (0..2u8).map(|n| [n + 1; 16]).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let item = MailItem::sign(
+            alice.id.signing_key(),
+            *id,
+            bob.user_id(),
+            t + n as u64,
+            MAX_MAIL_LIFETIME_MS,
+            vec![7; 200],
+        );
+        alice.send(Message::MailPut { item });
+        match alice.try_recv(Duration::from_secs(5)) {
+            Some(Message::MailPutResult { id: got, result: Ok(()) }) => assert_eq!(got, *id),
+            m => panic!("not stored: {m:?}"),
+        }
+    }
+    // Carol claims a name; the supernode is killed the moment it says yes.
+    let mut carol = Raw::connect(addr, 83);
+    while carol.try_recv(Duration::from_millis(200)).is_some() {}
+    carol.send(Message::Claim { claim: NameClaim::sign(carol.id.signing_key(), "carol", now()).unwrap() });
+    match carol.recv() {
+        Message::ClaimResult { result: Ok(()), .. } => {}
+        m => panic!("claim refused: {m:?}"),
+    }
+    drop(sn);
+    drop((alice, carol));
+    let sn = start_sn_at(root.path(), "sn1", addr, &[]);
+    assert!(sn.dir.join("supernode.db").exists());
+    // The name is still carol's: another key's claim is refused.
+    let mut mallory = Raw::connect(addr, 84);
+    while mallory.try_recv(Duration::from_millis(200)).is_some() {}
+    mallory.send(Message::Claim { claim: NameClaim::sign(mallory.id.signing_key(), "carol", now()).unwrap() });
+    match mallory.recv() {
+        Message::ClaimResult { result: Err(e), .. } => assert!(e.contains("taken"), "{e}"),
+        m => panic!("the claim was lost: {m:?}"),
+    }
+    // Bob signs in and gets both items, which his ack then deletes for good.
+    let mut bob_raw = Raw::connect_as_identity(addr, bob.clone());
+    bob_raw.sign_in("bob");
+    let got = fetch(&mut bob_raw, MailFetch::sign(bob.signing_key(), now()));
+    assert_eq!(got, ids);
+    bob_raw.send(Message::MailAck { ack: MailAck::sign(bob.signing_key(), got, now()) });
+    std::thread::sleep(Duration::from_millis(300));
+    drop(sn);
+    drop(bob_raw);
+    let _sn = start_sn_at(root.path(), "sn1", addr, &[]);
+    let mut bob_raw = Raw::connect_as_identity(addr, bob.clone());
+    bob_raw.sign_in("bob");
+    assert!(fetch(&mut bob_raw, MailFetch::sign(bob.signing_key(), now())).is_empty(), "acked mail came back");
+}
+
+#[test]
+fn the_claims_json_of_an_older_supernode_is_imported_once() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("sn1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let owner = Identity::from_seed([85; 32]);
+    let claim = NameClaim::sign(owner.signing_key(), "olga", 1).unwrap();
+    std::fs::write(dir.join("claims.json"), serde_json::to_vec(&[claim]).unwrap()).unwrap();
+    let sn = start_sn(root.path(), "sn1", &[]);
+    let mut mallory = Raw::connect(sn.addr, 84);
+    while mallory.try_recv(Duration::from_millis(200)).is_some() {}
+    mallory.send(Message::Claim { claim: NameClaim::sign(mallory.id.signing_key(), "olga", now()).unwrap() });
+    match mallory.recv() {
+        Message::ClaimResult { result: Err(e), .. } => assert!(e.contains("taken"), "{e}"),
+        m => panic!("the imported claim is missing: {m:?}"),
+    }
+    assert!(!dir.join("claims.json").exists() && dir.join("claims.json.migrated").exists());
 }

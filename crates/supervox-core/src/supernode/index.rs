@@ -320,7 +320,7 @@ impl Supernode {
     fn store_claim_as_primary(&mut self, claim: NameClaim, now_ms: u64) -> Result<(), String> {
         match self.directory.claim(claim.clone()) {
             Ok(ClaimOutcome::Stored) => {
-                self.out.push_back(SnOutput::ClaimsChanged);
+                self.out.push_back(SnOutput::ClaimStored(claim.clone()));
                 self.replicate(&claim.name, vec![claim.clone()], vec![], true, now_ms);
                 Ok(())
             }
@@ -352,9 +352,9 @@ impl Supernode {
     /// with a presence: races settle the same way on every holder.
     /// True if the claim was new here.
     fn store_claim_copy(&mut self, claim: NameClaim, now_ms: u64) -> bool {
-        match self.directory.replicate(claim, now_ms) {
+        match self.directory.replicate(claim.clone(), now_ms) {
             Ok(ClaimOutcome::Stored) | Ok(ClaimOutcome::Replaced(_)) => {
-                self.out.push_back(SnOutput::ClaimsChanged);
+                self.out.push_back(SnOutput::ClaimStored(claim));
                 true
             }
             Ok(ClaimOutcome::Unchanged) => false,

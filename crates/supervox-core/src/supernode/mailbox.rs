@@ -16,15 +16,20 @@
 //! - **Ack.** The recipient signs the ids it has stored; only that signature
 //!   deletes, so nobody else can delete its mail. Deleted ids are remembered
 //!   (tombstones) so a late copy does not bring an item back.
-//! - **Hand-off.** When the live set changes, each holder offers its boxes
-//!   to their holders in the new view (they deduplicate); an old holder keeps
-//!   its copies until they expire or are acknowledged, bounded by the store's
-//!   limits.
+//! - **Hand-off.** When the live set changes, each supernode offers its
+//!   boxes to the holders that are new for them in its view (it remembers
+//!   each box's holder set; they deduplicate); an old holder keeps its copies
+//!   until they expire or are acknowledged, bounded by the store's limits.
+//! - **Persistence.** Every change of the store is a [`MailChange`] the
+//!   supernode emits ([`super::SnOutput::Mail`]) ahead of any answer that
+//!   depends on it, so a driver that writes each change before sending what
+//!   follows never acknowledges mail it has not stored. At start the driver
+//!   hands back what it stored ([`Supernode::restore_mail`]).
 //!
 //! [`MailStore`] is the sans-IO store; the `impl Supernode` block below is
 //! the protocol.
 
-use super::{Supernode, MAX_LOOKUPS_PER_CONN};
+use super::{SnOutput, Supernode, MAX_LOOKUPS_PER_CONN};
 use crate::overlay::rendezvous::key_hash;
 use crate::{ConnId, Map};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -69,6 +74,26 @@ pub enum MailRefusal {
     StoreFull,
 }
 
+/// One change of a [`MailStore`], for the driver to persist in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailChange {
+    /// An item was stored (new here).
+    Stored(MailItem),
+    /// The recipient `to` acknowledged `ids`: deleted where held, and
+    /// remembered as tombstones.
+    Acked {
+        /// Whose mailbox.
+        to: UserId,
+        /// The ids acknowledged (every one becomes a tombstone).
+        ids: Vec<MailId>,
+    },
+    /// The oldest tombstones, no longer remembered (beyond [`MAX_TOMBSTONES`]).
+    Forgotten(Vec<MailId>),
+    /// Items dropped without an ack: expired, or not taken back at restore
+    /// (expired, over a limit, or no longer valid).
+    Dropped(Vec<(UserId, MailId)>),
+}
+
 #[derive(Debug, Default)]
 struct MailBox {
     /// Oldest first.
@@ -84,12 +109,50 @@ pub struct MailStore {
     bytes: usize,
     tombstones: HashSet<MailId>,
     tomb_order: VecDeque<MailId>,
+    /// Changes not yet taken by [`MailStore::take_changes`] (drained after
+    /// every operation, so this holds one operation's changes at most).
+    changes: Vec<MailChange>,
 }
 
 impl MailStore {
     /// Store `item` (verified at `now_ms`). `Ok(false)`: we had it, or it was
     /// delivered already.
     pub fn put(&mut self, item: MailItem, now_ms: u64) -> Result<bool, MailRefusal> {
+        let stored = self.insert(item.clone(), now_ms)?;
+        if stored {
+            self.changes.push(MailChange::Stored(item));
+        }
+        Ok(stored)
+    }
+
+    /// Take back what an earlier run stored (its [`MailChange`]s applied in
+    /// order): tombstones oldest first, then the items, checked again as a
+    /// put would (what no longer verifies or fits is reported
+    /// [`MailChange::Dropped`]). Emits nothing else: the rest is stored.
+    pub fn restore(&mut self, items: Vec<MailItem>, tombstones: Vec<MailId>, now_ms: u64) {
+        // Stored already: only what the bound pushes out needs writing.
+        let forgotten: Vec<MailId> = tombstones.into_iter().filter_map(|id| self.tombstone(id)).collect();
+        if !forgotten.is_empty() {
+            self.changes.push(MailChange::Forgotten(forgotten));
+        }
+        let mut dropped = Vec::new();
+        for item in items {
+            let key = (item.to, item.id);
+            if !matches!(self.insert(item, now_ms), Ok(true)) {
+                dropped.push(key);
+            }
+        }
+        if !dropped.is_empty() {
+            self.changes.push(MailChange::Dropped(dropped));
+        }
+    }
+
+    /// The changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<MailChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn insert(&mut self, item: MailItem, now_ms: u64) -> Result<bool, MailRefusal> {
         item.verify(now_ms)?;
         if self.tombstones.contains(&item.id) {
             return Ok(false);
@@ -134,8 +197,9 @@ impl MailStore {
     pub fn ack(&mut self, ack: &MailAck, now_ms: u64) -> Result<usize, MailError> {
         ack.verify(now_ms)?;
         let mut gone = 0;
+        let mut forgotten = Vec::new();
         for id in &ack.ids {
-            self.tombstone(*id);
+            forgotten.extend(self.tombstone(*id));
             let Some(b) = self.boxes.get_mut(&ack.to) else { continue };
             if let Some(sent) = b.ids.remove(id) {
                 if let Some(item) = b.items.remove(&(sent, *id)) {
@@ -148,26 +212,39 @@ impl MailStore {
         if self.boxes.get(&ack.to).is_some_and(|b| b.items.is_empty()) {
             self.boxes.remove(&ack.to);
         }
+        self.changes.push(MailChange::Acked { to: ack.to, ids: ack.ids.clone() });
+        if !forgotten.is_empty() {
+            self.changes.push(MailChange::Forgotten(forgotten));
+        }
         Ok(gone)
     }
 
-    fn tombstone(&mut self, id: MailId) {
+    /// Remember `id` as deleted; the tombstone this pushed out, if any.
+    fn tombstone(&mut self, id: MailId) -> Option<MailId> {
         if self.tombstones.insert(id) {
             self.tomb_order.push_back(id);
             if self.tomb_order.len() > MAX_TOMBSTONES {
-                if let Some(old) = self.tomb_order.pop_front() {
-                    self.tombstones.remove(&old);
-                }
+                let old = self.tomb_order.pop_front()?;
+                self.tombstones.remove(&old);
+                return Some(old);
             }
         }
+        None
     }
 
     /// Drop expired items.
     pub fn expire(&mut self, now_ms: u64) {
         let mut freed = 0;
-        self.boxes.retain(|_, b| {
+        let mut dropped = Vec::new();
+        self.boxes.retain(|to, b| {
             let before = b.items.len();
-            b.items.retain(|_, i| i.expires_ms > now_ms);
+            b.items.retain(|_, i| {
+                let keep = i.expires_ms > now_ms;
+                if !keep {
+                    dropped.push((*to, i.id));
+                }
+                keep
+            });
             if b.items.len() != before {
                 let ids: Map<MailId, u64> = b.items.values().map(|i| (i.id, i.sent_ms)).collect();
                 let bytes: usize = b.items.values().map(MailItem::size).sum();
@@ -178,6 +255,14 @@ impl MailStore {
             !b.items.is_empty()
         });
         self.bytes -= freed;
+        if !dropped.is_empty() {
+            self.changes.push(MailChange::Dropped(dropped));
+        }
+    }
+
+    /// True when mail for `to` is held.
+    pub fn holds(&self, to: &UserId) -> bool {
+        self.boxes.contains_key(to)
     }
 
     /// Recipients with mail here.
@@ -269,7 +354,7 @@ impl Supernode {
         let mut p = MailPending::Put { conn, id, outstanding: holders.len(), stored: 0, needed, last_err: None };
         for (hid, addr) in holders {
             if hid == self.me {
-                let r = self.mail.put(item.clone(), now_ms).map(|_| ()).map_err(|e| e.to_string());
+                let r = self.mail_put(item.clone(), now_ms).map(|_| ()).map_err(|e| e.to_string());
                 Self::put_answer(&mut p, r);
             } else {
                 self.send_overlay(addr, OverlayMsg::MailPut { req, item: item.clone() });
@@ -313,7 +398,11 @@ impl Supernode {
                 self.send(conn, Message::MailPutResult { id, result });
             }
             MailPending::Fetch { conn, more, .. } => {
-                self.send(conn, Message::Mail { items: Vec::new(), done: true, more })
+                // A closed connection took its counter with it.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.mail_fetches = c.mail_fetches.saturating_sub(1);
+                    self.send(conn, Message::Mail { items: Vec::new(), done: true, more })
+                }
             }
         }
     }
@@ -324,14 +413,13 @@ impl Supernode {
             self.send(conn, Message::Error { reason: "mail fetch refused: not signed by this user".into() });
             return;
         }
-        let busy = self
-            .mail_pending
-            .values()
-            .filter(|(p, _)| matches!(p, MailPending::Fetch { conn: c, .. } if *c == conn))
-            .count();
+        let busy = self.conns.get(&conn).map_or(usize::MAX, |c| c.mail_fetches);
         if busy >= MAX_LOOKUPS_PER_CONN || self.mail_pending.len() >= super::index::MAX_PENDING {
             self.send(conn, Message::Error { reason: "too many mail fetches in flight".into() });
             return;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.mail_fetches += 1;
         }
         let holders = self.mail_holders(&user);
         let req = self.next_mail_req();
@@ -377,10 +465,41 @@ impl Supernode {
         for (hid, addr) in self.mail_holders(&user) {
             if hid == self.me {
                 let _ = self.mail.ack(&ack, now_ms);
+                self.flush_mail_changes();
             } else {
                 self.send_overlay(addr, OverlayMsg::MailAck { ack: ack.clone() });
             }
         }
+    }
+
+    /// Store an item and queue its change (ahead of any answer about it).
+    /// A box new here starts with the holders of our view: those its
+    /// putter asked, so a hand-off does not send it to them again.
+    fn mail_put(&mut self, item: MailItem, now_ms: u64) -> Result<bool, MailRefusal> {
+        let to = item.to;
+        let stored = self.mail.put(item, now_ms)?;
+        self.flush_mail_changes();
+        if stored && !self.mail_holder_sets.contains_key(&to) {
+            let holders = self.mail_holders(&to);
+            self.mail_holder_sets.insert(to, holders);
+        }
+        Ok(stored)
+    }
+
+    /// Queue the store's changes for the driver, in order.
+    fn flush_mail_changes(&mut self) {
+        for c in self.mail.take_changes() {
+            self.out.push_back(SnOutput::Mail(c));
+        }
+    }
+
+    /// Take back the mail an earlier run stored (see [`MailStore::restore`]):
+    /// at the first hand-off every box is offered to all its holders (they
+    /// may have lost it while we were gone).
+    pub fn restore_mail(&mut self, items: Vec<MailItem>, tombstones: Vec<MailId>, now_ms: u64) {
+        self.mail.restore(items, tombstones, now_ms);
+        self.flush_mail_changes();
+        self.mail_dirty = true;
     }
 
     fn next_mail_req(&mut self) -> u64 {
@@ -392,7 +511,8 @@ impl Supernode {
     pub(super) fn on_mail_msg(&mut self, from: SocketAddr, msg: OverlayMsg, now_ms: u64) -> Option<OverlayMsg> {
         match msg {
             OverlayMsg::MailPut { req, item } => {
-                let result = self.mail.put(item, now_ms).map(|_| ()).map_err(|e| e.to_string());
+                // The change is queued ahead of the answer: stored before it leaves.
+                let result = self.mail_put(item, now_ms).map(|_| ()).map_err(|e| e.to_string());
                 self.send_overlay(from, OverlayMsg::MailPutAns { req, result });
             }
             OverlayMsg::MailPutAns { req, result } => {
@@ -413,13 +533,15 @@ impl Supernode {
                 self.mail_progress(req);
             }
             OverlayMsg::MailAck { ack } => {
-                if let Err(e) = self.mail.ack(&ack, now_ms) {
+                let r = self.mail.ack(&ack, now_ms);
+                self.flush_mail_changes();
+                if let Err(e) = r {
                     debug!("mail ack from {from} refused: {e}");
                 }
             }
             OverlayMsg::MailCopy { items } => {
                 for item in items.into_iter().take(MAX_ITEMS_PER_PACKET) {
-                    if let Err(e) = self.mail.put(item, now_ms) {
+                    if let Err(e) = self.mail_put(item, now_ms) {
                         debug!("mail copy from {from} not stored: {e}");
                     }
                 }
@@ -438,23 +560,34 @@ impl Supernode {
         }
     }
 
-    /// The live set changed: offer every box to its holders in the new
-    /// view (they deduplicate). Costs O(boxes held), at most one round per
-    /// housekeeping period.
+    /// The live set changed: offer every box to the holders that are new
+    /// for it in our view (they deduplicate), and remember its holder set.
+    /// A change that leaves a box's holders alone sends nothing for it.
+    /// Costs O(boxes held × members) to rank, at most one round per
+    /// housekeeping period; sends only what moved.
     pub(super) fn hand_off_mail(&mut self, now_ms: u64) {
         self.mail.expire(now_ms);
+        self.flush_mail_changes();
+        // A box that went (acked, expired) takes its holder set with it.
+        let mail = &self.mail;
+        self.mail_holder_sets.retain(|to, _| mail.holds(to));
         for to in self.mail.recipients() {
             let holders = self.mail_holders(&to);
-            let items = self.mail.items_of(&to);
-            let copies = pages(items);
-            for (hid, addr) in holders {
-                if hid == self.me {
-                    continue;
-                }
-                for page in &copies {
-                    self.send_overlay(addr, OverlayMsg::MailCopy { items: page.clone() });
+            let known = self.mail_holder_sets.get(&to);
+            let new: Vec<SocketAddr> = holders
+                .iter()
+                .filter(|h| h.0 != self.me && !known.is_some_and(|k| k.contains(h)))
+                .map(|h| h.1)
+                .collect();
+            if !new.is_empty() {
+                let copies = pages(self.mail.items_of(&to));
+                for addr in new {
+                    for page in &copies {
+                        self.send_overlay(addr, OverlayMsg::MailCopy { items: page.clone() });
+                    }
                 }
             }
+            self.mail_holder_sets.insert(to, holders);
         }
     }
 }
@@ -491,6 +624,44 @@ mod tests {
         assert_eq!(s.len(), 3);
         s.expire(61_005);
         assert!(s.is_empty() && s.bytes() == 0, "{} items, {} bytes", s.len(), s.bytes());
+    }
+
+    #[test]
+    fn every_change_is_emitted_and_a_restored_store_is_the_same() {
+        let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let mut s = MailStore::default();
+        let (i0, i1, i2) = (item(&a, &b, 0, 1_000, 10), item(&a, &b, 1, 1_001, 10), item(&a, &b, 2, 1_002, 10));
+        let mut short = item(&a, &b, 3, 1_003, 10);
+        short = MailItem::sign(a.signing_key(), short.id, short.to, short.sent_ms, 5_000, short.body);
+        for i in [&i0, &i1, &i2, &short] {
+            s.put(i.clone(), 2_000).unwrap();
+        }
+        s.put(i0.clone(), 2_000).unwrap();
+        let stored = s.take_changes();
+        assert_eq!(
+            stored,
+            vec![
+                MailChange::Stored(i0.clone()),
+                MailChange::Stored(i1.clone()),
+                MailChange::Stored(i2.clone()),
+                MailChange::Stored(short.clone())
+            ],
+            "a duplicate changes nothing"
+        );
+        s.ack(&MailAck::sign(b.signing_key(), vec![[0; 16], [7; 16]], 2_000), 2_000).unwrap();
+        assert_eq!(s.take_changes(), vec![MailChange::Acked { to: b.user_id(), ids: vec![[0; 16], [7; 16]] }]);
+        s.expire(6_500);
+        assert_eq!(s.take_changes(), vec![MailChange::Dropped(vec![(b.user_id(), [3; 16])])]);
+        assert!(s.take_changes().is_empty());
+        // What a driver stored (items i1, i2, tombstones 0 and 7) comes back whole;
+        // the item that expired meanwhile is reported dropped.
+        let mut r = MailStore::default();
+        r.restore(vec![i2.clone(), i1.clone(), short.clone()], vec![[0; 16], [7; 16]], 6_500);
+        assert_eq!(r.take_changes(), vec![MailChange::Dropped(vec![(b.user_id(), [3; 16])])]);
+        assert_eq!(r.items_of(&b.user_id()), s.items_of(&b.user_id()));
+        assert_eq!((r.len(), r.bytes()), (s.len(), s.bytes()));
+        assert_eq!(r.put(i0, 6_500), Ok(false), "the tombstone came back too");
+        assert!(r.take_changes().is_empty());
     }
 
     #[test]

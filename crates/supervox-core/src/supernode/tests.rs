@@ -738,3 +738,108 @@ fn offline_mail_survives_two_holder_crashes_and_only_the_recipient_deletes_it() 
         assert!(!h.iter().any(|(_, a)| *a == net.sns[i].advertise()), "holder {i} kept acked mail");
     }
 }
+
+/// Alice (on sn 0 of `net`) leaves one item for bob; the supernodes holding it.
+fn leave_one_item(net: &mut Net, alice: &Identity, bob: &Identity) -> Vec<usize> {
+    use supervox_proto::mail::MailItem;
+    net.sign_in(0, 1, alice, "alice");
+    let item = MailItem::sign(alice.signing_key(), [5; 16], bob.user_id(), net.now, 3_600_000, vec![5; 100]);
+    net.sns[0].on_message(1, Message::MailPut { item }, net.now);
+    net.pump();
+    assert!(net.take_client_msgs(0, 1).iter().any(|m| matches!(m, Message::MailPutResult { result: Ok(()), .. })));
+    (0..net.sns.len()).filter(|i| net.sns[*i].mail.len() == 1).collect()
+}
+
+fn mail_copies_to(net: &Net) -> Vec<SocketAddr> {
+    net.delivered.iter().filter(|(k, _)| *k == "MailCopy").map(|(_, a)| *a).collect()
+}
+
+#[test]
+fn a_membership_change_that_keeps_a_mailboxs_holders_sends_nothing_for_it() {
+    let mut net = Net::new(7);
+    net.run(3_000);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    let holders = leave_one_item(&mut net, &alice, &bob);
+    assert_eq!(holders.len(), 3);
+    // A supernode that holds nothing of bob's dies: the membership changes
+    // (every survivor sees it go), the mailbox's holders do not.
+    let bystander = (1..7).find(|i| !holders.contains(i)).unwrap();
+    let gone = net.sns[bystander].advertise();
+    net.delivered.clear();
+    net.down.insert(bystander);
+    net.run(20_000);
+    assert!(holders.iter().all(|h| !net.sns[*h].peer_addrs().contains(&gone)), "the death was noticed");
+    assert_eq!(mail_copies_to(&net), Vec::<SocketAddr>::new(), "nothing handed off");
+    // A holder dies: the survivors send the box to the one new holder, and only to it.
+    net.down.insert(holders[0]);
+    net.run(20_000);
+    let new: Vec<usize> = (0..7).filter(|i| !net.down.contains(i) && !holders.contains(i)).collect();
+    let new_holder = new.iter().copied().find(|i| net.sns[*i].mail.len() == 1).expect("a new holder got the box");
+    let copies = mail_copies_to(&net);
+    assert!(!copies.is_empty());
+    assert!(copies.iter().all(|a| *a == net.sns[new_holder].advertise()), "{copies:?}");
+    // And a further change that leaves the new set alone sends nothing again.
+    let bystander = new.iter().copied().find(|i| *i != new_holder).unwrap();
+    net.delivered.clear();
+    net.down.insert(bystander);
+    net.run(20_000);
+    assert_eq!(mail_copies_to(&net), Vec::<SocketAddr>::new());
+}
+
+#[test]
+fn a_stored_item_and_claim_are_output_before_the_answers_that_depend_on_them() {
+    use supervox_proto::mail::{MailAck, MailItem};
+    let mut s = sn(1, 4000, vec![]);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    join_client(&mut s, 1, &alice);
+    let claim = NameClaim::sign(alice.signing_key(), "alice", 1).unwrap();
+    s.on_message(1, Message::Claim { claim: claim.clone() }, 10);
+    let out = drain(&mut s);
+    let stored = out.iter().position(|o| *o == SnOutput::ClaimStored(claim.clone())).expect("claim persisted");
+    let answered = out.iter().position(|o| matches!(o, SnOutput::Send(1, Message::ClaimResult { .. }))).unwrap();
+    assert!(stored < answered, "{out:?}");
+    let item = MailItem::sign(alice.signing_key(), [5; 16], bob.user_id(), 10, 3_600_000, vec![5; 100]);
+    s.on_message(1, Message::MailPut { item: item.clone() }, 10);
+    let out = drain(&mut s);
+    let stored = out.iter().position(|o| *o == SnOutput::Mail(mailbox::MailChange::Stored(item.clone())));
+    let answered =
+        out.iter().position(|o| matches!(o, SnOutput::Send(1, Message::MailPutResult { result: Ok(()), .. })));
+    assert!(stored.unwrap() < answered.unwrap(), "{out:?}");
+    // Restored into a new incarnation, bob's mail is there and his ack is output.
+    let mut again = sn(1, 4000, vec![]);
+    again.restore_mail(vec![item], vec![], 20);
+    assert!(drain(&mut again).is_empty(), "nothing to write back");
+    join_client(&mut again, 2, &bob);
+    again.on_message(2, Message::MailAck { ack: MailAck::sign(bob.signing_key(), vec![[5; 16]], 20) }, 20);
+    let out = drain(&mut again);
+    assert!(out.contains(&SnOutput::Mail(mailbox::MailChange::Acked { to: bob.user_id(), ids: vec![[5; 16]] })));
+    assert!(again.mail().is_empty());
+}
+
+#[test]
+fn a_clients_mail_fetches_in_flight_are_bounded_and_freed_when_answered() {
+    use supervox_proto::mail::MailFetch;
+    let mut net = Net::new(3);
+    net.run(3_000);
+    let bob = Identity::from_seed([11; 32]);
+    net.sign_in(0, 2, &bob, "bob");
+    // Holders that never answer keep every fetch in flight until its deadline.
+    net.black_hole.insert(net.sns[1].advertise());
+    net.black_hole.insert(net.sns[2].advertise());
+    let now = net.now;
+    for _ in 0..MAX_LOOKUPS_PER_CONN + 1 {
+        net.sns[0].on_message(2, Message::MailFetch { fetch: MailFetch::sign(bob.signing_key(), now) }, now);
+    }
+    net.pump();
+    let msgs = net.take_client_msgs(0, 2);
+    let refused = msgs.iter().filter(|m| matches!(m, Message::Error { .. })).count();
+    assert_eq!(refused, 1, "{msgs:?}");
+    // Past the deadline every fetch is answered `done`, and the client may fetch again.
+    net.run(3_000);
+    let done = net.take_client_msgs(0, 2).iter().filter(|m| matches!(m, Message::Mail { done: true, .. })).count();
+    assert_eq!(done, MAX_LOOKUPS_PER_CONN);
+    let now = net.now;
+    net.sns[0].on_message(2, Message::MailFetch { fetch: MailFetch::sign(bob.signing_key(), now) }, now);
+    net.pump();
+    assert!(!net.take_client_msgs(0, 2).iter().any(|m| matches!(m, Message::Error { .. })));
+}

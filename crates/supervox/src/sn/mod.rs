@@ -1,6 +1,7 @@
 //! The supernode daemon: TCP listeners, the link actor, the UDP plane
-//! (STUN and TURN), TURN over TLS listeners, persistence, metrics.
+//! (STUN and TURN), TURN over TLS listeners, persistence ([`db`]), metrics.
 
+pub mod db;
 mod tls;
 mod udp;
 
@@ -18,6 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+/// Queued UDP events handled in one round of the actor, after the first
+/// (their outputs are sent, and their changes committed, together).
+const UDP_EVENTS_PER_ROUND: usize = 63;
+
 /// Lifetime of the TURN credentials handed to signed-in clients.
 const RELAY_CREDENTIAL_TTL_S: u64 = 3_600;
 
@@ -28,7 +33,7 @@ pub struct SnOptions {
     pub listen: Vec<SocketAddr>,
     /// Supernodes to join.
     pub seeds: Vec<SocketAddr>,
-    /// Where identity and claims live.
+    /// Where the identity and the database (claims, mailboxes) live.
     pub data_dir: std::path::PathBuf,
     /// Address to advertise, if not the first listen address.
     pub advertise: Option<SocketAddr>,
@@ -120,12 +125,16 @@ impl BoundSupernode {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<Option<String>> {
         let data = DataDir::open(&self.opts.data_dir)?;
         let identity = data.identity()?;
-        let claims = data.claims()?;
+        let mut db = db::SnDb::open(&data.path(db::SN_DB_FILE))?;
+        import_claims_json(&data, &mut db)?;
+        let claims = db.claims()?;
+        let (mail, tombstones) = (db.mail_items()?, db.tombstones()?);
         info!(
-            "supernode {} at {} ({} stored claims); pinned seed for clients: --seed {}@{}",
+            "supernode {} at {} ({} stored claims, {} mail items); pinned seed for clients: --seed {}@{}",
             identity.fingerprint(),
             self.advertise,
             claims.len(),
+            mail.len(),
             identity.user_id(),
             self.advertise
         );
@@ -144,6 +153,7 @@ impl BoundSupernode {
             ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
         let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
+        sn.restore_mail(mail, tombstones, now_ms());
         let secret = match &self.opts.relay_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => rand::random::<[u8; 32]>().to_vec(),
@@ -220,17 +230,14 @@ impl BoundSupernode {
         // Answers to promotion reachability checks: (conn, address, reachable).
         let (reach_tx, mut reach_rx) = mpsc::channel::<(ConnId, SocketAddr, bool)>(64);
         let mut link_errors: u64 = 0;
-        let mut claims_dirty = false;
-        let mut next_claims_save = now_ms();
+        // The core's changes (claims, mail) not yet committed.
+        let mut unsaved = db::Pending::default();
+        // A commit that failed: we stop rather than acknowledge what is not stored.
+        let mut db_failed = None;
         let mut stepped_back = None;
-        while stepped_back.is_none() {
-            // One timer: the earliest of the supernode's deadlines, the links'
-            // keepalive sweep and a pending claims write.
-            let deadline = supervox_core::timer::earliest([
-                sn.poll_timeout(),
-                links.poll_timeout(),
-                claims_dirty.then_some(next_claims_save),
-            ]);
+        while stepped_back.is_none() && db_failed.is_none() {
+            // One timer: the earliest of the supernode's deadlines and the links' keepalive sweep.
+            let deadline = supervox_core::timer::earliest([sn.poll_timeout(), links.poll_timeout()]);
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some((stream, remote)) = acc_rx.recv() => {
@@ -249,7 +256,18 @@ impl BoundSupernode {
                         on_net(&mut links, &mut sn, &mut link_errors, ev);
                     }
                 }
-                Some(ev) = udp_rx.recv() => udp.on_event(ev, &mut sn),
+                Some(ev) = udp_rx.recv() => {
+                    udp.on_event(ev, &mut sn);
+                    // What else has queued goes in the same round, so the
+                    // changes it makes (a join's claim hand-off: 16 per
+                    // datagram) share one commit (one fsync, ~4 ms: BENCHMARKS.md).
+                    for _ in 0..UDP_EVENTS_PER_ROUND {
+                        match udp_rx.try_recv() {
+                            Ok(ev) => udp.on_event(ev, &mut sn),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some((conn, addr, ok)) = reach_rx.recv() => sn.on_reachable(conn, addr, ok),
                 Some(reply) = metrics_rx.recv() => {
                     let _ = reply.send(render_metrics(&sn, links.len(), link_errors, udp.allocations()));
@@ -265,20 +283,18 @@ impl BoundSupernode {
                             sn.on_closed(conn, now_ms());
                         }
                     }
-                    if claims_dirty && now >= next_claims_save {
-                        claims_dirty = false;
-                        let t = std::time::Instant::now();
-                        if let Err(e) = data.save_claims(sn.iter_claims()) {
-                            warn!("cannot persist claims: {e:#}");
-                            claims_dirty = true;
-                        }
-                        // Writing blocks the actor (a 100 000-claim file takes ~0.1 s):
-                        // during a login wave, spend at most a tenth of the time on it.
-                        next_claims_save = now_ms() + 9 * t.elapsed().as_millis() as u64;
-                    }
                 }
             }
             while let Some(out) = sn.poll_output() {
+                // Write-ahead: the changes queued so far are committed (one
+                // transaction for the batch) before anything queued after
+                // them leaves — an answer may acknowledge them.
+                if !matches!(out, SnOutput::ClaimStored(_) | SnOutput::Mail(_)) {
+                    if let Err(e) = db.commit(&mut unsaved) {
+                        db_failed = Some(e);
+                        break;
+                    }
+                }
                 match out {
                     SnOutput::Send(conn, msg) => {
                         if let Err(e) = links.send(conn, &msg) {
@@ -301,13 +317,18 @@ impl BoundSupernode {
                             let _ = tx.send((conn, addr, ok)).await;
                         });
                     }
-                    // Claims are written at a later tick, batching bursts.
-                    SnOutput::ClaimsChanged => claims_dirty = true,
+                    SnOutput::ClaimStored(claim) => unsaved.claim(claim),
+                    SnOutput::Mail(change) => unsaved.mail(change),
                     SnOutput::StunDialBack { transaction_id, mapped, to, padding } => {
                         udp.dial_back(supervox_stun::DialBack { transaction_id, mapped, to, padding })
                     }
                     SnOutput::DialBackPartner(other) => udp.set_other(other),
                     SnOutput::SteppedBack { reason } => stepped_back = Some(reason),
+                }
+            }
+            if db_failed.is_none() {
+                if let Err(e) = db.commit(&mut unsaved) {
+                    db_failed = Some(e);
                 }
             }
         }
@@ -316,13 +337,26 @@ impl BoundSupernode {
         }
         // Dropping the plane stops its thread after it sent what is queued (the leave).
         drop(udp);
-        data.save_claims(sn.iter_claims())?;
+        if let Some(e) = db_failed {
+            return Err(e.context("cannot write the supernode database: stopped rather than acknowledge what it lacks"));
+        }
         match &stepped_back {
             Some(reason) => info!("supernode stepped back: {reason}"),
             None => info!("supernode stopped"),
         }
         Ok(stepped_back)
     }
+}
+
+/// A supernode from before the database kept its claims in `claims.json`:
+/// imported in one transaction, then renamed `claims.json.migrated` (a crash
+/// between the two imports it again, which changes nothing).
+fn import_claims_json(data: &DataDir, db: &mut db::SnDb) -> Result<()> {
+    let Some(claims) = data.legacy_claims()? else { return Ok(()) };
+    db.import_claims(&claims)?;
+    data.retire_legacy_claims()?;
+    info!("imported {} claims from claims.json into {}", claims.len(), db::SN_DB_FILE);
+    Ok(())
 }
 
 /// Peek at a new connection's first bytes (a link's initiator speaks first,
