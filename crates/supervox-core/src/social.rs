@@ -1166,7 +1166,8 @@ impl Social {
                 return self.send_peer(to, sn, wire_id, sealed, mail, now_ms);
             }
         }
-        let name = self.name_of(&to).map(str::to_string);
+        // A sender whose claimed name is being checked: behind that lookup.
+        let name = self.name_of(&to).map(str::to_string).or_else(|| self.name_being_checked(&to));
         let w = Waiting::Unit { to, wire_id, sealed: sealed.clone(), mail };
         let queued = match name {
             Some(name) if self.supernode.is_some() => self.wait_on(&name, w, now_ms).is_ok(),
@@ -1175,6 +1176,15 @@ impl Social {
         if !queued && mail {
             self.out.push_back(SocialOutput::LeaveMail { wire_id, to, sealed });
         }
+    }
+
+    fn name_being_checked(&self, key: &UserId) -> Option<String> {
+        self.lookups.iter().find_map(|(name, l)| {
+            l.waiting
+                .iter()
+                .any(|w| matches!(w, Waiting::Sender { from } | Waiting::Request { from, .. } if from == key))
+                .then(|| name.clone())
+        })
     }
 
     fn send_peer(&mut self, to: UserId, sn: SocketAddr, wire_id: MsgId, sealed: Vec<u8>, mail: bool, now_ms: u64) {

@@ -9,7 +9,7 @@ mod raw;
 use common::*;
 use raw::{now, Raw};
 use std::os::unix::fs::OpenOptionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use supervox::db::{Db, DB_FILE};
 use supervox_core::social::chat::{Chat, ChatOutput};
 use supervox_core::Identity;
@@ -17,7 +17,7 @@ use supervox_proto::mail::{MailFetch, MailItem, MAX_MAIL_LIFETIME_MS};
 use supervox_proto::Message;
 
 #[test]
-fn offline_chat_is_stored_by_the_node_then_acknowledged_and_opens_only_for_bob() {
+fn offline_chat_is_stored_by_the_node_filed_under_the_senders_name_then_acknowledged_and_receipted() {
     let root = tempfile::tempdir().unwrap();
     let sn = start_sn(root.path(), "sn", &[]);
     // Bob's node runs with a known identity, so alice can write to him before it starts.
@@ -65,24 +65,28 @@ fn offline_chat_is_stored_by_the_node_then_acknowledged_and_opens_only_for_bob()
 
     let bob = start_node_in(root.path(), "bob", &bob_dir, &[sn.addr], &[]);
     wait_signed_in(&bob, Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stored = loop {
-        let got = Db::open(&bob_dir.join(DB_FILE)).unwrap().inbox_units().unwrap();
-        if got.len() == 2 {
-            break got;
-        }
-        assert!(Instant::now() < deadline, "bob stored {} of 2 units", got.len());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Opened, joined and filed under alice's name (the directory gives her key that name).
+    let got = wait_for(Duration::from_secs(10), "bob has alice's message", || {
+        let (_, lines) = ctl_json(&bob, &["messages", "alice", "--json"]);
+        lines.into_iter().find(|m| m["id"] == hex::encode(id))
+    });
+    assert_eq!(got["text"], text.as_str());
+    assert_eq!((got["from"].as_str(), got["direction"].as_str()), (Some("alice"), Some("in")));
     drop(bob);
-    // Stored ciphertext only: it opens for bob, as from alice, and whole again.
-    let mut bob_chat = Chat::new(bob_id.clone(), "bob", true);
-    for u in &stored {
-        assert!(!u.sealed.windows(16).any(|w| w == &text.as_bytes()[..16]));
-        bob_chat.receive(u.from, &u.wire_id, &u.sealed, &mut rng).unwrap();
-    }
-    let got: Vec<_> = std::iter::from_fn(|| bob_chat.poll_output()).collect();
-    assert!(got.iter().any(|o| matches!(o, ChatOutput::Received(m) if m.id == id && m.text == text)), "{got:?}");
+    // The database holds the text, and no raw unit is left once it was taken.
+    let db = Db::open(&bob_dir.join(DB_FILE)).unwrap();
+    assert!(db.inbox_units().unwrap().is_empty());
+    assert!(db.messages().unwrap().iter().any(|m| m.id == id && m.text == text));
+    // Bob's receipt went back to alice: online (she is signed in) as a peer message.
+    let receipt = loop {
+        match alice.recv() {
+            Message::Signal(env) if matches!(env.body, supervox_proto::CallSignal::Peer(_)) => break env,
+            _ => continue,
+        }
+    };
+    let supervox_proto::CallSignal::Peer(body) = receipt.body else { unreachable!() };
+    chat.receive(receipt.from, &receipt.call_id.0, &body, &mut rng).unwrap();
+    assert!(std::iter::from_fn(|| chat.poll_output()).any(|o| matches!(o, ChatOutput::Status { id: i, .. } if i == id)));
 
     // The node acknowledged them: a fetch as bob now finds the mailbox empty.
     let mut raw_bob = Raw::connect(sn.addr, 7);

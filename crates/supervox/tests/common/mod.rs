@@ -109,6 +109,18 @@ pub fn start_node_bin(bin: &str, root: &Path, name: &str, dir: &Path, seeds: &[S
     Node { proc: Proc { child, name: name.into() }, control, dir: dir.to_path_buf(), name: name.into() }
 }
 
+impl Node {
+    /// Stop the node cleanly (SIGTERM: it signs out), and wait for it.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.proc.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 pub fn ctl(control: &Path, args: &[&str]) -> Output {
     Command::new(BIN).arg("ctl").arg("--control").arg(control).args(args).output().unwrap()
 }
@@ -211,5 +223,78 @@ impl ProcCost {
         let w = later.switches.saturating_sub(self.switches) as f64 / secs;
         let cpu = later.cpu_ticks.saturating_sub(self.cpu_ticks) as f64 / 100.0 / secs * 100.0;
         (w, cpu)
+    }
+}
+
+/// Run `ctl ARGS` and parse its JSON lines: (exit ok, lines).
+pub fn ctl_json(node: &Node, args: &[&str]) -> (bool, Vec<Value>) {
+    let out = ctl(&node.control, args);
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect();
+    (out.status.success(), lines)
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `within`.
+#[track_caller]
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `ctl events --json` stream of a node, read on a thread.
+pub struct Events {
+    _proc: Proc,
+    rx: std::sync::mpsc::Receiver<(Instant, Value)>,
+}
+
+impl Events {
+    /// Subscribe (returns once the node confirmed the subscription).
+    pub fn of(node: &Node) -> Events {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .arg("ctl")
+            .arg("--control")
+            .arg(&node.control)
+            .args(["events", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    if tx.send((Instant::now(), v)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let ev = Events { _proc: Proc { child, name: format!("events-{}", node.name) }, rx };
+        ev.wait(Duration::from_secs(5), |v| v["event"] == "subscribed");
+        ev
+    }
+
+    /// The next event matching `f` within `within` (others are skipped), with when it arrived.
+    #[track_caller]
+    pub fn wait(&self, within: Duration, f: impl Fn(&Value) -> bool) -> (Instant, Value) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, v)) if f(&v) => return (t, v),
+                Ok(_) => {}
+                Err(_) => panic!("no matching event within {within:?}"),
+            }
+        }
     }
 }
