@@ -84,6 +84,10 @@ pub(crate) struct MailSim {
     unstored: BTreeMap<u32, BTreeSet<MailId>>,
     /// Clients whose process is stopped and whose name was accepted once.
     pub offline: IndexSet,
+    /// Clients of the away wave.
+    away: IndexSet,
+    /// ... of which are signed out now (the recovery figure leaves them out).
+    pub away_out: usize,
     /// Peer lookups in flight, by sender and request id.
     lookups: BTreeMap<(u32, u64), PeerPending>,
     /// Peer messages in flight, by wire id.
@@ -157,6 +161,8 @@ impl MailSim {
             waiting: BTreeMap::new(),
             unstored: BTreeMap::new(),
             offline: IndexSet::default(),
+            away: IndexSet::default(),
+            away_out: 0,
             lookups: BTreeMap::new(),
             sent: BTreeMap::new(),
             no_recipient: 0,
@@ -191,10 +197,9 @@ impl Sim {
         if self.mail_tail() {
             return;
         }
-        let (Some(from), Some(to)) = (
-            self.callable.pick(&mut self.rng),
-            self.mail.as_ref().and_then(|m| m.offline.pick(&mut self.rng)),
-        ) else {
+        let (Some(from), Some(to)) =
+            (self.callable.pick(&mut self.rng), self.mail.as_ref().and_then(|m| m.offline.pick(&mut self.rng)))
+        else {
             if let Some(m) = self.mail.as_mut() {
                 m.no_recipient += 1;
             }
@@ -204,8 +209,10 @@ impl Sim {
         let body_len = self.rng.gen_range(MAIL_BODY);
         let now = self.now;
         let to_user = self.clients[to as usize].user;
-        let Some(id) =
-            self.clients[from as usize].client.as_mut().and_then(|cl| cl.leave_mail(to_user, body(body_seed, body_len), now))
+        let Some(id) = self.clients[from as usize]
+            .client
+            .as_mut()
+            .and_then(|cl| cl.leave_mail(to_user, body(body_seed, body_len), now))
         else {
             return;
         };
@@ -225,8 +232,10 @@ impl Sim {
         let (from, to, seed, len) = (it.from, it.to, it.body_seed, it.body_len);
         let now = self.now;
         let to_user = self.clients[to as usize].user;
-        let done =
-            self.clients[from as usize].client.as_mut().and_then(|cl| cl.leave_mail_as(id, to_user, body(seed, len), now));
+        let done = self.clients[from as usize]
+            .client
+            .as_mut()
+            .and_then(|cl| cl.leave_mail_as(id, to_user, body(seed, len), now));
         if done.is_none() {
             return false;
         }
@@ -366,8 +375,10 @@ impl Sim {
                 self.rng.fill_bytes(&mut id);
                 let len = self.rng.gen_range(PEER_BODY);
                 let seed = self.rng.gen();
-                let sent =
-                    self.clients[c as usize].client.as_mut().is_some_and(|cl| cl.send_peer(id, user_id, sn, body(seed, len)));
+                let sent = self.clients[c as usize]
+                    .client
+                    .as_mut()
+                    .is_some_and(|cl| cl.send_peer(id, user_id, sn, body(seed, len)));
                 match (sent, self.mail.as_mut()) {
                     (true, Some(m)) => {
                         m.sent.insert(id, p);
@@ -416,6 +427,9 @@ impl Sim {
             if claimed {
                 m.offline.insert(c);
             }
+            if m.away.contains(c) {
+                m.away_out += 1;
+            }
         }
         self.peer_cut_off(c);
     }
@@ -424,6 +438,9 @@ impl Sim {
     pub(crate) fn mail_client_started(&mut self, c: u32) {
         if let Some(m) = self.mail.as_mut() {
             m.offline.remove(c);
+            if m.away.contains(c) && self.clients[c as usize].gen > 1 {
+                m.away_out = m.away_out.saturating_sub(1);
+            }
         }
     }
 
@@ -447,6 +464,9 @@ impl Sim {
             order.swap(j, r);
         }
         for &c in &order[..k.min(n)] {
+            if let Some(m) = self.mail.as_mut() {
+                m.away.insert(c);
+            }
             let leave = start + self.rng.gen_range(0..20_000);
             let back = self.rng.gen_range(back_from..=back_to.max(back_from));
             self.at(leave, Ev::ClientStop(c, Some(back.saturating_sub(leave).max(1))));
@@ -465,7 +485,8 @@ impl Sim {
                 held.extend(sn.mail().items_of(&to).iter().map(|i| i.id));
             }
         }
-        let (mut stored, mut judged, mut on_time, mut delivered, mut lost, mut waiting, mut late) = (0, 0, 0, 0, 0, 0, 0);
+        let (mut stored, mut judged, mut on_time, mut delivered, mut lost, mut waiting, mut late) =
+            (0, 0, 0, 0, 0, 0, 0);
         let (mut raced, mut lost_pre_signin, mut never_stored) = (0, 0, 0);
         let mut delays: Vec<u64> = Vec::new();
         for (id, it) in &m.items {
@@ -532,22 +553,13 @@ impl Sim {
         };
         let fail_row = m.peer_fail.iter().map(|(k, v)| format!("{k:?} {v}")).collect::<Vec<_>>().join(", ");
         rows.extend([
-            (
-                "mail: left / stored / delivered / lost".into(),
-                format!("{} / {stored} / {delivered} / {lost}", s.left),
-            ),
+            ("mail: left / stored / delivered / lost".into(), format!("{} / {stored} / {delivered} / {lost}", s.left)),
             (
                 "mail: judged (sign-in ≥ 60 s before end): on time / late".into(),
                 format!("{judged}: {on_time} / {late}"),
             ),
-            (
-                "mail: waiting (held, recipient not back) / never stored".into(),
-                format!("{waiting} / {never_stored}"),
-            ),
-            (
-                "mail: lost before the recipient came back".into(),
-                lost_pre_signin.to_string(),
-            ),
+            ("mail: waiting (held, recipient not back) / never stored".into(), format!("{waiting} / {never_stored}")),
+            ("mail: lost before the recipient came back".into(), lost_pre_signin.to_string()),
             ("mail: sign-in before stored (raced)".into(), raced.to_string()),
             (
                 "mail: puts again / refusals / duplicates / unknown".into(),

@@ -259,7 +259,9 @@ impl Sim {
     pub(crate) fn on_callable_up(&mut self) {
         let m = &mut self.metrics;
         if let (Some(from), None) = (m.recovery_from, m.recovered_at) {
-            if self.callable.len() as f64 >= 0.99 * self.clients.len() as f64 {
+            // Clients of the mail's away wave are signed out on purpose.
+            let away = self.mail.as_ref().map_or(0, |m| m.away_out);
+            if self.callable.len() as f64 >= 0.99 * (self.clients.len() - away) as f64 {
                 m.recovered_at = Some(self.now.max(from));
                 m.recovered_from = from;
             }
