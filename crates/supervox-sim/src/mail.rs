@@ -116,7 +116,8 @@ pub struct MailSummary {
     pub delivered_60s_share: Option<f64>,
     /// Items delivered by the end (first copy).
     pub delivered: u64,
-    /// Items not delivered by the end that no live supernode holds.
+    /// Items stored once (the sender heard `stored`), not delivered by the
+    /// end, that no live supernode holds: only the sender's copy is left.
     pub lost: u64,
     /// Items delivered again after their first delivery.
     pub duplicates: u64,
@@ -500,6 +501,8 @@ impl Sim {
                 if let Some(s) = it.signin_at {
                     delays.push(d.saturating_sub(s));
                 }
+            } else if it.stored_at.is_none() {
+                // Never stored: only its sender has it (and keeps putting it).
             } else if !held.contains(id) {
                 lost += 1;
                 lost_pre_signin += u64::from(it.signin_at.is_none());
