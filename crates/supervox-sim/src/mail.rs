@@ -94,6 +94,8 @@ pub(crate) struct MailSim {
     sent: BTreeMap<[u8; 16], PeerPending>,
     pub no_recipient: u64,
     pub refusals: u64,
+    /// Refusals by reason (digits masked), for the table.
+    refusal_reasons: BTreeMap<String, u64>,
     pub puts_again: u64,
     pub duplicates: u64,
     pub unknown_items: u64,
@@ -168,6 +170,7 @@ impl MailSim {
             sent: BTreeMap::new(),
             no_recipient: 0,
             refusals: 0,
+            refusal_reasons: BTreeMap::new(),
             puts_again: 0,
             duplicates: 0,
             unknown_items: 0,
@@ -303,8 +306,13 @@ impl Sim {
                     }
                 }
             }
-            Err(_) => {
+            Err(why) => {
                 m.refusals += 1;
+                let why: String = why.chars().map(|ch| if ch.is_ascii_digit() { '#' } else { ch }).collect();
+                // Bounded: the reasons are the core's few fixed texts.
+                if m.refusal_reasons.len() < 16 || m.refusal_reasons.contains_key(&why) {
+                    *m.refusal_reasons.entry(why).or_default() += 1;
+                }
                 if it.stored_at.is_none() {
                     self.after(RETRY_AFTER_REFUSAL_MS, Ev::MailRetry(id));
                 }
@@ -567,6 +575,10 @@ impl Sim {
             (
                 "mail: puts again / refusals / duplicates / unknown".into(),
                 format!("{} / {} / {} / {}", m.puts_again, m.refusals, m.duplicates, m.unknown_items),
+            ),
+            (
+                "mail: refusals by reason".into(),
+                m.refusal_reasons.iter().map(|(k, v)| format!("{k:?} {v}")).collect::<Vec<_>>().join(", "),
             ),
             ("mail: no offline recipient to write to".into(), m.no_recipient.to_string()),
             ("mail overlay bytes after warm-up by kind".into(), kinds),
