@@ -496,7 +496,7 @@ impl Sim {
         }
         let (mut stored, mut judged, mut on_time, mut delivered, mut lost, mut waiting, mut late) =
             (0, 0, 0, 0, 0, 0, 0);
-        let (mut raced, mut lost_pre_signin, mut never_stored) = (0, 0, 0);
+        let (mut raced, mut lost_pre_signin, mut never_stored, mut late_raced) = (0, 0, 0, 0);
         let mut delays: Vec<u64> = Vec::new();
         for (id, it) in &m.items {
             stored += u64::from(it.stored_at.is_some());
@@ -522,6 +522,7 @@ impl Sim {
                 let ok = it.delivered_at.is_some_and(|d| d <= s + ON_TIME_MS);
                 on_time += u64::from(ok);
                 late += u64::from(!ok);
+                late_raced += u64::from(!ok && it.stored_at.is_some_and(|st| s < st));
             }
         }
         delays.sort_unstable();
@@ -566,8 +567,8 @@ impl Sim {
         rows.extend([
             ("mail: left / stored / delivered / lost".into(), format!("{} / {stored} / {delivered} / {lost}", s.left)),
             (
-                "mail: judged (sign-in ≥ 60 s before end): on time / late".into(),
-                format!("{judged}: {on_time} / {late}"),
+                "mail: judged (sign-in ≥ 60 s before end): on time / late (raced)".into(),
+                format!("{judged}: {on_time} / {late} ({late_raced})"),
             ),
             ("mail: waiting (held, recipient not back) / never stored".into(), format!("{waiting} / {never_stored}")),
             ("mail: lost before the recipient came back".into(), lost_pre_signin.to_string()),
