@@ -47,6 +47,8 @@ struct Item {
     body_seed: u64,
     body_len: usize,
     stored_at: Option<u64>,
+    /// The last time a put of it was answered `stored`.
+    last_stored_at: Option<u64>,
     /// The recipient's first sign-in after the item was left.
     signin_at: Option<u64>,
     delivered_at: Option<u64>,
@@ -221,8 +223,17 @@ impl Sim {
             return;
         };
         let Some(m) = self.mail.as_mut() else { return };
-        let item =
-            Item { from, to, body_seed, body_len, stored_at: None, signin_at: None, delivered_at: None, puts: 1 };
+        let item = Item {
+            from,
+            to,
+            body_seed,
+            body_len,
+            stored_at: None,
+            last_stored_at: None,
+            signin_at: None,
+            delivered_at: None,
+            puts: 1,
+        };
         m.items.insert(id, item);
         m.waiting.entry(to).or_default().push(id);
         m.unstored.entry(from).or_default().insert(id);
@@ -296,6 +307,7 @@ impl Sim {
         let Some(it) = m.items.get_mut(&id) else { return };
         match result {
             Ok(()) => {
+                it.last_stored_at = Some(now);
                 if let Some(s) = m.unstored.get_mut(&c) {
                     s.remove(&id);
                 }
@@ -496,7 +508,7 @@ impl Sim {
         }
         let (mut stored, mut judged, mut on_time, mut delivered, mut lost, mut waiting, mut late) =
             (0, 0, 0, 0, 0, 0, 0);
-        let (mut raced, mut lost_pre_signin, mut never_stored, mut late_raced) = (0, 0, 0, 0);
+        let (mut raced, mut lost_pre_signin, mut never_stored, mut late_raced, mut late_reput) = (0, 0, 0, 0, 0);
         let mut delays: Vec<u64> = Vec::new();
         for (id, it) in &m.items {
             stored += u64::from(it.stored_at.is_some());
@@ -523,6 +535,9 @@ impl Sim {
                 on_time += u64::from(ok);
                 late += u64::from(!ok);
                 late_raced += u64::from(!ok && it.stored_at.is_some_and(|st| s < st));
+                late_reput += u64::from(
+                    !ok && it.stored_at.is_some_and(|st| st <= s) && it.last_stored_at.is_some_and(|l| l > s),
+                );
             }
         }
         delays.sort_unstable();
@@ -567,8 +582,8 @@ impl Sim {
         rows.extend([
             ("mail: left / stored / delivered / lost".into(), format!("{} / {stored} / {delivered} / {lost}", s.left)),
             (
-                "mail: judged (sign-in ≥ 60 s before end): on time / late (raced)".into(),
-                format!("{judged}: {on_time} / {late} ({late_raced})"),
+                "mail: judged (sign-in ≥ 60 s before end): on time / late (raced, put again after)".into(),
+                format!("{judged}: {on_time} / {late} ({late_raced}, {late_reput})"),
             ),
             ("mail: waiting (held, recipient not back) / never stored".into(), format!("{waiting} / {never_stored}")),
             ("mail: lost before the recipient came back".into(), lost_pre_signin.to_string()),
