@@ -390,6 +390,10 @@ pub struct Client {
     next_mail_fetch_ms: u64,
     /// A holder had more mail than one page: fetch again after acking.
     mail_more: bool,
+    /// Mail items handed to the driver and not yet saved: a fetch's `done`
+    /// with `more` that comes after the driver saved them all fetches again
+    /// at once (there is no later `mail_saved` to do it).
+    mail_unsaved: usize,
     /// Wire ids of peer messages in flight, oldest first (bounded), so a
     /// `SignalFailed` for one is told apart from a call's.
     peer_sent: std::collections::VecDeque<CallId>,
@@ -436,6 +440,7 @@ impl Client {
             recent_invites: Default::default(),
             next_mail_fetch_ms: u64::MAX,
             mail_more: false,
+            mail_unsaved: 0,
             peer_sent: std::collections::VecDeque::new(),
             peer_lookups: std::collections::VecDeque::new(),
             trust: crate::trust::TrustStore::new(),

@@ -133,6 +133,39 @@ pub struct SimConfig {
     /// Stop (like `max_wall_s`) when the process's resident memory exceeds
     /// this many MiB (Linux only), to protect a shared machine.
     pub max_rss_mib: Option<u64>,
+    /// Offline mail and peer messages driven on top of the scenario
+    /// (`--mail`); `None`: neither is sent.
+    pub mail: Option<MailConfig>,
+}
+
+/// Offline mail and peer messages (`--mail`, see the crate README): senders
+/// leave mail for signed-out users with the real `Client::leave_mail`, the
+/// recipients fetch it when they sign in again, and online pairs exchange
+/// peer messages (`lookup_peer` + `send_peer`), the path presence changes take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailConfig {
+    /// Mail items left per second over the whole network.
+    pub rate: f64,
+    /// Peer messages between online pairs per second over the whole network.
+    pub peer_rate: f64,
+    /// Mass crash and flash crowd (which have no client churn of their own):
+    /// this share of the clients signs out after the warm-up and back in
+    /// after the event, so there is someone to leave mail for.
+    pub away_share: f64,
+    /// A sender puts a stored, still undelivered item again this often, as a
+    /// sender keeping its messages until delivered does (`None`: only items
+    /// whose put failed or went unanswered are put again).
+    pub reput_ms: Option<u64>,
+}
+
+impl MailConfig {
+    /// Defaults for `clients` clients: a mail item per 100 clients a second
+    /// and as many peer messages (each between 1 and 50 a second), a tenth
+    /// of the clients away, re-puts every 60 s.
+    pub fn new(clients: usize) -> Self {
+        let rate = (clients as f64 / 100.0).clamp(1.0, 50.0);
+        Self { rate, peer_rate: rate, away_share: 0.1, reput_ms: Some(60_000) }
+    }
 }
 
 impl SimConfig {
@@ -165,6 +198,7 @@ impl SimConfig {
             progress_s: None,
             max_wall_s: None,
             max_rss_mib: None,
+            mail: None,
         }
     }
 
@@ -201,6 +235,18 @@ impl SimConfig {
         }
         if !(self.churn_speedup.is_finite() && self.churn_speedup >= 0.0) {
             return Err("--churn-speedup must be a non-negative number".into());
+        }
+        if let Some(m) = &self.mail {
+            let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+            if !rate_ok(m.rate) || !rate_ok(m.peer_rate) {
+                return Err("--mail-rate and --peer-rate must be non-negative numbers".into());
+            }
+            if !(0.0..=1.0).contains(&m.away_share) {
+                return Err("--mail-away must be in [0, 1]".into());
+            }
+            if m.reput_ms == Some(0) {
+                return Err("--mail-reput must be positive (0 s would put again at once)".into());
+            }
         }
         if self.max_clients == 0 || self.sn_tick_ms == 0 {
             return Err("--max-clients and the supernode tick period must be positive".into());

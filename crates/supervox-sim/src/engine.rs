@@ -102,6 +102,14 @@ pub enum Ev {
     Event,
     /// The overlay-traffic measurement window ends.
     WindowEnd,
+    /// Someone leaves mail for a signed-out user (`--mail`).
+    MailTick,
+    /// A refused mail put is tried again.
+    MailRetry(supervox_proto::mail::MailId),
+    /// A sender puts an undelivered item again.
+    MailReput(supervox_proto::mail::MailId),
+    /// A signed-in client writes to another (`--mail`).
+    PeerTick,
 }
 
 struct Queued {
@@ -148,6 +156,8 @@ pub struct Sim {
     /// Lookups waiting for their answer.
     pub(crate) pending: BTreeMap<u64, crate::scenario::PendingLookup>,
     pub(crate) metrics: Metrics,
+    /// Offline mail and peer messages, with `--mail`.
+    pub(crate) mail: Option<crate::mail::MailSim>,
     /// Events handled.
     pub(crate) events: u64,
     /// Why the run stopped before its end, if it did.
@@ -188,6 +198,7 @@ impl Sim {
             callable: IndexSet::default(),
             pending: BTreeMap::new(),
             metrics: Metrics::default(),
+            mail: None,
             events: 0,
             stopped: None,
         }
@@ -265,6 +276,10 @@ impl Sim {
             Ev::Lookup => self.lookup_tick(),
             Ev::Event => self.scenario_event(),
             Ev::WindowEnd => self.window_end(),
+            Ev::MailTick => self.mail_tick(),
+            Ev::MailRetry(id) => self.mail_retry(id),
+            Ev::MailReput(id) => self.mail_reput(id),
+            Ev::PeerTick => self.peer_tick(),
         }
     }
 
@@ -438,6 +453,10 @@ impl Sim {
             self.metrics.overlay_bytes += b;
             self.metrics.overlay_msgs += 1;
             *self.metrics.overlay_by_kind.entry(kind).or_default() += b;
+        }
+        if self.now >= self.metrics.window.0 {
+            let b = bytes.len() as u64 + UDP_IP_HEADER_BYTES;
+            *self.metrics.after_warmup_by_kind.entry(kind).or_default() += b;
         }
         let ctx = ctx.map(|c| Ctx { hops: c.hops + u8::from(kind == "Lookup"), ..c });
         if let Some(c) = ctx {

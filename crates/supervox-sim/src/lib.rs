@@ -24,11 +24,13 @@
 
 pub mod config;
 mod engine;
+mod mail;
 pub mod metrics;
 pub mod net;
 mod nodes;
 mod scenario;
 
-pub use config::{CrashMode, Scenario, SimConfig};
+pub use config::{CrashMode, MailConfig, Scenario, SimConfig};
 pub use engine::Sim;
+pub use mail::MailSummary;
 pub use metrics::{Report, Summary};

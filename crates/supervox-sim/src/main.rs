@@ -63,6 +63,24 @@ struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also leave offline mail for signed-out users and send peer messages
+    /// between signed-in ones, and report their figures (crate README).
+    #[arg(long)]
+    mail: bool,
+    /// With --mail: items left per second over the network (default clients/100, 1-50).
+    #[arg(long, requires = "mail")]
+    mail_rate: Option<f64>,
+    /// With --mail: peer messages per second over the network (default as --mail-rate).
+    #[arg(long, requires = "mail")]
+    peer_rate: Option<f64>,
+    /// With --mail, mass crash / steady without churn: share of clients that
+    /// sign out after the warm-up and back in after the event (default 0.1).
+    #[arg(long, requires = "mail")]
+    mail_away: Option<f64>,
+    /// With --mail: a sender puts an undelivered item again every SECS
+    /// (default 60; 0: only failed or unanswered puts are put again).
+    #[arg(long, value_name = "SECS", requires = "mail")]
+    mail_reput: Option<u64>,
 }
 
 /// How supernodes start (see `--start`).
@@ -116,6 +134,22 @@ fn run() -> Result<(), String> {
     }
     if let Some(s) = a.churn_speedup {
         cfg.churn_speedup = s;
+    }
+    if a.mail {
+        let mut m = supervox_sim::MailConfig::new(a.clients);
+        if let Some(r) = a.mail_rate {
+            m.rate = r;
+        }
+        if let Some(r) = a.peer_rate {
+            m.peer_rate = r;
+        }
+        if let Some(s) = a.mail_away {
+            m.away_share = s;
+        }
+        if let Some(s) = a.mail_reput {
+            m.reput_ms = (s > 0).then_some(s * 1000);
+        }
+        cfg.mail = Some(m);
     }
     cfg.crash_mode = a.crash_mode;
     cfg.progress_s = a.progress;

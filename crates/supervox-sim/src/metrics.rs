@@ -47,6 +47,11 @@ pub(crate) struct Metrics {
     pub overlay_by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Supernode-milliseconds inside the window.
     sn_ms: f64,
+    /// Overlay bytes by kind from the end of the warm-up to the end of the
+    /// run (the event included).
+    pub after_warmup_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Supernode-milliseconds from the end of the warm-up on.
+    pub sn_ms_after_warmup: f64,
     last_sn_change: u64,
     pub max_load: f64,
     pub redirects: u64,
@@ -83,6 +88,10 @@ impl Metrics {
         let (a, b) = (self.last_sn_change.max(ws), now.min(we));
         if b > a {
             self.sn_ms += before as f64 * (b - a) as f64;
+        }
+        let a = self.last_sn_change.max(ws);
+        if now > a {
+            self.sn_ms_after_warmup += before as f64 * (now - a) as f64;
         }
         self.last_sn_change = now;
     }
@@ -152,15 +161,17 @@ pub struct Report {
     pub virtual_s: f64,
     /// Why the run stopped early (wall-time or memory budget), if it did.
     pub stopped: Option<&'static str>,
+    /// Offline mail and peer-message figures (runs with `--mail`).
+    pub mail: Option<crate::mail::MailSummary>,
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -277,6 +288,7 @@ impl Report {
             cfg.warmup_ms / 1000,
             if cfg.warm_start { "warm" } else { "cold" }
         );
+        let mail = sim.mail_summary(&mut rows);
         let virtual_s = (m.reached - crate::config::EPOCH_MS) as f64 / 1000.0;
         if let Some(why) = sim.stopped {
             rows.push((format!("STOPPED EARLY ({why}) at virtual"), format!("{virtual_s:.1} s")));
@@ -291,12 +303,18 @@ impl Report {
             running_end: running,
             virtual_s,
             stopped: sim.stopped,
+            mail,
         }
     }
 
-    /// The summary as one JSON object (the `--json` contract).
+    /// The summary as one JSON object (the `--json` contract); with
+    /// `--mail`, plus a `mail` object ([`crate::MailSummary`]).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.summary).expect("the summary always serialises")
+        let mut v = serde_json::to_value(&self.summary).expect("the summary always serialises");
+        if let (Some(mail), serde_json::Value::Object(o)) = (&self.mail, &mut v) {
+            o.insert("mail".into(), serde_json::to_value(mail).expect("the mail summary always serialises"));
+        }
+        v.to_string()
     }
 
     /// The human-readable table: the summary, then the details.
@@ -317,6 +335,28 @@ impl Report {
         let _ = writeln!(out, "{:<50} value", "metric");
         for (k, v) in rows {
             let _ = writeln!(out, "{k:<50} {v}");
+        }
+        if let Some(m) = &self.mail {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| x.to_string());
+            let rows: [(&str, String); 14] = [
+                ("mail.left", m.left.to_string()),
+                ("mail.stored", m.stored.to_string()),
+                ("mail.judged", m.judged.to_string()),
+                ("mail.delivered_60s_share", opt(m.delivered_60s_share)),
+                ("mail.delivered", m.delivered.to_string()),
+                ("mail.lost", m.lost.to_string()),
+                ("mail.duplicates", m.duplicates.to_string()),
+                ("mail.delivery_p50_ms", opt(m.delivery_p50_ms)),
+                ("mail.delivery_p99_ms", opt(m.delivery_p99_ms)),
+                ("mail.peer_success", opt(m.peer_success)),
+                ("mail.peer_p50_ms", opt(m.peer_p50_ms)),
+                ("mail.peer_p99_ms", opt(m.peer_p99_ms)),
+                ("mail.mail_overlay_bytes_per_sn_s", m.mail_overlay_bytes_per_sn_s.to_string()),
+                ("mail.peer_overlay_bytes_per_sn_s", m.peer_overlay_bytes_per_sn_s.to_string()),
+            ];
+            for (k, v) in rows {
+                let _ = writeln!(out, "{k:<50} {v}");
+            }
         }
         out.push('\n');
         for (k, v) in &self.details.rows {

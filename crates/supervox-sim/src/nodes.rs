@@ -191,6 +191,7 @@ impl Sim {
         slot.links.clear();
         slot.dialing = false;
         slot.tick_at = u64::MAX;
+        self.mail_client_started(c);
         self.client_tick_at(c, self.now);
     }
 
@@ -209,6 +210,7 @@ impl Sim {
         }
         self.set_callable(c, None);
         self.fail_lookups_from(c);
+        self.mail_client_stopped(c);
     }
 
     pub(crate) fn client_tick(&mut self, c: u32, gen: u32) {
@@ -237,7 +239,7 @@ impl Sim {
     /// Carry out what client `c` asked for, then schedule its next tick at
     /// its `poll_timeout` (presence refresh, staggered attempts and their
     /// timeouts, reconnection backoff), as the node daemon does.
-    fn drain_client(&mut self, c: u32) {
+    pub(crate) fn drain_client(&mut self, c: u32) {
         let now = self.now;
         let gen = self.clients[c as usize].gen;
         let me = Node::Client(c, gen);
@@ -286,12 +288,19 @@ impl Sim {
             ClientEvent::SignedIn { supernode } => {
                 let sn = net::sn_index(supernode).filter(|i| self.sns.get(*i as usize).is_some_and(|s| s.sn.is_some()));
                 self.set_callable(c, sn);
+                self.mail_signed_in(c);
             }
             ClientEvent::LostSupernode { .. } => {
                 self.set_callable(c, None);
                 self.fail_lookups_from(c);
+                self.peer_cut_off(c);
             }
             ClientEvent::NameRefused { .. } => self.metrics.names_refused += 1,
+            ClientEvent::Mail { items } => self.mail_received(c, items),
+            ClientEvent::MailStored { id, result } => self.mail_stored(c, id, result),
+            ClientEvent::PeerFound { req_id, result, .. } => self.peer_found(c, req_id, result),
+            ClientEvent::Peer { id, .. } => self.peer_received(c, id),
+            ClientEvent::PeerUndeliverable { id, .. } => self.peer_undeliverable(id),
             _ => {}
         }
     }

@@ -106,6 +106,22 @@ impl Sim {
         if let Some(e) = cfg.event_ms() {
             sim.at(EPOCH_MS + e, Ev::Event);
         }
+        if let Some(m) = cfg.mail.clone() {
+            sim.mail = Some(crate::mail::MailSim::new(m));
+            // Without client churn of its own (mass crash, steady without
+            // churn) a share of the clients signs out after the warm-up and
+            // comes back after the event (or a minute on), at least 70 s
+            // before the end so that each return can be judged; the flash
+            // crowd's restart wave signs everyone out anyway.
+            let end = EPOCH_MS + cfg.duration_ms;
+            let from = EPOCH_MS + cfg.event_ms().map_or(cfg.warmup_ms + 60_000, |e| e + 5_000);
+            let wave = match cfg.scenario {
+                Scenario::FlashCrowd => None,
+                Scenario::Steady if sim.churn() => None,
+                _ => Some((from, end.saturating_sub(70_000).max(from))),
+            };
+            sim.mail_setup(wave);
+        }
         Ok(sim)
     }
 
@@ -120,6 +136,7 @@ impl Sim {
         for id in pending {
             self.finish_lookup(id, Outcome::NoAnswer, None);
         }
+        self.mail_finish();
         self.collect_live_stats();
         let names = self.names_check();
         Report::build(&self, names, wall.elapsed())
@@ -242,7 +259,9 @@ impl Sim {
     pub(crate) fn on_callable_up(&mut self) {
         let m = &mut self.metrics;
         if let (Some(from), None) = (m.recovery_from, m.recovered_at) {
-            if self.callable.len() as f64 >= 0.99 * self.clients.len() as f64 {
+            // Clients of the mail's away wave are signed out on purpose.
+            let away = self.mail.as_ref().map_or(0, |m| m.away_out);
+            if self.callable.len() as f64 >= 0.99 * (self.clients.len() - away) as f64 {
                 m.recovered_at = Some(self.now.max(from));
                 m.recovered_from = from;
             }

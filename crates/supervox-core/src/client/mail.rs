@@ -47,7 +47,9 @@ impl Client {
             let ack = MailAck::sign(self.identity.signing_key(), chunk.to_vec(), now_ms);
             self.send_sn(Message::MailAck { ack });
         }
-        if std::mem::take(&mut self.mail_more) && !ids.is_empty() {
+        self.mail_unsaved = self.mail_unsaved.saturating_sub(ids.len());
+        if self.mail_more && self.mail_unsaved == 0 && !ids.is_empty() {
+            self.mail_more = false;
             self.fetch_mail(now_ms);
         }
     }
@@ -67,9 +69,14 @@ impl Client {
             })
             .collect();
         if !items.is_empty() {
+            self.mail_unsaved += items.len();
             self.event(ClientEvent::Mail { items });
         }
-        if done {
+        if done && more && self.mail_unsaved == 0 {
+            // Everything of this round is saved (and acked) already.
+            self.mail_more = false;
+            self.fetch_mail(now_ms);
+        } else if done {
             self.mail_more |= more;
         }
     }

@@ -1159,6 +1159,39 @@ fn mail_left_for_a_user_arrives_at_its_next_fetch_and_goes_once_acknowledged() {
     net.run(MAIL_FETCH_EVERY_MS);
     assert_eq!(mail(&net).len(), 2);
 }
+#[test]
+fn a_fetch_that_ends_with_more_after_every_page_was_saved_fetches_the_next_page_at_once() {
+    // With holders on other supernodes, pages come as each holder answers and
+    // the fetch's `done` (with `more`) after them; a driver that saves each
+    // page as it comes (the node does) has saved everything by then, so the
+    // client itself must fetch the next page, not wait 5 min for the next
+    // periodic fetch.
+    let mut net = Net::new(&["alice", "bob"], false);
+    net.run(100);
+    let bob = net.clients[1].identity().user_id();
+    for n in 0..20u8 {
+        net.clients[0].leave_mail(bob, vec![n; 1000], net.now).unwrap();
+    }
+    net.run(100);
+    let held = net.sn.mail().items_of(&bob);
+    assert_eq!(held.len(), 20);
+    let conn = net.clients[1].supernode_conn().unwrap();
+    let mail_events = |net: &Net| net.events[1].iter().filter(|e| matches!(e, ClientEvent::Mail { .. })).count();
+    // The first page, as a remote holder's answer passed on: saved at once.
+    let page: Vec<_> = held[..5].to_vec();
+    let ids: Vec<_> = page.iter().map(|i| i.id).collect();
+    net.clients[1].on_message(conn, Message::Mail { items: page, done: false, more: false }, net.now);
+    net.run(1);
+    assert_eq!(mail_events(&net), 1);
+    net.clients[1].mail_saved(&ids, net.now);
+    net.run(50);
+    assert_eq!(net.sn.mail().items_of(&bob).len(), 15, "the saved page is acknowledged");
+    // Then the fetch's end: a holder has more.
+    net.clients[1].on_message(conn, Message::Mail { items: Vec::new(), done: true, more: true }, net.now);
+    net.run(200);
+    assert_eq!(mail_events(&net), 2, "the next page was fetched at once");
+}
+
 /// Pinned keys and cross-checked lookups.
 mod trust;
 
