@@ -1032,6 +1032,16 @@ impl Social {
                 self.routes.remove(&from);
             }
         }
+        if before == Shown::Offline && shown != Shown::Offline {
+            // Back online: what we left in its mailbox may have raced its
+            // sign-in fetch; hand our undelivered messages over directly.
+            let ids: Vec<MsgId> = self.chat.undelivered().into_iter().filter(|m| m.to == from).map(|m| m.id).collect();
+            for id in ids {
+                if let Err(e) = self.chat.resend(&id, &mut self.rng) {
+                    warn!("cannot resend a message: {e}");
+                }
+            }
+        }
         if shown != before || text != text_before {
             self.out.push_back(SocialOutput::Event(SocialEvent::Presence { name, user_id: from, shown, text }));
         }
@@ -1165,6 +1175,18 @@ impl Social {
             if until > now_ms {
                 return self.send_peer(to, sn, wire_id, sealed, mail, now_ms);
             }
+        }
+        // A contact that told us it went offline (or lapsed) is not looked
+        // up: the directory may not know yet, and the mailbox is where it
+        // will look. Its next presence note brings it back online.
+        let known_offline = self.contacts.get(&to).is_some_and(|c| {
+            c.state == ContactState::Accepted && c.presence.is_some() && c.shown(now_ms) == Shown::Offline
+        });
+        if known_offline {
+            if mail {
+                self.out.push_back(SocialOutput::LeaveMail { wire_id, to, sealed });
+            }
+            return;
         }
         // A sender whose claimed name is being checked: behind that lookup.
         let name = self.name_of(&to).map(str::to_string).or_else(|| self.name_being_checked(&to));

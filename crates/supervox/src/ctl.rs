@@ -70,6 +70,23 @@ pub fn describe(v: &Value) -> String {
             s("peer")
         ),
         Some("call_failed") => format!("call failed: {}", s("reason")),
+        Some("subscribed") => "listening for events".into(),
+        Some("incoming_call") => format!("incoming call from {} [fingerprint {}]", s("peer"), s("fingerprint")),
+        Some("contact_request") => format!(
+            "contact request from {} [fingerprint {}]: {:?} (`ctl contacts accept {}`)",
+            s("name"),
+            s("fingerprint"),
+            s("message"),
+            s("name")
+        ),
+        Some("contact") => format!("{}: {}", s("name"), v["state"].as_str().unwrap_or("removed")),
+        Some("presence") => match v["status_text"].as_str().filter(|t| !t.is_empty()) {
+            Some(t) => format!("{} is {} ({t})", s("name"), s("presence")),
+            None => format!("{} is {}", s("name"), s("presence")),
+        },
+        Some("message") => format!("{} -> {}: {}", s("from"), s("to"), s("text")),
+        Some("message_status") => format!("message {} to {}: {}", s("id"), s("to"), s("status")),
+        Some("missed_call") => format!("missed call from {}", s("peer")),
         _ => match v.get("error") {
             Some(e) => format!("error: {}", e.as_str().unwrap_or("?")),
             None => serde_json::to_string_pretty(v).unwrap_or_default(),

@@ -535,4 +535,60 @@ mod tests {
         assert_eq!(db.version().unwrap(), MIGRATIONS.len());
         assert!(db.pins().unwrap().is_empty());
     }
+
+    #[test]
+    fn social_state_round_trips_and_history_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut db = Db::open(&path).unwrap();
+        let c = Contact {
+            name: "bob".into(),
+            user_id: UserId([1; 32]),
+            state: ContactState::Incoming,
+            message: "hi".into(),
+            since_ms: 5,
+            presence: None,
+        };
+        db.apply_social(&StoreChange::ContactPut(c.clone())).unwrap();
+        let accepted = Contact { state: ContactState::Accepted, ..c.clone() };
+        db.apply_social(&StoreChange::ContactPut(accepted.clone())).unwrap();
+        let m = ChatMessage {
+            id: [3; 16],
+            from: UserId([1; 32]),
+            to: UserId([2; 32]),
+            text: "yo".into(),
+            sent_ms: 9,
+            status: Status::Delivered,
+        };
+        db.apply_social(&StoreChange::Message(m.clone())).unwrap();
+        db.apply_social(&StoreChange::Message(ChatMessage { status: Status::Read, ..m.clone() })).unwrap();
+        db.apply_social(&StoreChange::MyPresence { state: PresenceState::Busy, text: "work".into() }).unwrap();
+        db.store_units(&[InboxUnit { wire_id: [4; 16], from: UserId([1; 32]), sent_ms: 1, sealed: vec![1] }]).unwrap();
+        db.apply_social(&StoreChange::UnitDone([4; 16])).unwrap();
+        for i in 0..(MAX_CALLS as u64 + 5) {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_le_bytes());
+            let r = CallRecord {
+                call_id: id,
+                outgoing: i % 2 == 0,
+                peer: "bob".into(),
+                user_id: None,
+                start_ms: i,
+                duration_ms: 10,
+                path: Some("direct-udp".into()),
+                mos: Some(4.1),
+                missed: false,
+            };
+            db.apply_social(&StoreChange::Call(r)).unwrap();
+        }
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.contacts().unwrap(), vec![accepted]);
+        assert_eq!(db.messages().unwrap(), vec![ChatMessage { status: Status::Read, ..m }]);
+        assert_eq!(db.my_presence().unwrap(), Some((PresenceState::Busy, "work".into())));
+        assert!(db.inbox_units().unwrap().is_empty());
+        let calls = db.calls().unwrap();
+        assert_eq!(calls.len(), MAX_CALLS);
+        assert_eq!(calls[0].start_ms, MAX_CALLS as u64 + 4, "newest first, the oldest dropped");
+    }
 }

@@ -1,5 +1,7 @@
 //! `supervox demo`: two supernodes and two clients on loopback, in one
-//! process; alice calls bob, bob records, and the recording is checked.
+//! process; alice calls bob, bob records, and the recording is checked;
+//! then they become contacts, bob signs out, alice leaves him two messages
+//! on the network, bob signs in through the other supernode and reads them.
 
 use crate::control::Request;
 use crate::ctl;
@@ -57,33 +59,12 @@ pub async fn run(json_out: bool) -> Result<bool> {
     }
     let recording = dir.path().join("bob.wav");
     let mut controls = Vec::new();
+    let mut node_stops = Vec::new();
     for (i, name) in ["alice", "bob"].iter().enumerate() {
-        let control = dir.path().join(format!("{name}.sock"));
-        let opts = NodeOptions {
-            name: name.to_string(),
-            seeds: vec![sns[i].into()],
-            data_dir: dir.path().join(name),
-            control: control.clone(),
-            auto_answer: true,
-            input: SourceSpec::Silence,
-            output: if i == 1 { SinkSpec::Wav(recording.clone()) } else { SinkSpec::Null },
-            media_bind: "127.0.0.1:0".parse()?,
-            media: node::media::MediaConfig::default(),
-            force_relay: false,
-            relaxed_privacy: false,
-            read_receipts: true,
-            refuse_strangers: false,
-            external_relay: None,
-            relay_transport: None,
-            supernode: None,
-        };
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = node::run(opts, stop).await {
-                eprintln!("node failed: {e:#}");
-            }
-        });
+        let output = if i == 1 { SinkSpec::Wav(recording.clone()) } else { SinkSpec::Null };
+        let (control, stop) = spawn_node(dir.path(), name, sns[i], output, &stop)?;
         controls.push(control);
+        node_stops.push(stop);
     }
     for (c, name) in controls.iter().zip(["alice", "bob"]) {
         let sn = wait_signed_in(c).await.with_context(|| format!("{name} did not sign in"))?;
@@ -106,23 +87,197 @@ pub async fn run(json_out: bool) -> Result<bool> {
     .await?;
     // Let bob's side see the hangup and close the recording.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let verdict = judge(&events, &recording);
+    let social = match &verdict {
+        Ok(_) => offline_chat(dir.path(), &sns, &controls, node_stops, &stop, json_out).await,
+        Err(_) => Ok(json!(null)),
+    };
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let verdict = judge(&events, &recording);
+    let verdict = verdict.and_then(|mut v| {
+        let social = social?;
+        v["messages"] = social;
+        Ok(v)
+    });
     match &verdict {
         Ok(summary) if json_out => println!("{summary}"),
         Ok(summary) => println!(
-            "call worked: path {}, setup {} ms; alice sent {} frames and received {} from bob; bob heard {:.1} Hz",
+            "call worked: path {}, setup {} ms; alice sent {} frames and received {} from bob; bob heard {:.1} Hz; \
+             offline messages: {}",
             summary["path"],
             summary["setup_ms"],
             summary["frames_sent"],
             summary["frames_received"],
-            summary["heard_hz"]
+            summary["heard_hz"],
+            summary["messages"]["result"].as_str().unwrap_or("?")
         ),
         Err(e) if json_out => println!("{}", json!({"event": "demo_result", "ok": false, "reason": e.to_string()})),
         Err(e) => println!("call did not work: {e:#}"),
     }
     Ok(verdict.is_ok())
+}
+
+/// Start node `name` in one task, signing in through `sn`; its control
+/// socket and a stop of its own (the demo's stop ends it too).
+fn spawn_node(
+    root: &Path,
+    name: &str,
+    sn: std::net::SocketAddr,
+    output: SinkSpec,
+    all: &watch::Receiver<bool>,
+) -> Result<(std::path::PathBuf, watch::Sender<bool>)> {
+    let control = root.join(format!("{name}.sock"));
+    let opts = NodeOptions {
+        name: name.to_string(),
+        seeds: vec![sn.into()],
+        data_dir: root.join(name),
+        control: control.clone(),
+        auto_answer: true,
+        input: SourceSpec::Silence,
+        output,
+        media_bind: "127.0.0.1:0".parse()?,
+        media: node::media::MediaConfig::default(),
+        force_relay: false,
+        relaxed_privacy: false,
+        read_receipts: true,
+        refuse_strangers: false,
+        external_relay: None,
+        relay_transport: None,
+        supernode: None,
+    };
+    let (tx, mut mine) = watch::channel(false);
+    let mut all = all.clone();
+    let (fwd_tx, fwd) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = mine.changed() => {}
+            _ = all.changed() => {}
+        }
+        let _ = fwd_tx.send(true);
+    });
+    let name = name.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = node::run(opts, fwd).await {
+            eprintln!("node {name} failed: {e:#}");
+        }
+    });
+    Ok((control, tx))
+}
+
+/// One control request's first answer line.
+async fn ask(control: &Path, req: Request) -> Result<Value> {
+    let lines = ctl::request(control, &req, |_| {}).await?;
+    lines.into_iter().next().context("no answer from the node")
+}
+
+/// The social part: alice and bob become contacts; bob signs out; alice
+/// sends two messages (stored in bob's mailbox on the supernodes); bob signs
+/// in through the other supernode and prints them; alice sees them
+/// delivered, then read.
+async fn offline_chat(
+    root: &Path,
+    sns: &[std::net::SocketAddr],
+    controls: &[std::path::PathBuf],
+    mut stops: Vec<watch::Sender<bool>>,
+    all: &watch::Receiver<bool>,
+    json_out: bool,
+) -> Result<Value> {
+    let say = |s: String| {
+        if !json_out {
+            println!("{s}");
+        }
+    };
+    let (alice, bob) = (&controls[0], &controls[1]);
+    let contact = |name: &str| Request::Contacts {
+        action: Some(crate::control::ContactAction::Add),
+        name: Some(name.into()),
+        message: Some("hi, it's alice".into()),
+    };
+    ask(alice, contact("bob")).await?;
+    say("alice asks bob to be a contact".into());
+    wait_until(|| async {
+        let lines =
+            ctl::request(bob, &Request::Contacts { action: None, name: None, message: None }, |_| {}).await.ok()?;
+        lines.iter().any(|c| c["name"] == "alice" && c["state"] == "incoming").then_some(())
+    })
+    .await
+    .context("bob got no contact request")?;
+    let accept = Request::Contacts {
+        action: Some(crate::control::ContactAction::Accept),
+        name: Some("alice".into()),
+        message: None,
+    };
+    ask(bob, accept).await?;
+    say("bob accepts; bob signs out".into());
+    let _ = stops[1].send(true);
+    wait_until(|| async {
+        let lines =
+            ctl::request(alice, &Request::Contacts { action: None, name: None, message: None }, |_| {}).await.ok()?;
+        lines.iter().any(|c| c["name"] == "bob" && c["state"] == "accepted" && c["presence"] == "offline").then_some(())
+    })
+    .await
+    .context("alice does not see bob offline")?;
+    let mut ids = Vec::new();
+    for text in ["are you there?", "call me when you are back"] {
+        let v = ask(alice, Request::Send { name: "bob".into(), text: text.into() }).await?;
+        if v["event"] != "message" {
+            bail!("alice's message was not taken: {v}");
+        }
+        say(format!("alice -> bob: {text:?} ({})", v["status"].as_str().unwrap_or("?")));
+        ids.push(v["id"].as_str().unwrap_or_default().to_string());
+    }
+    // Bob comes back through the other supernode (a fresh host cache, seeded with it).
+    let _ = std::fs::remove_file(root.join("bob").join("hostcache"));
+    wait_until(|| async { (!bob.exists()).then_some(()) }).await.context("bob's node did not stop")?;
+    let (_, stop) = spawn_node(root, "bob", sns[0], SinkSpec::Null, all)?;
+    stops[1] = stop;
+    let sn = wait_signed_in(bob).await.context("bob did not sign in again")?;
+    say(format!("bob signs in again, via supernode {sn}"));
+    let got = wait_until(|| async {
+        let lines = ctl::request(bob, &Request::Messages { name: "alice".into() }, |_| {}).await.ok()?;
+        let got: Vec<String> = lines
+            .iter()
+            .filter(|m| m["direction"] == "in")
+            .filter_map(|m| m["text"].as_str().map(String::from))
+            .collect();
+        (got.len() >= 2).then_some(got)
+    })
+    .await
+    .context("bob did not get alice's messages")?;
+    for t in &got {
+        say(format!("bob reads from alice: {t:?}"));
+    }
+    ask(bob, Request::Read { name: "alice".into() }).await?;
+    let statuses = wait_until(|| async {
+        let lines = ctl::request(alice, &Request::Messages { name: "bob".into() }, |_| {}).await.ok()?;
+        let st: Vec<String> = lines
+            .iter()
+            .filter(|m| ids.iter().any(|i| m["id"] == i.as_str()))
+            .filter_map(|m| m["status"].as_str().map(String::from))
+            .collect();
+        (st.len() == 2 && st.iter().all(|s| s == "read")).then_some(st)
+    })
+    .await
+    .context("alice did not see her messages read")?;
+    say(format!("alice sees both messages {}", statuses[0]));
+    Ok(json!({"result": "2 stored while bob was offline, delivered via the other supernode, read",
+              "received": got, "bob_supernode": sn}))
+}
+
+/// Poll `f` every 50 ms for up to 15 s.
+async fn wait_until<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("timed out after 15 s")
 }
 
 /// Check the call: connected, ended normally, ≥95% of frames arrived, and
