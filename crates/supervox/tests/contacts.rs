@@ -91,6 +91,7 @@ fn contacts_share_presence_within_2_s_strangers_see_none_and_blocked_keys_are_dr
     assert_eq!(lines[0]["status"], "delivered", "{lines:?}");
     let (_, conv) = ctl_json(&bob, &["messages", "alice", "--json"]);
     assert_eq!(conv.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(), ["hello bob"]);
+    assert_eq!(conv[0]["contact"], true, "from an accepted contact");
     ok(&bob, &["read", "alice"]);
     alice_events.wait(T, |v| v["event"] == "message_status" && v["status"] == "read");
     // Too long a message is refused with a reason.

@@ -288,7 +288,9 @@ impl Node {
         let name = |k: &UserId| if *k == me { self.opts.name.clone() } else { self.peer_name(k) };
         json!({"id": hex16(&m.id), "from": name(&m.from), "to": name(&m.to), "from_user_id": m.from.to_string(),
                "text": m.text, "sent_ms": m.sent_ms, "status": m.status.as_str(),
-               "direction": if m.from == me { "out" } else { "in" }})
+               "direction": if m.from == me { "out" } else { "in" },
+               // A message from someone not an accepted contact is marked.
+               "contact": self.social.contacts().is_accepted(if m.from == me { &m.to } else { &m.from })})
     }
 
     fn on_social_event(&mut self, e: SocialEvent) {
