@@ -849,9 +849,7 @@ impl Social {
     fn entry(&self, name: &str, want: ContactState, not: &'static str) -> Result<Contact, SocialError> {
         let c = self.contacts.by_name(name).cloned().ok_or_else(|| ContactError::NotFound(name.into()))?;
         if c.state != want {
-            return Err(
-                ContactError::WrongState { name: name.into(), state: if c.state == want { "" } else { not } }.into()
-            );
+            return Err(ContactError::WrongState { name: name.into(), state: not }.into());
         }
         Ok(c)
     }
