@@ -354,8 +354,6 @@ enum Waiting {
     Sender { from: UserId },
     /// `send` to a name whose key we did not know.
     Chat { token: u64, text: String },
-    /// A missed-call notice, for when the name is offline.
-    MissedCall { call_id: [u8; 16], at_ms: u64 },
     /// A unit to deliver (`mail`: to the mailbox when not online).
     Unit { to: UserId, wire_id: MsgId, sealed: Vec<u8>, mail: bool },
 }
@@ -660,15 +658,6 @@ impl Social {
                     self.learn_name(at.user_id, name);
                     self.send_to(token, at.user_id, &text, now_ms)
                 }
-                (Ok(at), Waiting::MissedCall { call_id, at_ms }) => {
-                    // Only while they are offline: an online callee saw the call.
-                    if at.supernode.is_none() && self.contacts.is_accepted(&at.user_id) {
-                        let note = PeerPayload::MissedCall(MissedCallNote { call_id, at_ms });
-                        if let Some((wire_id, sealed)) = self.seal(&at.user_id, note) {
-                            self.out.push_back(SocialOutput::LeaveMail { wire_id, to: at.user_id, sealed });
-                        }
-                    }
-                }
                 (Ok(at), Waiting::Unit { to, wire_id, sealed, mail }) => match at.supernode {
                     Some(sn) if at.user_id == to => self.send_peer(to, sn, wire_id, sealed, mail, now_ms),
                     // Offline, or the name now has another key: only the key we sealed to can read its mailbox.
@@ -677,7 +666,6 @@ impl Social {
                 },
                 (Err(e), Waiting::Add { .. } | Waiting::Block) => self.fail(0, name, failure(e)),
                 (Err(e), Waiting::Chat { token, .. }) => self.fail(token, name, failure(e)),
-                (Err(_), Waiting::MissedCall { .. }) => {}
                 (Err(_), Waiting::Unit { to, wire_id, sealed, mail }) => {
                     if mail {
                         self.out.push_back(SocialOutput::LeaveMail { wire_id, to, sealed })
@@ -836,11 +824,17 @@ impl Social {
         Ok(unread.len())
     }
 
-    /// A call to `name` found it offline: leave a missed-call notice in
-    /// its mailbox (accepted contacts only).
+    /// A call to `name` could not reach it (offline, or gone from its
+    /// supernode): leave a missed-call notice in its mailbox (accepted
+    /// contacts only, whose key is pinned: no lookup needed).
     pub fn missed_call(&mut self, name: &str, call_id: [u8; 16], now_ms: u64) {
-        if self.contacts.by_name(name).is_some_and(|c| c.state == ContactState::Accepted) {
-            let _ = self.wait_on(name, Waiting::MissedCall { call_id, at_ms: now_ms }, now_ms);
+        let Some(key) = self.contacts.by_name(name).filter(|c| c.state == ContactState::Accepted).map(|c| c.user_id)
+        else {
+            return;
+        };
+        let note = PeerPayload::MissedCall(MissedCallNote { call_id, at_ms: now_ms });
+        if let Some((wire_id, sealed)) = self.seal(&key, note) {
+            self.out.push_back(SocialOutput::LeaveMail { wire_id, to: key, sealed });
         }
     }
 

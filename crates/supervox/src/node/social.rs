@@ -217,10 +217,14 @@ impl Node {
                 if let Some(l) = self.glue.calls.remove(call_id) {
                     // An incoming call that rang and was not answered is a missed call.
                     let missed = !l.outgoing && matches!(reason, CallFailure::Missed | CallFailure::CallerCancelled);
-                    if l.outgoing {
-                        if let CallFailure::Offline(name) = reason {
-                            self.social.missed_call(name, call_id.0, now);
-                        }
+                    // The callee could not be reached (offline, or gone from its
+                    // supernode before the directory knew): a notice in its mailbox.
+                    let unreachable = matches!(
+                        reason,
+                        CallFailure::Offline(_) | CallFailure::SignalFailed(_) | CallFailure::CalleeDidNotRespond
+                    );
+                    if l.outgoing && unreachable {
+                        self.social.missed_call(&l.peer, call_id.0, now);
                     }
                     self.record_call(*call_id, l, 0, None, missed);
                 }
