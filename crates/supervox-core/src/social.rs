@@ -557,11 +557,9 @@ impl Social {
         let note = self.note(Shown::Offline, false);
         let targets: Vec<UserId> = self.contacts.accepted().map(|c| c.user_id).collect();
         for to in targets {
-            if let Some(&(sn, until)) = self.routes.get(&to) {
-                if until > now_ms {
-                    if let Some((wire_id, sealed)) = self.seal(&to, PeerPayload::Presence(note.clone())) {
-                        self.out.push_back(SocialOutput::SendPeer { wire_id, to, supernode: sn, sealed });
-                    }
+            if let Some(sn) = self.fresh_route(&to, now_ms) {
+                if let Some((wire_id, sealed)) = self.seal(&to, PeerPayload::Presence(note.clone())) {
+                    self.out.push_back(SocialOutput::SendPeer { wire_id, to, supernode: sn, sealed });
                 }
             }
         }
@@ -807,21 +805,14 @@ impl Social {
     /// `read NAME`: mark the conversation read (read receipts unless off).
     pub fn read(&mut self, name: &str, now_ms: u64) -> Result<usize, SocialError> {
         let key = self.key_of(name).ok_or_else(|| ContactError::NotFound(name.into()))?;
-        let me = self.me.user_id();
-        let unread: Vec<ChatMessage> = self
-            .chat
-            .conversation(&key)
-            .into_iter()
-            .filter(|m| m.from == key && m.to == me && m.status < Status::Read)
-            .cloned()
-            .collect();
-        self.chat.read(&key, &mut self.rng)?;
-        for mut m in unread.iter().cloned() {
-            m.status = Status::Read;
-            self.out.push_back(SocialOutput::Store(StoreChange::Message(m)));
+        let read = self.chat.read(&key, &mut self.rng)?;
+        for id in &read {
+            if let Some(m) = self.chat.message(id).cloned() {
+                self.out.push_back(SocialOutput::Store(StoreChange::Message(m)));
+            }
         }
         self.drain_chat(now_ms);
-        Ok(unread.len())
+        Ok(read.len())
     }
 
     /// A call to `name` could not reach it (offline, or gone from its
@@ -1163,10 +1154,8 @@ impl Social {
 
     /// Online if we know where, else after a lookup, else the mailbox.
     fn route(&mut self, to: UserId, wire_id: MsgId, sealed: Vec<u8>, mail: bool, now_ms: u64) {
-        if let Some(&(sn, until)) = self.routes.get(&to) {
-            if until > now_ms {
-                return self.send_peer(to, sn, wire_id, sealed, mail, now_ms);
-            }
+        if let Some(sn) = self.fresh_route(&to, now_ms) {
+            return self.send_peer(to, sn, wire_id, sealed, mail, now_ms);
         }
         // A contact that told us it went offline (or lapsed) is not looked
         // up: the directory may not know yet, and the mailbox is where it
@@ -1190,6 +1179,11 @@ impl Social {
         if !queued && mail {
             self.out.push_back(SocialOutput::LeaveMail { wire_id, to, sealed });
         }
+    }
+
+    /// The supernode `to` is attached to, if we learnt it recently.
+    fn fresh_route(&self, to: &UserId, now_ms: u64) -> Option<SocketAddr> {
+        self.routes.get(to).filter(|(_, until)| *until > now_ms).map(|(sn, _)| *sn)
     }
 
     fn name_being_checked(&self, key: &UserId) -> Option<String> {

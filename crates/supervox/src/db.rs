@@ -374,13 +374,7 @@ impl Db {
                 to: user_id(r.get(2)?)?,
                 text: r.get(3)?,
                 sent_ms: r.get::<_, i64>(4)?.max(0) as u64,
-                status: match status.as_str() {
-                    "sent" => Status::Sent,
-                    "stored" => Status::Stored,
-                    "delivered" => Status::Delivered,
-                    "read" => Status::Read,
-                    _ => return Err(rusqlite::Error::InvalidQuery),
-                },
+                status: Status::parse(&status).ok_or(rusqlite::Error::InvalidQuery)?,
             })
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>().context("messages unreadable")

@@ -316,14 +316,10 @@ fn read_wav(path: &Path) -> Result<Vec<i16>> {
 
 /// Poll a node's status until it is signed in; returns its supernode.
 pub async fn wait_signed_in(control: &Path) -> Result<String> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        if let Ok(lines) = ctl::request(control, &Request::Status, |_| {}).await {
-            if let Some(sn) = lines.first().and_then(|v| v["supernode"].as_str()) {
-                return Ok(sn.to_string());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("not signed in after 15 s")
+    wait_until(|| async {
+        let lines = ctl::request(control, &Request::Status, |_| {}).await.ok()?;
+        lines.first().and_then(|v| v["supernode"].as_str()).map(String::from)
+    })
+    .await
+    .context("not signed in")
 }

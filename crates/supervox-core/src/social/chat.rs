@@ -47,6 +47,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// Read the contract's name (as stored).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sent" => Status::Sent,
+            "stored" => Status::Stored,
+            "delivered" => Status::Delivered,
+            "read" => Status::Read,
+            _ => return None,
+        })
+    }
+
     /// The name the CLI/JSON contract uses.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -351,8 +362,8 @@ impl Chat {
     }
 
     /// Mark every incoming message from `peer` read; sends a read receipt
-    /// unless read receipts are off.
-    pub fn read<R: RngCore + CryptoRng>(&mut self, peer: &UserId, rng: &mut R) -> Result<(), ChatError> {
+    /// unless read receipts are off. The ids it marked.
+    pub fn read<R: RngCore + CryptoRng>(&mut self, peer: &UserId, rng: &mut R) -> Result<Vec<MsgId>, ChatError> {
         let me = self.me.user_id();
         let ids: Vec<MsgId> = self
             .conversation(peer)
@@ -370,7 +381,7 @@ impl Chat {
                 self.receipt(*peer, ChatPayload::Read(chunk.to_vec()), rng)?;
             }
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// The conversation with `peer`, in order (sender time, then id).

@@ -297,6 +297,13 @@ impl Node {
                "contact": self.social.contacts().is_accepted(if m.from == me { &m.to } else { &m.from })})
     }
 
+    /// A message as an event line (`ctl send`'s answer, `ctl events`).
+    fn message_event(&self, m: &ChatMessage) -> Value {
+        let mut v = self.message_json(m);
+        v["event"] = json!("message");
+        v
+    }
+
     fn on_social_event(&mut self, e: SocialEvent) {
         let v = match e {
             SocialEvent::ContactRequest { name, user_id, message } => {
@@ -318,14 +325,10 @@ impl Node {
                 json!({"event": "presence", "name": name, "user_id": user_id.to_string(),
                        "presence": shown.as_str(), "status_text": text})
             }
-            SocialEvent::Message { message, contact, .. } => {
+            // message_json marks whether the sender is an accepted contact.
+            SocialEvent::Message { message, .. } => {
                 info!("message {} from {}", hex16(&message.id), self.peer_name(&message.from));
-                let mut v = self.message_json(&message);
-                if let Value::Object(o) = &mut v {
-                    o.insert("event".into(), json!("message"));
-                    o.insert("contact".into(), json!(contact));
-                }
-                v
+                self.message_event(&message)
             }
             SocialEvent::MessageStatus { id, to, status } => {
                 self.answer_send(&id, status);
@@ -367,11 +370,10 @@ impl Node {
         if status >= Status::Stored {
             if let Some(p) = self.glue.sends.remove(&token) {
                 let m = self.social.chat().message(id).cloned();
-                let mut v = m.map(|m| self.message_json(&m)).unwrap_or_else(|| json!({"id": hex16(id)}));
-                if let Value::Object(o) = &mut v {
-                    o.insert("event".into(), json!("message"));
-                    o.insert("status".into(), json!(status.as_str()));
-                }
+                let mut v =
+                    m.map(|m| self.message_event(&m)).unwrap_or_else(|| json!({"event": "message", "id": hex16(id)}));
+                // The status that answered, even if the message moved on since.
+                v["status"] = json!(status.as_str());
                 let _ = p.tx.try_send(v.to_string());
             }
         }
@@ -388,13 +390,7 @@ impl Node {
         for t in due {
             if let Some(p) = self.glue.sends.remove(&t) {
                 let v = match p.id.and_then(|id| self.social.chat().message(&id).cloned()) {
-                    Some(m) => {
-                        let mut v = self.message_json(&m);
-                        if let Value::Object(o) = &mut v {
-                            o.insert("event".into(), json!("message"));
-                        }
-                        v
-                    }
+                    Some(m) => self.message_event(&m),
                     None => json!({"event": "error", "error": "no answer from the network", "code": "timeout"}),
                 };
                 let _ = p.tx.try_send(v.to_string());
