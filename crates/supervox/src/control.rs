@@ -26,6 +26,11 @@ pub enum Request {
         input: Option<String>,
         /// Audio sink for this call (default: the daemon's `--output`).
         output: Option<String>,
+        /// Answer `{"ok":true,"call_id"}` at once and let the call outlive this
+        /// request (the web app follows it on the event stream); otherwise the
+        /// request streams the call's events and ends it when it goes away.
+        #[serde(default)]
+        detach: bool,
     },
     /// End the current call.
     Hangup,
@@ -76,6 +81,21 @@ pub enum Request {
     History,
     /// A live stream of events (until the client goes away).
     Events,
+    /// Mute or unmute our microphone in the current call.
+    Mute {
+        /// Send silence instead of the input.
+        muted: bool,
+    },
+    /// The audio devices, and the input and output used by the next call;
+    /// with a spec given, set it first.
+    Devices {
+        /// New default source (`tone:HZ`, `wav:PATH`, `silence`, `mic[:NAME]`).
+        input: Option<String>,
+        /// New default sink (`wav:PATH`, `null`, `speaker[:NAME]`).
+        output: Option<String>,
+    },
+    /// A one-time login URL for the web app (`supervox ui`).
+    UiLogin,
 }
 
 /// A change to the contact list.

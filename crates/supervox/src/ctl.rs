@@ -71,6 +71,20 @@ pub fn describe(v: &Value) -> String {
         ),
         Some("call_failed") => format!("call failed: {}", s("reason")),
         Some("subscribed") => "listening for events".into(),
+        Some("ringing") => "ringing".into(),
+        Some("signed_in") => format!("signed in via {}", s("supernode")),
+        Some("lost_supernode") => format!("lost supernode {} ({}); reconnecting", s("supernode"), s("reason")),
+        Some("call_stats") => format!(
+            "call {}: {} MOS {} loss {}% ({}% after FEC) jitter {} ms rtt {} ms playout {} ms",
+            s("call_id"),
+            s("path"),
+            n("mos"),
+            n("loss_before_fec_pct"),
+            n("loss_after_fec_pct"),
+            n("jitter_ms"),
+            n("rtt_ms"),
+            n("playout_delay_ms")
+        ),
         Some("incoming_call") => format!("incoming call from {} [fingerprint {}]", s("peer"), s("fingerprint")),
         Some("contact_request") => format!(
             "contact request from {} [fingerprint {}]: {:?} (`ctl contacts accept {}`)",

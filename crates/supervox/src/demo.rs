@@ -21,7 +21,7 @@ const TONE_HZ: f32 = 440.0;
 const CALL_SECS: f64 = 3.0;
 
 /// Run the demo; returns true if the call worked.
-pub async fn run(json_out: bool) -> Result<bool> {
+pub async fn run(json_out: bool, ui: bool) -> Result<bool> {
     let dir = tempfile::tempdir()?;
     let (stop_tx, stop) = watch::channel(false);
     let say = |s: &str| {
@@ -62,7 +62,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
     let mut node_stops = Vec::new();
     for (i, name) in ["alice", "bob"].iter().enumerate() {
         let output = if i == 1 { SinkSpec::Wav(recording.clone()) } else { SinkSpec::Null };
-        let (control, stop) = spawn_node(dir.path(), name, sns[i], output, &stop)?;
+        let (control, stop) = spawn_node(dir.path(), name, sns[i], output, &stop, ui)?;
         controls.push(control);
         node_stops.push(stop);
     }
@@ -76,6 +76,7 @@ pub async fn run(json_out: bool) -> Result<bool> {
         duration: Some(CALL_SECS),
         input: Some(format!("tone:{TONE_HZ}")),
         output: Some("null".into()),
+        detach: false,
     };
     let events = ctl::request(&controls[0], &req, |v| {
         if json_out {
@@ -89,9 +90,12 @@ pub async fn run(json_out: bool) -> Result<bool> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let verdict = judge(&events, &recording);
     let social = match &verdict {
-        Ok(_) => offline_chat(dir.path(), &sns, &controls, node_stops, &stop, json_out).await,
+        Ok(_) => offline_chat(dir.path(), &sns, &controls, node_stops, &stop, json_out, ui).await,
         Err(_) => Ok(json!(null)),
     };
+    if ui && verdict.is_ok() {
+        keep_open_for_the_browser(&controls).await?;
+    }
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let verdict = verdict.and_then(|mut v| {
@@ -125,6 +129,7 @@ fn spawn_node(
     sn: std::net::SocketAddr,
     output: SinkSpec,
     all: &watch::Receiver<bool>,
+    ui: bool,
 ) -> Result<(std::path::PathBuf, watch::Sender<bool>)> {
     let control = root.join(format!("{name}.sock"));
     let opts = NodeOptions {
@@ -144,6 +149,8 @@ fn spawn_node(
         external_relay: None,
         relay_transport: None,
         supernode: None,
+        // Each on the next free port from the default one.
+        ui: ui.then(crate::ui::UiOptions::default),
     };
     let (tx, mut mine) = watch::channel(false);
     let mut all = all.clone();
@@ -181,6 +188,7 @@ async fn offline_chat(
     mut stops: Vec<watch::Sender<bool>>,
     all: &watch::Receiver<bool>,
     json_out: bool,
+    ui: bool,
 ) -> Result<Value> {
     let say = |s: String| {
         if !json_out {
@@ -229,7 +237,7 @@ async fn offline_chat(
     // Bob comes back through the other supernode (a fresh host cache, seeded with it).
     let _ = std::fs::remove_file(root.join("bob").join("hostcache"));
     wait_until(|| async { (!bob.exists()).then_some(()) }).await.context("bob's node did not stop")?;
-    let (_, stop) = spawn_node(root, "bob", sns[0], SinkSpec::Null, all)?;
+    let (_, stop) = spawn_node(root, "bob", sns[0], SinkSpec::Null, all, ui)?;
     stops[1] = stop;
     let sn = wait_signed_in(bob).await.context("bob did not sign in again")?;
     say(format!("bob signs in again, via supernode {sn}"));
@@ -262,6 +270,21 @@ async fn offline_chat(
     say(format!("alice sees both messages {}", statuses[0]));
     Ok(json!({"result": "2 stored while bob was offline, delivered via the other supernode, read",
               "received": got, "bob_supernode": sn}))
+}
+
+/// `demo --ui`: print a login link to each node's web app and keep the
+/// network up until Ctrl-C (new links with `supervox ui --control PATH`).
+async fn keep_open_for_the_browser(controls: &[std::path::PathBuf]) -> Result<()> {
+    println!("\nthe network stays up; open each web app (links work once, within a minute):");
+    for (c, name) in controls.iter().zip(["alice", "bob"]) {
+        let v = ask(c, Request::UiLogin).await?;
+        let url = v["url"].as_str().with_context(|| format!("{name} has no web app: {v}"))?;
+        println!("  {name}: {url}");
+        println!("         (a new link: supervox ui --print --control {})", c.display());
+    }
+    println!("alice and bob are contacts: call or chat from either window. Ctrl-C ends the demo.");
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
 }
 
 /// Poll `f` every 50 ms for up to 15 s.

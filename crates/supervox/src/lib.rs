@@ -16,3 +16,4 @@ pub mod sys;
 pub mod tls;
 pub mod udp_batch;
 pub mod udp_send;
+pub mod ui;

@@ -33,12 +33,30 @@ enum Cmd {
     Node(NodeArgs),
     /// Talk to a running node through its control socket.
     Ctl(CtlArgs),
+    /// Open a running node's web app (softphone) in the browser with a one-time login link.
+    Ui(UiArgs),
     /// Run a whole network on loopback (2 supernodes, 2 clients) and place a call.
     Demo {
         /// Print JSON lines instead of words.
         #[arg(long)]
         json: bool,
+        /// Then keep the network up and print login links to alice's and bob's web apps.
+        #[arg(long)]
+        ui: bool,
     },
+}
+
+#[derive(Args)]
+struct UiArgs {
+    /// The node's control socket [default: that of the node called --name].
+    #[arg(long, value_name = "PATH", required_unless_present = "name")]
+    control: Option<PathBuf>,
+    /// The node's name (finds its control socket in the default data dir).
+    #[arg(long)]
+    name: Option<String>,
+    /// Only print the link; do not start a browser.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +223,27 @@ struct NodeArgs {
     /// Password on --turn-server.
     #[arg(long, value_name = "PASS")]
     turn_password: Option<String>,
+    /// Serve the web app (softphone) and its API here, or `off`. Open it with `supervox
+    /// ui` [default: 127.0.0.1:8790, or the next free port].
+    #[arg(long, value_name = "IP:PORT|off", value_parser = parse_ui)]
+    ui: Option<UiFlag>,
+    /// Let --ui listen on a non-loopback address (then over HTTPS with a self-signed
+    /// certificate in the data dir). Anyone who can reach it can try to log in.
+    #[arg(long)]
+    ui_allow_remote: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum UiFlag {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_ui(s: &str) -> Result<UiFlag, String> {
+    if s == "off" {
+        return Ok(UiFlag::Off);
+    }
+    s.parse().map(UiFlag::At).map_err(|_| format!("{s:?} is neither IP:PORT nor off"))
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -485,12 +524,20 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 refuse_strangers: a.strangers == Strangers::Refuse,
                 relay_transport,
                 external_relay,
+                ui: match a.ui {
+                    None => Some(supervox::ui::UiOptions { allow_remote: a.ui_allow_remote, ..Default::default() }),
+                    Some(UiFlag::Off) => None,
+                    Some(UiFlag::At(listen)) => {
+                        Some(supervox::ui::UiOptions { listen, scan: false, allow_remote: a.ui_allow_remote })
+                    }
+                },
             };
             node::run(opts, shutdown_signal()).await?;
             Ok(true)
         }
         Cmd::Ctl(c) => run_ctl(c).await,
-        Cmd::Demo { json } => demo::run(json).await,
+        Cmd::Ui(u) => open_ui(u).await,
+        Cmd::Demo { json, ui } => demo::run(json, ui).await,
     }
 }
 
@@ -530,6 +577,33 @@ fn relay_settings(
     Ok((transport, external))
 }
 
+/// `supervox ui`: a one-time login link from the node, opened in the browser.
+async fn open_ui(u: UiArgs) -> Result<bool> {
+    let control = match (u.control, u.name) {
+        (Some(c), _) => c,
+        (None, Some(n)) => DataDir::default_path(&format!("node-{n}")).join("control.sock"),
+        (None, None) => bail!("give --control PATH or --name NAME"),
+    };
+    let lines = ctl::request(&control, &Request::UiLogin, |_| {}).await?;
+    let v = lines.first().cloned().unwrap_or_default();
+    let Some(url) = v["url"].as_str() else {
+        bail!("{}", v["error"].as_str().unwrap_or("no answer from the node"));
+    };
+    println!("{url}");
+    if !u.print {
+        // The link works once, within a minute; a failed browser start leaves it printed.
+        let opened = std::process::Command::new("xdg-open")
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !opened.is_ok_and(|s| s.success()) {
+            eprintln!("(no browser started: open the link above within a minute)");
+        }
+    }
+    Ok(true)
+}
+
 async fn run_ctl(c: CtlArgs) -> Result<bool> {
     match c.cmd {
         CtlCmd::Status { json } => {
@@ -560,6 +634,7 @@ async fn run_ctl(c: CtlArgs) -> Result<bool> {
                 duration,
                 input: input.map(|s| s.to_string()),
                 output: output.map(|s| s.to_string()),
+                detach: false,
             };
             let events = ctl::request(&c.control, &req, |v| {
                 if json {

@@ -392,6 +392,12 @@ impl Chat {
             .collect()
     }
 
+    /// Messages from `peer` not yet read.
+    pub fn unread(&self, peer: &UserId) -> usize {
+        let me = self.me.user_id();
+        self.conversation(peer).into_iter().filter(|m| m.from == *peer && m.to == me && m.status < Status::Read).count()
+    }
+
     /// Our messages not yet delivered (the sender keeps them; the driver
     /// may store them again, e.g. when the mailbox holders change).
     pub fn undelivered(&self) -> Vec<&ChatMessage> {

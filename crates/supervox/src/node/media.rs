@@ -47,6 +47,7 @@ pub struct CallMedia {
     cfg: MediaConfig,
     next_report_ms: u64,
     sink_error: Option<String>,
+    muted: bool,
 }
 
 // Sources and sinks are trait objects without Debug.
@@ -114,12 +115,27 @@ impl CallMedia {
             cfg,
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
             sink_error: None,
+            muted: false,
         })
+    }
+
+    /// Send silence instead of the input (or the input again).
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    /// Whether the input is muted.
+    pub fn muted(&self) -> bool {
+        self.muted
     }
 
     /// Capture and encode the next 20 ms frame; returns the media plaintext.
     pub fn next_packet(&mut self) -> Option<Vec<u8>> {
-        let pcm = self.source.next_frame();
+        let mut pcm = self.source.next_frame();
+        if self.muted {
+            // The source still runs (a file or device keeps its pace); the peer hears silence.
+            pcm.iter_mut().for_each(|x| *x = 0);
+        }
         match self.sender.next_packet(&pcm) {
             Ok(p) => Some(p),
             Err(e) => {

@@ -69,6 +69,8 @@ pub struct NodeOptions {
     pub read_receipts: bool,
     /// Refuse calls and messages from non-contacts (`--strangers refuse`).
     pub refuse_strangers: bool,
+    /// Serve the web app and its API (`--ui`; `None`: `--ui off`).
+    pub ui: Option<crate::ui::UiOptions>,
 }
 
 /// How a node may become a supernode.
@@ -114,9 +116,10 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
 /// for a later promotion (if that worked).
 type SteppedBack = (String, Option<crate::sn::BoundSupernode>);
 
-/// A `ctl call` waiting for its call's events.
+/// A placed call's settings, and the `ctl call` waiting for its events
+/// (none for a call placed from the web app, which follows the event stream).
 struct Watcher {
-    tx: mpsc::Sender<String>,
+    tx: Option<mpsc::Sender<String>>,
     duration_ms: Option<u64>,
     input: SourceSpec,
     output: SinkSpec,
@@ -128,6 +131,10 @@ struct ActiveMedia {
     /// Last measured round trip of the media path's checks.
     path_rtt_ms: Option<f64>,
     next_log_ms: u64,
+    /// When the next `call_stats` event is due.
+    next_stats_ms: u64,
+    /// The path the call is on now (for `call_stats`).
+    path: &'static str,
 }
 
 impl ActiveMedia {
@@ -139,6 +146,8 @@ impl ActiveMedia {
 
 /// Live call figures are logged this often.
 const STATS_LOG_MS: u64 = 5_000;
+/// A `call_stats` event goes to the event streams this often (the web app's live chart).
+const STATS_EVENT_MS: u64 = 1_000;
 
 /// The figures of a call as JSON fields (for `call_ended` and `status`).
 fn figures_json(f: &CallFigures, rtt: Option<f64>, mos: Option<f64>) -> Value {
@@ -187,6 +196,8 @@ struct Node {
     social: supervox_core::social::Social,
     /// The node's side of it: event streams, waiting sends, call history.
     glue: social::SocialGlue,
+    /// The web app's server (login codes), when it runs.
+    ui: Option<crate::ui::UiHandle>,
 }
 
 /// Run the node daemon until `shutdown` or a fatal error (e.g. the name is
@@ -205,7 +216,14 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     }
     let udp = UdpSocket::bind(opts.media_bind).await?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
-    control_server::listen(&opts.control, ctl_tx)?;
+    control_server::listen(&opts.control, ctl_tx.clone())?;
+    let ui = match &opts.ui {
+        Some(u) => {
+            let me = crate::ui::Me { name: opts.name.clone(), fingerprint: identity.fingerprint() };
+            Some(crate::ui::start(u, &opts.data_dir, me, ctl_tx, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     info!(
         "node {:?} user {} media {} control {}",
         opts.name,
@@ -278,6 +296,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         stepped_back: stepped_tx,
         social: social_layer,
         glue: social::SocialGlue::default(),
+        ui,
     };
     node.client.set_tcp_media_port(tcp_port);
     // The host candidate and probe source must be known before sign-in starts the NAT probe.
@@ -379,7 +398,12 @@ impl Node {
     fn on_clock(&mut self) {
         let now = now_ms();
         // A `ctl call` that went away (Ctrl-C) takes its call with it.
-        let orphaned: Vec<CallId> = self.watchers.iter().filter(|(_, w)| w.tx.is_closed()).map(|(id, _)| *id).collect();
+        let orphaned: Vec<CallId> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.tx.as_ref().is_some_and(|tx| tx.is_closed()))
+            .map(|(id, _)| *id)
+            .collect();
         for id in orphaned {
             self.watchers.remove(&id);
             self.client.hangup(id, CallEnd::ControlClientLeft, now);
@@ -403,6 +427,21 @@ impl Node {
             if let Some(m) = self.media.get_mut(&id) {
                 m.media.play(now);
                 m.path_rtt_ms = path_rtt.or(m.path_rtt_ms);
+                if now >= m.next_stats_ms {
+                    m.next_stats_ms = now + STATS_EVENT_MS;
+                    let f = m.media.figures();
+                    let rtt = m.rtt_ms(&f);
+                    let mos = rtt.map(|r| round2(m.media.mos(r)));
+                    let v = json!({"event": "call_stats", "call_id": id.to_string(), "path": m.path,
+                                   "mos": mos, "loss_before_fec_pct": round2(f.loss_before_fec_pct),
+                                   "loss_after_fec_pct": round2(f.loss_after_fec_pct),
+                                   "jitter_ms": round2(f.jitter_ms), "rtt_ms": rtt.map(round2),
+                                   "playout_delay_ms": round2(f.playout_delay_ms),
+                                   "target_delay_ms": round2(f.target_delay_ms),
+                                   "frames_received": f.frames_received, "muted": m.media.muted()});
+                    self.broadcast(v);
+                }
+                let Some(m) = self.media.get_mut(&id) else { continue };
                 if now >= m.next_log_ms {
                     m.next_log_ms = now + STATS_LOG_MS;
                     let f = m.media.figures();
@@ -541,14 +580,14 @@ impl Node {
                     self.client.hangup(id, CallEnd::LocalHangup, now);
                     reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
                 }
-                None => reply(&msg.reply, json!({"ok": false, "error": "no call in progress"})),
+                None => reply(&msg.reply, json!({"ok": false, "error": "no call in progress", "code": "no-call"})),
             },
             Request::Answer => match self.client.active_call() {
                 Some(id) if self.client.call_info(&id).is_some_and(|(_, p)| p == "incoming") => {
                     self.client.answer(id, now);
                     reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}))
                 }
-                _ => reply(&msg.reply, json!({"ok": false, "error": "no incoming call is ringing"})),
+                _ => reply(&msg.reply, json!({"ok": false, "error": "no incoming call is ringing", "code": "no-call"})),
             },
             Request::Trust { name } => match self.client.trust_accept(&name, now) {
                 Ok((old, new)) => reply(
@@ -573,7 +612,7 @@ impl Node {
                     .collect();
                 reply(&msg.reply, json!({"ok": true, "pins": pins}))
             }
-            Request::Call { name, duration, input, output } => {
+            Request::Call { name, duration, input, output, detach } => {
                 let fail = |reason: CallFailure| call_failed_json(&reason);
                 let bad = |text: String| fail(CallFailure::BadRequest(text));
                 let input = match input.map(|s| s.parse::<SourceSpec>()).transpose() {
@@ -593,11 +632,51 @@ impl Node {
                 match self.client.place_call(&name, now) {
                     Ok(id) => {
                         self.log_outgoing(id, &name, now);
-                        self.watchers.insert(id, Watcher { tx: msg.reply, duration_ms, input, output });
+                        if detach {
+                            reply(&msg.reply, json!({"ok": true, "call_id": id.to_string()}));
+                        }
+                        let tx = (!detach).then_some(msg.reply);
+                        self.watchers.insert(id, Watcher { tx, duration_ms, input, output });
                     }
                     Err(e) => reply(&msg.reply, fail(e)),
                 }
             }
+            Request::Mute { muted } => {
+                match self.client.active_call().and_then(|id| Some((id, self.media.get_mut(&id)?))) {
+                    Some((id, m)) => {
+                        m.media.set_muted(muted);
+                        info!("call {id}: {}", if muted { "muted" } else { "unmuted" });
+                        reply(&msg.reply, json!({"ok": true, "muted": muted, "call_id": id.to_string()}))
+                    }
+                    None => reply(&msg.reply, json!({"ok": false, "error": "no call is connected", "code": "no-call"})),
+                }
+            }
+            Request::Devices { input, output } => {
+                let bad = |what: &str, e: String| json!({"ok": false, "error": format!("bad {what}: {e}"), "code": "bad-request"});
+                let input = match input.map(|s| s.parse::<SourceSpec>()).transpose() {
+                    Ok(i) => i,
+                    Err(e) => return reply(&msg.reply, bad("input", e.to_string())),
+                };
+                let output = match output.map(|s| s.parse::<SinkSpec>()).transpose() {
+                    Ok(o) => o,
+                    Err(e) => return reply(&msg.reply, bad("output", e.to_string())),
+                };
+                if let Some(i) = input {
+                    self.opts.input = i;
+                }
+                if let Some(o) = output {
+                    self.opts.output = o;
+                }
+                reply(&msg.reply, self.devices())
+            }
+            Request::UiLogin => match &self.ui {
+                Some(ui) => reply(&msg.reply, json!({"ok": true, "url": ui.login_url(now)})),
+                None => reply(
+                    &msg.reply,
+                    json!({"ok": false, "error": "this node runs without its web app (--ui off)",
+                                                 "code": "ui-off"}),
+                ),
+            },
             // The social requests were answered by social_control.
             other => reply(&msg.reply, json!({"ok": false, "error": format!("unhandled request {other:?}")})),
         }
@@ -607,7 +686,8 @@ impl Node {
         let id = self.client.identity().user_id();
         let call = self.client.active_call().and_then(|c| {
             let (peer, phase) = self.client.call_info(&c)?;
-            let mut v = json!({"call_id": c.to_string(), "peer": peer, "state": phase});
+            let mut v = json!({"call_id": c.to_string(), "peer": peer, "state": phase,
+                               "muted": self.media.get(&c).is_some_and(|m| m.media.muted())});
             if let (Value::Object(v), Some((user_id, verified))) = (&mut v, self.client.call_peer(&c)) {
                 v.insert("user_id".into(), json!(user_id.to_string()));
                 v.insert("fingerprint".into(), json!(fingerprint(&user_id)));
@@ -622,9 +702,13 @@ impl Node {
                 {
                     v.extend(fig);
                 }
+                if let Value::Object(v) = &mut v {
+                    v.insert("path".into(), json!(m.path));
+                }
             }
             Some(v)
         });
+        let (presence, status_text) = self.social.presence();
         json!({
             "name": self.client.name(),
             "user_id": id.to_string(),
@@ -632,6 +716,9 @@ impl Node {
             "role": if self.client.promoted() { "supernode" } else { "client" },
             "supernode": self.client.supernode().map(|s| s.to_string()),
             "host_cache": self.client.host_cache().len(),
+            "presence": presence.as_str(),
+            "status_text": status_text,
+            "ui": self.ui.as_ref().map(|u| u.url()),
             "relay": {
                 "servers": self.client.relay_credentials().map(|r| r.relays.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
                 "tls_servers": self.client.relay_credentials().and_then(|r| r.tls.as_ref())
@@ -644,10 +731,28 @@ impl Node {
             "reachability": match self.client.reachability() {
                 Some(r) => json!({"udp": r.udp, "public": r.public, "mapping": r.mapping.as_str(),
                                   "filtering": r.filtering.as_str(),
-                                  "mapped": r.mapped.map(|m| m.to_string())}),
-                None => json!({"udp": Value::Null, "public": Value::Null, "mapping": "unknown", "filtering": "unknown"}),
+                                  "mapped": r.mapped.map(|m| m.to_string()),
+                                  "summary": reachability_words(r, self.client.relay_transport().as_str())}),
+                None => json!({"udp": Value::Null, "public": Value::Null, "mapping": "unknown", "filtering": "unknown",
+                               "summary": "finding out how this network reaches the Internet…"}),
             },
             "call": call,
+        })
+    }
+
+    /// The audio devices this machine lists and the specs the next call uses.
+    fn devices(&self) -> Value {
+        let specs = |fixed: &[&str], devices: Vec<String>, kind: &str| -> Vec<String> {
+            let mut v: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+            v.extend(devices.into_iter().map(|d| format!("{kind}:{d}")));
+            v
+        };
+        json!({
+            "ok": true,
+            "inputs": specs(&["mic", "silence", "tone:440"], supervox_audio::input_devices(), "mic"),
+            "outputs": specs(&["speaker", "null"], supervox_audio::output_devices(), "speaker"),
+            "input": self.opts.input.to_string(),
+            "output": self.opts.output.to_string(),
         })
     }
 
@@ -734,9 +839,12 @@ impl Node {
             ClientEvent::SignedIn { supernode } => {
                 info!("signed in via {supernode}; callable as {:?}", self.client.name());
                 self.update_candidates(supernode);
+                self.broadcast(json!({"event": "signed_in", "supernode": supernode.to_string()}));
             }
             ClientEvent::LostSupernode { supernode, reason } => {
-                warn!("lost supernode {supernode} ({reason}); reconnecting")
+                warn!("lost supernode {supernode} ({reason}); reconnecting");
+                self.broadcast(json!({"event": "lost_supernode", "supernode": supernode.to_string(),
+                                      "reason": reason.to_string()}));
             }
             ClientEvent::Promoted { network_key, seeds } => {
                 if let Some(sn) = self.standby.take() {
@@ -773,7 +881,10 @@ impl Node {
                     if auto { " (auto-answer)" } else { "" }
                 )
             }
-            ClientEvent::Ringing { call_id } => info!("call {call_id}: ringing"),
+            ClientEvent::Ringing { call_id } => {
+                info!("call {call_id}: ringing");
+                self.notify(call_id, json!({"event": "ringing"}));
+            }
             ClientEvent::Connected { call_id, peer, user_id, verified, path, setup_ms } => {
                 info!(
                     "call {call_id} with {} [fingerprint {}] connected over {} in {setup_ms} ms",
@@ -794,6 +905,8 @@ impl Node {
                                 end_at_ms: dur.map(|d| now + d),
                                 path_rtt_ms: None,
                                 next_log_ms: now + STATS_LOG_MS,
+                                next_stats_ms: now + STATS_EVENT_MS,
+                                path: path.as_str(),
                             },
                         );
                         self.notify(
@@ -812,6 +925,9 @@ impl Node {
             }
             ClientEvent::PathChanged { call_id, path, reason } => {
                 info!("call {call_id} moved to {} ({reason})", path.as_str());
+                if let Some(m) = self.media.get_mut(&call_id) {
+                    m.path = path.as_str();
+                }
                 self.notify(
                     call_id,
                     json!({"event": "path_changed", "path": path.as_str(), "reason": reason.to_string(),
@@ -884,8 +1000,8 @@ impl Node {
 
     /// A call's event line to its `ctl call` and to every `ctl events` stream.
     fn notify(&mut self, id: CallId, mut v: Value) {
-        if let Some(w) = self.watchers.get(&id) {
-            let _ = w.tx.try_send(v.to_string());
+        if let Some(tx) = self.watchers.get(&id).and_then(|w| w.tx.as_ref()) {
+            let _ = tx.try_send(v.to_string());
         }
         if let Value::Object(o) = &mut v {
             o.entry("call_id").or_insert_with(|| json!(id.to_string()));
@@ -924,6 +1040,24 @@ fn route_ip(to: SocketAddr) -> Option<IpAddr> {
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect(to).ok()?;
     s.local_addr().ok().map(|a| a.ip())
+}
+
+/// How this network reaches others, in words (the web app's "me" card).
+fn reachability_words(r: &supervox_stun::Reachability, relay_transport: &str) -> String {
+    use supervox_stun::NatBehaviour as B;
+    if !r.udp {
+        return format!("UDP blocked: calls go through a relay over {}", relay_transport.to_uppercase());
+    }
+    if r.public {
+        return "public address: direct calls possible with everyone".into();
+    }
+    match r.mapping {
+        B::EndpointIndependent => "behind a home router: direct calls possible".into(),
+        B::AddressDependent | B::AddressAndPortDependent => {
+            "behind a strict (symmetric) NAT: direct calls need port prediction, else a relay".into()
+        }
+        B::Unknown => "behind a router: direct calls likely".into(),
+    }
 }
 
 fn round2(x: f64) -> f64 {

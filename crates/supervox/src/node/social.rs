@@ -416,7 +416,8 @@ impl Node {
                     reply(
                         json!({"name": c.name, "user_id": c.user_id.to_string(), "fingerprint": fingerprint(&c.user_id),
                                  "state": c.state.as_str(), "presence": c.shown(now).as_str(),
-                                 "status_text": c.status_text(now), "message": c.message, "verified": verified}),
+                                 "status_text": c.status_text(now), "message": c.message, "verified": verified,
+                                 "unread": self.social.chat().unread(&c.user_id)}),
                     );
                 }
             }
