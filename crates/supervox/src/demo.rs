@@ -152,13 +152,19 @@ fn spawn_node(
         // Each on the next free port from the default one.
         ui: ui.then(crate::ui::UiOptions::default),
     };
-    let (tx, mut mine) = watch::channel(false);
-    let mut all = all.clone();
+    let (tx, mine) = watch::channel(false);
+    let all = all.clone();
     let (fwd_tx, fwd) = watch::channel(false);
     tokio::spawn(async move {
+        // A stop is a `true` sent; a dropped sender (a finished step of the demo) is none.
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            _ = mine.changed() => {}
-            _ = all.changed() => {}
+            _ = stopped(mine) => {}
+            _ = stopped(all) => {}
         }
         let _ = fwd_tx.send(true);
     });

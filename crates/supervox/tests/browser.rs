@@ -186,6 +186,7 @@ async fn two_people_add_each_other_call_and_chat_in_the_browser() {
     text_until(&b, "bob", r#"#chat-messages li.message[data-direction="in"] .text"#, |t| t.contains(text)).await;
     shown(&a, "alice", r#"#chat-messages li.message[data-direction="out"][data-status="read"]"#).await;
     screenshot(&b, "bob-chat-desktop.png").await;
+    screenshot(&a, "alice-call-chat-desktop.png").await;
 
     // A 375 px phone window: everything fits, the call is still shown.
     b.set_window_size(375, 800).await.unwrap();

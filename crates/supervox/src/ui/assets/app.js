@@ -42,6 +42,8 @@ function h(tag, attrs, ...kids) {
     else if (k === 'text') e.textContent = v;
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else if (k === 'hidden') e.hidden = true;
+    // Through the CSSOM: the page's CSP refuses style attributes set as markup.
+    else if (k === 'style') e.style.cssText = v;
     else e.setAttribute(k, v === true ? '' : v);
   }
   for (const kid of kids) if (kid !== null && kid !== undefined && kid !== false) e.append(kid);
@@ -1068,7 +1070,9 @@ function drawChart(c) {
   const L = 36, R = 8, T = 4, B = 16, GAP = 8;
   const ch = (H - T - B - GAP * 2) / 3;
   const pw = W - L - R;
-  const xAt = (i) => L + pw - ((n - 1 - i) * pw) / (CHART_SECONDS - 1);
+  // The window grows with the call (at least 30 s, at most CHART_SECONDS) so a new call fills it.
+  const span = Math.min(CHART_SECONDS, Math.max(30, n));
+  const xAt = (i) => L + pw - ((n - 1 - i) * pw) / (span - 1);
   g.font = '10px system-ui, sans-serif';
   g.textBaseline = 'middle';
   CHARTS.forEach((cfg, k) => {
@@ -1132,9 +1136,9 @@ function drawChart(c) {
   g.fillStyle = '#64748b';
   const yb = H - B / 2 + 1;
   g.textAlign = 'left';
-  g.fillText('−' + CHART_SECONDS + ' s', L, yb);
+  g.fillText('−' + span + ' s', L, yb);
   g.textAlign = 'center';
-  g.fillText('−60 s', L + pw / 2, yb);
+  g.fillText('−' + Math.round(span / 2) + ' s', L + pw / 2, yb);
   g.textAlign = 'right';
   g.fillText('now', L + pw, yb);
 }
