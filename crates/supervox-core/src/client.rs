@@ -327,6 +327,14 @@ pub enum ClientOutput {
     Event(ClientEvent),
     /// The host cache changed: persist [`Client::host_cache`].
     HostCacheChanged,
+    /// Resolve this host name (A and AAAA; a named seed, at the start of a
+    /// connection round) and report with [`Client::handle_resolved`].
+    Resolve {
+        /// The name.
+        host: String,
+        /// The port its addresses get.
+        port: u16,
+    },
     /// A pinned peer key changed: persist it (before acting on any later
     /// output: a `Connected` event that follows has pinned its peer).
     Trust(crate::trust::TrustChange),
@@ -405,6 +413,10 @@ pub struct Client {
     blocked: std::collections::HashSet<UserId>,
     /// Lookups being cross-checked through a second supernode, per call.
     checks: Map<CallId, crosscheck::Check>,
+    /// Seeds given by host name, resolved at every connection round (client/connect.rs).
+    named_seeds: Vec<crate::host_cache::NamedSeed>,
+    /// Named seeds being resolved.
+    resolving: Vec<(String, u16)>,
 }
 
 impl Client {
@@ -417,6 +429,8 @@ impl Client {
             host_cache,
             backoff: Backoff::new(250, 10_000),
             link: SnLink::Idle { next_try_ms: 0 },
+            named_seeds: Vec::new(),
+            resolving: Vec::new(),
             presence: None,
             next_publish_ms: u64::MAX,
             calls: Map::default(),

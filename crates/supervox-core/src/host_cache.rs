@@ -130,6 +130,88 @@ impl fmt::Display for Seed {
     }
 }
 
+/// Longest host name of a named seed (RFC 1035).
+pub const MAX_HOST_LEN: usize = 253;
+
+/// A supernode named by host name, `[KEY@]HOST:PORT`: the driver resolves it
+/// (A and AAAA) at the start of every connection round, so an operator can
+/// move supernodes behind a DNS name. Every address it resolves to is a seed
+/// (with KEY pinned, if given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedSeed {
+    /// The host name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The identity every address of it must prove, if given.
+    pub key: Option<UserId>,
+}
+
+/// A `--seed` as given: an address or a host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedSpec {
+    /// `[KEY@]IP:PORT`.
+    Addr(Seed),
+    /// `[KEY@]HOST:PORT`.
+    Name(NamedSeed),
+}
+
+/// A DNS host name: labels of letters, digits and `-` (not at either end),
+/// 1–63 bytes each, 253 in all; not all digits and dots (a mistyped address).
+fn valid_host(h: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let h = h.strip_suffix('.').unwrap_or(h);
+    (1..=MAX_HOST_LEN).contains(&h.len())
+        && h.split('.').all(label)
+        && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+impl FromStr for SeedSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key_part, rest) = match s.split_once('@') {
+            Some((k, r)) => (Some(k), r),
+            None => (None, s),
+        };
+        if rest.parse::<SocketAddr>().is_ok() {
+            return s.parse().map(SeedSpec::Addr);
+        }
+        let key = match key_part {
+            Some(k) => Some(
+                UserId::from_hex(k)
+                    .filter(UserId::is_strong)
+                    .ok_or_else(|| format!("{k:?} is not a supernode key (64 hex digits of its user id)"))?,
+            ),
+            None => None,
+        };
+        let bad = || format!("{rest:?} is neither IP:PORT nor HOST:PORT");
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+        if !valid_host(host) {
+            return Err(bad());
+        }
+        Ok(SeedSpec::Name(NamedSeed { host: host.to_ascii_lowercase(), port, key }))
+    }
+}
+
+impl fmt::Display for SeedSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeedSpec::Addr(s) => write!(f, "{s}"),
+            SeedSpec::Name(n) => match n.key {
+                Some(k) => write!(f, "{k}@{}:{}", n.host, n.port),
+                None => write!(f, "{}:{}", n.host, n.port),
+            },
+        }
+    }
+}
+
 /// A bounded set of supernodes with their measurements: see the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostCache {
@@ -449,6 +531,44 @@ mod tests {
             "1.2.3.4",
         ] {
             assert!(bad.parse::<Seed>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_seed_is_an_address_or_a_host_name() {
+        let k = crate::Identity::from_seed([3; 32]).user_id();
+        let addr = |s: &str| match s.parse::<SeedSpec>() {
+            Ok(SeedSpec::Addr(a)) => Some(a),
+            _ => None,
+        };
+        let name = |s: &str| match s.parse::<SeedSpec>() {
+            Ok(SeedSpec::Name(n)) => Some(n),
+            _ => None,
+        };
+        assert_eq!(addr("10.0.0.1:7000"), Some(Seed::from("10.0.0.1:7000".parse::<SocketAddr>().unwrap())));
+        assert_eq!(addr(&format!("{k}@[::1]:443")).and_then(|s| s.key), Some(k));
+        let n = name(&format!("{k}@SN.Example.org:443")).unwrap();
+        assert_eq!((n.host.as_str(), n.port, n.key), ("sn.example.org", 443, Some(k)));
+        assert_eq!(name("localhost:7000").map(|n| (n.host, n.port)), Some(("localhost".into(), 7000)));
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in [
+            "localhost",
+            "localhost:0",
+            "localhost:70000",
+            "-bad.example:1",
+            "bad-.example:1",
+            "a..b:1",
+            "under_score.example:1",
+            "1.2.3:5",
+            ":5",
+            long.as_str(),
+            "abc@localhost:5",
+            "[::1:5",
+        ] {
+            assert!(bad.parse::<SeedSpec>().is_err(), "{bad}");
+        }
+        for s in [format!("{k}@sn.example:1"), "sn.example:1".into(), "127.0.0.1:9".into()] {
+            assert_eq!(s.parse::<SeedSpec>().unwrap().to_string(), s);
         }
     }
 

@@ -264,6 +264,7 @@ impl Sim {
                 | ClientOutput::SpareDatagram(..)
                 | ClientOutput::CloseSpares { .. }
                 | ClientOutput::HostCacheChanged
+                | ClientOutput::Resolve { .. }
                 | ClientOutput::Trust(_)
                 | ClientOutput::RelayConnect { .. }
                 | ClientOutput::RelayStream(_)

@@ -135,6 +135,7 @@ fn spawn_node(
     let opts = NodeOptions {
         name: name.to_string(),
         seeds: vec![sn.into()],
+        named_seeds: Vec::new(),
         data_dir: root.join(name),
         control: control.clone(),
         auto_answer: true,

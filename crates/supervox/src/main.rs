@@ -135,9 +135,10 @@ struct NodeArgs {
     /// A supernode to sign in through (repeatable; more are learnt later).
     /// `KEY@IP:PORT` pins its key (KEY = the 64 hex digits of its user id):
     /// a supernode there with another key is refused. A bare `IP:PORT` is
-    /// trusted on first use.
-    #[arg(long, required = true, value_name = "[KEY@]IP:PORT")]
-    seed: Vec<supervox_core::host_cache::Seed>,
+    /// trusted on first use. `HOST:PORT` names it by host name, resolved (A and
+    /// AAAA) at every reconnect, so its operator may move it.
+    #[arg(long, required = true, value_name = "[KEY@]IP:PORT|HOST:PORT")]
+    seed: Vec<supervox_core::host_cache::SeedSpec>,
     /// Directory for the identity key and host cache
     /// [default: <user data dir>/supervox/node-NAME].
     #[arg(long, value_name = "DIR")]
@@ -447,6 +448,16 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 
 /// The local address the host would use to reach `seed` (no packet is sent),
 /// with port 0: where a promoted supernode listens by default.
+/// The first seed's address (a named one resolved now), for `route_to`.
+fn first_seed_addr(seeds: &[supervox_core::host_cache::SeedSpec]) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    use supervox_core::host_cache::SeedSpec;
+    match seeds.first()? {
+        SeedSpec::Addr(s) => Some(s.addr),
+        SeedSpec::Name(n) => (n.host.as_str(), n.port).to_socket_addrs().ok()?.next(),
+    }
+}
+
 fn route_to(seed: Option<SocketAddr>) -> Result<SocketAddr> {
     let Some(seed) = seed else { bail!("--supernode auto needs a --seed (or --supernode-listen IP:PORT)") };
     let any: SocketAddr = if seed.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
@@ -499,7 +510,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 SupernodeMode::Auto => Some(node::PromotionOptions {
                     listen: match a.supernode_listen {
                         Some(l) => l,
-                        None => route_to(a.seed.first().map(|s| s.addr))?,
+                        None => route_to(first_seed_addr(&a.seed))?,
                     },
                     after_ms: a.promote_after * 1000,
                     max_clients: a.supernode_max_clients,
@@ -507,10 +518,15 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 }),
                 SupernodeMode::Never => None,
             };
+            use supervox_core::host_cache::SeedSpec;
+            let seeds = a.seed.iter().filter_map(|s| if let SeedSpec::Addr(x) = s { Some(*x) } else { None }).collect();
+            let named_seeds =
+                a.seed.iter().filter_map(|s| if let SeedSpec::Name(n) = s { Some(n.clone()) } else { None }).collect();
             let opts = NodeOptions {
                 supernode,
                 name: a.name,
-                seeds: a.seed,
+                seeds,
+                named_seeds,
                 data_dir,
                 control,
                 auto_answer: a.auto_answer,

@@ -96,3 +96,20 @@ fn a_client_whose_supernode_dies_moves_on_and_is_callable_within_10s() {
     eprintln!("bob callable again {:?} after his supernode died", killed.elapsed());
     let _ = (sn2, sn3);
 }
+
+#[test]
+fn a_seed_given_by_host_name_is_resolved_and_signed_in_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = start_sn(dir.path(), "sn", &[]);
+    // localhost resolves (A and AAAA: ::1 refuses, 127.0.0.1 answers) through /etc/hosts.
+    let seed = format!("localhost:{}", sn.addr.port());
+    let alice = start_node(dir.path(), "alice", &[], &["--seed", &seed]);
+    assert_eq!(wait_signed_in(&alice, Duration::from_secs(15)), sn.addr.to_string());
+    let cache = std::fs::read_to_string(alice.dir.join("hostcache")).unwrap();
+    assert!(cache.contains(&sn.addr.to_string()), "{cache}");
+    // A malformed name is refused on the command line.
+    let bad =
+        std::process::Command::new(BIN).args(["node", "--name", "bob", "--seed", "no_such host:1"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither IP:PORT nor HOST:PORT"));
+}

@@ -16,13 +16,23 @@
 //! first use). A different key closes the attempt at once — before any
 //! `Welcome` on it can count — backs the entry off, is logged as a possible
 //! attack, and the next entry is tried.
+//!
+//! Seeds given by host name are resolved by the driver at the start of
+//! every round ([`ClientOutput::Resolve`]); their addresses join the host
+//! cache as seeds when the answer comes ([`Client::handle_resolved`]), and
+//! the round in progress tries them first.
 
 use super::{Client, ClientEvent, ClientOutput, SnLink};
-use crate::host_cache::HostCache;
+use crate::host_cache::{HostCache, NamedSeed, Seed};
 use crate::ConnId;
 use std::net::SocketAddr;
 use supervox_proto::{Message, Role, UserId};
 use tracing::{debug, info, warn};
+
+/// Seeds given by name, at most.
+pub const MAX_NAMED_SEEDS: usize = 16;
+/// Addresses taken from one name's resolution, at most.
+pub const MAX_ADDRS_PER_NAME: usize = 8;
 
 /// Connection attempts open at once, at most.
 pub const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
@@ -96,8 +106,74 @@ impl Client {
         }
     }
 
-    /// Start a round: every host cache entry, in order.
+    /// Seeds given by host name (`--seed HOST:PORT`), at most
+    /// [`MAX_NAMED_SEEDS`]: resolved at the start of every round from now on.
+    pub fn set_named_seeds(&mut self, mut seeds: Vec<NamedSeed>) {
+        seeds.truncate(MAX_NAMED_SEEDS);
+        self.named_seeds = seeds;
+    }
+
+    /// A [`ClientOutput::Resolve`] finished: its addresses (at most
+    /// [`MAX_ADDRS_PER_NAME`]) become seeds, tried at once if no link is up.
+    /// An answer nobody asked for is ignored.
+    pub fn handle_resolved(&mut self, host: &str, port: u16, result: Result<Vec<SocketAddr>, String>, now_ms: u64) {
+        let Some(i) = self.resolving.iter().position(|(h, p)| h == host && *p == port) else {
+            return;
+        };
+        self.resolving.swap_remove(i);
+        let addrs = match result {
+            Ok(a) => a,
+            Err(e) => {
+                info!("cannot resolve seed {host}:{port}: {e}");
+                return;
+            }
+        };
+        let key = self.named_seeds.iter().find(|n| n.host == host && n.port == port).and_then(|n| n.key);
+        let addrs: Vec<SocketAddr> = addrs.into_iter().filter(|a| a.port() == port).take(MAX_ADDRS_PER_NAME).collect();
+        if addrs.is_empty() {
+            info!("seed {host}:{port} resolved to no address");
+            return;
+        }
+        debug!("seed {host}:{port} is {addrs:?}");
+        for a in &addrs {
+            self.host_cache.add_seed(&Seed { addr: *a, key });
+        }
+        self.out.push_back(ClientOutput::HostCacheChanged);
+        match &mut self.link {
+            // Waiting (an empty cache, or a backoff): try them now.
+            SnLink::Idle { .. } => self.begin_round(now_ms),
+            SnLink::Connecting(r) => {
+                for a in addrs.iter().rev() {
+                    if !r.todo.contains(a) && r.attempts.iter().all(|x| x.addr != *a) {
+                        r.todo.insert(0, *a);
+                    }
+                }
+                self.tick_connecting(now_ms);
+            }
+            SnLink::Open { .. } => {}
+        }
+    }
+
+    /// Ask the driver for the current addresses of the named seeds.
+    fn resolve_named_seeds(&mut self) {
+        for n in &self.named_seeds {
+            let job = (n.host.clone(), n.port);
+            if !self.resolving.contains(&job) {
+                self.out.push_back(ClientOutput::Resolve { host: job.0.clone(), port: job.1 });
+                self.resolving.push(job);
+            }
+        }
+    }
+
+    /// Start a round: the named seeds asked for again, then every host
+    /// cache entry, in order.
     pub(super) fn start_round(&mut self, now_ms: u64) {
+        self.resolve_named_seeds();
+        self.begin_round(now_ms);
+    }
+
+    /// Dial the host cache's entries, in order (without asking names again).
+    fn begin_round(&mut self, now_ms: u64) {
         if self.host_cache.is_empty() {
             self.link = SnLink::Idle { next_try_ms: now_ms + 1_000 };
             return;

@@ -312,3 +312,46 @@ fn a_host_cache_file_without_keys_loads_and_learns_them() {
     signed_in(&mut c, 11, a(4001), T0);
     assert_eq!(c.host_cache().key(&a(4001)), Some(sn_id(4001)));
 }
+
+#[test]
+fn a_named_seed_is_resolved_at_every_round_and_where_it_points_now_is_tried() {
+    use crate::host_cache::NamedSeed;
+    let mut c = client(&[]);
+    c.set_named_seeds(vec![NamedSeed { host: "sn.example".into(), port: 7000, key: Some(sn_id(7000)) }]);
+    let ask = ClientOutput::Resolve { host: "sn.example".into(), port: 7000 };
+    c.handle_timeout(T0);
+    let out = drain(&mut c);
+    assert!(out.contains(&ask), "{out:?}");
+    assert!(connects(&out).is_empty(), "nothing to dial before the answer");
+    // Answers nobody asked for, and addresses on another port, are not taken.
+    c.handle_resolved("evil.example", 7000, Ok(vec![a(6666)]), T0 + 1);
+    assert!(c.host_cache().is_empty());
+    c.handle_resolved("sn.example", 7000, Ok(vec![a(7000), a(7001)]), T0 + 5);
+    assert_eq!(connects(&drain(&mut c)), vec![a(7000)], "dialled as soon as it is known");
+    assert_eq!(c.host_cache().get(&a(7001)), None);
+    assert_eq!(c.host_cache().key(&a(7000)), Some(sn_id(7000)), "the seed's key is pinned for its addresses");
+    // A second answer to the same question is not taken either.
+    c.handle_resolved("sn.example", 7000, Ok(vec![SocketAddr::from(([127, 0, 0, 9], 7000))]), T0 + 6);
+    assert_eq!(c.host_cache().len(), 1);
+
+    // The supernode there is gone; the next round asks the name again, and it moved.
+    c.on_connect_failed(a(7000), "refused", T0 + 10);
+    let moved = SocketAddr::from(([127, 0, 0, 2], 7000));
+    let mut t = T0 + 10;
+    loop {
+        t = c.poll_timeout().expect("a retry is due").max(t);
+        assert!(t < T0 + 60_000, "no new resolution within a minute");
+        c.handle_timeout(t);
+        let out = drain(&mut c);
+        if out.contains(&ask) {
+            break;
+        }
+        for x in connects(&out) {
+            c.on_connect_failed(x, "refused", t);
+        }
+    }
+    c.handle_resolved("sn.example", 7000, Ok(vec![moved]), t + 20);
+    c.on_connect_failed(a(7000), "refused", t + 30);
+    let out = drain(&mut c);
+    assert!(connects(&out).contains(&moved) || c.connect_attempts().contains(&moved), "{out:?}");
+}

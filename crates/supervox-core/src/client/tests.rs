@@ -318,6 +318,7 @@ impl Net {
                         }
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
+                        | ClientOutput::Resolve { .. }
                         | ClientOutput::Trust(_)
                         | ClientOutput::RelayStream(_)
                         | ClientOutput::RelayDisconnect => {}

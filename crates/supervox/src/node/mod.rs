@@ -41,6 +41,8 @@ pub struct NodeOptions {
     /// Supernodes to start from (added to the host cache, with their keys
     /// pinned when given).
     pub seeds: Vec<supervox_core::host_cache::Seed>,
+    /// Supernodes given by host name, resolved at every connection round.
+    pub named_seeds: Vec<supervox_core::host_cache::NamedSeed>,
     /// Identity, host cache.
     pub data_dir: PathBuf,
     /// Control socket path.
@@ -115,6 +117,12 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
 /// The promoted supernode stepped back: why, and its listeners bound again
 /// for a later promotion (if that worked).
 type SteppedBack = (String, Option<crate::sn::BoundSupernode>);
+
+/// A named seed's resolution: host, port, and its addresses or why not.
+type Resolved = (String, u16, Result<Vec<SocketAddr>, String>);
+
+/// A seed name's lookup may take this long (then the round goes on without it).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A placed call's settings, and the `ctl call` waiting for its events
 /// (none for a call placed from the web app, which follows the event stream).
@@ -192,6 +200,8 @@ struct Node {
     tcp: tcp_media::TcpMedia,
     /// Where the promoted supernode's task reports that it stepped back.
     stepped_back: mpsc::Sender<SteppedBack>,
+    /// Where the resolutions of named seeds report.
+    resolved: mpsc::Sender<Resolved>,
     /// Contacts, presence, chat, missed calls (sans-IO).
     social: supervox_core::social::Social,
     /// The node's side of it: event streams, waiting sends, call history.
@@ -211,8 +221,8 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     for s in opts.seeds.iter().rev() {
         host_cache.add_seed(s);
     }
-    if host_cache.is_empty() {
-        bail!("no supernode to connect to: give --seed IP:PORT");
+    if host_cache.is_empty() && opts.named_seeds.is_empty() {
+        bail!("no supernode to connect to: give --seed IP:PORT or HOST:PORT");
     }
     let udp = UdpSocket::bind(opts.media_bind).await?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
@@ -266,6 +276,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     let links = LinkSet::new(identity.clone(), ev_tx);
     let ready = links.ready();
     let mut client = Client::new(identity, cfg, host_cache, rand::random());
+    client.set_named_seeds(opts.named_seeds.clone());
     if !pins.is_empty() {
         info!("{} pinned peer keys loaded", pins.len());
     }
@@ -276,6 +287,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
     // TCP media listens where UDP media does (the same port when it is free).
     let (tcp, tcp_port) = tcp_media::TcpMedia::listen(udp.local_addr()?, tcp_tx);
     let (stepped_tx, mut stepped_rx) = mpsc::channel::<SteppedBack>(1);
+    let (resolved_tx, mut resolved_rx) = mpsc::channel::<Resolved>(16);
     let mut node = Node {
         opts,
         client,
@@ -294,6 +306,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
         spares: spares::Spares::new(spare_tx),
         tcp,
         stepped_back: stepped_tx,
+        resolved: resolved_tx,
         social: social_layer,
         glue: social::SocialGlue::default(),
         ui,
@@ -336,6 +349,7 @@ pub async fn run(opts: NodeOptions, mut shutdown: watch::Receiver<bool>) -> Resu
             Some(ev) = tcp_rx.recv() => node.on_tcp_media(ev),
             Some(msg) = ctl_rx.recv() => node.on_control(msg),
             Some((reason, standby)) = stepped_rx.recv() => node.on_stepped_back(&reason, standby),
+            Some((host, port, result)) = resolved_rx.recv() => node.client.handle_resolved(&host, port, result, now_ms()),
         }
         node.drain();
         if let Some(reason) = node.fatal.take() {
@@ -816,6 +830,19 @@ impl Node {
                 }
                 ClientOutput::TcpSend(stream, bytes) => self.tcp.send(stream, bytes),
                 ClientOutput::TcpClose(stream) => self.tcp.close(stream),
+                ClientOutput::Resolve { host, port } => {
+                    // The system resolver (getaddrinfo: /etc/hosts, DNS, A and AAAA) on a blocking thread.
+                    let tx = self.resolved.clone();
+                    tokio::spawn(async move {
+                        let lookup = tokio::net::lookup_host((host.as_str(), port));
+                        let result = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                            Ok(Ok(addrs)) => Ok(addrs.collect()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+                        };
+                        let _ = tx.send((host, port, result)).await;
+                    });
+                }
                 ClientOutput::HostCacheChanged => {
                     if let Err(e) = self.data.save_host_cache(self.client.host_cache()) {
                         warn!("cannot save host cache: {e:#}");
