@@ -15,7 +15,7 @@ pub mod server;
 
 pub use codec::{is_stun, Class, Message, TransactionId, MAGIC_COOKIE};
 pub use probe::{NatBehaviour, NatProbe, ProbeConfig, Reachability};
-pub use server::{build_binding_success, handle_binding, BindingServer, DialBack, Reply};
+pub use server::{build_binding_success, handle_binding, BindingServer, DialBack, Reply, MAX_PADDING};
 
 /// Why a datagram was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,8 +14,16 @@ use crate::StunError;
 /// Our SOFTWARE attribute value.
 pub const SOFTWARE: &str = concat!("supervox ", env!("CARGO_PKG_VERSION"));
 
+/// Largest PADDING (RFC 5780 §7.6) answered, and asked of a peer in a dial-back: enough to
+/// probe a path's MTU, too little for a forged dial-back order to amplify much.
+pub const MAX_PADDING: u16 = 1_500;
+
 /// Comprehension-required attributes a Binding request may carry without a 420 answer.
 /// Credentials are understood but not required: the Binding service is open.
+/// RESPONSE-PORT (RFC 5780 §7.5) is honoured, on the request's own IP only: RFC 5780
+/// clients (coturn's `turnutils_stunclient`) need it, and a spoofed source already picks
+/// the victim's IP; what bounds reflection is the size rule (PADDING ≤ request) and the
+/// answer rate.
 const KNOWN_IN_REQUEST: &[u16] = &[
     attr::MAPPED_ADDRESS,
     attr::CHANGE_REQUEST,
@@ -98,6 +106,9 @@ impl DialBack {
         let mapped = canonical(self.mapped);
         if mapped.ip() != to.ip() {
             return Err(StunError::BadDialBack("destination is not the mapped address"));
+        }
+        if self.padding > MAX_PADDING {
+            return Err(StunError::BadDialBack("padding larger than a request may carry"));
         }
         Ok(success(self.transaction_id, mapped, local, None, Some(SOFTWARE), self.padding))
     }
@@ -247,8 +258,13 @@ impl BindingServer {
             Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]) & (CHANGE_IP | CHANGE_PORT),
             Some(_) => return bad("Bad CHANGE-REQUEST"),
         };
-        // PADDING (RFC 5780 §7.6): answer with as much padding, so no amplification.
-        let padding = msg.get(attr::PADDING).map_or(0, |p| p.len().min(usize::from(u16::MAX - 3)) as u16);
+        // PADDING (RFC 5780 §7.6): answer with as much padding, so no amplification; bounded,
+        // since the same length goes into a dial-back order for the peer.
+        let padding = match msg.get(attr::PADDING) {
+            None => 0,
+            Some(p) if p.len() <= usize::from(MAX_PADDING) => p.len() as u16,
+            Some(_) => return bad("PADDING too large"),
+        };
         let cannot = || Reply::Direct {
             to: from,
             response: build_binding_error(tid, 420, "Unknown Attribute", &[attr::CHANGE_REQUEST], sw),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use supervox_stun::codec::{attr, Class, Message, CHANGE_IP, CHANGE_PORT};
-use supervox_stun::{handle_binding, is_stun, BindingServer, DialBack, Reply, StunError};
+use supervox_stun::{handle_binding, is_stun, BindingServer, DialBack, Reply, StunError, MAX_PADDING};
 
 const TID: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
@@ -116,6 +116,24 @@ fn response_port_redirects_to_the_same_ip() {
         let m = direct(handle_binding(&request(&[(attr::RESPONSE_PORT, v)]), client, sn1, None));
         assert_eq!(m.error_code().map(|e| e.0), Some(400));
     }
+}
+
+#[test]
+fn padding_is_bounded_so_a_dial_back_cannot_amplify() {
+    let (client, sn1, sn2) = (a("203.0.113.7:40000"), a("198.51.100.1:3478"), a("198.51.100.2:3478"));
+    // Up to the bound: answered with as much padding (bytes out ≈ bytes in).
+    let req = request(&[(attr::PADDING, vec![0; usize::from(MAX_PADDING)])]);
+    let Ok(Some(Reply::Direct { response, .. })) = handle_binding(&req, client, sn1, None) else { panic!() };
+    assert!(response.len() <= req.len() + 64, "{} out for {} in", response.len(), req.len());
+    // Beyond it: 400, without padding.
+    let big = request(&[(attr::PADDING, vec![0; usize::from(MAX_PADDING) + 4])]);
+    let m = direct(handle_binding(&big, client, sn1, None));
+    assert_eq!(m.error_code().map(|e| e.0), Some(400));
+    // Attack: a forged dial-back order (~100 bytes on the overlay) asking for 65 KB of padding.
+    let forged = DialBack { transaction_id: TID, mapped: client, to: client, padding: u16::MAX };
+    assert!(matches!(forged.response(sn2), Err(StunError::BadDialBack(_))));
+    let ok = DialBack { padding: MAX_PADDING, ..forged };
+    assert!(ok.response(sn2).unwrap().len() < 1_700);
 }
 
 #[test]
