@@ -32,6 +32,9 @@ pub use step_back::{StepBackConfig, MAX_REFUTATIONS, REFUTATION_WINDOW_MS};
 
 /// Most lookups one client may have in flight.
 pub const MAX_LOOKUPS_PER_CONN: usize = 16;
+/// Most call signals one client may have in flight to other supernodes (a call needs
+/// one or two at a time; the bound keeps one client from filling the pending table).
+pub const MAX_SIGNALS_PER_CONN: usize = 8;
 /// How long a lookup waits for the index before answering with what it has.
 pub const LOOKUP_TIMEOUT_MS: u64 = 1_500;
 /// STUN dial-backs a supernode performs for its peers per second, at most.
@@ -186,6 +189,8 @@ struct Conn {
     remote: SocketAddr,
     kind: PeerKind,
     lookups: usize,
+    /// Call signals in flight to other supernodes for this client.
+    signals: usize,
     /// Mail fetches in flight for this client.
     mail_fetches: usize,
     /// A client's requests (lookups, claims, presence, signals) per second.
@@ -376,6 +381,7 @@ impl Supernode {
                 remote,
                 kind: PeerKind::Pending,
                 lookups: 0,
+                signals: 0,
                 mail_fetches: 0,
                 requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
                 mail_puts: RateLimit::per_window(mailbox::MAIL_PUTS_PER_MINUTE as u32, 60_000),

@@ -44,7 +44,7 @@ async fn bind_relay(even: bool) -> std::io::Result<UdpSocket> {
 pub async fn serve(socket: UdpSocket, secret: &[u8]) -> std::io::Result<()> {
     let server_addr = socket.local_addr()?;
     let mut cfg = TurnConfig::new(REALM, secret.to_vec());
-    cfg.allow_loopback_peers = true;
+    cfg.peers.allow_loopback = true;
     cfg.relay_kbps = 0;
     let mut turn = TurnServer::new(cfg, now_ms());
     let mut relays: HashMap<SocketAddr, Relay> = HashMap::new();

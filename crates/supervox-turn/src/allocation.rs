@@ -137,10 +137,25 @@ impl Allocation {
     }
 }
 
-/// Whether relaying to `ip` is forbidden (403): unspecified, multicast, broadcast, link-local
-/// (e.g. cloud metadata 169.254.169.254) and — unless `allow_loopback` — loopback addresses.
-/// IPv4-mapped IPv6 addresses are judged by their IPv4 form.
-pub fn peer_forbidden(ip: IpAddr, allow_loopback: bool) -> bool {
+/// Which peers a relay may reach. By default only the public internet: a relay that
+/// reaches private, CGNAT or unique-local addresses is an anonymous proxy into the
+/// operator's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// Permit loopback peers (single-machine tests only).
+    pub allow_loopback: bool,
+    /// Permit private (RFC 1918), shared/CGNAT (100.64/10) and unique-local (fc00::/7)
+    /// peers: for a network run inside one organisation's address space.
+    pub allow_private: bool,
+}
+
+/// Whether relaying to `ip` is forbidden (403) under `policy`: always unspecified, "this
+/// network" (0/8), multicast, broadcast, link-local (e.g. cloud metadata 169.254.169.254,
+/// fe80::/10), IPv4-compatible/site-local remnants; loopback unless `allow_loopback`;
+/// private, CGNAT and ULA unless `allow_private`. IPv4-mapped IPv6 addresses are judged
+/// by their IPv4 form. (The relay's own addresses are checked by the server, which knows
+/// them and its relay ports.)
+pub fn peer_forbidden(ip: IpAddr, policy: PeerPolicy) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
@@ -148,19 +163,24 @@ pub fn peer_forbidden(ip: IpAddr, allow_loopback: bool) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
+            let private = v4.is_private() || (o[0] == 100 && (o[1] & 0xC0) == 64);
             v4.is_unspecified()
                 || o[0] == 0
                 || v4.is_multicast()
                 || v4.is_broadcast()
                 || v4.is_link_local()
-                || (v4.is_loopback() && !allow_loopback)
+                || (v4.is_loopback() && !policy.allow_loopback)
+                || (private && !policy.allow_private)
         }
         IpAddr::V6(v6) => {
             let seg0 = v6.segments()[0];
+            let unique_local = (seg0 & 0xFE00) == 0xFC00;
             v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg0 & 0xFFC0) == 0xFE80
-                || (v6.is_loopback() && !allow_loopback)
+                || (seg0 & 0xFFC0) == 0xFEC0
+                || (v6.is_loopback() && !policy.allow_loopback)
+                || (unique_local && !policy.allow_private)
         }
     }
 }
@@ -184,26 +204,48 @@ mod tests {
 
     #[test]
     fn forbidden_peers() {
-        for (ip, lo_ok) in [
-            ("0.0.0.0", false),
-            ("0.1.2.3", false),
-            ("224.0.0.1", false),
-            ("255.255.255.255", false),
-            ("169.254.169.254", false),
-            ("127.0.0.1", false),
-            ("::", false),
-            ("::1", false),
-            ("ff02::1", false),
-            ("fe80::1", false),
-            ("::ffff:127.0.0.1", false),
+        let strict = PeerPolicy::default();
+        let loopback = PeerPolicy { allow_loopback: true, allow_private: false };
+        let private = PeerPolicy { allow_loopback: false, allow_private: true };
+        for ip in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "169.254.169.254",
+            "::",
+            "ff02::1",
+            "fe80::1",
+            "fec0::1",
+            "::ffff:169.254.169.254",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
-            assert!(peer_forbidden(ip, lo_ok), "{ip}");
+            for policy in [strict, loopback, private] {
+                assert!(peer_forbidden(ip, policy), "{ip} under {policy:?}");
+            }
         }
-        for ip in ["192.0.2.1", "10.0.0.1", "2001:db8::1"] {
-            assert!(!peer_forbidden(ip.parse().expect("ip"), false));
+        for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert!(peer_forbidden(ip, strict) && peer_forbidden(ip, private), "{ip}");
+            assert!(!peer_forbidden(ip, loopback), "{ip}");
         }
-        assert!(!peer_forbidden("127.0.0.1".parse().expect("ip"), true));
-        assert!(!peer_forbidden("::1".parse().expect("ip"), true));
+        for ip in [
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "fc00::1",
+            "fd12:3456::1",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert!(peer_forbidden(ip, strict) && peer_forbidden(ip, loopback), "{ip}");
+            assert!(!peer_forbidden(ip, private), "{ip}");
+        }
+        for ip in ["192.0.2.1", "172.32.0.1", "100.128.0.1", "198.18.0.5", "203.0.113.7", "2001:db8::1", "2a00::1"] {
+            assert!(!peer_forbidden(ip.parse().expect("ip"), strict), "{ip}");
+        }
     }
 }

@@ -305,7 +305,7 @@ fn vet_peer(s: &TurnServer, v: &[u8], tid: &[u8; 12], relay: SocketAddr) -> Resu
     if AddressFamily::of(&peer) != AddressFamily::of(&relay) {
         return Err(443);
     }
-    if peer_forbidden(peer.ip(), s.cfg.allow_loopback_peers) {
+    if peer_forbidden(peer.ip(), s.cfg.peers) {
         return Err(403);
     }
     Ok(peer)

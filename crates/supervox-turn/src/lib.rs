@@ -42,6 +42,7 @@ mod handlers;
 mod server;
 pub mod tcp_framing;
 
+pub use allocation::PeerPolicy;
 pub use auth::{mint_credentials, parse_username, RestUsername};
 pub use client::{TurnClient, TurnEvent};
 pub use server::{AddressFamily, FiveTuple, Output, RelayError, RelayToken, Stats, TurnConfig, TurnServer};

@@ -4,9 +4,9 @@
 //! [`crate::handlers`]; this file owns the state, the demultiplexing and the relaying.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::allocation::{peer_forbidden, Allocation};
+use crate::allocation::{peer_forbidden, Allocation, PeerPolicy};
 use crate::auth::{derive_nonce_key, NonceFactory};
 use crate::codec::{
     self, attr, method, packet_kind, ChannelData, Class, Message, MessageBuilder, PacketKind, ParseError,
@@ -129,8 +129,14 @@ pub struct TurnConfig {
     /// 8656's 0x4000..=0x4FFF. On by default: coturn's `turnutils_uclient` and other RFC 5766
     /// clients pick numbers up to 0x7FFF, and on a TURN client port nothing else is multiplexed.
     pub accept_rfc5766_channels: bool,
-    /// Permit loopback peers (tests only; forbidden in production to avoid relaying into the SN).
-    pub allow_loopback_peers: bool,
+    /// Which peer addresses a relay may reach (403 for the others; loopback only in tests,
+    /// private/CGNAT/ULA only by the operator's choice).
+    pub peers: PeerPolicy,
+    /// The server's own addresses (its listen and advertised IPs): relaying to them is
+    /// refused except to this server's own relay ports (relay-to-relay between two of its
+    /// clients), so a client cannot reach the host's other services through a relay.
+    /// Loopback addresses here are governed by `peers.allow_loopback` alone.
+    pub own_ips: Vec<IpAddr>,
     /// Responses per second to unauthenticated traffic (401/438/400/420/Binding); excess is
     /// dropped silently to limit reflection.
     pub max_unauthenticated_responses_per_sec: u32,
@@ -158,7 +164,8 @@ impl TurnConfig {
             max_permissions_per_allocation: 32,
             max_channels_per_allocation: 32,
             accept_rfc5766_channels: true,
-            allow_loopback_peers: false,
+            peers: PeerPolicy::default(),
+            own_ips: Vec::new(),
             max_unauthenticated_responses_per_sec: 2000,
             max_queued_outputs: 8192,
             relay_allocate_timeout_ms: 5_000,
@@ -272,6 +279,16 @@ impl TurnServer {
     /// Relay address of the allocation bound to a 5-tuple, if any.
     pub fn relay_addr_of(&self, five_tuple: &FiveTuple) -> Option<SocketAddr> {
         self.allocations.get(five_tuple).map(|a| a.relay_addr)
+    }
+
+    /// Whether `peer` is one of the server's own addresses at a port that is not one of its
+    /// relays: a service on the relay's host, which relayed traffic must not reach.
+    pub(crate) fn is_own_service(&self, peer: SocketAddr) -> bool {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        !ip.is_loopback() && self.cfg.own_ips.contains(&ip) && !self.by_relay.contains_key(&peer)
     }
 
     /// Next output for the driver, in order.
@@ -540,7 +557,8 @@ impl TurnServer {
     /// Checks for relaying `len` bytes from the client of `tuple` to `peer`; counts the packet
     /// (or its drop) and returns the relay address to send from.
     fn check_to_peer(&mut self, tuple: FiveTuple, peer: SocketAddr, len: usize, now_ms: u64) -> Option<SocketAddr> {
-        let allow_loopback = self.cfg.allow_loopback_peers;
+        let policy = self.cfg.peers;
+        let own_service = self.is_own_service(peer);
         let Some(alloc) = self.allocations.get_mut(&tuple) else {
             self.stats.dropped_no_route += 1;
             return None;
@@ -548,7 +566,8 @@ impl TurnServer {
         if alloc.expires_ms <= now_ms
             || !alloc.permitted(peer.ip(), now_ms)
             || peer.port() == 0
-            || peer_forbidden(peer.ip(), allow_loopback)
+            || peer_forbidden(peer.ip(), policy)
+            || own_service
         {
             self.stats.dropped_no_route += 1;
             return None;

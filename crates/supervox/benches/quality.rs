@@ -180,7 +180,7 @@ fn run_call(root: &Path, speech: &Path, c: &Condition, p: &Pipeline, seed: u64) 
     let sn = format!("{}:7000", link.addr_a());
     let _sn = spawn(
         &a,
-        &["supernode", "--listen", &sn, "--data-dir", &dir.join("sn").to_string_lossy()],
+        &["supernode", "--relay-allow-private", "--listen", &sn, "--data-dir", &dir.join("sn").to_string_lossy()],
         &dir.join("sn.log"),
     );
     std::thread::sleep(Duration::from_millis(300));

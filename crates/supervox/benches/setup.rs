@@ -229,7 +229,8 @@ fn run_trust(root: &Path, calls: usize) -> Result<Vec<TrustRow>, String> {
     let sn1 = format!("{ip_a}:7000");
     let sn2 = format!("{ip_a}:7001");
     let d1 = dir.join("sn1").to_string_lossy().to_string();
-    let _sn1 = spawn(&a, &["supernode", "--listen", &sn1, "--data-dir", &d1], &dir.join("sn1.log"));
+    let _sn1 =
+        spawn(&a, &["supernode", "--relay-allow-private", "--listen", &sn1, "--data-dir", &d1], &dir.join("sn1.log"));
     std::thread::sleep(Duration::from_millis(300));
     let mut rows = Vec::new();
     // Strangers: a fresh pair per call, so nothing is pinned yet. `known` supernodes each must list.
@@ -258,7 +259,11 @@ fn run_trust(root: &Path, calls: usize) -> Result<Vec<TrustRow>, String> {
     anchor.case = "strangers, 1 supernode (one opinion: anchor)";
     rows.push(anchor);
     let d2 = dir.join("sn2").to_string_lossy().to_string();
-    let sn2_proc = spawn(&a, &["supernode", "--listen", &sn2, "--data-dir", &d2, "--seed", &sn1], &dir.join("sn2.log"));
+    let sn2_proc = spawn(
+        &a,
+        &["supernode", "--relay-allow-private", "--listen", &sn2, "--data-dir", &d2, "--seed", &sn1],
+        &dir.join("sn2.log"),
+    );
     // sn1 lists sn2 in its Welcome once the membership has it.
     std::thread::sleep(Duration::from_secs(3));
     let mut checked = strangers("y", 2)?;
@@ -292,7 +297,11 @@ fn run_trust(root: &Path, calls: usize) -> Result<Vec<TrustRow>, String> {
     let _ = sn2_proc.kill();
     let sn3 = format!("{ip_b}:7001");
     let d3 = dir.join("sn3").to_string_lossy().to_string();
-    let _sn3 = spawn(&b, &["supernode", "--listen", &sn3, "--data-dir", &d3, "--seed", &sn1], &dir.join("sn3.log"));
+    let _sn3 = spawn(
+        &b,
+        &["supernode", "--relay-allow-private", "--listen", &sn3, "--data-dir", &d3, "--seed", &sn1],
+        &dir.join("sn3.log"),
+    );
     // Long enough for the membership to declare sn2 gone and list sn3.
     std::thread::sleep(Duration::from_secs(8));
     let mut far = strangers("z", 2)?;
@@ -364,7 +373,8 @@ fn run_path(dir: &Path, row: &Row, calls: usize) -> Result<Figures, String> {
     let link = lab.link(&a, &b, LinkConfig::symmetric(imp).with_seed(7)).map_err(|e| e.to_string())?;
     let sn = format!("{}:7000", link.addr_a());
     let sn_dir = dir.join("sn").to_string_lossy().to_string();
-    let _sn = spawn(&a, &["supernode", "--listen", &sn, "--data-dir", &sn_dir], &dir.join("sn.log"));
+    let _sn =
+        spawn(&a, &["supernode", "--relay-allow-private", "--listen", &sn, "--data-dir", &sn_dir], &dir.join("sn.log"));
     std::thread::sleep(Duration::from_millis(300));
     let (ca, cb) = (dir.join("alice.sock"), dir.join("bob.sock"));
     let (ca_s, cb_s) = (ca.to_string_lossy().to_string(), cb.to_string_lossy().to_string());

@@ -10,6 +10,7 @@ pub mod links;
 pub mod metrics;
 pub mod node;
 pub mod relay_stream;
+pub mod secrets;
 pub mod sn;
 pub mod store;
 pub mod sys;

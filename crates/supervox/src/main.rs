@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use supervox::control::Request;
 use supervox::node::media::{JitterBufferMode, MediaConfig};
 use supervox::node::NodeOptions;
+use supervox::secrets::SecretSource;
 use supervox::sn::{BoundSupernode, SnOptions};
 use supervox::store::DataDir;
 use supervox::{ctl, demo, node};
@@ -91,9 +92,15 @@ struct SupernodeArgs {
     #[arg(long, default_value_t = supervox_turn::defaults::MAX_ALLOCATIONS, value_name = "N")]
     max_allocations: usize,
     /// Shared secret for TURN REST-API-style credentials (default: random per run,
-    /// so only this supernode can mint them).
-    #[arg(long, value_name = "SECRET")]
+    /// so only this supernode can mint them). Visible to every local user in `ps`:
+    /// prefer --relay-secret-file or SUPERVOX_RELAY_SECRET.
+    #[arg(long, value_name = "SECRET", conflicts_with = "relay_secret_file")]
     relay_secret: Option<String>,
+    /// File holding the TURN relay secret (mode 0600; group- or world-readable files
+    /// are refused). The environment variable SUPERVOX_RELAY_SECRET is read when
+    /// neither this nor --relay-secret is given.
+    #[arg(long, value_name = "PATH")]
+    relay_secret_file: Option<PathBuf>,
     /// Also serve TURN over TLS (RFC 8656 §3.1) on this TCP address (repeatable, e.g.
     /// 0.0.0.0:443), for clients whose firewall lets only TLS or port 443 out. The
     /// certificate is self-signed (made on first start in the data dir); clients pin its
@@ -111,11 +118,23 @@ struct SupernodeArgs {
     /// let clients reach services on the supernode's own host).
     #[arg(long, hide = true)]
     relay_allow_loopback: bool,
+    /// Let TURN relay to private (10/8, 172.16/12, 192.168/16), CGNAT (100.64/10) and
+    /// unique-local (fc00::/7) addresses, for a network inside one organisation: by
+    /// default a relay reaches only public addresses, so it cannot be used as a proxy into
+    /// the operator's network.
+    #[arg(long)]
+    relay_allow_private: bool,
     /// The network's key, 64 hex digits: supernodes seal their overlay
     /// datagrams with it, so only holders can join the network (default: the
-    /// open test network's well-known key).
-    #[arg(long, value_name = "HEX", value_parser = parse_network_key)]
-    network_key: Option<[u8; 32]>,
+    /// open test network's well-known key). Visible to every local user in `ps`:
+    /// prefer --network-key-file or SUPERVOX_NETWORK_KEY.
+    #[arg(long, value_name = "HEX", conflicts_with = "network_key_file")]
+    network_key: Option<String>,
+    /// File holding the network key as 64 hex digits (mode 0600; group- or
+    /// world-readable files are refused). The environment variable
+    /// SUPERVOX_NETWORK_KEY is read when neither this nor --network-key is given.
+    #[arg(long, value_name = "PATH")]
+    network_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -481,6 +500,25 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
             }
+            let network_key = SecretSource {
+                what: "network key",
+                flag: "--network-key",
+                arg: a.network_key,
+                file: a.network_key_file,
+                env: "SUPERVOX_NETWORK_KEY",
+            }
+            .read()?
+            .map(|(v, origin)| parse_network_key(&v).map_err(|e| anyhow::anyhow!("network key ({origin:?}): {e}")))
+            .transpose()?;
+            let relay_secret = SecretSource {
+                what: "relay secret",
+                flag: "--relay-secret",
+                arg: a.relay_secret,
+                file: a.relay_secret_file,
+                env: "SUPERVOX_RELAY_SECRET",
+            }
+            .read()?
+            .map(|(v, _)| v);
             let opts = SnOptions {
                 listen: a.listen,
                 seeds: a.seed,
@@ -491,11 +529,12 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 metrics: a.metrics,
                 relay_kbps: a.relay_kbps,
                 max_allocations: a.max_allocations,
-                relay_secret: a.relay_secret,
+                relay_secret,
                 relay_allow_loopback: a.relay_allow_loopback,
+                relay_allow_private: a.relay_allow_private,
                 relay_tls_listen: a.relay_tls_listen,
                 relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
-                network_key: a.network_key,
+                network_key,
                 step_back: None,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;

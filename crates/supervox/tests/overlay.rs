@@ -118,6 +118,46 @@ fn a_supernode_without_the_network_key_cannot_join() {
     drop(outsider);
 }
 
+/// The network key read from a file (mode 0600) or the environment joins as
+/// well as the flag, without the key showing in the process's command line;
+/// a key file others may read is refused at start.
+#[test]
+fn the_network_key_comes_from_a_file_or_the_environment_not_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let key_file = root.path().join("network.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (m0, m1, m2) = (free_addr(), free_addr(), free_addr());
+    let sn0 = start_member(root.path(), "sn0", &[], m0);
+    let file_flags = ["--network-key-file", key_file.to_str().unwrap(), "--metrics", &m1.to_string()];
+    let by_file = start_sn_with(root.path(), "by-file", free_addr(), &[sn0.addr], &file_flags);
+    let env_flags = ["--metrics", &m2.to_string()];
+    let env = [("SUPERVOX_NETWORK_KEY", KEY)];
+    let by_env = start_sn_env(BIN, root.path(), "by-env", free_addr(), &[sn0.addr], &env_flags, &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for m in [m0, m1, m2] {
+        while metric_opt(m, "supernode_peers") != Some(2) {
+            assert!(Instant::now() < deadline, "members with the key from a file and the environment did not join");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for sn in [&by_file, &by_env] {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", sn.proc.child.id())).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(KEY), "the key shows in the command line");
+    }
+    assert_eq!(metric(m0, "overlay_refused_total"), 0, "no datagram was refused");
+    // Readable by the group: refused, the process exits with the fix in its log.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["supernode", "--listen", &free_addr().to_string(), "--data-dir"]).arg(root.path().join("loose"));
+    let out = cmd.arg("--network-key-file").arg(&key_file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by others") && err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(KEY), "the refusal shows the key: {err}");
+}
+
 #[test]
 fn a_public_volunteer_is_promoted_when_the_supernodes_are_full() {
     let root = tempfile::tempdir().unwrap();

@@ -72,14 +72,27 @@ fn coturn_stun_client_gets_its_reflexive_address_and_rfc5780_answers() {
 
 #[test]
 fn coturn_turn_client_completes_a_relay_run_through_a_supernode() {
+    use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let metrics = free_addr();
+    // The secret from an owner-only file: the credentials coturn mints with it work.
+    let secret = root.path().join("relay.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let sn = start_sn_with(
         root.path(),
         "sn",
         free_addr(),
         &[],
-        &["--relay-secret", "s3cret", "--relay-allow-loopback", "--relay-kbps", "0", "--metrics", &metrics.to_string()],
+        &[
+            "--relay-secret-file",
+            secret.to_str().unwrap(),
+            "--relay-allow-loopback",
+            "--relay-kbps",
+            "0",
+            "--metrics",
+            &metrics.to_string(),
+        ],
     );
     let port = sn.addr.port().to_string();
     // -W: uclient mints TURN REST credentials with the shared secret, as our clients' would be.

@@ -25,8 +25,8 @@ use super::{Client, ClientOutput};
 use crate::call::Phase;
 use crate::media_path::{call_tag, datagram_tag, MAX_TCP_STREAMS};
 use crate::Map;
-use std::net::SocketAddr;
-use supervox_proto::{CallId, Candidate, Transport};
+use std::net::{IpAddr, SocketAddr};
+use supervox_proto::{CallId, Candidate, CandidateKind, Transport};
 use tracing::{debug, info};
 
 /// Inbound streams waiting for their first authentic frame, at most.
@@ -103,8 +103,26 @@ impl TcpStreams {
 }
 
 /// A peer address one could connect to (not a wildcard, multicast or port 0).
-fn connectable(a: &SocketAddr) -> bool {
-    a.port() != 0 && a.port() != ACTIVE_PORT && !a.ip().is_unspecified() && !a.ip().is_multicast()
+/// Whether a peer's TCP candidate `a` may be dialled; `on_loopback`: one of our own host
+/// candidates is on loopback (one machine, tests). Never link-local (169.254/16 holds
+/// cloud metadata services, fe80::/10 needs a scope), and loopback only when we are on
+/// loopback ourselves: otherwise a peer's "candidate" at 127.0.0.1 would make us connect
+/// to a service on our own host.
+fn connectable(a: &SocketAddr, on_loopback: bool) -> bool {
+    let ip = match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xFFC0) == 0xFE80,
+    };
+    a.port() != 0
+        && a.port() != ACTIVE_PORT
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !link_local
+        && (!ip.is_loopback() || on_loopback)
 }
 
 impl Client {
@@ -175,10 +193,12 @@ impl Client {
             return; // the peer must not learn our addresses (now)
         }
         let so = self.tcp.port.is_some();
+        let on_loopback =
+            self.local_candidates.iter().any(|c| c.kind == CandidateKind::Host && c.addr.ip().is_loopback());
         let mut dialable: Vec<&Candidate> = remote
             .iter()
             .filter(|c| c.transport == Transport::TcpPassive || (so && c.transport == Transport::TcpSo))
-            .filter(|c| connectable(&c.addr))
+            .filter(|c| connectable(&c.addr, on_loopback))
             .collect();
         dialable.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let r = self.tcp.redial.entry(id).or_insert_with(|| Redial {

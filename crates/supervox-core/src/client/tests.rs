@@ -47,6 +47,8 @@ struct Net {
     tcp_dials: Vec<Vec<u64>>,
     /// Simultaneous-open dials, per client: when, and to where.
     tcp_so_dials: Vec<Vec<(u64, SocketAddr)>>,
+    /// Every address each client dialled for TCP media.
+    tcp_dialled: Vec<Vec<SocketAddr>>,
     /// The supernode sees client `i` at this IP (its NAT's public side).
     observed_ip: Vec<std::net::IpAddr>,
     /// A dial to a client that does not listen is refused (a reset) rather than silent.
@@ -139,6 +141,7 @@ impl Net {
             tcp_closes: vec![vec![]; n],
             tcp_dials: vec![vec![]; n],
             tcp_so_dials: vec![vec![]; n],
+            tcp_dialled: vec![vec![]; n],
             observed_ip: vec![addr(0).ip(); n],
             tcp_refuse: false,
             signals: vec![vec![]; n],
@@ -284,6 +287,7 @@ impl Net {
                         }
                         ClientOutput::TcpConnect { stream, to, simultaneous } => {
                             self.tcp_dials[i].push(self.now);
+                            self.tcp_dialled[i].push(to);
                             if simultaneous {
                                 self.tcp_so_dials[i].push((self.now, to));
                             }
@@ -768,6 +772,39 @@ fn with_udp_blocked_the_call_goes_direct_tcp_and_hangup_closes_the_stream() {
         assert_eq!((net.clients[0].tcp_stream_count(), net.clients[1].tcp_stream_count()), (0, 0));
         assert!(net.tcp_links.is_empty());
     }
+}
+
+/// A hostile callee offers "TCP candidates" at services of the caller's own host
+/// (loopback) and at the cloud metadata address (link-local): the caller dials neither,
+/// only the callee's real listener. Loopback is dialled only by a client that is on
+/// loopback itself (as every client of this test net is, until bob moves).
+#[test]
+fn a_peer_cannot_make_us_dial_our_own_host_or_link_local_services() {
+    let mut net = tcp_net(true);
+    let mut cands = net.clients[0].local_candidates.clone();
+    for (a, p) in [("169.254.169.254:80", 90), ("[fe80::1]:80", 89), ("[::ffff:169.254.169.254]:80", 88)] {
+        let c = Candidate {
+            kind: CandidateKind::Host,
+            transport: Transport::TcpPassive,
+            addr: a.parse().unwrap(),
+            priority: p,
+        };
+        cands.push(c);
+    }
+    net.clients[0].set_local_candidates(cands.clone());
+    net.clients[1].place_call("alice", net.now).unwrap();
+    net.run(400);
+    assert_eq!(net.tcp_dialled[1], vec![tcp_addr(0)], "bob dialled only alice's listener");
+    // Bob on a real interface: alice's loopback "listener" is a service on bob's host.
+    let mut net = tcp_net(true);
+    let mut bobs = net.clients[1].local_candidates.clone();
+    for c in &mut bobs {
+        c.addr = SocketAddr::new("192.0.2.2".parse().unwrap(), c.addr.port());
+    }
+    net.clients[1].set_local_candidates(bobs);
+    net.clients[1].place_call("alice", net.now).unwrap();
+    net.run(400);
+    assert!(net.tcp_dialled[1].is_empty(), "bob dialled a loopback candidate: {:?}", net.tcp_dialled[1]);
 }
 
 /// Both ends see every TCP media stream close (a NAT or firewall dropped them).

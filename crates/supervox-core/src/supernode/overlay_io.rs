@@ -2,7 +2,7 @@
 //! membership upkeep, call signals between supernodes, STUN dial-backs.
 
 use super::index::{Pending, MAX_PENDING, MAX_TRIES, RETRY_MS};
-use super::{SnOutput, Supernode};
+use super::{SnOutput, Supernode, MAX_SIGNALS_PER_CONN};
 use crate::overlay::membership::MemberEvent;
 use crate::ConnId;
 use std::net::SocketAddr;
@@ -111,7 +111,15 @@ impl Supernode {
                 self.send_overlay(from, OverlayMsg::SignalAck { req, result });
             }
             OverlayMsg::SignalAck { req, result } => {
+                // Only the supernode the signal went to may answer for it: a member that
+                // guesses request ids cannot fail (or confirm) other members' calls.
+                let asked =
+                    matches!(self.pending.get(&req), Some(Pending::Signal { env, .. }) if env.to_supernode == from);
+                if !asked {
+                    return debug!("signal ack {req} from {from}, which was not asked");
+                }
                 if let Some(Pending::Signal { conn, env, .. }) = self.pending.remove(&req) {
+                    self.signal_done(conn);
                     match result {
                         Ok(()) => self.stats.signals_routed += 1,
                         Err(reason) => self.signal_failed(conn, env.call_id, reason),
@@ -173,15 +181,30 @@ impl Supernode {
             }
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
+        // Signals go only to live members: a client must not aim this supernode's
+        // datagrams at an address of its choosing.
+        if !self.membership.is_live_addr(&env.to_supernode) {
+            return self.signal_failed(conn, env.call_id, "callee's supernode is not a member".into());
+        }
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.signals >= MAX_SIGNALS_PER_CONN || self.pending.len() >= MAX_PENDING {
             return self.signal_failed(conn, env.call_id, "supernode busy".into());
         }
+        c.signals += 1;
         self.retry_signal(0, conn, env, 0, now_ms);
+    }
+
+    /// A client's signal left the pending table (answered or given up).
+    fn signal_done(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.signals = c.signals.saturating_sub(1);
+        }
     }
 
     /// Send (or resend) a signal to the callee's supernode; `req` 0 = new.
     pub(super) fn retry_signal(&mut self, req: u64, conn: ConnId, env: SignalEnvelope, tries: u8, now_ms: u64) {
         if tries >= MAX_TRIES {
+            self.signal_done(conn);
             let reason = format!("callee's supernode {} does not answer", env.to_supernode);
             return self.signal_failed(conn, env.call_id, reason);
         }

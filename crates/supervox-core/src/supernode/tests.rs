@@ -378,14 +378,78 @@ fn invites_go_to_the_callees_supernode_and_failures_come_back() {
     assert!(
         matches!(&net.take_client_msgs(3, 1)[..], [Message::SignalFailed { reason, .. }] if reason.contains("no longer"))
     );
-    // A supernode that does not answer: failure after the retries.
-    let lost = SignalEnvelope { to_supernode: addr(4999), ..env.clone() };
+    // A member that does not answer: failure after the retries.
+    net.black_hole.insert(addr(4002));
+    let lost = SignalEnvelope { to_supernode: addr(4002), ..env.clone() };
     net.sns[3].on_message(1, Message::Signal(lost), net.now);
+    net.pump();
+    assert!(net.take_client_msgs(3, 1).is_empty(), "retried first");
     net.run(6_000);
-    assert!(matches!(&net.take_client_msgs(3, 1)[..], [Message::SignalFailed { .. }]));
+    assert!(
+        matches!(&net.take_client_msgs(3, 1)[..], [Message::SignalFailed { reason, .. }] if reason.contains("does not answer"))
+    );
+    net.black_hole.clear();
     // A spoofed sender closes the connection.
     net.sns[3].on_message(1, Message::Signal(SignalEnvelope { from: alice.user_id(), ..env }), net.now);
     assert!(drain(&mut net.sns[3]).iter().any(|o| matches!(o, SnOutput::Close(1, _))));
+}
+
+/// A client's signal names where its callee's supernode is: the supernode sends it only
+/// to a live member, never to an address the client chose (a UDP cannon of sealed 8 KB
+/// datagrams), and a flood of signals toward a silent member stops at the per-client
+/// bound instead of filling the pending table for everyone. An ack from a member the
+/// signal did not go to is ignored.
+#[test]
+fn signals_go_only_to_live_members_and_are_bounded_per_client() {
+    let mut net = Net::new(4);
+    net.run(3_000);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(0, 1, &alice, "alice");
+    net.sign_in(3, 1, &bob, "bob");
+    let env = |n: u8, to: SocketAddr| SignalEnvelope {
+        call_id: CallId([n; 16]),
+        from: bob.user_id(),
+        to: alice.user_id(),
+        to_supernode: to,
+        body: CallSignal::Sealed(supervox_proto::call::SealedSignal { seq: 0, ciphertext: vec![0; 4000] }),
+    };
+    let victim = addr(53);
+    net.sns[3].on_message(1, Message::Signal(env(1, victim)), net.now);
+    let out = drain(&mut net.sns[3]);
+    assert!(!out.iter().any(|o| matches!(o, SnOutput::Datagram { to, .. } if *to == victim)), "{out:?}");
+    assert!(out.iter().any(
+        |o| matches!(o, SnOutput::Send(1, Message::SignalFailed { reason, .. }) if reason.contains("not a member"))
+    ));
+    // A silent member: at most MAX_SIGNALS_PER_CONN in flight, the rest refused at once.
+    net.black_hole.insert(addr(4002));
+    for n in 0..40u8 {
+        net.sns[3].on_message(1, Message::Signal(env(n, addr(4002))), net.now);
+    }
+    net.pump();
+    let busy = net
+        .take_client_msgs(3, 1)
+        .iter()
+        .filter(|m| matches!(m, Message::SignalFailed { reason, .. } if reason == "supernode busy"))
+        .count();
+    assert_eq!(busy, 40 - crate::supernode::MAX_SIGNALS_PER_CONN);
+    // Another member forges the acks of those in flight: nothing changes for bob.
+    let forger = net.sns[1].advertise();
+    for req in 0..1_000u64 {
+        let ack = supervox_proto::overlay::OverlayMsg::SignalAck { req, result: Err("forged".into()) };
+        let packet = supervox_proto::overlay::OverlayPacket { from: net.sns[1].membership.me(), msg: ack };
+        let forging = &mut net.sns[1];
+        let bytes = forging.cfg.network_key.seal(&packet, &mut forging.rng).unwrap();
+        net.sns[3].on_datagram(forger, &bytes, net.now);
+    }
+    net.pump();
+    assert!(net.take_client_msgs(3, 1).is_empty(), "a forged ack failed a signal");
+    // They fail after their retries, and the client may signal again.
+    net.run(6_000);
+    assert_eq!(net.take_client_msgs(3, 1).len(), crate::supernode::MAX_SIGNALS_PER_CONN);
+    net.black_hole.clear();
+    net.sns[3].on_message(1, Message::Signal(env(99, addr(4000))), net.now);
+    net.pump();
+    assert_eq!(net.take_client_msgs(0, 1).len(), 1, "delivered to alice");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use crate::codec::encode_channel_data;
 
 #[test]
 fn random_bytes_never_panic() {
-    let mut h = Harness::with(|c| c.allow_loopback_peers = true);
+    let mut h = Harness::with(|c| c.peers.allow_loopback = true);
     let mut c = TestClient::new("192.0.2.10:1000", b"u1");
     let relay = relayed(&c.allocate(&mut h, T0));
     assert_eq!(error_code(&c.bind(&mut h, 0x4000, addr(PEER), T0)), None);
@@ -183,4 +183,51 @@ fn bandwidth_quota_drops_excess_only_for_that_allocation() {
     assert_eq!(h.s.stats().dropped_bandwidth, 35);
     assert_eq!(h.peer_send(rb, peer, &big, T0).len(), 1, "other allocation unaffected");
     assert_eq!(h.peer_send(ra, peer, &big, T0 + 200).len(), 1, "refilled after 200 ms");
+}
+
+/// A relay is not a proxy into the operator's network: permissions toward private, CGNAT
+/// and unique-local addresses are refused unless the operator allows them, and data toward
+/// the relay host's own address reaches only its relay ports (relay-to-relay), never the
+/// host's other services. (No datagram is sent anywhere: the harness records outputs.)
+#[test]
+fn a_relay_refuses_private_peers_and_the_hosts_own_services() {
+    let own = addr("198.51.100.1:0").ip();
+    let mut h = Harness::with(|c| c.own_ips = vec![own]);
+    let mut a = TestClient::new("192.0.2.10:1000", b"a1");
+    let mut b = TestClient::new("192.0.2.11:1000", b"b1");
+    let relay_a = relayed(&a.allocate(&mut h, T0));
+    let relay_b = relayed(&b.allocate(&mut h, T0));
+    for private in ["10.0.0.1:80", "172.16.5.5:80", "192.168.1.1:80", "100.64.0.1:80", "100.127.1.1:80"] {
+        assert_eq!(error_code(&a.permit(&mut h, addr(private), T0)), Some(403), "{private}");
+        assert_eq!(error_code(&a.bind(&mut h, 0x4001, addr(private), T0)), Some(403), "{private}");
+    }
+    // Data to a private address (no permission can exist) goes nowhere.
+    h.to_peer.clear();
+    let ind = a.send_indication(addr("10.0.0.1:80"), b"GET /");
+    h.client_send(&a.t, &ind, T0);
+    assert!(h.to_peer.is_empty());
+    // The host's own address: a permission is allowed (the peer's relay lives there)...
+    assert_eq!(error_code(&a.permit(&mut h, relay_b, T0)), None);
+    h.to_peer.clear();
+    let ind = a.send_indication(relay_b, b"voice");
+    h.client_send(&a.t, &ind, T0);
+    assert_eq!(h.to_peer, vec![(relay_a, relay_b, b"voice".to_vec())], "relay-to-relay works");
+    // ...but its other ports (ssh, metrics, the signalling port) are never reached.
+    h.to_peer.clear();
+    let dropped = h.s.stats().dropped_no_route;
+    for port in [22, 9100, 7000, relay_b.port() + 1] {
+        let ind = a.send_indication(SocketAddr::new(own, port), b"hello");
+        h.client_send(&a.t, &ind, T0);
+    }
+    assert!(h.to_peer.is_empty(), "{:?}", h.to_peer);
+    assert_eq!(h.s.stats().dropped_no_route, dropped + 4);
+
+    // An operator inside one organisation allows private peers.
+    let mut h = Harness::with(|c| c.peers.allow_private = true);
+    let mut a = TestClient::new("192.0.2.10:1000", b"a1");
+    relayed(&a.allocate(&mut h, T0));
+    for private in ["10.0.0.1:80", "192.168.1.1:80", "100.64.0.1:80"] {
+        assert_eq!(error_code(&a.permit(&mut h, addr(private), T0)), None, "{private}");
+    }
+    assert_eq!(error_code(&a.permit(&mut h, addr("169.254.169.254:80"), T0)), Some(403), "never metadata");
 }

@@ -103,6 +103,7 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
         max_allocations: supervox_turn::defaults::MAX_ALLOCATIONS,
         relay_secret: None,
         relay_allow_loopback: false,
+        relay_allow_private: false,
         network_key: None,
         relay_tls_listen: vec![],
         relay_tls_files: None,

@@ -52,6 +52,9 @@ pub struct SnOptions {
     pub relay_secret: Option<String>,
     /// Relay to loopback peers (tests on one machine only).
     pub relay_allow_loopback: bool,
+    /// Let TURN relay to private (RFC 1918), CGNAT (100.64/10) and unique-local (fc00::/7)
+    /// peers: for a network inside one organisation's address space.
+    pub relay_allow_private: bool,
     /// Where to serve TURN over TLS (e.g. port 443); none: no TLS.
     pub relay_tls_listen: Vec<SocketAddr>,
     /// PEM certificate chain and key for TLS, instead of the self-signed pair kept in `data_dir`.
@@ -114,6 +117,17 @@ impl BoundSupernode {
         self.tls.iter().filter_map(|l| l.local_addr().ok()).map(|a| tls::public_addr(a, first, advertise)).collect()
     }
 
+    /// This host's addresses as the relay must know them (advertised, listening, TLS;
+    /// not the unspecified ones): relayed traffic may reach them only at relay ports.
+    fn own_ips(&self) -> Vec<std::net::IpAddr> {
+        let bound = self.listeners.iter().chain(&self.tls).filter_map(|l| l.local_addr().ok());
+        let mut ips: Vec<_> =
+            std::iter::once(self.advertise).chain(bound).map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips
+    }
+
     /// The address clients and peers use.
     pub fn advertise(&self) -> SocketAddr {
         self.advertise
@@ -162,7 +176,11 @@ impl BoundSupernode {
         let mut turn = TurnConfig::new("supervox", secret);
         turn.relay_kbps = self.opts.relay_kbps;
         turn.max_allocations = self.opts.max_allocations;
-        turn.allow_loopback_peers = self.opts.relay_allow_loopback;
+        turn.peers = supervox_turn::PeerPolicy {
+            allow_loopback: self.opts.relay_allow_loopback,
+            allow_private: self.opts.relay_allow_private,
+        };
+        turn.own_ips = self.own_ips();
         turn.software = Some(concat!("supervox/", env!("CARGO_PKG_VERSION")).into());
         let relay_tls = if self.tls.is_empty() {
             None

@@ -50,9 +50,23 @@ pub fn start_sn_with(root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketA
 
 /// Start a supernode of another build of `supervox` (a bench's anchor).
 pub fn start_sn_bin(bin: &str, root: &Path, name: &str, addr: SocketAddr, seeds: &[SocketAddr], extra: &[&str]) -> Sn {
+    start_sn_env(bin, root, name, addr, seeds, extra, &[])
+}
+
+/// Start a supernode with extra flags and environment variables.
+pub fn start_sn_env(
+    bin: &str,
+    root: &Path,
+    name: &str,
+    addr: SocketAddr,
+    seeds: &[SocketAddr],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Sn {
     let dir = root.join(name);
     let mut cmd = Command::new(bin);
     cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir).args(extra);
+    cmd.envs(env.iter().copied());
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
     }
