@@ -123,7 +123,8 @@ impl Link {
     fn new(hs: snow::HandshakeState, hello: Message, now_ms: u64) -> Self {
         Self {
             state: State::Handshake(Box::new(hs)),
-            decoder: FrameDecoder::new(),
+            // Until the peer is authenticated, frames are handshake-sized.
+            decoder: FrameDecoder::with_max_len(supervox_proto::MAX_PREAUTH_FRAME_LEN),
             outbox: VecDeque::new(),
             outbox_bytes: 0,
             hello: Some(Box::new(hello)),
@@ -198,6 +199,7 @@ impl Link {
                 }
                 self.peer = Some(identity);
                 self.state = State::Open(ts);
+                self.decoder.set_max_len(supervox_proto::MAX_FRAME_LEN);
                 events.push(LinkEvent::Established { role, identity, advertise, agent });
                 Ok(())
             }

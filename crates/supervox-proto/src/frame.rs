@@ -9,11 +9,17 @@ use thiserror::Error;
 /// Largest frame body accepted: one Noise message (65535 bytes) at most.
 pub const MAX_FRAME_LEN: usize = 65_535;
 
+/// Largest frame accepted before the peer is authenticated (Noise handshake messages and
+/// the Hello are a few hundred bytes): a stranger's connection holds at most this much
+/// plus one read while it has not proven who it is.
+pub const MAX_PREAUTH_FRAME_LEN: usize = 4_096;
+
 /// Why a byte stream could not be split into frames.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
-    /// The peer announced a frame larger than [`MAX_FRAME_LEN`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    /// The peer announced a frame larger than the decoder's limit ([`MAX_FRAME_LEN`], or
+    /// [`MAX_PREAUTH_FRAME_LEN`] before authentication).
+    #[error("frame of {0} bytes exceeds the limit")]
     TooLarge(usize),
     /// A zero-length frame is never valid.
     #[error("empty frame")]
@@ -29,15 +35,32 @@ pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Incremental frame splitter: feed it whatever the socket returned.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    max_len: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::with_max_len(MAX_FRAME_LEN)
+    }
 }
 
 impl FrameDecoder {
-    /// A decoder with an empty buffer.
+    /// A decoder with an empty buffer, accepting frames up to [`MAX_FRAME_LEN`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder accepting frames up to `max_len` (at most [`MAX_FRAME_LEN`]).
+    pub fn with_max_len(max_len: usize) -> Self {
+        FrameDecoder { buf: Vec::new(), max_len: max_len.min(MAX_FRAME_LEN) }
+    }
+
+    /// Change the largest frame accepted from now on (e.g. once the peer is authenticated).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len.min(MAX_FRAME_LEN);
     }
 
     /// Append received bytes. The buffer never exceeds one maximal frame plus
@@ -66,7 +89,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME_LEN {
+        if len > self.max_len {
             return Err(FrameError::TooLarge(len));
         }
         if len == 0 {
@@ -98,6 +121,23 @@ mod tests {
         assert_eq!(d.next_frame().unwrap().unwrap(), b"world!");
         assert_eq!(d.next_frame().unwrap(), None);
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn a_lower_limit_refuses_before_buffering_the_body() {
+        let mut d = FrameDecoder::with_max_len(MAX_PREAUTH_FRAME_LEN);
+        d.push(&(MAX_PREAUTH_FRAME_LEN as u32 + 1).to_be_bytes());
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge(MAX_PREAUTH_FRAME_LEN + 1)));
+        let mut d = FrameDecoder::with_max_len(MAX_PREAUTH_FRAME_LEN);
+        let mut wire = Vec::new();
+        encode_frame(&[7; MAX_PREAUTH_FRAME_LEN], &mut wire);
+        d.push(&wire);
+        assert_eq!(d.next_frame().unwrap().map(|f| f.len()), Some(MAX_PREAUTH_FRAME_LEN));
+        d.set_max_len(usize::MAX);
+        let mut wire = Vec::new();
+        encode_frame(&[7; MAX_FRAME_LEN], &mut wire);
+        d.push(&wire);
+        assert_eq!(d.next_frame().unwrap().map(|f| f.len()), Some(MAX_FRAME_LEN));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod message;
 pub mod overlay;
 pub mod record;
 
-pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, MAX_PREAUTH_FRAME_LEN};
 pub use message::{
     decode_message, encode_message, CallId, CallSignal, Candidate, CandidateKind, DecodeError, LookupAnswer, Message,
     NatBehaviour, NatReport, RelayTls, Role, SignalEnvelope, Transport, MAX_MESSAGE_LEN, MAX_TLS_RELAYS,

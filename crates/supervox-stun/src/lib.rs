@@ -5,15 +5,19 @@
 //!   OTHER-ADDRESS).
 //! - [`server`]: the Binding server every supernode runs on its UDP port, including the
 //!   "dial-back" that lets a *peer* supernode answer a CHANGE-REQUEST.
+//! - [`limit`]: [`PrefixLimiter`], the answer rate per destination prefix that caps
+//!   reflection toward a spoofed victim.
 //! - [`probe`]: [`NatProbe`], NAT mapping and filtering discovery against two supernodes.
 //!
 //! See the crate README for the dial-back mechanism and why we do not use `stun-proto`.
 
 pub mod codec;
+pub mod limit;
 pub mod probe;
 pub mod server;
 
 pub use codec::{is_stun, Class, Message, TransactionId, MAGIC_COOKIE};
+pub use limit::PrefixLimiter;
 pub use probe::{NatBehaviour, NatProbe, ProbeConfig, Reachability};
 pub use server::{build_binding_success, handle_binding, BindingServer, DialBack, Reply, MAX_PADDING};
 

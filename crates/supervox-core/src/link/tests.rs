@@ -81,6 +81,22 @@ fn garbage_and_oversized_frames_close_the_link() {
     assert!(matches!(b.handle_bytes(&bytes, 0), Err(LinkError::Noise(_))));
 }
 
+/// A stranger that has not finished the handshake cannot make us buffer a big frame: its
+/// announced length beyond the pre-authentication limit closes the link at once, before
+/// the body arrives; an established peer may send frames up to the full limit.
+#[test]
+fn before_authentication_only_handshake_sized_frames_are_buffered() {
+    let (_, mut b, _, _) = pair();
+    let len = (supervox_proto::MAX_PREAUTH_FRAME_LEN as u32 + 1).to_be_bytes();
+    assert!(matches!(b.handle_bytes(&len, 0), Err(LinkError::Frame(_))));
+    let (mut a, mut b, _, _) = pair();
+    pump(&mut a, &mut b, 0);
+    let name = "x".repeat(20_000);
+    a.send(&Message::Error { reason: name.clone() }).unwrap();
+    let (_, eb) = pump(&mut a, &mut b, 1);
+    assert_eq!(eb, vec![LinkEvent::Message(Message::Error { reason: name })]);
+}
+
 #[test]
 fn a_link_kept_alive_by_its_transport_pings_rarely() {
     let (mut a, mut b, _, _) = pair();

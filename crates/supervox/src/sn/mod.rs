@@ -288,7 +288,7 @@ impl BoundSupernode {
                 }
                 Some((conn, addr, ok)) = reach_rx.recv() => sn.on_reachable(conn, addr, ok),
                 Some(reply) = metrics_rx.recv() => {
-                    let _ = reply.send(render_metrics(&sn, links.len(), link_errors, udp.allocations()));
+                    let _ = reply.send(render_metrics(&sn, links.len(), link_errors, &udp));
                 }
                 _ = crate::links::sleep_until_ms(deadline) => {
                     let now = now_ms();
@@ -433,7 +433,7 @@ fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
     }
 }
 
-fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocations: usize) -> String {
+fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, udp: &udp::UdpPlane) -> String {
     let st = sn.stats();
     crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
@@ -454,6 +454,11 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, allocati
         ("violations_total", "Connections closed for protocol violations.", st.violations),
         ("rate_limited_total", "Client requests refused by the per-client rate limit.", st.rate_limited),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
-        ("relay_allocations", "TURN allocations.", allocations as u64),
+        ("relay_allocations", "TURN allocations.", udp.allocations() as u64),
+        (
+            "stun_answers_limited_total",
+            "STUN Binding answers dropped by the per-prefix answer-rate limit.",
+            udp.stun_answers_limited(),
+        ),
     ])
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use supervox_core::supernode::Supernode;
-use supervox_stun::{BindingServer, DialBack, Reply, StunError};
+use supervox_stun::{BindingServer, DialBack, PrefixLimiter, Reply, StunError};
 use supervox_turn::codec::{packet_kind, PacketKind, CHANNEL_HEADER_LEN};
 use supervox_turn::{AddressFamily, FiveTuple, Output, RelayError, Transport, TurnConfig, TurnServer};
 use tokio::sync::mpsc;
@@ -150,7 +150,7 @@ pub struct UdpPlane {
     cmd: mpsc::UnboundedSender<Command>,
     tcp: mpsc::Sender<TcpEvent>,
     other: Option<SocketAddr>,
-    allocations: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 }
 
 impl UdpPlane {
@@ -171,8 +171,8 @@ impl UdpPlane {
         let main = sockets.first().map(|(l, _, _)| *l).context("no listen address")?;
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (tcp, tcp_rx) = mpsc::channel(TCP_QUEUE);
-        let allocations = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&allocations);
+        let counters = Arc::new(Counters::default());
+        let count = Arc::clone(&counters);
         let turn = TurnServer::new(turn, now_ms());
         std::thread::Builder::new()
             .name("supervox-udp".into())
@@ -185,7 +185,7 @@ impl UdpPlane {
                 local.block_on(&rt, run(sockets, main, advertise.ip(), turn, tx, (cmd_rx, tcp_rx), count));
             })
             .context("cannot start the UDP plane thread")?;
-        Ok((Self { cmd, tcp, other: None, allocations }, rx))
+        Ok((Self { cmd, tcp, other: None, counters }, rx))
     }
 
     /// Where TURN-over-TCP connections report (see [`spawn_tcp_client`]).
@@ -203,7 +203,12 @@ impl UdpPlane {
 
     /// Live allocations.
     pub fn allocations(&self) -> usize {
-        self.allocations.load(Ordering::Relaxed)
+        self.counters.allocations.load(Ordering::Relaxed)
+    }
+
+    /// STUN Binding answers dropped by the answer-rate limits.
+    pub fn stun_answers_limited(&self) -> u64 {
+        self.counters.stun_answers_limited.load(Ordering::Relaxed)
     }
 
     /// Carry out a request from the plane; `sn` is asked to forward dial-backs to a peer.
@@ -252,6 +257,17 @@ fn grow_buffers(s: &std::net::UdpSocket) {
 }
 
 /// The plane's state, shared by the socket readers of its thread.
+/// What the plane's thread reports to the actor (for metrics).
+#[derive(Debug, Default)]
+struct Counters {
+    allocations: AtomicUsize,
+    stun_answers_limited: std::sync::atomic::AtomicU64,
+}
+
+/// Dial-back orders (change-IP Binding requests) forwarded to the actor per second, in
+/// all: they share its queue with the overlay, which a spoofed flood must not starve.
+const DIAL_BACK_ORDERS_PER_SEC: u32 = 200;
+
 struct Plane {
     /// Listen sockets by local address, with the address clients reach them at.
     listen: HashMap<SocketAddr, (Rc<ReadSocket>, SocketAddr)>,
@@ -260,13 +276,17 @@ struct Plane {
     /// The first listen socket: the one whose address is advertised.
     main: SocketAddr,
     stun: BindingServer,
+    /// Binding answers per destination prefix.
+    answer_limit: PrefixLimiter,
+    /// Dial-back orders forwarded to the actor, in all.
+    dial_back_limit: PrefixLimiter,
     turn: TurnServer,
     relays: HashMap<SocketAddr, (Rc<ReadSocket>, Option<AbortHandle>)>,
     relay_ip: std::net::IpAddr,
     /// Relay sockets opened while handling a datagram, whose readers are still to start.
     new_relays: Vec<(SocketAddr, Rc<ReadSocket>)>,
     tx: mpsc::Sender<UdpEvent>,
-    allocations: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
     /// TURN-over-TCP and -TLS clients.
     tcp: HashMap<(Transport, SocketAddr), StreamClient>,
     /// The wall-clock ms the plane's timer loop sleeps until (`u64::MAX`:
@@ -294,7 +314,7 @@ async fn run(
     turn: TurnServer,
     tx: mpsc::Sender<UdpEvent>,
     (mut cmd, mut tcp): (mpsc::UnboundedReceiver<Command>, mpsc::Receiver<TcpEvent>),
-    allocations: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 ) {
     let mut listen = HashMap::new();
     let mut by_public = HashMap::new();
@@ -313,12 +333,14 @@ async fn run(
         by_public,
         main,
         stun: BindingServer::default(),
+        answer_limit: PrefixLimiter::default(),
+        dial_back_limit: PrefixLimiter::new(1, DIAL_BACK_ORDERS_PER_SEC, DIAL_BACK_ORDERS_PER_SEC),
         turn,
         relays: HashMap::new(),
         relay_ip,
         new_relays: Vec::new(),
         tx,
-        allocations,
+        counters,
         tcp: HashMap::new(),
         armed_ms: u64::MAX,
         rearm: Rc::new(tokio::sync::Notify::new()),
@@ -484,7 +506,24 @@ impl Plane {
             }
             return;
         }
-        match self.stun.handle(bytes, from, public) {
+        let reply = self.stun.handle(bytes, from, public);
+        if let Ok(Some(r)) = &reply {
+            // Answers go to a source anyone can spoof: capped per destination prefix, and
+            // dial-back orders (which travel the actor's queue) in all. Loopback sources
+            // cannot be spoofed from the network (the kernel drops them as martians).
+            let to = match r {
+                Reply::Direct { to, .. } | Reply::FromAlternate { to, .. } => *to,
+                Reply::ViaPeer { dial_back, .. } => dial_back.to,
+            };
+            let via_peer = matches!(r, Reply::ViaPeer { .. });
+            if !to.ip().is_loopback()
+                && (!self.answer_limit.allow(to.ip(), now) || (via_peer && !self.dial_back_limit.allow(to.ip(), now)))
+            {
+                self.counters.stun_answers_limited.fetch_add(1, Ordering::Relaxed);
+                return debug!("STUN answer to {to} dropped: rate limit");
+            }
+        }
+        match reply {
             Ok(Some(Reply::Direct { to, response })) => self.send_from(local, to, &response),
             Ok(Some(Reply::FromAlternate { from: alt, to, response })) => {
                 if let Some(l) = self.by_public.get(&alt).copied() {
@@ -625,7 +664,7 @@ impl Plane {
                 }
             }
         }
-        self.allocations.store(self.turn.allocation_count(), Ordering::Relaxed);
+        self.counters.allocations.store(self.turn.allocation_count(), Ordering::Relaxed);
     }
 
     fn open_relay(&mut self) -> Result<SocketAddr, RelayError> {
