@@ -41,6 +41,7 @@ pub async fn run(json_out: bool, ui: bool) -> Result<bool> {
             advertise: None,
             max_clients: 1000,
             max_connections: crate::defaults::MAX_CONNECTIONS,
+            max_connections_per_host: crate::defaults::MAX_CONNECTIONS_PER_HOST,
             metrics: None,
             relay_kbps: supervox_turn::defaults::RELAY_KBPS,
             max_allocations: 100,

@@ -135,6 +135,8 @@ struct Entry {
 pub struct LinkSet {
     identity: Identity,
     conns: HashMap<ConnId, Entry>,
+    /// Open connections per host (`defaults::host_key`).
+    per_host: HashMap<std::net::IpAddr, usize>,
     next_id: ConnId,
     events: mpsc::Sender<NetEvent>,
     ready: Arc<Ready>,
@@ -171,6 +173,7 @@ impl LinkSet {
         Self {
             identity,
             conns: HashMap::new(),
+            per_host: HashMap::new(),
             next_id: 1,
             events,
             ready: Arc::default(),
@@ -201,6 +204,11 @@ impl LinkSet {
     /// True when no connection is open.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// Open connections from the host of `ip` (an IPv4 address or an IPv6 /64).
+    pub fn from_host(&self, ip: std::net::IpAddr) -> usize {
+        self.per_host.get(&crate::defaults::host_key(ip)).copied().unwrap_or(0)
     }
 
     /// Remote address of a connection.
@@ -247,6 +255,7 @@ impl LinkSet {
         let waker = Arc::new(ConnWaker { conn, queued: AtomicBool::new(true), ready: Arc::clone(&self.ready) });
         self.ready.push(conn);
         self.next_due_ms = self.next_due_ms.min(link.poll_timeout());
+        *self.per_host.entry(crate::defaults::host_key(remote.ip())).or_default() += 1;
         self.conns.insert(conn, Entry { link, remote, stream, waker, partial: Vec::new(), sent: 0 });
         self.flush(conn)?;
         Ok(conn)
@@ -402,6 +411,13 @@ impl LinkSet {
         let Some(mut e) = self.conns.remove(&conn) else {
             return;
         };
+        let host = crate::defaults::host_key(e.remote.ip());
+        if let Some(n) = self.per_host.get_mut(&host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_host.remove(&host);
+            }
+        }
         debug!(conn, remote = %e.remote, "closing connection: {reason}");
         let mut rest = e.partial.split_off(e.sent.min(e.partial.len()));
         while let Some(b) = e.link.poll_transmit(now_ms()) {

@@ -82,6 +82,10 @@ struct SupernodeArgs {
     /// further connections are dropped at accept.
     #[arg(long, default_value_t = supervox::defaults::MAX_CONNECTIONS, value_name = "N")]
     max_connections: usize,
+    /// TCP connections held at most from one host (an IPv4 address or an IPv6 /64;
+    /// loopback is not limited); more from it are dropped at accept.
+    #[arg(long, default_value_t = supervox::defaults::MAX_CONNECTIONS_PER_HOST, value_name = "N")]
+    max_connections_per_host: usize,
     /// Serve Prometheus metrics over HTTP at this address (GET /metrics).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
@@ -526,6 +530,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 advertise: a.advertise,
                 max_clients: a.max_clients,
                 max_connections: a.max_connections,
+                max_connections_per_host: a.max_connections_per_host,
                 metrics: a.metrics,
                 relay_kbps: a.relay_kbps,
                 max_allocations: a.max_allocations,

@@ -1,13 +1,18 @@
-//! Reflection through the open STUN service, measured on the wire: a stranger floods a
-//! supernode with Binding requests whose source is its victim's network (here: its own
-//! namespace, which is where the answers of a spoofed flood would land). The answers are
-//! capped per destination prefix, so the bytes that reach the victim stay a small share of
-//! the bytes the attacker sends. Real processes in network namespaces joined by the
-//! project's user-space link; needs root and `ip`: fails, never skips, without them.
+//! A stranger against a supernode's open ports, on the wire, from another host (loopback
+//! is exempt from per-host limits, so these run in network namespaces joined by the
+//! project's user-space link; they need root and `ip`: fail, never skip, without them).
+//!
+//! - Reflection through the open STUN service: a flood of Binding requests whose source is
+//!   the victim's network (here: the attacker's own namespace, which is where the answers
+//!   of a spoofed flood would land). Answers are capped per destination prefix, so the
+//!   bytes that reach the victim stay a small share of the bytes the attacker sends.
+//! - Connection squatting: one host holds at most `--max-connections-per-host` links, and
+//!   only a few silent connections at a time; its slots come back when it closes them.
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -89,4 +94,113 @@ fn a_binding_flood_toward_one_network_is_capped_per_prefix() {
     assert!(answered >= ANSWER_BURST / 2, "the service still answers: {answered}");
     assert!(limited >= u64::from(sent.saturating_sub(cap)) * 9 / 10, "{limited} counted as limited of {sent}");
     assert!((bytes_out as f64) < bytes_in as f64, "{bytes_out} B out for {bytes_in} B in");
+}
+
+#[test]
+fn one_host_holds_a_bounded_number_of_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = Lab::new().expect("a network lab (needs root and ip)");
+    let (a, b) = (lab.namespace("a").unwrap(), lab.namespace("b").unwrap());
+    let link = lab.link(&a, &b, LinkConfig::symmetric(Impairment::from_str("delay=1ms").unwrap())).unwrap();
+    let (ip_a, ip_b) = (link.addr_a(), link.addr_b());
+    let sn = SocketAddr::from((ip_a, 7000));
+    let metrics = SocketAddr::from((ip_a, 9100));
+    let mut cmd = a.command(common::BIN);
+    cmd.args(["supernode", "--listen", &sn.to_string(), "--metrics", &metrics.to_string()])
+        .args(["--max-connections-per-host", "5", "--data-dir"])
+        .arg(tmp.path().join("sn"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("sn.log")).unwrap());
+    let _sn = a.spawn(cmd).expect("spawn the supernode");
+    b.enter(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::metric_opt(metrics, "connections").is_none() {
+            assert!(Instant::now() < deadline, "the supernode did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let wait_for = |what: &str, want: &dyn Fn(u64) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let v = common::metric(metrics, what);
+                if want(v) {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "{what} = {v}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        // Ten connections that start a link frame and never finish it: five are held.
+        let open = |n: usize| -> Vec<TcpStream> {
+            (0..n)
+                .map(|_| {
+                    let mut s = TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap();
+                    s.write_all(&[0, 0, 0, 100]).unwrap();
+                    s
+                })
+                .collect()
+        };
+        let squat = open(10);
+        wait_for("connections_refused_per_host_total", &|v| v >= 5);
+        assert_eq!(common::metric(metrics, "connections"), 5, "five links held from one host");
+        // The refused ones were closed by the supernode.
+        let mut closed = 0;
+        for mut s in squat.iter() {
+            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            let mut buf = [0u8; 64];
+            // Closed with our bytes unread: a reset, or an end of stream.
+            match s.read(&mut buf) {
+                Ok(0) => closed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(closed, 5, "the five beyond the limit were closed");
+        // Closing them gives the host its slots back.
+        drop(squat);
+        wait_for("connections", &|v| v == 0);
+        let again = open(5);
+        wait_for("connections", &|v| v == 5);
+        drop(again);
+        // Silent connections (not a byte: link or TURN?) are held only a few at a time.
+        let silent: Vec<TcpStream> =
+            (0..40).map(|_| TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap()).collect();
+        let t0 = Instant::now();
+        let mut dropped_at_once = 0;
+        for mut s in silent.iter() {
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut buf = [0u8; 8];
+            match s.read(&mut buf) {
+                Ok(0) => dropped_at_once += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => dropped_at_once += 1,
+                _ => {}
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_millis(1_800), "still within the sniffing window");
+        let held = 40 - dropped_at_once;
+        eprintln!("40 silent connections from one host: {held} held while sniffing, {dropped_at_once} dropped at once");
+        assert!(held <= supervox::defaults::MAX_SNIFFING_PER_HOST, "{held} held");
+        assert!(dropped_at_once >= 40 - supervox::defaults::MAX_SNIFFING_PER_HOST - 2, "{dropped_at_once}");
+        drop(silent);
+        // TURN over TCP from one host: a bounded number of streams are served (each asks
+        // a Binding over its stream and gets an answer); the rest are closed.
+        let max = supervox::defaults::MAX_TURN_STREAMS_PER_HOST;
+        let mut streams = Vec::new();
+        for n in 0..max as u32 + 8 {
+            let mut s = TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap();
+            s.write_all(&binding(n)).unwrap();
+            streams.push(s);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut answered = 0;
+        for mut s in streams.iter() {
+            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let mut buf = [0u8; 512];
+            if s.read(&mut buf).is_ok_and(|n| n >= 20 && buf[0] == 0x01 && buf[1] == 0x01) {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, max, "TURN streams served from one host");
+    })
+    .unwrap();
+    let _ = ip_b;
 }

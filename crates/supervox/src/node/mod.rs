@@ -98,6 +98,7 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
         advertise: None,
         max_clients: p.max_clients,
         max_connections: crate::defaults::MAX_CONNECTIONS,
+        max_connections_per_host: crate::defaults::MAX_CONNECTIONS_PER_HOST,
         metrics: None,
         relay_kbps: supervox_turn::defaults::RELAY_KBPS,
         max_allocations: supervox_turn::defaults::MAX_ALLOCATIONS,

@@ -17,7 +17,7 @@ use supervox_core::ConnId;
 use supervox_turn::TurnConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Queued UDP events handled in one round of the actor, after the first
 /// (their outputs are sent, and their changes committed, together).
@@ -42,6 +42,9 @@ pub struct SnOptions {
     /// TCP connections held at most (clients and handshakes; TURN streams
     /// have their own limit); further accepts are dropped.
     pub max_connections: usize,
+    /// TCP connections held at most from one host (IPv4 address or IPv6 /64; loopback
+    /// is not limited).
+    pub max_connections_per_host: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Bandwidth each relay allocation may use, kbit/s (0: unlimited).
@@ -211,9 +214,11 @@ impl BoundSupernode {
         // Aborted when we stop, so the ports are free again (a node that
         // stepped back binds them again for a later promotion).
         let mut accept_tasks = Vec::new();
+        let sniffing = Sniffing::default();
         for l in self.listeners {
             let tx = acc_tx.clone();
             let turn_events = udp.tcp_events();
+            let sniffing = sniffing.clone();
             accept_tasks.push(tokio::spawn(async move {
                 loop {
                     match l.accept().await {
@@ -221,10 +226,18 @@ impl BoundSupernode {
                             if tx.is_closed() {
                                 return;
                             }
+                            // A host that opens connections and stays silent holds a task
+                            // for 2 s each: only a few at a time per host.
+                            let Some(guard) = sniffing.enter(remote.ip()) else {
+                                debug!("too many silent connections from the host of {remote}: dropped");
+                                continue;
+                            };
                             // TURN over TCP and our links share the port: look at the first bytes.
                             let (tx, turn_events) = (tx.clone(), turn_events.clone());
                             tokio::spawn(async move {
-                                if sniff_turn(&stream).await {
+                                let turn = sniff_turn(&stream).await;
+                                drop(guard);
+                                if turn {
                                     udp::spawn_tcp_client(stream, remote, turn_events);
                                 } else {
                                     let _ = tx.send((stream, remote)).await;
@@ -248,6 +261,7 @@ impl BoundSupernode {
         // Answers to promotion reachability checks: (conn, address, reachable).
         let (reach_tx, mut reach_rx) = mpsc::channel::<(ConnId, SocketAddr, bool)>(64);
         let mut link_errors: u64 = 0;
+        let mut per_host_refused: u64 = 0;
         // The core's changes (claims, mail) not yet committed.
         let mut unsaved = db::Pending::default();
         // A commit that failed: we stop rather than acknowledge what is not stored.
@@ -261,6 +275,11 @@ impl BoundSupernode {
                 Some((stream, remote)) = acc_rx.recv() => {
                     if links.len() >= self.opts.max_connections {
                         warn!("connection limit reached, refusing {remote}");
+                        continue;
+                    }
+                    if !remote.ip().is_loopback() && links.from_host(remote.ip()) >= self.opts.max_connections_per_host {
+                        debug!("{} connections from the host of {remote}: refused", self.opts.max_connections_per_host);
+                        per_host_refused += 1;
                         continue;
                     }
                     match links.adopt(stream, false, sn.hello()) {
@@ -288,7 +307,7 @@ impl BoundSupernode {
                 }
                 Some((conn, addr, ok)) = reach_rx.recv() => sn.on_reachable(conn, addr, ok),
                 Some(reply) = metrics_rx.recv() => {
-                    let _ = reply.send(render_metrics(&sn, links.len(), link_errors, &udp));
+                    let _ = reply.send(render_metrics(&sn, links.len(), (link_errors, per_host_refused), &udp));
                 }
                 _ = crate::links::sleep_until_ms(deadline) => {
                     let now = now_ms();
@@ -377,6 +396,42 @@ fn import_claims_json(data: &DataDir, db: &mut db::SnDb) -> Result<()> {
     Ok(())
 }
 
+/// New connections per host whose first bytes are still awaited (shared by the accept
+/// tasks of every listener).
+#[derive(Debug, Clone, Default)]
+struct Sniffing(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection being sniffed; leaves its host's count when dropped.
+#[derive(Debug)]
+struct SniffGuard(Sniffing, std::net::IpAddr);
+
+impl Sniffing {
+    /// Count one more connection from the host of `ip`, unless it has
+    /// [`crate::defaults::MAX_SNIFFING_PER_HOST`] already (loopback is not limited).
+    fn enter(&self, ip: std::net::IpAddr) -> Option<SniffGuard> {
+        let host = crate::defaults::host_key(ip);
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(host).or_default();
+        if *n >= crate::defaults::MAX_SNIFFING_PER_HOST && !ip.is_loopback() {
+            return None;
+        }
+        *n += 1;
+        Some(SniffGuard(self.clone(), host))
+    }
+}
+
+impl Drop for SniffGuard {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Peek at a new connection's first bytes (a link's initiator speaks first,
 /// as does a TURN client): true for TURN. A link frame starts with two zero
 /// bytes (its u32 length is below 64 KiB), which no STUN message type has;
@@ -433,7 +488,10 @@ fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
     }
 }
 
-fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, udp: &udp::UdpPlane) -> String {
+/// `errors`: links closed for framing/Noise/decode errors, connections refused by the
+/// per-host limit.
+fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &udp::UdpPlane) -> String {
+    let (link_errors, per_host_refused) = errors;
     let st = sn.stats();
     crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
@@ -454,6 +512,7 @@ fn render_metrics(sn: &Supernode, connections: usize, link_errors: u64, udp: &ud
         ("violations_total", "Connections closed for protocol violations.", st.violations),
         ("rate_limited_total", "Client requests refused by the per-client rate limit.", st.rate_limited),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
+        ("connections_refused_per_host_total", "Connections refused by the per-host limit.", per_host_refused),
         ("relay_allocations", "TURN allocations.", udp.allocations() as u64),
         (
             "stun_answers_limited_total",

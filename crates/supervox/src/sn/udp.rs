@@ -553,6 +553,12 @@ impl Plane {
                     warn!("TURN over TCP/TLS: {MAX_TCP_CLIENTS} clients, refusing {client}");
                     return;
                 }
+                let host = crate::defaults::host_key(client.ip());
+                let from_host = self.tcp.keys().filter(|(_, c)| crate::defaults::host_key(c.ip()) == host).count();
+                if !client.ip().is_loopback() && from_host >= crate::defaults::MAX_TURN_STREAMS_PER_HOST {
+                    debug!("TURN over TCP/TLS: {from_host} clients from the host of {client}, refusing it");
+                    return;
+                }
                 let public = self.listen.get(&local).map(|(_, p)| *p).unwrap_or(local);
                 self.tcp.insert((transport, client), StreamClient { writer, public, idle_since: Some(now_ms()) });
             }
