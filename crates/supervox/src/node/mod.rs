@@ -8,6 +8,8 @@ mod social;
 mod spares;
 mod tcp_media;
 
+pub use tcp_media::take_frames;
+
 use crate::control::Request;
 use crate::links::{now_ms, LinkSet, NetEvent};
 use crate::relay_stream::{self, RelayStreamEvent};

@@ -182,8 +182,9 @@ async fn accept_loop(l: TcpListener, events: mpsc::Sender<TcpMediaEvent>) {
     }
 }
 
-/// Split RFC 4571 frames off `buf`; `Err` on a length no media datagram has.
-fn take_frames(buf: &mut Vec<u8>, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
+/// Split RFC 4571 frames off `buf` (complete frames are appended to `out`, a partial one
+/// stays in `buf`); `Err` on a length no media datagram has. Public for the fuzz targets.
+pub fn take_frames(buf: &mut Vec<u8>, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
     let mut at = 0;
     while buf.len() - at >= 2 {
         let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|d: &[u8]| supervox_fuzz::claims_file(d));
