@@ -28,28 +28,59 @@ fn binding(n: u32) -> [u8; 20] {
     b
 }
 
-#[test]
-fn a_binding_flood_toward_one_network_is_capped_per_prefix() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lab = Lab::new().expect("a network lab (needs root and ip)");
-    let (a, b) = (lab.namespace("a").unwrap(), lab.namespace("b").unwrap());
-    let link = lab.link(&a, &b, LinkConfig::symmetric(Impairment::from_str("delay=1ms").unwrap())).unwrap();
-    let (ip_a, ip_b) = (link.addr_a(), link.addr_b());
-    let sn = SocketAddr::from((ip_a, 7000));
-    let metrics = SocketAddr::from((ip_a, 9100));
-    let mut cmd = a.command(common::BIN);
-    cmd.args(["supernode", "--listen", &sn.to_string(), "--metrics", &metrics.to_string(), "--data-dir"])
-        .arg(tmp.path().join("sn"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("sn.log")).unwrap());
-    let _sn = a.spawn(cmd).expect("spawn the supernode");
-    let (sent, answered, bytes_in, bytes_out, limited) = b
-        .enter(move || {
+/// A supernode in namespace `a` (on the link's address, port 7000, metrics on 9100) and a
+/// stranger's namespace `b` on the other end of the link; returns once the supernode
+/// serves its metrics.
+/// (Fields drop in this order: the link and namespaces go before the lab, the data
+/// directory last.)
+struct Stranger {
+    b: supervox_netlab::Namespace,
+    sn: SocketAddr,
+    metrics: SocketAddr,
+    ip_b: std::net::Ipv4Addr,
+    _sn: supervox_netlab::NsProcess,
+    _link: supervox_netlab::ImpairedLink,
+    _a: supervox_netlab::Namespace,
+    _lab: Lab,
+    _tmp: tempfile::TempDir,
+}
+
+impl Stranger {
+    fn new(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let lab = Lab::new().expect("a network lab (needs root and ip)");
+        let (a, b) = (lab.namespace("a").unwrap(), lab.namespace("b").unwrap());
+        let link = lab.link(&a, &b, LinkConfig::symmetric(Impairment::from_str("delay=1ms").unwrap())).unwrap();
+        let (ip_a, ip_b) = (link.addr_a(), link.addr_b());
+        let sn = SocketAddr::from((ip_a, 7000));
+        let metrics = SocketAddr::from((ip_a, 9100));
+        let mut cmd = a.command(common::BIN);
+        cmd.args(["supernode", "--listen", &sn.to_string(), "--metrics", &metrics.to_string()])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(tmp.path().join("sn"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("sn.log")).unwrap());
+        let proc = a.spawn(cmd).expect("spawn the supernode");
+        b.enter(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while common::metric_opt(metrics, "stun_answers_limited_total").is_none() {
+            while common::metric_opt(metrics, "connections").is_none() {
                 assert!(Instant::now() < deadline, "the supernode did not start");
                 std::thread::sleep(Duration::from_millis(50));
             }
+        })
+        .unwrap();
+        Stranger { b, sn, metrics, ip_b, _sn: proc, _link: link, _a: a, _lab: lab, _tmp: tmp }
+    }
+}
+
+#[test]
+fn a_binding_flood_toward_one_network_is_capped_per_prefix() {
+    let net = Stranger::new(&[]);
+    let (sn, metrics, ip_b) = (net.sn, net.metrics, net.ip_b);
+    let (sent, answered, bytes_in, bytes_out, limited) = net
+        .b
+        .enter(move || {
             let sock = UdpSocket::bind(SocketAddr::from((ip_b, 0))).unwrap();
             sock.set_nonblocking(true).unwrap();
             let (mut sent, mut answered, mut bytes_in, mut bytes_out) = (0u32, 0u32, 0usize, 0usize);
@@ -98,109 +129,94 @@ fn a_binding_flood_toward_one_network_is_capped_per_prefix() {
 
 #[test]
 fn one_host_holds_a_bounded_number_of_connections() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lab = Lab::new().expect("a network lab (needs root and ip)");
-    let (a, b) = (lab.namespace("a").unwrap(), lab.namespace("b").unwrap());
-    let link = lab.link(&a, &b, LinkConfig::symmetric(Impairment::from_str("delay=1ms").unwrap())).unwrap();
-    let (ip_a, ip_b) = (link.addr_a(), link.addr_b());
-    let sn = SocketAddr::from((ip_a, 7000));
-    let metrics = SocketAddr::from((ip_a, 9100));
-    let mut cmd = a.command(common::BIN);
-    cmd.args(["supernode", "--listen", &sn.to_string(), "--metrics", &metrics.to_string()])
-        .args(["--max-connections-per-host", "5", "--data-dir"])
-        .arg(tmp.path().join("sn"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("sn.log")).unwrap());
-    let _sn = a.spawn(cmd).expect("spawn the supernode");
-    b.enter(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while common::metric_opt(metrics, "connections").is_none() {
-            assert!(Instant::now() < deadline, "the supernode did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let wait_for = |what: &str, want: &dyn Fn(u64) -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let v = common::metric(metrics, what);
-                if want(v) {
-                    return v;
+    let net = Stranger::new(&["--max-connections-per-host", "5"]);
+    let (sn, metrics) = (net.sn, net.metrics);
+    net.b
+        .enter(move || {
+            let wait_for = |what: &str, want: &dyn Fn(u64) -> bool| {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let v = common::metric(metrics, what);
+                    if want(v) {
+                        return v;
+                    }
+                    assert!(Instant::now() < deadline, "{what} = {v}");
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                assert!(Instant::now() < deadline, "{what} = {v}");
-                std::thread::sleep(Duration::from_millis(50));
+            };
+            // Ten connections that start a link frame and never finish it: five are held.
+            let open = |n: usize| -> Vec<TcpStream> {
+                (0..n)
+                    .map(|_| {
+                        let mut s = TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap();
+                        s.write_all(&[0, 0, 0, 100]).unwrap();
+                        s
+                    })
+                    .collect()
+            };
+            let squat = open(10);
+            wait_for("connections_refused_per_host_total", &|v| v >= 5);
+            assert_eq!(common::metric(metrics, "connections"), 5, "five links held from one host");
+            // The refused ones were closed by the supernode.
+            let mut closed = 0;
+            for mut s in squat.iter() {
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let mut buf = [0u8; 64];
+                // Closed with our bytes unread: a reset, or an end of stream.
+                match s.read(&mut buf) {
+                    Ok(0) => closed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+                    _ => {}
+                }
             }
-        };
-        // Ten connections that start a link frame and never finish it: five are held.
-        let open = |n: usize| -> Vec<TcpStream> {
-            (0..n)
-                .map(|_| {
-                    let mut s = TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap();
-                    s.write_all(&[0, 0, 0, 100]).unwrap();
-                    s
-                })
-                .collect()
-        };
-        let squat = open(10);
-        wait_for("connections_refused_per_host_total", &|v| v >= 5);
-        assert_eq!(common::metric(metrics, "connections"), 5, "five links held from one host");
-        // The refused ones were closed by the supernode.
-        let mut closed = 0;
-        for mut s in squat.iter() {
-            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-            let mut buf = [0u8; 64];
-            // Closed with our bytes unread: a reset, or an end of stream.
-            match s.read(&mut buf) {
-                Ok(0) => closed += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
-                _ => {}
+            assert_eq!(closed, 5, "the five beyond the limit were closed");
+            // Closing them gives the host its slots back.
+            drop(squat);
+            wait_for("connections", &|v| v == 0);
+            let again = open(5);
+            wait_for("connections", &|v| v == 5);
+            drop(again);
+            // Silent connections (not a byte: link or TURN?) are held only a few at a time.
+            let silent: Vec<TcpStream> =
+                (0..40).map(|_| TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap()).collect();
+            let t0 = Instant::now();
+            let mut dropped_at_once = 0;
+            for mut s in silent.iter() {
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                let mut buf = [0u8; 8];
+                match s.read(&mut buf) {
+                    Ok(0) => dropped_at_once += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => dropped_at_once += 1,
+                    _ => {}
+                }
             }
-        }
-        assert_eq!(closed, 5, "the five beyond the limit were closed");
-        // Closing them gives the host its slots back.
-        drop(squat);
-        wait_for("connections", &|v| v == 0);
-        let again = open(5);
-        wait_for("connections", &|v| v == 5);
-        drop(again);
-        // Silent connections (not a byte: link or TURN?) are held only a few at a time.
-        let silent: Vec<TcpStream> =
-            (0..40).map(|_| TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap()).collect();
-        let t0 = Instant::now();
-        let mut dropped_at_once = 0;
-        for mut s in silent.iter() {
-            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            let mut buf = [0u8; 8];
-            match s.read(&mut buf) {
-                Ok(0) => dropped_at_once += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => dropped_at_once += 1,
-                _ => {}
+            assert!(t0.elapsed() < Duration::from_millis(1_800), "still within the sniffing window");
+            let held = 40 - dropped_at_once;
+            eprintln!(
+                "40 silent connections from one host: {held} held while sniffing, {dropped_at_once} dropped at once"
+            );
+            assert!(held <= supervox::defaults::MAX_SNIFFING_PER_HOST, "{held} held");
+            assert!(dropped_at_once >= 40 - supervox::defaults::MAX_SNIFFING_PER_HOST - 2, "{dropped_at_once}");
+            drop(silent);
+            // TURN over TCP from one host: a bounded number of streams are served (each asks
+            // a Binding over its stream and gets an answer); the rest are closed.
+            let max = supervox::defaults::MAX_TURN_STREAMS_PER_HOST;
+            let mut streams = Vec::new();
+            for n in 0..max as u32 + 8 {
+                let mut s = TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap();
+                s.write_all(&binding(n)).unwrap();
+                streams.push(s);
+                std::thread::sleep(Duration::from_millis(5));
             }
-        }
-        assert!(t0.elapsed() < Duration::from_millis(1_800), "still within the sniffing window");
-        let held = 40 - dropped_at_once;
-        eprintln!("40 silent connections from one host: {held} held while sniffing, {dropped_at_once} dropped at once");
-        assert!(held <= supervox::defaults::MAX_SNIFFING_PER_HOST, "{held} held");
-        assert!(dropped_at_once >= 40 - supervox::defaults::MAX_SNIFFING_PER_HOST - 2, "{dropped_at_once}");
-        drop(silent);
-        // TURN over TCP from one host: a bounded number of streams are served (each asks
-        // a Binding over its stream and gets an answer); the rest are closed.
-        let max = supervox::defaults::MAX_TURN_STREAMS_PER_HOST;
-        let mut streams = Vec::new();
-        for n in 0..max as u32 + 8 {
-            let mut s = TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap();
-            s.write_all(&binding(n)).unwrap();
-            streams.push(s);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut answered = 0;
-        for mut s in streams.iter() {
-            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-            let mut buf = [0u8; 512];
-            if s.read(&mut buf).is_ok_and(|n| n >= 20 && buf[0] == 0x01 && buf[1] == 0x01) {
-                answered += 1;
+            let mut answered = 0;
+            for mut s in streams.iter() {
+                s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                let mut buf = [0u8; 512];
+                if s.read(&mut buf).is_ok_and(|n| n >= 20 && buf[0] == 0x01 && buf[1] == 0x01) {
+                    answered += 1;
+                }
             }
-        }
-        assert_eq!(answered, max, "TURN streams served from one host");
-    })
-    .unwrap();
-    let _ = ip_b;
+            assert_eq!(answered, max, "TURN streams served from one host");
+        })
+        .unwrap();
 }
