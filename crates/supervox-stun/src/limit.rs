@@ -76,11 +76,7 @@ impl Default for PrefixLimiter {
 /// The network an address belongs to for rate limits: its /24 (IPv4, also when mapped
 /// into IPv6) or its /48 (IPv6), tagged with the family.
 pub fn prefix(ip: IpAddr) -> (u8, u128) {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => (4, u128::from(u32::from(v4) >> 8)),
         IpAddr::V6(v6) => (6, u128::from(v6) >> 80),
     }

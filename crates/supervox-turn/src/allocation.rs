@@ -151,16 +151,12 @@ pub struct PeerPolicy {
 
 /// Whether relaying to `ip` is forbidden (403) under `policy`: always unspecified, "this
 /// network" (0/8), multicast, broadcast, link-local (e.g. cloud metadata 169.254.169.254,
-/// fe80::/10), IPv4-compatible/site-local remnants; loopback unless `allow_loopback`;
+/// fe80::/10) and the deprecated site-local fec0::/10; loopback unless `allow_loopback`;
 /// private, CGNAT and ULA unless `allow_private`. IPv4-mapped IPv6 addresses are judged
 /// by their IPv4 form. (The relay's own addresses are checked by the server, which knows
 /// them and its relay ports.)
 pub fn peer_forbidden(ip: IpAddr, policy: PeerPolicy) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             let private = v4.is_private() || (o[0] == 100 && (o[1] & 0xC0) == 64);

@@ -284,11 +284,10 @@ impl TurnServer {
     /// Whether `peer` is one of the server's own addresses at a port that is not one of its
     /// relays: a service on the relay's host, which relayed traffic must not reach.
     pub(crate) fn is_own_service(&self, peer: SocketAddr) -> bool {
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        !ip.is_loopback() && self.cfg.own_ips.contains(&ip) && !self.by_relay.contains_key(&peer)
+        let ip = peer.ip().to_canonical();
+        !ip.is_loopback()
+            && self.cfg.own_ips.iter().any(|own| own.to_canonical() == ip)
+            && !self.by_relay.contains_key(&peer)
     }
 
     /// Next output for the driver, in order.

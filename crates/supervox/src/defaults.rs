@@ -32,11 +32,8 @@ pub const STEP_BACK_AFTER_S: u64 = supervox_core::defaults::STEP_BACK_AFTER_MS /
 /// IPv6 /64 (one subscriber's network); IPv4-mapped addresses as IPv4.
 pub fn host_key(ip: std::net::IpAddr) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv6Addr};
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,
     }
 }

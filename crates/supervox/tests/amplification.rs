@@ -74,6 +74,18 @@ impl Stranger {
     }
 }
 
+/// Whether the supernode closed `s` (within `wait`): an end of stream, or a reset when it
+/// closed with our bytes unread.
+fn closed_by_peer(mut s: &TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
 #[test]
 fn a_binding_flood_toward_one_network_is_capped_per_prefix() {
     let net = Stranger::new(&[]);
@@ -158,17 +170,7 @@ fn one_host_holds_a_bounded_number_of_connections() {
             wait_for("connections_refused_per_host_total", &|v| v >= 5);
             assert_eq!(common::metric(metrics, "connections"), 5, "five links held from one host");
             // The refused ones were closed by the supernode.
-            let mut closed = 0;
-            for mut s in squat.iter() {
-                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-                let mut buf = [0u8; 64];
-                // Closed with our bytes unread: a reset, or an end of stream.
-                match s.read(&mut buf) {
-                    Ok(0) => closed += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
-                    _ => {}
-                }
-            }
+            let closed = squat.iter().filter(|s| closed_by_peer(s, Duration::from_millis(300))).count();
             assert_eq!(closed, 5, "the five beyond the limit were closed");
             // Closing them gives the host its slots back.
             drop(squat);
@@ -180,16 +182,7 @@ fn one_host_holds_a_bounded_number_of_connections() {
             let silent: Vec<TcpStream> =
                 (0..40).map(|_| TcpStream::connect_timeout(&sn, Duration::from_secs(2)).unwrap()).collect();
             let t0 = Instant::now();
-            let mut dropped_at_once = 0;
-            for mut s in silent.iter() {
-                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                let mut buf = [0u8; 8];
-                match s.read(&mut buf) {
-                    Ok(0) => dropped_at_once += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => dropped_at_once += 1,
-                    _ => {}
-                }
-            }
+            let dropped_at_once = silent.iter().filter(|s| closed_by_peer(s, Duration::from_millis(20))).count();
             assert!(t0.elapsed() < Duration::from_millis(1_800), "still within the sniffing window");
             let held = 40 - dropped_at_once;
             eprintln!(

@@ -109,10 +109,7 @@ impl TcpStreams {
 /// loopback ourselves: otherwise a peer's "candidate" at 127.0.0.1 would make us connect
 /// to a service on our own host.
 fn connectable(a: &SocketAddr, on_loopback: bool) -> bool {
-    let ip = match a.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
+    let ip = a.ip().to_canonical();
     let link_local = match ip {
         IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xFFC0) == 0xFE80,
