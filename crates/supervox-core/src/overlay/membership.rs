@@ -248,10 +248,20 @@ impl Membership {
         self.table.get(id).map(|s| s.member())
     }
 
-    /// True if a live member advertises `addr`. A scan: for rare questions
-    /// (a dial-back request, a volunteer), not per datagram.
+    /// True if a live member advertises `addr`.
     pub fn is_live_addr(&self, addr: &SocketAddr) -> bool {
-        self.table.iter().any(|(_, s)| s.is_live() && s.addr() == *addr)
+        self.table.find_addr(addr).and_then(|i| self.table.slot(i)).is_some_and(|s| s.is_live())
+    }
+
+    /// The member (in any state) that last advertised `addr`: whom a datagram
+    /// to that address is sealed for.
+    pub fn id_at(&self, addr: &SocketAddr) -> Option<UserId> {
+        self.table.find_addr(addr).and_then(|i| self.table.slot(i)).map(|s| s.id)
+    }
+
+    /// True if `id` is a member we know, alive or suspect.
+    pub fn is_live(&self, id: &UserId) -> bool {
+        self.table.get(id).is_some_and(|s| s.is_live())
     }
 
     /// Smoothed RTT to a member, if measured.
@@ -470,14 +480,13 @@ impl Membership {
             self.events.push_back(MemberEvent::Up(m));
             return Some(i);
         };
-        let s = self.table.slot_mut(i)?;
-        let old = s.member();
+        let old = self.table.slot(i)?.member();
         let newer =
             m.incarnation > old.incarnation || (m.incarnation == old.incarnation && rank(m.state) > rank(old.state));
         if !newer {
             return None;
         }
-        s.set(&m);
+        self.table.set(i, &m);
         let was_live = old.state != MemberState::Dead;
         let now_live = m.state != MemberState::Dead;
         if was_live {
