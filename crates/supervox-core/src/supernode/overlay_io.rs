@@ -198,11 +198,16 @@ impl Supernode {
     /// is no member's and has not proved itself are bounded by what came
     /// from it (no amplification).
     pub(super) fn send_overlay(&mut self, to: SocketAddr, msg: OverlayMsg) {
+        let Some(id) = self.membership.id_at(&to).or_else(|| self.wire.id_at(&to)) else {
+            return self.park(to, msg, self.clock_ms);
+        };
+        self.send_overlay_to(id, to, msg);
+    }
+
+    /// Seal and queue one overlay message for member `id` at `to`.
+    fn send_overlay_to(&mut self, id: supervox_proto::UserId, to: SocketAddr, msg: OverlayMsg) {
         let kind = overlay_kind(&msg);
         let now_ms = self.clock_ms;
-        let Some(id) = self.membership.id_at(&to).or_else(|| self.wire.id_at(&to)) else {
-            return self.park(to, msg, now_ms);
-        };
         let limited = is_answer(&msg) && !self.membership.is_live_addr(&to);
         let packet = OverlayPacket { from: self.membership.me(), msg };
         match self.wire.seal(&id, to, &packet, limited, now_ms) {
@@ -231,6 +236,9 @@ impl Supernode {
     pub(super) fn flush_membership(&mut self, now_ms: u64) {
         while let Some((to, msg)) = self.membership.poll_send() {
             self.send_overlay(to, msg);
+        }
+        while let Some((id, to, msg)) = self.membership.poll_confirm() {
+            self.send_overlay_to(id, to, msg);
         }
         self.place_all(now_ms);
         let mut partner_may_change = false;
