@@ -300,8 +300,8 @@ impl BoundSupernode {
                     // datagram) share one commit (one fsync, ~4 ms: BENCHMARKS.md).
                     for _ in 0..UDP_EVENTS_PER_ROUND {
                         match udp_rx.try_recv() {
-                            Ok(ev) => udp.on_event(ev, &mut sn),
-                            Err(_) => break,
+                            Some(ev) => udp.on_event(ev, &mut sn),
+                            None => break,
                         }
                     }
                 }
