@@ -46,7 +46,6 @@ use supervox_proto::overlay::{
 use supervox_proto::UserId;
 
 use crate::identity::{noise_public_key, Identity};
-use crate::replay::ReplayWindow;
 
 const KIND_HELLO: u8 = 0x01;
 const KIND_SEALED: u8 = 0x02;
@@ -73,6 +72,8 @@ pub const DEFAULT_PEER_KEYS: usize = 4_096;
 pub const STRANGERS_PER_SEC: u32 = 200;
 /// Unvalidated bytes we may answer a peer with, at most, however much it sent.
 const MAX_CREDIT: u32 = 16 * 1024;
+/// Addresses remembered for senders the membership does not know.
+const MAX_ADDRS: usize = 1_024;
 /// Cookies are minted per window; the current and the previous one are accepted.
 const COOKIE_WINDOW_MS: u64 = 120_000;
 
@@ -172,9 +173,8 @@ struct Peer {
     dir: u8,
     send_stamp: u64,
     send_seq: u64,
-    window: ReplayWindow,
-    /// Where it last sealed from, and where it is known to receive.
-    addr: Option<SocketAddr>,
+    window: Window,
+    /// Where it is known to receive (it echoed our cookie from there).
     validated: Option<SocketAddr>,
     /// Bytes we may still answer to an unvalidated address.
     credit: u32,
@@ -242,7 +242,8 @@ impl Wire {
         self.stats
     }
 
-    /// The member we last heard from (or were told of by a `HelloAck`) at `addr`.
+    /// The sender not known as a member we last heard from (or were told of
+    /// by a `HelloAck`) at `addr`.
     pub fn id_at(&self, addr: &SocketAddr) -> Option<UserId> {
         self.by_addr.get(addr).copied()
     }
@@ -295,8 +296,7 @@ impl Wire {
                     dir: if self.me.0 < id.0 { 1 } else { 2 },
                     send_stamp: 0,
                     send_seq: 0,
-                    window: ReplayWindow::new(),
-                    addr: None,
+                    window: Window::default(),
                     validated: None,
                     credit: 0,
                     their_cookie: None,
@@ -323,25 +323,18 @@ impl Wire {
                 self.order.push_back(id);
                 continue;
             }
-            if let Some(p) = self.peers.remove(&id) {
-                if let Some(a) = p.addr {
-                    if self.by_addr.get(&a) == Some(&id) {
-                        self.by_addr.remove(&a);
-                    }
-                }
-            }
+            self.peers.remove(&id);
         }
     }
 
+    /// Remember who is at `addr` when the membership cannot say (a seed
+    /// before we join, a stranger we answer). Bounded: forgotten wholesale
+    /// when full, which costs only a `Hello` or an unanswered stranger.
     fn note_addr(&mut self, id: UserId, addr: SocketAddr) {
-        if let Some(p) = self.peers.get_mut(&id) {
-            if let Some(old) = p.addr.replace(addr) {
-                if old != addr && self.by_addr.get(&old) == Some(&id) {
-                    self.by_addr.remove(&old);
-                }
-            }
-            self.by_addr.insert(addr, id);
+        if self.by_addr.len() >= MAX_ADDRS && !self.by_addr.contains_key(&addr) {
+            self.by_addr.clear();
         }
+        self.by_addr.insert(addr, id);
     }
 
     /// Seal `packet` for member `to_id` at `to`. `limited`: an answer that
@@ -527,7 +520,8 @@ impl Wire {
         if stamp + FRESH_MS < now_ms || stamp > now_ms + FRESH_MS {
             return Err(OverlayError::Replayed);
         }
-        if !self.peers.contains_key(&sender) && !is_member(&sender) {
+        let member = is_member(&sender);
+        if !self.peers.contains_key(&sender) && !member {
             if now_ms >= self.strangers.0 + 1_000 {
                 self.strangers = (now_ms, 0);
             }
@@ -562,8 +556,38 @@ impl Wire {
         if give.is_some() {
             p.their_cookie = give;
         }
-        self.note_addr(sender, from);
+        if !member {
+            self.note_addr(sender, from);
+        }
         Ok(Inbound::Packet { sender, validated, packet })
+    }
+}
+
+/// Anti-replay window of 64 counters per sender: counters are consecutive
+/// per pair, so 64 covers any reordering a datagram network shows, in 16
+/// bytes (10^7 of these live in a 10 000-supernode simulation).
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    top: u64,
+    bits: u64,
+}
+
+impl Window {
+    /// True the first time `c` is seen and it is not older than 64 below the top.
+    fn accept(&mut self, c: u64) -> bool {
+        if c > self.top || (self.top == 0 && self.bits == 0) {
+            let shift = c - self.top;
+            self.bits = if shift >= 64 { 0 } else { self.bits << shift };
+            self.bits |= 1;
+            self.top = c;
+            return true;
+        }
+        let back = self.top - c;
+        if back >= 64 || self.bits & (1 << back) != 0 {
+            return false;
+        }
+        self.bits |= 1 << back;
+        true
     }
 }
 
@@ -673,6 +697,22 @@ mod tests {
         // Another network's Hello is not answered.
         let (_, other) = wire(3, [9; 32]);
         assert_eq!(b.open(a_addr, &other.hello(), NOW, |_| false), Err(OverlayError::NotOverlay));
+    }
+
+    #[test]
+    fn the_window_takes_each_counter_once_within_64() {
+        let mut w = Window::default();
+        assert!(w.accept(1_000));
+        assert!(!w.accept(1_000), "duplicate");
+        assert!(w.accept(1_002));
+        assert!(w.accept(1_001), "reordered within the window");
+        assert!(!w.accept(1_001));
+        assert!(w.accept(1_100));
+        assert!(!w.accept(1_002), "older than the window");
+        assert!(w.accept(1_037), "inside the window, unseen");
+        assert!(!w.accept(1_036 - 64));
+        assert!(w.accept(u64::MAX));
+        assert!(!w.accept(u64::MAX));
     }
 
     #[test]

@@ -114,13 +114,7 @@ impl Supernode {
             return;
         }
         if self.membership.get(&sender).is_none() && !(validated && member.addr == from) {
-            // A stranger: a ping gets a bare ack (no larger than the ping,
-            // with our cookie, which it echoes to prove its address).
-            self.stats.overlay_refused += 1;
-            if let OverlayMsg::Ping { seq, .. } = msg {
-                self.send_overlay(from, OverlayMsg::Ack { seq, updates: Vec::new() });
-            }
-            return;
+            return self.on_stranger_msg(from, member.id, msg, now_ms);
         }
         if matches!(msg, OverlayMsg::Ping { .. } | OverlayMsg::PingReq { .. }) {
             self.probed(now_ms);
@@ -128,7 +122,9 @@ impl Supernode {
         let incarnation = self.membership.me().incarnation;
         self.membership.observe(member, now_ms);
         if let OverlayMsg::Unpublish { user } = msg {
-            self.directory.remove_presence_at(&user, member.addr);
+            // The address we hold for the sender (its header may say another).
+            let at = self.membership.get(&sender).map_or(member.addr, |m| m.addr);
+            self.directory.remove_presence_at(&user, at);
         } else if !self.membership.on_msg(from, &member, &msg, now_ms) {
             if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
                 if let Some(msg) = self.on_mail_msg(from, msg, now_ms) {
@@ -138,6 +134,39 @@ impl Supernode {
         }
         if self.membership.me().incarnation > incarnation {
             self.refuted(now_ms);
+        }
+        self.flush_membership(now_ms);
+    }
+
+    /// A sender not (yet) admitted as a member: it may be a supernode whose
+    /// join has not reached us, or anyone with a key and a spoofed source.
+    /// Its header is not learnt and it speaks for no membership; its index,
+    /// mail and signal requests are served (records are verified on their
+    /// own signatures, and every answer to an unproved address is bounded by
+    /// what came from it, with a cookie whose echo admits a real member);
+    /// a ping gets a bare ack; it cannot order dial-backs or unpublish.
+    fn on_stranger_msg(&mut self, from: SocketAddr, id: supervox_proto::UserId, msg: OverlayMsg, now_ms: u64) {
+        match msg {
+            OverlayMsg::Ping { seq, .. } => self.send_overlay(from, OverlayMsg::Ack { seq, updates: Vec::new() }),
+            OverlayMsg::Claim { .. }
+            | OverlayMsg::Publish { .. }
+            | OverlayMsg::Lookup { .. }
+            | OverlayMsg::Store { .. }
+            | OverlayMsg::Signal { .. }
+            | OverlayMsg::MailPut { .. }
+            | OverlayMsg::MailFetch { .. }
+            | OverlayMsg::MailAck { .. }
+            | OverlayMsg::MailCopy { .. } => {
+                if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
+                    if let Some(msg) = self.on_mail_msg(from, msg, now_ms) {
+                        self.on_peer_msg(from, id, msg, now_ms);
+                    }
+                }
+            }
+            other => {
+                self.stats.overlay_refused += 1;
+                debug!("overlay {} from stranger {from} refused", overlay_kind(&other));
+            }
         }
         self.flush_membership(now_ms);
     }
