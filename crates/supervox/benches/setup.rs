@@ -123,7 +123,8 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     for (i, row) in ROWS.iter().enumerate().filter(|(_, r)| !only_auto || r.fresh_udp_blocked) {
         let dir = tmp.path().join(i.to_string());
-        let figures = if row.fresh_udp_blocked { run_fresh_blocked(&dir, row, calls) } else { run_path(&dir, row, calls) };
+        let figures =
+            if row.fresh_udp_blocked { run_fresh_blocked(&dir, row, calls) } else { run_path(&dir, row, calls) };
         match figures {
             Ok(f) => {
                 let up =
