@@ -326,7 +326,8 @@ impl Client {
         }
         self.relays.in_use = next;
         if was == Some(Leg::Stream) && next == Some(Leg::Udp) {
-            info!("relay over UDP is up: the TCP allocation is released");
+            let via = self.relays.stream.as_ref().map_or("stream", |t| t.transport().as_str());
+            info!("relay over UDP is up: the {via} allocation is released");
             self.release_leg(Leg::Stream, now_ms);
         }
         self.refresh_candidates();
