@@ -105,8 +105,9 @@ pub struct ClientConfig {
     pub force_relay: bool,
     /// A TURN server to use instead of our supernode's relay.
     pub external_relay: Option<ExternalRelay>,
-    /// Reach the relay only this way; `None` (auto): UDP, then TCP once UDP proves blocked,
-    /// then TLS once plain TCP to the relay fails too.
+    /// Reach the relay only this way; `None` (auto): UDP and TCP raced at sign-in, the first
+    /// allocation up used, TCP dropped once UDP works (TLS instead of TCP once plain TCP to
+    /// the relay failed; client/relay.rs).
     pub relay_transport: Option<RelayTransport>,
     /// Offer to serve as a supernode (`--supernode auto`).
     pub volunteer: Option<VolunteerConfig>,
@@ -375,13 +376,8 @@ pub struct Client {
     probe: Option<supervox_stun::NatProbe>,
     reach: Option<supervox_stun::Reachability>,
     relay: Option<RelayCredentials>,
-    turn: Option<supervox_turn::TurnClient>,
-    relay_retry_ms: u64,
-    /// How the relay is reached from now on: UDP, or TCP once UDP proved blocked here (probe
-    /// or a timed-out allocation), or TLS once plain TCP failed too (or as configured).
-    relay_transport: RelayTransport,
-    /// How the allocation in `turn` reaches its server.
-    turn_via: RelayTransport,
+    /// The relay's allocations, over UDP and over a stream, raced in auto mode (client/relay.rs).
+    relays: relay::Relays,
     next_req: u64,
     promotion: promotion::Promotion,
     rng: StdRng,
@@ -422,7 +418,7 @@ pub struct Client {
 impl Client {
     /// A client that will sign in through the supernodes in `host_cache`.
     pub fn new(identity: Identity, cfg: ClientConfig, host_cache: HostCache, rng_seed: u64) -> Self {
-        let relay_transport = cfg.relay_transport.unwrap_or(RelayTransport::Udp);
+        let relays = relay::Relays::new(cfg.relay_transport);
         Self {
             identity,
             cfg,
@@ -440,10 +436,7 @@ impl Client {
             probe: None,
             reach: None,
             relay: None,
-            turn: None,
-            relay_retry_ms: 0,
-            relay_transport,
-            turn_via: relay_transport,
+            relays,
             next_req: 1,
             promotion: promotion::Promotion::default(),
             rng: StdRng::seed_from_u64(rng_seed),

@@ -52,8 +52,7 @@ pub use tcp_framing::{FramingError, TcpFramer};
 /// `TurnClient`, the server's sessions, and `supervox-core`'s relay choice, which calls it
 /// `RelayTransport`). TCP and TLS are stream transports: the driver frames them with
 /// [`TcpFramer`] (and terminates TLS, passing plaintext), ChannelData on them is padded to
-/// 4 bytes and requests are not retransmitted. Ordered from the lightest: a client that
-/// cannot get through moves only up (UDP, then TCP, then TLS).
+/// 4 bytes and requests are not retransmitted. Ordered from the lightest (UDP, TCP, TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Transport {
     /// UDP datagrams.

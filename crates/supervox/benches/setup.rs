@@ -13,6 +13,13 @@
 //! * `relay-tcp`: alice reaches her relay over TCP only and uses relays only
 //!   (`--force-relay --relay-transport tcp`), as a client behind a firewall
 //!   that passes only TCP would.
+//! * `relay-tcp, auto`: alice behind a firewall that drops all UDP (nftables
+//!   in her namespace), on the far side of the link from the supernode, with
+//!   `--force-relay` and the relay transport left to auto; she is started
+//!   afresh for every call and calls the moment `ctl status` shows her
+//!   signed in, so the call cannot wait for her NAT probe (~3 s to conclude
+//!   "UDP blocked") nor for a relay made earlier. Bob sits with the
+//!   supernode. This is the NAT lab's relay-tcp cells' case (issue 16).
 //!
 //! Setup is measured two ways: `setup_ms` of `call_connected` (invite sent →
 //! media path confirmed at the caller), and "callee hears" = that plus the
@@ -27,7 +34,8 @@
 //! no second opinion). Strangers are fresh nodes per call (new keys, new
 //! names), since a connected call pins them. All with `--privacy relaxed`,
 //! so the rows differ in their lookups only. Needs root and `ip`.
-//! Run: `cargo bench -p supervox --bench setup [-- CALLS] [trust]`.
+//! Run: `cargo bench -p supervox --bench setup [-- CALLS] [trust | relay-auto]`
+//! (`relay-auto`: the `relay-tcp, auto` row alone).
 
 use serde_json::Value;
 use std::path::Path;
@@ -51,6 +59,9 @@ struct Row {
     upgrades: Option<&'static str>,
     alice: &'static [&'static str],
     bob: &'static [&'static str],
+    /// Alice behind a UDP-dropping firewall across the link, restarted for every
+    /// call and calling right after sign-in (see the module docs).
+    fresh_udp_blocked: bool,
 }
 
 const ROWS: &[Row] = &[
@@ -60,6 +71,7 @@ const ROWS: &[Row] = &[
         upgrades: None,
         alice: &["--privacy", "relaxed"],
         bob: &["--privacy", "relaxed"],
+        fresh_udp_blocked: false,
     },
     Row {
         label: "stranger: relay-udp, then direct-udp",
@@ -67,6 +79,7 @@ const ROWS: &[Row] = &[
         upgrades: Some("direct-udp"),
         alice: &[],
         bob: &[],
+        fresh_udp_blocked: false,
     },
     Row {
         label: "relay-tcp (--force-relay --relay-transport tcp)",
@@ -74,6 +87,15 @@ const ROWS: &[Row] = &[
         upgrades: None,
         alice: &["--force-relay", "--relay-transport", "tcp"],
         bob: &[],
+        fresh_udp_blocked: false,
+    },
+    Row {
+        label: "relay-tcp, auto (UDP blocked, --force-relay, called right after sign-in)",
+        connects: "relay-tcp",
+        upgrades: None,
+        alice: &["--force-relay"],
+        bob: &[],
+        fresh_udp_blocked: true,
     },
 ];
 
@@ -93,13 +115,17 @@ fn main() {
     if std::env::args().any(|a| a == "trust") {
         return trust_table(tmp.path(), calls);
     }
+    let only_auto = std::env::args().any(|a| a == "relay-auto");
     println!("Call setup over a 50 ms RTT link, {calls} calls per path (median / p90 / max, ms)\n");
     println!(
         "| path | calls connected | setup median | setup p90 | setup max | callee hears median | callee hears p90 | direct after median | direct after p90 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (i, row) in ROWS.iter().enumerate() {
-        match run_path(&tmp.path().join(i.to_string()), row, calls) {
+    for (i, row) in ROWS.iter().enumerate().filter(|(_, r)| !only_auto || r.fresh_udp_blocked) {
+        let dir = tmp.path().join(i.to_string());
+        let figures =
+            if row.fresh_udp_blocked { run_fresh_blocked(&dir, row, calls) } else { run_path(&dir, row, calls) };
+        match figures {
             Ok(f) => {
                 let up =
                     |p: f64| if row.upgrades.is_some() { format!("{:.0}", pct(&f.upgraded, p)) } else { "—".into() };
@@ -119,8 +145,10 @@ fn main() {
             Err(e) => println!("| {} | failed: {e} | | | | | | | |", row.label),
         }
     }
-    println!();
-    trust_table(tmp.path(), calls);
+    if !only_auto {
+        println!();
+        trust_table(tmp.path(), calls);
+    }
 }
 
 /// The trust checks' cost (module docs).
@@ -432,6 +460,69 @@ fn run_path(dir: &Path, row: &Row, calls: usize) -> Result<Figures, String> {
             f.hears.push(ms + ONE_WAY_MS + p);
         }
         // Both sides back to idle before the next call.
+        wait_status(&cb, "left the call", |s| s["call"].is_null())?;
+    }
+    Ok(f)
+}
+
+/// The `relay-tcp, auto` row (module docs): bob with the supernode in `a`, alice in `b`
+/// behind a firewall that drops every UDP packet, started afresh for each call, which
+/// she places as soon as her status shows her signed in.
+fn run_fresh_blocked(dir: &Path, row: &Row, calls: usize) -> Result<Figures, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let lab = Lab::new().map_err(|e| e.to_string())?;
+    let (a, b) = (lab.namespace("a").map_err(|e| e.to_string())?, lab.namespace("b").map_err(|e| e.to_string())?);
+    let imp = Impairment::from_str(LINK).map_err(|e| e.to_string())?;
+    let link = lab.link(&a, &b, LinkConfig::symmetric(imp).with_seed(7)).map_err(|e| e.to_string())?;
+    // Only TCP gets in or out of `b` (the impaired link's own forwarding is outside it).
+    let nft = "add table inet noudp\n\
+               add chain inet noudp out { type filter hook output priority 0; }\n\
+               add chain inet noudp in { type filter hook input priority 0; }\n\
+               add rule inet noudp out meta l4proto udp drop\n\
+               add rule inet noudp in meta l4proto udp drop\n";
+    let nft_file = dir.join("noudp.nft");
+    std::fs::write(&nft_file, nft).map_err(|e| e.to_string())?;
+    b.run(["nft", "-f", &nft_file.to_string_lossy()]).map_err(|e| e.to_string())?;
+    let sn = format!("{}:7000", link.addr_a());
+    let sn_dir = dir.join("sn").to_string_lossy().to_string();
+    let _sn =
+        spawn(&a, &["supernode", "--relay-allow-private", "--listen", &sn, "--data-dir", &sn_dir], &dir.join("sn.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ca, cb) = (dir.join("alice.sock"), dir.join("bob.sock"));
+    let (ca_s, cb_s) = (ca.to_string_lossy().to_string(), cb.to_string_lossy().to_string());
+    let (da, db) = (dir.join("alice").to_string_lossy().to_string(), dir.join("bob").to_string_lossy().to_string());
+    let media_a = format!("{}:0", link.addr_b());
+    let media_b = format!("{}:0", link.addr_a());
+    let mut alice = vec!["node", "--name", "alice", "--seed", &sn, "--media", &media_a, "--data-dir", &da];
+    alice.extend(["--control", &ca_s]);
+    alice.extend_from_slice(row.alice);
+    let bob = ["node", "--name", "bob", "--seed", &sn, "--media", &media_b, "--data-dir", &db, "--control", &cb_s];
+    let bob: Vec<&str> =
+        bob.iter().copied().chain(["--auto-answer", "--input", "tone:440"]).chain(row.bob.iter().copied()).collect();
+    let _bob = spawn(&a, &bob, &dir.join("bob.log"));
+    wait_status(&cb, "signed in", |s| s["supernode"].is_string())?;
+    wait_status(&cb, "got a relay", |s| s["relay"]["allocated"].is_string())?;
+    let mut f = Figures::default();
+    for i in 0..calls {
+        let _ = std::fs::remove_file(&ca);
+        let alice_p = spawn(&b, &alice, &dir.join(format!("alice-{i}.log")));
+        // Poll often: the call must go out right after sign-in.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctl(&ca, &["status", "--json"]).first().is_some_and(|s| s["supernode"].is_string()) {
+            if Instant::now() > deadline {
+                return Err("alice never signed in".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let events = ctl_timed(&ca, &["call", "bob", "--duration", "1", "--json"]);
+        let _ = alice_p.kill();
+        let Some((_, c)) = events.iter().find(|(_, e)| e["event"] == "call_connected") else { continue };
+        if c["path"] != row.connects {
+            return Err(format!("connected over {} instead of {}", c["path"], row.connects));
+        }
+        let Some(ms) = c["setup_ms"].as_f64() else { continue };
+        f.ok += 1;
+        f.setup.push(ms);
         wait_status(&cb, "left the call", |s| s["call"].is_null())?;
     }
     Ok(f)

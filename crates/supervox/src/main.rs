@@ -235,8 +235,8 @@ struct NodeArgs {
     /// certificate is pinned, not checked against CAs.
     #[arg(long, value_name = "SHA256", value_parser = parse_fingerprint)]
     turn_tls_fingerprint: Option<[u8; 32]>,
-    /// How to reach the relay: `auto` (UDP; TCP once UDP proves blocked; TLS once plain TCP
-    /// fails too and the supernode serves TLS), `tcp` (always TURN over TCP, for networks
+    /// How to reach the relay: `auto` (UDP and TCP raced at sign-in, UDP kept when it works;
+    /// TLS instead of TCP once plain TCP fails and the supernode serves TLS), `tcp` (always TURN over TCP, for networks
     /// that pass only TCP) or `tls` (always TURN over TLS to the supernode's
     /// --relay-tls-listen port, for networks that pass only TLS or only port 443).
     #[arg(long, value_enum, default_value = "auto")]

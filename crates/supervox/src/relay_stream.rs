@@ -75,6 +75,11 @@ pub fn open(
             Ok(Err(e)) => return closed(format!("connect to {server}: {e}")).await,
             Err(_) => return closed(format!("connect to {server} timed out")).await,
         };
+        // Given up while we connected (a raced stream that lost to UDP): no allocation can
+        // exist on a stream never written to, so there is nothing to release.
+        if rx.is_closed() {
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let Some(pin) = tls else { return pump(stream, rx, generation, events).await };
         let config = match crate::tls::pinned_client_config(pin) {

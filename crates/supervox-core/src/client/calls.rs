@@ -705,6 +705,11 @@ impl Client {
         self.send_nat_report(id);
         self.permit_peers(&peers, now_ms);
         self.connect_tcp(id, &remote, now_ms);
+        // The revealed pairs' checks are due now: sent now, not at the next timer (this
+        // may run inside `handle_timeout`, which must leave nothing due behind it).
+        if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.path.as_mut()) {
+            p.handle_timeout(now_ms);
+        }
         self.flush_path(id, now_ms);
         self.maybe_predict(id, now_ms);
     }

@@ -9,7 +9,6 @@
 //! That second report starts the easy side's spray: spraying earlier would
 //! waste guesses on mappings that do not exist yet.
 
-use super::RelayTransport;
 use super::{Client, ClientOutput};
 use crate::call::Phase;
 use crate::media_path::predict::{role, spray_plan, Role, SPARE_SOCKETS, SPRAY_BUDGET};
@@ -38,10 +37,7 @@ impl Client {
     /// finished, when UDP does not get out, or when the peer must not learn
     /// our addresses (`force_relay`).
     pub(super) fn nat_report(&self, spare_sockets: u16) -> Option<NatReport> {
-        let r = self
-            .reach
-            .as_ref()
-            .filter(|r| r.udp && !self.cfg.force_relay && self.relay_transport == RelayTransport::Udp)?;
+        let r = self.reach.as_ref().filter(|r| r.udp && !self.cfg.force_relay && !self.udp_off())?;
         let mapped: Vec<_> = r.mapped.into_iter().chain(r.mapped_sn2).collect();
         Some(NatReport { mapping: r.mapping, filtering: r.filtering, mapped, spare_sockets })
     }

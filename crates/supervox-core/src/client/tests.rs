@@ -68,7 +68,25 @@ struct Net {
     /// Record this client's outputs into `recorded` (see [`Net::step_collecting`]).
     record: Option<usize>,
     recorded: Vec<ClientOutput>,
+    /// The supernode's TURN server (see [`Net::with_turn`]); without it, TURN gets no answer.
+    turn: Option<supervox_turn::TurnServer>,
+    /// Client `i`'s datagrams reach the supernode's host, its UDP port and relay sockets,
+    /// and come back from it (else lost: UDP blocked).
+    udp_to_sn: Vec<bool>,
+    /// Client `i`'s open relay stream: the client address the TURN server sees it from.
+    relay_stream: Vec<Option<SocketAddr>>,
+    /// Relay streams opened so far (each gets its own client port).
+    relay_streams_opened: u16,
+    /// Bytes each client wrote to its relay streams.
+    relay_stream_sent: Vec<Vec<Vec<u8>>>,
+    /// `RelayDisconnect`s per client.
+    relay_disconnects: Vec<usize>,
+    /// Relay sockets the TURN server was given.
+    turn_relays: u16,
 }
+
+/// The TURN server's relay sockets: `addr(RELAY_PORTS + n)`.
+const RELAY_PORTS: u16 = 20_000;
 
 /// The second supernode's port.
 const SN2: u16 = 4001;
@@ -152,7 +170,74 @@ impl Net {
             second_sent: vec![vec![]; n],
             record: None,
             recorded: vec![],
+            turn: None,
+            udp_to_sn: vec![true; n],
+            relay_stream: vec![None; n],
+            relay_streams_opened: 0,
+            relay_stream_sent: vec![vec![]; n],
+            relay_disconnects: vec![0; n],
+            turn_relays: 0,
         }
+    }
+
+    /// A TURN server behind the supernode (its credentials' secret), over UDP at
+    /// `addr(SN)` and over TCP streams to it; relay sockets at `RELAY_PORTS` and up.
+    fn with_turn(mut self) -> Self {
+        let mut cfg = supervox_turn::TurnConfig::new("supervox", b"secret".to_vec());
+        cfg.peers.allow_loopback = true;
+        self.turn = Some(supervox_turn::TurnServer::new(cfg, self.now));
+        self
+    }
+
+    /// Deliver what the TURN server sends.
+    fn turn_outputs(&mut self) -> bool {
+        use supervox_turn::Output;
+        let mut moved = false;
+        while let Some(o) = self.turn.as_mut().and_then(|t| t.poll_output()) {
+            moved = true;
+            match o {
+                Output::ToClient { transport: supervox_turn::Transport::Udp, client, bytes, .. } => {
+                    let j = usize::from(client.port().wrapping_sub(5000));
+                    if j < self.clients.len() && self.udp_to_sn[j] {
+                        if let Some((_, m)) = self.clients[j].handle_datagram(addr(SN), &bytes, self.now) {
+                            self.media[j].push(m);
+                        }
+                    }
+                }
+                Output::ToClient { client, bytes, .. } => {
+                    if let Some(j) = self.relay_stream.iter().position(|s| *s == Some(client)) {
+                        if let Some((_, m)) = self.clients[j].on_relay_frame(&bytes, self.now) {
+                            self.media[j].push(m);
+                        }
+                    }
+                }
+                // Relay to relay (both clients' allocations are on this server).
+                Output::ToPeer { relay_addr, peer, bytes } if peer.port() > RELAY_PORTS => {
+                    let now = self.now;
+                    if let Some(t) = self.turn.as_mut() {
+                        t.handle_peer(peer, relay_addr, &bytes, now);
+                    }
+                }
+                Output::ToPeer { relay_addr, peer, bytes } => {
+                    let j = usize::from(peer.port().wrapping_sub(5000));
+                    if j < self.clients.len() && self.udp_to_sn[j] {
+                        if let Some((_, m)) = self.clients[j].handle_datagram(relay_addr, &bytes, self.now) {
+                            self.media[j].push(m);
+                        }
+                    }
+                }
+                Output::AllocateRelay { token, .. } => {
+                    self.turn_relays += 1;
+                    let relay = addr(RELAY_PORTS + self.turn_relays);
+                    let now = self.now;
+                    if let Some(t) = self.turn.as_mut() {
+                        t.relay_allocated(token, Ok(relay), now);
+                    }
+                }
+                Output::ReleaseRelay { .. } => {}
+            }
+        }
+        moved
     }
 
     /// Sign in, then let every client know the second supernode too.
@@ -221,6 +306,9 @@ impl Net {
                 assert!(next.is_none_or(|t| t > now), "client {i} still due at {now} after handle_timeout: {next:?}");
             }
         }
+        if let Some(t) = self.turn.as_mut().filter(|t| t.poll_timeout().is_some_and(|t| t <= now)) {
+            t.handle_timeout(now);
+        }
         if self.sn.poll_timeout().is_some_and(|t| t <= now) {
             self.sn.handle_timeout(now);
             let next = self.sn.poll_timeout();
@@ -266,8 +354,23 @@ impl Net {
                             }
                             self.sn.on_message(c, m, self.now)
                         }
-                        // To the supernode's UDP port (STUN, TURN): lost, as if UDP were blocked.
-                        ClientOutput::Datagram(to, _) if to.port() < 5000 => {}
+                        // To the supernode's UDP port (STUN, TURN): its TURN server if it has
+                        // one and UDP gets there, else lost, as if UDP were blocked.
+                        ClientOutput::Datagram(to, bytes) if to.port() < 5000 => {
+                            if to == addr(SN) && self.udp_to_sn[i] {
+                                let from = addr(5000 + i as u16);
+                                if let Some(t) = self.turn.as_mut() {
+                                    t.handle_client(supervox_turn::Transport::Udp, from, to, &bytes, self.now);
+                                }
+                            }
+                        }
+                        // To a relayed address on the TURN server.
+                        ClientOutput::Datagram(to, bytes) if to.port() > RELAY_PORTS && self.turn.is_some() => {
+                            let from = addr(5000 + i as u16);
+                            if let Some(t) = self.turn.as_mut().filter(|_| self.udp_to_sn[i]) {
+                                t.handle_peer(to, from, &bytes, self.now);
+                            }
+                        }
                         ClientOutput::Datagram(to, bytes) => {
                             let j = usize::from(to.port().wrapping_sub(5000));
                             if to.ip() != addr(0).ip() || j >= self.clients.len() {
@@ -280,7 +383,31 @@ impl Net {
                             }
                         }
                         ClientOutput::Event(e) => self.events[i].push(e),
-                        ClientOutput::RelayConnect { server, tls } => self.relay_connects[i].push((server, tls)),
+                        ClientOutput::RelayConnect { server, tls } => {
+                            self.relay_connects[i].push((server, tls));
+                            // Plain TCP to the supernode connects when it has a TURN server.
+                            if let Some(t) = self.turn.as_mut() {
+                                if let Some(old) = self.relay_stream[i].take() {
+                                    t.handle_client_closed(supervox_turn::Transport::Tcp, old, addr(SN));
+                                }
+                                if server == addr(SN) && tls.is_none() {
+                                    self.relay_streams_opened += 1;
+                                    self.relay_stream[i] = Some(addr(9000 + self.relay_streams_opened));
+                                }
+                            }
+                        }
+                        ClientOutput::RelayStream(bytes) => {
+                            self.relay_stream_sent[i].push(bytes.clone());
+                            if let (Some(t), Some(from)) = (self.turn.as_mut(), self.relay_stream[i]) {
+                                t.handle_client(supervox_turn::Transport::Tcp, from, addr(SN), &bytes, self.now);
+                            }
+                        }
+                        ClientOutput::RelayDisconnect => {
+                            self.relay_disconnects[i] += 1;
+                            if let (Some(t), Some(from)) = (self.turn.as_mut(), self.relay_stream[i].take()) {
+                                t.handle_client_closed(supervox_turn::Transport::Tcp, from, addr(SN));
+                            }
+                        }
                         ClientOutput::SpareDatagram(_, to, _) => self.spare_sends[i].push(to),
                         o @ (ClientOutput::OpenSpares(_) | ClientOutput::CloseSpares { .. }) => {
                             self.spare_ops[i].push(o)
@@ -323,12 +450,11 @@ impl Net {
                         ClientOutput::Close(..)
                         | ClientOutput::HostCacheChanged
                         | ClientOutput::Resolve { .. }
-                        | ClientOutput::Trust(_)
-                        | ClientOutput::RelayStream(_)
-                        | ClientOutput::RelayDisconnect => {}
+                        | ClientOutput::Trust(_) => {}
                     }
                 }
             }
+            moved |= self.turn_outputs();
             while let Some(o) = self.sn.poll_output() {
                 moved = true;
                 if let SnOutput::Send(SPY_CONN, Message::LookupResult { req_id, answer }) = o {
@@ -363,8 +489,10 @@ impl Net {
         let end = self.now + ms;
         loop {
             self.step();
-            let next =
-                crate::timer::earliest(self.clients.iter().map(|c| c.poll_timeout()).chain([self.sn.poll_timeout()]));
+            let turn = self.turn.as_ref().and_then(|t| t.poll_timeout());
+            let next = crate::timer::earliest(
+                self.clients.iter().map(|c| c.poll_timeout()).chain([self.sn.poll_timeout(), turn]),
+            );
             match next {
                 Some(t) if t < end => self.now = t.max(self.now + 1),
                 _ => break,
@@ -579,7 +707,12 @@ fn reconnects_after_losing_the_supernode() {
 
 /// A supernode that relays, also over TLS at `tls` with certificate hash `pin`.
 fn relaying_net(tweak: impl Fn(&mut ClientConfig), tls: Option<(SocketAddr, [u8; 32])>) -> Net {
-    let mut net = Net::new_with(&["alice"], false, tweak);
+    relaying_net_of(&["alice"], tweak, tls)
+}
+
+/// [`relaying_net`] with these clients (auto-answering).
+fn relaying_net_of(names: &[&str], tweak: impl Fn(&mut ClientConfig), tls: Option<(SocketAddr, [u8; 32])>) -> Net {
+    let mut net = Net::new_with(names, true, tweak);
     net.sn.enable_relay_credentials(b"secret".to_vec(), 3600);
     if let Some((a, fingerprint)) = tls {
         net.sn.enable_relay_tls(supervox_proto::RelayTls { fingerprint, relays: vec![a] });
@@ -591,16 +724,19 @@ fn relaying_net(tweak: impl Fn(&mut ClientConfig), tls: Option<(SocketAddr, [u8;
 fn relay_falls_back_from_udp_to_tcp_to_tls_in_auto_mode() {
     let tls = (addr(443), [7; 32]);
     let mut net = relaying_net(|_| {}, Some(tls));
-    // UDP to the supernode is lost: the UDP Allocate gives up after its retransmissions
-    // (~16 s), TURN over TCP follows to the address the supernode was reached at.
-    net.run(17_000);
+    // UDP to the supernode is lost: TURN over TCP races it after UDP's head start, to
+    // the address the supernode was reached at, long before the UDP Allocate gives up.
+    net.run(1_000);
     assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
-    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tcp);
+    // Nothing is proven yet: UDP may still work.
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Udp);
     // Plain TCP is refused (a firewall that passes only 443): TLS to the announced listener, pinned.
     let now = net.now;
     net.clients[0].on_relay_stream_closed(now);
     net.run(100);
     assert_eq!(net.relay_connects[0].last(), Some(&(addr(443), Some([7; 32]))));
+    // The UDP Allocate gives up after its retransmissions (~16 s): UDP is blocked, TLS it is.
+    net.run(17_000);
     assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tls);
     // A TLS stream that fails is retried over TLS (after a pause), never back to TCP.
     let n = net.relay_connects[0].len();
@@ -608,7 +744,7 @@ fn relay_falls_back_from_udp_to_tcp_to_tls_in_auto_mode() {
     net.clients[0].on_relay_stream_closed(now);
     net.run(6_000);
     assert!(net.relay_connects[0].len() > n);
-    assert!(net.relay_connects[0][n..].iter().all(|c| *c == (addr(443), Some([7; 32]))), "{:?}", net.relay_connects);
+    assert!(net.relay_connects[0][1..].iter().all(|c| *c == (addr(443), Some([7; 32]))), "{:?}", net.relay_connects);
 }
 
 #[test]
@@ -655,12 +791,156 @@ fn an_external_turns_server_is_reached_over_tls_with_its_pin() {
 #[test]
 fn a_tcp_relay_stream_that_never_answers_falls_back_to_tls() {
     let mut net = relaying_net(|_| {}, Some((addr(443), [7; 32])));
-    net.run(17_000);
+    net.run(1_000);
     assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
     // The stream "connects" but nothing comes back (a middlebox that eats non-TLS bytes):
     // the Allocate times out after 10 s.
-    net.run(11_000);
+    net.run(10_000);
     assert_eq!(net.relay_connects[0].last(), Some(&(addr(443), Some([7; 32]))));
+}
+
+/// The last TURN request client `i` wrote to a relay stream is a Refresh with lifetime 0.
+fn released_on_stream(net: &Net, i: usize) -> bool {
+    use supervox_turn::codec::{attr, method, Message as TurnMessage};
+    net.relay_stream_sent[i]
+        .last()
+        .and_then(|b| TurnMessage::parse(b).ok())
+        .is_some_and(|m| m.method == method::REFRESH && m.get(attr::LIFETIME) == Some(&0u32.to_be_bytes()[..]))
+}
+
+#[test]
+fn with_udp_blocked_a_tcp_relay_races_the_probe_and_reaches_a_call_placed_at_sign_in() {
+    // Alice's UDP gets nowhere (not to the supernode, not to bob); bob's does.
+    let mut net = relaying_net_of(&["alice", "bob"], |_| {}, None).with_turn();
+    net.udp_to_sn[0] = false;
+    net.direct_cut = true;
+    // Media addresses: candidates follow the relay, and alice probes her NAT.
+    net.clients[0].set_media_addr(addr(5000));
+    net.clients[1].set_media_addr(addr(5001));
+    net.run(1);
+    assert!(has(&net.events[0], |e| matches!(e, ClientEvent::SignedIn { .. })));
+    // The call goes out right after sign-in, before any relay is up.
+    assert!(net.clients[0].relayed_addr().is_none());
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(1_000);
+    // TURN over TCP is up while the probe still waits for its answers.
+    assert!(net.clients[0].reachability().is_none(), "the probe has concluded: {:?}", net.clients[0].reachability());
+    assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tcp);
+    let relayed = net.clients[0].relayed_addr().expect("a TCP allocation");
+    // Bob's side of the call has the relayed candidate (trickled), and the call is up
+    // through it.
+    let bob_call = net.clients[1].calls.get(&id).expect("bob's call");
+    assert!(
+        bob_call.peer_candidates.contains(&super::relay::relay_candidate(relayed)),
+        "{:?}",
+        bob_call.peer_candidates
+    );
+    assert!(
+        has(&net.events[0], |e| matches!(e, ClientEvent::Connected { path: PathKind::RelayTcp, .. })),
+        "{:?}",
+        net.events[0]
+    );
+    // Once the probe concludes, UDP is off and the UDP leg stays down.
+    net.run(5_000);
+    assert!(net.clients[0].reachability().is_some_and(|r| !r.udp));
+    assert!(net.clients[0].relays.slot(super::relay::Leg::Udp).is_none());
+    assert_eq!(net.clients[0].relayed_addr(), Some(relayed));
+}
+
+#[test]
+fn when_udp_works_the_udp_allocation_is_kept_and_the_tcp_one_released() {
+    let mut net = relaying_net(|_| {}, None).with_turn();
+    // The first UDP Allocates are lost: TCP wins the race.
+    net.udp_to_sn[0] = false;
+    net.run(1);
+    // Candidates follow the relay from now on (set after sign-in: no NAT probe).
+    net.clients[0].set_media_addr(addr(5000));
+    net.run(1_000);
+    assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tcp);
+    let over_tcp = net.clients[0].relayed_addr().expect("a TCP allocation");
+    assert!(net.clients[0].local_candidates.contains(&super::relay::relay_candidate(over_tcp)));
+    // Then UDP gets through: a retransmitted Allocate succeeds, UDP is proven.
+    net.udp_to_sn[0] = true;
+    net.run(5_000);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Udp);
+    let over_udp = net.clients[0].relayed_addr().expect("a UDP allocation");
+    assert_ne!(over_udp, over_tcp);
+    // The TCP allocation is released (Refresh with lifetime 0, then the stream closed).
+    assert!(released_on_stream(&net, 0), "{:?}", net.relay_stream_sent[0].last());
+    assert_eq!(net.relay_disconnects[0], 1);
+    assert_eq!(net.turn.as_ref().map(|t| t.allocation_count()), Some(1));
+    let cands = &net.clients[0].local_candidates;
+    assert!(cands.contains(&super::relay::relay_candidate(over_udp)));
+    assert!(!cands.contains(&super::relay::relay_candidate(over_tcp)));
+    // And no stream comes back.
+    net.run(30_000);
+    assert_eq!(net.relay_connects[0].len(), 1);
+    assert_eq!(net.clients[0].relayed_addr(), Some(over_udp));
+}
+
+#[test]
+fn a_udp_relay_that_comes_up_within_its_head_start_opens_no_stream() {
+    let mut net = relaying_net(|_| {}, None).with_turn();
+    net.run(30_000);
+    assert!(net.relay_connects[0].is_empty(), "{:?}", net.relay_connects[0]);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Udp);
+    assert!(net.clients[0].relayed_addr().is_some());
+    assert_eq!(net.turn.as_ref().map(|t| t.stats().allocations_created), Some(1));
+}
+
+#[test]
+fn udp_proven_during_a_call_over_the_tcp_relay_waits_for_the_call_to_end() {
+    let mut net = relaying_net_of(&["alice", "bob"], |c| c.force_relay = true, None).with_turn();
+    net.udp_to_sn[0] = false;
+    for i in 0..2 {
+        net.clients[i].set_media_addr(addr(5000 + i as u16));
+    }
+    net.run(1_000);
+    let over_tcp = net.clients[0].relayed_addr().expect("a TCP allocation");
+    let id = net.clients[0].place_call("bob", net.now).unwrap();
+    net.run(1_000);
+    assert!(net.clients[0].is_connected(&id), "{:?}", net.events[0]);
+    // UDP works now, but the call keeps the relay it runs on.
+    net.udp_to_sn[0] = true;
+    net.run(5_000);
+    assert!(net.clients[0].relays.up(super::relay::Leg::Udp));
+    assert_eq!(net.clients[0].relayed_addr(), Some(over_tcp));
+    assert_eq!(net.relay_disconnects[0], 0);
+    assert!(net.clients[0].is_connected(&id));
+    let media = net.media[1].len();
+    net.run(200);
+    let now = net.now;
+    net.clients[0].send_media(id, b"still here", now);
+    net.run(50);
+    assert!(net.media[1].len() > media, "media through the TCP relay stopped");
+    // Hung up: the TCP allocation goes, UDP's is used.
+    let now = net.now;
+    net.clients[0].hangup(id, crate::reason::CallEnd::LocalHangup, now);
+    net.run(100);
+    assert!(released_on_stream(&net, 0));
+    assert_eq!(net.relay_disconnects[0], 1);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Udp);
+    assert_ne!(net.clients[0].relayed_addr(), Some(over_tcp));
+}
+
+#[test]
+fn an_explicit_transport_is_not_raced() {
+    // udp, with UDP blocked: no stream, ever.
+    let mut net = relaying_net(|c| c.relay_transport = Some(RelayTransport::Udp), None).with_turn();
+    net.udp_to_sn[0] = false;
+    net.run(40_000);
+    assert!(net.relay_connects[0].is_empty(), "{:?}", net.relay_connects[0]);
+    assert!(net.clients[0].relayed_addr().is_none());
+    // tcp, with UDP working: the stream at once, no UDP allocation beside it.
+    let mut net = relaying_net(|c| c.relay_transport = Some(RelayTransport::Tcp), None).with_turn();
+    net.run(30_000);
+    assert_eq!(net.relay_connects[0], vec![(addr(SN), None)]);
+    assert_eq!(net.clients[0].relay_transport(), RelayTransport::Tcp);
+    assert!(net.clients[0].relayed_addr().is_some());
+    assert_eq!(net.turn.as_ref().map(|t| t.stats().allocations_created), Some(1));
+    assert!(net.clients[0].relays.slot(super::relay::Leg::Udp).is_none());
 }
 
 fn reach(mapping: Behaviour, filtering: Behaviour, mapped: &str, mapped_sn2: &str) -> Reachability {

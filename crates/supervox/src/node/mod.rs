@@ -65,7 +65,7 @@ pub struct NodeOptions {
     pub relaxed_privacy: bool,
     /// A TURN server to use instead of the supernode's relay.
     pub external_relay: Option<supervox_core::client::ExternalRelay>,
-    /// Reach the relay only this way (`None`: auto, UDP then TCP then TLS as needed).
+    /// Reach the relay only this way (`None`: auto, UDP and TCP raced, TLS if TCP fails).
     pub relay_transport: Option<supervox_core::client::RelayTransport>,
     /// May become a supernode (`--supernode auto`).
     pub supernode: Option<PromotionOptions>,
