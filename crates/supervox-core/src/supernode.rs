@@ -607,6 +607,10 @@ impl Supernode {
     /// always allowed). The table is bounded: when full, sources whose hour
     /// is over are forgotten; if none is, a new source gets no new names.
     fn new_name_budget(&mut self, source: IpAddr, now_ms: u64) -> bool {
+        if source.is_loopback() {
+            // The supernode's own host, as for the per-host connection limit.
+            return true;
+        }
         if !self.claim_sources.contains_key(&source) {
             if self.claim_sources.len() >= MAX_CLAIM_SOURCES {
                 self.claim_sources.retain(|_, b| !b.window_over(now_ms));
@@ -831,8 +835,8 @@ pub const HOUSEKEEPING_MS: u64 = 1_000;
 /// hurt a supernode.
 pub const CLIENT_REQUESTS_PER_SEC: u32 = 50;
 
-/// New names one client source (an IPv4 address, an IPv6 /64) may claim
-/// through one supernode per hour.
+/// New names one client source (an IPv4 address, an IPv6 /64; loopback is
+/// not limited) may claim through one supernode per hour.
 pub const NEW_NAMES_PER_SOURCE: u32 = 10;
 /// Client sources whose new-name budget is remembered (a bound on memory).
 pub const MAX_CLAIM_SOURCES: usize = 100_000;

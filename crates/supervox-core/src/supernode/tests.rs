@@ -941,12 +941,13 @@ fn a_clients_mail_fetches_in_flight_are_bounded_and_freed_when_answered() {
 
 // ---- names nobody can squat or hijack (issue 15) ----
 
-/// Sign a client in on `sn` without a claim (room made for it: the test
-/// supernodes take two clients).
+/// Sign a client in on `sn` from 192.0.2.1 without a claim (room made for
+/// it: the test supernodes take two clients).
 fn connect(net: &mut Net, sn: usize, conn: ConnId, id: &Identity) {
     net.sns[sn].cfg.max_clients = 100;
     let now = net.now;
-    net.sns[sn].on_connected(conn, addr(9000 + conn as u16));
+    // One public source address (loopback has no new-name budget).
+    net.sns[sn].on_connected(conn, SocketAddr::from(([192, 0, 2, 1], 9000 + conn as u16)));
     net.sns[sn].on_established(conn, Role::Client, id.user_id(), now);
     net.pump();
     net.take_client_msgs(sn, conn);
@@ -1189,7 +1190,7 @@ fn a_fourth_name_for_a_key_is_refused_and_new_names_per_source_are_rate_limited(
     assert!(matches!(&r, Err(e) if e.contains("3 names")), "{r:?}");
     assert!(owners(&net, "a4").is_empty());
     assert_eq!(claim(&mut net, 0, 1, &a, "a1"), Ok(()), "a renewal");
-    // Every test client connects from 127.0.0.1: three new names so far.
+    // Every `connect`ed client comes from 192.0.2.1: three new names so far.
     for k in 0..(NEW_NAMES_PER_SOURCE as u8 - 3) {
         let id = Identity::from_seed([30 + k; 32]);
         connect(&mut net, 0, 10 + u64::from(k), &id);
