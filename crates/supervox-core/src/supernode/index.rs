@@ -12,8 +12,8 @@
 //!   so one malicious holder can neither grant a name nor refuse it.
 //! - **Lookups** are cross-checked: the supernode asks holders (a majority of
 //!   the presence holders first, more claim holders if they disagree or stay
-//!   silent) and believes only the key that a majority of the presence
-//!   holders' number of answers names; an answer for another key is dropped.
+//!   silent) and believes only a key named by ⌊R/2⌋ + 1 answers; an answer
+//!   for another key is not believed, and holders that disagree give `Unknown`.
 //! - **Answers** are matched by a random request id *and* the holder asked
 //!   (its member id and address): an answer from anyone else is dropped and
 //!   counted ([`super::SnStats::answers_refused`]).
