@@ -605,21 +605,7 @@ impl Supernode {
                 }
                 self.send_overlay(from, OverlayMsg::StoreAck { req });
             }
-            OverlayMsg::ClaimAns { req, result } => {
-                let Some(Pending::Claim { .. }) = self.pending.get(&req) else { return None };
-                let Some(mut p) = self.pending.remove(&req) else { return None };
-                let asked = match &mut p {
-                    Pending::Claim { waiting, .. } => take_asked(waiting, &from_id, &from),
-                    _ => false,
-                };
-                if asked {
-                    Self::count_claim_answer(&mut p, result);
-                } else {
-                    self.refuse_answer("ClaimAns", from);
-                }
-                self.pending.insert(req, p);
-                self.claim_progress(req, now_ms, false);
-            }
+            OverlayMsg::ClaimAns { req, result } => self.claim_answer(req, from, from_id, result, now_ms),
             OverlayMsg::PublishAns { req, result } => {
                 let Some(Pending::Publish { asked, .. }) = self.pending.get(&req) else { return None };
                 if !asked.is(&from_id, &from) {
@@ -649,6 +635,33 @@ impl Supernode {
             other => return Some(other),
         }
         None
+    }
+
+    /// A holder's answer to a claim: counted if it is from a holder asked
+    /// that had not answered yet.
+    fn claim_answer(
+        &mut self,
+        req: u64,
+        from: SocketAddr,
+        from_id: UserId,
+        result: Result<Claimed, Refusal>,
+        now_ms: u64,
+    ) {
+        let Some(mut p) = self.pending.remove(&req) else { return };
+        let asked = match &mut p {
+            Pending::Claim { waiting, .. } => take_asked(waiting, &from_id, &from),
+            _ => false,
+        };
+        if asked {
+            Self::count_claim_answer(&mut p, result);
+        } else {
+            self.refuse_answer("ClaimAns", from);
+        }
+        let is_claim = matches!(p, Pending::Claim { .. });
+        self.pending.insert(req, p);
+        if is_claim {
+            self.claim_progress(req, now_ms, false);
+        }
     }
 
     /// One of our clients signed off: its presence goes from its holders.

@@ -456,7 +456,8 @@ impl Supernode {
         let holders = self.mail_holders(&user);
         let req = self.new_req();
         let asked = holders.iter().copied().filter(|h| h.0 != self.me).collect();
-        let p = MailPending::Fetch { conn, to: user, asked, outstanding: holders.len(), seen: HashSet::new(), more: false };
+        let p =
+            MailPending::Fetch { conn, to: user, asked, outstanding: holders.len(), seen: HashSet::new(), more: false };
         self.mail_pending.insert(req, (p, now_ms + MAIL_TIMEOUT_MS));
         for (hid, addr) in holders {
             if hid == self.me {

@@ -1217,7 +1217,8 @@ fn an_expired_claim_is_dropped_and_an_online_owners_claim_is_renewed() {
     use crate::directory::CLAIM_LIFETIME_MS;
     let mut net = Net::new(3);
     net.run(3_000);
-    let (alice, bob, carol) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]), Identity::from_seed([12; 32]));
+    let (alice, bob, carol) =
+        (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]), Identity::from_seed([12; 32]));
     net.sign_in(0, 1, &alice, "alice");
     net.sign_in(1, 1, &bob, "bob");
     let bob_signed = net.sns[1].claims().iter().find(|c| c.name == "bob").unwrap().created_ms;
