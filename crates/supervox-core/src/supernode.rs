@@ -9,8 +9,9 @@
 //! signals go straight to the callee's supernode.
 
 use crate::directory::Directory;
+use crate::identity::Identity;
 use crate::overlay::membership::{Membership, MembershipConfig};
-use crate::overlay::wire::NetworkKey;
+use crate::overlay::wire::{NetworkKey, Wire, DEFAULT_PEER_KEYS};
 use crate::{ConnId, Map};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -60,8 +61,11 @@ pub struct SupernodeConfig {
     pub max_clients: usize,
     /// Agent string for Hello.
     pub agent: String,
-    /// The key that seals overlay datagrams: only its holders are members.
+    /// The network's identifier, mixed into every pairwise overlay key:
+    /// public for the open network (members authenticate with their own keys).
     pub network_key: NetworkKey,
+    /// Pairwise overlay keys kept (one per member we talk to), at most.
+    pub peer_keys: usize,
     /// Copies of each presence record in the index (R).
     pub replicas: usize,
     /// Copies of each name claim (R_c ≥ R).
@@ -82,6 +86,7 @@ impl SupernodeConfig {
             max_clients: crate::defaults::MAX_CLIENTS,
             agent: "supervox".into(),
             network_key: NetworkKey::open_network(),
+            peer_keys: DEFAULT_PEER_KEYS,
             replicas: DEFAULT_REPLICAS,
             claim_replicas: DEFAULT_CLAIM_REPLICAS,
             membership: MembershipConfig::default(),
@@ -170,8 +175,11 @@ pub struct SnStats {
     pub violations: u64,
     /// Client requests refused by the per-client rate limit.
     pub rate_limited: u64,
-    /// Overlay datagrams refused (not sealed with our key, malformed).
+    /// Overlay datagrams refused (unauthenticated, replayed, malformed, from
+    /// a stranger that has not proved its address, or limited).
     pub overlay_refused: u64,
+    /// Overlay answers not sent: larger than what came from an unvalidated address.
+    pub overlay_amplification_refused: u64,
     /// Records handed to new holders after membership changes.
     pub handoffs: u64,
     /// Clients promoted to supernode.
@@ -238,6 +246,13 @@ pub struct Supernode {
     clients: Map<UserId, ConnId>,
     directory: Directory,
     membership: Membership,
+    /// Pairwise keys, replay windows and address validation of the overlay.
+    wire: Wire,
+    /// Messages for supernodes known only by address (seeds), sent once
+    /// their `HelloAck` names them: `(Hello sent at, messages)`. Bounded.
+    parked: Map<SocketAddr, (u64, Vec<supervox_proto::overlay::OverlayMsg>)>,
+    /// The latest time an input brought (sealing stamps counters with it).
+    clock_ms: u64,
     holders: HolderCache,
     pending: PendingTable,
     /// Signals recently delivered for peers: (sender, req), to drop retransmissions.
@@ -274,9 +289,11 @@ pub struct Supernode {
 }
 
 impl Supernode {
-    /// A supernode with identity `me`, the claims it persisted, and a seed for
-    /// its randomness. Joins through the seeds on the first tick.
-    pub fn new(me: UserId, cfg: SupernodeConfig, claims: Vec<NameClaim>, rng_seed: u64, now_ms: u64) -> Self {
+    /// A supernode with `identity` (its member id and overlay keys), the
+    /// claims it persisted, and a seed for its randomness. Joins through the
+    /// seeds on the first tick.
+    pub fn new(identity: &Identity, cfg: SupernodeConfig, claims: Vec<NameClaim>, rng_seed: u64, now_ms: u64) -> Self {
+        let me = identity.user_id();
         let mut directory = Directory::new();
         for c in claims {
             if let Err(e) = directory.restore(c, now_ms) {
@@ -288,6 +305,8 @@ impl Supernode {
         let incarnation = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
         let member = Member { id: me, addr: cfg.advertise, incarnation, state: MemberState::Alive, load: 0 };
         let membership = Membership::new(member, cfg.seeds.clone(), cfg.membership, now_ms);
+        let mut rng = StdRng::seed_from_u64(rng_seed);
+        let wire = Wire::new(identity, cfg.network_key.clone(), rand::Rng::gen(&mut rng), cfg.peer_keys);
         let mut sn = Self {
             me,
             cfg,
@@ -295,11 +314,14 @@ impl Supernode {
             clients: Map::default(),
             directory,
             membership,
+            wire,
+            parked: Map::default(),
+            clock_ms: now_ms,
             holders: HolderCache::default(),
             pending: PendingTable::default(),
             seen_signals: VecDeque::new(),
             out: VecDeque::new(),
-            rng: StdRng::seed_from_u64(rng_seed),
+            rng,
             stats: SnStats::default(),
             dial_backs: RateLimit::new(DIAL_BACKS_PER_SEC),
             relay: None,
@@ -348,7 +370,22 @@ impl Supernode {
 
     /// Operator counters.
     pub fn stats(&self) -> SnStats {
-        self.stats
+        let w = self.wire.stats();
+        SnStats {
+            overlay_refused: self.stats.overlay_refused + w.unauthenticated + w.replayed + w.strangers_limited,
+            overlay_amplification_refused: w.amplification_refused,
+            ..self.stats
+        }
+    }
+
+    /// Refusals of the overlay's datagram layer, by cause.
+    pub fn wire_stats(&self) -> crate::overlay::wire::WireStats {
+        self.wire.stats()
+    }
+
+    /// Time moves forward only.
+    fn clock(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
     }
 
     /// Name claims held.
@@ -370,6 +407,7 @@ impl Supernode {
     /// datagrams: the simulator's warm start hands every supernode the list
     /// its Join would have fetched.
     pub fn learn_members(&mut self, members: &[Member], now_ms: u64) {
+        self.clock(now_ms);
         self.membership.learn(members, now_ms);
         self.flush_membership(now_ms);
     }
@@ -488,6 +526,7 @@ impl Supernode {
 
     /// A message arrived on an established client link.
     pub fn on_message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
+        self.clock(now_ms);
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -722,6 +761,7 @@ impl Supernode {
     /// due; calling it earlier or more often is harmless (it does what is
     /// due and nothing else).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.clock(now_ms);
         if self.step.done {
             return;
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 use supervox::control::{ContactAction, Request};
 use supervox_core::host_cache::HostCache;
 use supervox_core::link::Link;
-use supervox_core::overlay::wire::NetworkKey;
+use supervox_core::overlay::wire::{NetworkKey, Wire};
 use supervox_core::Identity;
 use supervox_media::packet::{encode_media, encode_media_redundant, MediaHeader};
 use supervox_media::report::{Echo, ReceiverReport};
@@ -150,8 +150,11 @@ fn main() {
         OverlayPacket { from: m, msg: OverlayMsg::SyncBuckets { digests: vec![1, 2, 3] } },
     ];
     let mut overlay: Vec<Vec<u8>> = packets.iter().map(|p| encode_packet(p).expect("encodes")).collect();
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
-    overlay.push(NetworkKey::open_network().seal(&packets[1], &mut rng).expect("seals"));
+    let mut wire = Wire::new(&Identity::from_seed([1; 32]), NetworkKey::open_network(), [3; 32], 16);
+    let to = Identity::from_seed([2; 32]).user_id();
+    overlay
+        .push(wire.seal(&to, "192.0.2.2:7000".parse().expect("an address"), &packets[1], false, 1_000).expect("seals"));
+    overlay.push(wire.hello());
     write("overlay", &overlay);
 
     // Link: a real initiator's first handshake message.

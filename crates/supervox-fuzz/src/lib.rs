@@ -124,23 +124,30 @@ pub fn call_body(data: &[u8]) {
 
 /// Overlay datagrams: the plaintext decoder
 /// ([`supervox_proto::overlay::decode_packet`], round-tripped), the sealed
-/// form ([`supervox_core::overlay::wire::NetworkKey::open`], on the raw bytes
-/// and on the packet sealed with the open network's key), and the
+/// form ([`supervox_core::overlay::wire::Wire::open`], on the raw bytes
+/// and on the packet sealed between two members of the open network), and the
 /// membership state machine fed the decoded packet.
 pub fn overlay(data: &[u8]) {
+    use supervox_core::identity::Identity;
     use supervox_core::overlay::membership::{Membership, MembershipConfig};
-    use supervox_core::overlay::wire::{is_overlay, NetworkKey};
+    use supervox_core::overlay::wire::{is_overlay, NetworkKey, Wire};
     use supervox_proto::overlay::{decode_packet, encode_packet, Member, MemberState};
-    let key = NetworkKey::open_network();
+    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let mut a = Wire::new(&ia, NetworkKey::open_network(), [3; 32], 16);
+    let mut b = Wire::new(&ib, NetworkKey::open_network(), [4; 32], 16);
+    let (a_addr, b_addr) = (addr("192.0.2.1:7000"), addr("192.0.2.2:7000"));
     let _ = is_overlay(data);
     // Random bytes never authenticate; what matters is that nothing panics.
-    let _ = key.open(data);
+    let _ = b.open(a_addr, data, 1_000, |_| true);
     let Ok(p) = decode_packet(data) else { return };
     let bytes = encode_packet(&p).expect("a decoded packet encodes");
     assert_eq!(decode_packet(&bytes).as_ref(), Ok(&p), "decode(encode(p)) == p");
-    let mut rng = StdRng::seed_from_u64(1);
-    if let Ok(sealed) = key.seal(&p, &mut rng) {
-        assert_eq!(key.open(&sealed).as_ref(), Ok(&p), "open(seal(p)) == p");
+    if let Ok(sealed) = a.seal(&ib.user_id(), b_addr, &p, false, 1_000) {
+        let opened = b.open(a_addr, &sealed, 1_000, |_| true);
+        let Ok(supervox_core::overlay::wire::Inbound::Packet { packet, .. }) = opened else {
+            panic!("open(seal(p)) failed: {opened:?}")
+        };
+        assert_eq!(packet, p, "open(seal(p)) == p");
     }
     let me = Member {
         id: supervox_proto::UserId([0x42; 32]),
@@ -152,6 +159,7 @@ pub fn overlay(data: &[u8]) {
     let mut m = Membership::new(me, vec![addr("192.0.2.2:7000")], MembershipConfig::default(), 1_000);
     m.observe(p.from, 1_000);
     m.on_msg(p.from.addr, &p.from, &p.msg, 1_010);
+    let mut rng = StdRng::seed_from_u64(1);
     m.tick(&mut rng, 5_000);
     while m.poll_send().is_some() {}
     while m.poll_event().is_some() {}

@@ -266,9 +266,19 @@ pub enum OverlayError {
     /// Too large to send or accept.
     #[error("overlay datagram of {0} bytes is too large")]
     TooLarge(usize),
-    /// Authentication failed: not sealed with our network key.
+    /// Authentication failed: not sealed by its sender for us in our network.
     #[error("overlay datagram failed authentication")]
     Unauthenticated,
+    /// Seen before, or stamped too far from our clock.
+    #[error("overlay datagram replayed or stale")]
+    Replayed,
+    /// Not sent: an answer larger than what came from an address that has
+    /// not proved it receives our datagrams.
+    #[error("answer would amplify toward an unvalidated address")]
+    Amplification,
+    /// From a stranger beyond the rate at which we derive new keys.
+    #[error("too many new senders")]
+    RateLimited,
     /// The plaintext is not a valid packet.
     #[error("malformed overlay packet: {0}")]
     Malformed(String),

@@ -79,9 +79,9 @@ impl Sim {
             replicas: self.cfg.replicas,
             ..SupernodeConfig::new(net::sn_addr(i), seeds)
         };
-        let id = Identity::from_seed(net::seed32(self.cfg.seed, KIND_SN_ID, u64::from(i))).user_id();
+        let id = Identity::from_seed(net::seed32(self.cfg.seed, KIND_SN_ID, u64::from(i)));
         let rng_seed = net::derive(self.cfg.seed, KIND_SN_RNG, u64::from(i));
-        self.sn_slot(i).sn = Some(Supernode::new(id, cfg, Vec::new(), rng_seed, self.now));
+        self.sn_slot(i).sn = Some(Supernode::new(&id, cfg, Vec::new(), rng_seed, self.now));
         self.metrics.sn_count_changed(self.now, self.live_sns.len());
         self.live_sns.insert(i);
         let phase = rand::Rng::gen_range(&mut self.rng, 0..self.cfg.sn_tick_ms);

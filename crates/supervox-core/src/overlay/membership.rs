@@ -42,6 +42,17 @@ const JOINS_SERVED_PER_SEC: u32 = 50;
 const SYNC_SPACING_FROM: u64 = 2_000;
 /// Stands for us in the gossip queue (our own refutations).
 const ME: u32 = u32::MAX;
+/// An incarnation more than this far (seconds) ahead of the clock is forged:
+/// incarnations start at the start time in unix seconds and grow by one per
+/// refutation, so nobody can push a member to `u32::MAX` and evict it for good.
+pub const MAX_INCARNATION_AHEAD_S: u64 = 3_600;
+/// Confirmation pings (hearsay of a member's new incarnation or address,
+/// checked with the member itself) sent per second, at most.
+const CONFIRMS_PER_SEC: u32 = 50;
+/// A member is asked to confirm hearsay about it at most this often.
+const CONFIRM_EVERY_MS: u64 = 5_000;
+/// Members with a confirmation remembered, at most.
+const MAX_CONFIRMS: usize = 1_024;
 
 /// Timing of the protocol.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +150,11 @@ pub struct Membership {
     buckets: Box<[u64; 256]>,
     next_sync_ms: u64,
     out: VecDeque<(SocketAddr, OverlayMsg)>,
+    /// Pings sealed for a given member at a given address, to check hearsay.
+    confirms: VecDeque<(UserId, SocketAddr, OverlayMsg)>,
+    /// When each member was last asked to confirm (bounded).
+    confirmed_at: crate::Map<UserId, u64>,
+    confirms_window: (u64, u32),
     events: VecDeque<MemberEvent>,
 }
 
@@ -186,6 +202,9 @@ impl Membership {
             buckets: Box::new([0; 256]),
             next_sync_ms: now_ms + cfg.sync_ms,
             out: VecDeque::new(),
+            confirms: VecDeque::new(),
+            confirmed_at: crate::Map::default(),
+            confirms_window: (0, 0),
             events: VecDeque::new(),
         };
         m.toggle_digest(&me);
@@ -248,10 +267,20 @@ impl Membership {
         self.table.get(id).map(|s| s.member())
     }
 
-    /// True if a live member advertises `addr`. A scan: for rare questions
-    /// (a dial-back request, a volunteer), not per datagram.
+    /// True if a live member advertises `addr`.
     pub fn is_live_addr(&self, addr: &SocketAddr) -> bool {
-        self.table.iter().any(|(_, s)| s.is_live() && s.addr() == *addr)
+        self.table.find_addr(addr).and_then(|i| self.table.slot(i)).is_some_and(|s| s.is_live())
+    }
+
+    /// The member (in any state) that last advertised `addr`: whom a datagram
+    /// to that address is sealed for.
+    pub fn id_at(&self, addr: &SocketAddr) -> Option<UserId> {
+        self.table.find_addr(addr).and_then(|i| self.table.slot(i)).map(|s| s.id)
+    }
+
+    /// True if `id` is a member we know, alive or suspect.
+    pub fn is_live(&self, id: &UserId) -> bool {
+        self.table.get(id).is_some_and(|s| s.is_live())
     }
 
     /// Smoothed RTT to a member, if measured.
@@ -266,8 +295,16 @@ impl Membership {
         self.order.reserve_exact(n);
         self.ring.reserve_exact(n);
         for m in members {
-            self.apply_quietly(*m, now_ms);
+            self.apply_quietly(*m, now_ms, false);
         }
+    }
+
+    /// Next confirmation ping: `(member, address, ping)`, sealed for that
+    /// member whoever else answers at the address.
+    pub fn poll_confirm(&mut self) -> Option<(UserId, SocketAddr, OverlayMsg)> {
+        let next = self.confirms.pop_front();
+        shrink_when_drained(&mut self.confirms);
+        next
     }
 
     /// Next datagram body to send.
@@ -309,7 +346,7 @@ impl Membership {
             OverlayMsg::Members { members } => {
                 // A member list is state, not news: learnt, not re-gossiped.
                 for m in members.iter().take(MAX_ITEMS_PER_PACKET) {
-                    self.apply_quietly(*m, now_ms);
+                    self.apply_quietly(*m, now_ms, true);
                 }
             }
             OverlayMsg::SyncDigest { total } => {
@@ -423,22 +460,59 @@ impl Membership {
         }
     }
 
+    /// Piggybacked news from another member (hearsay).
     fn apply_all(&mut self, updates: &[Member], now_ms: u64) {
         for m in updates.iter().take(MAX_UPDATES_PER_PACKET) {
-            self.apply(*m, now_ms);
+            if let Some(slot) = self.apply_quietly(*m, now_ms, true) {
+                self.enqueue(slot);
+            }
         }
     }
 
+    /// What we saw ourselves: a sender's own header, our probe's verdict.
     fn apply(&mut self, m: Member, now_ms: u64) {
-        if let Some(slot) = self.apply_quietly(m, now_ms) {
+        if let Some(slot) = self.apply_quietly(m, now_ms, false) {
             self.enqueue(slot);
         }
+    }
+
+    /// Ask member `id` at `addr` itself (rate-limited, once per
+    /// [`CONFIRM_EVERY_MS`]): its authenticated ack carries its own entry.
+    fn confirm(&mut self, id: UserId, addr: SocketAddr, now_ms: u64) {
+        if self.confirmed_at.get(&id).is_some_and(|t| now_ms < t + CONFIRM_EVERY_MS) {
+            return;
+        }
+        if now_ms >= self.confirms_window.0 + 1_000 {
+            self.confirms_window = (now_ms, 0);
+        }
+        if self.confirms_window.1 >= CONFIRMS_PER_SEC {
+            return;
+        }
+        if self.confirmed_at.len() >= MAX_CONFIRMS {
+            self.confirmed_at.retain(|_, t| now_ms < *t + CONFIRM_EVERY_MS);
+            if self.confirmed_at.len() >= MAX_CONFIRMS {
+                return;
+            }
+        }
+        self.confirms_window.1 += 1;
+        self.confirmed_at.insert(id, now_ms);
+        self.seq = self.seq.wrapping_add(1);
+        self.confirms.push_back((id, addr, OverlayMsg::Ping { seq: self.seq, updates: Vec::new() }));
     }
 
     /// Apply one piece of news about a member: newer incarnations win, and
     /// at one incarnation dead beats suspect beats alive. Returns the slot
     /// (or [`ME`]) whose state is news to gossip, if it changed our view.
-    fn apply_quietly(&mut self, m: Member, now_ms: u64) -> Option<u32> {
+    ///
+    /// `hearsay`: the news comes from someone else than the member. Then it
+    /// may add a member we did not know, or accuse one at the incarnation we
+    /// know (which the member refutes), but not move a known member to a new
+    /// incarnation or address: only the member can, so we ask it
+    /// ([`Membership::confirm`]) and its authenticated answer decides.
+    fn apply_quietly(&mut self, m: Member, now_ms: u64, hearsay: bool) -> Option<u32> {
+        if u64::from(m.incarnation) > now_ms / 1000 + MAX_INCARNATION_AHEAD_S {
+            return None;
+        }
         if m.id == self.me.id {
             // After a leave we stay dead: no refutation.
             if m.state != MemberState::Alive
@@ -470,14 +544,24 @@ impl Membership {
             self.events.push_back(MemberEvent::Up(m));
             return Some(i);
         };
-        let s = self.table.slot_mut(i)?;
-        let old = s.member();
+        let old = self.table.slot(i)?.member();
         let newer =
             m.incarnation > old.incarnation || (m.incarnation == old.incarnation && rank(m.state) > rank(old.state));
         if !newer {
             return None;
         }
-        s.set(&m);
+        let m = if hearsay {
+            if m.incarnation > old.incarnation || (m.state == MemberState::Alive && m.addr != old.addr) {
+                let at = if m.state == MemberState::Alive { m.addr } else { old.addr };
+                self.confirm(m.id, at, now_ms);
+                return None;
+            }
+            // An accusation at the incarnation we know: the address stays ours.
+            Member { addr: old.addr, ..m }
+        } else {
+            m
+        };
+        self.table.set(i, &m);
         let was_live = old.state != MemberState::Dead;
         let now_live = m.state != MemberState::Dead;
         if was_live {
@@ -792,18 +876,52 @@ mod tests {
     }
 
     #[test]
+    fn hearsay_can_neither_move_a_member_nor_evict_it_for_good() {
+        let now = 10_000;
+        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
+        a.learn(&[member(2), member(3)], 0);
+        let (victim, liar) = (member(2), member(3));
+        let evil: SocketAddr = "10.6.6.6:7000".parse().unwrap();
+        let say = |a: &mut Membership, news: Member| {
+            a.on_msg(liar.addr, &liar, &OverlayMsg::Ping { seq: 1, updates: vec![news] }, now);
+        };
+        // Take over its address at a higher incarnation: not applied; the
+        // member itself is asked, at the claimed address, sealed for it.
+        say(&mut a, Member { addr: evil, incarnation: 7, ..victim });
+        assert_eq!(a.get(&victim.id), Some(victim));
+        let Some((id, at, OverlayMsg::Ping { .. })) = a.poll_confirm() else { panic!("no confirmation asked") };
+        assert_eq!((id, at), (victim.id, evil));
+        // Evict it for good at u32::MAX, or at an incarnation it never had: ignored.
+        say(&mut a, Member { state: MemberState::Dead, incarnation: u32::MAX, ..victim });
+        say(&mut a, Member { state: MemberState::Dead, incarnation: 9, ..victim });
+        assert_eq!(a.get(&victim.id), Some(victim));
+        // Accused at the incarnation we know: believed, and the member refutes.
+        say(&mut a, Member { state: MemberState::Dead, addr: evil, ..victim });
+        assert_eq!(a.get(&victim.id).map(|m| (m.state, m.addr)), Some((MemberState::Dead, victim.addr)));
+        a.observe(Member { incarnation: 2, ..victim }, now);
+        assert_eq!(a.get(&victim.id).map(|m| (m.state, m.incarnation)), Some((MemberState::Alive, 2)));
+        // About us: an accusation far ahead of the clock does not make us
+        // jump there; one at our incarnation is refuted by one.
+        let me = a.me();
+        say(&mut a, Member { state: MemberState::Dead, incarnation: u32::MAX, ..me });
+        assert_eq!(a.me().incarnation, me.incarnation);
+        say(&mut a, Member { state: MemberState::Suspect, ..me });
+        assert_eq!(a.me().incarnation, me.incarnation + 1);
+    }
+
+    #[test]
     fn anti_entropy_pulls_in_what_gossip_missed_and_equal_views_stay_quiet() {
         let mut rng = StdRng::seed_from_u64(3);
         let cfg = MembershipConfig::default();
         let mut a = Membership::new(member(1), vec![], cfg, 0);
         // A knows 40 members that B never heard of (no gossip reached B).
         for i in 10..50 {
-            a.apply_quietly(member(i), 0);
+            a.apply_quietly(member(i), 0, false);
         }
         let b = Membership::new(member(2), vec![], cfg, 0);
         let mut ms = vec![a, b];
-        ms[0].apply_quietly(member(2), 0);
-        ms[1].apply_quietly(member(1), 0);
+        ms[0].apply_quietly(member(2), 0, false);
+        ms[1].apply_quietly(member(1), 0, false);
         // The members themselves are not running here: sync only.
         // One round reconciles up to 64 buckets; two rounds here.
         for _ in 0..2 {

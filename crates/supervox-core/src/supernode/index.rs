@@ -123,6 +123,12 @@ impl PendingTable {
         self.map.len()
     }
 
+    /// The ids in flight (tests: what a holder would see on the wire).
+    #[cfg(test)]
+    pub(super) fn ids(&self) -> Vec<u64> {
+        self.map.keys().copied().collect()
+    }
+
     /// No request in flight needs a timer before this (maybe earlier than
     /// the true earliest: a removed request still counts until the next sweep).
     pub(super) fn next_due_ms(&self) -> Option<u64> {

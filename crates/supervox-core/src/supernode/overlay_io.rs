@@ -4,6 +4,7 @@
 use super::index::{Pending, MAX_PENDING, MAX_TRIES, RETRY_MS};
 use super::{SnOutput, Supernode, MAX_SIGNALS_PER_CONN};
 use crate::overlay::membership::MemberEvent;
+use crate::overlay::wire::Inbound;
 use crate::ConnId;
 use std::net::SocketAddr;
 use supervox_proto::overlay::{OverlayMsg, OverlayPacket};
@@ -12,6 +13,29 @@ use tracing::{debug, info, warn};
 
 /// Signals remembered to drop retransmitted copies.
 const SEEN_SIGNALS: usize = 4_096;
+/// Addresses with messages waiting for a `HelloAck`, at most (seeds).
+const MAX_PARKED_ADDRS: usize = 64;
+/// Messages waiting per address, at most.
+const MAX_PARKED_PER_ADDR: usize = 4;
+
+/// True for messages that answer one from the address they go to: those may
+/// not outgrow what came from an address that has not proved itself.
+fn is_answer(msg: &OverlayMsg) -> bool {
+    matches!(
+        msg,
+        OverlayMsg::Members { .. }
+            | OverlayMsg::Ack { .. }
+            | OverlayMsg::SyncBuckets { .. }
+            | OverlayMsg::SyncPull { .. }
+            | OverlayMsg::ClaimAns { .. }
+            | OverlayMsg::PublishAns { .. }
+            | OverlayMsg::LookupAns { .. }
+            | OverlayMsg::StoreAck { .. }
+            | OverlayMsg::SignalAck { .. }
+            | OverlayMsg::MailPutAns { .. }
+            | OverlayMsg::MailItems { .. }
+    )
+}
 
 /// A message's kind, for the driver's metrics and the simulator.
 pub fn overlay_kind(msg: &OverlayMsg) -> &'static str {
@@ -47,22 +71,55 @@ pub fn overlay_kind(msg: &OverlayMsg) -> &'static str {
 
 impl Supernode {
     /// A UDP datagram that starts with the overlay magic byte arrived from
-    /// `from`. Anything not sealed with our network key is dropped and
-    /// counted: outsiders can neither join, nor probe, nor touch the index.
+    /// `from`. Only datagrams sealed for us by their sender pass (pairwise
+    /// keys, replay window: see [`crate::overlay::wire`]); a sender we do not
+    /// know is admitted as a member only once it has proved its address, and
+    /// until then gets nothing but a small ack to its pings.
     pub fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8], now_ms: u64) {
-        let packet = match self.cfg.network_key.open(bytes) {
-            Ok(p) => p,
+        self.clock(now_ms);
+        if self.step.done {
+            return;
+        }
+        let membership = &self.membership;
+        let inbound = match self.wire.open(from, bytes, now_ms, |id| membership.get(id).is_some()) {
+            Ok(i) => i,
             Err(e) => {
-                self.stats.overlay_refused += 1;
-                if self.stats.overlay_refused.is_power_of_two() {
+                let refused = self.stats().overlay_refused;
+                if refused.is_power_of_two() {
                     warn!("overlay datagram from {from} refused: {e}");
                 }
                 return;
             }
         };
+        let (sender, validated, packet) = match inbound {
+            Inbound::Hello { reply } => {
+                self.out.push_back(SnOutput::Datagram { to: from, bytes: reply, kind: "HelloAck" });
+                return;
+            }
+            Inbound::HelloAck { .. } => {
+                if let Some((_, msgs)) = self.parked.remove(&from) {
+                    for msg in msgs {
+                        self.send_overlay(from, msg);
+                    }
+                }
+                return;
+            }
+            Inbound::Packet { sender, validated, packet } => (sender, validated, packet),
+        };
         let OverlayPacket { from: member, msg } = packet;
         debug!("overlay {} from {from}", overlay_kind(&msg));
-        if member.id == self.me || self.step.done {
+        // The header is the sender's own entry; nobody speaks for another.
+        if member.id != sender {
+            self.stats.overlay_refused += 1;
+            return;
+        }
+        if self.membership.get(&sender).is_none() && !(validated && member.addr == from) {
+            // A stranger: a ping gets a bare ack (no larger than the ping,
+            // with our cookie, which it echoes to prove its address).
+            self.stats.overlay_refused += 1;
+            if let OverlayMsg::Ping { seq, .. } = msg {
+                self.send_overlay(from, OverlayMsg::Ack { seq, updates: Vec::new() });
+            }
             return;
         }
         if matches!(msg, OverlayMsg::Ping { .. } | OverlayMsg::PingReq { .. }) {
@@ -135,13 +192,43 @@ impl Supernode {
         }
     }
 
-    /// Seal and queue one overlay message.
+    /// Seal and queue one overlay message for the member at `to`. A
+    /// supernode known only by address (a seed) is first asked its id with a
+    /// `Hello`; the message waits for the answer. Answers to an address that
+    /// is no member's and has not proved itself are bounded by what came
+    /// from it (no amplification).
     pub(super) fn send_overlay(&mut self, to: SocketAddr, msg: OverlayMsg) {
+        let Some(id) = self.membership.id_at(&to).or_else(|| self.wire.id_at(&to)) else {
+            return self.park(to, msg, self.clock_ms);
+        };
+        self.send_overlay_to(id, to, msg);
+    }
+
+    /// Seal and queue one overlay message for member `id` at `to`.
+    fn send_overlay_to(&mut self, id: supervox_proto::UserId, to: SocketAddr, msg: OverlayMsg) {
         let kind = overlay_kind(&msg);
+        let now_ms = self.clock_ms;
+        let limited = is_answer(&msg) && !self.membership.is_live_addr(&to);
         let packet = OverlayPacket { from: self.membership.me(), msg };
-        match self.cfg.network_key.seal(&packet, &mut self.rng) {
+        match self.wire.seal(&id, to, &packet, limited, now_ms) {
             Ok(bytes) => self.out.push_back(SnOutput::Datagram { to, bytes, kind }),
-            Err(e) => warn!("overlay {kind} to {to} not sent: {e}"),
+            Err(e) => debug!("overlay {kind} to {to} not sent: {e}"),
+        }
+    }
+
+    /// Keep a message for an address whose member we do not know yet, and
+    /// ask who is there (at most once a second per address).
+    fn park(&mut self, to: SocketAddr, msg: OverlayMsg, now_ms: u64) {
+        if !self.parked.contains_key(&to) && self.parked.len() >= MAX_PARKED_ADDRS {
+            return debug!("overlay message to {to} dropped: too many unknown addresses");
+        }
+        let (hello_ms, msgs) = self.parked.entry(to).or_insert((0, Vec::new()));
+        if msgs.len() < MAX_PARKED_PER_ADDR {
+            msgs.push(msg);
+        }
+        if *hello_ms == 0 || now_ms >= *hello_ms + 1_000 {
+            *hello_ms = now_ms.max(1);
+            self.out.push_back(SnOutput::Datagram { to, bytes: self.wire.hello(), kind: "Hello" });
         }
     }
 
@@ -149,6 +236,9 @@ impl Supernode {
     pub(super) fn flush_membership(&mut self, now_ms: u64) {
         while let Some((to, msg)) = self.membership.poll_send() {
             self.send_overlay(to, msg);
+        }
+        while let Some((id, to, msg)) = self.membership.poll_confirm() {
+            self.send_overlay_to(id, to, msg);
         }
         self.place_all(now_ms);
         let mut partner_may_change = false;

@@ -137,6 +137,7 @@ impl Supernode {
 
     /// Step back now: redirect every client, leave the overlay, tell the driver.
     pub fn step_back(&mut self, reason: &str, now_ms: u64) {
+        self.clock(now_ms);
         if self.step.done {
             return;
         }

@@ -2,7 +2,7 @@ use super::*;
 use crate::overlay::wire::NetworkKey;
 use crate::Identity;
 use std::collections::HashSet;
-use supervox_proto::overlay::{OverlayMsg, OverlayPacket};
+use supervox_proto::overlay::OverlayMsg;
 use supervox_proto::{CallId, CallSignal, Claimed, Presence, Refusal, SignalEnvelope};
 
 fn addr(p: u16) -> SocketAddr {
@@ -17,11 +17,22 @@ fn sn(seed: u8, port: u16, seeds: Vec<SocketAddr>) -> Supernode {
         claim_replicas: 5,
         ..SupernodeConfig::new(addr(port), seeds)
     };
-    Supernode::new(Identity::from_seed([seed; 32]).user_id(), cfg, vec![], u64::from(seed), 0)
+    Supernode::new(&Identity::from_seed([seed; 32]), cfg, vec![], u64::from(seed), 0)
 }
 
 fn drain(s: &mut Supernode) -> Vec<SnOutput> {
     std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+/// `msg` as `s` seals it for the member at `to` (a fresh counter each time:
+/// the same bytes twice are a replay).
+fn sealed(s: &mut Supernode, to: SocketAddr, msg: supervox_proto::overlay::OverlayMsg) -> Vec<u8> {
+    s.send_overlay(to, msg);
+    let out = drain(s);
+    match out.into_iter().last() {
+        Some(SnOutput::Datagram { bytes, to: t, .. }) if t == to => bytes,
+        other => panic!("not sealed for {to}: {other:?}"),
+    }
 }
 
 fn sent_to(out: &[SnOutput], conn: ConnId) -> Vec<Message> {
@@ -102,7 +113,7 @@ impl Net {
         for o in out {
             match o {
                 SnOutput::Datagram { to, bytes, kind } => {
-                    let bytes = self.tampered(i, bytes);
+                    let bytes = self.tampered(i, to, bytes);
                     if self.black_hole.contains(&to)
                         || (self.unprobeable.contains(&to) && matches!(kind, "Ping" | "PingReq"))
                     {
@@ -119,21 +130,28 @@ impl Net {
         }
     }
 
-    /// What a malicious supernode `i` really sends in place of `bytes`.
-    fn tampered(&mut self, i: usize, bytes: Vec<u8>) -> Vec<u8> {
-        let Some(f) = self.tamper.get(&i) else { return bytes };
-        let s = &mut self.sns[i];
-        let Ok(mut packet) = s.cfg.network_key.open(&bytes) else { return bytes };
-        packet.msg = f(packet.msg);
-        s.cfg.network_key.seal(&packet, &mut s.rng).unwrap()
+    /// What a malicious supernode `i` really sends to `to` in place of
+    /// `bytes`: the receiver's wire opens it (as it would), the lie is sealed
+    /// afresh by the sender.
+    fn tampered(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
+        let (Some(f), Some(j)) = (self.tamper.get(&i), self.index_of(to)) else { return bytes };
+        let (from, now) = (self.sns[i].advertise(), self.now);
+        let r = &mut self.sns[j];
+        let m = &r.membership;
+        let Ok(crate::overlay::wire::Inbound::Packet { packet, .. }) =
+            r.wire.open(from, &bytes, now, |id| m.get(id).is_some())
+        else {
+            return bytes;
+        };
+        let msg = f(packet.msg);
+        sealed(&mut self.sns[i], to, msg)
     }
 
     /// Member `from` sends `msg` to member `to` as if from `at` (its own
     /// address, or one it spoofs).
     fn forge(&mut self, from: usize, to: usize, at: SocketAddr, msg: OverlayMsg) {
-        let packet = OverlayPacket { from: self.sns[from].membership.me(), msg };
-        let f = &mut self.sns[from];
-        let bytes = f.cfg.network_key.seal(&packet, &mut f.rng).unwrap();
+        let dest = self.sns[to].advertise();
+        let bytes = sealed(&mut self.sns[from], dest, msg);
         let now = self.now;
         self.sns[to].on_datagram(at, &bytes, now);
     }
@@ -467,9 +485,8 @@ fn signals_go_only_to_live_members_and_are_bounded_per_client() {
     let forger = net.sns[1].advertise();
     for req in 0..1_000u64 {
         let ack = supervox_proto::overlay::OverlayMsg::SignalAck { req, result: Err(Refusal::CalleeGone) };
-        let packet = supervox_proto::overlay::OverlayPacket { from: net.sns[1].membership.me(), msg: ack };
-        let forging = &mut net.sns[1];
-        let bytes = forging.cfg.network_key.seal(&packet, &mut forging.rng).unwrap();
+        let to = net.sns[3].advertise();
+        let bytes = sealed(&mut net.sns[1], to, ack);
         net.sns[3].on_datagram(forger, &bytes, net.now);
     }
     net.pump();
@@ -483,29 +500,61 @@ fn signals_go_only_to_live_members_and_are_bounded_per_client() {
     assert_eq!(net.take_client_msgs(0, 1).len(), 1, "delivered to alice");
 }
 
-#[test]
-fn datagrams_not_sealed_with_the_network_key_are_refused() {
-    let mut net = Net::new(3);
-    net.run(3_000);
-    // An outsider with its own key tries to join, and to declare a member dead.
-    let mut outsider = sn(9, 4999, vec![addr(4000)]);
-    outsider.cfg.network_key = NetworkKey::new([42; 32]);
-    outsider.membership = Membership::new(outsider.membership.me(), vec![addr(4000)], MembershipConfig::default(), 0);
-    outsider.handle_timeout(net.now);
-    let out = drain(&mut outsider);
-    assert!(!out.is_empty());
-    for o in out {
-        if let SnOutput::Datagram { bytes, .. } = o {
-            net.sns[0].on_datagram(addr(4999), &bytes, net.now);
+/// Exchange datagrams between `a` (at `a_addr`) and one member of `net`
+/// for a few rounds, as a real network would.
+fn converse(net: &mut Net, j: usize, a: &mut Supernode, a_addr: SocketAddr) {
+    for _ in 0..6 {
+        net.now += 100;
+        a.handle_timeout(net.now);
+        for o in drain(a) {
+            if let SnOutput::Datagram { bytes, .. } = o {
+                net.sns[j].on_datagram(a_addr, &bytes, net.now);
+            }
+        }
+        for o in drain(&mut net.sns[j]) {
+            match o {
+                SnOutput::Datagram { to, bytes, .. } if to == a_addr => {
+                    a.on_datagram(net.sns[j].advertise(), &bytes, net.now)
+                }
+                SnOutput::Datagram { .. } => {}
+                o => net.client_out.push((j, o)),
+            }
         }
     }
-    // Garbage with the right first byte, and plain garbage.
+}
+
+#[test]
+fn only_members_of_our_network_join_and_nobody_speaks_for_another() {
+    let mut net = Net::new(3);
+    net.run(3_000);
+    // A supernode of another network tries to join through our seed: its
+    // Hello is not answered, nothing it seals opens.
+    let cfg = SupernodeConfig {
+        network_key: NetworkKey::new([42; 32]),
+        ..SupernodeConfig::new(addr(4999), vec![addr(4000)])
+    };
+    let mut outsider = Supernode::new(&Identity::from_seed([9; 32]), cfg, vec![], 9, net.now);
+    converse(&mut net, 0, &mut outsider, addr(4999));
     net.sns[0].on_datagram(addr(4999), &[supervox_proto::overlay::OVERLAY_MAGIC; 64], net.now);
     net.sns[0].on_datagram(addr(4999), &[], net.now);
-    net.pump();
     assert!(net.sns[0].stats().overlay_refused >= 3);
     assert_eq!(net.sns[0].peer_addrs().len(), 2, "the outsider did not join");
-    assert!(drain(&mut net.sns[0]).is_empty(), "nothing answered to the outsider");
+    assert!(outsider.peer_addrs().is_empty(), "the outsider learnt no member");
+    // A member of our network (its own key) puts another member's identity
+    // in its header, to speak for it: refused, whatever it says.
+    let mut liar = sn(8, 4998, vec![addr(4000)]);
+    converse(&mut net, 0, &mut liar, addr(4998));
+    assert_eq!(net.sns[0].peer_addrs().len(), 3, "an honest newcomer joins");
+    let victim = net.sns[1].membership.me();
+    let refused = net.sns[0].stats().overlay_refused;
+    let id = net.sns[0].me;
+    let packet = supervox_proto::OverlayPacket {
+        from: victim,
+        msg: supervox_proto::OverlayMsg::Ping { seq: 1, updates: vec![] },
+    };
+    let bytes = liar.wire.seal(&id, addr(4000), &packet, false, net.now).unwrap();
+    net.sns[0].on_datagram(addr(4998), &bytes, net.now);
+    assert_eq!(net.sns[0].stats().overlay_refused, refused + 1);
 }
 
 #[test]
@@ -526,11 +575,22 @@ fn stun_dial_backs_are_relayed_and_rate_limited() {
     net.sns[1].on_datagram(addr(4000), bytes, now);
     let dial_backs = |o: Vec<SnOutput>| o.into_iter().filter(|o| matches!(o, SnOutput::StunDialBack { .. })).count();
     assert_eq!(dial_backs(drain(&mut net.sns[1])), 1);
+    // The same datagram again is a replay: no second dial-back.
+    net.sns[1].on_datagram(addr(4000), bytes, now);
+    assert_eq!(dial_backs(drain(&mut net.sns[1])), 0, "replayed");
+    let order = supervox_proto::overlay::OverlayMsg::StunDialBack {
+        transaction_id: [7; 12],
+        mapped: client,
+        to: client,
+        padding: 0,
+    };
     for _ in 0..(DIAL_BACKS_PER_SEC + 50) {
-        net.sns[1].on_datagram(addr(4000), bytes, now + 10);
+        let bytes = sealed(&mut net.sns[0], addr(4001), order.clone());
+        net.sns[1].on_datagram(addr(4000), &bytes, now + 10);
     }
     assert_eq!(dial_backs(drain(&mut net.sns[1])), DIAL_BACKS_PER_SEC as usize - 1, "budget per second");
-    net.sns[1].on_datagram(addr(4000), bytes, now + 1_010);
+    let bytes = sealed(&mut net.sns[0], addr(4001), order);
+    net.sns[1].on_datagram(addr(4000), &bytes, now + 1_010);
     assert_eq!(dial_backs(drain(&mut net.sns[1])), 1, "budget renewed");
 }
 
@@ -602,12 +662,8 @@ fn forged_records_from_a_member_are_not_stored() {
     let mut broken = NameClaim::sign(mallory.signing_key(), "bob", net.now).unwrap();
     broken.created_ms += 1;
     let fake = Presence::sign(mallory.signing_key(), "alice", addr(4001), 99, net.now + 60_000).unwrap();
-    let packet = supervox_proto::OverlayPacket {
-        from: net.sns[1].membership.me(),
-        msg: supervox_proto::OverlayMsg::Store { req: 5, claims: vec![stolen, broken], presence: vec![fake] },
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    let bytes = net.sns[1].cfg.network_key.seal(&packet, &mut rng).unwrap();
+    let msg = supervox_proto::OverlayMsg::Store { req: 5, claims: vec![stolen, broken], presence: vec![fake] };
+    let bytes = sealed(&mut net.sns[1], addr(4000), msg);
     let now = net.now;
     net.sns[0].on_datagram(addr(4001), &bytes, now);
     net.pump();
@@ -985,25 +1041,6 @@ fn ranked(net: &Net, sn: usize, name: &str) -> Vec<usize> {
     net.sns[sn].holders_of(name).iter().filter_map(|h| net.index_of(h.addr)).collect()
 }
 
-/// The overlay requests of one kind in `out`, opened as a holder sees them.
-fn requests(s: &Supernode, out: &[SnOutput], kind: &str) -> Vec<(SocketAddr, OverlayMsg)> {
-    out.iter()
-        .filter_map(|o| match o {
-            SnOutput::Datagram { to, bytes, kind: k } if *k == kind => {
-                Some((*to, s.cfg.network_key.open(bytes).unwrap().msg))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn req_of(msg: &OverlayMsg) -> u64 {
-    match msg {
-        OverlayMsg::Claim { req, .. } | OverlayMsg::Lookup { req, .. } => *req,
-        other => panic!("{other:?}"),
-    }
-}
-
 /// A member that was not asked answers a request in flight — with guessed
 /// (sequential) ids, with the real (random) id learnt by sniffing, and from
 /// the asked holder's address under its own member id: all dropped and
@@ -1025,12 +1062,14 @@ fn forged_answers_from_members_not_asked_are_ignored() {
     connect(&mut net, asker, 5, &mallory);
     let c = NameClaim::sign(mallory.signing_key(), "alice", net.now).unwrap();
     let now = net.now;
+    let before = net.sns[asker].pending.ids();
     net.sns[asker].on_message(5, Message::Claim { claim: c }, now);
     let out = drain(&mut net.sns[asker]);
-    let claims = requests(&net.sns[asker], &out, "Claim");
-    assert_eq!(claims.len(), holders.len());
-    let req = req_of(&claims[0].1);
-    assert!(claims.iter().all(|(_, m)| req_of(m) == req));
+    let claims = out.iter().filter(|o| matches!(o, SnOutput::Datagram { kind: "Claim", .. })).count();
+    assert_eq!(claims, holders.len());
+    // The id a holder sees (sniffed here from the asker's table).
+    let reqs: Vec<u64> = net.sns[asker].pending.ids().into_iter().filter(|r| !before.contains(r)).collect();
+    let [req] = reqs[..] else { panic!("{reqs:?}") };
     assert!(req > u64::from(u32::MAX), "request ids are random, not a counter: {req}");
     let yes = |req| OverlayMsg::ClaimAns { req, result: Ok(Claimed::New) };
     for guess in 0..1_000 {
@@ -1055,18 +1094,24 @@ fn forged_answers_from_members_not_asked_are_ignored() {
     // A lookup by bob: the forger answers it with mallory's self-signed records.
     connect(&mut net, asker, 6, &bob);
     let now = net.now;
+    let before = net.sns[asker].pending.ids();
     net.sns[asker].on_message(6, Message::Lookup { req_id: 1, name: "alice".into() }, now);
     let out = drain(&mut net.sns[asker]);
-    let lookups = requests(&net.sns[asker], &out, "Lookup");
-    assert!(!lookups.is_empty());
-    let req = req_of(&lookups[0].1);
+    let asked_at = out
+        .iter()
+        .find_map(|o| match o {
+            SnOutput::Datagram { to, kind: "Lookup", .. } => Some(*to),
+            _ => None,
+        })
+        .unwrap();
+    let reqs: Vec<u64> = net.sns[asker].pending.ids().into_iter().filter(|r| !before.contains(r)).collect();
+    let [req] = reqs[..] else { panic!("{reqs:?}") };
     let forged = LookupAnswer::Online {
         claim: NameClaim::sign(mallory.signing_key(), "alice", now).unwrap(),
         presence: Presence::sign(mallory.signing_key(), "alice", forger_at, now, now + 60_000).unwrap(),
     };
     let before = net.sns[asker].stats().answers_refused;
     net.forge(forger, asker, forger_at, OverlayMsg::LookupAns { req, answer: forged.clone() });
-    let asked_at = lookups[0].0;
     net.forge(forger, asker, asked_at, OverlayMsg::LookupAns { req, answer: forged });
     assert_eq!(net.sns[asker].stats().answers_refused, before + 2);
     net.deliver(asker, out);
@@ -1241,4 +1286,58 @@ fn an_expired_claim_is_dropped_and_an_online_owners_claim_is_renewed() {
     connect(&mut net, 2, 5, &carol);
     assert_eq!(net.lookup(2, 5, "bob"), LookupAnswer::Unknown);
     assert_eq!(claim(&mut net, 2, 5, &carol, "bob"), Ok(()));
+}
+
+#[test]
+fn a_stranger_with_a_spoofed_source_gets_back_no_more_bytes_than_it_sends() {
+    use supervox_proto::overlay::OverlayMsg;
+    let mut net = Net::new(2);
+    net.run(3_000);
+    let alice = Identity::from_seed([10; 32]);
+    net.sign_in(0, 1, &alice, "alice");
+    let now = net.now;
+    // A supernode of our network that never joined: it asks the seed who it
+    // is from its own address, then aims every request at a victim's.
+    let mut stranger = sn(7, 4997, vec![]);
+    net.sns[0].on_datagram(addr(4997), &stranger.wire.hello(), now);
+    let Some(SnOutput::Datagram { bytes: reply, .. }) = drain(&mut net.sns[0]).pop() else { panic!("no HelloAck") };
+    assert!(reply.len() <= crate::overlay::wire::HELLO_LEN, "a Hello is answered smaller");
+    stranger.on_datagram(addr(4000), &reply, now);
+    let victim: SocketAddr = "192.0.2.99:53".parse().unwrap();
+    let member = net.sns[1].membership.me();
+    let claim = NameClaim::sign(alice.signing_key(), "alice2", now).unwrap();
+    let presence = Presence::sign(alice.signing_key(), "alice", addr(4000), now, now + 60_000).unwrap();
+    let requests = vec![
+        OverlayMsg::Join,
+        OverlayMsg::Ping { seq: 1, updates: vec![] },
+        OverlayMsg::Ping { seq: 2, updates: vec![member; 4] },
+        OverlayMsg::PingReq { seq: 3, target: member, updates: vec![] },
+        OverlayMsg::SyncDigest { total: 1 },
+        OverlayMsg::SyncBuckets { digests: vec![0; 256] },
+        OverlayMsg::SyncPull { buckets: (0..=255).collect() },
+        OverlayMsg::Claim { req: 4, claim: claim.clone(), renew_only: false },
+        OverlayMsg::Publish { req: 5, claim: Some(claim.clone()), presence: presence.clone() },
+        OverlayMsg::Lookup { req: 6, name: "alice".into() },
+        OverlayMsg::Store { req: 7, claims: vec![claim], presence: vec![presence] },
+        OverlayMsg::StunDialBack { transaction_id: [1; 12], mapped: victim, to: victim, padding: 1_400 },
+        OverlayMsg::Unpublish { user: alice.user_id() },
+    ];
+    for msg in requests {
+        let kind = super::overlay_io::overlay_kind(&msg);
+        let packet = supervox_proto::OverlayPacket { from: stranger.membership.me(), msg };
+        let bytes = stranger.wire.seal(&net.sns[0].me, addr(4000), &packet, false, now).unwrap();
+        net.sns[0].on_datagram(victim, &bytes, now);
+        let out: usize = drain(&mut net.sns[0])
+            .into_iter()
+            .map(|o| match o {
+                SnOutput::Datagram { to, bytes, .. } if to == victim => bytes.len(),
+                SnOutput::StunDialBack { padding, .. } => 100 + usize::from(padding),
+                _ => 0,
+            })
+            .sum();
+        assert!(out <= bytes.len(), "{kind}: {out} bytes out for {} in", bytes.len());
+    }
+    // Nothing it said changed the network: not a member, alice still online.
+    assert_eq!(net.sns[0].peer_addrs(), vec![addr(4001)]);
+    assert!(matches!(net.lookup(0, 1, "alice"), LookupAnswer::Online { .. }));
 }

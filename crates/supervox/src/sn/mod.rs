@@ -169,7 +169,7 @@ impl BoundSupernode {
             step_back: self.opts.step_back,
             ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
-        let mut sn = Supernode::new(identity.user_id(), cfg, claims, rand::random(), now_ms());
+        let mut sn = Supernode::new(&identity, cfg, claims, rand::random(), now_ms());
         sn.restore_mail(mail, tombstones, now_ms());
         let secret = match &self.opts.relay_secret {
             Some(s) => s.as_bytes().to_vec(),
@@ -300,8 +300,8 @@ impl BoundSupernode {
                     // datagram) share one commit (one fsync, ~4 ms: BENCHMARKS.md).
                     for _ in 0..UDP_EVENTS_PER_ROUND {
                         match udp_rx.try_recv() {
-                            Ok(ev) => udp.on_event(ev, &mut sn),
-                            Err(_) => break,
+                            Some(ev) => udp.on_event(ev, &mut sn),
+                            None => break,
                         }
                     }
                 }
@@ -496,7 +496,16 @@ fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &
     crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
         ("supernode_peers", "Other live supernodes in the membership.", sn.peer_addrs().len() as u64),
-        ("overlay_refused_total", "Overlay datagrams refused (wrong key, malformed).", st.overlay_refused),
+        (
+            "overlay_refused_total",
+            "Overlay datagrams refused (unauthenticated, replayed, malformed, strangers).",
+            st.overlay_refused,
+        ),
+        (
+            "overlay_amplification_refused_total",
+            "Overlay answers not sent: larger than what came from an unvalidated address.",
+            st.overlay_amplification_refused,
+        ),
         ("handoffs_total", "Records handed to new holders.", st.handoffs),
         ("promotions_total", "Clients promoted to supernode.", st.promotions),
         ("connections", "Open TCP connections, including handshakes.", connections as u64),

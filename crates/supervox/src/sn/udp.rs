@@ -62,6 +62,32 @@ pub enum UdpEvent {
     Overlay { from: SocketAddr, bytes: Vec<u8> },
 }
 
+/// The plane's events for the supernode actor, in two bounded queues: overlay
+/// datagrams in their own, served first, so a flood of spoofed change-request
+/// Bindings (dial-back orders) cannot crowd out SWIM probes and acks.
+#[derive(Debug)]
+pub struct UdpEvents {
+    overlay: mpsc::Receiver<UdpEvent>,
+    other: mpsc::Receiver<UdpEvent>,
+}
+
+impl UdpEvents {
+    /// The next event, overlay datagrams first; `None` once the plane is gone.
+    pub async fn recv(&mut self) -> Option<UdpEvent> {
+        tokio::select! {
+            biased;
+            Some(e) = self.overlay.recv() => Some(e),
+            Some(e) = self.other.recv() => Some(e),
+            else => None,
+        }
+    }
+
+    /// An event already queued, overlay datagrams first.
+    pub fn try_recv(&mut self) -> Option<UdpEvent> {
+        self.overlay.try_recv().or_else(|_| self.other.try_recv()).ok()
+    }
+}
+
 /// A TURN-over-TCP or -TLS connection's traffic, for the plane thread. `transport`
 /// (`Tcp` or `Tls`) and `client` name the connection.
 #[derive(Debug)]
@@ -155,12 +181,9 @@ pub struct UdpPlane {
 
 impl UdpPlane {
     /// Start the plane on the sockets of [`bind_sockets`] (inside a tokio runtime: it spawns its tasks).
-    pub fn bind(
-        bound: Vec<std::net::UdpSocket>,
-        advertise: SocketAddr,
-        turn: TurnConfig,
-    ) -> Result<(Self, mpsc::Receiver<UdpEvent>)> {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    pub fn bind(bound: Vec<std::net::UdpSocket>, advertise: SocketAddr, turn: TurnConfig) -> Result<(Self, UdpEvents)> {
+        let (tx, other) = mpsc::channel(QUEUE);
+        let (overlay_tx, overlay) = mpsc::channel(QUEUE);
         let mut sockets = Vec::new();
         for (i, s) in bound.into_iter().enumerate() {
             let local = s.local_addr()?;
@@ -182,10 +205,11 @@ impl UdpPlane {
                     Err(e) => return warn!("UDP plane cannot start: {e}"),
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(sockets, main, advertise.ip(), turn, tx, (cmd_rx, tcp_rx), count));
+                local
+                    .block_on(&rt, run(sockets, main, advertise.ip(), turn, (overlay_tx, tx), (cmd_rx, tcp_rx), count));
             })
             .context("cannot start the UDP plane thread")?;
-        Ok((Self { cmd, tcp, other: None, counters }, rx))
+        Ok((Self { cmd, tcp, other: None, counters }, UdpEvents { overlay, other }))
     }
 
     /// Where TURN-over-TCP connections report (see [`spawn_tcp_client`]).
@@ -285,6 +309,9 @@ struct Plane {
     relay_ip: std::net::IpAddr,
     /// Relay sockets opened while handling a datagram, whose readers are still to start.
     new_relays: Vec<(SocketAddr, Rc<ReadSocket>)>,
+    /// Overlay datagrams to the actor (their own queue, see [`UdpEvents`]).
+    overlay_tx: mpsc::Sender<UdpEvent>,
+    /// Dial-back orders to the actor.
     tx: mpsc::Sender<UdpEvent>,
     counters: Arc<Counters>,
     /// TURN-over-TCP and -TLS clients.
@@ -312,7 +339,7 @@ async fn run(
     main: SocketAddr,
     relay_ip: std::net::IpAddr,
     turn: TurnServer,
-    tx: mpsc::Sender<UdpEvent>,
+    (overlay_tx, tx): (mpsc::Sender<UdpEvent>, mpsc::Sender<UdpEvent>),
     (mut cmd, mut tcp): (mpsc::UnboundedReceiver<Command>, mpsc::Receiver<TcpEvent>),
     counters: Arc<Counters>,
 ) {
@@ -339,6 +366,7 @@ async fn run(
         relays: HashMap::new(),
         relay_ip,
         new_relays: Vec::new(),
+        overlay_tx,
         tx,
         counters,
         tcp: HashMap::new(),
@@ -491,7 +519,7 @@ impl Plane {
         if supervox_core::overlay::wire::is_overlay(bytes) {
             // Overlay traffic waits in a bounded queue: a flood is dropped
             // here, before any decryption work.
-            if self.tx.try_send(UdpEvent::Overlay { from, bytes: bytes.to_vec() }).is_err() {
+            if self.overlay_tx.try_send(UdpEvent::Overlay { from, bytes: bytes.to_vec() }).is_err() {
                 debug!("overlay datagram from {from} dropped: actor busy");
             }
             return;

@@ -3,11 +3,13 @@
 //! A one-hop index needs every supernode to know (almost) every other, so at
 //! 10 000 supernodes a simulator process holds 10^8 entries and a daemon
 //! 10^4. An entry is 64 bytes in a slab (`Vec`) and 4 bytes in an index of
-//! slot numbers (`hashbrown::HashTable<u32>`, hashed by the id's rendezvous
-//! seed); the id is stored once, the address without IPv6 flow information,
-//! and the gossip bookkeeping lives in the entry instead of a second map.
+//! slot numbers (`hashbrown::HashTable<u32>`, hashed over the whole id with
+//! a per-process random key, so ids made to share a prefix do not share a
+//! bucket), plus 4 in an index by address (which member a datagram goes to);
+//! the id is stored once, the address without IPv6 flow information, and the
+//! gossip bookkeeping lives in the entry instead of a second map.
 
-use crate::overlay::rendezvous::{member_seed, weight};
+use crate::overlay::rendezvous::weight;
 use hashbrown::HashTable;
 use std::net::{IpAddr, SocketAddr};
 use supervox_proto::overlay::{Member, MemberState};
@@ -47,13 +49,17 @@ impl Slot {
         SocketAddr::new(self.ip, self.port)
     }
 
+    fn addr_hash(&self) -> u64 {
+        addr_hash(self.ip, self.port)
+    }
+
     /// Alive or suspect (suspects still hold their records).
     pub fn is_live(&self) -> bool {
         matches!(self.state, Some(MemberState::Alive | MemberState::Suspect))
     }
 
-    /// Take a member's news (id unchanged).
-    pub fn set(&mut self, m: &Member) {
+    /// Take a member's news (id unchanged); [`MemberTable::set`] keeps the indexes.
+    fn set(&mut self, m: &Member) {
         self.ip = m.addr.ip();
         self.port = m.addr.port();
         self.incarnation = m.incarnation;
@@ -62,8 +68,35 @@ impl Slot {
     }
 }
 
+/// A random key per process: an attacker who picks ids cannot aim them at
+/// one bucket of anyone's table.
+fn table_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x7ab1e);
+        h.finish()
+    })
+}
+
 fn hash(id: &UserId) -> u64 {
-    weight(member_seed(id), 0x7ab1e)
+    id.0.chunks_exact(8).fold(table_key(), |acc, w| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        weight(acc, u64::from_le_bytes(b))
+    })
+}
+
+fn addr_hash(ip: IpAddr, port: u16) -> u64 {
+    let (hi, lo) = match ip {
+        IpAddr::V4(v4) => (0, u64::from(u32::from(v4))),
+        IpAddr::V6(v6) => {
+            let b = u128::from(v6);
+            ((b >> 64) as u64, b as u64)
+        }
+    };
+    weight(weight(table_key() ^ hi, lo), u64::from(port))
 }
 
 /// Slab of slots plus an index by id; slot numbers are stable until removed.
@@ -72,6 +105,8 @@ pub(super) struct MemberTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
     index: HashTable<u32>,
+    /// Slot numbers by address: the latest member to take an address wins.
+    by_addr: HashTable<u32>,
 }
 
 impl MemberTable {
@@ -87,6 +122,44 @@ impl MemberTable {
         self.slots.reserve_exact(n);
         let slots = &self.slots;
         self.index.reserve(n, |&j| hash(&slots[j as usize].id));
+        self.by_addr.reserve(n, |&j| slots[j as usize].addr_hash());
+    }
+
+    /// The slot of the member at `addr`.
+    pub fn find_addr(&self, addr: &SocketAddr) -> Option<u32> {
+        let slots = &self.slots;
+        let h = addr_hash(addr.ip(), addr.port());
+        self.by_addr.find(h, |&i| slots[i as usize].addr() == *addr).copied()
+    }
+
+    fn unindex_addr(&mut self, i: u32) {
+        let slots = &self.slots;
+        let s = &slots[i as usize];
+        if let Ok(e) = self.by_addr.find_entry(s.addr_hash(), |&j| j == i) {
+            e.remove();
+        }
+    }
+
+    fn index_addr(&mut self, i: u32) {
+        let addr = self.slots[i as usize].addr();
+        if let Some(j) = self.find_addr(&addr) {
+            self.unindex_addr(j);
+        }
+        let slots = &self.slots;
+        self.by_addr.insert_unique(slots[i as usize].addr_hash(), i, |&j| slots[j as usize].addr_hash());
+    }
+
+    /// Take a member's news in slot `i` (id unchanged), keeping the address index.
+    pub fn set(&mut self, i: u32, m: &Member) {
+        let Some(s) = self.slot(i) else { return };
+        let moved = s.addr() != m.addr;
+        if moved {
+            self.unindex_addr(i);
+        }
+        self.slots[i as usize].set(m);
+        if moved {
+            self.index_addr(i);
+        }
     }
 
     /// The slot of `id`.
@@ -144,6 +217,7 @@ impl MemberTable {
         };
         let slots = &self.slots;
         self.index.insert_unique(hash(&m.id), i, |&j| hash(&slots[j as usize].id));
+        self.index_addr(i);
         i
     }
 
@@ -155,6 +229,7 @@ impl MemberTable {
         if let Ok(e) = self.index.find_entry(hash(&id), |&j| slots[j as usize].id == id) {
             e.remove();
         }
+        self.unindex_addr(i);
         self.slots[i as usize].state = None;
         self.slots[i as usize].gossip_left = 0;
         self.free.push(i);
