@@ -189,6 +189,9 @@ pub struct SnStats {
     pub answers_refused: u64,
     /// Lookups answered `Unknown` because the holders named different keys.
     pub lookups_disputed: u64,
+    /// Lookups answered with the one key a single holder named, every other
+    /// holder asked being silent (no majority, no contradiction).
+    pub lookups_unconfirmed: u64,
     /// Claims sent as renewal-only: their source address was over its budget
     /// of new names ([`NEW_NAMES_PER_SOURCE`]).
     pub claims_rate_limited: u64,

@@ -38,8 +38,11 @@ use tracing::debug;
 /// How long a holder has to answer a publish before the next is asked, and
 /// a claim before it is asked again.
 const REQUEST_TIMEOUT_MS: u64 = 700;
-/// How long a claim waits for a majority of its holders.
-const CLAIM_TIMEOUT_MS: u64 = 2 * REQUEST_TIMEOUT_MS;
+/// How long a claim waits for a majority of its holders, asking the silent
+/// ones again every [`REQUEST_TIMEOUT_MS`]: long enough for a member that
+/// joined a moment ago to be admitted by the others (they drop what it sends
+/// until then), short enough for a sign-in.
+const CLAIM_TIMEOUT_MS: u64 = 6_000;
 /// Store and signal retransmissions.
 pub(super) const RETRY_MS: u64 = 300;
 pub(super) const MAX_TRIES: u8 = 4;
@@ -158,14 +161,18 @@ pub(super) enum Pending {
         renew_only: bool,
         /// Holders asked that have not answered.
         waiting: Vec<Holder>,
-        /// Answers that decide: a majority of the holders.
+        /// Every member asked (answered or not), so a holder is asked once.
+        asked_ids: Vec<UserId>,
+        /// Answers that decide: a majority of the holders (of the largest
+        /// holder set seen: our view may grow while we wait, never shrinks
+        /// the bar).
         needed: usize,
         /// Holders that stored the name new / held it already for this key.
         new: usize,
         held: usize,
         /// Refusals by kind, with their counts.
         refused: Vec<(Refusal, usize)>,
-        /// The silent holders are asked again once, at this time.
+        /// The silent holders are asked again at this time.
         resend_at: u64,
         deadline: u64,
     },
@@ -187,8 +194,9 @@ pub(super) enum Pending {
         left: Vec<Holder>,
         /// Holders asked that have not answered.
         asked: Vec<Holder>,
-        /// The silent ones were asked once more.
-        retried: bool,
+        /// Every holder taken into this lookup (asked or to ask), so that
+        /// holders our view gains meanwhile are added once.
+        known: Vec<UserId>,
         /// Answers naming the same key (`None`: unknown) that decide.
         needed: usize,
         /// Per key named: votes and the best valid answer for it.
@@ -285,6 +293,7 @@ impl Supernode {
             claim: claim.clone(),
             renew_only,
             waiting: Vec::new(),
+            asked_ids: Vec::new(),
             needed,
             new: 0,
             held: 0,
@@ -298,8 +307,9 @@ impl Supernode {
                 Self::count_claim_answer(&mut p, r);
             } else {
                 self.send_overlay(h.addr, OverlayMsg::Claim { req, claim: claim.clone(), renew_only });
-                if let Pending::Claim { waiting, .. } = &mut p {
+                if let Pending::Claim { waiting, asked_ids, .. } = &mut p {
                     waiting.push(h);
+                    asked_ids.push(h.id);
                 }
             }
         }
@@ -384,6 +394,7 @@ impl Supernode {
             votes.push((claim_key(&local), 1, local));
         }
         let left: Vec<Holder> = holders.into_iter().filter(|h| h.id != self.me).collect();
+        let known = left.iter().map(|h| h.id).collect();
         if votes.first().is_some_and(|v| v.1 >= needed) || left.is_empty() {
             let answer = votes.pop().map_or(LookupAnswer::Unknown, |v| v.2);
             self.send(conn, Message::LookupResult { req_id, answer });
@@ -405,7 +416,7 @@ impl Supernode {
             name,
             left,
             asked: Vec::new(),
-            retried: false,
+            known,
             needed,
             votes,
             hedge_at: 0,
@@ -418,14 +429,26 @@ impl Supernode {
     }
 
     /// Ask the next holder of a pending lookup (or, when all were asked, the
-    /// silent ones once more: a datagram lost either way).
+    /// silent ones again).
     fn lookup_next(&mut self, req: u64, p: &mut Pending, now_ms: u64) {
-        let Pending::Lookup { left, asked, retried, hedge_at, name, .. } = p else {
+        let Pending::Lookup { left, asked, known, hedge_at, name, .. } = p else {
             return;
         };
         if left.is_empty() {
-            if !*retried && !asked.is_empty() {
-                *retried = true;
+            // Our view may have grown since (a member we had not admitted yet).
+            for h in self.holders_of(name) {
+                if h.id != self.me && !known.contains(&h.id) {
+                    known.push(h.id);
+                    left.push(h);
+                }
+            }
+        }
+        if left.is_empty() {
+            *hedge_at = u64::MAX;
+            if !asked.is_empty() {
+                // Lost datagrams, or holders that do not admit us yet: the
+                // silent ones again, every RETRY_MS until the deadline.
+                *hedge_at = now_ms + RETRY_MS;
                 let again: Vec<SocketAddr> = asked.iter().map(|h| h.addr).collect();
                 let name = name.clone();
                 for a in again {
@@ -433,7 +456,6 @@ impl Supernode {
                     self.send_overlay(a, OverlayMsg::Lookup { req, name: name.clone() });
                 }
             }
-            *hedge_at = u64::MAX;
             return;
         }
         let h = left.remove(0);
@@ -450,6 +472,13 @@ impl Supernode {
         if let Some(Pending::Lookup { conn, client_req, mut votes, needed, name, .. }) = self.pending.remove(&req) {
             let answer = match votes.iter().position(|v| v.1 >= needed) {
                 Some(i) => votes.swap_remove(i).2,
+                // Every other holder asked stayed silent (down, or not admitting
+                // us yet) and nobody contradicts the one key named: believed,
+                // counted. A lone liar gains only when no honest holder answers.
+                None if votes.len() == 1 && votes[0].0.is_some() => {
+                    self.stats.lookups_unconfirmed += 1;
+                    votes.swap_remove(0).2
+                }
                 None => {
                     if votes.iter().filter(|v| v.0.is_some()).count() > 1 {
                         self.stats.lookups_disputed += 1;
@@ -765,10 +794,28 @@ impl Supernode {
                     self.pending.insert(req, p);
                     self.claim_progress(req, now_ms, true);
                 }
-                Pending::Claim { ref claim, renew_only, ref waiting, ref mut resend_at, .. } => {
-                    // Once: the silent holders may have lost a datagram.
-                    *resend_at = u64::MAX;
-                    for h in waiting {
+                Pending::Claim {
+                    ref claim,
+                    renew_only,
+                    ref mut waiting,
+                    ref mut asked_ids,
+                    ref mut needed,
+                    ref mut resend_at,
+                    ..
+                } => {
+                    // The silent holders may have lost a datagram, or not admit us
+                    // yet; and our view may have grown (a member we had not
+                    // admitted when the claim began): its new holders are asked too.
+                    *resend_at = now_ms + REQUEST_TIMEOUT_MS;
+                    let holders = self.holders_of(&claim.name);
+                    *needed = (*needed).max(majority(holders.len()));
+                    for h in holders {
+                        if h.id != self.me && !asked_ids.contains(&h.id) {
+                            asked_ids.push(h.id);
+                            waiting.push(h);
+                        }
+                    }
+                    for h in waiting.iter() {
                         let msg = OverlayMsg::Claim { req, claim: claim.clone(), renew_only };
                         self.send_overlay(h.addr, msg);
                     }
