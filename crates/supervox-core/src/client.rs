@@ -50,6 +50,9 @@ mod tests;
 pub const PRESENCE_TTL_MS: u64 = 120_000;
 /// Presence is refreshed this often.
 pub const PRESENCE_REFRESH_MS: u64 = 60_000;
+/// A link that lasts this long signs a fresh claim (as every sign-in does):
+/// a claim lives a year from its signature, renewed while its owner is on.
+pub const CLAIM_RENEW_MS: u64 = 24 * 3600 * 1000;
 
 /// Lookup answers come from a supernode, which is not trusted: a claim
 /// counts for `name` only if it is for that name and its signature
@@ -366,6 +369,8 @@ pub struct Client {
     link: SnLink,
     presence: Option<Presence>,
     next_publish_ms: u64,
+    /// When we last signed a claim of our name (renewed every [`CLAIM_RENEW_MS`]).
+    claim_signed_ms: u64,
     calls: Map<CallId, Call>,
     local_candidates: Vec<Candidate>,
     media_addr: Option<SocketAddr>,
@@ -429,6 +434,7 @@ impl Client {
             resolving: Vec::new(),
             presence: None,
             next_publish_ms: u64::MAX,
+            claim_signed_ms: 0,
             calls: Map::default(),
             local_candidates: Vec::new(),
             media_addr: None,
@@ -675,17 +681,27 @@ impl Client {
 
     /// Admitted by `supernode` (its `Welcome`): claim the name, publish presence.
     fn signed_on(&mut self, supernode: SocketAddr, now_ms: u64) {
+        self.send_claim(now_ms);
+        self.publish_to(supernode, now_ms);
+    }
+
+    /// Sign and send a fresh claim of our name: it claims the name, or
+    /// renews it for another year at its holders.
+    fn send_claim(&mut self, now_ms: u64) {
+        self.claim_signed_ms = now_ms;
         match NameClaim::sign(self.identity.signing_key(), &self.cfg.name, now_ms) {
             Ok(claim) => {
                 self.send_sn(Message::Claim { claim });
             }
             Err(e) => self.event(ClientEvent::NameRefused { reason: SignInRefusal::InvalidClaim(e.to_string()) }),
         }
-        self.publish_to(supernode, now_ms);
     }
 
     fn publish(&mut self, now_ms: u64) {
         if let Some(sn) = self.supernode() {
+            if now_ms >= self.claim_signed_ms.saturating_add(CLAIM_RENEW_MS) {
+                self.send_claim(now_ms);
+            }
             self.publish_to(sn, now_ms);
         }
     }

@@ -16,9 +16,9 @@ use crate::{ConnId, Map};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use supervox_proto::overlay::{Member, MemberState};
-use supervox_proto::{LookupAnswer, Message, NameClaim, RelayTls, Role, UserId};
+use supervox_proto::{Claimed, LookupAnswer, Message, NameClaim, Presence, Refusal, RelayTls, Role, UserId};
 use tracing::{debug, info, warn};
 
 mod index;
@@ -184,6 +184,17 @@ pub struct SnStats {
     pub handoffs: u64,
     /// Clients promoted to supernode.
     pub promotions: u64,
+    /// Overlay answers dropped because they came from a member the request
+    /// was not sent to (or one that had answered already).
+    pub answers_refused: u64,
+    /// Lookups answered `Unknown` because the holders named different keys.
+    pub lookups_disputed: u64,
+    /// Lookups answered with the one key a single holder named, every other
+    /// holder asked being silent (no majority, no contradiction).
+    pub lookups_unconfirmed: u64,
+    /// Claims sent as renewal-only: their source address was over its budget
+    /// of new names ([`NEW_NAMES_PER_SOURCE`]).
+    pub claims_rate_limited: u64,
 }
 
 #[derive(Debug)]
@@ -205,8 +216,14 @@ struct Conn {
     requests: RateLimit,
     /// A client's mail puts per minute.
     mail_puts: RateLimit,
-    /// The client's claim, sent along with its presence to the index.
+    /// The client's claim once a majority of its holders accepted it, sent
+    /// along with its presence to the index (a refused claim never is).
     claim: Option<NameClaim>,
+    /// A claim of this client's is waiting on its holders (one at a time).
+    claiming: bool,
+    /// A presence that arrived while its claim was undecided: published once
+    /// the claim is.
+    deferred_publish: Option<Presence>,
     /// The name it published presence under (unpublished when it leaves).
     published: Option<String>,
     /// When it may volunteer again (volunteers ask every 10 s).
@@ -243,7 +260,6 @@ pub struct Supernode {
     pending: PendingTable,
     /// Signals recently delivered for peers: (sender, req), to drop retransmissions.
     seen_signals: VecDeque<(UserId, u64)>,
-    next_req: u64,
     out: VecDeque<SnOutput>,
     rng: StdRng,
     stats: SnStats,
@@ -269,6 +285,10 @@ pub struct Supernode {
     /// stored): a hand-off sends a box only to holders not in its set.
     /// Bounded by the boxes held.
     mail_holder_sets: Map<UserId, Vec<(UserId, SocketAddr)>>,
+    /// New names claimed per client source ([`source_key`]) and hour.
+    claim_sources: Map<IpAddr, RateLimit>,
+    /// Claims' lifetimes are checked this often (a scan of the directory).
+    next_claim_sweep_ms: u64,
 }
 
 impl Supernode {
@@ -279,7 +299,7 @@ impl Supernode {
         let me = identity.user_id();
         let mut directory = Directory::new();
         for c in claims {
-            if let Err(e) = directory.restore(c) {
+            if let Err(e) = directory.restore(c, now_ms) {
                 warn!("dropping stored claim: {e}");
             }
         }
@@ -303,7 +323,6 @@ impl Supernode {
             holders: HolderCache::default(),
             pending: PendingTable::default(),
             seen_signals: VecDeque::new(),
-            next_req: 1,
             out: VecDeque::new(),
             rng,
             stats: SnStats::default(),
@@ -317,6 +336,8 @@ impl Supernode {
             mail_pending: Map::default(),
             mail_dirty: false,
             mail_holder_sets: Map::default(),
+            claim_sources: Map::default(),
+            next_claim_sweep_ms: now_ms,
         };
         // Stored claims go back to their holders once we know the members.
         sn.holders.mark_all_dirty();
@@ -424,6 +445,8 @@ impl Supernode {
                 requests: RateLimit::new(CLIENT_REQUESTS_PER_SEC),
                 mail_puts: RateLimit::per_window(mailbox::MAIL_PUTS_PER_MINUTE as u32, 60_000),
                 claim: None,
+                claiming: false,
+                deferred_publish: None,
                 published: None,
                 next_volunteer_ms: 0,
             },
@@ -538,10 +561,17 @@ impl Supernode {
                 } else if let Err(e) = claim.verify() {
                     self.claim_answered(conn, claim.name, Err(e.to_string()));
                 } else {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.claim = Some(claim.clone());
+                    let Some(c) = self.conns.get_mut(&conn) else { return };
+                    if std::mem::replace(&mut c.claiming, true) {
+                        // One at a time: each claim costs a datagram per holder.
+                        return self.claim_answered(conn, claim.name, Err("a claim is in flight already".into()));
                     }
-                    self.client_claim(conn, claim, now_ms);
+                    let source = source_key(c.remote.ip());
+                    let renew_only = !self.new_name_budget(source, now_ms);
+                    if renew_only {
+                        self.stats.claims_rate_limited += 1;
+                    }
+                    self.client_claim(conn, claim, renew_only, now_ms);
                 }
             }
             Message::Publish { presence } => {
@@ -560,11 +590,14 @@ impl Supernode {
                 match check {
                     Err(e) => self.publish_answered(conn, user, Err(e), now_ms),
                     Ok(()) => {
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            c.published = Some(presence.name.clone());
+                        let Some(c) = self.conns.get_mut(&conn) else { return };
+                        c.published = Some(presence.name.clone());
+                        if c.claiming {
+                            // Published once the claim is decided, with it if accepted.
+                            c.deferred_publish = Some(presence);
+                            return;
                         }
-                        let claim =
-                            self.conns.get(&conn).and_then(|c| c.claim.clone()).filter(|c| c.name == presence.name);
+                        let claim = c.claim.clone().filter(|c| c.name == presence.name);
                         self.client_publish(conn, claim, presence, now_ms);
                     }
                 }
@@ -583,6 +616,53 @@ impl Supernode {
             }
             other => self.violation(conn, &format!("unexpected message from client: {}", kind(&other))),
         }
+    }
+
+    /// A client's claim was decided by its holders (index.rs): the client
+    /// hears it, an accepted claim rides along with the client's presence
+    /// from now on, and a presence that waited on it is published.
+    fn claim_decided(&mut self, conn: ConnId, claim: NameClaim, result: Result<Claimed, Refusal>, now_ms: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.claiming = false;
+        let deferred = c.deferred_publish.take();
+        let source = source_key(c.remote.ip());
+        let accepted = result.is_ok();
+        if accepted {
+            c.claim = Some(claim.clone());
+        }
+        if result == Ok(Claimed::New) {
+            // Charged only for a new name: renewals at every sign-in are free.
+            if let Some(b) = self.claim_sources.get_mut(&source) {
+                b.take(now_ms);
+            }
+        }
+        let name = claim.name.clone();
+        self.claim_answered(conn, name, result.map(|_| ()).map_err(|e| e.to_string()));
+        if let Some(presence) = deferred {
+            // A refused claim does not ride along: the holders decide on their own.
+            let claim = accepted.then_some(claim).filter(|c| c.name == presence.name);
+            self.client_publish(conn, claim, presence, now_ms);
+        }
+    }
+
+    /// True if `source` may still claim a new name this hour (renewals are
+    /// always allowed). The table is bounded: when full, sources whose hour
+    /// is over are forgotten; if none is, a new source gets no new names.
+    fn new_name_budget(&mut self, source: IpAddr, now_ms: u64) -> bool {
+        if source.is_loopback() {
+            // The supernode's own host, as for the per-host connection limit.
+            return true;
+        }
+        if !self.claim_sources.contains_key(&source) {
+            if self.claim_sources.len() >= MAX_CLAIM_SOURCES {
+                self.claim_sources.retain(|_, b| !b.window_over(now_ms));
+                if self.claim_sources.len() >= MAX_CLAIM_SOURCES {
+                    return false;
+                }
+            }
+            self.claim_sources.insert(source, RateLimit::per_window(NEW_NAMES_PER_SOURCE, 3_600_000));
+        }
+        self.claim_sources.get_mut(&source).is_some_and(|b| b.has_room(now_ms))
     }
 
     fn claim_answered(&mut self, conn: ConnId, name: String, result: Result<(), String>) {
@@ -695,6 +775,12 @@ impl Supernode {
                 return;
             }
             self.directory.expire(now_ms);
+            if now_ms >= self.next_claim_sweep_ms {
+                self.next_claim_sweep_ms = now_ms + CLAIM_SWEEP_MS;
+                for c in self.directory.expire_claims(now_ms) {
+                    debug!("claim of {:?} expired", c.name);
+                }
+            }
             self.expire_mail(now_ms);
             if std::mem::take(&mut self.mail_dirty) {
                 self.hand_off_mail(now_ms);
@@ -792,6 +878,27 @@ pub const HOUSEKEEPING_MS: u64 = 1_000;
 /// hurt a supernode.
 pub const CLIENT_REQUESTS_PER_SEC: u32 = 50;
 
+/// New names one client source (an IPv4 address, an IPv6 /64; loopback is
+/// not limited) may claim through one supernode per hour.
+pub const NEW_NAMES_PER_SOURCE: u32 = 10;
+/// Client sources whose new-name budget is remembered (a bound on memory).
+pub const MAX_CLAIM_SOURCES: usize = 100_000;
+/// How often claims past their lifetime are dropped.
+pub const CLAIM_SWEEP_MS: u64 = 60_000;
+
+/// The source a new-name budget is kept for: an IPv4 address, or the /64 of
+/// an IPv6 one (one host usually has a whole /64).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
+}
+
 /// A per-second budget (fixed window): cheap, and enough to bound work a
 /// peer can make us do.
 #[derive(Debug)]
@@ -809,6 +916,16 @@ impl RateLimit {
 
     fn per_window(n: u32, window_ms: u64) -> Self {
         Self { per_window: n, window_ms, window_start_ms: 0, used: 0 }
+    }
+
+    /// True if the window is over (the budget is whole again).
+    fn window_over(&self, now_ms: u64) -> bool {
+        now_ms >= self.window_start_ms + self.window_ms
+    }
+
+    /// True if a unit could be spent now (nothing is spent).
+    fn has_room(&self, now_ms: u64) -> bool {
+        self.window_over(now_ms) || self.used < self.per_window
     }
 
     /// Spend one unit if the budget allows.

@@ -11,6 +11,7 @@ pub mod mail;
 pub mod message;
 pub mod overlay;
 pub mod record;
+pub mod refusal;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, MAX_PREAUTH_FRAME_LEN};
 pub use message::{
@@ -20,3 +21,4 @@ pub use message::{
 };
 pub use overlay::{Member, MemberState, OverlayMsg, OverlayPacket};
 pub use record::{NameClaim, Presence, RecordError, UserId};
+pub use refusal::{Claimed, Refusal};

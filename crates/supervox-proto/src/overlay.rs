@@ -10,6 +10,7 @@
 
 use crate::message::{LookupAnswer, SignalEnvelope};
 use crate::record::{NameClaim, Presence, UserId};
+use crate::refusal::{Claimed, Refusal};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -104,19 +105,23 @@ pub enum OverlayMsg {
         /// Bucket numbers.
         buckets: Vec<u8>,
     },
-    /// Store a name claim as its primary holder; answered by `ClaimAns`.
+    /// Store a name claim as one of its holders (the asking supernode asks
+    /// them all; a majority decides); answered by `ClaimAns`.
     Claim {
-        /// Matches the answer.
+        /// Matches the answer (random, bound to the holder asked).
         req: u64,
         /// The signed claim.
         claim: NameClaim,
+        /// Accept only a renewal (this key holds the name here already): the
+        /// client's source address is over its budget of new names.
+        renew_only: bool,
     },
     /// Outcome of a [`OverlayMsg::Claim`].
     ClaimAns {
         /// From the claim.
         req: u64,
-        /// `Err(reason)` when refused.
-        result: Result<(), String>,
+        /// What the holder did, or why it refused.
+        result: Result<Claimed, Refusal>,
     },
     /// Store a presence record (with the claim it rests on, so a holder that
     /// missed a hand-off learns it); answered by `PublishAns`.
@@ -132,8 +137,8 @@ pub enum OverlayMsg {
     PublishAns {
         /// From the publish.
         req: u64,
-        /// `Err(reason)` when refused.
-        result: Result<(), String>,
+        /// Why the holder refused, if it did.
+        result: Result<(), Refusal>,
     },
     /// The sender's client `user` signed off: drop its presence if the
     /// record names the sender as its supernode. Not answered.
@@ -182,8 +187,8 @@ pub enum OverlayMsg {
     SignalAck {
         /// From the signal.
         req: u64,
-        /// `Err(reason)` when the recipient is not connected here.
-        result: Result<(), String>,
+        /// Why the signal was not handed over, if it was not.
+        result: Result<(), Refusal>,
     },
     /// Answer a client's STUN Binding request from your own UDP address (the
     /// "change IP" half of NAT filtering discovery).

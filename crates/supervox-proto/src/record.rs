@@ -64,7 +64,7 @@ impl fmt::Debug for UserId {
 }
 
 /// Why a record was refused.
-#[derive(Debug, Error, PartialEq, Eq, Clone)]
+#[derive(Debug, Error, PartialEq, Eq, Clone, Serialize, Deserialize)]
 pub enum RecordError {
     /// The signature does not verify under the record's key.
     #[error("bad signature")]
@@ -92,14 +92,18 @@ pub fn validate_name(name: &str) -> Result<(), RecordError> {
     }
 }
 
-/// "This name belongs to this key", first come first served.
+/// "This name belongs to this key", first come first served (decided by a
+/// majority of the name's holders), for a year after `created_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameClaim {
     /// The claimed name.
     pub name: String,
     /// The owner.
     pub user_id: UserId,
-    /// When the owner made the claim (unix ms); the earlier of two claims wins.
+    /// When the owner signed this claim (unix ms). A client signs a fresh
+    /// claim at every sign-in: the newest claim by the same key renews the
+    /// name for another lifetime (a year); the time plays no part in who gets
+    /// a contested name.
     pub created_ms: u64,
     /// Owner's signature over the fields above.
     pub signature: Signature,
@@ -129,12 +133,6 @@ impl NameClaim {
         let vk = self.user_id.verifying_key()?;
         vk.verify_strict(&claim_payload(&self.name, &self.user_id, self.created_ms), &self.signature)
             .map_err(|_| RecordError::BadSignature)
-    }
-
-    /// Deterministic conflict rule used by every supernode: the earlier claim
-    /// wins, ties go to the smaller key. Returns true if `self` beats `other`.
-    pub fn wins_over(&self, other: &NameClaim) -> bool {
-        (self.created_ms, self.user_id) < (other.created_ms, other.user_id)
     }
 }
 
@@ -226,15 +224,6 @@ mod tests {
         for bad in ["", "Bob", "a b", "ä", &"x".repeat(33)] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn conflict_rule_is_total() {
-        let a = NameClaim::sign(&key(1), "n", 10).unwrap();
-        let b = NameClaim::sign(&key(2), "n", 10).unwrap();
-        assert_ne!(a.wins_over(&b), b.wins_over(&a));
-        let early = NameClaim::sign(&key(9), "n", 1).unwrap();
-        assert!(early.wins_over(&a) && early.wins_over(&b));
     }
 
     #[test]

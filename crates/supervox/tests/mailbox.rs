@@ -175,7 +175,8 @@ fn the_claims_json_of_an_older_supernode_is_imported_once() {
     let dir = root.path().join("sn1");
     std::fs::create_dir_all(&dir).unwrap();
     let owner = Identity::from_seed([85; 32]);
-    let claim = NameClaim::sign(owner.signing_key(), "olga", 1).unwrap();
+    // Recent: a claim lives a year from its signature (older ones are dropped at import).
+    let claim = NameClaim::sign(owner.signing_key(), "olga", now()).unwrap();
     std::fs::write(dir.join("claims.json"), serde_json::to_vec(&[claim]).unwrap()).unwrap();
     let sn = start_sn(root.path(), "sn1", &[]);
     let mut mallory = Raw::connect(sn.addr, 84);

@@ -1633,3 +1633,23 @@ fn peer_lookups_verify_the_answer_and_say_online_offline_or_unknown() {
     // No call was started by either lookup.
     assert!(net.clients[0].active_call().is_none());
 }
+
+/// A link that lasts a day signs a fresh claim at its next presence refresh
+/// (a claim lives a year from its owner's last signature), on the same link.
+#[test]
+fn a_long_lived_link_renews_its_claim() {
+    let mut net = Net::new(&["alice"], false);
+    net.run(100);
+    let first = net.sn.claims().into_iter().find(|c| c.name == "alice").unwrap().created_ms;
+    // A day of refreshes, without walking the clock through all of them.
+    for _ in 0..24 {
+        net.now += CLAIM_RENEW_MS / 24 - PRESENCE_REFRESH_MS;
+        net.run(PRESENCE_REFRESH_MS);
+    }
+    net.run(PRESENCE_REFRESH_MS + 1_000);
+    let c = net.sn.claims().into_iter().find(|c| c.name == "alice").unwrap();
+    assert!(c.created_ms >= first + CLAIM_RENEW_MS, "not renewed: {} then {}", first, c.created_ms);
+    let sign_ins = net.events[0].iter().filter(|e| matches!(e, ClientEvent::SignedIn { .. })).count();
+    assert_eq!(sign_ins, 1, "renewed on the same link, not by signing in again");
+    assert!(!has(&net.events[0], |e| matches!(e, ClientEvent::NameRefused { .. })));
+}

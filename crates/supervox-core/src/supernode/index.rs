@@ -5,30 +5,54 @@
 //! the presence holders are a prefix of the claim holders, so when all R
 //! presence holders die the next ones already hold the claim.
 //!
-//! A client's supernode sends a claim or a presence to the primary holder
-//! (the heaviest), which stores it and replicates it to the other holders;
-//! if the primary does not answer in time the next holder is asked. A lookup
-//! goes to one holder and, if that one is slow, to the next (hedging): one
-//! overlay hop. When the live set changes, the records whose holder set
-//! changed are handed to their new holders by the heaviest surviving one.
+//! Holders are not trusted one by one:
+//! - **Claims** are first come *by a majority of the claim holders*: the
+//!   client's supernode asks every holder at once; the claim is accepted when
+//!   a majority accepts it and refused as taken when a majority says taken,
+//!   so one malicious holder can neither grant a name nor refuse it.
+//! - **Lookups** are cross-checked: the supernode asks holders (a majority of
+//!   the presence holders first, more claim holders if they disagree or stay
+//!   silent) and believes only a key named by ⌊R/2⌋ + 1 answers; an answer
+//!   for another key is not believed, and holders that disagree give `Unknown`.
+//! - **Answers** are matched by a random request id *and* the holder asked
+//!   (its member id and address): an answer from anyone else is dropped and
+//!   counted ([`super::SnStats::answers_refused`]).
+//!
+//! A presence goes to the primary holder (the heaviest), which stores it and
+//! replicates it to the other presence holders; if the primary does not
+//! answer in time the next holder is asked. When the live set changes, the
+//! records whose holder set changed are handed to their new holders by the
+//! heaviest surviving one.
 
 use super::{better_answer, SnOutput, Supernode, LOOKUP_TIMEOUT_MS, MAX_LOOKUPS_PER_CONN};
 use crate::directory::ClaimOutcome;
 use crate::overlay::membership::MemberEvent;
 use crate::overlay::rendezvous::{key_hash, member_seed, weight};
 use crate::{ConnId, Map};
+use rand::Rng;
 use std::net::SocketAddr;
 use supervox_proto::overlay::{Member, OverlayMsg, MAX_ITEMS_PER_PACKET};
-use supervox_proto::{LookupAnswer, Message, NameClaim, Presence, SignalEnvelope, UserId};
+use supervox_proto::{Claimed, LookupAnswer, Message, NameClaim, Presence, Refusal, SignalEnvelope, UserId};
 use tracing::debug;
 
-/// How long a holder has to answer a claim or publish before the next is asked.
+/// How long a holder has to answer a publish before the next is asked, and
+/// a claim before it is asked again.
 const REQUEST_TIMEOUT_MS: u64 = 700;
+/// How long a claim waits for a majority of its holders, asking the silent
+/// ones again every [`REQUEST_TIMEOUT_MS`]: long enough for a member that
+/// joined a moment ago to be admitted by the others (they drop what it sends
+/// until then), short enough for a sign-in.
+const CLAIM_TIMEOUT_MS: u64 = 6_000;
 /// Store and signal retransmissions.
 pub(super) const RETRY_MS: u64 = 300;
 pub(super) const MAX_TRIES: u8 = 4;
 /// Most requests of all kinds in flight (a bound on memory).
 pub(super) const MAX_PENDING: usize = 50_000;
+
+/// Answers that make a majority of `n` holders.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
 
 /// A holder of a record, as computed from our view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +60,25 @@ pub(super) struct Holder {
     pub weight: u64,
     pub id: UserId,
     pub addr: SocketAddr,
+}
+
+impl Holder {
+    /// True if an answer from `addr` signed as member `id` is this holder's.
+    fn is(&self, id: &UserId, addr: &SocketAddr) -> bool {
+        self.id == *id && self.addr == *addr
+    }
+}
+
+/// Take `(id, addr)` out of `asked`: true if it was there (an answer from a
+/// holder we asked and that had not answered yet).
+fn take_asked(asked: &mut Vec<Holder>, id: &UserId, addr: &SocketAddr) -> bool {
+    match asked.iter().position(|h| h.is(id, addr)) {
+        Some(i) => {
+            asked.swap_remove(i);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The holder sets of the records we hold, kept so that a membership change
@@ -83,6 +126,12 @@ impl PendingTable {
         self.map.len()
     }
 
+    /// The ids in flight (tests: what a holder would see on the wire).
+    #[cfg(test)]
+    pub(super) fn ids(&self) -> Vec<u64> {
+        self.map.keys().copied().collect()
+    }
+
     /// No request in flight needs a timer before this (maybe earlier than
     /// the true earliest: a removed request still counts until the next sweep).
     pub(super) fn next_due_ms(&self) -> Option<u64> {
@@ -94,20 +143,37 @@ impl Pending {
     /// When this request next needs the timer: its deadline, hedge or retry.
     fn due_ms(&self) -> u64 {
         match self {
-            Pending::Claim { deadline, .. } | Pending::Publish { deadline, .. } => *deadline,
+            Pending::Claim { deadline, resend_at, .. } => (*deadline).min(*resend_at),
+            Pending::Publish { deadline, .. } => *deadline,
             Pending::Lookup { deadline, hedge_at, .. } => (*deadline).min(*hedge_at),
             Pending::Signal { next, .. } | Pending::Store { next, .. } => *next,
         }
     }
 }
 
-/// A request we wait on, by our request id.
+/// A request we wait on, by our (random) request id. Each names the
+/// holders it waits on: only they may answer it.
 #[derive(Debug)]
 pub(super) enum Pending {
     Claim {
         conn: ConnId,
         claim: NameClaim,
-        left: Vec<Holder>,
+        renew_only: bool,
+        /// Holders asked that have not answered.
+        waiting: Vec<Holder>,
+        /// Every member asked (answered or not), so a holder is asked once.
+        asked_ids: Vec<UserId>,
+        /// Answers that decide: a majority of the holders (of the largest
+        /// holder set seen: our view may grow while we wait, never shrinks
+        /// the bar).
+        needed: usize,
+        /// Holders that stored the name new / held it already for this key.
+        new: usize,
+        held: usize,
+        /// Refusals by kind, with their counts.
+        refused: Vec<(Refusal, usize)>,
+        /// The silent holders are asked again at this time.
+        resend_at: u64,
         deadline: u64,
     },
     Publish {
@@ -115,6 +181,8 @@ pub(super) enum Pending {
         user: UserId,
         claim: Option<NameClaim>,
         presence: Presence,
+        /// The holder asked.
+        asked: Holder,
         left: Vec<Holder>,
         deadline: u64,
     },
@@ -122,25 +190,30 @@ pub(super) enum Pending {
         conn: ConnId,
         client_req: u64,
         name: String,
+        /// Holders not asked yet, in the order to ask them.
         left: Vec<Holder>,
-        /// Holders asked in the first round: asked once more, at the hedge
-        /// times, if an answer is still missing (a lost datagram).
+        /// Holders asked that have not answered.
         asked: Vec<Holder>,
-        /// The second round has begun.
-        retried: bool,
-        outstanding: usize,
-        best: LookupAnswer,
+        /// Every holder taken into this lookup (asked or to ask), so that
+        /// holders our view gains meanwhile are added once.
+        known: Vec<UserId>,
+        /// Answers naming the same key (`None`: unknown) that decide.
+        needed: usize,
+        /// Per key named: votes and the best valid answer for it.
+        votes: Vec<(Option<UserId>, usize, LookupAnswer)>,
         hedge_at: u64,
         deadline: u64,
     },
     Signal {
         conn: ConnId,
         env: SignalEnvelope,
+        /// The member at `env.to_supernode` when the signal left.
+        to_id: UserId,
         tries: u8,
         next: u64,
     },
     Store {
-        to: SocketAddr,
+        to: Holder,
         claims: Vec<NameClaim>,
         presence: Vec<Presence>,
         tries: u8,
@@ -175,9 +248,22 @@ impl Supernode {
         h
     }
 
-    fn req_id(&mut self) -> u64 {
-        self.next_req += 1;
-        self.next_req
+    /// A fresh request id: random (from our seeded CSPRNG), so a member
+    /// cannot guess the ids of requests it was not asked, never 0 and not in
+    /// use.
+    pub(super) fn new_req(&mut self) -> u64 {
+        loop {
+            let r: u64 = self.rng.gen();
+            if r != 0 && self.pending.get(&r).is_none() && !self.mail_pending.contains_key(&r) {
+                return r;
+            }
+        }
+    }
+
+    /// An answer came from a member we did not ask: dropped, and counted.
+    pub(super) fn refuse_answer(&mut self, kind: &str, from: SocketAddr) {
+        self.stats.answers_refused += 1;
+        debug!("{kind} from {from}, which was not asked: dropped");
     }
 
     fn hedge_delay(&self, h: &Holder) -> u64 {
@@ -193,23 +279,76 @@ impl Supernode {
 
     // ---- client side: claims, presence, lookups ----
 
-    pub(super) fn client_claim(&mut self, conn: ConnId, claim: NameClaim, now_ms: u64) {
+    /// Ask every claim holder at once; a majority decides (`renew_only`:
+    /// accept only a name this key holds already).
+    pub(super) fn client_claim(&mut self, conn: ConnId, claim: NameClaim, renew_only: bool, now_ms: u64) {
         let holders = self.holders_of(&claim.name);
-        self.try_claim(conn, claim, holders, now_ms);
+        if holders.is_empty() || !self.can_wait() {
+            return self.claim_decided(conn, claim, Err(Refusal::Unavailable), now_ms);
+        }
+        let needed = majority(holders.len());
+        let req = self.new_req();
+        let mut p = Pending::Claim {
+            conn,
+            claim: claim.clone(),
+            renew_only,
+            waiting: Vec::new(),
+            asked_ids: Vec::new(),
+            needed,
+            new: 0,
+            held: 0,
+            refused: Vec::new(),
+            resend_at: now_ms + REQUEST_TIMEOUT_MS,
+            deadline: now_ms + CLAIM_TIMEOUT_MS,
+        };
+        for h in holders {
+            if h.id == self.me {
+                let r = self.holder_claim(claim.clone(), renew_only, now_ms);
+                Self::count_claim_answer(&mut p, r);
+            } else {
+                self.send_overlay(h.addr, OverlayMsg::Claim { req, claim: claim.clone(), renew_only });
+                if let Pending::Claim { waiting, asked_ids, .. } = &mut p {
+                    waiting.push(h);
+                    asked_ids.push(h.id);
+                }
+            }
+        }
+        self.pending.insert(req, p);
+        self.claim_progress(req, now_ms, false);
     }
 
-    fn try_claim(&mut self, conn: ConnId, claim: NameClaim, mut left: Vec<Holder>, now_ms: u64) {
-        if left.is_empty() || !self.can_wait() {
-            return self.claim_answered(conn, claim.name, Err("the directory did not answer; try again".into()));
+    fn count_claim_answer(p: &mut Pending, r: Result<Claimed, Refusal>) {
+        let Pending::Claim { new, held, refused, .. } = p else { return };
+        match r {
+            Ok(Claimed::New) => *new += 1,
+            Ok(Claimed::Held) => *held += 1,
+            Err(e) => match refused.iter_mut().find(|(k, _)| *k == e) {
+                Some((_, n)) => *n += 1,
+                None => refused.push((e, 1)),
+            },
         }
-        let h = left.remove(0);
-        if h.id == self.me {
-            let result = self.store_claim_as_primary(claim.clone(), now_ms);
-            return self.claim_answered(conn, claim.name, result);
+    }
+
+    /// Decide a claim once a majority agrees, or with what came once every
+    /// holder answered or the deadline passed (`timed_out`).
+    fn claim_progress(&mut self, req: u64, now_ms: u64, timed_out: bool) {
+        let Some(Pending::Claim { needed, new, held, refused, waiting, .. }) = self.pending.get(&req) else {
+            return;
+        };
+        let answered = new + held + refused.iter().map(|(_, n)| n).sum::<usize>();
+        let result = if new + held >= *needed {
+            Some(Ok(if new > held { Claimed::New } else { Claimed::Held }))
+        } else if let Some((e, _)) = refused.iter().find(|(_, n)| n >= needed) {
+            Some(Err(e.clone()))
+        } else if waiting.is_empty() || timed_out {
+            Some(Err(if answered == 0 { Refusal::Unavailable } else { Refusal::NoQuorum }))
+        } else {
+            None
+        };
+        let Some(result) = result else { return };
+        if let Some(Pending::Claim { conn, claim, .. }) = self.pending.remove(&req) {
+            self.claim_decided(conn, claim, result, now_ms);
         }
-        let req = self.req_id();
-        self.send_overlay(h.addr, OverlayMsg::Claim { req, claim: claim.clone() });
-        self.pending.insert(req, Pending::Claim { conn, claim, left, deadline: now_ms + REQUEST_TIMEOUT_MS });
     }
 
     pub(super) fn client_publish(&mut self, conn: ConnId, claim: Option<NameClaim>, presence: Presence, now_ms: u64) {
@@ -228,30 +367,37 @@ impl Supernode {
         now_ms: u64,
     ) {
         if left.is_empty() || !self.can_wait() {
-            return self.publish_answered(conn, user, Err("the directory did not answer; try again".into()), now_ms);
+            return self.publish_answered(conn, user, Err(Refusal::Unavailable.to_string()), now_ms);
         }
         let h = left.remove(0);
         if h.id == self.me {
             let result = self.store_presence_as_primary(claim, presence, now_ms);
-            return self.publish_answered(conn, user, result, now_ms);
+            return self.publish_answered(conn, user, result.map_err(|e| e.to_string()), now_ms);
         }
-        let req = self.req_id();
+        let req = self.new_req();
         self.send_overlay(h.addr, OverlayMsg::Publish { req, claim: claim.clone(), presence: presence.clone() });
-        self.pending
-            .insert(req, Pending::Publish { conn, user, claim, presence, left, deadline: now_ms + REQUEST_TIMEOUT_MS });
+        let deadline = now_ms + REQUEST_TIMEOUT_MS;
+        self.pending.insert(req, Pending::Publish { conn, user, claim, presence, asked: h, left, deadline });
     }
 
+    /// A lookup, cross-checked: the claim holders are asked (a majority of
+    /// the presence holders first; more, in rank order, when the answers
+    /// disagree or do not come) until [`majority`]`(R)` answers name one key.
     pub(super) fn client_lookup(&mut self, conn: ConnId, req_id: u64, name: String, now_ms: u64) {
         self.stats.lookups += 1;
-        let holders = self.presence_holders_of(&name);
-        let local = if holders.iter().any(|h| h.id == self.me) {
-            self.directory.lookup(&name, now_ms)
-        } else {
-            LookupAnswer::Unknown
-        };
+        let holders = self.holders_of(&name);
+        let r = holders.len().min(self.presence_replicas());
+        let needed = majority(r);
+        let mut votes = Vec::new();
+        if holders.iter().any(|h| h.id == self.me) {
+            let local = self.directory.lookup(&name, now_ms);
+            votes.push((claim_key(&local), 1, local));
+        }
         let left: Vec<Holder> = holders.into_iter().filter(|h| h.id != self.me).collect();
-        if matches!(local, LookupAnswer::Online { .. }) || left.is_empty() {
-            self.send(conn, Message::LookupResult { req_id, answer: local });
+        let known = left.iter().map(|h| h.id).collect();
+        if votes.first().is_some_and(|v| v.1 >= needed) || left.is_empty() {
+            let answer = votes.pop().map_or(LookupAnswer::Unknown, |v| v.2);
+            self.send(conn, Message::LookupResult { req_id, answer });
             return;
         }
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -262,71 +408,118 @@ impl Supernode {
             return;
         }
         c.lookups += 1;
-        let req = self.req_id();
+        let req = self.new_req();
+        let first = (needed - votes.len()).min(left.len());
         let mut p = Pending::Lookup {
             conn,
             client_req: req_id,
             name,
             left,
             asked: Vec::new(),
-            retried: false,
-            outstanding: 0,
-            best: local,
+            known,
+            needed,
+            votes,
             hedge_at: 0,
             deadline: now_ms + LOOKUP_TIMEOUT_MS,
         };
-        self.lookup_next(req, &mut p, now_ms);
+        for _ in 0..first {
+            self.lookup_next(req, &mut p, now_ms);
+        }
         self.pending.insert(req, p);
     }
 
-    /// Ask the next holder of a pending lookup.
+    /// Ask the next holder of a pending lookup (or, when all were asked, the
+    /// silent ones again).
     fn lookup_next(&mut self, req: u64, p: &mut Pending, now_ms: u64) {
-        let Pending::Lookup { left, asked, retried, outstanding, hedge_at, name, .. } = p else {
+        let Pending::Lookup { left, asked, known, hedge_at, name, .. } = p else {
             return;
         };
-        if left.is_empty() && !*retried {
-            // Every holder was asked and one is still silent (a datagram
-            // lost either way): ask them all once more.
-            *retried = true;
-            std::mem::swap(left, asked);
+        if left.is_empty() {
+            // Our view may have grown since (a member we had not admitted yet).
+            for h in self.holders_of(name) {
+                if h.id != self.me && !known.contains(&h.id) {
+                    known.push(h.id);
+                    left.push(h);
+                }
+            }
         }
         if left.is_empty() {
             *hedge_at = u64::MAX;
+            if !asked.is_empty() {
+                // Lost datagrams, or holders that do not admit us yet: the
+                // silent ones again, every RETRY_MS until the deadline.
+                *hedge_at = now_ms + RETRY_MS;
+                let again: Vec<SocketAddr> = asked.iter().map(|h| h.addr).collect();
+                let name = name.clone();
+                for a in again {
+                    self.stats.lookups_forwarded += 1;
+                    self.send_overlay(a, OverlayMsg::Lookup { req, name: name.clone() });
+                }
+            }
             return;
         }
         let h = left.remove(0);
-        if !*retried {
-            asked.push(h);
-        }
-        *outstanding += 1;
+        asked.push(h);
         *hedge_at = now_ms + self.hedge_delay(&h);
         self.stats.lookups_forwarded += 1;
         let name = name.clone();
         self.send_overlay(h.addr, OverlayMsg::Lookup { req, name });
     }
 
+    /// Answer the client: the key enough holders named, else `Unknown` (the
+    /// holders disagree or too few answered: nothing is believed).
     fn finish_lookup(&mut self, req: u64) {
-        if let Some(Pending::Lookup { conn, client_req, best, .. }) = self.pending.remove(&req) {
+        if let Some(Pending::Lookup { conn, client_req, mut votes, needed, name, .. }) = self.pending.remove(&req) {
+            let answer = match votes.iter().position(|v| v.1 >= needed) {
+                Some(i) => votes.swap_remove(i).2,
+                // Every other holder asked stayed silent (down, or not admitting
+                // us yet) and nobody contradicts the one key named: believed,
+                // counted. A lone liar gains only when no honest holder answers.
+                None if votes.len() == 1 && votes[0].0.is_some() => {
+                    self.stats.lookups_unconfirmed += 1;
+                    votes.swap_remove(0).2
+                }
+                None => {
+                    if votes.iter().filter(|v| v.0.is_some()).count() > 1 {
+                        self.stats.lookups_disputed += 1;
+                        debug!("holders of {name:?} disagree on its key: answering unknown");
+                    }
+                    LookupAnswer::Unknown
+                }
+            };
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.lookups = c.lookups.saturating_sub(1);
-                self.send(conn, Message::LookupResult { req_id: client_req, answer: best });
+                self.send(conn, Message::LookupResult { req_id: client_req, answer });
             }
         }
     }
 
     // ---- holder side ----
 
-    /// We are the first holder asked: first come, first served.
-    fn store_claim_as_primary(&mut self, claim: NameClaim, now_ms: u64) -> Result<(), String> {
-        match self.directory.claim(claim.clone()) {
-            Ok(ClaimOutcome::Stored) => {
-                self.out.push_back(SnOutput::ClaimStored(claim.clone()));
-                self.replicate(&claim.name, vec![claim.clone()], vec![], true, now_ms);
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
+    /// We are one of a name's claim holders, asked for it: first come, first
+    /// served here; the asking supernode counts our answer with the others'.
+    fn holder_claim(&mut self, claim: NameClaim, renew_only: bool, now_ms: u64) -> Result<Claimed, Refusal> {
+        if renew_only && self.directory.claim_of(&claim.name).is_none_or(|c| c.user_id != claim.user_id) {
+            return Err(Refusal::RateLimited);
         }
+        let name = claim.name.clone();
+        let r = match self.directory.claim(claim.clone(), now_ms) {
+            Ok(ClaimOutcome::Stored) => {
+                self.out.push_back(SnOutput::ClaimStored(claim));
+                Ok(Claimed::New)
+            }
+            Ok(ClaimOutcome::Renewed) => {
+                self.out.push_back(SnOutput::ClaimStored(claim));
+                Ok(Claimed::Held)
+            }
+            Ok(ClaimOutcome::Unchanged) => Ok(Claimed::Held),
+            Err(e) => Err(Refusal::from(&e)),
+        };
+        if r.is_ok() {
+            let holders = self.holders_of(&name);
+            self.remember_holders(&name, holders);
+        }
+        r
     }
 
     fn store_presence_as_primary(
@@ -334,7 +527,7 @@ impl Supernode {
         claim: Option<NameClaim>,
         presence: Presence,
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let mut claims = Vec::new();
         let mut new_claim = false;
         if let Some(c) = claim {
@@ -342,18 +535,18 @@ impl Supernode {
             claims.push(c);
         }
         let home = presence.supernode;
-        self.directory.publish(presence.clone(), home, now_ms).map_err(|e| e.to_string())?;
+        self.directory.publish(presence.clone(), home, now_ms).map_err(|e| Refusal::from(&e))?;
         let name = presence.name.clone();
         self.replicate(&name, claims, vec![presence], new_claim, now_ms);
         Ok(())
     }
 
-    /// A claim from another holder (replication, hand-off) or riding along
-    /// with a presence: races settle the same way on every holder.
-    /// True if the claim was new here.
+    /// A claim from another holder (hand-off) or riding along with a
+    /// presence: first come, first served like any claim — it never replaces
+    /// another key's. True if it was new (or renewed) here.
     fn store_claim_copy(&mut self, claim: NameClaim, now_ms: u64) -> bool {
         match self.directory.replicate(claim.clone(), now_ms) {
-            Ok(ClaimOutcome::Stored) | Ok(ClaimOutcome::Replaced(_)) => {
+            Ok(ClaimOutcome::Stored) | Ok(ClaimOutcome::Renewed) => {
                 self.out.push_back(SnOutput::ClaimStored(claim));
                 true
             }
@@ -379,13 +572,13 @@ impl Supernode {
         let holders = self.holders_of(name);
         let (me, r) = (self.me, self.presence_replicas());
         // A presence refresh (every minute per client) carries no claim: the
-        // holders have it (it came with the first publish, or by hand-off).
+        // holders have it (they were asked for it, or got it by hand-off).
         let claims_with_presence = if claim_is_new { claims.clone() } else { vec![] };
         for (rank, h) in holders.iter().enumerate().filter(|(_, h)| h.id != me) {
             if rank < r && !presence.is_empty() {
-                self.store_to(h.addr, claims_with_presence.clone(), presence.clone(), now_ms);
+                self.store_to(*h, claims_with_presence.clone(), presence.clone(), now_ms);
             } else if claim_is_new && !claims.is_empty() {
-                self.store_to(h.addr, claims.clone(), vec![], now_ms);
+                self.store_to(*h, claims.clone(), vec![], now_ms);
             }
         }
         self.remember_holders(name, holders);
@@ -400,24 +593,28 @@ impl Supernode {
         }
     }
 
-    /// Send records, acknowledged and retried.
-    pub(super) fn store_to(&mut self, to: SocketAddr, claims: Vec<NameClaim>, presence: Vec<Presence>, now_ms: u64) {
+    /// Send records, acknowledged (by that member only) and retried.
+    pub(super) fn store_to(&mut self, to: Holder, claims: Vec<NameClaim>, presence: Vec<Presence>, now_ms: u64) {
         if !self.can_wait() {
             return;
         }
-        let req = self.req_id();
-        self.send_overlay(to, OverlayMsg::Store { req, claims: claims.clone(), presence: presence.clone() });
+        let req = self.new_req();
+        self.send_overlay(to.addr, OverlayMsg::Store { req, claims: claims.clone(), presence: presence.clone() });
         self.pending.insert(req, Pending::Store { to, claims, presence, tries: 1, next: now_ms + RETRY_MS });
     }
 
-    /// An index message from another supernode; other messages are handed back.
-    pub(super) fn on_index_msg(&mut self, from: SocketAddr, msg: OverlayMsg, now_ms: u64) -> Option<OverlayMsg> {
+    /// An index message from member `from_id` at `from`; other messages are
+    /// handed back. Answers count only from the member a request went to.
+    pub(super) fn on_index_msg(
+        &mut self,
+        from: SocketAddr,
+        from_id: UserId,
+        msg: OverlayMsg,
+        now_ms: u64,
+    ) -> Option<OverlayMsg> {
         match msg {
-            OverlayMsg::Claim { req, claim } => {
-                let result = match claim.verify() {
-                    Ok(()) => self.store_claim_as_primary(claim, now_ms),
-                    Err(e) => Err(e.to_string()),
-                };
+            OverlayMsg::Claim { req, claim, renew_only } => {
+                let result = self.holder_claim(claim, renew_only, now_ms);
                 self.send_overlay(from, OverlayMsg::ClaimAns { req, result });
             }
             OverlayMsg::Publish { req, claim, presence } => {
@@ -443,39 +640,63 @@ impl Supernode {
                 }
                 self.send_overlay(from, OverlayMsg::StoreAck { req });
             }
-            OverlayMsg::ClaimAns { req, result } => {
-                if let Some(Pending::Claim { conn, claim, left, .. }) = self.pending.remove(&req) {
-                    match result {
-                        Ok(()) => self.claim_answered(conn, claim.name, Ok(())),
-                        // A holder that refuses for a reason other than a
-                        // taken name (e.g. full) does not speak for the rest.
-                        Err(e) if e.contains("taken") || left.is_empty() => {
-                            self.claim_answered(conn, claim.name, Err(e))
-                        }
-                        Err(_) => self.try_claim(conn, claim, left, now_ms),
-                    }
-                }
-            }
+            OverlayMsg::ClaimAns { req, result } => self.claim_answer(req, from, from_id, result, now_ms),
             OverlayMsg::PublishAns { req, result } => {
+                let Some(Pending::Publish { asked, .. }) = self.pending.get(&req) else { return None };
+                if !asked.is(&from_id, &from) {
+                    self.refuse_answer("PublishAns", from);
+                    return None;
+                }
                 if let Some(Pending::Publish { conn, user, claim, presence, left, .. }) = self.pending.remove(&req) {
                     match result {
-                        Err(e) if !left.is_empty() && !e.contains("stale") => {
+                        // Another holder may take what this one could not
+                        // (it missed the claim); a stale record is final.
+                        Err(e) if !left.is_empty() && e != Refusal::Stale => {
                             debug!("holder refused presence ({e}); asking the next");
                             self.try_publish(conn, user, claim, presence, left, now_ms)
                         }
-                        r => self.publish_answered(conn, user, r, now_ms),
+                        r => self.publish_answered(conn, user, r.map_err(|e| e.to_string()), now_ms),
                     }
                 }
             }
-            OverlayMsg::LookupAns { req, answer } => self.lookup_answered(req, answer, now_ms),
-            OverlayMsg::StoreAck { req } => {
-                if matches!(self.pending.get(&req), Some(Pending::Store { to, .. }) if *to == from) {
+            OverlayMsg::LookupAns { req, answer } => self.lookup_answered(req, from, from_id, answer, now_ms),
+            OverlayMsg::StoreAck { req } => match self.pending.get(&req) {
+                Some(Pending::Store { to, .. }) if to.is(&from_id, &from) => {
                     self.pending.remove(&req);
                 }
-            }
+                Some(Pending::Store { .. }) => self.refuse_answer("StoreAck", from),
+                _ => {}
+            },
             other => return Some(other),
         }
         None
+    }
+
+    /// A holder's answer to a claim: counted if it is from a holder asked
+    /// that had not answered yet.
+    fn claim_answer(
+        &mut self,
+        req: u64,
+        from: SocketAddr,
+        from_id: UserId,
+        result: Result<Claimed, Refusal>,
+        now_ms: u64,
+    ) {
+        let Some(mut p) = self.pending.remove(&req) else { return };
+        let asked = match &mut p {
+            Pending::Claim { waiting, .. } => take_asked(waiting, &from_id, &from),
+            _ => false,
+        };
+        if asked {
+            Self::count_claim_answer(&mut p, result);
+        } else {
+            self.refuse_answer("ClaimAns", from);
+        }
+        let is_claim = matches!(p, Pending::Claim { .. });
+        self.pending.insert(req, p);
+        if is_claim {
+            self.claim_progress(req, now_ms, false);
+        }
     }
 
     /// One of our clients signed off: its presence goes from its holders.
@@ -490,12 +711,16 @@ impl Supernode {
         }
     }
 
-    /// An answer from a holder. Holders are not trusted: records are
-    /// verified again and must match the name asked for.
-    fn lookup_answered(&mut self, req: u64, answer: LookupAnswer, now_ms: u64) {
-        let Some(Pending::Lookup { name, .. }) = self.pending.get(&req) else {
+    /// An answer from a holder. Holders are not trusted: only the holders
+    /// asked count, once each; records are verified again and must match
+    /// the name asked for; the answer is a vote for the key it names.
+    fn lookup_answered(&mut self, req: u64, from: SocketAddr, from_id: UserId, answer: LookupAnswer, now_ms: u64) {
+        let Some(Pending::Lookup { name, asked, .. }) = self.pending.get(&req) else {
             return;
         };
+        if !asked.iter().any(|h| h.is(&from_id, &from)) {
+            return self.refuse_answer("LookupAns", from);
+        }
         let valid = match &answer {
             LookupAnswer::Online { claim, presence } => {
                 claim.verify().is_ok()
@@ -510,16 +735,22 @@ impl Supernode {
         let Some(mut p) = self.pending.remove(&req) else {
             return;
         };
-        let done = if let Pending::Lookup { best, outstanding, left, .. } = &mut p {
+        let done = if let Pending::Lookup { asked, votes, needed, left, .. } = &mut p {
+            take_asked(asked, &from_id, &from);
             if valid {
-                let b = std::mem::replace(best, LookupAnswer::Unknown);
-                *best = better_answer(b, answer);
+                let key = claim_key(&answer);
+                match votes.iter_mut().find(|v| v.0 == key) {
+                    Some(v) => {
+                        v.1 += 1;
+                        let b = std::mem::replace(&mut v.2, LookupAnswer::Unknown);
+                        v.2 = better_answer(b, answer);
+                    }
+                    None => votes.push((key, 1, answer)),
+                }
             } else {
-                debug!("discarding invalid lookup answer from a holder");
+                debug!("discarding invalid lookup answer from {from}");
             }
-            *outstanding = outstanding.saturating_sub(1);
-            let online = matches!(best, LookupAnswer::Online { .. });
-            online || (*outstanding == 0 && left.is_empty())
+            votes.iter().any(|v| v.1 >= *needed) || (asked.is_empty() && left.is_empty())
         } else {
             true
         };
@@ -527,8 +758,9 @@ impl Supernode {
             self.pending.insert(req, p);
             return self.finish_lookup(req);
         }
-        // Not found there: ask the next holder now rather than at the hedge.
-        if matches!(&p, Pending::Lookup { outstanding: 0, .. }) {
+        // Not decided and nobody else asked is pending: ask the next now
+        // rather than at the hedge.
+        if matches!(&p, Pending::Lookup { asked, .. } if asked.is_empty()) {
             self.lookup_next(req, &mut p, now_ms);
         }
         self.pending.insert(req, p);
@@ -558,7 +790,37 @@ impl Supernode {
                 continue;
             };
             match p {
-                Pending::Claim { conn, claim, left, .. } => self.try_claim(conn, claim, left, now_ms),
+                Pending::Claim { deadline, .. } if deadline <= now_ms => {
+                    self.pending.insert(req, p);
+                    self.claim_progress(req, now_ms, true);
+                }
+                Pending::Claim {
+                    ref claim,
+                    renew_only,
+                    ref mut waiting,
+                    ref mut asked_ids,
+                    ref mut needed,
+                    ref mut resend_at,
+                    ..
+                } => {
+                    // The silent holders may have lost a datagram, or not admit us
+                    // yet; and our view may have grown (a member we had not
+                    // admitted when the claim began): its new holders are asked too.
+                    *resend_at = now_ms + REQUEST_TIMEOUT_MS;
+                    let holders = self.holders_of(&claim.name);
+                    *needed = (*needed).max(majority(holders.len()));
+                    for h in holders {
+                        if h.id != self.me && !asked_ids.contains(&h.id) {
+                            asked_ids.push(h.id);
+                            waiting.push(h);
+                        }
+                    }
+                    for h in waiting.iter() {
+                        let msg = OverlayMsg::Claim { req, claim: claim.clone(), renew_only };
+                        self.send_overlay(h.addr, msg);
+                    }
+                    self.pending.insert(req, p);
+                }
                 Pending::Publish { conn, user, claim, presence, left, .. } => {
                     self.try_publish(conn, user, claim, presence, left, now_ms)
                 }
@@ -570,17 +832,19 @@ impl Supernode {
                     self.lookup_next(req, &mut p, now_ms);
                     self.pending.insert(req, p);
                 }
-                Pending::Signal { conn, env, tries, .. } => self.retry_signal(req, conn, env, tries, now_ms),
+                Pending::Signal { conn, env, to_id, tries, .. } => {
+                    self.retry_signal(req, conn, env, to_id, tries, now_ms)
+                }
                 Pending::Store { to, claims, presence, tries, .. } => {
                     if tries < MAX_TRIES {
                         self.send_overlay(
-                            to,
+                            to.addr,
                             OverlayMsg::Store { req, claims: claims.clone(), presence: presence.clone() },
                         );
                         let next = now_ms + RETRY_MS * (1 << tries);
                         self.pending.insert(req, Pending::Store { to, claims, presence, tries: tries + 1, next });
                     } else {
-                        debug!("store to {to} unacknowledged; giving up");
+                        debug!("store to {} unacknowledged; giving up", to.addr);
                     }
                 }
             }
@@ -628,7 +892,8 @@ impl Supernode {
             }
         }
         for (name, with_presence) in sends {
-            self.hand_off(&name, &[(j.addr, with_presence)], now_ms);
+            let to = Holder { weight: 0, id: j.id, addr: j.addr };
+            self.hand_off(&name, &[(to, with_presence)], now_ms);
         }
         for (name, gone) in demoted {
             // No longer a presence holder: the presence goes (its holders
@@ -658,11 +923,11 @@ impl Supernode {
             let survivor = new.iter().find(|h| was(&h.id, old.len())).map(|h| h.id);
             // Newcomers to the claim set get the claim; newcomers to the
             // presence prefix get the presence too.
-            let to: Vec<(SocketAddr, bool)> = new
+            let to: Vec<(Holder, bool)> = new
                 .iter()
                 .enumerate()
                 .filter(|(rank, h)| !was(&h.id, old.len()) || (*rank < r && !was(&h.id, r)))
-                .map(|(rank, h)| (h.addr, rank < r))
+                .map(|(rank, h)| (*h, rank < r))
                 .collect();
             if survivor == Some(self.me) && !to.is_empty() {
                 self.hand_off(&name, &to, now_ms);
@@ -671,7 +936,7 @@ impl Supernode {
         }
     }
 
-    fn hand_off(&mut self, name: &str, to: &[(SocketAddr, bool)], now_ms: u64) {
+    fn hand_off(&mut self, name: &str, to: &[(Holder, bool)], now_ms: u64) {
         let (claims, presence) = match self.directory.lookup(name, now_ms) {
             LookupAnswer::Online { claim, presence } => (vec![claim], vec![presence]),
             LookupAnswer::Offline { claim } => (vec![claim], vec![]),
@@ -693,22 +958,30 @@ impl Supernode {
         self.holders.dirty_all = false;
         let names: Vec<String> = self.directory.claims().map(|c| c.name.clone()).collect();
         // Batch per holder so a large store costs few datagrams.
-        let mut batches: Map<SocketAddr, Vec<NameClaim>> = Map::default();
+        let mut batches: Map<(UserId, SocketAddr), (Holder, Vec<NameClaim>)> = Map::default();
         for name in names {
             let holders = self.holders_of(&name);
             if let LookupAnswer::Offline { claim } | LookupAnswer::Online { claim, .. } =
                 self.directory.lookup(&name, now_ms)
             {
                 for h in holders.iter().filter(|h| h.id != self.me) {
-                    batches.entry(h.addr).or_default().push(claim.clone());
+                    batches.entry((h.id, h.addr)).or_insert_with(|| (*h, Vec::new())).1.push(claim.clone());
                 }
             }
             self.remember_holders(&name, holders);
         }
-        for (to, claims) in batches {
+        for (to, claims) in batches.into_values() {
             for chunk in claims.chunks(MAX_ITEMS_PER_PACKET) {
                 self.store_to(to, chunk.to_vec(), vec![], now_ms);
             }
         }
+    }
+}
+
+/// The key a lookup answer names (`None`: it knows no claim).
+fn claim_key(a: &LookupAnswer) -> Option<UserId> {
+    match a {
+        LookupAnswer::Online { claim, .. } | LookupAnswer::Offline { claim } => Some(claim.user_id),
+        LookupAnswer::Unknown => None,
     }
 }

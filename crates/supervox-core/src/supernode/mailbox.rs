@@ -314,11 +314,42 @@ fn pages(items: Vec<MailItem>) -> Vec<Vec<MailItem>> {
     out
 }
 
-/// A client's put or fetch waiting on the holders.
+/// A client's put or fetch waiting on the holders; `asked`: the holders
+/// (member id and address) that may still answer it, once each.
 #[derive(Debug)]
 pub(super) enum MailPending {
-    Put { conn: ConnId, id: MailId, outstanding: usize, stored: usize, needed: usize, last_err: Option<String> },
-    Fetch { conn: ConnId, to: UserId, outstanding: usize, seen: HashSet<MailId>, more: bool },
+    Put {
+        conn: ConnId,
+        id: MailId,
+        asked: Vec<(UserId, SocketAddr)>,
+        outstanding: usize,
+        stored: usize,
+        needed: usize,
+        last_err: Option<String>,
+    },
+    Fetch {
+        conn: ConnId,
+        to: UserId,
+        asked: Vec<(UserId, SocketAddr)>,
+        outstanding: usize,
+        seen: HashSet<MailId>,
+        more: bool,
+    },
+}
+
+impl MailPending {
+    /// Take the holder `(id, addr)` off the list of those that may answer:
+    /// true if it was on it.
+    fn take_asked(&mut self, id: UserId, addr: SocketAddr) -> bool {
+        let (MailPending::Put { asked, .. } | MailPending::Fetch { asked, .. }) = self;
+        match asked.iter().position(|h| *h == (id, addr)) {
+            Some(i) => {
+                asked.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Supernode {
@@ -350,8 +381,9 @@ impl Supernode {
         }
         let holders = self.mail_holders(&item.to);
         let needed = put_quorum(holders.len());
-        let req = self.next_mail_req();
-        let mut p = MailPending::Put { conn, id, outstanding: holders.len(), stored: 0, needed, last_err: None };
+        let req = self.new_req();
+        let asked = holders.iter().copied().filter(|h| h.0 != self.me).collect();
+        let mut p = MailPending::Put { conn, id, asked, outstanding: holders.len(), stored: 0, needed, last_err: None };
         for (hid, addr) in holders {
             if hid == self.me {
                 let r = self.mail_put(item.clone(), now_ms).map(|_| ()).map_err(|e| e.to_string());
@@ -422,8 +454,10 @@ impl Supernode {
             c.mail_fetches += 1;
         }
         let holders = self.mail_holders(&user);
-        let req = self.next_mail_req();
-        let p = MailPending::Fetch { conn, to: user, outstanding: holders.len(), seen: HashSet::new(), more: false };
+        let req = self.new_req();
+        let asked = holders.iter().copied().filter(|h| h.0 != self.me).collect();
+        let p =
+            MailPending::Fetch { conn, to: user, asked, outstanding: holders.len(), seen: HashSet::new(), more: false };
         self.mail_pending.insert(req, (p, now_ms + MAIL_TIMEOUT_MS));
         for (hid, addr) in holders {
             if hid == self.me {
@@ -438,7 +472,7 @@ impl Supernode {
 
     /// One holder's page for a fetch: verified, deduplicated, passed on.
     fn mail_items_answered(&mut self, req: u64, items: Vec<MailItem>, more: bool, now_ms: u64) {
-        let Some((MailPending::Fetch { conn, to, outstanding, seen, more: any_more }, _)) =
+        let Some((MailPending::Fetch { conn, to, outstanding, seen, more: any_more, .. }, _)) =
             self.mail_pending.get_mut(&req)
         else {
             return;
@@ -502,13 +536,25 @@ impl Supernode {
         self.mail_dirty = true;
     }
 
-    fn next_mail_req(&mut self) -> u64 {
-        self.next_req += 1;
-        self.next_req
+    /// True if a mail answer for `req` comes from a holder asked that had not
+    /// answered; an answer from anyone else is dropped and counted.
+    fn mail_answer_asked(&mut self, req: u64, from: SocketAddr, from_id: UserId, kind: &str) -> bool {
+        let Some((p, _)) = self.mail_pending.get_mut(&req) else { return false };
+        if p.take_asked(from_id, from) {
+            return true;
+        }
+        self.refuse_answer(kind, from);
+        false
     }
 
-    /// Mail messages from other supernodes; others are handed back.
-    pub(super) fn on_mail_msg(&mut self, from: SocketAddr, msg: OverlayMsg, now_ms: u64) -> Option<OverlayMsg> {
+    /// Mail messages from member `from_id` at `from`; others are handed back.
+    pub(super) fn on_mail_msg(
+        &mut self,
+        from: SocketAddr,
+        from_id: UserId,
+        msg: OverlayMsg,
+        now_ms: u64,
+    ) -> Option<OverlayMsg> {
         match msg {
             OverlayMsg::MailPut { req, item } => {
                 // The change is queued ahead of the answer: stored before it leaves.
@@ -516,6 +562,9 @@ impl Supernode {
                 self.send_overlay(from, OverlayMsg::MailPutAns { req, result });
             }
             OverlayMsg::MailPutAns { req, result } => {
+                if !self.mail_answer_asked(req, from, from_id, "MailPutAns") {
+                    return None;
+                }
                 if let Some((p, _)) = self.mail_pending.get_mut(&req) {
                     Self::put_answer(p, result);
                     self.mail_progress(req);
@@ -529,6 +578,9 @@ impl Supernode {
                 }
             }
             OverlayMsg::MailItems { req, items, more } => {
+                if !self.mail_answer_asked(req, from, from_id, "MailItems") {
+                    return None;
+                }
                 self.mail_items_answered(req, items, more, now_ms);
                 self.mail_progress(req);
             }

@@ -8,7 +8,7 @@ use crate::overlay::wire::Inbound;
 use crate::ConnId;
 use std::net::SocketAddr;
 use supervox_proto::overlay::{OverlayMsg, OverlayPacket};
-use supervox_proto::{CallId, Message, SignalEnvelope};
+use supervox_proto::{CallId, Message, Refusal, SignalEnvelope, UserId};
 use tracing::{debug, info, warn};
 
 /// Signals remembered to drop retransmitted copies.
@@ -126,8 +126,8 @@ impl Supernode {
             let at = self.membership.get(&sender).map_or(member.addr, |m| m.addr);
             self.directory.remove_presence_at(&user, at);
         } else if !self.membership.on_msg(from, &member, &msg, now_ms) {
-            if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
-                if let Some(msg) = self.on_mail_msg(from, msg, now_ms) {
+            if let Some(msg) = self.on_index_msg(from, member.id, msg, now_ms) {
+                if let Some(msg) = self.on_mail_msg(from, member.id, msg, now_ms) {
                     self.on_peer_msg(from, member.id, msg, now_ms);
                 }
             }
@@ -145,7 +145,7 @@ impl Supernode {
     /// own signatures, and every answer to an unproved address is bounded by
     /// what came from it, with a cookie whose echo admits a real member);
     /// a ping gets a bare ack; it cannot order dial-backs or unpublish.
-    fn on_stranger_msg(&mut self, from: SocketAddr, id: supervox_proto::UserId, msg: OverlayMsg, now_ms: u64) {
+    fn on_stranger_msg(&mut self, from: SocketAddr, id: UserId, msg: OverlayMsg, now_ms: u64) {
         match msg {
             OverlayMsg::Ping { seq, .. } => self.send_overlay(from, OverlayMsg::Ack { seq, updates: Vec::new() }),
             OverlayMsg::Claim { .. }
@@ -157,8 +157,8 @@ impl Supernode {
             | OverlayMsg::MailFetch { .. }
             | OverlayMsg::MailAck { .. }
             | OverlayMsg::MailCopy { .. } => {
-                if let Some(msg) = self.on_index_msg(from, msg, now_ms) {
-                    if let Some(msg) = self.on_mail_msg(from, msg, now_ms) {
+                if let Some(msg) = self.on_index_msg(from, id, msg, now_ms) {
+                    if let Some(msg) = self.on_mail_msg(from, id, msg, now_ms) {
                         self.on_peer_msg(from, id, msg, now_ms);
                     }
                 }
@@ -171,12 +171,12 @@ impl Supernode {
         self.flush_membership(now_ms);
     }
 
-    fn on_peer_msg(&mut self, from: SocketAddr, from_id: supervox_proto::UserId, msg: OverlayMsg, now_ms: u64) {
+    fn on_peer_msg(&mut self, from: SocketAddr, from_id: UserId, msg: OverlayMsg, now_ms: u64) {
         match msg {
             OverlayMsg::Signal { req, env } => {
                 let dup = self.seen_signals.contains(&(from_id, req));
                 let result = if env.to_supernode != self.cfg.advertise {
-                    Err("not this supernode's client".to_string())
+                    Err(Refusal::NotHere)
                 } else {
                     match self.clients.get(&env.to) {
                         Some(&to) => {
@@ -185,7 +185,7 @@ impl Supernode {
                             }
                             Ok(())
                         }
-                        None => Err("callee is no longer connected to its supernode".to_string()),
+                        None => Err(Refusal::CalleeGone),
                     }
                 };
                 if !dup {
@@ -197,18 +197,18 @@ impl Supernode {
                 self.send_overlay(from, OverlayMsg::SignalAck { req, result });
             }
             OverlayMsg::SignalAck { req, result } => {
-                // Only the supernode the signal went to may answer for it: a member that
-                // guesses request ids cannot fail (or confirm) other members' calls.
-                let asked =
-                    matches!(self.pending.get(&req), Some(Pending::Signal { env, .. }) if env.to_supernode == from);
-                if !asked {
-                    return debug!("signal ack {req} from {from}, which was not asked");
+                // Only the member the signal went to may answer for it (its id at its
+                // address): a member that guesses request ids cannot fail (or confirm)
+                // other members' calls.
+                let Some(Pending::Signal { env, to_id, .. }) = self.pending.get(&req) else { return };
+                if env.to_supernode != from || *to_id != from_id {
+                    return self.refuse_answer("SignalAck", from);
                 }
                 if let Some(Pending::Signal { conn, env, .. }) = self.pending.remove(&req) {
                     self.signal_done(conn);
                     match result {
                         Ok(()) => self.stats.signals_routed += 1,
-                        Err(reason) => self.signal_failed(conn, env.call_id, reason),
+                        Err(reason) => self.signal_failed(conn, env.call_id, reason.to_string()),
                     }
                 }
             }
@@ -234,7 +234,7 @@ impl Supernode {
     }
 
     /// Seal and queue one overlay message for member `id` at `to`.
-    fn send_overlay_to(&mut self, id: supervox_proto::UserId, to: SocketAddr, msg: OverlayMsg) {
+    fn send_overlay_to(&mut self, id: UserId, to: SocketAddr, msg: OverlayMsg) {
         let kind = overlay_kind(&msg);
         let now_ms = self.clock_ms;
         let limited = is_answer(&msg) && !self.membership.is_live_addr(&to);
@@ -302,15 +302,15 @@ impl Supernode {
         }
         // Signals go only to live members: a client must not aim this supernode's
         // datagrams at an address of its choosing.
-        if !self.membership.is_live_addr(&env.to_supernode) {
+        let Some(to_id) = self.membership.live().find(|m| m.addr == env.to_supernode).map(|m| m.id) else {
             return self.signal_failed(conn, env.call_id, "callee's supernode is not a member".into());
-        }
+        };
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.signals >= MAX_SIGNALS_PER_CONN || self.pending.len() >= MAX_PENDING {
             return self.signal_failed(conn, env.call_id, "supernode busy".into());
         }
         c.signals += 1;
-        self.retry_signal(0, conn, env, 0, now_ms);
+        self.retry_signal(0, conn, env, to_id, 0, now_ms);
     }
 
     /// A client's signal left the pending table (answered or given up).
@@ -320,22 +320,26 @@ impl Supernode {
         }
     }
 
-    /// Send (or resend) a signal to the callee's supernode; `req` 0 = new.
-    pub(super) fn retry_signal(&mut self, req: u64, conn: ConnId, env: SignalEnvelope, tries: u8, now_ms: u64) {
+    /// Send (or resend) a signal to the callee's supernode, member `to_id`;
+    /// `req` 0 = new.
+    pub(super) fn retry_signal(
+        &mut self,
+        req: u64,
+        conn: ConnId,
+        env: SignalEnvelope,
+        to_id: UserId,
+        tries: u8,
+        now_ms: u64,
+    ) {
         if tries >= MAX_TRIES {
             self.signal_done(conn);
             let reason = format!("callee's supernode {} does not answer", env.to_supernode);
             return self.signal_failed(conn, env.call_id, reason);
         }
-        let req = if req == 0 {
-            self.next_req += 1;
-            self.next_req
-        } else {
-            req
-        };
+        let req = if req == 0 { self.new_req() } else { req };
         self.send_overlay(env.to_supernode, OverlayMsg::Signal { req, env: env.clone() });
         let next = now_ms + RETRY_MS * (1 << tries);
-        self.pending.insert(req, Pending::Signal { conn, env, tries: tries + 1, next });
+        self.pending.insert(req, Pending::Signal { conn, env, to_id, tries: tries + 1, next });
     }
 
     fn signal_failed(&mut self, conn: ConnId, call_id: CallId, reason: String) {

@@ -2,7 +2,8 @@ use super::*;
 use crate::overlay::wire::NetworkKey;
 use crate::Identity;
 use std::collections::HashSet;
-use supervox_proto::{CallId, CallSignal, Presence, SignalEnvelope};
+use supervox_proto::overlay::OverlayMsg;
+use supervox_proto::{CallId, CallSignal, Claimed, Presence, Refusal, SignalEnvelope};
 
 fn addr(p: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], p))
@@ -63,6 +64,9 @@ struct Net {
     client_out: Vec<(usize, SnOutput)>,
     /// Overlay datagrams delivered, by kind.
     delivered: Vec<(&'static str, SocketAddr)>,
+    /// Malicious supernodes: what each sends is rewritten by its function
+    /// (the real protocol, with lies in it) and sealed again.
+    tamper: std::collections::HashMap<usize, Box<dyn Fn(OverlayMsg) -> OverlayMsg>>,
     now: u64,
 }
 
@@ -77,6 +81,7 @@ impl Net {
             unprobeable: HashSet::new(),
             client_out: Vec::new(),
             delivered: Vec::new(),
+            tamper: Default::default(),
             now: 0,
         }
     }
@@ -91,32 +96,64 @@ impl Net {
             let mut moved = false;
             for i in 0..self.sns.len() {
                 let out = drain(&mut self.sns[i]);
-                if self.down.contains(&i) {
-                    continue;
-                }
-                for o in out {
-                    moved = true;
-                    match o {
-                        SnOutput::Datagram { to, bytes, kind } => {
-                            if self.black_hole.contains(&to)
-                                || (self.unprobeable.contains(&to) && matches!(kind, "Ping" | "PingReq"))
-                            {
-                                continue;
-                            }
-                            if let Some(j) = self.index_of(to).filter(|j| !self.down.contains(j)) {
-                                self.delivered.push((kind, to));
-                                let from = self.sns[i].advertise();
-                                self.sns[j].on_datagram(from, &bytes, self.now);
-                            }
-                        }
-                        o => self.client_out.push((i, o)),
-                    }
-                }
+                moved |= !out.is_empty();
+                self.deliver(i, out);
             }
             if !moved {
                 return;
             }
         }
+    }
+
+    /// Deliver what supernode `i` output (unless it is down).
+    fn deliver(&mut self, i: usize, out: Vec<SnOutput>) {
+        if self.down.contains(&i) {
+            return;
+        }
+        for o in out {
+            match o {
+                SnOutput::Datagram { to, bytes, kind } => {
+                    let bytes = self.tampered(i, to, bytes);
+                    if self.black_hole.contains(&to)
+                        || (self.unprobeable.contains(&to) && matches!(kind, "Ping" | "PingReq"))
+                    {
+                        continue;
+                    }
+                    if let Some(j) = self.index_of(to).filter(|j| !self.down.contains(j)) {
+                        self.delivered.push((kind, to));
+                        let from = self.sns[i].advertise();
+                        self.sns[j].on_datagram(from, &bytes, self.now);
+                    }
+                }
+                o => self.client_out.push((i, o)),
+            }
+        }
+    }
+
+    /// What a malicious supernode `i` really sends to `to` in place of
+    /// `bytes`: the receiver's wire opens it (as it would), the lie is sealed
+    /// afresh by the sender.
+    fn tampered(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
+        let (Some(f), Some(j)) = (self.tamper.get(&i), self.index_of(to)) else { return bytes };
+        let (from, now) = (self.sns[i].advertise(), self.now);
+        let r = &mut self.sns[j];
+        let m = &r.membership;
+        let Ok(crate::overlay::wire::Inbound::Packet { packet, .. }) =
+            r.wire.open(from, &bytes, now, |id| m.get(id).is_some())
+        else {
+            return bytes;
+        };
+        let msg = f(packet.msg);
+        sealed(&mut self.sns[i], to, msg)
+    }
+
+    /// Member `from` sends `msg` to member `to` as if from `at` (its own
+    /// address, or one it spoofs).
+    fn forge(&mut self, from: usize, to: usize, at: SocketAddr, msg: OverlayMsg) {
+        let dest = self.sns[to].advertise();
+        let bytes = sealed(&mut self.sns[from], dest, msg);
+        let now = self.now;
+        self.sns[to].on_datagram(at, &bytes, now);
     }
 
     /// Run the clocks for `ms`, ticking every 100 ms.
@@ -288,13 +325,14 @@ fn a_record_lives_on_r_holders_and_a_lookup_is_one_hop() {
         let v: Vec<usize> = s.holders_of("alice").iter().map(|h| net.index_of(h.addr).unwrap()).collect();
         assert_eq!(v, ranked);
     }
-    // Bob's supernode asks one holder, once.
+    // Bob's supernode asks a majority of the presence holders (2 of 3, at
+    // once: one hop), and no more when they agree.
     net.delivered.clear();
     let answer = net.lookup(5, 1, "alice");
     let LookupAnswer::Online { presence, .. } = answer else { panic!("{answer:?}") };
     assert_eq!(presence.supernode, addr(4002));
     let lookups = net.delivered.iter().filter(|(k, _)| *k == "Lookup").count();
-    assert!(lookups <= 1, "{lookups} lookup datagrams");
+    assert!(lookups <= 2, "{lookups} lookup datagrams");
     // A name nobody claimed.
     assert_eq!(net.lookup(5, 1, "ghost"), LookupAnswer::Unknown);
 }
@@ -446,7 +484,7 @@ fn signals_go_only_to_live_members_and_are_bounded_per_client() {
     // Another member forges the acks of those in flight: nothing changes for bob.
     let forger = net.sns[1].advertise();
     for req in 0..1_000u64 {
-        let ack = supervox_proto::overlay::OverlayMsg::SignalAck { req, result: Err("forged".into()) };
+        let ack = supervox_proto::overlay::OverlayMsg::SignalAck { req, result: Err(Refusal::CalleeGone) };
         let to = net.sns[3].advertise();
         let bytes = sealed(&mut net.sns[1], to, ack);
         net.sns[3].on_datagram(forger, &bytes, net.now);
@@ -616,7 +654,7 @@ fn forged_records_from_a_member_are_not_stored() {
     let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
     net.sign_in(0, 1, &alice, "alice");
     // Past the race window, alice's name is established.
-    net.run(2 * crate::directory::RACE_WINDOW_MS);
+    net.run(120_000);
     // A member (it holds the network key) sends a claim for "alice" by another
     // key, back-dated before alice's, one with a broken signature, and a
     // presence for alice signed by mallory.
@@ -957,6 +995,299 @@ fn a_clients_mail_fetches_in_flight_are_bounded_and_freed_when_answered() {
     assert!(!net.take_client_msgs(0, 2).iter().any(|m| matches!(m, Message::Error { .. })));
 }
 
+// ---- names nobody can squat or hijack (issue 15) ----
+
+/// Sign a client in on `sn` from 192.0.2.1 without a claim (room made for
+/// it: the test supernodes take two clients).
+fn connect(net: &mut Net, sn: usize, conn: ConnId, id: &Identity) {
+    net.sns[sn].cfg.max_clients = 100;
+    let now = net.now;
+    // One public source address (loopback has no new-name budget).
+    net.sns[sn].on_connected(conn, SocketAddr::from(([192, 0, 2, 1], 9000 + conn as u16)));
+    net.sns[sn].on_established(conn, Role::Client, id.user_id(), now);
+    net.pump();
+    net.take_client_msgs(sn, conn);
+}
+
+/// The claim's outcome as the client hears it.
+fn claim_as(net: &mut Net, sn: usize, conn: ConnId, claim: NameClaim) -> Result<(), String> {
+    let now = net.now;
+    net.sns[sn].on_message(conn, Message::Claim { claim }, now);
+    net.pump();
+    for _ in 0..30 {
+        let msgs = net.take_client_msgs(sn, conn);
+        if let Some(Message::ClaimResult { result, .. }) =
+            msgs.into_iter().find(|m| matches!(m, Message::ClaimResult { .. }))
+        {
+            return result;
+        }
+        net.run(100);
+    }
+    panic!("claim never answered")
+}
+
+fn claim(net: &mut Net, sn: usize, conn: ConnId, id: &Identity, name: &str) -> Result<(), String> {
+    let c = NameClaim::sign(id.signing_key(), name, net.now + 1).unwrap();
+    claim_as(net, sn, conn, c)
+}
+
+/// The keys that hold `name` anywhere.
+fn owners(net: &Net, name: &str) -> HashSet<UserId> {
+    net.sns.iter().flat_map(|s| s.claims()).filter(|c| c.name == name).map(|c| c.user_id).collect()
+}
+
+/// Supernode indices in `sn`'s ranking of `name`'s claim holders.
+fn ranked(net: &Net, sn: usize, name: &str) -> Vec<usize> {
+    net.sns[sn].holders_of(name).iter().filter_map(|h| net.index_of(h.addr)).collect()
+}
+
+/// A member that was not asked answers a request in flight — with guessed
+/// (sequential) ids, with the real (random) id learnt by sniffing, and from
+/// the asked holder's address under its own member id: all dropped and
+/// counted; the real holders decide.
+#[test]
+fn forged_answers_from_members_not_asked_are_ignored() {
+    let mut net = Net::new(8);
+    net.run(3_000);
+    let (alice, bob, mallory) =
+        (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]), Identity::from_seed([12; 32]));
+    net.sign_in(2, 1, &alice, "alice");
+    let holders = ranked(&net, 0, "alice");
+    let outside: Vec<usize> = (0..8).filter(|i| !holders.contains(i) && *i != 2).collect();
+    let (asker, forger) = (outside[0], outside[1]);
+    let forger_at = net.sns[forger].advertise();
+    let holder_at = net.sns[holders[0]].advertise();
+
+    // Mallory claims alice's name through `asker`: the claim goes to every holder.
+    connect(&mut net, asker, 5, &mallory);
+    let c = NameClaim::sign(mallory.signing_key(), "alice", net.now).unwrap();
+    let now = net.now;
+    let before = net.sns[asker].pending.ids();
+    net.sns[asker].on_message(5, Message::Claim { claim: c }, now);
+    let out = drain(&mut net.sns[asker]);
+    let claims = out.iter().filter(|o| matches!(o, SnOutput::Datagram { kind: "Claim", .. })).count();
+    assert_eq!(claims, holders.len());
+    // The id a holder sees (sniffed here from the asker's table).
+    let reqs: Vec<u64> = net.sns[asker].pending.ids().into_iter().filter(|r| !before.contains(r)).collect();
+    let [req] = reqs[..] else { panic!("{reqs:?}") };
+    assert!(req > u64::from(u32::MAX), "request ids are random, not a counter: {req}");
+    let yes = |req| OverlayMsg::ClaimAns { req, result: Ok(Claimed::New) };
+    for guess in 0..1_000 {
+        net.forge(forger, asker, forger_at, yes(guess));
+    }
+    net.forge(forger, asker, forger_at, yes(req));
+    for _ in 0..holders.len() {
+        net.forge(forger, asker, holder_at, yes(req));
+    }
+    assert_eq!(net.sns[asker].stats().answers_refused, 1 + holders.len() as u64);
+    assert!(net.take_client_msgs(asker, 5).is_empty() && sent_to(&drain(&mut net.sns[asker]), 5).is_empty());
+    net.deliver(asker, out);
+    net.pump();
+    net.run(1_500);
+    let msgs = net.take_client_msgs(asker, 5);
+    assert!(
+        msgs.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(e), .. } if e.contains("taken"))),
+        "{msgs:?}"
+    );
+    assert_eq!(owners(&net, "alice"), HashSet::from([alice.user_id()]));
+
+    // A lookup by bob: the forger answers it with mallory's self-signed records.
+    connect(&mut net, asker, 6, &bob);
+    let now = net.now;
+    let before = net.sns[asker].pending.ids();
+    net.sns[asker].on_message(6, Message::Lookup { req_id: 1, name: "alice".into() }, now);
+    let out = drain(&mut net.sns[asker]);
+    let asked_at = out
+        .iter()
+        .find_map(|o| match o {
+            SnOutput::Datagram { to, kind: "Lookup", .. } => Some(*to),
+            _ => None,
+        })
+        .unwrap();
+    let reqs: Vec<u64> = net.sns[asker].pending.ids().into_iter().filter(|r| !before.contains(r)).collect();
+    let [req] = reqs[..] else { panic!("{reqs:?}") };
+    let forged = LookupAnswer::Online {
+        claim: NameClaim::sign(mallory.signing_key(), "alice", now).unwrap(),
+        presence: Presence::sign(mallory.signing_key(), "alice", forger_at, now, now + 60_000).unwrap(),
+    };
+    let before = net.sns[asker].stats().answers_refused;
+    net.forge(forger, asker, forger_at, OverlayMsg::LookupAns { req, answer: forged.clone() });
+    net.forge(forger, asker, asked_at, OverlayMsg::LookupAns { req, answer: forged });
+    assert_eq!(net.sns[asker].stats().answers_refused, before + 2);
+    net.deliver(asker, out);
+    net.pump();
+    let msgs = net.take_client_msgs(asker, 6);
+    let Some(Message::LookupResult { answer: LookupAnswer::Online { claim, .. }, .. }) = msgs.first() else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!(claim.user_id, alice.user_id());
+}
+
+/// A malicious claim holder says yes to every claim (and answers lookups
+/// with a thief's records), then no to every claim: a majority of the
+/// holders decides either way, and the lookup believes the majority's key.
+#[test]
+fn one_malicious_holder_can_neither_grant_nor_refuse_a_claim_nor_forge_a_lookup() {
+    let mut net = Net::new(8);
+    net.run(3_000);
+    let (alice, bob, carol, mallory) = (
+        Identity::from_seed([10; 32]),
+        Identity::from_seed([11; 32]),
+        Identity::from_seed([12; 32]),
+        Identity::from_seed([13; 32]),
+    );
+    let alice_sn = 2;
+    net.sign_in(alice_sn, 1, &alice, "alice");
+    let holders = ranked(&net, 0, "alice");
+    // The heaviest holder: the first a lookup asks.
+    let evil = holders[0];
+    let asker = (0..8).find(|i| !holders[..3].contains(i) && *i != alice_sn).unwrap();
+    let evil_at = net.sns[evil].advertise();
+    let thief = mallory.signing_key().clone();
+    net.tamper.insert(
+        evil,
+        Box::new(move |msg| match msg {
+            OverlayMsg::ClaimAns { req, .. } => OverlayMsg::ClaimAns { req, result: Ok(Claimed::New) },
+            OverlayMsg::LookupAns { req, .. } => OverlayMsg::LookupAns {
+                req,
+                answer: LookupAnswer::Online {
+                    claim: NameClaim::sign(&thief, "alice", 1).unwrap(),
+                    presence: Presence::sign(&thief, "alice", evil_at, 1, 200_000).unwrap(),
+                },
+            },
+            m => m,
+        }),
+    );
+    connect(&mut net, asker, 5, &mallory);
+    let r = claim(&mut net, asker, 5, &mallory, "alice");
+    assert!(matches!(&r, Err(e) if e.contains("taken")), "{r:?}");
+    assert_eq!(owners(&net, "alice"), HashSet::from([alice.user_id()]));
+    connect(&mut net, asker, 6, &bob);
+    let LookupAnswer::Online { claim: c, presence } = net.lookup(asker, 6, "alice") else { panic!("not online") };
+    assert_eq!((c.user_id, presence.supernode), (alice.user_id(), net.sns[alice_sn].advertise()));
+
+    // Now it refuses every claim as taken: a free name it holds is still granted.
+    net.tamper.insert(
+        evil,
+        Box::new(|msg| match msg {
+            OverlayMsg::ClaimAns { req, .. } => OverlayMsg::ClaimAns { req, result: Err(Refusal::Taken) },
+            m => m,
+        }),
+    );
+    let name = (0..100).map(|n| format!("zoe{n}")).find(|n| ranked(&net, asker, n).contains(&evil)).unwrap();
+    connect(&mut net, asker, 7, &carol);
+    assert_eq!(claim(&mut net, asker, 7, &carol, &name), Ok(()));
+    assert_eq!(owners(&net, &name), HashSet::from([carol.user_id()]));
+}
+
+/// The old race rule let a claim dated before a young one (< 60 s) replace
+/// it on replication, and a refused claim rode along with the client's next
+/// Publish into that rule: mallory took a name registered a moment ago.
+/// Now the refused claim stays at its supernode, and no holder replaces
+/// another key's claim, however it is dated and whoever sends it.
+#[test]
+fn a_refused_claim_riding_along_with_a_publish_cannot_steal_a_young_name() {
+    let mut net = Net::new(6);
+    net.run(3_000);
+    let (alice, mallory) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(1, 1, &alice, "alice");
+    let asker = (0..6).find(|i| *i != 1).unwrap();
+    let at = net.sns[asker].advertise();
+    // Seconds later: dated before alice's claim, then a presence, as a client sends them.
+    connect(&mut net, asker, 2, &mallory);
+    let early = NameClaim::sign(mallory.signing_key(), "alice", 1).unwrap();
+    let presence = Presence::sign(mallory.signing_key(), "alice", at, net.now, net.now + 60_000).unwrap();
+    let now = net.now;
+    net.sns[asker].on_message(2, Message::Claim { claim: early.clone() }, now);
+    net.sns[asker].on_message(2, Message::Publish { presence: presence.clone() }, now);
+    net.pump();
+    net.run(1_500);
+    let msgs = net.take_client_msgs(asker, 2);
+    assert!(msgs.iter().any(|m| matches!(m, Message::ClaimResult { result: Err(e), .. } if e.contains("taken"))));
+    assert!(msgs.iter().any(|m| matches!(m, Message::PublishResult { result: Err(_) })), "{msgs:?}");
+    assert_eq!(owners(&net, "alice"), HashSet::from([alice.user_id()]));
+    // A member sends the early claim and the presence to every holder as replicas.
+    for h in net.holding("alice") {
+        let store = OverlayMsg::Store { req: 1, claims: vec![early.clone()], presence: vec![presence.clone()] };
+        net.forge(asker, h, at, store);
+    }
+    net.pump();
+    assert_eq!(owners(&net, "alice"), HashSet::from([alice.user_id()]));
+    let other = (0..6).find(|i| *i != 1 && *i != asker).unwrap();
+    connect(&mut net, other, 3, &Identity::from_seed([12; 32]));
+    let LookupAnswer::Online { claim: c, .. } = net.lookup(other, 3, "alice") else { panic!("not online") };
+    assert_eq!(c.user_id, alice.user_id());
+}
+
+/// One key gets three names; one source address gets
+/// [`NEW_NAMES_PER_SOURCE`] new names an hour through a supernode, while
+/// renewals of names it holds still pass.
+#[test]
+fn a_fourth_name_for_a_key_is_refused_and_new_names_per_source_are_rate_limited() {
+    let mut net = Net::new(5);
+    net.run(3_000);
+    let a = Identity::from_seed([10; 32]);
+    connect(&mut net, 0, 1, &a);
+    for n in ["a1", "a2", "a3"] {
+        assert_eq!(claim(&mut net, 0, 1, &a, n), Ok(()), "{n}");
+    }
+    let r = claim(&mut net, 0, 1, &a, "a4");
+    assert!(matches!(&r, Err(e) if e.contains("3 names")), "{r:?}");
+    assert!(owners(&net, "a4").is_empty());
+    assert_eq!(claim(&mut net, 0, 1, &a, "a1"), Ok(()), "a renewal");
+    // Every `connect`ed client comes from 192.0.2.1: three new names so far.
+    for k in 0..(NEW_NAMES_PER_SOURCE as u8 - 3) {
+        let id = Identity::from_seed([30 + k; 32]);
+        connect(&mut net, 0, 10 + u64::from(k), &id);
+        assert_eq!(claim(&mut net, 0, 10 + u64::from(k), &id, &format!("n{k}")), Ok(()));
+    }
+    let late = Identity::from_seed([90; 32]);
+    connect(&mut net, 0, 99, &late);
+    let r = claim(&mut net, 0, 99, &late, "late");
+    assert!(matches!(&r, Err(e) if e.contains("too many new names")), "{r:?}");
+    assert!(owners(&net, "late").is_empty());
+    assert_eq!(claim(&mut net, 0, 1, &a, "a2"), Ok(()), "renewals pass over budget");
+    // Another supernode keeps its own budget; this one's comes back in an hour.
+    connect(&mut net, 1, 99, &late);
+    assert_eq!(claim(&mut net, 1, 99, &late, "late"), Ok(()));
+    net.now += 3_600_000;
+    assert_eq!(claim(&mut net, 0, 99, &late, "late2"), Ok(()));
+}
+
+/// A claim lives a year from its owner's last signature: bob never signs in
+/// again and loses his name to the next claimant; alice signs in half a
+/// year on (her client signs a fresh claim) and keeps hers.
+#[test]
+fn an_expired_claim_is_dropped_and_an_online_owners_claim_is_renewed() {
+    use crate::directory::CLAIM_LIFETIME_MS;
+    let mut net = Net::new(3);
+    net.run(3_000);
+    let (alice, bob, carol) =
+        (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]), Identity::from_seed([12; 32]));
+    net.sign_in(0, 1, &alice, "alice");
+    net.sign_in(1, 1, &bob, "bob");
+    let bob_signed = net.sns[1].claims().iter().find(|c| c.name == "bob").unwrap().created_ms;
+    net.now += CLAIM_LIFETIME_MS / 2;
+    net.run(1_000);
+    let now = net.now;
+    net.sns[0].on_closed(1, now);
+    let msgs = net.sign_in(0, 2, &alice, "alice");
+    assert!(msgs.contains(&Message::ClaimResult { name: "alice".into(), result: Ok(()) }), "{msgs:?}");
+    let renewed = net.now + 1;
+    assert_eq!(net.holding("alice").len(), 3);
+    for s in &net.sns {
+        let c = s.claims().into_iter().find(|c| c.name == "alice").unwrap();
+        assert_eq!(c.created_ms, renewed, "renewed at every holder");
+    }
+    net.now = bob_signed + CLAIM_LIFETIME_MS;
+    net.run(crate::supernode::CLAIM_SWEEP_MS + 1_000);
+    assert!(net.holding("bob").is_empty(), "bob's claim outlived its year");
+    assert_eq!(net.holding("alice").len(), 3);
+    connect(&mut net, 2, 5, &carol);
+    assert_eq!(net.lookup(2, 5, "bob"), LookupAnswer::Unknown);
+    assert_eq!(claim(&mut net, 2, 5, &carol, "bob"), Ok(()));
+}
+
 #[test]
 fn a_stranger_with_a_spoofed_source_gets_back_no_more_bytes_than_it_sends() {
     use supervox_proto::overlay::OverlayMsg;
@@ -984,7 +1315,7 @@ fn a_stranger_with_a_spoofed_source_gets_back_no_more_bytes_than_it_sends() {
         OverlayMsg::SyncDigest { total: 1 },
         OverlayMsg::SyncBuckets { digests: vec![0; 256] },
         OverlayMsg::SyncPull { buckets: (0..=255).collect() },
-        OverlayMsg::Claim { req: 4, claim: claim.clone() },
+        OverlayMsg::Claim { req: 4, claim: claim.clone(), renew_only: false },
         OverlayMsg::Publish { req: 5, claim: Some(claim.clone()), presence: presence.clone() },
         OverlayMsg::Lookup { req: 6, name: "alice".into() },
         OverlayMsg::Store { req: 7, claims: vec![claim], presence: vec![presence] },

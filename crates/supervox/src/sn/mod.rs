@@ -520,6 +520,13 @@ fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &
         ("redirects_total", "Clients redirected because full.", st.redirects),
         ("violations_total", "Connections closed for protocol violations.", st.violations),
         ("rate_limited_total", "Client requests refused by the per-client rate limit.", st.rate_limited),
+        ("answers_refused_total", "Overlay answers dropped: not from the member asked.", st.answers_refused),
+        ("lookups_disputed_total", "Lookups answered unknown: the holders named different keys.", st.lookups_disputed),
+        (
+            "claims_rate_limited_total",
+            "Claims sent renewal-only: the source was over its new-name budget.",
+            st.claims_rate_limited,
+        ),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
         ("connections_refused_per_host_total", "Connections refused by the per-host limit.", per_host_refused),
         ("relay_allocations", "TURN allocations.", udp.allocations() as u64),
