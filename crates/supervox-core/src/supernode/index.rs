@@ -470,14 +470,17 @@ impl Supernode {
     /// holders disagree or too few answered: nothing is believed).
     fn finish_lookup(&mut self, req: u64) {
         if let Some(Pending::Lookup { conn, client_req, mut votes, needed, name, .. }) = self.pending.remove(&req) {
-            let answer = match votes.iter().position(|v| v.1 >= needed) {
+            let answer = match votes.iter().position(|v| v.0.is_some() && v.1 >= needed) {
                 Some(i) => votes.swap_remove(i).2,
                 // Every other holder asked stayed silent (down, or not admitting
-                // us yet) and nobody contradicts the one key named: believed,
-                // counted. A lone liar gains only when no honest holder answers.
-                None if votes.len() == 1 && votes[0].0.is_some() => {
+                // us yet) or does not know the name (a copy lost on the way:
+                // it abstains), and nobody names another key: believed,
+                // counted. A lone liar gains only when no honest holder
+                // knows the name.
+                None if votes.iter().filter(|v| v.0.is_some()).count() == 1 => {
                     self.stats.lookups_unconfirmed += 1;
-                    votes.swap_remove(0).2
+                    let i = votes.iter().position(|v| v.0.is_some()).unwrap_or(0);
+                    votes.swap_remove(i).2
                 }
                 None => {
                     if votes.iter().filter(|v| v.0.is_some()).count() > 1 {
@@ -735,7 +738,7 @@ impl Supernode {
         let Some(mut p) = self.pending.remove(&req) else {
             return;
         };
-        let done = if let Pending::Lookup { asked, votes, needed, left, .. } = &mut p {
+        let done = if let Pending::Lookup { asked, votes, needed, left, known, .. } = &mut p {
             take_asked(asked, &from_id, &from);
             if valid {
                 let key = claim_key(&answer);
@@ -750,7 +753,13 @@ impl Supernode {
             } else {
                 debug!("discarding invalid lookup answer from {from}");
             }
-            votes.iter().any(|v| v.1 >= *needed) || (asked.is_empty() && left.is_empty())
+            // A holder that does not know the name abstains rather than
+            // contradicts (a claim is stored by a majority, so a minority
+            // may lack it): "unknown" decides only with a majority of all
+            // the holders, a key with a majority of the presence holders.
+            let unknown_needed = majority(known.len() + 1).max(*needed);
+            votes.iter().any(|v| v.1 >= if v.0.is_some() { *needed } else { unknown_needed })
+                || (asked.is_empty() && left.is_empty())
         } else {
             true
         };
