@@ -53,6 +53,11 @@ pub const PRESENCE_REFRESH_MS: u64 = 60_000;
 /// A link that lasts this long signs a fresh claim (as every sign-in does):
 /// a claim lives a year from its signature, renewed while its owner is on.
 pub const CLAIM_RENEW_MS: u64 = 24 * 3600 * 1000;
+/// First and longest wait before a claim the holders could not decide is
+/// sent again (the wait doubles in between, with jitter).
+pub const CLAIM_RETRY_MIN_MS: u64 = 3_000;
+/// See [`CLAIM_RETRY_MIN_MS`].
+pub const CLAIM_RETRY_MAX_MS: u64 = 300_000;
 
 /// Lookup answers come from a supernode, which is not trusted: a claim
 /// counts for `name` only if it is for that name and its signature
@@ -371,6 +376,12 @@ pub struct Client {
     next_publish_ms: u64,
     /// When we last signed a claim of our name (renewed every [`CLAIM_RENEW_MS`]).
     claim_signed_ms: u64,
+    /// When to ask again for a claim the holders could not decide (no
+    /// quorum during churn); `None` when no claim waits.
+    claim_retry_ms: Option<u64>,
+    /// The wait before the next such retry: doubles, reset once a claim is
+    /// accepted.
+    claim_backoff: Backoff,
     calls: Map<CallId, Call>,
     local_candidates: Vec<Candidate>,
     media_addr: Option<SocketAddr>,
@@ -435,6 +446,8 @@ impl Client {
             presence: None,
             next_publish_ms: u64::MAX,
             claim_signed_ms: 0,
+            claim_retry_ms: None,
+            claim_backoff: Backoff::new(CLAIM_RETRY_MIN_MS, CLAIM_RETRY_MAX_MS),
             calls: Map::default(),
             local_candidates: Vec::new(),
             media_addr: None,
@@ -555,6 +568,12 @@ impl Client {
         if self.supernode().is_some() && now_ms >= self.next_publish_ms {
             self.publish(now_ms);
         }
+        if self.claim_retry_ms.is_some_and(|t| now_ms >= t) {
+            self.claim_retry_ms = None;
+            if self.supernode().is_some() {
+                self.send_claim(now_ms);
+            }
+        }
         self.tick_checks(now_ms);
         self.tick_calls(now_ms);
         self.tick_tcp(now_ms);
@@ -572,6 +591,7 @@ impl Client {
         crate::timer::earliest([
             self.connect_timeout(),
             self.supernode().is_some().then_some(self.next_publish_ms),
+            self.claim_retry_ms,
             self.calls_timeout(),
             self.checks_timeout(),
             self.tcp_timeout(),
@@ -633,10 +653,18 @@ impl Client {
                 self.lost_link(addr, sn, reason, now_ms);
                 self.fail_signalling_calls(CallFailure::Redirected, now_ms);
             }
-            Message::ClaimResult { result: Err(reason), .. } => {
-                self.event(ClientEvent::NameRefused { reason: SignInRefusal::Supernode(ReasonText::new(&reason)) });
+            Message::ClaimResult { result: Err(refusal), .. } if refusal.is_transient() => {
+                let wait = self.claim_backoff.next_delay(&mut self.rng);
+                warn!("claim of {:?} not decided ({refusal}); asking again in {wait} ms", self.cfg.name);
+                self.claim_retry_ms = Some(now_ms + wait);
             }
-            Message::ClaimResult { result: Ok(()), .. } => {}
+            Message::ClaimResult { result: Err(refusal), .. } => {
+                self.event(ClientEvent::NameRefused { reason: SignInRefusal::Supernode(refusal) });
+            }
+            Message::ClaimResult { result: Ok(()), .. } => {
+                self.claim_retry_ms = None;
+                self.claim_backoff.reset();
+            }
             Message::PublishResult { result } => match result {
                 Ok(()) => {
                     if let SnLink::Open { sn: Some(sn), ready, .. } = &mut self.link {

@@ -375,9 +375,10 @@ impl fmt::Display for LinkClose {
 /// Why our name claim was refused (fatal for a daemon).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignInRefusal {
-    /// The supernode refused the claim (its untrusted reason: taken, the
-    /// directory did not answer …).
-    Supernode(ReasonText),
+    /// The supernode refused the claim, finally (taken, invalid, over the
+    /// new-name budget): what it says, which a malicious supernode may lie
+    /// about (lookups of the name are cross-checked at its holders anyway).
+    Supernode(supervox_proto::Refusal),
     /// We could not even sign a claim for the name (e.g. an invalid name).
     InvalidClaim(String),
 }

@@ -195,6 +195,9 @@ pub struct SnStats {
     /// Claims sent as renewal-only: their source address was over its budget
     /// of new names ([`NEW_NAMES_PER_SOURCE`]).
     pub claims_rate_limited: u64,
+    /// Renewals accepted with the holders that confirmed them and the rest
+    /// silent (no majority, no refusal): a sign-in during a crash's churn.
+    pub claims_renewed_unconfirmed: u64,
 }
 
 #[derive(Debug)]
@@ -557,14 +560,14 @@ impl Supernode {
         match msg {
             Message::Claim { claim } => {
                 if claim.user_id != user {
-                    self.claim_answered(conn, claim.name, Err("claim is not signed by this connection's key".into()));
+                    self.claim_answered(conn, claim.name, Err(Refusal::NotYourKey));
                 } else if let Err(e) = claim.verify() {
-                    self.claim_answered(conn, claim.name, Err(e.to_string()));
+                    self.claim_answered(conn, claim.name, Err(e.into()));
                 } else {
                     let Some(c) = self.conns.get_mut(&conn) else { return };
                     if std::mem::replace(&mut c.claiming, true) {
                         // One at a time: each claim costs a datagram per holder.
-                        return self.claim_answered(conn, claim.name, Err("a claim is in flight already".into()));
+                        return self.claim_answered(conn, claim.name, Err(Refusal::InFlight));
                     }
                     let source = source_key(c.remote.ip());
                     let renew_only = !self.new_name_budget(source, now_ms);
@@ -637,7 +640,7 @@ impl Supernode {
             }
         }
         let name = claim.name.clone();
-        self.claim_answered(conn, name, result.map(|_| ()).map_err(|e| e.to_string()));
+        self.claim_answered(conn, name, result.map(|_| ()));
         if let Some(presence) = deferred {
             // A refused claim does not ride along: the holders decide on their own.
             let claim = accepted.then_some(claim).filter(|c| c.name == presence.name);
@@ -665,7 +668,7 @@ impl Supernode {
         self.claim_sources.get_mut(&source).is_some_and(|b| b.has_room(now_ms))
     }
 
-    fn claim_answered(&mut self, conn: ConnId, name: String, result: Result<(), String>) {
+    fn claim_answered(&mut self, conn: ConnId, name: String, result: Result<(), Refusal>) {
         if let Err(e) = &result {
             self.stats.claims_refused += 1;
             info!("claim of {name:?} refused: {e}");

@@ -95,7 +95,7 @@ fn main() {
             handshake: vec![9; 96],
         }),
         env(CallSignal::Sealed(SealedSignal { seq: 3, ciphertext: vec![1, 2, 3] })),
-        Message::ClaimResult { name: "x".into(), result: Err("taken".into()) },
+        Message::ClaimResult { name: "x".into(), result: Err(supervox_proto::Refusal::Taken) },
     ];
     let encoded: Vec<Vec<u8>> = messages.iter().map(|m| encode_message(m).expect("encodes")).collect();
     write("message", &encoded);

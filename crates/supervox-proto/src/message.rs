@@ -284,8 +284,9 @@ pub enum Message {
     ClaimResult {
         /// The name.
         name: String,
-        /// `Err(reason)` when refused.
-        result: Result<(), String>,
+        /// `Err(refusal)` when refused, typed so the client can tell a
+        /// final answer (taken) from one worth retrying (no quorum).
+        result: Result<(), crate::Refusal>,
     },
     /// Client → SN: I am online here.
     Publish {
@@ -488,7 +489,7 @@ mod tests {
                     handshake: vec![9; 96],
                 },
             }),
-            Message::ClaimResult { name: "x".into(), result: Err("taken".into()) },
+            Message::ClaimResult { name: "x".into(), result: Err(crate::Refusal::Taken) },
             Message::RelayCredentials {
                 username: "1:ab".into(),
                 password: "pw".into(),

@@ -49,6 +49,21 @@ pub enum Refusal {
     /// A signal's callee is not connected to this supernode (any more).
     #[error("callee is no longer connected to its supernode")]
     CalleeGone,
+    /// A claim or record signed by another key than the connection's.
+    #[error("not signed by this connection's key")]
+    NotYourKey,
+    /// A claim from this connection is being decided already.
+    #[error("a claim is in flight already")]
+    InFlight,
+}
+
+impl Refusal {
+    /// True when asking again later may succeed (holders silent or split
+    /// during churn, a full holder, a claim still in flight); false when the
+    /// answer is final (a taken name, an invalid claim, a rate limit).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Refusal::NoQuorum | Refusal::Unavailable | Refusal::Full | Refusal::InFlight)
+    }
 }
 
 /// What a holder did with an accepted claim.

@@ -395,6 +395,8 @@ impl Client {
         self.event(ClientEvent::LostSupernode { supernode: sn.unwrap_or(addr), reason });
         self.presence = None;
         self.next_publish_ms = u64::MAX;
+        // The next supernode is sent a fresh claim when it admits us.
+        self.claim_retry_ms = None;
         self.start_round(now_ms);
     }
 }

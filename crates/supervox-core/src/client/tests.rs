@@ -8,7 +8,7 @@ use crate::reason::{Reason, Rejection};
 use crate::supernode::{SnOutput, Supernode, SupernodeConfig};
 use std::collections::HashSet;
 use supervox_proto::NatBehaviour as Behaviour;
-use supervox_proto::{CallId, CallSignal, CandidateKind, Presence, SignalEnvelope, Transport};
+use supervox_proto::{CallId, CallSignal, CandidateKind, Presence, Refusal, SignalEnvelope, Transport};
 use supervox_stun::Reachability;
 
 const SN: u16 = 4000;
@@ -1652,4 +1652,34 @@ fn a_long_lived_link_renews_its_claim() {
     let sign_ins = net.events[0].iter().filter(|e| matches!(e, ClientEvent::SignedIn { .. })).count();
     assert_eq!(sign_ins, 1, "renewed on the same link, not by signing in again");
     assert!(!has(&net.events[0], |e| matches!(e, ClientEvent::NameRefused { .. })));
+}
+
+/// A claim the holders could not decide (no quorum while a crash's churn
+/// settles) is asked again after a backoff, on the same link, and the node
+/// keeps its name; a final refusal (taken) is reported.
+#[test]
+fn an_undecided_claim_is_asked_again_and_only_a_final_refusal_is_reported() {
+    let mut net = Net::new(&["alice"], false);
+    net.run(100);
+    let conn = net.conns[0].unwrap();
+    let before = net.sn.stats().claims_accepted;
+    let (t0, now) = (net.now, net.now);
+    let undecided = Message::ClaimResult { name: "alice".into(), result: Err(Refusal::NoQuorum) };
+    net.clients[0].on_message(conn, undecided, now);
+    let due = net.clients[0].poll_timeout().unwrap();
+    assert!((t0 + CLAIM_RETRY_MIN_MS / 2..=t0 + CLAIM_RETRY_MIN_MS * 2).contains(&due), "retry at +{}", due - t0);
+    net.run(CLAIM_RETRY_MIN_MS * 2 + 100);
+    assert_eq!(net.sn.stats().claims_accepted, before + 1, "asked again");
+    assert!(!has(&net.events[0], |e| matches!(e, ClientEvent::NameRefused { .. })));
+    let sign_ins = net.events[0].iter().filter(|e| matches!(e, ClientEvent::SignedIn { .. })).count();
+    assert_eq!(sign_ins, 1);
+
+    let now = net.now;
+    let taken = Message::ClaimResult { name: "alice".into(), result: Err(Refusal::Taken) };
+    net.clients[0].on_message(conn, taken, now);
+    net.run(100);
+    assert!(has(&net.events[0], |e| matches!(
+        e,
+        ClientEvent::NameRefused { reason: SignInRefusal::Supernode(Refusal::Taken) }
+    )));
 }

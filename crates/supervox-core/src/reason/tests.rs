@@ -149,7 +149,7 @@ fn other_reasons_have_distinct_kebab_codes() {
         LinkClose::Redirected(ReasonText::new("x")).code(),
     ]);
     assert_distinct_kebab(&[
-        SignInRefusal::Supernode(ReasonText::new("taken")).code(),
+        SignInRefusal::Supernode(supervox_proto::Refusal::Taken).code(),
         SignInRefusal::InvalidClaim("bad".into()).code(),
     ]);
 }

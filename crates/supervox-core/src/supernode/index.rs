@@ -43,6 +43,13 @@ const REQUEST_TIMEOUT_MS: u64 = 700;
 /// joined a moment ago to be admitted by the others (they drop what it sends
 /// until then), short enough for a sign-in.
 const CLAIM_TIMEOUT_MS: u64 = 6_000;
+/// After this long, a renewal that no holder refused and at least one holder
+/// confirmed is accepted even if the rest stay silent: after a supernode
+/// crash its members are still holders in our view until they are declared
+/// dead, and a client signing in again must not wait for that. The name
+/// stays with the key that held it, so the silence of dead holders cannot
+/// hand it to anyone else.
+const RENEWAL_SETTLE_MS: u64 = 2_000;
 /// Store and signal retransmissions.
 pub(super) const RETRY_MS: u64 = 300;
 pub(super) const MAX_TRIES: u8 = 4;
@@ -332,14 +339,18 @@ impl Supernode {
     /// Decide a claim once a majority agrees, or with what came once every
     /// holder answered or the deadline passed (`timed_out`).
     fn claim_progress(&mut self, req: u64, now_ms: u64, timed_out: bool) {
-        let Some(Pending::Claim { needed, new, held, refused, waiting, .. }) = self.pending.get(&req) else {
+        let Some(Pending::Claim { needed, new, held, refused, waiting, deadline, .. }) = self.pending.get(&req) else {
             return;
         };
+        let settled = now_ms + CLAIM_TIMEOUT_MS >= deadline + RENEWAL_SETTLE_MS;
         let answered = new + held + refused.iter().map(|(_, n)| n).sum::<usize>();
         let result = if new + held >= *needed {
             Some(Ok(if new > held { Claimed::New } else { Claimed::Held }))
         } else if let Some((e, _)) = refused.iter().find(|(_, n)| n >= needed) {
             Some(Err(e.clone()))
+        } else if (settled || timed_out) && refused.is_empty() && *held >= 1 {
+            self.stats.claims_renewed_unconfirmed += 1;
+            Some(Ok(Claimed::Held))
         } else if waiting.is_empty() || timed_out {
             Some(Err(if answered == 0 { Refusal::Unavailable } else { Refusal::NoQuorum }))
         } else {
@@ -829,6 +840,7 @@ impl Supernode {
                         self.send_overlay(h.addr, msg);
                     }
                     self.pending.insert(req, p);
+                    self.claim_progress(req, now_ms, false);
                 }
                 Pending::Publish { conn, user, claim, presence, left, .. } => {
                     self.try_publish(conn, user, claim, presence, left, now_ms)

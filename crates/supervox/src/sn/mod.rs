@@ -527,6 +527,11 @@ fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &
             "Claims sent renewal-only: the source was over its new-name budget.",
             st.claims_rate_limited,
         ),
+        (
+            "claims_renewed_unconfirmed_total",
+            "Renewals accepted with the rest of the holders silent (no majority, no refusal).",
+            st.claims_renewed_unconfirmed,
+        ),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
         ("connections_refused_per_host_total", "Connections refused by the per-host limit.", per_host_refused),
         ("relay_allocations", "TURN allocations.", udp.allocations() as u64),
