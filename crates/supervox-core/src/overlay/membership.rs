@@ -374,16 +374,16 @@ impl Membership {
                 self.send_buckets(from_addr, &b);
             }
             OverlayMsg::Ping { seq, updates } => {
-                self.apply_all(updates, now_ms);
+                self.apply_all(from, updates, now_ms);
                 let updates = self.take_updates();
                 self.out.push_back((from_addr, OverlayMsg::Ack { seq: *seq, updates }));
             }
             OverlayMsg::Ack { seq, updates } => {
-                self.apply_all(updates, now_ms);
+                self.apply_all(from, updates, now_ms);
                 self.on_ack(*seq, now_ms);
             }
             OverlayMsg::PingReq { seq, target, updates } => {
-                self.apply_all(updates, now_ms);
+                self.apply_all(from, updates, now_ms);
                 if self.relays.len() >= MAX_RELAYS || target.id == self.me.id {
                     return true;
                 }
@@ -460,10 +460,13 @@ impl Membership {
         }
     }
 
-    /// Piggybacked news from another member (hearsay).
-    fn apply_all(&mut self, updates: &[Member], now_ms: u64) {
+    /// Piggybacked news from member `sender` (authenticated by the wire):
+    /// hearsay, except what it says about itself (its leave), which is as
+    /// good as its header.
+    fn apply_all(&mut self, sender: &Member, updates: &[Member], now_ms: u64) {
         for m in updates.iter().take(MAX_UPDATES_PER_PACKET) {
-            if let Some(slot) = self.apply_quietly(*m, now_ms, true) {
+            let hearsay = m.id != sender.id;
+            if let Some(slot) = self.apply_quietly(*m, now_ms, hearsay) {
                 self.enqueue(slot);
             }
         }
@@ -476,10 +479,15 @@ impl Membership {
         }
     }
 
-    /// Ask member `id` at `addr` itself (rate-limited, once per
-    /// [`CONFIRM_EVERY_MS`]): its authenticated ack carries its own entry.
-    fn confirm(&mut self, id: UserId, addr: SocketAddr, now_ms: u64) {
-        if self.confirmed_at.get(&id).is_some_and(|t| now_ms < t + CONFIRM_EVERY_MS) {
+    /// Ask member `id` at `addr` itself ([`CONFIRMS_PER_SEC`] in all; a
+    /// claimed move once per [`CONFIRM_EVERY_MS`]): its authenticated ack
+    /// carries its own entry. `updates` go with the ping: an accusation we
+    /// heard, so that the accused refutes it in the ack it sends us.
+    fn confirm(&mut self, id: UserId, addr: SocketAddr, updates: Vec<Member>, now_ms: u64) {
+        // An accusation is news once per incarnation (the same one again is
+        // not newer), so it is asked about every time; claimed moves at most
+        // once per CONFIRM_EVERY_MS.
+        if updates.is_empty() && self.confirmed_at.get(&id).is_some_and(|t| now_ms < t + CONFIRM_EVERY_MS) {
             return;
         }
         if now_ms >= self.confirms_window.0 + 1_000 {
@@ -497,7 +505,7 @@ impl Membership {
         self.confirms_window.1 += 1;
         self.confirmed_at.insert(id, now_ms);
         self.seq = self.seq.wrapping_add(1);
-        self.confirms.push_back((id, addr, OverlayMsg::Ping { seq: self.seq, updates: Vec::new() }));
+        self.confirms.push_back((id, addr, OverlayMsg::Ping { seq: self.seq, updates }));
     }
 
     /// Apply one piece of news about a member: newer incarnations win, and
@@ -550,14 +558,31 @@ impl Membership {
         if !newer {
             return None;
         }
-        let m = if hearsay {
+        // A refutation of an accusation we believe, at the address we know,
+        // spreads as gossip: had each member to ask the accused itself, a
+        // flood of false accusations would outrun the confirmations.
+        let refutes = m.state == MemberState::Alive
+            && m.addr == old.addr
+            && old.state == MemberState::Suspect
+            && m.incarnation > old.incarnation;
+        let m = if hearsay && !refutes {
             if m.incarnation > old.incarnation || (m.state == MemberState::Alive && m.addr != old.addr) {
                 let at = if m.state == MemberState::Alive { m.addr } else { old.addr };
-                self.confirm(m.id, at, now_ms);
+                self.confirm(m.id, at, Vec::new(), now_ms);
                 return None;
             }
-            // An accusation at the incarnation we know: the address stays ours.
-            Member { addr: old.addr, ..m }
+            // An accusation at the incarnation we know: the address stays
+            // ours, and hearsay makes a member suspect, never dead — only our
+            // own suspicion timer does (the leaver's own word is not hearsay).
+            // A lying member thus cannot evict anyone: we ask the accused,
+            // with the accusation, and its ack refutes it.
+            let state = if m.state == MemberState::Dead { MemberState::Suspect } else { m.state };
+            let m = Member { addr: old.addr, state, ..m };
+            if rank(m.state) <= rank(old.state) {
+                return None;
+            }
+            self.confirm(m.id, old.addr, vec![m], now_ms);
+            m
         } else {
             m
         };
@@ -876,7 +901,7 @@ mod tests {
     }
 
     #[test]
-    fn hearsay_can_neither_move_a_member_nor_evict_it_for_good() {
+    fn hearsay_can_neither_move_a_member_nor_evict_it() {
         let now = 10_000;
         let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
         a.learn(&[member(2), member(3)], 0);
@@ -895,11 +920,30 @@ mod tests {
         say(&mut a, Member { state: MemberState::Dead, incarnation: u32::MAX, ..victim });
         say(&mut a, Member { state: MemberState::Dead, incarnation: 9, ..victim });
         assert_eq!(a.get(&victim.id), Some(victim));
-        // Accused at the incarnation we know: believed, and the member refutes.
+        // Accused dead at the incarnation we know: only suspected (never
+        // dead on hearsay), and the accused is asked with the accusation.
+        let mut v = Membership::new(victim, vec![], MembershipConfig::default(), 0);
+        v.learn(&[member(1)], 0);
         say(&mut a, Member { state: MemberState::Dead, addr: evil, ..victim });
-        assert_eq!(a.get(&victim.id).map(|m| (m.state, m.addr)), Some((MemberState::Dead, victim.addr)));
-        a.observe(Member { incarnation: 2, ..victim }, now);
-        assert_eq!(a.get(&victim.id).map(|m| (m.state, m.incarnation)), Some((MemberState::Alive, 2)));
+        assert_eq!(a.get(&victim.id).map(|m| (m.state, m.addr)), Some((MemberState::Suspect, victim.addr)));
+        assert!(std::iter::from_fn(|| a.poll_event()).all(|e| !matches!(e, MemberEvent::Down(m) if m.id == victim.id)));
+        let confirm = std::iter::from_fn(|| a.poll_confirm()).last();
+        let Some((id, at, ping @ OverlayMsg::Ping { .. })) = confirm else { panic!("the accused is not asked") };
+        assert_eq!((id, at), (victim.id, victim.addr));
+        // The accused refutes in its ack; we believe its own word.
+        v.on_msg(a.me().addr, &a.me(), &ping, now);
+        let Some((to, ack @ OverlayMsg::Ack { .. })) = v.poll_send() else { panic!("no ack") };
+        assert_eq!(to, a.me().addr);
+        assert_eq!(v.me().incarnation, victim.incarnation + 1);
+        a.observe(v.me(), now);
+        a.on_msg(victim.addr, &v.me(), &ack, now);
+        let seen = a.get(&victim.id).map(|m| (m.state, m.incarnation));
+        assert_eq!(seen, Some((MemberState::Alive, victim.incarnation + 1)));
+        // What a member says about itself is its own word: its leave counts at once.
+        let c = member(3);
+        let leave = OverlayMsg::Ping { seq: 2, updates: vec![Member { state: MemberState::Dead, ..c }] };
+        a.on_msg(c.addr, &c, &leave, now);
+        assert_eq!(a.get(&c.id).map(|m| m.state), Some(MemberState::Dead));
         // About us: an accusation far ahead of the clock does not make us
         // jump there; one at our incarnation is refuted by one.
         let me = a.me();
@@ -907,6 +951,29 @@ mod tests {
         assert_eq!(a.me().incarnation, me.incarnation);
         say(&mut a, Member { state: MemberState::Suspect, ..me });
         assert_eq!(a.me().incarnation, me.incarnation + 1);
+    }
+
+    /// A refutation of a believed accusation spreads by gossip (no member
+    /// has to ask the accused itself), a move to a new address never does.
+    #[test]
+    fn a_refutation_spreads_as_gossip_but_a_move_does_not() {
+        let now = 10_000;
+        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
+        a.learn(&[member(2), member(3)], 0);
+        let (victim, gossip) = (member(2), member(3));
+        let say = |a: &mut Membership, news: Member| {
+            a.on_msg(gossip.addr, &gossip, &OverlayMsg::Ping { seq: 1, updates: vec![news] }, now);
+        };
+        say(&mut a, Member { state: MemberState::Suspect, ..victim });
+        assert_eq!(a.get(&victim.id).map(|m| m.state), Some(MemberState::Suspect));
+        let refuted = Member { incarnation: victim.incarnation + 1, ..victim };
+        say(&mut a, refuted);
+        assert_eq!(a.get(&victim.id), Some(refuted));
+        // Alive already: a higher incarnation elsewhere waits for the member's own word.
+        let evil: SocketAddr = "10.6.6.6:7000".parse().unwrap();
+        say(&mut a, Member { incarnation: victim.incarnation + 2, addr: evil, ..victim });
+        say(&mut a, Member { incarnation: victim.incarnation + 3, ..victim });
+        assert_eq!(a.get(&victim.id), Some(refuted));
     }
 
     #[test]
