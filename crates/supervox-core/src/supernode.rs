@@ -21,6 +21,7 @@ use supervox_proto::overlay::{Member, MemberState};
 use supervox_proto::{Claimed, LookupAnswer, Message, NameClaim, Presence, Refusal, RelayTls, Role, UserId};
 use tracing::{debug, info, warn};
 
+pub mod byzantine;
 mod index;
 pub mod mailbox;
 mod overlay_io;
@@ -284,6 +285,8 @@ pub struct Supernode {
     mail_pending: Map<u64, (mailbox::MailPending, u64)>,
     /// The live set changed since mailboxes were last handed off.
     mail_dirty: bool,
+    /// Malice, in a test tool ([`byzantine`]); `None` in every real supernode.
+    byzantine: Option<Box<byzantine::Byzantine>>,
     /// Each held mailbox's holders when it was last handed off (or first
     /// stored): a hand-off sends a box only to holders not in its set.
     /// Bounded by the boxes held.
@@ -338,6 +341,7 @@ impl Supernode {
             mail: Default::default(),
             mail_pending: Map::default(),
             mail_dirty: false,
+            byzantine: None,
             mail_holder_sets: Map::default(),
             claim_sources: Map::default(),
             next_claim_sweep_ms: now_ms,
@@ -421,6 +425,12 @@ impl Supernode {
     /// Live supernodes we know (not us).
     pub fn peer_addrs(&self) -> Vec<SocketAddr> {
         self.membership.live().map(|m| m.addr).collect()
+    }
+
+    /// Whether member `id` is live in this supernode's view (for the
+    /// simulator's checks of what Byzantine members achieved).
+    pub fn knows_live(&self, id: &UserId) -> bool {
+        self.membership.is_live(id)
     }
 
     /// All name claims held.
@@ -788,6 +798,7 @@ impl Supernode {
             if std::mem::take(&mut self.mail_dirty) {
                 self.hand_off_mail(now_ms);
             }
+            self.byzantine_housekeeping(now_ms);
         }
         self.membership.tick(&mut self.rng, now_ms);
         self.flush_membership(now_ms);

@@ -136,6 +136,9 @@ pub struct SimConfig {
     /// Offline mail and peer messages driven on top of the scenario
     /// (`--mail`); `None`: neither is sent.
     pub mail: Option<MailConfig>,
+    /// Share of the supernodes at the start that are Byzantine (every
+    /// attack of the core's test tool on); 0: none.
+    pub byzantine: f64,
 }
 
 /// Offline mail and peer messages (`--mail`, see the crate README): senders
@@ -199,6 +202,7 @@ impl SimConfig {
             max_wall_s: None,
             max_rss_mib: None,
             mail: None,
+            byzantine: 0.0,
         }
     }
 
@@ -247,6 +251,9 @@ impl SimConfig {
             if m.reput_ms == Some(0) {
                 return Err("--mail-reput must be positive (0 s would put again at once)".into());
             }
+        }
+        if !(0.0..=0.5).contains(&self.byzantine) {
+            return Err("--byzantine must be in [0, 0.5]".into());
         }
         if self.max_clients == 0 || self.sn_tick_ms == 0 {
             return Err("--max-clients and the supernode tick period must be positive".into());

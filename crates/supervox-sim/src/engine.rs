@@ -110,6 +110,8 @@ pub enum Ev {
     MailReput(supervox_proto::mail::MailId),
     /// A signed-in client writes to another (`--mail`).
     PeerTick,
+    /// Honest views are checked for missing honest members (`--byzantine`).
+    ByzantineSample,
 }
 
 struct Queued {
@@ -158,6 +160,8 @@ pub struct Sim {
     pub(crate) metrics: Metrics,
     /// Offline mail and peer messages, with `--mail`.
     pub(crate) mail: Option<crate::mail::MailSim>,
+    /// Byzantine supernodes, with `--byzantine`.
+    pub(crate) byz: crate::byzantine::ByzSim,
     /// Events handled.
     pub(crate) events: u64,
     /// Why the run stopped before its end, if it did.
@@ -198,6 +202,7 @@ impl Sim {
             callable: IndexSet::default(),
             pending: BTreeMap::new(),
             metrics: Metrics::default(),
+            byz: Default::default(),
             mail: None,
             events: 0,
             stopped: None,
@@ -280,6 +285,10 @@ impl Sim {
             Ev::MailRetry(id) => self.mail_retry(id),
             Ev::MailReput(id) => self.mail_reput(id),
             Ev::PeerTick => self.peer_tick(),
+            Ev::ByzantineSample => {
+                self.byzantine_sample();
+                self.after(crate::byzantine::SAMPLE_MS, Ev::ByzantineSample);
+            }
         }
     }
 

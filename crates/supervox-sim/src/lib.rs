@@ -22,6 +22,7 @@
 //! println!("{}", report.to_json());
 //! ```
 
+mod byzantine;
 pub mod config;
 mod engine;
 mod mail;
@@ -30,6 +31,7 @@ pub mod net;
 mod nodes;
 mod scenario;
 
+pub use byzantine::ByzantineSummary;
 pub use config::{CrashMode, MailConfig, Scenario, SimConfig};
 pub use engine::Sim;
 pub use mail::MailSummary;

@@ -81,6 +81,11 @@ struct Args {
     /// (default 60; 0: only failed or unanswered puts are put again).
     #[arg(long, value_name = "SECS", requires = "mail")]
     mail_reput: Option<u64>,
+    /// Share of the supernodes (0-0.5) that are Byzantine: they forge
+    /// lookup answers, lie about claims, censor, falsely accuse members and
+    /// try to hijack the names they hold (crate README).
+    #[arg(long, value_name = "SHARE")]
+    byzantine: Option<f64>,
 }
 
 /// How supernodes start (see `--start`).
@@ -150,6 +155,9 @@ fn run() -> Result<(), String> {
             m.reput_ms = (s > 0).then_some(s * 1000);
         }
         cfg.mail = Some(m);
+    }
+    if let Some(b) = a.byzantine {
+        cfg.byzantine = b;
     }
     cfg.crash_mode = a.crash_mode;
     cfg.progress_s = a.progress;

@@ -163,6 +163,8 @@ pub struct Report {
     pub stopped: Option<&'static str>,
     /// Offline mail and peer-message figures (runs with `--mail`).
     pub mail: Option<crate::mail::MailSummary>,
+    /// Byzantine supernodes' figures (runs with `--byzantine`).
+    pub byzantine: Option<crate::byzantine::ByzantineSummary>,
 }
 
 pub(crate) fn round(x: f64, digits: i32) -> f64 {
@@ -289,6 +291,7 @@ impl Report {
             if cfg.warm_start { "warm" } else { "cold" }
         );
         let mail = sim.mail_summary(&mut rows);
+        let byzantine = sim.byzantine_summary(&mut rows, count(Outcome::WrongUser) as u64);
         let virtual_s = (m.reached - crate::config::EPOCH_MS) as f64 / 1000.0;
         if let Some(why) = sim.stopped {
             rows.push((format!("STOPPED EARLY ({why}) at virtual"), format!("{virtual_s:.1} s")));
@@ -304,6 +307,7 @@ impl Report {
             virtual_s,
             stopped: sim.stopped,
             mail,
+            byzantine,
         }
     }
 
@@ -313,6 +317,9 @@ impl Report {
         let mut v = serde_json::to_value(&self.summary).expect("the summary always serialises");
         if let (Some(mail), serde_json::Value::Object(o)) = (&self.mail, &mut v) {
             o.insert("mail".into(), serde_json::to_value(mail).expect("the mail summary always serialises"));
+        }
+        if let (Some(b), serde_json::Value::Object(o)) = (&self.byzantine, &mut v) {
+            o.insert("byzantine".into(), serde_json::to_value(b).expect("the byzantine summary always serialises"));
         }
         v.to_string()
     }

@@ -30,11 +30,13 @@ pub(crate) struct SnSlot {
     /// Connections this process has been part of (pruned as they close).
     links: Vec<ConnId>,
     prune_at: usize,
+    /// When its process started (virtual ms).
+    pub started_ms: u64,
 }
 
 impl SnSlot {
     pub fn new(loc: Location) -> Self {
-        Self { sn: None, loc, links: Vec::new(), prune_at: 64 }
+        Self { sn: None, loc, links: Vec::new(), prune_at: 64, started_ms: 0 }
     }
 
     pub fn attach(&mut self, conn: ConnId) {
@@ -81,7 +83,11 @@ impl Sim {
         };
         let id = Identity::from_seed(net::seed32(self.cfg.seed, KIND_SN_ID, u64::from(i)));
         let rng_seed = net::derive(self.cfg.seed, KIND_SN_RNG, u64::from(i));
-        self.sn_slot(i).sn = Some(Supernode::new(&id, cfg, Vec::new(), rng_seed, self.now));
+        let now = self.now;
+        let slot = self.sn_slot(i);
+        slot.sn = Some(Supernode::new(&id, cfg, Vec::new(), rng_seed, now));
+        slot.started_ms = now;
+        self.byzantine_start(i);
         self.metrics.sn_count_changed(self.now, self.live_sns.len());
         self.live_sns.insert(i);
         let phase = rand::Rng::gen_range(&mut self.rng, 0..self.cfg.sn_tick_ms);

@@ -67,6 +67,10 @@ impl Sim {
         sim.metrics.start(EPOCH_MS + cfg.warmup_ms, window_end, EPOCH_MS);
         // Supernodes come up over the first two seconds, in slot order; or,
         // warm, all at once with the member list a Join would fetch.
+        if cfg.byzantine > 0.0 {
+            sim.byzantine_setup();
+            sim.at(EPOCH_MS + cfg.warmup_ms, Ev::ByzantineSample);
+        }
         let spacing = (2_000 / cfg.supernodes as u64).clamp(1, 5);
         for i in 0..cfg.supernodes {
             let loc = sim.latency.place(&mut sim.rng);
@@ -294,6 +298,10 @@ impl Sim {
         let Some(conn) = slot.client.as_ref().and_then(|c| c.supernode_conn()) else {
             return;
         };
+        if slot.sn.is_some_and(|s| self.is_byzantine(s)) {
+            self.byz.lookups_via_byzantine += 1;
+            return;
+        }
         let me = Node::Client(from, slot.gen);
         self.metrics.lookup_seq += 1;
         let id = self.metrics.lookup_seq;
@@ -377,8 +385,9 @@ impl Sim {
         const OWNER: u8 = 1;
         const OTHER: u8 = 2;
         let mut seen = vec![0u8; self.clients.len()];
-        for slot in &self.sns {
-            let Some(sn) = &slot.sn else {
+        for (i, slot) in self.sns.iter().enumerate() {
+            // What a Byzantine supernode holds proves nothing either way.
+            let Some(sn) = slot.sn.as_ref().filter(|_| !self.is_byzantine(i as u32)) else {
                 continue;
             };
             for claim in sn.claims() {

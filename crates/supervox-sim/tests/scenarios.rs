@@ -106,6 +106,9 @@ fn bad_configurations_are_refused() {
     let mut cfg = SimConfig::new(Scenario::Steady, 3, 10, 1);
     cfg.loss = 1.5;
     assert!(Sim::new(cfg).is_err());
+    let mut cfg = SimConfig::new(Scenario::Steady, 3, 10, 1);
+    cfg.byzantine = 0.6;
+    assert!(Sim::new(cfg).is_err(), "a Byzantine majority is refused");
 }
 
 #[test]
@@ -131,4 +134,27 @@ fn loss_delays_but_does_not_fail_lookups() {
     assert_eq!(a.summary.lookup_success, Some(1.0), "{}", a.table());
     assert!(b.summary.lookup_success.is_some_and(|s| s >= 0.99), "{}", b.table());
     assert!(b.summary.lookup_p99_ms > a.summary.lookup_p99_ms, "{}\n{}", a.table(), b.table());
+}
+
+/// A tenth of the supernodes Byzantine, every attack on (forged lookup
+/// answers, lying claims, censorship, false accusations, hijack claims):
+/// they do lie, and honest clients get no forged answer, lose no name, and
+/// honest members stay in each other's views.
+#[test]
+fn a_tenth_of_the_supernodes_byzantine_forge_hijack_and_evict_nothing() {
+    let mut cfg = small(Scenario::Steady, 30, 300, 5);
+    cfg.churn_speedup = 0.0;
+    cfg.duration_ms = 150_000;
+    cfg.byzantine = 0.1;
+    let r = run(cfg);
+    let b = r.byzantine.clone().expect("a byzantine summary");
+    assert_eq!(b.members, 3, "{}", r.table());
+    assert!(b.forged_lookups > 0 && b.lied_claims > 0 && b.accusations > 0 && b.hijack_claims > 0, "{b:?}");
+    assert_eq!((b.forged_accepted, b.names_hijacked), (0, 0), "{}", r.table());
+    assert!(r.summary.lookup_success.is_some_and(|s| s >= 0.99), "{}", r.table());
+    assert!(b.view_pairs_checked > 10_000, "{b:?}");
+    assert!(b.longest_missing_s <= 2.0, "{}", r.table());
+    // The JSON carries it; a run without --byzantine has none.
+    assert!(r.to_json().contains("\"byzantine\":{"));
+    assert!(run(small(Scenario::Steady, 5, 50, 5)).byzantine.is_none());
 }

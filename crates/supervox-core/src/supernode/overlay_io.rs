@@ -126,7 +126,8 @@ impl Supernode {
             let at = self.membership.get(&sender).map_or(member.addr, |m| m.addr);
             self.directory.remove_presence_at(&user, at);
         } else if !self.membership.on_msg(from, &member, &msg, now_ms) {
-            if let Some(msg) = self.on_index_msg(from, member.id, msg, now_ms) {
+            let msg = self.byzantine_request(from, msg, now_ms);
+            if let Some(msg) = msg.and_then(|m| self.on_index_msg(from, member.id, m, now_ms)) {
                 if let Some(msg) = self.on_mail_msg(from, member.id, msg, now_ms) {
                     self.on_peer_msg(from, member.id, msg, now_ms);
                 }
@@ -234,7 +235,8 @@ impl Supernode {
     }
 
     /// Seal and queue one overlay message for member `id` at `to`.
-    fn send_overlay_to(&mut self, id: UserId, to: SocketAddr, msg: OverlayMsg) {
+    fn send_overlay_to(&mut self, id: UserId, to: SocketAddr, mut msg: OverlayMsg) {
+        self.byzantine_gossip(&mut msg);
         let kind = overlay_kind(&msg);
         let now_ms = self.clock_ms;
         let limited = is_answer(&msg) && !self.membership.is_live_addr(&to);
