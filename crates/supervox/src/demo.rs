@@ -48,6 +48,7 @@ pub async fn run(json_out: bool, ui: bool) -> Result<bool> {
             relay_secret: None,
             relay_allow_loopback: false,
             relay_allow_private: false,
+            byzantine: false,
             relay_tls_listen: vec![],
             relay_tls_files: None,
             network_key: Some(network_key),

@@ -128,6 +128,11 @@ struct SupernodeArgs {
     /// the operator's network.
     #[arg(long)]
     relay_allow_private: bool,
+    /// Test tool: be a Byzantine member (forge lookup answers, lie about claims, censor,
+    /// accuse members falsely, claim held names for other keys), colluding with every
+    /// other such daemon. Never on a real network.
+    #[arg(long, hide = true)]
+    byzantine: bool,
     /// The network's key, 64 hex digits: supernodes seal their overlay
     /// datagrams with it, so only holders can join the network (default: the
     /// open test network's well-known key). Visible to every local user in `ps`:
@@ -537,6 +542,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 relay_secret,
                 relay_allow_loopback: a.relay_allow_loopback,
                 relay_allow_private: a.relay_allow_private,
+                byzantine: a.byzantine,
                 relay_tls_listen: a.relay_tls_listen,
                 relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
                 network_key,

@@ -107,6 +107,7 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
         relay_secret: None,
         relay_allow_loopback: false,
         relay_allow_private: false,
+        byzantine: false,
         network_key: None,
         relay_tls_listen: vec![],
         relay_tls_files: None,

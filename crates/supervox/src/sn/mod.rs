@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use supervox_core::link::LinkEvent;
 use supervox_core::overlay::wire::NetworkKey;
+use supervox_core::supernode::byzantine::{Attacks, Byzantine};
 use supervox_core::supernode::{SnOutput, StepBackConfig, Supernode, SupernodeConfig};
 use supervox_core::ConnId;
 use supervox_turn::TurnConfig;
@@ -67,7 +68,13 @@ pub struct SnOptions {
     pub network_key: Option<[u8; 32]>,
     /// A promoted node's supernode steps back on these terms (`None`: never).
     pub step_back: Option<StepBackConfig>,
+    /// Test tool: run as a Byzantine member with every attack of
+    /// `supervox_core::supernode::byzantine` (never on a real network).
+    pub byzantine: bool,
 }
+
+/// The key every `--byzantine` daemon signs its forgeries with.
+pub const BYZANTINE_ACCOMPLICE_SEED: [u8; 32] = [0x66; 32];
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
 #[derive(Debug)]
@@ -170,6 +177,12 @@ impl BoundSupernode {
             ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
         let mut sn = Supernode::new(&identity, cfg, claims, rand::random(), now_ms());
+        if self.opts.byzantine {
+            // One fixed accomplice: every Byzantine daemon colludes with the others.
+            let accomplice = supervox_core::Identity::from_seed(BYZANTINE_ACCOMPLICE_SEED);
+            sn.turn_byzantine(Byzantine::new(Attacks::ALL, accomplice));
+            warn!("BYZANTINE supernode (a test tool): forging, lying, censoring and accusing");
+        }
         sn.restore_mail(mail, tombstones, now_ms());
         let secret = match &self.opts.relay_secret {
             Some(s) => s.as_bytes().to_vec(),
@@ -493,7 +506,7 @@ fn deliver(sn: &mut Supernode, conn: ConnId, e: LinkEvent) {
 fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &udp::UdpPlane) -> String {
     let (link_errors, per_host_refused) = errors;
     let st = sn.stats();
-    crate::metrics::render(&[
+    let mut page = crate::metrics::render(&[
         ("clients", "Clients signed in.", sn.client_count() as u64),
         ("supernode_peers", "Other live supernodes in the membership.", sn.peer_addrs().len() as u64),
         (
@@ -540,5 +553,15 @@ fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &
             "STUN Binding answers dropped by the per-prefix answer-rate limit.",
             udp.stun_answers_limited(),
         ),
-    ])
+    ]);
+    if let Some(b) = sn.byzantine_counts() {
+        page.push_str(&crate::metrics::render(&[
+            ("byzantine_forged_lookups_total", "Test tool: lookups answered with a forgery.", b.forged_lookups),
+            ("byzantine_lied_claims_total", "Test tool: claims answered with a lie.", b.lied_claims),
+            ("byzantine_censored_total", "Test tool: requests dropped.", b.censored),
+            ("byzantine_accusations_total", "Test tool: false accusations gossiped.", b.accusations),
+            ("byzantine_hijack_claims_total", "Test tool: hijack claims sent.", b.hijack_claims),
+        ]));
+    }
+    page
 }
