@@ -204,6 +204,10 @@ pub(super) enum Pending {
         /// Every holder taken into this lookup (asked or to ask), so that
         /// holders our view gains meanwhile are added once.
         known: Vec<UserId>,
+        /// The presence holders among them: while one of these is still
+        /// to answer, only an online answer decides (the others hold the
+        /// claim alone and would make an online user look offline).
+        presence: Vec<UserId>,
         /// Answers naming the same key (`None`: unknown) that decide.
         needed: usize,
         /// Per key named: votes and the best valid answer for it.
@@ -402,6 +406,8 @@ impl Supernode {
         self.stats.lookups += 1;
         let holders = self.holders_of(&name);
         let needed = majority(holders.len());
+        let presence =
+            holders.iter().take(self.presence_replicas()).map(|h| h.id).filter(|id| *id != self.me).collect();
         let mut votes = Vec::new();
         if holders.iter().any(|h| h.id == self.me) {
             let local = self.directory.lookup(&name, now_ms);
@@ -431,6 +437,7 @@ impl Supernode {
             left,
             asked: Vec::new(),
             known,
+            presence,
             needed,
             votes,
             hedge_at: 0,
@@ -752,7 +759,7 @@ impl Supernode {
         let Some(mut p) = self.pending.remove(&req) else {
             return;
         };
-        let done = if let Pending::Lookup { asked, votes, needed, left, known, .. } = &mut p {
+        let done = if let Pending::Lookup { asked, votes, needed, left, known, presence, .. } = &mut p {
             take_asked(asked, &from_id, &from);
             if valid {
                 let key = claim_key(&answer);
@@ -772,8 +779,11 @@ impl Supernode {
             // may lack it): "unknown" decides only with a majority of all
             // the holders, a key with a majority of the presence holders.
             let unknown_needed = majority(known.len() + 1).max(*needed);
-            votes.iter().any(|v| v.1 >= if v.0.is_some() { *needed } else { unknown_needed })
-                || (asked.is_empty() && left.is_empty())
+            let presence_waiting = asked.iter().any(|h| presence.contains(&h.id));
+            votes.iter().any(|v| {
+                let enough = v.1 >= if v.0.is_some() { *needed } else { unknown_needed };
+                enough && (matches!(v.2, LookupAnswer::Online { .. }) || !presence_waiting)
+            }) || (asked.is_empty() && left.is_empty())
         } else {
             true
         };

@@ -1404,3 +1404,42 @@ fn a_renewal_is_accepted_while_crashed_holders_are_still_in_view_and_nothing_els
     assert!(stolen.as_ref().is_err_and(|e| *e == Refusal::NoQuorum || *e == Refusal::Taken), "{stolen:?}");
     assert_eq!(owners(&net, "alice"), HashSet::from([alice.user_id()]));
 }
+
+/// A lookup needs a majority of the claim holders, most of which hold the
+/// claim only: while a presence holder is still to answer, their "offline"
+/// does not decide — an online user does not look offline because its
+/// presence holders were a moment slower.
+#[test]
+fn a_lookup_waits_for_a_presence_holder_before_answering_offline() {
+    let mut net = Net::new(12);
+    for s in &mut net.sns {
+        s.cfg.claim_replicas = 10;
+    }
+    net.run(3_000);
+    let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
+    net.sign_in(2, 1, &alice, "alice");
+    let ranked: Vec<usize> = net.sns[0].holders_of("alice").iter().filter_map(|h| net.index_of(h.addr)).collect();
+    assert_eq!(ranked.len(), 10);
+    let asker = ranked[3..].iter().copied().find(|i| *i != 2).unwrap();
+    connect(&mut net, asker, 9, &bob);
+    let slow: Vec<SocketAddr> = ranked[..3].iter().map(|i| net.sns[*i].advertise()).collect();
+    net.black_hole.extend(slow.iter().copied());
+    let now = net.now;
+    net.sns[asker].on_message(9, Message::Lookup { req_id: 5, name: "alice".into() }, now);
+    net.pump();
+    let mut answer = None;
+    for step in 0..15 {
+        if step == 4 {
+            // The presence holders answer from now on (the lookup asks the silent again).
+            for a in &slow {
+                net.black_hole.remove(a);
+            }
+        }
+        net.run(100);
+        answer = answer.or(net.take_client_msgs(asker, 9).into_iter().find_map(|m| match m {
+            Message::LookupResult { answer, .. } => Some(answer),
+            _ => None,
+        }));
+    }
+    assert!(matches!(answer, Some(LookupAnswer::Online { .. })), "{answer:?}");
+}
