@@ -217,6 +217,8 @@ pub enum ClientEvent {
         network_key: [u8; 32],
         /// Members to join through.
         seeds: Vec<SocketAddr>,
+        /// The network's member-proof difficulty.
+        difficulty: u8,
     },
     /// Items from our mailbox, verified: store them, then call
     /// [`Client::mail_saved`] so the holders delete them.
@@ -700,7 +702,7 @@ impl Client {
                 let creds = RelayCredentials { username, password, expires_ms, relays, tls };
                 self.on_relay_credentials(creds, now_ms);
             }
-            Message::Promote { network_key, seeds } => self.on_promote(network_key, seeds),
+            Message::Promote { network_key, seeds, difficulty } => self.on_promote(network_key, seeds, difficulty),
             Message::MailPutResult { id, result } => self.event(ClientEvent::MailStored { id, result }),
             Message::Mail { items, done, more } => self.on_mail(items, done, more, now_ms),
             other => warn!("unexpected {} from supernode", crate::supernode::kind(&other)),

@@ -10,6 +10,7 @@
 
 use crate::directory::Directory;
 use crate::identity::Identity;
+use crate::overlay::admission::{self, Admission};
 use crate::overlay::membership::{Membership, MembershipConfig};
 use crate::overlay::wire::{NetworkKey, Wire, DEFAULT_PEER_KEYS};
 use crate::{ConnId, Map};
@@ -72,6 +73,17 @@ pub struct SupernodeConfig {
     pub claim_replicas: usize,
     /// Membership timing.
     pub membership: MembershipConfig,
+    /// Leading zero bits every member's proof of work needs (a network
+    /// parameter, the same at every member: [`crate::overlay::admission`]).
+    pub member_difficulty: u8,
+    /// Our proof's nonce, solved beforehand ([`admission::solve`], off the
+    /// driver's event loop) and kept with the identity; `None` or a nonce
+    /// that does not verify: solved in [`Supernode::new`] (cheap only at a
+    /// low difficulty: tests, the simulator).
+    pub member_nonce: Option<u32>,
+    /// Live members admitted per IPv4 /24 or IPv6 /48 (loopback is never
+    /// limited); `usize::MAX`: no limit.
+    pub max_members_per_prefix: usize,
     /// A promoted supernode steps back to the client role on these terms;
     /// `None`: never (a supernode started as one).
     pub step_back: Option<StepBackConfig>,
@@ -90,6 +102,9 @@ impl SupernodeConfig {
             replicas: DEFAULT_REPLICAS,
             claim_replicas: DEFAULT_CLAIM_REPLICAS,
             membership: MembershipConfig::default(),
+            member_difficulty: admission::DEFAULT_DIFFICULTY,
+            member_nonce: None,
+            max_members_per_prefix: admission::DEFAULT_MAX_MEMBERS_PER_PREFIX,
             step_back: None,
         }
     }
@@ -198,6 +213,12 @@ pub struct SnStats {
     /// Renewals accepted with the holders that confirmed them and the rest
     /// silent (no majority, no refusal): a sign-in during a crash's churn.
     pub claims_renewed_unconfirmed: u64,
+    /// Supernodes not admitted to the member table: their proof of work did
+    /// not verify (each counted once a minute however often it is gossiped).
+    pub members_refused_proof: u64,
+    /// Supernodes not admitted: their IPv4 /24 or IPv6 /48 had
+    /// `max_members_per_prefix` live members already (counted as above).
+    pub members_refused_prefix: u64,
 }
 
 #[derive(Debug)]
@@ -309,8 +330,28 @@ impl Supernode {
         // A restarted process must out-rank its old incarnation: seconds
         // since the epoch do, without storing anything.
         let incarnation = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let member = Member { id: me, addr: cfg.advertise, incarnation, state: MemberState::Alive, load: 0 };
-        let membership = Membership::new(member, cfg.seeds.clone(), cfg.membership, now_ms);
+        let adm = Admission {
+            network: cfg.network_key.bytes(),
+            difficulty: cfg.member_difficulty.min(admission::MAX_DIFFICULTY),
+            max_per_prefix: cfg.max_members_per_prefix,
+        };
+        if cfg.member_difficulty > admission::MAX_DIFFICULTY {
+            warn!("member difficulty {} lowered to {}", cfg.member_difficulty, admission::MAX_DIFFICULTY);
+        }
+        let nonce = match cfg.member_nonce.filter(|n| adm.verify(&me, *n).is_some()) {
+            Some(n) => n,
+            None => {
+                if cfg.member_nonce.is_some() {
+                    warn!("stored member proof does not verify at difficulty {}: solving again", adm.difficulty);
+                }
+                admission::solve(&adm.network, &me, adm.difficulty).unwrap_or_else(|e| {
+                    warn!("no member proof: {e}; other supernodes will not admit us");
+                    0
+                })
+            }
+        };
+        let member = Member { id: me, addr: cfg.advertise, incarnation, state: MemberState::Alive, load: 0, nonce };
+        let membership = Membership::new(member, cfg.seeds.clone(), cfg.membership, now_ms).with_admission(adm);
         let mut rng = StdRng::seed_from_u64(rng_seed);
         let wire = Wire::new(identity, cfg.network_key.clone(), rand::Rng::gen(&mut rng), cfg.peer_keys);
         let mut sn = Self {
@@ -380,6 +421,8 @@ impl Supernode {
         SnStats {
             overlay_refused: self.stats.overlay_refused + w.unauthenticated + w.replayed + w.strangers_limited,
             overlay_amplification_refused: w.amplification_refused,
+            members_refused_proof: self.membership.admission_stats().bad_proof,
+            members_refused_prefix: self.membership.admission_stats().prefix_full,
             ..self.stats
         }
     }
@@ -416,6 +459,24 @@ impl Supernode {
         self.clock(now_ms);
         self.membership.learn(members, now_ms);
         self.flush_membership(now_ms);
+    }
+
+    /// [`Supernode::learn_members`] with every member's rendezvous seed
+    /// verified already ([`admission::verify`]): the simulator's warm start
+    /// verifies each of 10 000 proofs once, not once per supernode.
+    pub fn learn_verified_members(&mut self, members: &[(Member, u64)], now_ms: u64) {
+        self.clock(now_ms);
+        self.membership.learn_verified(members, now_ms);
+        self.flush_membership(now_ms);
+    }
+
+    /// The network's admission rules as this supernode applies them.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            network: self.cfg.network_key.bytes(),
+            difficulty: self.cfg.member_difficulty.min(admission::MAX_DIFFICULTY),
+            max_per_prefix: self.cfg.max_members_per_prefix,
+        }
     }
 
     /// Live supernodes we know (not us).
@@ -743,7 +804,8 @@ impl Supernode {
         let mut seeds = vec![self.cfg.advertise];
         seeds.extend(self.suggest_supernodes(4, false).0);
         let network_key = self.cfg.network_key.bytes();
-        self.send(conn, Message::Promote { network_key, seeds });
+        let difficulty = self.admission().difficulty;
+        self.send(conn, Message::Promote { network_key, seeds, difficulty });
     }
 
     /// A connection closed (either side, any reason).

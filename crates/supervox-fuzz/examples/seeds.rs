@@ -131,14 +131,21 @@ fn main() {
     );
 
     // Overlay packets, plaintext and sealed.
-    let m =
-        Member { id: UserId([4; 32]), addr: a("10.0.0.1:7000"), incarnation: 3, state: MemberState::Suspect, load: 40 };
+    let m = Member {
+        id: UserId([4; 32]),
+        addr: a("10.0.0.1:7000"),
+        incarnation: 3,
+        state: MemberState::Suspect,
+        load: 40,
+        nonce: 7,
+    };
     let n = Member {
         id: UserId([5; 32]),
         addr: a("[2001:db8::5]:7000"),
         incarnation: 1,
         state: MemberState::Alive,
         load: 2,
+        nonce: 0,
     };
     let packets = [
         OverlayPacket { from: m, msg: OverlayMsg::Join },

@@ -155,6 +155,7 @@ pub fn overlay(data: &[u8]) {
         incarnation: 1,
         state: MemberState::Alive,
         load: 10,
+        nonce: 0,
     };
     let mut m = Membership::new(me, vec![addr("192.0.2.2:7000")], MembershipConfig::default(), 1_000);
     m.observe(p.from, 1_000);

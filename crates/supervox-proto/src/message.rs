@@ -353,6 +353,9 @@ pub enum Message {
         network_key: [u8; 32],
         /// Members to join through.
         seeds: Vec<SocketAddr>,
+        /// Leading zero bits of the network's member proofs (the promoted
+        /// supernode solves its own before it joins).
+        difficulty: u8,
     },
     /// Client → SN: leave this item in its recipient's mailbox (§8).
     MailPut {

@@ -52,6 +52,9 @@ pub struct Member {
     pub state: MemberState,
     /// Clients served as a percentage of its capacity (saturating at 255).
     pub load: u8,
+    /// Its proof of work: the nonce that makes its rendezvous seed valid
+    /// (`supervox_core::overlay::admission`). Fixed for the identity.
+    pub nonce: u32,
 }
 
 /// The body of an overlay datagram.
@@ -312,6 +315,7 @@ mod tests {
             incarnation: 3,
             state: MemberState::Suspect,
             load: 40,
+            nonce: 0x1234_5678,
         };
         let p = OverlayPacket { from: m, msg: OverlayMsg::Ping { seq: 9, updates: vec![m; 3] } };
         let b = encode_packet(&p).unwrap();

@@ -12,6 +12,11 @@ use supervox_core::supernode::{SnOutput, SnStats, Supernode, SupernodeConfig};
 use supervox_core::{ConnId, Identity};
 use supervox_proto::{Message, Role, UserId};
 
+/// Member proofs in the simulator: 16 hashes each on average, so 10 000
+/// supernodes start in milliseconds (a real network asks
+/// `admission::DEFAULT_DIFFICULTY`; the work does not change the protocol).
+pub(crate) const SIM_DIFFICULTY: u8 = 4;
+
 /// Seed-derivation domains.
 pub(crate) const KIND_SN_ID: u64 = 1;
 pub(crate) const KIND_SN_RNG: u64 = 2;
@@ -77,6 +82,10 @@ impl Sim {
             max_clients: self.cfg.max_clients,
             agent: "supervox-sim".into(),
             replicas: self.cfg.replicas,
+            member_difficulty: SIM_DIFFICULTY,
+            // Every simulated supernode has an address in one /16: no
+            // prefix limit (it is tested in supervox-core).
+            max_members_per_prefix: usize::MAX,
             ..SupernodeConfig::new(net::sn_addr(i), seeds)
         };
         let id = Identity::from_seed(net::seed32(self.cfg.seed, KIND_SN_ID, u64::from(i)));

@@ -163,10 +163,17 @@ impl Sim {
             self.sn_start(i);
         }
         let members: Vec<Member> = self.sns.iter().filter_map(|s| s.sn.as_ref().map(|sn| sn.member())).collect();
+        // Each proof verified once here, not once in each of N supernodes
+        // (N^2 hashes); the join path verifies as a real network does.
+        let adm = self.sns.iter().find_map(|s| s.sn.as_ref().map(|sn| sn.admission()));
+        let members: Vec<(Member, u64)> = match adm {
+            Some(adm) => members.into_iter().filter_map(|m| adm.verify(&m.id, m.nonce).map(|s| (m, s))).collect(),
+            None => Vec::new(),
+        };
         let now = self.now;
         for i in 0..self.sns.len() as u32 {
             if let Some(sn) = self.sns[i as usize].sn.as_mut() {
-                sn.learn_members(&members, now);
+                sn.learn_verified_members(&members, now);
             }
             self.drain_sn(i, None);
         }

@@ -52,6 +52,9 @@ pub async fn run(json_out: bool, ui: bool) -> Result<bool> {
             relay_tls_files: None,
             network_key: Some(network_key),
             step_back: None,
+            // A demo on one machine: proofs of a few hashes.
+            member_difficulty: 8,
+            max_members_per_prefix: supervox_core::overlay::admission::DEFAULT_MAX_MEMBERS_PER_PREFIX,
         })
         .await?;
         let addr = sn.advertise();

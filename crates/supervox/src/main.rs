@@ -139,6 +139,16 @@ struct SupernodeArgs {
     /// SUPERVOX_NETWORK_KEY is read when neither this nor --network-key is given.
     #[arg(long, value_name = "PATH")]
     network_key_file: Option<PathBuf>,
+    /// Leading zero bits of every supernode's proof of work, which places it in the index
+    /// (a network parameter: all supernodes of a network must agree; promoted nodes learn it).
+    /// Solved once (about a second at the default) and kept in the data dir.
+    #[arg(long, value_name = "BITS", env = "SUPERVOX_MEMBER_DIFFICULTY",
+          default_value_t = supervox_core::overlay::admission::DEFAULT_DIFFICULTY)]
+    member_difficulty: u8,
+    /// Supernodes admitted per IPv4 /24 or IPv6 /48 into the membership (loopback is
+    /// never limited).
+    #[arg(long, value_name = "N", default_value_t = supervox_core::overlay::admission::DEFAULT_MAX_MEMBERS_PER_PREFIX)]
+    max_members_per_prefix: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -541,6 +551,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 relay_tls_files: a.relay_tls_cert.zip(a.relay_tls_key),
                 network_key,
                 step_back: None,
+                member_difficulty: a.member_difficulty,
+                max_members_per_prefix: a.max_members_per_prefix,
             };
             BoundSupernode::bind(opts).await?.run(shutdown_signal()).await?;
             Ok(true)

@@ -84,12 +84,12 @@ impl Client {
         }
     }
 
-    pub(super) fn on_promote(&mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>) {
+    pub(super) fn on_promote(&mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>, difficulty: u8) {
         if self.cfg.volunteer.is_none() || self.promotion.promoted {
             return;
         }
         self.promotion.promoted = true;
         info!("promoted to supernode; joining through {seeds:?}");
-        self.event(ClientEvent::Promoted { network_key, seeds });
+        self.event(ClientEvent::Promoted { network_key, seeds, difficulty });
     }
 }

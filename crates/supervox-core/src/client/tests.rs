@@ -119,7 +119,12 @@ impl Net {
     }
 
     fn new_with(names: &[&str], auto_answer: bool, tweak: impl Fn(&mut ClientConfig)) -> Self {
-        let cfg = SupernodeConfig { max_clients: 10, agent: "t".into(), ..SupernodeConfig::new(addr(SN), vec![]) };
+        let cfg = SupernodeConfig {
+            max_clients: 10,
+            agent: "t".into(),
+            member_difficulty: 2,
+            ..SupernodeConfig::new(addr(SN), vec![])
+        };
         let sn = Supernode::new(&Identity::from_seed([99; 32]), cfg, vec![], 1, 0);
         let clients = names
             .iter()

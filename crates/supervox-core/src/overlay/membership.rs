@@ -17,7 +17,8 @@
 
 mod table;
 
-use crate::overlay::rendezvous::{member_seed, premix, top_premixed};
+use crate::overlay::admission::{self, prefix_of, Admission, AdmissionError};
+use crate::overlay::rendezvous::{id_word, premix, top_premixed};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -53,6 +54,30 @@ const CONFIRMS_PER_SEC: u32 = 50;
 const CONFIRM_EVERY_MS: u64 = 5_000;
 /// Members with a confirmation remembered, at most.
 const MAX_CONFIRMS: usize = 1_024;
+/// Members refused admission remembered, at most (so gossip of one costs no
+/// second hash and is counted once).
+const MAX_REFUSED: usize = 4_096;
+/// A refusal is remembered this long.
+const REFUSED_KEEP_MS: u64 = 60_000;
+
+/// Members refused admission to the table, by cause (each refused member
+/// counted once per [`REFUSED_KEEP_MS`], however often it is mentioned).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionStats {
+    /// Their proof of work did not verify.
+    pub bad_proof: u64,
+    /// Their network prefix had the most live members already.
+    pub prefix_full: u64,
+}
+
+/// A member refused: its nonce, its seed if the proof held (refused for its
+/// prefix), and until when the refusal is remembered.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    nonce: u32,
+    seed: Option<u64>,
+    until_ms: u64,
+}
 
 /// Timing of the protocol.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +181,15 @@ pub struct Membership {
     confirmed_at: crate::Map<UserId, u64>,
     confirms_window: (u64, u32),
     events: VecDeque<MemberEvent>,
+    /// The network's admission rules (proof of work, members per prefix).
+    adm: Admission,
+    /// Our own rendezvous seed (from our proof).
+    me_seed: u64,
+    /// Live members (not us) per network prefix; bounded by the table.
+    prefixes: crate::Map<u64, u32>,
+    /// Members refused admission lately (bounded).
+    refused: crate::Map<UserId, Refused>,
+    adm_stats: AdmissionStats,
 }
 
 /// A queue that once held a burst (a member list served, a warm start)
@@ -206,14 +240,105 @@ impl Membership {
             confirmed_at: crate::Map::default(),
             confirms_window: (0, 0),
             events: VecDeque::new(),
+            adm: Admission::none([0; 32]),
+            me_seed: 0,
+            prefixes: crate::Map::default(),
+            refused: crate::Map::default(),
+            adm_stats: AdmissionStats::default(),
         };
+        m.me_seed = admission::seed(&m.adm.network, &me.id, me.nonce);
         m.toggle_digest(&me);
         m
     }
 
+    /// Admit members under these rules (the network's): without, every
+    /// proof is accepted and prefixes are not limited. Our own seed comes
+    /// from our nonce under them (the supernode solved it beforehand).
+    pub fn with_admission(mut self, adm: Admission) -> Self {
+        self.adm = adm;
+        self.me_seed = admission::seed(&adm.network, &self.me.id, self.me.nonce);
+        self
+    }
+
+    /// Members refused admission, by cause.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.adm_stats
+    }
+
+    /// True if `id` was refused admission lately (it is no member: its
+    /// datagrams are a stranger's).
+    pub fn is_refused(&self, id: &UserId, now_ms: u64) -> bool {
+        self.refused.get(id).is_some_and(|r| r.until_ms > now_ms)
+    }
+
+    /// Our rendezvous seed, or a member's (its proof verified when it entered).
+    pub fn seed_of(&self, m: &Member) -> u64 {
+        if m.id == self.me.id {
+            return self.me_seed;
+        }
+        admission::seed(&self.adm.network, &m.id, m.nonce)
+    }
+
+    /// The seed of `m` if it may enter the table: its proof holds (checked
+    /// once per nonce: a refusal is remembered) and its prefix has room.
+    /// `known`: a seed verified elsewhere (the simulator's warm start).
+    fn admit(&mut self, m: &Member, known: Option<u64>, now_ms: u64) -> Result<u64, AdmissionError> {
+        let cached = self.refused.get(&m.id).filter(|r| r.nonce == m.nonce && r.until_ms > now_ms).map(|r| r.seed);
+        let seed = match (known, cached) {
+            (Some(s), _) => Some(s),
+            (None, Some(s)) => s,
+            (None, None) => self.adm.verify(&m.id, m.nonce),
+        };
+        let Some(seed) = seed else {
+            return Err(self.refuse(m, None, AdmissionError::BadProof, now_ms));
+        };
+        if !self.prefix_has_room(m.addr) {
+            return Err(self.refuse(m, Some(seed), AdmissionError::PrefixFull, now_ms));
+        }
+        self.refused.remove(&m.id);
+        Ok(seed)
+    }
+
+    /// Remember a refusal (counted once while remembered).
+    fn refuse(&mut self, m: &Member, seed: Option<u64>, why: AdmissionError, now_ms: u64) -> AdmissionError {
+        let fresh = !self.refused.get(&m.id).is_some_and(|r| r.nonce == m.nonce && r.until_ms > now_ms);
+        if fresh {
+            match why {
+                AdmissionError::PrefixFull => self.adm_stats.prefix_full += 1,
+                _ => self.adm_stats.bad_proof += 1,
+            }
+            tracing::debug!("member {} at {} not admitted: {why}", m.id, m.addr);
+            if self.refused.len() >= MAX_REFUSED {
+                self.refused.retain(|_, r| r.until_ms > now_ms);
+            }
+            if self.refused.len() < MAX_REFUSED || self.refused.contains_key(&m.id) {
+                self.refused.insert(m.id, Refused { nonce: m.nonce, seed, until_ms: now_ms + REFUSED_KEEP_MS });
+            }
+        }
+        why
+    }
+
+    /// True if one more live member may have an address in `addr`'s prefix.
+    fn prefix_has_room(&self, addr: SocketAddr) -> bool {
+        let Some(p) = prefix_of(addr.ip()) else { return true };
+        (self.prefixes.get(&p).copied().unwrap_or(0) as usize) < self.adm.max_per_prefix
+    }
+
+    fn count_prefix(&mut self, addr: SocketAddr, live: bool) {
+        let Some(p) = prefix_of(addr.ip()) else { return };
+        if live {
+            *self.prefixes.entry(p).or_insert(0) += 1;
+        } else if let Some(n) = self.prefixes.get_mut(&p) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.prefixes.remove(&p);
+            }
+        }
+    }
+
     /// Add or remove a live member's contribution to its bucket digest.
     fn toggle_digest(&mut self, m: &Member) {
-        let mut h = crate::overlay::rendezvous::member_seed(&m.id) ^ (u64::from(m.incarnation) << 17);
+        let mut h = id_word(&m.id) ^ (u64::from(m.incarnation) << 17);
         h = crate::overlay::rendezvous::weight(h, 0x5eed);
         self.buckets[m.id.0[0] as usize] ^= h;
     }
@@ -246,9 +371,9 @@ impl Membership {
     /// (rendezvous hashing), heaviest first, with their weights. O(N) over a
     /// compact array of premixed seeds.
     pub fn heaviest(&self, key_hash: u64, r: usize) -> Vec<(u64, Member)> {
-        let me = (premix(member_seed(&self.me.id)), ME);
+        let me = (premix(self.me_seed), ME);
         let members = std::iter::once(me).chain(self.ring.iter().copied());
-        top_premixed(key_hash, members, r, |s| member_seed(&self.member_at(*s).id))
+        top_premixed(key_hash, members, r, |s| id_word(&self.member_at(*s).id))
             .into_iter()
             .map(|(w, s)| (w, self.member_at(s)))
             .collect()
@@ -296,6 +421,19 @@ impl Membership {
         self.ring.reserve_exact(n);
         for m in members {
             self.apply_quietly(*m, now_ms, false);
+        }
+    }
+
+    /// [`Membership::learn`] with each member's seed verified already (the
+    /// simulator's warm start verifies each proof once for all its
+    /// supernodes instead of once in each); prefixes are still limited.
+    pub fn learn_verified(&mut self, members: &[(Member, u64)], now_ms: u64) {
+        let n = members.len().min(MAX_MEMBERS.saturating_sub(self.table.len()));
+        self.table.reserve(n);
+        self.order.reserve_exact(n);
+        self.ring.reserve_exact(n);
+        for (m, seed) in members {
+            self.apply_inner(*m, now_ms, false, Some(*seed));
         }
     }
 
@@ -509,7 +647,17 @@ impl Membership {
     /// know (which the member refutes), but not move a known member to a new
     /// incarnation or address: only the member can, so we ask it
     /// ([`Membership::confirm`]) and its authenticated answer decides.
+    ///
+    /// Admission (any source, us told directly or by hearsay): a member
+    /// enters the table, comes back to life, moves to another prefix or
+    /// shows a new nonce only if [`Membership::admit`] lets it. A refusal
+    /// is silent: nothing is gossiped, nobody is accused, so a refused
+    /// member that others admitted causes neither churn nor refutations.
     fn apply_quietly(&mut self, m: Member, now_ms: u64, hearsay: bool) -> Option<u32> {
+        self.apply_inner(m, now_ms, hearsay, None)
+    }
+
+    fn apply_inner(&mut self, m: Member, now_ms: u64, hearsay: bool, known_seed: Option<u64>) -> Option<u32> {
         if u64::from(m.incarnation) > now_ms / 1000 + MAX_INCARNATION_AHEAD_S {
             return None;
         }
@@ -533,10 +681,13 @@ impl Membership {
             if m.state == MemberState::Dead || self.table.len() >= MAX_MEMBERS {
                 return None;
             }
+            let seed = self.admit(&m, known_seed, now_ms).ok()?;
             let i = self.table.insert(&m);
+            let m = self.table.slot(i)?.member();
             self.toggle_digest(&m);
             self.live += 1;
-            self.ring.push((premix(member_seed(&m.id)), i));
+            self.count_prefix(m.addr, true);
+            self.ring.push((premix(seed), i));
             self.order.push(i);
             if m.state == MemberState::Suspect {
                 self.suspects.push_back((m.id, m.incarnation, now_ms + self.cfg.suspect_ms));
@@ -556,14 +707,38 @@ impl Membership {
                 self.confirm(m.id, at, now_ms);
                 return None;
             }
-            // An accusation at the incarnation we know: the address stays ours.
-            Member { addr: old.addr, ..m }
+            // An accusation at the incarnation we know: the address and
+            // the proof stay ours.
+            Member { addr: old.addr, nonce: old.nonce, ..m }
         } else {
             m
         };
-        self.table.set(i, &m);
         let was_live = old.state != MemberState::Dead;
         let now_live = m.state != MemberState::Dead;
+        // Coming to life, moving to another prefix or showing a new nonce:
+        // admitted again (its seed, for the ring).
+        let readmit = now_live && (!was_live || prefix_of(m.addr.ip()) != prefix_of(old.addr.ip()));
+        let seed = if readmit || m.nonce != old.nonce {
+            // Its own place in its old prefix does not count against it.
+            if was_live {
+                self.count_prefix(old.addr, false);
+            }
+            let ok = self.admit(&m, known_seed.filter(|_| m.nonce == old.nonce), now_ms);
+            if was_live {
+                self.count_prefix(old.addr, true);
+            }
+            Some(ok.ok()?)
+        } else {
+            None
+        };
+        self.table.set(i, &m);
+        let m = self.table.slot(i)?.member();
+        if was_live {
+            self.count_prefix(old.addr, false);
+        }
+        if now_live {
+            self.count_prefix(m.addr, true);
+        }
         if was_live {
             self.toggle_digest(&old);
         }
@@ -583,8 +758,15 @@ impl Membership {
             self.events.push_back(MemberEvent::Down(m));
         } else if !was_live && now_live {
             self.live += 1;
-            self.ring.push((premix(member_seed(&m.id)), i));
+            let seed = seed.unwrap_or_else(|| self.seed_of(&m));
+            self.ring.push((premix(seed), i));
             self.order.push(i);
+            self.events.push_back(MemberEvent::Up(m));
+        } else if let (true, Some(seed)) = (now_live, seed.filter(|_| m.nonce != old.nonce)) {
+            // A new proof moves it in every ranking.
+            if let Some(at) = self.ring.iter().position(|r| r.1 == i) {
+                self.ring[at].0 = premix(seed);
+            }
             self.events.push_back(MemberEvent::Up(m));
         }
         Some(i)
@@ -852,6 +1034,7 @@ mod tests {
             incarnation: 1,
             state: MemberState::Alive,
             load: 0,
+            nonce: 0,
         }
     }
 
@@ -970,6 +1153,7 @@ mod tests {
             incarnation: 1,
             state: MemberState::Alive,
             load: 0,
+            nonce: 0,
         }
     }
 
@@ -995,10 +1179,77 @@ mod tests {
         for k in 0..500 {
             let kh = key_hash(&format!("user{k}"));
             let want: Vec<UserId> =
-                top(kh, live.iter().map(|x| (member_seed(&x.id), x.id)), 10).into_iter().map(|(_, id)| id).collect();
+                top(kh, live.iter().map(|x| (m.seed_of(x), x.id)), 10).into_iter().map(|(_, id)| id).collect();
             let got: Vec<UserId> = m.heaviest(kh, 10).into_iter().map(|(_, x)| x.id).collect();
             assert_eq!(got, want);
         }
+    }
+
+    /// A member of `ip` with a proof solved for `adm` (or, `valid` false, a
+    /// nonce that fails it).
+    fn proved(n: u32, ip: [u8; 4], adm: &Admission, valid: bool) -> Member {
+        let m = Member { addr: SocketAddr::from((ip, 7000)), ..member_n(n) };
+        let nonce = if valid {
+            admission::solve(&adm.network, &m.id, adm.difficulty).unwrap()
+        } else {
+            (0..).find(|k| adm.verify(&m.id, *k).is_none()).unwrap()
+        };
+        Member { nonce, ..m }
+    }
+
+    #[test]
+    fn bad_proofs_and_full_prefixes_are_refused_from_any_source_and_counted_once() {
+        let adm = Admission { network: [5; 32], difficulty: 6, max_per_prefix: 2 };
+        let now = 10_000;
+        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0).with_admission(adm);
+        let friend = proved(1, [192, 0, 2, 1], &adm, true);
+        a.observe(friend, now);
+        assert!(a.is_live(&friend.id));
+        let hearsay = |a: &mut Membership, m: Member| {
+            a.on_msg(friend.addr, &friend, &OverlayMsg::Ping { seq: 1, updates: vec![m] }, now);
+        };
+        // Without work: refused directly, by gossip, in a member list, at a
+        // warm start, however often it is mentioned (one hash, one count).
+        let cheat = proved(2, [198, 51, 100, 9], &adm, false);
+        a.observe(cheat, now);
+        hearsay(&mut a, cheat);
+        a.on_msg(friend.addr, &friend, &OverlayMsg::Members { members: vec![cheat; 3] }, now);
+        a.learn(&[cheat], now);
+        assert!(a.get(&cheat.id).is_none());
+        assert!(a.is_refused(&cheat.id, now));
+        assert_eq!(a.admission_stats(), AdmissionStats { bad_proof: 1, prefix_full: 0 });
+        // Nothing about it is gossiped (no accusation, no churn).
+        assert!(a.take_updates().iter().all(|u| u.id != cheat.id));
+        // The same key with real work is admitted.
+        let honest = Member { nonce: admission::solve(&adm.network, &cheat.id, 6).unwrap(), ..cheat };
+        a.observe(honest, now);
+        assert!(a.is_live(&honest.id) && !a.is_refused(&honest.id, now));
+        // Per prefix: two from 198.51.100.0/24 (with `honest`), a third is
+        // refused, by hearsay or directly; other prefixes and loopback are not limited.
+        let second = proved(3, [198, 51, 100, 10], &adm, true);
+        let third = proved(4, [198, 51, 100, 11], &adm, true);
+        hearsay(&mut a, second);
+        hearsay(&mut a, third);
+        a.observe(third, now);
+        assert!(a.is_live(&second.id) && a.get(&third.id).is_none());
+        for k in 0..5 {
+            a.observe(proved(10 + k, [127, 0, 0, 1 + k as u8], &adm, true), now);
+            a.observe(proved(20 + k, [203, 0, 113, 1 + k as u8], &adm, true), now);
+        }
+        assert_eq!(a.live_count(), 1 + 2 + 5 + 2);
+        assert_eq!(a.admission_stats(), AdmissionStats { bad_proof: 1, prefix_full: 1 + 3 });
+        // A member cannot move into a full prefix either.
+        let mover = proved(30, [192, 0, 2, 50], &adm, true);
+        a.observe(mover, now);
+        a.observe(Member { incarnation: 2, addr: SocketAddr::from(([198, 51, 100, 77], 7000)), ..mover }, now);
+        assert_eq!(a.get(&mover.id).map(|m| m.addr), Some(mover.addr));
+        // A member of the full prefix dies: the third is admitted when it next speaks.
+        a.apply(Member { state: MemberState::Dead, ..second }, now);
+        a.observe(third, now + 1);
+        assert!(a.is_live(&third.id));
+        // The dead one cannot come back while the prefix is full again.
+        a.observe(Member { incarnation: 2, ..second }, now + 2);
+        assert!(!a.is_live(&second.id));
     }
 
     #[test]

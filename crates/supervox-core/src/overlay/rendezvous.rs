@@ -1,7 +1,8 @@
 //! Rendezvous (highest-random-weight) hashing: which supernodes hold a key.
 //!
 //! Every supernode computes the same holders from the same live set, with no
-//! coordination: each member gets a weight `mix(hash(key) ^ seed(member))`
+//! coordination: each member gets a weight `mix(hash(key) ^ mix(seed(member)))`
+//! (the seed from the member's proof of work, `admission.rs`)
 //! and the R heaviest hold the record. When a member joins or leaves, only
 //! the keys it wins or held move (about R/N of them), which keeps hand-off
 //! small. The hash is fixed (FNV-1a then a SplitMix64 finaliser) so that
@@ -19,15 +20,18 @@ pub fn key_hash(key: &str) -> u64 {
     mix(h)
 }
 
-/// A member's seed: the first 8 bytes of its public key (uniform enough for
-/// an Ed25519 point encoding; mixed again below).
-pub fn member_seed(id: &UserId) -> u64 {
+/// The first 8 bytes of a member's public key: breaks ties of weight (which
+/// need equal seeds, a 2^-64 chance) the same way everywhere, and buckets
+/// members for anti-entropy. Not a member's seed: that comes from its proof
+/// of work ([`crate::overlay::admission`]), so it cannot be chosen by
+/// grinding keys.
+pub fn id_word(id: &UserId) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&id.0[..8]);
     u64::from_le_bytes(b)
 }
 
-/// The weight of `member_seed` for `key_hash`; ties are broken by the seed.
+/// The weight of a member's seed for `key_hash` (ties are broken by [`id_word`]).
 pub fn weight(key_hash: u64, member_seed: u64) -> u64 {
     mix(key_hash ^ mix(member_seed))
 }

@@ -604,8 +604,14 @@ mod tests {
     use supervox_proto::overlay::{Member, MemberState, OverlayMsg};
 
     fn packet(id: UserId) -> OverlayPacket {
-        let from =
-            Member { id, addr: "10.1.1.1:5000".parse().unwrap(), incarnation: 0, state: MemberState::Alive, load: 0 };
+        let from = Member {
+            id,
+            addr: "10.1.1.1:5000".parse().unwrap(),
+            incarnation: 0,
+            state: MemberState::Alive,
+            load: 0,
+            nonce: 0,
+        };
         OverlayPacket { from, msg: OverlayMsg::Join }
     }
 

@@ -27,7 +27,7 @@
 use super::{better_answer, SnOutput, Supernode, LOOKUP_TIMEOUT_MS, MAX_LOOKUPS_PER_CONN};
 use crate::directory::ClaimOutcome;
 use crate::overlay::membership::MemberEvent;
-use crate::overlay::rendezvous::{key_hash, member_seed, weight};
+use crate::overlay::rendezvous::{id_word, key_hash, weight};
 use crate::{ConnId, Map};
 use rand::Rng;
 use std::net::SocketAddr;
@@ -888,19 +888,20 @@ impl Supernode {
 
     fn member_up(&mut self, j: Member, now_ms: u64) {
         let (rc, r) = (self.claim_replicas(), self.presence_replicas());
-        let js = member_seed(&j.id);
+        // Its weight from its proof's seed, ties broken by id (as `heaviest`).
+        let (js, jt) = (self.membership.seed_of(&j), id_word(&j.id));
         let me = self.me;
         let mut sends: Vec<(String, bool)> = Vec::new();
         let mut demoted: Vec<(String, bool)> = Vec::new();
         for (name, (kh, hs)) in self.holders.by_name.iter_mut() {
             let w = weight(*kh, js);
-            let last = hs.last().map(|h| (h.weight, member_seed(&h.id)));
-            if hs.len() >= rc && last.is_some_and(|l| l >= (w, js)) {
+            let last = hs.last().map(|h| (h.weight, id_word(&h.id)));
+            if hs.len() >= rc && last.is_some_and(|l| l >= (w, jt)) {
                 continue;
             }
             let my_rank = hs.iter().position(|h| h.id == me);
             hs.retain(|h| h.id != j.id);
-            let at = hs.iter().position(|h| (h.weight, member_seed(&h.id)) < (w, js)).unwrap_or(hs.len());
+            let at = hs.iter().position(|h| (h.weight, id_word(&h.id)) < (w, jt)).unwrap_or(hs.len());
             hs.insert(at, Holder { weight: w, id: j.id, addr: j.addr });
             hs.truncate(rc);
             // The heaviest holder other than the newcomer sends it the records.

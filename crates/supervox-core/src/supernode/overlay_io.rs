@@ -113,8 +113,23 @@ impl Supernode {
             self.stats.overlay_refused += 1;
             return;
         }
-        if self.membership.get(&sender).is_none() && !(validated && member.addr == from) {
-            return self.on_stranger_msg(from, member.id, msg, now_ms);
+        if self.membership.get(&sender).is_none() {
+            // Admission: a proved address, then the member's proof of work
+            // and its prefix's room (`Membership::admit`). A member refused
+            // stays a stranger: it is not accused or answered with news, so
+            // it causes no churn here.
+            if validated && member.addr == from {
+                self.membership.observe(member, now_ms);
+            }
+            if self.membership.get(&sender).is_none() {
+                return self.on_stranger_msg(from, member.id, msg, now_ms);
+            }
+        } else if self.membership.is_refused(&sender, now_ms) && !self.membership.is_live(&sender) {
+            // Known only as dead, and refused its return (its prefix is full).
+            self.membership.observe(member, now_ms);
+            if !self.membership.is_live(&sender) {
+                return self.on_stranger_msg(from, member.id, msg, now_ms);
+            }
         }
         if matches!(msg, OverlayMsg::Ping { .. } | OverlayMsg::PingReq { .. }) {
             self.probed(now_ms);

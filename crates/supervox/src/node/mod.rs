@@ -108,6 +108,9 @@ async fn bind_standby(p: &PromotionOptions, data_dir: &std::path::Path) -> Resul
         relay_allow_loopback: false,
         relay_allow_private: false,
         network_key: None,
+        // Learnt from the promoting supernode (`BoundSupernode::joining`).
+        member_difficulty: supervox_core::overlay::admission::DEFAULT_DIFFICULTY,
+        max_members_per_prefix: supervox_core::overlay::admission::DEFAULT_MAX_MEMBERS_PER_PREFIX,
         relay_tls_listen: vec![],
         relay_tls_files: None,
         step_back: Some(supervox_core::supernode::StepBackConfig {
@@ -877,14 +880,14 @@ impl Node {
                 self.broadcast(json!({"event": "lost_supernode", "supernode": supernode.to_string(),
                                       "reason": reason.to_string()}));
             }
-            ClientEvent::Promoted { network_key, seeds } => {
+            ClientEvent::Promoted { network_key, seeds, difficulty } => {
                 if let Some(sn) = self.standby.take() {
                     info!("promoted: serving as a supernode at {}", sn.advertise());
                     let stop = self.shutdown.clone();
                     let done = self.stepped_back.clone();
                     let (promotion, data_dir) = (self.opts.supernode.clone(), self.opts.data_dir.clone());
                     tokio::spawn(async move {
-                        match sn.joining(network_key, seeds).run(stop).await {
+                        match sn.joining(network_key, seeds, difficulty).run(stop).await {
                             Ok(Some(reason)) => {
                                 let standby = match promotion {
                                     Some(p) => rebind_standby(&p, &data_dir).await,

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::time::Duration;
 use supervox_core::link::LinkEvent;
+use supervox_core::overlay::admission;
 use supervox_core::overlay::wire::NetworkKey;
 use supervox_core::supernode::{SnOutput, StepBackConfig, Supernode, SupernodeConfig};
 use supervox_core::ConnId;
@@ -67,6 +68,50 @@ pub struct SnOptions {
     pub network_key: Option<[u8; 32]>,
     /// A promoted node's supernode steps back on these terms (`None`: never).
     pub step_back: Option<StepBackConfig>,
+    /// Leading zero bits of every member's proof of work (a network
+    /// parameter: every member of one network must use the same).
+    pub member_difficulty: u8,
+    /// Live members admitted per IPv4 /24 or IPv6 /48 (loopback exempt).
+    pub max_members_per_prefix: usize,
+}
+
+/// The file beside the identity that keeps this supernode's member proof:
+/// `supervox-member-proof-v1 NETWORK-ID-HEX DIFFICULTY NONCE`.
+pub const MEMBER_PROOF_FILE: &str = "member-proof";
+
+/// The stored nonce, if the file holds one for this network (a missing or
+/// damaged file is no error: the proof is solved again).
+fn read_member_proof(path: &std::path::Path, network: &[u8; 32]) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut f = text.split_whitespace();
+    if f.next()? != "supervox-member-proof-v1" || f.next()? != hex::encode(network) {
+        return None;
+    }
+    let _difficulty: u8 = f.next()?.parse().ok()?;
+    f.next()?.parse().ok()
+}
+
+/// This supernode's member-proof nonce for `network` at `difficulty`: the
+/// stored one if it still verifies, else solved off the event loop (about a
+/// second at the default difficulty) and stored beside the identity.
+async fn member_nonce(data: &DataDir, id: supervox_proto::UserId, network: [u8; 32], difficulty: u8) -> Result<u32> {
+    let path = data.path(MEMBER_PROOF_FILE);
+    if let Some(n) = read_member_proof(&path, &network) {
+        if admission::verify(&network, &id, n, difficulty).is_some() {
+            return Ok(n);
+        }
+        info!("stored member proof does not meet difficulty {difficulty}: solving again");
+    }
+    let started = std::time::Instant::now();
+    let nonce = tokio::task::spawn_blocking(move || admission::solve(&network, &id, difficulty))
+        .await
+        .context("member proof solver")??;
+    info!("member proof solved at difficulty {difficulty} in {:.2} s", started.elapsed().as_secs_f64());
+    let tmp = data.path(&format!("{MEMBER_PROOF_FILE}.tmp"));
+    let text = format!("supervox-member-proof-v1 {} {difficulty} {nonce}\n", hex::encode(network));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(nonce)
 }
 
 /// A supernode whose listeners are bound; call [`BoundSupernode::run`].
@@ -84,9 +129,10 @@ pub struct BoundSupernode {
 impl BoundSupernode {
     /// Join the network with this key through these seeds when run (a
     /// promoted node learns both from the supernode that promoted it).
-    pub fn joining(mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>) -> Self {
+    pub fn joining(mut self, network_key: [u8; 32], seeds: Vec<SocketAddr>, difficulty: u8) -> Self {
         self.opts.network_key = Some(network_key);
         self.opts.seeds = seeds;
+        self.opts.member_difficulty = difficulty;
         self
     }
 
@@ -162,10 +208,18 @@ impl BoundSupernode {
                 NetworkKey::open_network()
             }
         };
+        let difficulty = self.opts.member_difficulty;
+        if difficulty > admission::MAX_DIFFICULTY {
+            anyhow::bail!("member difficulty {difficulty} is above the maximum {}", admission::MAX_DIFFICULTY);
+        }
+        let nonce = member_nonce(&data, identity.user_id(), network_key.bytes(), difficulty).await?;
         let cfg = SupernodeConfig {
             max_clients: self.opts.max_clients,
             agent: concat!("supervox/", env!("CARGO_PKG_VERSION")).into(),
             network_key,
+            member_difficulty: difficulty,
+            member_nonce: Some(nonce),
+            max_members_per_prefix: self.opts.max_members_per_prefix,
             step_back: self.opts.step_back,
             ..SupernodeConfig::new(self.advertise, self.opts.seeds.clone())
         };
@@ -531,6 +585,16 @@ fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &
             "claims_renewed_unconfirmed_total",
             "Renewals accepted with the rest of the holders silent (no majority, no refusal).",
             st.claims_renewed_unconfirmed,
+        ),
+        (
+            "members_refused_proof_total",
+            "Supernodes not admitted to the member table: their proof of work did not verify.",
+            st.members_refused_proof,
+        ),
+        (
+            "members_refused_prefix_total",
+            "Supernodes not admitted: their /24 (IPv4) or /48 (IPv6) had the most members already.",
+            st.members_refused_prefix,
         ),
         ("link_errors_total", "Connections closed for framing, Noise or decode errors.", link_errors),
         ("connections_refused_per_host_total", "Connections refused by the per-host limit.", per_host_refused),

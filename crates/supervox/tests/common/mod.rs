@@ -66,6 +66,9 @@ pub fn start_sn_env(
     let dir = root.join(name);
     let mut cmd = Command::new(bin);
     cmd.args(["supernode", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir).args(extra);
+    // Member proofs of a few hashes (the default costs a second each);
+    // `env` may say otherwise.
+    cmd.env("SUPERVOX_MEMBER_DIFFICULTY", "4");
     cmd.envs(env.iter().copied());
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);

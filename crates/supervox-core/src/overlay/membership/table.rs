@@ -11,7 +11,7 @@
 
 use crate::overlay::rendezvous::weight;
 use hashbrown::HashTable;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use supervox_proto::overlay::{Member, MemberState};
 use supervox_proto::UserId;
 
@@ -19,9 +19,13 @@ use supervox_proto::UserId;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot {
     pub id: UserId,
-    ip: IpAddr,
+    /// The address as IPv6 (an IPv4 address mapped, `::ffff:a.b.c.d`): 16
+    /// bytes where `IpAddr` takes 17, which keeps the slot at 64 with the nonce.
+    ip: [u8; 16],
     port: u16,
     pub incarnation: u32,
+    /// Its proof-of-work nonce (verified before it entered the table).
+    pub nonce: u32,
     /// `None`: the slot is free.
     pub state: Option<MemberState>,
     pub load: u8,
@@ -42,15 +46,27 @@ impl Slot {
             incarnation: self.incarnation,
             state: self.state.unwrap_or(MemberState::Dead),
             load: self.load,
+            nonce: self.nonce,
         }
     }
 
+    /// `ip` as the table gives it back.
+    pub fn canonical(ip: IpAddr) -> IpAddr {
+        let v6 = Ipv6Addr::from(ip16(ip));
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        let v6 = Ipv6Addr::from(self.ip);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    }
+
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, self.port)
+        SocketAddr::new(self.ip(), self.port)
     }
 
     fn addr_hash(&self) -> u64 {
-        addr_hash(self.ip, self.port)
+        addr_hash(self.ip(), self.port)
     }
 
     /// Alive or suspect (suspects still hold their records).
@@ -60,11 +76,21 @@ impl Slot {
 
     /// Take a member's news (id unchanged); [`MemberTable::set`] keeps the indexes.
     fn set(&mut self, m: &Member) {
-        self.ip = m.addr.ip();
+        self.ip = ip16(m.addr.ip());
         self.port = m.addr.port();
         self.incarnation = m.incarnation;
+        self.nonce = m.nonce;
         self.state = Some(m.state);
         self.load = m.load;
+    }
+}
+
+/// An address as stored: IPv4 mapped into IPv6. (A member advertising an
+/// IPv4-mapped IPv6 address is therefore known by the IPv4 address it maps.)
+fn ip16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -127,6 +153,7 @@ impl MemberTable {
 
     /// The slot of the member at `addr`.
     pub fn find_addr(&self, addr: &SocketAddr) -> Option<u32> {
+        let addr = &SocketAddr::new(Slot::canonical(addr.ip()), addr.port());
         let slots = &self.slots;
         let h = addr_hash(addr.ip(), addr.port());
         self.by_addr.find(h, |&i| slots[i as usize].addr() == *addr).copied()
@@ -152,7 +179,7 @@ impl MemberTable {
     /// Take a member's news in slot `i` (id unchanged), keeping the address index.
     pub fn set(&mut self, i: u32, m: &Member) {
         let Some(s) = self.slot(i) else { return };
-        let moved = s.addr() != m.addr;
+        let moved = s.addr() != SocketAddr::new(Slot::canonical(m.addr.ip()), m.addr.port());
         if moved {
             self.unindex_addr(i);
         }
@@ -193,9 +220,10 @@ impl MemberTable {
     pub fn insert(&mut self, m: &Member) -> u32 {
         let slot = Slot {
             id: m.id,
-            ip: m.addr.ip(),
+            ip: ip16(m.addr.ip()),
             port: m.addr.port(),
             incarnation: m.incarnation,
+            nonce: m.nonce,
             state: Some(m.state),
             load: m.load,
             srtt_ms: 0,
@@ -254,6 +282,7 @@ mod tests {
             incarnation: 1,
             state: MemberState::Alive,
             load: 3,
+            nonce: u32::from(i),
         }
     }
 
