@@ -134,6 +134,8 @@ struct Probe {
 
 #[derive(Debug)]
 struct Relay {
+    /// Whom we probe for the requester.
+    target: UserId,
     our_seq: u32,
     requester: SocketAddr,
     their_seq: u32,
@@ -528,6 +530,7 @@ impl Membership {
                 self.seq = self.seq.wrapping_add(1);
                 let our_seq = self.seq;
                 self.relays.push_back(Relay {
+                    target: target.id,
                     our_seq,
                     requester: from_addr,
                     their_seq: *seq,
@@ -591,6 +594,19 @@ impl Membership {
             return;
         }
         if let Some(i) = self.relays.iter().position(|r| r.our_seq == seq) {
+            if let Some(r) = self.relays.remove(i) {
+                let updates = self.take_updates();
+                self.out.push_back((r.requester, OverlayMsg::Ack { seq: r.their_seq, updates }));
+            }
+        }
+    }
+
+    /// An ack from a sender that is no member of ours (one we refused
+    /// admission, say, that the asker admitted): it completes only an
+    /// indirect probe we sent *to that sender* for someone else, so our
+    /// refusal does not make the asker suspect it. Its updates are ignored.
+    pub fn on_stranger_ack(&mut self, from: &UserId, seq: u32) {
+        if let Some(i) = self.relays.iter().position(|r| r.our_seq == seq && r.target == *from) {
             if let Some(r) = self.relays.remove(i) {
                 let updates = self.take_updates();
                 self.out.push_back((r.requester, OverlayMsg::Ack { seq: r.their_seq, updates }));
@@ -1250,6 +1266,30 @@ mod tests {
         // The dead one cannot come back while the prefix is full again.
         a.observe(Member { incarnation: 2, ..second }, now + 2);
         assert!(!a.is_live(&second.id));
+    }
+
+    #[test]
+    fn a_member_we_refused_still_answers_the_indirect_probes_others_ask_of_us() {
+        let adm = Admission { network: [5; 32], difficulty: 6, max_per_prefix: 1 };
+        let now = 10_000;
+        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0).with_admission(adm);
+        let asker = proved(1, [192, 0, 2, 1], &adm, true);
+        let (first, refused) = (proved(2, [198, 51, 100, 1], &adm, true), proved(3, [198, 51, 100, 2], &adm, true));
+        a.observe(asker, now);
+        a.observe(first, now);
+        a.observe(refused, now);
+        assert!(a.get(&refused.id).is_none());
+        while a.poll_send().is_some() {}
+        // The asker admitted it and asks us to probe it: we do, and its ack
+        // (a stranger's to us) is relayed — from it only.
+        a.on_msg(asker.addr, &asker, &OverlayMsg::PingReq { seq: 77, target: refused, updates: vec![] }, now);
+        let Some((to, OverlayMsg::Ping { seq, .. })) = a.poll_send() else { panic!("no probe") };
+        assert_eq!(to, refused.addr);
+        a.on_stranger_ack(&first.id, seq);
+        assert!(a.poll_send().is_none(), "an ack from another sender completes nothing");
+        a.on_stranger_ack(&refused.id, seq);
+        assert!(matches!(a.poll_send(), Some((to, OverlayMsg::Ack { seq: 77, .. })) if to == asker.addr));
+        assert!(a.get(&refused.id).is_none(), "still not admitted");
     }
 
     #[test]

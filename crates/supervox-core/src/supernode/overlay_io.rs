@@ -159,10 +159,14 @@ impl Supernode {
     /// mail and signal requests are served (records are verified on their
     /// own signatures, and every answer to an unproved address is bounded by
     /// what came from it, with a cookie whose echo admits a real member);
-    /// a ping gets a bare ack; it cannot order dial-backs or unpublish.
+    /// a ping gets a bare ack, an ack completes only an indirect probe we sent
+    /// it; it cannot order dial-backs or unpublish.
     fn on_stranger_msg(&mut self, from: SocketAddr, id: UserId, msg: OverlayMsg, now_ms: u64) {
         match msg {
             OverlayMsg::Ping { seq, .. } => self.send_overlay(from, OverlayMsg::Ack { seq, updates: Vec::new() }),
+            // The answer to an indirect probe we sent it for a member that
+            // admitted it: relayed (only if it is the probe's target).
+            OverlayMsg::Ack { seq, .. } => self.membership.on_stranger_ack(&id, seq),
             OverlayMsg::Claim { .. }
             | OverlayMsg::Publish { .. }
             | OverlayMsg::Lookup { .. }
