@@ -384,6 +384,9 @@ pub struct Client {
     /// The wait before the next such retry: doubles, reset once a claim is
     /// accepted.
     claim_backoff: Backoff,
+    /// Spaces the publishes after a refused one (the directory did not
+    /// answer: its holders are in churn), instead of the 60 s refresh.
+    publish_backoff: Backoff,
     calls: Map<CallId, Call>,
     local_candidates: Vec<Candidate>,
     media_addr: Option<SocketAddr>,
@@ -450,6 +453,7 @@ impl Client {
             claim_signed_ms: 0,
             claim_retry_ms: None,
             claim_backoff: Backoff::new(CLAIM_RETRY_MIN_MS, CLAIM_RETRY_MAX_MS),
+            publish_backoff: Backoff::new(CLAIM_RETRY_MIN_MS, CLAIM_RETRY_MAX_MS),
             calls: Map::default(),
             local_candidates: Vec::new(),
             media_addr: None,
@@ -515,6 +519,15 @@ impl Client {
         }
     }
 
+    /// The supernode of the open link, signed in or still signing in (its
+    /// first presence not yet stored): where publishes and claims go.
+    fn link_sn(&self) -> Option<SocketAddr> {
+        match &self.link {
+            SnLink::Open { sn, .. } => *sn,
+            _ => None,
+        }
+    }
+
     /// The address we dialed for the current supernode (maybe not the one it
     /// advertises: e.g. its port 443 from behind a firewall that passes only that).
     pub fn supernode_dialed(&self) -> Option<SocketAddr> {
@@ -567,12 +580,14 @@ impl Client {
             SnLink::Connecting(_) => self.tick_connecting(now_ms),
             _ => {}
         }
-        if self.supernode().is_some() && now_ms >= self.next_publish_ms {
+        // Also while signing in: a refused first presence is published
+        // again (after a backoff), or the link would stay open unsigned.
+        if self.link_sn().is_some() && now_ms >= self.next_publish_ms {
             self.publish(now_ms);
         }
         if self.claim_retry_ms.is_some_and(|t| now_ms >= t) {
             self.claim_retry_ms = None;
-            if self.supernode().is_some() {
+            if self.link_sn().is_some() {
                 self.send_claim(now_ms);
             }
         }
@@ -592,7 +607,7 @@ impl Client {
     pub fn poll_timeout(&self) -> Option<u64> {
         crate::timer::earliest([
             self.connect_timeout(),
-            self.supernode().is_some().then_some(self.next_publish_ms),
+            self.link_sn().is_some().then_some(self.next_publish_ms),
             self.claim_retry_ms,
             self.calls_timeout(),
             self.checks_timeout(),
@@ -669,6 +684,7 @@ impl Client {
             }
             Message::PublishResult { result } => match result {
                 Ok(()) => {
+                    self.publish_backoff.reset();
                     if let SnLink::Open { sn: Some(sn), ready, .. } = &mut self.link {
                         if !*ready {
                             *ready = true;
@@ -681,7 +697,13 @@ impl Client {
                         }
                     }
                 }
-                Err(reason) => warn!("presence refused: {reason}"),
+                Err(reason) => {
+                    // Not signed in (or not findable) until one is stored:
+                    // again after a backoff, not at the next refresh.
+                    let wait = self.publish_backoff.next_delay(&mut self.rng);
+                    warn!("presence refused: {reason}; publishing again in {wait} ms");
+                    self.next_publish_ms = self.next_publish_ms.min(now_ms + wait);
+                }
             },
             Message::LookupResult { req_id, answer } => {
                 if !self.on_peer_lookup(req_id, &answer, now_ms) {
@@ -728,7 +750,7 @@ impl Client {
     }
 
     fn publish(&mut self, now_ms: u64) {
-        if let Some(sn) = self.supernode() {
+        if let Some(sn) = self.link_sn() {
             if now_ms >= self.claim_signed_ms.saturating_add(CLAIM_RENEW_MS) {
                 self.send_claim(now_ms);
             }

@@ -355,3 +355,27 @@ fn a_named_seed_is_resolved_at_every_round_and_where_it_points_now_is_tried() {
     let out = drain(&mut c);
     assert!(connects(&out).contains(&moved) || c.connect_attempts().contains(&moved), "{out:?}");
 }
+
+/// A supernode that admits us but cannot store our first presence (its
+/// holders in churn, "the directory did not answer"): we publish again
+/// after a backoff on the same link and sign in then — not never.
+#[test]
+fn a_refused_first_presence_is_published_again_until_we_are_signed_in() {
+    let mut c = client(&[4001]);
+    c.handle_timeout(T0);
+    assert_eq!(connects(&drain(&mut c)), vec![a(4001)]);
+    c.on_connected(11, a(4001));
+    c.on_established(11, Role::Supernode, sn_id(4001), T0 + 100);
+    c.on_message(11, welcome(a(4001), &[]), T0 + 200);
+    drain(&mut c);
+    let t = T0 + 300;
+    c.on_message(11, Message::PublishResult { result: Err("the directory did not answer; try again".into()) }, t);
+    assert_eq!(c.supernode(), None, "not signed in yet");
+    let again = c.poll_timeout().expect("a timer to publish again");
+    assert!(again < t + PRESENCE_REFRESH_MS && again >= t + CLAIM_RETRY_MIN_MS / 2, "{}", again - t);
+    c.handle_timeout(again);
+    let out = drain(&mut c);
+    assert!(out.iter().any(|o| matches!(o, ClientOutput::Send(11, Message::Publish { .. }))), "{out:?}");
+    c.on_message(11, Message::PublishResult { result: Ok(()) }, again + 10);
+    assert_eq!(c.supernode(), Some(a(4001)));
+}
