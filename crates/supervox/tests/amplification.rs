@@ -57,6 +57,7 @@ impl Stranger {
         let mut cmd = a.command(common::BIN);
         cmd.args(["supernode", "--listen", &sn.to_string(), "--metrics", &metrics.to_string()])
             .args(extra)
+            .args(["--member-difficulty", "4"])
             .arg("--data-dir")
             .arg(tmp.path().join("sn"))
             .stdout(Stdio::null())

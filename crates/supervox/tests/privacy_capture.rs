@@ -89,7 +89,8 @@ fn strangers_exchange_no_datagram_between_their_own_addresses_before_the_call_is
     let sn = format!("{ip_a}:7000");
     let sn_dir = dir.join("sn").to_string_lossy().to_string();
     // The lab link is in 10.77/16: the relay must be allowed to reach private peers.
-    let sn_args = ["supernode", "--listen", &sn, "--data-dir", &sn_dir, "--relay-allow-private"];
+    let sn_args =
+        ["supernode", "--listen", &sn, "--data-dir", &sn_dir, "--relay-allow-private", "--member-difficulty", "4"];
     let _sn = spawn(&a, &sn_args, &dir.join("sn.log"));
     std::thread::sleep(Duration::from_millis(300));
     let alice_media = SocketAddrV4::new(ip_a, 41000);

@@ -606,3 +606,39 @@ fn render_metrics(sn: &Supernode, connections: usize, errors: (u64, u64), udp: &
         ),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_member_proof_is_solved_once_kept_beside_the_identity_and_checked_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let id = data.identity().unwrap().user_id();
+        let (net, other) = ([3u8; 32], [4u8; 32]);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let n = rt.block_on(member_nonce(&data, id, net, 8)).unwrap();
+        assert!(admission::verify(&net, &id, n, 8).is_some());
+        let path = data.path(MEMBER_PROOF_FILE);
+        assert_eq!(read_member_proof(&path, &net), Some(n));
+        // Another network's id: not this file's proof.
+        assert_eq!(read_member_proof(&path, &other), None);
+        // Kept: the same nonce next time, without solving again.
+        assert_eq!(rt.block_on(member_nonce(&data, id, net, 8)).unwrap(), n);
+        // A damaged or forged file is solved again (and rewritten), never trusted.
+        for junk in [
+            "",
+            "supervox-member-proof-v1",
+            "garbage 1 2 3",
+            &format!("supervox-member-proof-v1 {} 8 x", hex::encode(net)),
+        ] {
+            std::fs::write(&path, junk).unwrap();
+            assert_eq!(read_member_proof(&path, &net), None, "{junk:?}");
+        }
+        let wrong = (0..).find(|k| admission::verify(&net, &id, *k, 8).is_none()).unwrap();
+        std::fs::write(&path, format!("supervox-member-proof-v1 {} 8 {wrong}\n", hex::encode(net))).unwrap();
+        assert_eq!(rt.block_on(member_nonce(&data, id, net, 8)).unwrap(), n);
+        assert_eq!(read_member_proof(&path, &net), Some(n));
+    }
+}
