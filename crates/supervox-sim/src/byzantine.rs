@@ -220,26 +220,13 @@ impl Sim {
     /// (a stray copy: a holder that had missed the name took a hijack claim;
     /// lookups need a majority of the holders, so a stray decides nothing).
     fn names_held_by_others_at_honest(&self) -> (u64, u64) {
-        let mut copies = vec![(0u32, 0u32); self.clients.len()];
-        for (i, slot) in self.sns.iter().enumerate() {
-            if self.byz.slots.contains(i as u32) {
-                continue;
-            }
-            let Some(sn) = &slot.sn else { continue };
-            for claim in sn.claims() {
-                let Some(c) = claim.name.strip_prefix('u').and_then(|n| n.parse::<usize>().ok()) else { continue };
-                if let Some(n) = copies.get_mut(c) {
-                    if claim.user_id == self.clients[c].user {
-                        n.0 += 1;
-                    } else {
-                        n.1 += 1;
-                    }
-                }
-            }
+        let copies = self.name_copies();
+        let claimed = copies.iter().enumerate().filter(|(c, _)| self.clients[*c].claimed).map(|(_, n)| n);
+        let (mut taken, mut stray) = (0, 0);
+        for n in claimed {
+            taken += u64::from(n.other > 0 && n.other >= n.owner);
+            stray += u64::from(n.other > 0);
         }
-        let claimed = |c: &usize| self.clients[*c].claimed;
-        let taken = (0..copies.len()).filter(claimed).filter(|c| copies[*c].1 > 0 && copies[*c].1 >= copies[*c].0);
-        let stray = (0..copies.len()).filter(claimed).filter(|c| copies[*c].1 > 0);
-        (taken.count() as u64, stray.count() as u64)
+        (taken, stray)
     }
 }

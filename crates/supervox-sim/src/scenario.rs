@@ -37,6 +37,15 @@ pub(crate) struct NamesCheck {
     pub lost: u64,
 }
 
+/// Copies of one user's name claim held by live honest supernodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NameCopies {
+    /// Under the user's own key.
+    pub owner: u32,
+    /// Under another key.
+    pub other: u32,
+}
+
 /// A lookup in flight.
 #[derive(Debug)]
 pub(crate) struct PendingLookup {
@@ -382,11 +391,24 @@ impl Sim {
     /// holds for their owner, how many a live supernode holds under another
     /// key, and how many there are.
     fn names_check(&self) -> NamesCheck {
-        const OWNER: u8 = 1;
-        const OTHER: u8 = 2;
-        let mut seen = vec![0u8; self.clients.len()];
+        let mut out = NamesCheck::default();
+        for (c, n) in self.name_copies().iter().enumerate() {
+            if self.clients[c].claimed {
+                out.claimed += 1;
+                out.missing += u64::from(n.owner == 0);
+                out.changed_owner += u64::from(n.other > 0);
+                out.lost += u64::from(n.owner == 0 || n.other > 0);
+            }
+        }
+        out
+    }
+
+    /// Per user (by index): the copies of its name's claim the live honest
+    /// supernodes hold under its key and under another. What a Byzantine
+    /// supernode holds proves nothing either way.
+    pub(crate) fn name_copies(&self) -> Vec<NameCopies> {
+        let mut copies = vec![NameCopies::default(); self.clients.len()];
         for (i, slot) in self.sns.iter().enumerate() {
-            // What a Byzantine supernode holds proves nothing either way.
             let Some(sn) = slot.sn.as_ref().filter(|_| !self.is_byzantine(i as u32)) else {
                 continue;
             };
@@ -394,20 +416,15 @@ impl Sim {
                 let Some(c) = claim.name.strip_prefix('u').and_then(|n| n.parse::<usize>().ok()) else {
                     continue;
                 };
-                if let Some(s) = seen.get_mut(c) {
-                    *s |= if claim.user_id == self.clients[c].user { OWNER } else { OTHER };
+                if let Some(n) = copies.get_mut(c) {
+                    if claim.user_id == self.clients[c].user {
+                        n.owner += 1;
+                    } else {
+                        n.other += 1;
+                    }
                 }
             }
         }
-        let mut out = NamesCheck::default();
-        for (c, s) in seen.iter().enumerate() {
-            if self.clients[c].claimed {
-                out.claimed += 1;
-                out.missing += u64::from(s & OWNER == 0);
-                out.changed_owner += u64::from(s & OTHER != 0);
-                out.lost += u64::from(s & OWNER == 0 || s & OTHER != 0);
-            }
-        }
-        out
+        copies
     }
 }

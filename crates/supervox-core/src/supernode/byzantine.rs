@@ -152,11 +152,12 @@ impl Supernode {
         if !b.attacks.hijack {
             return;
         }
-        let names: Vec<String> = self.directory.claims().map(|c| c.name.clone()).collect();
-        if names.is_empty() {
+        let n = self.directory.claim_count();
+        if n == 0 {
             return;
         }
-        let name = names[self.rng.gen_range(0..names.len())].clone();
+        let pick = self.rng.gen_range(0..n);
+        let Some(name) = self.directory.claims().nth(pick).map(|c| c.name.clone()) else { return };
         let thief = Identity::from_seed(self.rng.gen());
         let Ok(claim) = NameClaim::sign(thief.signing_key(), &name, now_ms) else { return };
         b.told.hijack_claims += 1;

@@ -346,7 +346,8 @@ impl Supernode {
         let Some(Pending::Claim { needed, new, held, refused, waiting, deadline, .. }) = self.pending.get(&req) else {
             return;
         };
-        let settled = now_ms + CLAIM_TIMEOUT_MS >= deadline + RENEWAL_SETTLE_MS;
+        let started = deadline.saturating_sub(CLAIM_TIMEOUT_MS);
+        let settled = now_ms >= started + RENEWAL_SETTLE_MS;
         let answered = new + held + refused.iter().map(|(_, n)| n).sum::<usize>();
         let result = if new + held >= *needed {
             Some(Ok(if new > held { Claimed::New } else { Claimed::Held }))
@@ -777,7 +778,7 @@ impl Supernode {
             // A holder that does not know the name abstains rather than
             // contradicts (a claim is stored by a majority, so a minority
             // may lack it): "unknown" decides only with a majority of all
-            // the holders, a key with a majority of the presence holders.
+            // the holders, a key with a majority of the claim holders.
             let unknown_needed = majority(known.len() + 1).max(*needed);
             let presence_waiting = asked.iter().any(|h| presence.contains(&h.id));
             votes.iter().any(|v| {
