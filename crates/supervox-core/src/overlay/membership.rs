@@ -900,16 +900,24 @@ mod tests {
         }
     }
 
+    /// Member 1's view of members 2 and 3, and a way for member 3 to tell
+    /// it `news` (hearsay, piggybacked on a ping) at 10 s.
+    fn view_with_a_gossip() -> (Membership, impl Fn(&mut Membership, Member)) {
+        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
+        a.learn(&[member(2), member(3)], 0);
+        let gossip = member(3);
+        let say = move |a: &mut Membership, news: Member| {
+            a.on_msg(gossip.addr, &gossip, &OverlayMsg::Ping { seq: 1, updates: vec![news] }, 10_000);
+        };
+        (a, say)
+    }
+
     #[test]
     fn hearsay_can_neither_move_a_member_nor_evict_it() {
         let now = 10_000;
-        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
-        a.learn(&[member(2), member(3)], 0);
-        let (victim, liar) = (member(2), member(3));
+        let (mut a, say) = view_with_a_gossip();
+        let victim = member(2);
         let evil: SocketAddr = "10.6.6.6:7000".parse().unwrap();
-        let say = |a: &mut Membership, news: Member| {
-            a.on_msg(liar.addr, &liar, &OverlayMsg::Ping { seq: 1, updates: vec![news] }, now);
-        };
         // Take over its address at a higher incarnation: not applied; the
         // member itself is asked, at the claimed address, sealed for it.
         say(&mut a, Member { addr: evil, incarnation: 7, ..victim });
@@ -957,13 +965,8 @@ mod tests {
     /// has to ask the accused itself), a move to a new address never does.
     #[test]
     fn a_refutation_spreads_as_gossip_but_a_move_does_not() {
-        let now = 10_000;
-        let mut a = Membership::new(member(1), vec![], MembershipConfig::default(), 0);
-        a.learn(&[member(2), member(3)], 0);
-        let (victim, gossip) = (member(2), member(3));
-        let say = |a: &mut Membership, news: Member| {
-            a.on_msg(gossip.addr, &gossip, &OverlayMsg::Ping { seq: 1, updates: vec![news] }, now);
-        };
+        let (mut a, say) = view_with_a_gossip();
+        let victim = member(2);
         say(&mut a, Member { state: MemberState::Suspect, ..victim });
         assert_eq!(a.get(&victim.id).map(|m| m.state), Some(MemberState::Suspect));
         let refuted = Member { incarnation: victim.incarnation + 1, ..victim };

@@ -1356,7 +1356,7 @@ fn a_renewal_is_accepted_while_crashed_holders_are_still_in_view_and_nothing_els
     let (alice, mallory, newbie) =
         (Identity::from_seed([10; 32]), Identity::from_seed([12; 32]), Identity::from_seed([13; 32]));
     net.sign_in(2, 1, &alice, "alice");
-    let holders: Vec<usize> = net.sns[0].holders_of("alice").iter().filter_map(|h| net.index_of(h.addr)).collect();
+    let holders = ranked(&net, 0, "alice");
     assert!(holders.len() >= 3, "{holders:?}");
     let asker = holders[0];
     for h in &holders[1..] {
@@ -1418,7 +1418,7 @@ fn a_lookup_waits_for_a_presence_holder_before_answering_offline() {
     net.run(3_000);
     let (alice, bob) = (Identity::from_seed([10; 32]), Identity::from_seed([11; 32]));
     net.sign_in(2, 1, &alice, "alice");
-    let ranked: Vec<usize> = net.sns[0].holders_of("alice").iter().filter_map(|h| net.index_of(h.addr)).collect();
+    let ranked = ranked(&net, 0, "alice");
     assert_eq!(ranked.len(), 10);
     let asker = ranked[3..].iter().copied().find(|i| *i != 2).unwrap();
     connect(&mut net, asker, 9, &bob);
